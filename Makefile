@@ -1,0 +1,30 @@
+# dynamic-proxy — the two commands a fresh machine needs:
+#   make run    build and run the proxy on ./config.toml
+#   make test   run the whole test suite (installs what it needs)
+GO      ?= go
+BIN     := bin/dynamic-proxy
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -s -w \
+	-X github.com/dynamic-proxy/dynamic-proxy/internal/version.Version=$(VERSION) \
+	-X github.com/dynamic-proxy/dynamic-proxy/internal/version.Commit=$(COMMIT) \
+	-X github.com/dynamic-proxy/dynamic-proxy/internal/version.Date=$(DATE)
+
+.PHONY: build run test echo clean
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/dynamic-proxy
+
+run: build
+	./$(BIN) -c config.toml
+
+# Two echo backends for the shipped config.toml (Ctrl-C stops both).
+echo:
+	$(GO) build -o bin/echo ./tools/echo
+	./bin/echo -listen 127.0.0.1:9001 -name web1 & ./bin/echo -listen 127.0.0.1:9002 -name web2; kill %1
+
+test:
+	bash scripts/test.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,8 @@
+module github.com/dynamic-proxy/dynamic-proxy
+
+go 1.26.8
+
+require (
+	github.com/pelletier/go-toml/v2 v2.4.3
+	golang.org/x/sys v0.50.0
+)

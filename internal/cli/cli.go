@@ -1,0 +1,216 @@
+// Package cli is the dynamic-proxy command line: flags, signals and wiring.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
+)
+
+const usage = `dynamic-proxy: an L4 (TCP and UDP) proxy and load balancer
+
+Usage:
+  dynamic-proxy [flags]
+
+Flags:
+  -c, --config FILE       config file (default "config.toml")
+      --validate          check the config, print a summary and exit (1 when invalid)
+      --log-level LEVEL   debug, info, warn or error (overrides [logging] level)
+      --log-format FMT    text or json (overrides [logging] format)
+      --version-info      print version, commit, build date, Go version and platform
+  -h, --help              show this help
+
+Signals: SIGTERM/SIGINT drain and exit (a second one exits at once),
+SIGHUP reloads the config file.
+`
+
+type options struct {
+	config    string
+	validate  bool
+	logLevel  string
+	logFormat string
+	version   bool
+}
+
+// Run runs the command with args and returns the process exit code.
+func Run(args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("dynamic-proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	fs.StringVar(&o.config, "c", "config.toml", "")
+	fs.StringVar(&o.config, "config", "config.toml", "")
+	fs.BoolVar(&o.validate, "validate", false, "")
+	fs.StringVar(&o.logLevel, "log-level", "", "")
+	fs.StringVar(&o.logFormat, "log-format", "", "")
+	fs.BoolVar(&o.version, "version-info", false, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "dynamic-proxy: unexpected argument %q (see --help)\n", fs.Arg(0))
+		return 2
+	}
+	if o.version {
+		fmt.Fprint(stdout, version.Get())
+		return 0
+	}
+
+	cfg, err := config.Load(o.config)
+	if err != nil {
+		fmt.Fprintf(stderr, "dynamic-proxy: invalid config:\n%v\n", err)
+		return 1
+	}
+	if o.validate {
+		return validate(cfg, stdout, stderr)
+	}
+	level, format := cfg.Logging.Level, cfg.Logging.Format
+	if o.logLevel != "" {
+		level = o.logLevel
+	}
+	if o.logFormat != "" {
+		format = o.logFormat
+	}
+	log, lv, err := logging.New(stderr, level, format)
+	if err != nil {
+		fmt.Fprintf(stderr, "dynamic-proxy: %v\n", err)
+		return 2
+	}
+	return serve(cfg, &o, log, lv)
+}
+
+func validate(cfg *config.Config, stdout, stderr io.Writer) int {
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	listeners := map[string][]string{}
+	nb := 0
+	for i := range cfg.Rules {
+		r := &cfg.Rules[i]
+		key := r.Protocol + " " + cfg.Listener(r)
+		state := r.Name
+		if !r.Enabled {
+			state += " (disabled)"
+		}
+		listeners[key] = append(listeners[key], state)
+		nb += len(r.Backends)
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", cfg.File)
+	fmt.Fprintf(stdout, "listeners: %d\n", len(listeners))
+	keys := make([]string, 0, len(listeners))
+	for k := range listeners {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(stdout, "  %s -> %s\n", k, strings.Join(listeners[k], ", "))
+	}
+	fmt.Fprintf(stdout, "rules: %d\n", len(cfg.Rules))
+	for _, r := range cfg.Rules {
+		spec, _ := cfg.RouterSpecFor(r.Router)
+		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %d backends\n", r.Name, r.Protocol, r.Router, spec.Plugin, len(r.Backends))
+	}
+	fmt.Fprintf(stdout, "backends: %d\n", nb)
+	names := make([]string, 0, len(cfg.Routers))
+	for n, s := range cfg.Routers {
+		names = append(names, n+" ("+s.Plugin+")")
+	}
+	sort.Strings(names)
+	fmt.Fprintf(stdout, "routers: %d", len(names))
+	if len(names) > 0 {
+		fmt.Fprintf(stdout, ": %s", strings.Join(names, ", "))
+	}
+	fmt.Fprintln(stdout)
+	return 0
+}
+
+func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) int {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	for _, w := range cfg.Warnings {
+		log.Warn("config warning", "problem", w.String())
+	}
+	eng := engine.New(log)
+	if err := eng.Apply(cfg); err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	for _, r := range cfg.Rules {
+		log.Info("rule", "name", r.Name, "protocol", r.Protocol, "listener", cfg.Listener(&r),
+			"router", r.Router, "backends", len(r.Backends), "enabled", r.Enabled)
+	}
+	info := version.Get()
+	log.Info("dynamic-proxy started", "version", info.Version, "config", cfg.File, "pid", os.Getpid())
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			reload(eng, o, log, lv)
+			continue
+		}
+		return shutdown(eng, sig, sigs, log)
+	}
+	return 0
+}
+
+func reload(eng *engine.Engine, o *options, log *slog.Logger, lv *slog.LevelVar) {
+	cfg, err := config.Load(o.config)
+	if err == nil {
+		err = eng.Apply(cfg)
+	}
+	if err != nil {
+		log.Error("reload failed; still serving the previous config", "err", err.Error())
+		return
+	}
+	if o.logLevel == "" {
+		_ = logging.SetLevel(lv, cfg.Logging.Level)
+	}
+	_, v := eng.Config()
+	log.Info("config reloaded", "config", cfg.File, "version", v)
+}
+
+func shutdown(eng *engine.Engine, sig os.Signal, sigs <-chan os.Signal, log *slog.Logger) int {
+	cfg, _ := eng.Config()
+	timeout := cfg.Server.ShutdownTimeout.D()
+	log.Info("shutting down: listeners closed, draining connections", "signal", sig.String(),
+		"active", eng.Server().Active(), "shutdown_timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- eng.Shutdown(ctx) }()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				log.Warn("shutdown timeout reached; remaining connections closed")
+			}
+			log.Info("shutdown complete")
+			return 0
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				continue
+			}
+			log.Warn("second signal: exiting now", "signal", s.String(), "active", eng.Server().Active())
+			return 1
+		}
+	}
+}
+

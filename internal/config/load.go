@@ -1,0 +1,51 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+
+	toml "github.com/pelletier/go-toml/v2"
+)
+
+// Load reads, decodes and validates the config file at path. On failure the
+// error is an *Errors listing every problem found (or, for an unreadable file,
+// an error naming it).
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates a config document; name is used in messages.
+func Parse(name string, data []byte) (*Config, error) {
+	errs := &Errors{file: name}
+	var tree map[string]any
+	if err := toml.Unmarshal(data, &tree); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			line, col := de.Position()
+			errs.Problems = append(errs.Problems, Problem{File: name, Line: line,
+				Msg: fmt.Sprintf("TOML syntax error at column %d: %s", col, de.Error())})
+		} else {
+			errs.Problems = append(errs.Problems, Problem{File: name, Msg: "TOML: " + err.Error()})
+		}
+		return nil, errs
+	}
+	errs.pos = indexPositions(data)
+
+	cfg := &Config{File: name}
+	cfg.setDefaults()
+	d := &decoder{errs: errs}
+	d.decodeStruct("", tree, reflect.ValueOf(cfg).Elem())
+	cfg.validate(errs)
+	if !errs.empty() {
+		sort.SliceStable(errs.Problems, func(i, j int) bool { return errs.Problems[i].Line < errs.Problems[j].Line })
+		return nil, errs
+	}
+	return cfg, nil
+}

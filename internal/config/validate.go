@@ -1,0 +1,215 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+)
+
+// Limits on values.
+const (
+	MaxWeight     = 10000
+	MinBufferSize = 1024
+	MaxBufferSize = 1 << 20
+)
+
+var matcherTypes = []string{"port"}
+
+func (c *Config) validate(e *Errors) {
+	s := &c.Server
+	checkBind(e, "server.tcp_bind", s.TCPBind)
+	checkBind(e, "server.udp_bind", s.UDPBind)
+	if s.WorkerThreads < 0 || s.WorkerThreads > 4096 {
+		e.addf("server.worker_threads", "must be from 0 (one per CPU) to 4096, got %d", s.WorkerThreads)
+	}
+	if s.MaxConnections < 0 {
+		e.addf("server.max_connections", "must be 0 (no limit) or more, got %d", s.MaxConnections)
+	}
+	if s.BufferSize < MinBufferSize || s.BufferSize > MaxBufferSize {
+		e.addf("server.buffer_size", "must be from %d to %d bytes, got %d", MinBufferSize, MaxBufferSize, s.BufferSize)
+	}
+	if s.ConnectionTimeout <= 0 {
+		e.add("server.connection_timeout", "must be greater than 0")
+	}
+
+	switch c.Logging.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		e.addf("logging.level", "must be one of debug, info, warn, error; got %q", c.Logging.Level)
+	}
+	switch c.Logging.Format {
+	case "text", "json":
+	default:
+		e.addf("logging.format", "must be text or json; got %q", c.Logging.Format)
+	}
+
+	if r := c.Redis; r != nil {
+		u, err := url.Parse(r.URL)
+		switch {
+		case err != nil:
+			e.addf("redis.url", "invalid URL %q: %v", r.URL, err)
+		case u.Scheme != "redis" && u.Scheme != "rediss":
+			e.addf("redis.url", "scheme must be redis:// or rediss://, got %q", r.URL)
+		case u.Host == "":
+			e.addf("redis.url", "missing host in %q", r.URL)
+		}
+		if r.DB < 0 {
+			e.addf("redis.db", "must be 0 or more, got %d", r.DB)
+		}
+		if r.PoolSize < 1 || r.PoolSize > 10000 {
+			e.addf("redis.pool_size", "must be from 1 to 10000, got %d", r.PoolSize)
+		}
+		if r.ConnectionTimeout <= 0 {
+			e.add("redis.connection_timeout", "must be greater than 0")
+		}
+		if r.CommandTimeout <= 0 {
+			e.add("redis.command_timeout", "must be greater than 0")
+		}
+	}
+
+	for _, name := range sortedKeysOf(c.Routers) {
+		spec := c.Routers[name]
+		path := "routers." + name
+		if spec.Plugin == "" {
+			e.addf(path+".plugin", "missing (known plugins: %s)", strings.Join(router.Plugins(), ", "))
+			continue
+		}
+		if !router.Known(spec.Plugin) {
+			e.addf(path+".plugin", "unknown plugin %q (known: %s)", spec.Plugin, strings.Join(router.Plugins(), ", "))
+			continue
+		}
+		if err := router.Validate(spec.Plugin, spec.Config); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				key, msg, _ := strings.Cut(line, ": ")
+				e.addf(path+"."+key, "router %q (plugin %s): %s", name, spec.Plugin, msg)
+			}
+		}
+	}
+
+	ruleNames := map[string]int{}
+	for i := range c.Rules {
+		c.validateRule(e, i, ruleNames)
+	}
+	c.warnShadowed()
+}
+
+func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
+	r := &c.Rules[i]
+	path := fmt.Sprintf("rules[%d]", i)
+	switch {
+	case r.Name == "":
+		e.add(path+".name", "missing: every rule needs a unique name")
+	case names[r.Name] > 0:
+		e.addf(path+".name", "duplicate rule name %q (also rules[%d])", r.Name, names[r.Name]-1)
+	default:
+		names[r.Name] = i + 1
+	}
+	if r.Protocol != "tcp" && r.Protocol != "udp" {
+		e.addf(path+".protocol", "must be tcp or udp, got %q", r.Protocol)
+	}
+	if r.Router == "" {
+		e.add(path+".router", "must not be empty")
+	} else if _, named := c.Routers[r.Router]; !named && !router.Known(r.Router) {
+		e.addf(path+".router", "no router %q: define [routers.%s] or use a builtin plugin (%s)",
+			r.Router, r.Router, strings.Join(router.Plugins(), ", "))
+	}
+	if m := r.Matcher; m != nil {
+		switch m.Type {
+		case "port":
+			if m.Port < 1 || m.Port > 65535 {
+				e.addf(path+".matcher.port", "must be from 1 to 65535, got %d", m.Port)
+			}
+		case "":
+			e.addf(path+".matcher.type", "missing (known: %s)", strings.Join(matcherTypes, ", "))
+		default:
+			e.addf(path+".matcher.type", "unknown matcher type %q (known: %s)", m.Type, strings.Join(matcherTypes, ", "))
+		}
+	}
+	if len(r.Backends) == 0 {
+		e.add(path+".backends", "a rule needs at least one backend ([[rules.backends]])")
+	}
+	ids := map[string]int{}
+	for j := range r.Backends {
+		b := &r.Backends[j]
+		bp := fmt.Sprintf("%s.backends[%d]", path, j)
+		switch {
+		case b.ID == "":
+			e.add(bp+".id", "missing: every backend needs an id unique within its rule")
+		case ids[b.ID] > 0:
+			e.addf(bp+".id", "duplicate backend id %q in rule %q (also backends[%d])", b.ID, r.Name, ids[b.ID]-1)
+		default:
+			ids[b.ID] = j + 1
+		}
+		if b.Address == "" {
+			e.add(bp+".address", "missing: want host:port")
+		} else if err := checkHostPort(b.Address, false); err != nil {
+			e.addf(bp+".address", "%v", err)
+		}
+		if b.Weight < 1 || b.Weight > MaxWeight {
+			e.addf(bp+".weight", "must be from 1 to %d, got %d", MaxWeight, b.Weight)
+		}
+	}
+}
+
+// warnShadowed warns about an enabled rule that can never match because an
+// earlier enabled rule on the same listener matches everything it would.
+func (c *Config) warnShadowed() {
+	first := map[string]int{}
+	for i := range c.Rules {
+		r := &c.Rules[i]
+		if !r.Enabled {
+			continue
+		}
+		key := r.Protocol + " " + c.Listener(r)
+		if j, ok := first[key]; ok {
+			c.Warnings = append(c.Warnings, Problem{File: c.File, Path: fmt.Sprintf("rules[%d]", i),
+				Msg: fmt.Sprintf("rule %q is shadowed by rule %q on %s %s: it will never match", r.Name, c.Rules[j].Name, r.Protocol, c.Listener(r))})
+			continue
+		}
+		first[key] = i
+	}
+}
+
+func checkBind(e *Errors, path, addr string) {
+	if err := checkHostPort(addr, true); err != nil {
+		e.addf(path, "%v", err)
+	}
+}
+
+// checkHostPort validates host:port. A listener may leave the host empty
+// (all addresses) and use port 0 (any free port).
+func checkHostPort(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("invalid address %q: want host:port (IPv6 as [::1]:80)", addr)
+	}
+	if host == "" && !listen {
+		return fmt.Errorf("invalid address %q: missing host", addr)
+	}
+	if strings.ContainsAny(host, " /\\") {
+		return fmt.Errorf("invalid address %q: bad host %q", addr, host)
+	}
+	p, err := strconv.Atoi(port)
+	lo := 1
+	if listen {
+		lo = 0
+	}
+	if err != nil || p < lo || p > 65535 {
+		return fmt.Errorf("invalid address %q: port must be from %d to 65535", addr, lo)
+	}
+	return nil
+}
+
+func sortedKeysOf[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

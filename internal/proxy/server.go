@@ -1,0 +1,135 @@
+// Package proxy forwards connections: TCP listeners, the per-connection path
+// (match a route, pick a backend, dial, copy both ways), connection tracking
+// and graceful shutdown.
+//
+// The engine gives each listener an immutable []*Route with SetRoutes; the
+// accept path loads it with one atomic read per connection, so a reload
+// switches routes without touching the listening socket.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+)
+
+// Route is one rule as the data path sees it. It is immutable once published.
+type Route struct {
+	Name           string
+	Protocol       string // "tcp" or "udp"
+	RouterName     string
+	Router         router.Router
+	Backends       []*backend.Backend
+	ConnectTimeout time.Duration // backend dial timeout
+	IdleTimeout    time.Duration // 0: none
+	AccessLog      bool
+}
+
+// Stats are the server's counters.
+type Stats struct {
+	Active, Accepted, Rejected, NoRoute, NoBackend atomic.Int64
+}
+
+// Server owns the listeners and tracks every proxied connection.
+type Server struct {
+	log      *slog.Logger
+	maxConns atomic.Int64
+	Stats    Stats
+
+	mu        sync.Mutex
+	listeners map[*TCPListener]struct{}
+	conns     map[*tcpConn]struct{}
+	closing   bool
+	wg        sync.WaitGroup // one per connection handler and accept loop
+
+	noBackendLog rateLimit
+}
+
+// NewServer returns a server that logs to log.
+func NewServer(log *slog.Logger) *Server {
+	return &Server{
+		log:       log,
+		listeners: map[*TCPListener]struct{}{},
+		conns:     map[*tcpConn]struct{}{},
+	}
+}
+
+// SetMaxConnections sets the cap on concurrent client connections (0: none).
+func (s *Server) SetMaxConnections(n int) { s.maxConns.Store(int64(n)) }
+
+// Active returns the number of client connections open now.
+func (s *Server) Active() int64 { return s.Stats.Active.Load() }
+
+// Shutdown stops every listener, waits for connections in flight to finish
+// until ctx ends, then closes the rest and waits for their handlers. It
+// returns ctx.Err() when connections had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	ls := make([]*TCPListener, 0, len(s.listeners))
+	for l := range s.listeners {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n := len(s.conns)
+	for c := range s.conns {
+		c.forceClose()
+	}
+	s.mu.Unlock()
+	s.log.Warn("shutdown timeout: closing connections still open", "connections", n)
+	<-done
+	return ctx.Err()
+}
+
+func (s *Server) track(c *tcpConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *tcpConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// rateLimit lets a repeated log line through at most once per interval and
+// counts what it suppressed.
+type rateLimit struct {
+	next       atomic.Int64
+	suppressed atomic.Int64
+}
+
+// allow reports whether to log now, and how many were suppressed since.
+func (r *rateLimit) allow(every time.Duration) (bool, int64) {
+	now := time.Now().UnixNano()
+	n := r.next.Load()
+	if now < n || !r.next.CompareAndSwap(n, now+int64(every)) {
+		r.suppressed.Add(1)
+		return false, 0
+	}
+	return true, r.suppressed.Swap(0)
+}
+
+var errShutdown = errors.New("shutdown")

@@ -1,0 +1,134 @@
+// Package router chooses a backend for each new connection.
+//
+// A Router is built by a plugin's Factory for one rule's backends. Plugins
+// register themselves in init() — one file per plugin — and the registry is
+// the package's only global. See roundrobin.go for the smallest example.
+package router
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+)
+
+// ErrNoBackend is returned (wrapped) by Pick when no backend is available.
+var ErrNoBackend = errors.New("no backend available")
+
+// Router picks a backend for a new connection. Pick must be safe for
+// concurrent use, must only return a backend for which req.Usable is true,
+// and should not allocate.
+type Router interface {
+	Pick(req *Request) (*backend.Backend, error)
+}
+
+// Request describes the connection being routed.
+type Request struct {
+	// Client is the client's address (the real one when a PROXY header gave it).
+	Client netip.AddrPort
+
+	tried []*backend.Backend // backends already dialled for this connection
+}
+
+// Usable reports whether b is available and was not already tried for this
+// request. Routers consider only usable backends.
+func (r *Request) Usable(b *backend.Backend) bool {
+	if !b.Available() {
+		return false
+	}
+	for _, t := range r.tried {
+		if t == b {
+			return false
+		}
+	}
+	return true
+}
+
+// Tried records that b was dialled and failed, so that the next Pick for this
+// request returns another backend (retry elsewhere, at most once per backend).
+func (r *Request) Tried(b *backend.Backend) { r.tried = append(r.tried, b) }
+
+// Reset clears the request for reuse.
+func (r *Request) Reset() {
+	r.Client = netip.AddrPort{}
+	r.tried = r.tried[:0]
+}
+
+// Factory builds a router for a rule's backends from the plugin's settings.
+// It is also called with no backends to validate the settings, so it must
+// report every bad setting through params (see Params) and must accept an
+// empty backend list.
+type Factory func(params *Params, backends []*backend.Backend) (Router, error)
+
+var (
+	mu       sync.RWMutex
+	registry = map[string]Factory{}
+)
+
+// Register makes a plugin available by name. It is meant to be called from
+// init(); registering the same name twice is a programming error and panics.
+func Register(plugin string, f Factory) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := registry[plugin]; dup {
+		panic(fmt.Sprintf("router: plugin %q registered twice", plugin))
+	}
+	registry[plugin] = f
+}
+
+// Plugins lists the registered plugin names, sorted.
+func Plugins() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Known reports whether a plugin is registered.
+func Known(plugin string) bool {
+	mu.RLock()
+	defer mu.RUnlock()
+	_, ok := registry[plugin]
+	return ok
+}
+
+// New builds a router with plugin for backends. config is the plugin's
+// settings table; an unknown key or a bad value is an error naming the key
+// and what is allowed.
+func New(plugin string, config map[string]any, backends []*backend.Backend) (Router, error) {
+	mu.RLock()
+	f, ok := registry[plugin]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("unknown router plugin %q (known: %s)", plugin, strings.Join(Plugins(), ", "))
+	}
+	p := &Params{m: config, used: map[string]bool{}}
+	r, err := f(p, backends)
+	if perr := p.err(); perr != nil {
+		return nil, perr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Validate checks a plugin name and its settings without building a router
+// for real backends.
+func Validate(plugin string, config map[string]any) error {
+	_, err := New(plugin, config, nil)
+	return err
+}
+
+// NoBackend returns the error a router gives when nothing is usable.
+func NoBackend(n int) error {
+	return fmt.Errorf("%w (%d configured, none enabled, healthy and untried)", ErrNoBackend, n)
+}

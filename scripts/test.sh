@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# when it is missing, then runs the checks and every test with -race.
+#   make test        (or: bash scripts/test.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH)/bin"
+
+STATICCHECK_VERSION=v0.8.2
+
+# --- install what is missing -------------------------------------------------
+# Debian packages the tests use, as package:command. Tests that need one
+# fail (they do not skip) when it is missing, so it is installed here.
+APT_NEEDS=()
+need_apt=()
+for pkg_cmd in "${APT_NEEDS[@]}"; do
+	pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
+	command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		echo "test.sh: installing ${need_apt[*]}"
+		apt-get update -qq >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+	else
+		echo "test.sh: missing ${need_apt[*]} and cannot apt-get install them" >&2
+		exit 1
+	fi
+fi
+if ! command -v staticcheck >/dev/null 2>&1 || ! staticcheck -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+	echo "test.sh: installing staticcheck $STATICCHECK_VERSION"
+	go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
+go mod download
+
+# --- static checks -----------------------------------------------------------
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './vendor/*'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt: these files need formatting:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+staticcheck ./...
+
+# --- tests -------------------------------------------------------------------
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/dynamic-proxy-test.log
+echo "== done"
