@@ -31,7 +31,7 @@ type Engine struct {
 	mu       sync.Mutex // serialises Apply and Shutdown
 	cfg      *config.Config
 	version  int
-	tcp      map[string]*proxy.TCPListener // by listen address
+	lns      map[string]proxy.Listener // by listenKey: "tcp 127.0.0.1:8000"
 	backends map[backendKey]*backend.Backend
 	health   map[string]*backend.Health // by address, shared across rules
 	routers  map[string]builtRouter     // by rule name
@@ -49,7 +49,7 @@ func New(log *slog.Logger) *Engine {
 	return &Engine{
 		log:      log,
 		srv:      proxy.NewServer(log),
-		tcp:      map[string]*proxy.TCPListener{},
+		lns:      map[string]proxy.Listener{},
 		backends: map[backendKey]*backend.Backend{},
 		health:   map[string]*backend.Health{},
 		routers:  map[string]builtRouter{},
@@ -66,15 +66,28 @@ func (e *Engine) Config() (*config.Config, int) {
 	return e.cfg, e.version
 }
 
-// TCPListeners returns the bound TCP listeners by configured address.
-func (e *Engine) TCPListeners() map[string]*proxy.TCPListener {
+// Listeners returns the bound listeners by key ("tcp 127.0.0.1:8000").
+func (e *Engine) Listeners() map[string]proxy.Listener {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := make(map[string]*proxy.TCPListener, len(e.tcp))
-	for k, v := range e.tcp {
+	out := make(map[string]proxy.Listener, len(e.lns))
+	for k, v := range e.lns {
 		out[k] = v
 	}
 	return out
+}
+
+// listenKey names a listener by protocol and configured address.
+func listenKey(protocol, addr string) string { return protocol + " " + addr }
+
+func (e *Engine) listen(key string, routes []*proxy.Route) (proxy.Listener, error) {
+	protocol, addr, _ := strings.Cut(key, " ")
+	switch protocol {
+	case "tcp":
+		return e.srv.ListenTCP(addr, routes)
+	default:
+		return nil, fmt.Errorf("protocol %q is not supported yet", protocol)
+	}
 }
 
 // Apply makes cfg the running config. It is all or nothing: every new
@@ -91,14 +104,11 @@ func (e *Engine) Apply(cfg *config.Config) error {
 	// Build the new routes, reusing backend and router state by identity.
 	backends := map[backendKey]*backend.Backend{}
 	routers := map[string]builtRouter{}
-	tables := map[string][]*proxy.Route{} // tcp listen address -> routes in file order
+	tables := map[string][]*proxy.Route{} // listenKey -> routes in file order
 	var order []string
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
-		if r.Protocol != "tcp" {
-			return fmt.Errorf("rule %q: protocol %q is not supported yet", r.Name, r.Protocol)
-		}
-		addr := cfg.Listener(r)
+		addr := listenKey(r.Protocol, cfg.Listener(r))
 		if _, ok := tables[addr]; !ok {
 			tables[addr] = nil
 			order = append(order, addr)
@@ -144,30 +154,30 @@ func (e *Engine) Apply(cfg *config.Config) error {
 	// Bind the listeners that are new; undo them all if one fails.
 	var opened []string
 	for _, addr := range order {
-		if _, ok := e.tcp[addr]; ok {
+		if _, ok := e.lns[addr]; ok {
 			continue
 		}
-		l, err := e.srv.ListenTCP(addr, tables[addr])
+		l, err := e.listen(addr, tables[addr])
 		if err != nil {
 			for _, a := range opened {
-				e.tcp[a].Close()
-				delete(e.tcp, a)
+				e.lns[a].Close()
+				delete(e.lns, a)
 			}
-			return fmt.Errorf("listen tcp %s: %w", addr, unwrapOp(err))
+			return fmt.Errorf("listen %s: %w", addr, unwrapOp(err))
 		}
-		e.tcp[addr] = l
+		e.lns[addr] = l
 		opened = append(opened, addr)
 	}
 
 	// Commit: publish routes, close listeners no rule uses any more.
 	for _, addr := range order {
-		e.tcp[addr].SetRoutes(tables[addr])
+		e.lns[addr].SetRoutes(tables[addr])
 	}
 	var closed []string
-	for addr, l := range e.tcp {
+	for addr, l := range e.lns {
 		if _, ok := tables[addr]; !ok {
 			l.Close()
-			delete(e.tcp, addr)
+			delete(e.lns, addr)
 			closed = append(closed, addr)
 		}
 	}
@@ -185,7 +195,8 @@ func (e *Engine) Apply(cfg *config.Config) error {
 	e.cfg = cfg
 	e.version++
 	for _, addr := range opened {
-		e.log.Info("listening", "protocol", "tcp", "address", e.tcp[addr].Addr().String(), "rules", routeNames(tables[addr]))
+		protocol, _, _ := strings.Cut(addr, " ")
+		e.log.Info("listening", "protocol", protocol, "address", e.lns[addr].Addr().String(), "rules", routeNames(tables[addr]))
 	}
 	if len(closed) > 0 {
 		sort.Strings(closed)

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,15 @@ type Route struct {
 	AccessLog      bool
 }
 
+// Listener is a bound TCP or UDP listener whose routes can be swapped.
+type Listener interface {
+	Addr() net.Addr
+	SetRoutes([]*Route)
+	Close()
+}
+
+var _ Listener = (*TCPListener)(nil)
+
 // Stats are the server's counters.
 type Stats struct {
 	Active, Accepted, Rejected, NoRoute, NoBackend atomic.Int64
@@ -43,7 +53,7 @@ type Server struct {
 	Stats    Stats
 
 	mu        sync.Mutex
-	listeners map[*TCPListener]struct{}
+	listeners map[Listener]struct{}
 	conns     map[*tcpConn]struct{}
 	closing   bool
 	wg        sync.WaitGroup // one per connection handler and accept loop
@@ -55,7 +65,7 @@ type Server struct {
 func NewServer(log *slog.Logger) *Server {
 	return &Server{
 		log:       log,
-		listeners: map[*TCPListener]struct{}{},
+		listeners: map[Listener]struct{}{},
 		conns:     map[*tcpConn]struct{}{},
 	}
 }
@@ -72,7 +82,7 @@ func (s *Server) Active() int64 { return s.Stats.Active.Load() }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
-	ls := make([]*TCPListener, 0, len(s.listeners))
+	ls := make([]Listener, 0, len(s.listeners))
 	for l := range s.listeners {
 		ls = append(ls, l)
 	}
