@@ -213,4 +213,3 @@ func shutdown(eng *engine.Engine, sig os.Signal, sigs <-chan os.Signal, log *slo
 		}
 	}
 }
-
