@@ -17,6 +17,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
 )
 
@@ -161,30 +162,32 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	info := version.Get()
 	log.Info("dynamic-proxy started", "version", info.Version, "config", cfg.File, "pid", os.Getpid())
 
+	rl := &reload.Reloader{Engine: eng, Path: o.config, Log: log,
+		Applied: func(cfg *config.Config) {
+			if o.logLevel == "" {
+				_ = logging.SetLevel(lv, cfg.Logging.Level)
+			}
+		}}
+	rl.Seed(cfg.Raw)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	if cfg.Server.WatchConfig {
+		if err := reload.Watch(ctx, o.config, reload.DefaultDebounce, func() { rl.Reload("file", true) }); err != nil {
+			log.Warn("cannot watch the config file; reload with SIGHUP", "err", err.Error())
+		} else {
+			log.Info("watching the config file for changes", "config", o.config)
+		}
+	}
+
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(eng, o, log, lv)
+			rl.Reload("signal", false)
 			continue
 		}
+		stop()
 		return shutdown(eng, sig, sigs, log)
 	}
 	return 0
-}
-
-func reload(eng *engine.Engine, o *options, log *slog.Logger, lv *slog.LevelVar) {
-	cfg, err := config.Load(o.config)
-	if err == nil {
-		err = eng.Apply(cfg)
-	}
-	if err != nil {
-		log.Error("reload failed; still serving the previous config", "err", err.Error())
-		return
-	}
-	if o.logLevel == "" {
-		_ = logging.SetLevel(lv, cfg.Logging.Level)
-	}
-	_, v := eng.Config()
-	log.Info("config reloaded", "config", cfg.File, "version", v)
 }
 
 func shutdown(eng *engine.Engine, sig os.Signal, sigs <-chan os.Signal, log *slog.Logger) int {

@@ -21,8 +21,10 @@ type Config struct {
 	Routers map[string]RouterSpec `toml:"routers"` // named router instances, [routers.NAME]
 	Rules   []Rule                `toml:"rules"`
 
-	// File is the path the config was read from ("" for LoadBytes without a name).
+	// File is the path the config was read from.
 	File string `toml:"-"`
+	// Raw is the file's content.
+	Raw []byte `toml:"-"`
 	// Warnings are problems that do not stop the config from loading
 	// (a rule that an earlier rule shadows entirely, for instance).
 	Warnings []Problem `toml:"-"`
@@ -53,6 +55,12 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for connections in flight
 	// before closing them. Default 30s.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// DrainTimeout is how long connections to a backend that a reload
+	// removed may run on before they are closed. 0 (the default) lets them
+	// run until they end.
+	DrainTimeout Duration `toml:"drain_timeout"`
+	// WatchConfig reloads the config when its file changes. Default true.
+	WatchConfig bool `toml:"watch_config"`
 }
 
 // Logging configures log/slog output.
@@ -124,6 +132,7 @@ func (c *Config) setDefaults() {
 		BufferSize:        DefaultBufferSize,
 		IdleTimeout:       Duration(DefaultIdleTimeout),
 		ShutdownTimeout:   Duration(DefaultShutdownTimeout),
+		WatchConfig:       true,
 	}
 	c.Logging = Logging{Level: "info", Format: "text"}
 }

@@ -38,7 +38,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	errs.pos = indexPositions(data)
 
-	cfg := &Config{File: name}
+	cfg := &Config{File: name, Raw: data}
 	cfg.setDefaults()
 	d := &decoder{errs: errs}
 	d.decodeStruct("", tree, reflect.ValueOf(cfg).Elem())

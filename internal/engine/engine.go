@@ -108,13 +108,13 @@ func (e *Engine) Apply(cfg *config.Config) error {
 	var order []string
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
+		if !r.Enabled {
+			continue // a disabled rule binds nothing and serves nothing
+		}
 		addr := listenKey(r.Protocol, cfg.Listener(r))
 		if _, ok := tables[addr]; !ok {
 			tables[addr] = nil
 			order = append(order, addr)
-		}
-		if !r.Enabled {
-			continue
 		}
 		bs := make([]*backend.Backend, len(r.Backends))
 		for j, bc := range r.Backends {
@@ -184,6 +184,13 @@ func (e *Engine) Apply(cfg *config.Config) error {
 	for k, b := range e.backends {
 		if _, ok := backends[k]; !ok {
 			b.SetDraining(true) // removed: no new connections; open ones run on
+			if d := cfg.Server.DrainTimeout.D(); d > 0 && b.Active() > 0 {
+				time.AfterFunc(d, func() {
+					if n := e.srv.CloseBackendConns(b); n > 0 {
+						e.log.Info("drain_timeout: closed connections to a removed backend", "rule", b.Rule, "backend", b.ID, "connections", n)
+					}
+				})
+			}
 		}
 	}
 	e.backends, e.routers = backends, routers

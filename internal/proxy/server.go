@@ -108,6 +108,24 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// CloseBackendConns closes every connection proxied to b (a backend a reload
+// removed, once its drain_timeout is over) and returns how many.
+func (s *Server) CloseBackendConns(b *backend.Backend) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.conns {
+		c.mu.Lock()
+		mine := c.be == b
+		c.mu.Unlock()
+		if mine {
+			c.forceClose()
+			n++
+		}
+	}
+	return n
+}
+
 func (s *Server) track(c *tcpConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -120,16 +120,17 @@ type tcpConn struct {
 	start   time.Time
 	mu      sync.Mutex
 	backend *net.TCPConn
+	be      *backend.Backend
 	forced  bool
 }
 
-func (c *tcpConn) setBackend(b *net.TCPConn) bool {
+func (c *tcpConn) setBackend(be *backend.Backend, b *net.TCPConn) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.forced {
 		return false
 	}
-	c.backend = b
+	c.be, c.backend = be, b
 	return true
 }
 
@@ -169,7 +170,7 @@ func (l *TCPListener) handle(c *tcpConn) {
 		return
 	}
 	defer b.Release()
-	if !c.setBackend(bc) {
+	if !c.setBackend(b, bc) {
 		bc.Close()
 		return
 	}

@@ -1,0 +1,124 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+)
+
+// Change summarises what a new config changes relative to the running one.
+type Change struct {
+	RulesAdded, RulesRemoved, RulesChanged []string
+	BackendsAdded, BackendsRemoved         []string // "rule/id"
+	ListenersOpened, ListenersClosed       []string // "tcp 127.0.0.1:8000"
+	// RestartNeeded lists keys whose new value only applies at the next restart.
+	RestartNeeded []string
+}
+
+// Empty reports whether nothing changed.
+func (c Change) Empty() bool {
+	return len(c.RulesAdded)+len(c.RulesRemoved)+len(c.RulesChanged)+len(c.BackendsAdded)+
+		len(c.BackendsRemoved)+len(c.ListenersOpened)+len(c.ListenersClosed)+len(c.RestartNeeded) == 0
+}
+
+// String is a one-line summary, e.g. "rules +1 -0 ~2; backends +1 -1; listeners +0 -0".
+func (c Change) String() string {
+	s := fmt.Sprintf("rules +%d -%d ~%d; backends +%d -%d; listeners +%d -%d",
+		len(c.RulesAdded), len(c.RulesRemoved), len(c.RulesChanged),
+		len(c.BackendsAdded), len(c.BackendsRemoved),
+		len(c.ListenersOpened), len(c.ListenersClosed))
+	if len(c.RestartNeeded) > 0 {
+		s += "; needs restart: " + strings.Join(c.RestartNeeded, ", ")
+	}
+	return s
+}
+
+// Diff compares the running config old (nil at start-up) with next.
+func Diff(old, next *Config) Change {
+	var ch Change
+	if old == nil {
+		old = &Config{}
+	}
+	oldRules := map[string]*Rule{}
+	for i := range old.Rules {
+		oldRules[old.Rules[i].Name] = &old.Rules[i]
+	}
+	newRules := map[string]*Rule{}
+	for i := range next.Rules {
+		r := &next.Rules[i]
+		newRules[r.Name] = r
+		o, ok := oldRules[r.Name]
+		if !ok {
+			ch.RulesAdded = append(ch.RulesAdded, r.Name)
+			for _, b := range r.Backends {
+				ch.BackendsAdded = append(ch.BackendsAdded, r.Name+"/"+b.ID)
+			}
+			continue
+		}
+		if !reflect.DeepEqual(o, r) || old.routerSpec(o.Router) != next.routerSpec(r.Router) {
+			ch.RulesChanged = append(ch.RulesChanged, r.Name)
+		}
+		ob, nb := map[string]bool{}, map[string]bool{}
+		for _, b := range o.Backends {
+			ob[b.ID+"@"+b.Address] = true
+		}
+		for _, b := range r.Backends {
+			nb[b.ID+"@"+b.Address] = true
+			if !ob[b.ID+"@"+b.Address] {
+				ch.BackendsAdded = append(ch.BackendsAdded, r.Name+"/"+b.ID)
+			}
+		}
+		for _, b := range o.Backends {
+			if !nb[b.ID+"@"+b.Address] {
+				ch.BackendsRemoved = append(ch.BackendsRemoved, r.Name+"/"+b.ID)
+			}
+		}
+	}
+	for _, r := range old.Rules {
+		if _, ok := newRules[r.Name]; !ok {
+			ch.RulesRemoved = append(ch.RulesRemoved, r.Name)
+			for _, b := range r.Backends {
+				ch.BackendsRemoved = append(ch.BackendsRemoved, r.Name+"/"+b.ID)
+			}
+		}
+	}
+	ol, nl := old.listeners(), next.listeners()
+	for l := range nl {
+		if !ol[l] {
+			ch.ListenersOpened = append(ch.ListenersOpened, l)
+		}
+	}
+	for l := range ol {
+		if !nl[l] {
+			ch.ListenersClosed = append(ch.ListenersClosed, l)
+		}
+	}
+	sort.Strings(ch.ListenersOpened)
+	sort.Strings(ch.ListenersClosed)
+	if len(old.Rules) > 0 || old.File != "" {
+		if old.Server.WorkerThreads != next.Server.WorkerThreads {
+			ch.RestartNeeded = append(ch.RestartNeeded, "server.worker_threads")
+		}
+		if old.Logging.Format != next.Logging.Format {
+			ch.RestartNeeded = append(ch.RestartNeeded, "logging.format")
+		}
+	}
+	return ch
+}
+
+// listeners is the set of "protocol address" keys the enabled rules need.
+func (c *Config) listeners() map[string]bool {
+	out := map[string]bool{}
+	for i := range c.Rules {
+		if c.Rules[i].Enabled {
+			out[c.Rules[i].Protocol+" "+c.Listener(&c.Rules[i])] = true
+		}
+	}
+	return out
+}
+
+func (c *Config) routerSpec(name string) string {
+	s, _ := c.RouterSpecFor(name)
+	return fmt.Sprintf("%s %v", s.Plugin, s.Config)
+}

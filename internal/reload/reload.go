@@ -1,0 +1,102 @@
+// Package reload applies a new config to the running engine, whatever asked
+// for it: SIGHUP, a change to the config file, the admin API or Redis. Every
+// trigger goes through Reloader.Reload, which serialises reloads, is all or
+// nothing (engine.Apply), and logs one summary line per reload.
+package reload
+
+import (
+	"crypto/sha256"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+)
+
+// Reloader reloads one config file into one engine.
+type Reloader struct {
+	Engine *engine.Engine
+	Path   string
+	Log    *slog.Logger
+	// Load reads a config; nil means config.Load. Redis-backed configs
+	// replace it.
+	Load func(path string) (*config.Config, error)
+	// Applied, when set, is called after each successful reload (e.g. to
+	// change the log level).
+	Applied func(cfg *config.Config)
+	// Result, when set, is called after every attempt with its outcome
+	// (for metrics).
+	Result func(err error)
+
+	mu   sync.Mutex
+	hash [32]byte // of the file content last applied
+}
+
+// Seed records the content of the config the engine started with, so that a
+// file event that did not change the content does not reload.
+func (r *Reloader) Seed(data []byte) {
+	r.mu.Lock()
+	r.hash = sha256.Sum256(data)
+	r.mu.Unlock()
+}
+
+// Reload reads the config and applies it. trigger names the cause for the
+// log ("signal", "file", "api"). With onlyIfChanged, a file whose content is
+// the same as the last applied one is skipped silently. On error the running
+// config keeps serving; the error (a *config.Errors for an invalid file) is
+// returned and logged.
+func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	data, err := os.ReadFile(r.Path)
+	if err == nil && onlyIfChanged && sha256.Sum256(data) == r.hash {
+		return nil
+	}
+	var cfg *config.Config
+	if err == nil {
+		if r.Load != nil {
+			cfg, err = r.Load(r.Path)
+		} else {
+			cfg, err = config.Parse(r.Path, data)
+		}
+	}
+	old, _ := r.Engine.Config()
+	if err == nil {
+		err = r.Engine.Apply(cfg)
+	}
+	if r.Result != nil {
+		r.Result(err)
+	}
+	if err != nil {
+		r.Log.Error("reload failed; still serving the previous config", "trigger", trigger, "err", err.Error())
+		return err
+	}
+	r.hash = sha256.Sum256(data)
+	for _, w := range cfg.Warnings {
+		r.Log.Warn("config warning", "problem", w.String())
+	}
+	ch := config.Diff(old, cfg)
+	_, version := r.Engine.Config()
+	attrs := []any{"trigger", trigger, "version", version, "changes", ch.String()}
+	for _, kv := range []struct {
+		k string
+		v []string
+	}{
+		{"rules_added", ch.RulesAdded}, {"rules_removed", ch.RulesRemoved}, {"rules_changed", ch.RulesChanged},
+		{"backends_added", ch.BackendsAdded}, {"backends_removed", ch.BackendsRemoved},
+		{"listeners_opened", ch.ListenersOpened}, {"listeners_closed", ch.ListenersClosed},
+	} {
+		if len(kv.v) > 0 {
+			attrs = append(attrs, kv.k, kv.v)
+		}
+	}
+	r.Log.Info("config reloaded", attrs...)
+	if len(ch.RestartNeeded) > 0 {
+		r.Log.Warn("some changed keys apply only at the next restart", "keys", ch.RestartNeeded)
+	}
+	if r.Applied != nil {
+		r.Applied(cfg)
+	}
+	return nil
+}
