@@ -1,0 +1,373 @@
+// Command bench runs dynamic-proxy side by side with HAProxy (mode tcp,
+// default and with splice), nginx stream and a direct connection, in
+// interleaved rounds with a rotating order, and writes docs/BENCHMARKS.md.
+//
+//	make bench                      # 5 rounds, the full set
+//	go run ./bench -rounds 1 -quick # a short smoke run
+//
+// Every load loop is bounded in time, all traffic stays on 127.0.0.1, and
+// every process the harness starts is stopped by its PID.
+package main
+
+import (
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	flagRounds = flag.Int("rounds", 5, "interleaved rounds (at least 5 for the report)")
+	flagOut    = flag.String("out", "docs/BENCHMARKS.md", "report file")
+	flagQuick  = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
+	flagOnly   = flag.String("only", "", "comma-separated scenarios to run (default all)")
+	flagMode   = flag.String("mode", "", "internal: echo")
+	flagListen = flag.String("listen", "", "internal: echo listen address")
+	flagDP     = flag.String("dp", "", "dynamic-proxy binary (default: build it)")
+	flagDPUDP  = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
+)
+
+func main() {
+	flag.Parse()
+	if *flagMode == "echo" {
+		fmt.Fprintln(os.Stderr, echoServe(*flagListen))
+		os.Exit(1)
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// sample is one measurement: metric name -> value.
+type sample map[string]float64
+
+type scenario struct {
+	name    string
+	udpOnly bool
+	metrics []metric
+	run     func(t *target) (sample, error)
+}
+
+type metric struct {
+	key, label string
+	higher     bool // higher is better
+}
+
+var dur = func(full, quick time.Duration) time.Duration {
+	if *flagQuick {
+		return quick
+	}
+	return full
+}
+
+func scenarios() []scenario {
+	cpuWrap := func(t *target, f func() (sample, float64, error), perKey string, scale float64) (sample, error) {
+		c0 := 0.0
+		if t.pid() > 0 {
+			c0 = cpuSeconds(t.pid())
+		}
+		s, units, err := f()
+		if err != nil {
+			return nil, err
+		}
+		if t.pid() > 0 && units > 0 {
+			s[perKey] = (cpuSeconds(t.pid()) - c0) / units * scale
+		}
+		return s, nil
+	}
+	iperf := func(streams int) func(t *target) (sample, error) {
+		return func(t *target) (sample, error) {
+			return cpuWrap(t, func() (sample, float64, error) {
+				secs := int(dur(4*time.Second, 2*time.Second) / time.Second)
+				out, err := exec.Command("timeout", "30", "iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(t.port("iperf")),
+					"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J").Output()
+				if err != nil {
+					return nil, 0, fmt.Errorf("iperf3: %v: %s", err, firstLine(out))
+				}
+				var r struct {
+					End struct {
+						SumReceived struct {
+							Bytes float64 `json:"bytes"`
+							Bps   float64 `json:"bits_per_second"`
+						} `json:"sum_received"`
+					} `json:"end"`
+				}
+				if err := json.Unmarshal(out, &r); err != nil {
+					return nil, 0, err
+				}
+				gb := r.End.SumReceived.Bytes / 1e9
+				return sample{"gbps": r.End.SumReceived.Bps / 1e9}, gb, nil
+			}, "cpu_ms_per_gb", 1000)
+		}
+	}
+	churnRun := func(rate, workers int, d time.Duration) func(t *target) (sample, error) {
+		return func(t *target) (sample, error) {
+			return cpuWrap(t, func() (sample, float64, error) {
+				r := churn(fmt.Sprintf("127.0.0.1:%d", t.port("echo")), rate, workers, d)
+				if r.ops == 0 {
+					return nil, 0, fmt.Errorf("no connection completed: %v", r.firstErr)
+				}
+				return sample{"rate": float64(r.ops) / r.elapsed.Seconds(), "p50_ms": ms(r.lat.pct(0.5)),
+					"p99_ms": ms(r.lat.pct(0.99)), "errors": float64(r.errors)}, float64(r.ops), nil
+			}, "cpu_us_per_op", 1e6)
+		}
+	}
+	udpRun := func(rate, clients int, d time.Duration) func(t *target) (sample, error) {
+		return func(t *target) (sample, error) {
+			return cpuWrap(t, func() (sample, float64, error) {
+				r := udpLoad(fmt.Sprintf("127.0.0.1:%d", t.port("echo")), rate, clients, d)
+				if r.ops == 0 {
+					return nil, 0, fmt.Errorf("no round trip completed: %v", r.firstErr)
+				}
+				return sample{"rate": float64(r.ops) / r.elapsed.Seconds(), "p50_ms": ms(r.lat.pct(0.5)),
+					"p99_ms": ms(r.lat.pct(0.99)), "errors": float64(r.errors)}, float64(r.ops), nil
+			}, "cpu_us_per_op", 1e6)
+		}
+	}
+	redis := func(t *target) (sample, error) {
+		return cpuWrap(t, func() (sample, float64, error) {
+			n := 100000
+			if *flagQuick {
+				n = 20000
+			}
+			out, err := exec.Command("timeout", "60", "redis-benchmark", "-h", "127.0.0.1", "-p", strconv.Itoa(t.port("redis")),
+				"-t", "get", "-n", strconv.Itoa(n), "-c", "50", "--csv").Output()
+			if err != nil {
+				return nil, 0, fmt.Errorf("redis-benchmark: %v", err)
+			}
+			recs, err := csv.NewReader(bytes.NewReader(out)).ReadAll()
+			if err != nil || len(recs) < 2 {
+				return nil, 0, fmt.Errorf("redis-benchmark output: %q", out)
+			}
+			col := map[string]int{}
+			for i, h := range recs[0] {
+				col[h] = i
+			}
+			f := func(k string) float64 { v, _ := strconv.ParseFloat(recs[1][col[k]], 64); return v }
+			return sample{"rate": f("rps"), "p50_ms": f("p50_latency_ms"), "p99_ms": f("p99_latency_ms")}, float64(n), nil
+		}, "cpu_us_per_op", 1e6)
+	}
+	idle := func(t *target) (sample, error) {
+		n := 5000
+		if *flagQuick {
+			n = 1000
+		}
+		var fd0 int
+		var rss0 int64
+		if t.pid() > 0 {
+			fd0, rss0 = fdCount(t.pid()), rssBytes(t.pid())
+		}
+		slab0 := slabBytes()
+		conns, err := idleConns(fmt.Sprintf("127.0.0.1:%d", t.port("echo")), n)
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		if err != nil {
+			return nil, fmt.Errorf("after %d connections: %v", len(conns), err)
+		}
+		s := sample{"slab_kb_per_conn": float64(slabBytes()-slab0) / float64(n) / 1024}
+		if t.pid() > 0 {
+			s["fds_per_conn"] = float64(fdCount(t.pid())-fd0) / float64(n)
+			s["rss_kb_per_conn"] = float64(rssBytes(t.pid())-rss0) / float64(n) / 1024
+		}
+		return s, nil
+	}
+	rt := []metric{{"rate", "ops/s", true}, {"cpu_us_per_op", "proxy CPU µs/op", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
+	return []scenario{
+		{name: "bulk-1", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(1)},
+		{name: "bulk-8", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(8)},
+		{name: "churn-4000/s", metrics: rt, run: churnRun(4000, 64, dur(4*time.Second, 2*time.Second))},
+		{name: "churn-saturation", metrics: rt, run: churnRun(0, 16, dur(3*time.Second, 1*time.Second))},
+		{name: "redis-get", metrics: rt[:4], run: redis},
+		{name: "udp-20000/s", udpOnly: true, metrics: rt, run: udpRun(20000, 64, dur(4*time.Second, 2*time.Second))},
+		{name: "udp-saturation", udpOnly: true, metrics: rt, run: udpRun(0, 16, dur(3*time.Second, 1*time.Second))},
+		{name: "idle-5000", metrics: []metric{{"fds_per_conn", "fds/conn", false}, {"rss_kb_per_conn", "RSS kB/conn", false}, {"slab_kb_per_conn", "slab kB/conn (whole system)", false}}, run: idle},
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func firstLine(b []byte) string {
+	s := string(b)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func runQuiet(argv ...string) error {
+	return exec.Command(argv[0], argv[1:]...).Run()
+}
+
+func ensurePackages() error {
+	need := map[string]string{"haproxy": "haproxy", "nginx": "nginx-light", "iperf3": "iperf3", "redis-server": "redis-server", "redis-benchmark": "redis-tools"}
+	var missing []string
+	for cmd, pkg := range need {
+		if _, err := exec.LookPath(cmd); err != nil {
+			missing = append(missing, pkg)
+		}
+	}
+	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err != nil {
+		missing = append(missing, "libnginx-mod-stream")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	fmt.Println("bench: installing", strings.Join(missing, " "))
+	if err := runQuiet("apt-get", "update", "-qq"); err != nil {
+		return fmt.Errorf("apt-get update: %w", err)
+	}
+	cmd := exec.Command("apt-get", append([]string{"install", "-y", "-qq", "--no-install-recommends"}, missing...)...)
+	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	return cmd.Run()
+}
+
+func run() error {
+	if err := ensurePackages(); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "dp-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	dp := *flagDP
+	if dp == "" {
+		dp = filepath.Join(dir, "dynamic-proxy")
+		build := exec.Command("go", "build", "-o", dp, "./cmd/dynamic-proxy")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building dynamic-proxy: %w", err)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+
+	// Backends.
+	var procs []*proc
+	defer func() {
+		for i := len(procs) - 1; i >= 0; i-- {
+			procs[i].stop()
+		}
+	}()
+	for _, argv := range [][]string{
+		{"iperf3", "-s", "-p", strconv.Itoa(portIperf)},
+		{self, "-mode", "echo", "-listen", fmt.Sprintf("127.0.0.1:%d", portEcho)},
+		{"redis-server", "--port", strconv.Itoa(portRedis), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir},
+	} {
+		p, err := start(filepath.Base(argv[0])+"-backend", dir, argv...)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, p)
+	}
+	if err := waitPorts(&target{name: "backends", proc: procs[0]}); err != nil {
+		return err
+	}
+	if err := runQuiet("redis-cli", "-p", strconv.Itoa(portRedis), "set", "key:__rand_int__", "x"); err != nil {
+		return fmt.Errorf("seeding redis: %w", err)
+	}
+
+	targets := allTargets(dp, supportsMetricsSwitch(dp))
+	for _, t := range targets {
+		if t.setup == nil {
+			continue
+		}
+		if err := t.setup(t, dir); err != nil {
+			return err
+		}
+		procs = append(procs, t.proc)
+	}
+
+	scs := scenarios()
+	if *flagOnly != "" {
+		var keep []scenario
+		for _, s := range scs {
+			if strings.Contains(","+*flagOnly+",", ","+s.name+",") {
+				keep = append(keep, s)
+			}
+		}
+		scs = keep
+	}
+	// results[scenario][target] = samples over rounds
+	results := map[string]map[string][]sample{}
+	errs := map[string]map[string]string{}
+	for round := 0; round < *flagRounds; round++ {
+		for _, sc := range scs {
+			for i := range targets {
+				t := targets[(i+round)%len(targets)] // rotate the order every round
+				if sc.udpOnly && !t.udp {
+					continue
+				}
+				s, err := sc.run(t)
+				if results[sc.name] == nil {
+					results[sc.name] = map[string][]sample{}
+					errs[sc.name] = map[string]string{}
+				}
+				if err != nil {
+					errs[sc.name][t.name] = err.Error()
+					fmt.Printf("round %d %-16s %-24s error: %v\n", round+1, sc.name, t.name, err)
+					continue
+				}
+				results[sc.name][t.name] = append(results[sc.name][t.name], s)
+				fmt.Printf("round %d %-16s %-24s %s\n", round+1, sc.name, t.name, fmtSample(s))
+			}
+		}
+	}
+	report := render(dp, targets, scs, results, errs)
+	if err := os.MkdirAll(filepath.Dir(*flagOut), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*flagOut, []byte(report), 0o644); err != nil {
+		return err
+	}
+	fmt.Println()
+	fmt.Print(report)
+	fmt.Println("written to", *flagOut)
+	return nil
+}
+
+func fmtSample(s sample) string {
+	keys := make([]string, 0, len(s))
+	for k := range s {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%.4g ", k, s[k])
+	}
+	return b.String()
+}
+
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d CPUs, %s", cpu, runtime.NumCPU(), runtime.Version())
+}
+
+func versionOf(argv ...string) string {
+	out, _ := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	return strings.TrimSpace(firstLine(out))
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+var peers = []string{"haproxy", "haproxy-splice", "nginx"}
+
+func sortStrings(s []string) { sort.Strings(s) }
+
+type stats struct {
+	med, lo, hi float64
+	n           int
+}
+
+func summarize(samples []sample, key string) (stats, bool) {
+	var v []float64
+	for _, s := range samples {
+		if x, ok := s[key]; ok {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return stats{}, false
+	}
+	sort.Float64s(v)
+	med := v[len(v)/2]
+	if len(v)%2 == 0 {
+		med = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return stats{med: med, lo: v[0], hi: v[len(v)-1], n: len(v)}, true
+}
+
+func num(x float64) string {
+	switch a := math.Abs(x); {
+	case a == 0:
+		return "0"
+	case a >= 1000:
+		return fmt.Sprintf("%.0f", x)
+	case a >= 100:
+		return fmt.Sprintf("%.1f", x)
+	case a >= 1:
+		return fmt.Sprintf("%.2f", x)
+	default:
+		return fmt.Sprintf("%.3f", x)
+	}
+}
+
+// bestPeer returns the best peer median for a metric.
+func bestPeer(res map[string][]sample, m metric) (string, float64, bool) {
+	bestName, best, found := "", 0.0, false
+	for _, p := range peers {
+		st, ok := summarize(res[p], m.key)
+		if !ok {
+			continue
+		}
+		if !found || (m.higher && st.med > best) || (!m.higher && st.med < best) {
+			bestName, best, found = p, st.med, true
+		}
+	}
+	return bestName, best, found
+}
+
+func render(dp string, targets []*target, scs []scenario, results map[string]map[string][]sample, errs map[string]map[string]string) string {
+	var b strings.Builder
+	b.WriteString("# Benchmarks\n\n")
+	b.WriteString("Produced by `make bench` (`go run ./bench`), which writes this file. ")
+	b.WriteString("Every target runs every scenario in interleaved rounds whose order rotates each round; ")
+	b.WriteString("each cell is the median over the rounds with the min–max spread. ")
+	b.WriteString("Proxy CPU is user+system time of the proxy's process tree from `/proc/PID/stat` over the run, divided by the work done: ")
+	b.WriteString("on a 2-core machine shared with the load generator it is far steadier than raw rates.\n\n")
+	fmt.Fprintf(&b, "- date: %s\n- machine: %s\n- command: `go run ./bench %s`\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine(), strings.Join(os.Args[1:], " "))
+	fmt.Fprintf(&b, "- dynamic-proxy: %s\n- %s\n- %s\n- %s\n- %s\n\n",
+		versionOf(dp, "--version-info"), versionOf("haproxy", "-v"), versionOf("nginx", "-v"), versionOf("iperf3", "--version"), versionOf("redis-benchmark", "--version"))
+	b.WriteString("Targets: `direct` (client to backend, the physical limit), `dynamic-proxy`, `haproxy` (mode tcp, defaults), ")
+	b.WriteString("`haproxy-splice` (with `option splice-request` and `option splice-response`), `nginx` (stream module)")
+	for _, t := range targets {
+		if t.name == "dynamic-proxy-nometrics" {
+			b.WriteString(", `dynamic-proxy-nometrics` (metrics disabled)")
+		}
+	}
+	b.WriteString(". HAProxy has no UDP.\n\n")
+
+	b.WriteString(targetsTable(results))
+
+	for _, sc := range scs {
+		res := results[sc.name]
+		fmt.Fprintf(&b, "## %s\n\n| target |", sc.name)
+		for _, m := range sc.metrics {
+			fmt.Fprintf(&b, " %s |", m.label)
+		}
+		b.WriteString(" ×direct | ×best peer |\n|---|")
+		for range sc.metrics {
+			b.WriteString("---|")
+		}
+		b.WriteString("---|---|\n")
+		head := sc.metrics[0]
+		directSt, hasDirect := summarize(res["direct"], head.key)
+		_, peerBest, hasPeer := bestPeer(res, head)
+		for _, t := range targets {
+			if sc.udpOnly && !t.udp {
+				continue
+			}
+			if e := errs[sc.name][t.name]; e != "" && len(res[t.name]) == 0 {
+				fmt.Fprintf(&b, "| %s | error: %s |\n", t.name, strings.ReplaceAll(e, "|", "/"))
+				continue
+			}
+			fmt.Fprintf(&b, "| %s |", t.name)
+			for _, m := range sc.metrics {
+				st, ok := summarize(res[t.name], m.key)
+				if !ok {
+					b.WriteString(" – |")
+					continue
+				}
+				fmt.Fprintf(&b, " %s (%s–%s) |", num(st.med), num(st.lo), num(st.hi))
+			}
+			st, ok := summarize(res[t.name], head.key)
+			ratio := func(ref float64, okRef bool) string {
+				if !ok || !okRef || ref == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.2f", st.med/ref)
+			}
+			fmt.Fprintf(&b, " %s | %s |\n", ratio(directSt.med, hasDirect), ratio(peerBest, hasPeer))
+		}
+		fmt.Fprintf(&b, "\nRatios are of the first column (%s).\n\n", head.label)
+	}
+	return b.String()
+}
+
+// targetsTable checks the issue's targets against the medians.
+func targetsTable(results map[string]map[string][]sample) string {
+	med := func(sc, t, key string) (float64, bool) {
+		st, ok := summarize(results[sc][t], key)
+		return st.med, ok
+	}
+	type check struct {
+		what string
+		dp   string
+		ref  string
+		ok   string
+	}
+	var rows []check
+	cmp := func(what, sc, key, refTarget string, factor float64, higher bool) {
+		d, ok1 := med(sc, "dynamic-proxy", key)
+		r, ok2 := med(sc, refTarget, key)
+		if !ok1 || !ok2 {
+			rows = append(rows, check{what, "–", "–", "not measured"})
+			return
+		}
+		pass := d >= factor*r
+		if !higher {
+			pass = d <= factor*r
+		}
+		verdict := "yes"
+		if !pass {
+			verdict = "**no**"
+		}
+		rows = append(rows, check{what, num(d), fmt.Sprintf("%s × %s = %s", refTarget, num(factor), num(factor*r)), verdict})
+	}
+	cmp("bulk-1 throughput ≥ 0.70 × direct", "bulk-1", "gbps", "direct", 0.70, true)
+	cmp("bulk-1 throughput ≥ 1.5 × haproxy", "bulk-1", "gbps", "haproxy", 1.5, true)
+	cmp("bulk-8 throughput ≥ 0.70 × direct", "bulk-8", "gbps", "direct", 0.70, true)
+	cmp("bulk-1 CPU/GB ≤ haproxy-splice", "bulk-1", "cpu_ms_per_gb", "haproxy-splice", 1, false)
+	cmp("churn CPU/conn ≤ haproxy", "churn-4000/s", "cpu_us_per_op", "haproxy", 1, false)
+	cmp("redis CPU/req ≤ haproxy", "redis-get", "cpu_us_per_op", "haproxy", 1, false)
+	cmp("redis CPU/req ≤ nginx", "redis-get", "cpu_us_per_op", "nginx", 1, false)
+	cmp("UDP rate (saturation) ≥ nginx", "udp-saturation", "rate", "nginx", 1, true)
+	cmp("UDP CPU/round trip ≤ nginx", "udp-20000/s", "cpu_us_per_op", "nginx", 1, false)
+	cmp("idle RSS/conn ≤ nginx", "idle-5000", "rss_kb_per_conn", "nginx", 1, false)
+	if d, ok := med("idle-5000", "dynamic-proxy", "fds_per_conn"); ok {
+		v := "yes"
+		if math.Abs(d-2) > 0.05 {
+			v = "**no**"
+		}
+		rows = append(rows, check{"idle: 2 descriptors per connection", num(d), "2", v})
+	}
+	cmp("metrics on vs off: CPU/conn within 3%", "churn-4000/s", "cpu_us_per_op", "dynamic-proxy-nometrics", 1.03, false)
+
+	var b strings.Builder
+	b.WriteString("## Targets\n\n| target | dynamic-proxy | reference | met |\n|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.what, r.dp, r.ref, r.ok)
+	}
+	b.WriteString("\n")
+	return b.String()
+}

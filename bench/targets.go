@@ -1,0 +1,172 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Backend ports (below 32768, so no TIME_WAIT client socket in the
+// ephemeral range can hold them) and each target's front ports.
+const (
+	portIperf = 21001
+	portEcho  = 21002 // TCP and UDP
+	portRedis = 21003
+)
+
+type target struct {
+	name  string
+	base  int // front ports: base+1 iperf, base+2 echo (tcp+udp), base+3 redis
+	udp   bool
+	proc  *proc
+	setup func(t *target, dir string) error
+}
+
+func (t *target) port(kind string) int {
+	off := map[string]int{"iperf": 1, "echo": 2, "redis": 3}[kind]
+	if t.base == 0 {
+		return map[string]int{"iperf": portIperf, "echo": portEcho, "redis": portRedis}[kind]
+	}
+	return t.base + off
+}
+
+func (t *target) pid() int {
+	if t.proc == nil {
+		return 0
+	}
+	return t.proc.pid()
+}
+
+func allTargets(dpBinary string, metricsOffVariant bool) []*target {
+	ts := []*target{
+		{name: "direct", udp: true},
+		{name: "dynamic-proxy", base: 21100, udp: true, setup: func(t *target, dir string) error {
+			return startDP(t, dir, dpBinary, true)
+		}},
+		{name: "haproxy", base: 21200, setup: func(t *target, dir string) error { return startHAProxy(t, dir, false) }},
+		{name: "haproxy-splice", base: 21300, setup: func(t *target, dir string) error { return startHAProxy(t, dir, true) }},
+		{name: "nginx", base: 21400, udp: true, setup: startNginx},
+	}
+	if metricsOffVariant {
+		ts = append(ts, &target{name: "dynamic-proxy-nometrics", base: 21500, udp: true, setup: func(t *target, dir string) error {
+			return startDP(t, dir, dpBinary, false)
+		}})
+	}
+	return ts
+}
+
+func startDP(t *target, dir, bin string, metrics bool) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[server]\ntcp_bind = \"127.0.0.1:%d\"\nudp_bind = \"127.0.0.1:%d\"\nmax_connections = 0\nwatch_config = false\n", t.base+9, t.base+9)
+	b.WriteString("[logging]\nlevel = \"warn\"\n")
+	if supportsMetricsSwitch(bin) {
+		fmt.Fprintf(&b, "[metrics]\nenabled = %v\nbind = \"127.0.0.1:%d\"\n[admin]\nbind = \"\"\n", metrics, t.base+8)
+	}
+	for _, r := range []struct {
+		name, proto  string
+		off, backend int
+	}{{"iperf", "tcp", 1, portIperf}, {"echo", "tcp", 2, portEcho}, {"redis", "tcp", 3, portRedis}, {"echo_udp", "udp", 2, portEcho}} {
+		if r.proto == "udp" && !*flagDPUDP {
+			continue
+		}
+		fmt.Fprintf(&b, "[[rules]]\nname = %q\nprotocol = %q\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\ntype = \"port\"\nport = %d\n",
+			r.name, r.proto, r.backend, t.base+r.off)
+	}
+	cfg := filepath.Join(dir, t.name+".toml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	p, err := start(t.name, dir, bin, "-c", cfg)
+	if err != nil {
+		return err
+	}
+	t.proc = p
+	return waitPorts(t)
+}
+
+var metricsSwitch *bool
+
+// supportsMetricsSwitch reports whether this dynamic-proxy build has a
+// [metrics] enabled key (so the metrics-off variant can be measured).
+func supportsMetricsSwitch(bin string) bool {
+	if metricsSwitch != nil {
+		return *metricsSwitch
+	}
+	dir, _ := os.MkdirTemp("", "dp-bench-probe")
+	defer os.RemoveAll(dir)
+	cfg := filepath.Join(dir, "c.toml")
+	os.WriteFile(cfg, []byte("[metrics]\nenabled = false\n[[rules]]\nname=\"x\"\n[[rules.backends]]\nid=\"a\"\naddress=\"127.0.0.1:1\"\n"), 0o644)
+	ok := runQuiet(bin, "-c", cfg, "--validate") == nil
+	metricsSwitch = &ok
+	return ok
+}
+
+func startHAProxy(t *target, dir string, splice bool) error {
+	var b strings.Builder
+	b.WriteString("global\n  maxconn 7500\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n")
+	if splice {
+		b.WriteString("  option splice-request\n  option splice-response\n")
+	}
+	for _, r := range []struct {
+		name         string
+		off, backend int
+	}{{"iperf", 1, portIperf}, {"echo", 2, portEcho}, {"redis", 3, portRedis}} {
+		fmt.Fprintf(&b, "\nlisten %s\n  bind 127.0.0.1:%d\n  server s1 127.0.0.1:%d\n", r.name, t.base+r.off, r.backend)
+	}
+	cfg := filepath.Join(dir, t.name+".cfg")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	p, err := start(t.name, dir, "haproxy", "-db", "-f", cfg)
+	if err != nil {
+		return err
+	}
+	t.proc = p
+	return waitPorts(t)
+}
+
+func startNginx(t *target, dir string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "daemon off;\nuser root;\nworker_processes auto;\nworker_rlimit_nofile 19000;\npid %s/nginx.pid;\nerror_log %s/nginx-error.log warn;\n", dir, dir)
+	b.WriteString("load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nevents { worker_connections 18000; }\nstream {\n")
+	for _, r := range []struct {
+		listen       string
+		off, backend int
+	}{{"", 1, portIperf}, {"", 2, portEcho}, {"", 3, portRedis}, {" udp", 2, portEcho}} {
+		fmt.Fprintf(&b, "  server { listen 127.0.0.1:%d%s; proxy_pass 127.0.0.1:%d; proxy_timeout 10m; }\n", t.base+r.off, r.listen, r.backend)
+	}
+	b.WriteString("}\n")
+	cfg := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	p, err := start(t.name, dir, "nginx", "-p", dir, "-c", cfg)
+	if err != nil {
+		return err
+	}
+	t.proc = p
+	return waitPorts(t)
+}
+
+// waitPorts waits until every TCP front port of t accepts connections.
+func waitPorts(t *target) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for _, k := range []string{"iperf", "echo", "redis"} {
+		for {
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", t.port(k)), time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				logText, _ := os.ReadFile(t.proc.log)
+				return fmt.Errorf("%s: port %d not ready: %v; its log:\n%s", t.name, t.port(k), err, logText)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
+}
