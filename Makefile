@@ -11,7 +11,7 @@ LDFLAGS := -s -w \
 	-X github.com/dynamic-proxy/dynamic-proxy/internal/version.Commit=$(COMMIT) \
 	-X github.com/dynamic-proxy/dynamic-proxy/internal/version.Date=$(DATE)
 
-.PHONY: build run test echo clean
+.PHONY: build run test echo bench clean
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/dynamic-proxy
 
@@ -25,6 +25,11 @@ echo:
 
 test:
 	bash scripts/test.sh
+
+# Side-by-side benchmark with HAProxy and nginx (installs them when missing);
+# writes docs/BENCHMARKS.md. Takes about 15 minutes.
+bench:
+	$(GO) run ./bench -rounds 5
 
 clean:
 	rm -rf bin
