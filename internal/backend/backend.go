@@ -3,21 +3,20 @@
 package backend
 
 import (
+	"sync"
 	"sync/atomic"
 )
 
-// Health is the up/down state of one address. All backends that name the same
-// address share one *Health, so a check of that address serves every rule.
-type Health struct {
-	Address string
-	down    atomic.Bool
-}
+// version counts changes of routing state: any backend's weight, enabled or
+// draining flag, or any address's health.
+var version atomic.Uint64
 
-// Up reports whether the address is considered healthy. A new Health is up.
-func (h *Health) Up() bool { return !h.down.Load() }
-
-// SetUp records the address's health and reports whether it changed.
-func (h *Health) SetUp(up bool) (changed bool) { return h.down.Swap(!up) != !up }
+// Version returns a number that changes whenever any backend's weight,
+// enabled or draining flag, or any address's health changes. A router caches
+// what it derives from that state (a weighted schedule, a hash table) and
+// notices a change with one atomic load per pick. Read Version before the
+// state it guards: a setter stores the state first and then moves Version.
+func Version() uint64 { return version.Load() }
 
 // Backend is one upstream server of one rule. Its identity is (rule, ID,
 // Address); the engine keeps the same *Backend across reloads while that
@@ -26,14 +25,19 @@ type Backend struct {
 	Rule    string
 	ID      string
 	Address string
-	Health  *Health
 
+	health   atomic.Pointer[Health] // shared with every backend of the same address and check
 	weight   atomic.Int32
 	disabled atomic.Bool
 	draining atomic.Bool
 
 	active atomic.Int64 // connections (or UDP sessions) open now
 	total  atomic.Int64 // connections (or UDP sessions) ever opened
+
+	bytesIn  atomic.Int64 // bytes proxied from clients to the backend
+	bytesOut atomic.Int64 // bytes proxied from the backend to clients
+
+	watchers atomic.Pointer[[]ActiveWatcher] // told of every change of active
 }
 
 // New returns an enabled backend with the given weight. health may be nil,
@@ -42,35 +46,64 @@ func New(rule, id, address string, weight int, health *Health) *Backend {
 	if health == nil {
 		health = &Health{Address: address}
 	}
-	b := &Backend{Rule: rule, ID: id, Address: address, Health: health}
+	b := &Backend{Rule: rule, ID: id, Address: address}
+	b.health.Store(health)
 	b.weight.Store(int32(weight))
 	return b
+}
+
+// Health is the backend's health, shared by every backend (of any rule)
+// with the same address and health check.
+func (b *Backend) Health() *Health { return b.health.Load() }
+
+// SetHealth points the backend at another Health (its rule's health check
+// changed on a reload).
+func (b *Backend) SetHealth(h *Health) {
+	if b.health.Swap(h) != h {
+		version.Add(1)
+	}
 }
 
 // Available reports whether routers may pick b for a new connection:
 // enabled, healthy and not draining.
 func (b *Backend) Available() bool {
-	return !b.disabled.Load() && !b.draining.Load() && b.Health.Up()
+	return !b.disabled.Load() && !b.draining.Load() && b.health.Load().Up()
 }
 
-// Weight is the backend's current weight (≥ 1).
-func (b *Backend) Weight() int { return int(b.weight.Load()) }
+// Weight is the backend's effective weight (≥ 1): the configured weight,
+// ramped up from 1 while a slow start is in progress (see Health).
+func (b *Backend) Weight() int { return b.health.Load().scale(int(b.weight.Load())) }
+
+// ConfiguredWeight is the weight set by the config or SetWeight.
+func (b *Backend) ConfiguredWeight() int { return int(b.weight.Load()) }
 
 // SetWeight changes the weight; routers apply it from their next pick.
-func (b *Backend) SetWeight(w int) { b.weight.Store(int32(w)) }
+func (b *Backend) SetWeight(w int) {
+	if b.weight.Swap(int32(w)) != int32(w) {
+		version.Add(1)
+	}
+}
 
 // Enabled reports whether the backend is enabled.
 func (b *Backend) Enabled() bool { return !b.disabled.Load() }
 
 // SetEnabled enables or disables the backend.
-func (b *Backend) SetEnabled(on bool) { b.disabled.Store(!on) }
+func (b *Backend) SetEnabled(on bool) {
+	if b.disabled.Swap(!on) != !on {
+		version.Add(1)
+	}
+}
 
 // Draining reports whether the backend takes no new connections while its
 // open ones run on.
 func (b *Backend) Draining() bool { return b.draining.Load() }
 
 // SetDraining starts or stops draining.
-func (b *Backend) SetDraining(on bool) { b.draining.Store(on) }
+func (b *Backend) SetDraining(on bool) {
+	if b.draining.Swap(on) != on {
+		version.Add(1)
+	}
+}
 
 // Active is the number of connections open to the backend now.
 func (b *Backend) Active() int64 { return b.active.Load() }
@@ -82,7 +115,86 @@ func (b *Backend) Total() int64 { return b.total.Load() }
 func (b *Backend) Acquire() {
 	b.active.Add(1)
 	b.total.Add(1)
+	b.notify()
 }
 
 // Release counts the end of a connection counted by Acquire.
-func (b *Backend) Release() { b.active.Add(-1) }
+func (b *Backend) Release() {
+	b.active.Add(-1)
+	b.notify()
+}
+
+func (b *Backend) notify() {
+	if ws := b.watchers.Load(); ws != nil {
+		for _, w := range *ws {
+			w.ActiveChanged(b)
+		}
+	}
+}
+
+// ActiveWatcher is told after each change of a backend's active count, on
+// the goroutine that made it (the one calling Acquire or Release), so it must
+// be quick and must not call Acquire or Release. It reads the new count with
+// Active. The least_connections router keeps its index of backends by load
+// up to date this way instead of scanning every backend on every pick.
+type ActiveWatcher interface {
+	ActiveChanged(b *Backend)
+}
+
+var watchMu sync.Mutex // serialises changes to any backend's watcher list
+
+// WatchActive adds w to the watchers of b's active count and returns a
+// function that removes it again. Watching costs Acquire and Release one
+// call per watcher; a backend nobody watches pays one atomic load.
+func (b *Backend) WatchActive(w ActiveWatcher) (stop func()) {
+	watchMu.Lock()
+	defer watchMu.Unlock()
+	var ws []ActiveWatcher
+	if old := b.watchers.Load(); old != nil {
+		ws = append(ws, *old...)
+	}
+	ws = append(ws, w)
+	b.watchers.Store(&ws)
+	var once sync.Once
+	return func() { once.Do(func() { b.unwatch(w) }) }
+}
+
+func (b *Backend) unwatch(w ActiveWatcher) {
+	watchMu.Lock()
+	defer watchMu.Unlock()
+	old := b.watchers.Load()
+	if old == nil {
+		return
+	}
+	ws := make([]ActiveWatcher, 0, len(*old))
+	removed := false
+	for _, x := range *old {
+		if !removed && x == w {
+			removed = true
+			continue
+		}
+		ws = append(ws, x)
+	}
+	if len(ws) == 0 {
+		b.watchers.Store(nil)
+		return
+	}
+	b.watchers.Store(&ws)
+}
+
+// Watchers is the number of active-count watchers of b.
+func (b *Backend) Watchers() int {
+	if ws := b.watchers.Load(); ws != nil {
+		return len(*ws)
+	}
+	return 0
+}
+
+// AddBytesIn counts n bytes proxied from a client to the backend.
+func (b *Backend) AddBytesIn(n int64) { b.bytesIn.Add(n) }
+
+// AddBytesOut counts n bytes proxied from the backend to a client.
+func (b *Backend) AddBytesOut(n int64) { b.bytesOut.Add(n) }
+
+// Bytes returns the bytes ever proxied client to backend (in) and back (out).
+func (b *Backend) Bytes() (in, out int64) { return b.bytesIn.Load(), b.bytesOut.Load() }

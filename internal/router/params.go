@@ -35,7 +35,7 @@ func (p *Params) Bool(key string, def bool) bool {
 	}
 	b, isBool := v.(bool)
 	if !isBool {
-		p.bad(key, "want true or false, got %v", v)
+		p.bad(key, "want true or false, got %s", show(v))
 		return def
 	}
 	return b
@@ -49,7 +49,7 @@ func (p *Params) Int(key string, def, lo, hi int) int {
 	}
 	i, isInt := v.(int64)
 	if !isInt || i < int64(lo) || i > int64(hi) {
-		p.bad(key, "want an integer from %d to %d, got %v", lo, hi, v)
+		p.bad(key, "want an integer from %d to %d, got %s", lo, hi, show(v))
 		return def
 	}
 	return int(i)
@@ -68,11 +68,11 @@ func (p *Params) Float(key string, def, lo, hi float64) float64 {
 	case int64:
 		f = float64(x)
 	default:
-		p.bad(key, "want a number from %g to %g, got %v", lo, hi, v)
+		p.bad(key, "want a number from %g to %g, got %s", lo, hi, show(v))
 		return def
 	}
 	if f < lo || f > hi {
-		p.bad(key, "want a number from %g to %g, got %v", lo, hi, v)
+		p.bad(key, "want a number from %g to %g, got %s", lo, hi, show(v))
 		return def
 	}
 	return f
@@ -90,8 +90,16 @@ func (p *Params) Enum(key, def string, allowed ...string) string {
 			return s
 		}
 	}
-	p.bad(key, "want one of %q, got %v", allowed, v)
+	p.bad(key, "want one of %q, got %s", allowed, show(v))
 	return def
+}
+
+// Errorf records a problem with the value at key that the typed getters
+// cannot see (one key's value that depends on another's, say). Say what is
+// allowed: the message is shown to the operator as
+// "routers.NAME.config.KEY: router "NAME" (plugin P): MESSAGE".
+func (p *Params) Errorf(key, format string, args ...any) {
+	p.bad(key, format, args...)
 }
 
 func (p *Params) err() error {
@@ -115,4 +123,12 @@ func (p *Params) err() error {
 		p.errs = append(p.errs, fmt.Errorf("config.%s: unknown key (this plugin takes: %s)", k, allowed))
 	}
 	return errors.Join(p.errs...)
+}
+
+// show renders a config value as the operator wrote it: strings quoted.
+func show(v any) string {
+	if s, ok := v.(string); ok {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%v", v)
 }

@@ -2,7 +2,20 @@
 //
 // A Router is built by a plugin's Factory for one rule's backends. Plugins
 // register themselves in init() — one file per plugin — and the registry is
-// the package's only global. See roundrobin.go for the smallest example.
+// the package's only global. See roundrobin.go for the smallest example and
+// example_test.go for a plugin written from outside the package.
+//
+// The builtin plugins: round_robin (roundrobin.go), weighted (weighted.go:
+// nginx's smooth weighted round robin, or weighted random), hash (hash.go:
+// Maglev consistent hashing), least_connections (leastconn.go) and random
+// (random.go: weighted random, or power of two choices).
+//
+// A pick does not visit every backend (only fallbacks do: a retry, or most
+// backends down). What a router derives from weights and
+// availability (a schedule, an alias table, a Maglev table) it caches and
+// rebuilds when backend.Version moves — one atomic load per pick tells it —
+// and what it needs to know about load (least_connections, bounded_load) the
+// backends tell it on Acquire and Release (backend.WatchActive).
 package router
 
 import (
@@ -127,6 +140,11 @@ func Validate(plugin string, config map[string]any) error {
 	_, err := New(plugin, config, nil)
 	return err
 }
+
+// weightOf is b's weight as routers use it: its current effective weight,
+// never below 1 (the config allows 1–10000; a lower value set at run time
+// counts as 1 rather than starving or dividing by zero).
+func weightOf(b *backend.Backend) int64 { return int64(max(b.Weight(), 1)) }
 
 // NoBackend returns the error a router gives when nothing is usable.
 func NoBackend(n int) error {

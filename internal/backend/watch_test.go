@@ -1,0 +1,96 @@
+package backend
+
+import (
+	"sync"
+	"testing"
+)
+
+// Version moves on every change of what routers cache, and only then.
+func TestVersionMovesOnChange(t *testing.T) {
+	b := New("r", "a", "127.0.0.1:1", 2, nil)
+	for _, tc := range []struct {
+		name   string
+		change func()
+		moves  bool
+	}{
+		{"same weight", func() { b.SetWeight(2) }, false},
+		{"weight", func() { b.SetWeight(3) }, true},
+		{"still enabled", func() { b.SetEnabled(true) }, false},
+		{"disabled", func() { b.SetEnabled(false) }, true},
+		{"enabled", func() { b.SetEnabled(true) }, true},
+		{"draining", func() { b.SetDraining(true) }, true},
+		{"still draining", func() { b.SetDraining(true) }, false},
+		{"down", func() { b.Health().SetUp(false) }, true},
+		{"still down", func() { b.Health().SetUp(false) }, false},
+		{"a connection", func() { b.Acquire() }, false},
+	} {
+		v := Version()
+		tc.change()
+		if moved := Version() != v; moved != tc.moves {
+			t.Errorf("%s: Version moved %v, want %v", tc.name, moved, tc.moves)
+		}
+	}
+}
+
+type countWatcher struct {
+	mu   sync.Mutex
+	seen []int64
+}
+
+func (w *countWatcher) ActiveChanged(b *Backend) {
+	w.mu.Lock()
+	w.seen = append(w.seen, b.Active())
+	w.mu.Unlock()
+}
+
+func TestWatchActive(t *testing.T) {
+	b := New("r", "a", "127.0.0.1:1", 1, nil)
+	w1, w2 := &countWatcher{}, &countWatcher{}
+	stop1 := b.WatchActive(w1)
+	stop2 := b.WatchActive(w2)
+	if b.Watchers() != 2 {
+		t.Fatalf("watchers %d, want 2", b.Watchers())
+	}
+	b.Acquire()
+	b.Acquire()
+	b.Release()
+	stop1()
+	stop1() // twice is harmless
+	b.Release()
+	stop2()
+	b.Acquire()
+	if got := w1.seen; len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 1 {
+		t.Errorf("first watcher saw %v, want [1 2 1]", got)
+	}
+	if got := w2.seen; len(got) != 4 || got[3] != 0 {
+		t.Errorf("second watcher saw %v, want [1 2 1 0]", got)
+	}
+	if b.Watchers() != 0 {
+		t.Errorf("watchers %d after both stopped, want 0", b.Watchers())
+	}
+}
+
+func TestWatchActiveConcurrent(t *testing.T) {
+	b := New("r", "a", "127.0.0.1:1", 1, nil)
+	w := &countWatcher{}
+	stop := b.WatchActive(w)
+	defer stop()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 1000 {
+				b.Acquire()
+				b.Release()
+			}
+			// Watchers come and go while others count.
+			s := b.WatchActive(&countWatcher{})
+			s()
+		}()
+	}
+	wg.Wait()
+	if len(w.seen) != 8000 || b.Active() != 0 {
+		t.Fatalf("watcher told %d times, active %d; want 8000 and 0", len(w.seen), b.Active())
+	}
+}

@@ -1,0 +1,67 @@
+package router
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+)
+
+// watchActive has every backend tell watcher(i) (i its index in backends)
+// of each change of its active count, until owner is garbage collected:
+// a router that a reload replaced stops costing Acquire and Release
+// anything once the last connection using it is gone. The watchers must not
+// reach owner, or it would never be collected.
+func watchActive[T any](owner *T, backends []*backend.Backend, watcher func(i int) backend.ActiveWatcher) {
+	if len(backends) == 0 {
+		return
+	}
+	stops := make([]func(), len(backends))
+	for i, b := range backends {
+		stops[i] = b.WatchActive(watcher(i))
+	}
+	runtime.AddCleanup(owner, func(stops []func()) {
+		for _, stop := range stops {
+			stop()
+		}
+	}, stops)
+}
+
+// activeTotal keeps Σ Active of a set of backends, so that a pick reads it
+// with one atomic load instead of visiting every backend.
+type activeTotal struct {
+	mu  sync.Mutex
+	sum atomic.Int64
+}
+
+// totalLeaf is one backend's part of an activeTotal.
+type totalLeaf struct {
+	t    *activeTotal
+	seen int64 // this backend's count as last added to sum; under t.mu
+}
+
+func (l *totalLeaf) ActiveChanged(b *backend.Backend) {
+	l.t.mu.Lock()
+	a := b.Active()
+	l.t.sum.Add(a - l.seen)
+	l.seen = a
+	l.t.mu.Unlock()
+}
+
+// newActiveTotal watches backends for owner's lifetime.
+func newActiveTotal[T any](owner *T, backends []*backend.Backend) *activeTotal {
+	t := &activeTotal{}
+	leaves := make([]totalLeaf, len(backends))
+	watchActive(owner, backends, func(i int) backend.ActiveWatcher {
+		leaves[i].t = t
+		return &leaves[i]
+	})
+	// Count what was open before the watchers were in place; a change since
+	// is counted once either way, since a leaf adds the difference from what
+	// it last saw.
+	for i, b := range backends {
+		leaves[i].ActiveChanged(b)
+	}
+	return t
+}
