@@ -11,7 +11,7 @@ STATICCHECK_VERSION=v0.8.2
 # --- install what is missing -------------------------------------------------
 # Debian packages the tests use, as package:command. Tests that need one
 # fail (they do not skip) when it is missing, so it is installed here.
-APT_NEEDS=()
+APT_NEEDS=(chromium:chromium redis-server:redis-server openssl:openssl)
 need_apt=()
 for pkg_cmd in "${APT_NEEDS[@]}"; do
 	pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
@@ -49,4 +49,18 @@ staticcheck ./...
 # --- tests -------------------------------------------------------------------
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/dynamic-proxy-test.log
+
+# --- fuzzing, bounded ----------------------------------------------------------
+# Each fuzz target runs briefly on top of its seed corpus (the seeds also run
+# as plain tests above). FUZZTIME=0 skips this; a crash found here is saved in
+# the package's testdata/fuzz and becomes a regression test.
+FUZZTIME=${FUZZTIME:-8s}
+if [ "$FUZZTIME" != "0" ]; then
+	for target in "FuzzParse ./internal/config" "FuzzClientHello ./internal/peek" \
+		"FuzzHTTPHost ./internal/peek" "FuzzReadProxyHeader ./internal/proxy"; do
+		set -- $target
+		echo "== fuzz $1 ($FUZZTIME)"
+		go test -run '^$' -fuzz "^$1\$" -fuzztime "$FUZZTIME" "$2"
+	done
+fi
 echo "== done"

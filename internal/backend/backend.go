@@ -31,8 +31,9 @@ type Backend struct {
 	disabled atomic.Bool
 	draining atomic.Bool
 
-	active atomic.Int64 // connections (or UDP sessions) open now
-	total  atomic.Int64 // connections (or UDP sessions) ever opened
+	active   atomic.Int64 // connections (or UDP sessions) open now
+	maxConns atomic.Int64 // 0: no limit
+	total    atomic.Int64 // connections (or UDP sessions) ever opened
 
 	bytesIn  atomic.Int64 // bytes proxied from clients to the backend
 	bytesOut atomic.Int64 // bytes proxied from the backend to clients
@@ -67,7 +68,21 @@ func (b *Backend) SetHealth(h *Health) {
 // Available reports whether routers may pick b for a new connection:
 // enabled, healthy and not draining.
 func (b *Backend) Available() bool {
+	if m := b.maxConns.Load(); m > 0 && b.active.Load() >= m {
+		return false
+	}
 	return !b.disabled.Load() && !b.draining.Load() && b.health.Load().Up()
+}
+
+// MaxConnections is the cap on concurrent connections (0: none).
+func (b *Backend) MaxConnections() int { return int(b.maxConns.Load()) }
+
+// SetMaxConnections sets the cap on concurrent connections; at the cap the
+// backend is not Available, so every router skips it. 0 removes the cap.
+func (b *Backend) SetMaxConnections(n int) {
+	if b.maxConns.Swap(int64(n)) != int64(n) {
+		version.Add(1)
+	}
 }
 
 // Weight is the backend's effective weight (≥ 1): the configured weight,

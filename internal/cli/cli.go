@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
@@ -25,6 +26,7 @@ const usage = `dynamic-proxy: an L4 (TCP and UDP) proxy and load balancer
 
 Usage:
   dynamic-proxy [flags]
+  dynamic-proxy config|backend ...   fleet commands (Redis): see dynamic-proxy backend --help
 
 Flags:
   -c, --config FILE       config file (default "config.toml")
@@ -32,6 +34,7 @@ Flags:
       --log-level LEVEL   debug, info, warn or error (overrides [logging] level)
       --log-format FMT    text or json (overrides [logging] format)
       --version-info      print version, commit, build date, Go version and platform
+      --config-from-redis take the config from Redis, as [redis] watch_config = true
   -h, --help              show this help
 
 Signals: SIGTERM/SIGINT drain and exit (a second one exits at once),
@@ -44,25 +47,33 @@ type options struct {
 	logLevel  string
 	logFormat string
 	version   bool
+	fromRedis bool // --config-from-redis (fleet.go)
 }
 
 // Run runs the command with args and returns the process exit code.
 func Run(args []string, stdout, stderr io.Writer) int {
+	if isFleetCommand(args) {
+		return runFleet(args, stdout, stderr) // fleet.go
+	}
 	var o options
 	fs := flag.NewFlagSet("dynamic-proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	// The flag package prints its error ("flag provided but not defined")
+	// itself; help goes to stdout below, once.
+	fs.Usage = func() {}
 	fs.StringVar(&o.config, "c", "config.toml", "")
 	fs.StringVar(&o.config, "config", "config.toml", "")
 	fs.BoolVar(&o.validate, "validate", false, "")
 	fs.StringVar(&o.logLevel, "log-level", "", "")
 	fs.StringVar(&o.logFormat, "log-format", "", "")
 	fs.BoolVar(&o.version, "version-info", false, "")
+	fs.BoolVar(&o.fromRedis, "config-from-redis", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
 			return 0
 		}
+		fmt.Fprintln(stderr, "dynamic-proxy: see --help")
 		return 2
 	}
 	if fs.NArg() > 0 {
@@ -76,7 +87,12 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 	cfg, err := config.Load(o.config)
 	if err != nil {
-		fmt.Fprintf(stderr, "dynamic-proxy: invalid config:\n%v\n", err)
+		var problems *config.Errors
+		if errors.As(err, &problems) {
+			fmt.Fprintf(stderr, "dynamic-proxy: invalid config:\n%v\n", err)
+		} else { // unreadable: one line naming the file
+			fmt.Fprintf(stderr, "dynamic-proxy: %v\n", err)
+		}
 		return 1
 	}
 	if o.validate {
@@ -126,7 +142,7 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "rules: %d\n", len(cfg.Rules))
 	for _, r := range cfg.Rules {
 		spec, _ := cfg.RouterSpecFor(r.Router)
-		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %d backends\n", r.Name, r.Protocol, r.Router, spec.Plugin, len(r.Backends))
+		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %d backends; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, len(r.Backends), r.Health.Summary(r.Protocol))
 	}
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
 	names := make([]string, 0, len(cfg.Routers))
@@ -151,10 +167,23 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		log.Warn("config warning", "problem", w.String())
 	}
 	eng := engine.New(log)
+	fl, cfg, err := startFleet(cfg, o.fromRedis, eng, log, levelSetter(lv, o.logLevel)) // [redis] (fleet.go)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	defer fl.close()
+	obs, err := startObserve(cfg, eng, log) // metrics and admin API (observe.go)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	defer obs.close()
 	if err := eng.Apply(cfg); err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
+	obs.announce()
 	for _, r := range cfg.Rules {
 		log.Info("rule", "name", r.Name, "protocol", r.Protocol, "listener", cfg.Listener(&r),
 			"router", r.Router, "backends", len(r.Backends), "enabled", r.Enabled)
@@ -168,9 +197,14 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 				_ = logging.SetLevel(lv, cfg.Logging.Level)
 			}
 		}}
+	if obs.metrics != nil {
+		rl.Result = obs.metrics.ReloadResult
+	}
 	rl.Seed(cfg.Raw)
+	obs.started(rl) // /readyz: config loaded, listeners bound
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	fl.started(ctx, rl) // follow Redis until stop (fleet.go)
 	if cfg.Server.WatchConfig {
 		if err := reload.Watch(ctx, o.config, reload.DefaultDebounce, func() { rl.Reload("file", true) }); err != nil {
 			log.Warn("cannot watch the config file; reload with SIGHUP", "err", err.Error())
@@ -185,7 +219,12 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 			continue
 		}
 		stop()
-		return shutdown(eng, sig, sigs, log)
+		obs.ready.Store(false) // draining: not ready for new traffic
+		code := shutdown(eng, sig, sigs, log)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		obs.shutdown(ctx)
+		cancel()
+		return code
 	}
 	return 0
 }
@@ -194,7 +233,7 @@ func shutdown(eng *engine.Engine, sig os.Signal, sigs <-chan os.Signal, log *slo
 	cfg, _ := eng.Config()
 	timeout := cfg.Server.ShutdownTimeout.D()
 	log.Info("shutting down: listeners closed, draining connections", "signal", sig.String(),
-		"active", eng.Server().Active(), "shutdown_timeout", timeout)
+		"active", eng.Server().Active(), "udp_sessions", eng.Server().UDP.Sessions.Load(), "shutdown_timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	done := make(chan error, 1)

@@ -20,6 +20,14 @@ type Config struct {
 	Redis   *Redis                `toml:"redis"`   // nil when the file has no [redis] section
 	Routers map[string]RouterSpec `toml:"routers"` // named router instances, [routers.NAME]
 	Rules   []Rule                `toml:"rules"`
+	// Access is [access]: client access control for every rule (a rule's
+	// [rules.access] overrides it key by key).
+	Access  Access  `toml:"access"`
+	Metrics Metrics `toml:"metrics"` // [metrics]: the Prometheus endpoint (observe.go)
+	Admin   Admin   `toml:"admin"`   // [admin]: admin API and status page (observe.go)
+	// HealthCheck is [health_check]: the health check of every rule that
+	// does not override it (see HealthCheck for the keys and defaults).
+	HealthCheck HealthCheck `toml:"health_check"`
 
 	// File is the path the config was read from.
 	File string `toml:"-"`
@@ -46,8 +54,9 @@ type Server struct {
 	// ConnectionTimeout bounds each backend dial. Default 10s.
 	ConnectionTimeout Duration `toml:"connection_timeout"`
 	// BufferSize is the size in bytes of each copy buffer used where the
-	// kernel's splice(2) cannot be (non-Linux systems, UDP datagrams).
-	// Default 8192, range 1024–1048576.
+	// kernel's splice(2) cannot be (non-Linux systems). UDP does not use
+	// it: a datagram must be read whole, so UDP buffers are always 64 KiB,
+	// the largest datagram there is. Default 8192, range 1024–1048576.
 	BufferSize int `toml:"buffer_size"`
 	// IdleTimeout ends a connection with no traffic in either direction for
 	// this long. 0 disables it. Default 10m (nginx's proxy_timeout).
@@ -61,6 +70,11 @@ type Server struct {
 	DrainTimeout Duration `toml:"drain_timeout"`
 	// WatchConfig reloads the config when its file changes. Default true.
 	WatchConfig bool `toml:"watch_config"`
+	// PeekTimeout bounds the wait for what a listener reads before routing:
+	// a PROXY header, or the TLS ClientHello / HTTP request head that sni,
+	// alpn and http_host matchers need. A client silent for this long is
+	// routed by the remaining matchers, or closed. Default 3s.
+	PeekTimeout Duration `toml:"peek_timeout"`
 }
 
 // Logging configures log/slog output.
@@ -79,6 +93,19 @@ type Redis struct {
 	ConnectionTimeout Duration `toml:"connection_timeout"` // Default 5s.
 	CommandTimeout    Duration `toml:"command_timeout"`    // Default 3s.
 	KeyPrefix         string   `toml:"key_prefix"`         // Default "dynamic-proxy:".
+	// WatchConfig makes the instance take its config from Redis (the
+	// version stored by "dynamic-proxy config push") instead of this file;
+	// [redis], [admin], [metrics], server.tcp_bind and server.udp_bind stay
+	// this file's. Default false. Also set by --config-from-redis.
+	WatchConfig bool `toml:"watch_config"`
+	// CacheFile is where the last dynamic state read from Redis is kept
+	// (written atomically on every change), so that an instance started
+	// while Redis is down still serves it. Relative to the config file's
+	// directory. Default "": no cache.
+	CacheFile string `toml:"cache_file"`
+	// ResyncInterval is how often the whole dynamic state is read again,
+	// healing any pub/sub message missed. Default 5s, range 100ms–1h.
+	ResyncInterval Duration `toml:"resync_interval"`
 }
 
 // RouterSpec is a named router instance: a plugin and its settings.
@@ -94,7 +121,40 @@ type Rule struct {
 	Enabled  bool      `toml:"enabled"`  // Default true.
 	Router   string    `toml:"router"`   // a [routers.NAME] or a builtin plugin name. Default "round_robin".
 	Backends []Backend `toml:"backends"`
-	Matcher  *Matcher  `toml:"matcher"` // nil: served on tcp_bind / udp_bind itself
+	Matcher  *Matcher  `toml:"matcher"` // nil: served on tcp_bind / udp_bind itself, matching every connection
+	// ProxyProtocol writes a PROXY protocol header ("v1" or "v2"; UDP: "v2")
+	// to the backend so it sees the real client. Default "": none.
+	ProxyProtocol string `toml:"proxy_protocol"`
+	// AcceptProxyProtocol reads a PROXY header (v1 or v2) from each client
+	// connection and uses its source as the client address for matching,
+	// hashing, access control, logs and metrics. Only peers in TrustedProxies
+	// may send one; others, and malformed headers, are closed and counted.
+	// Rules sharing a listener must agree. Default false.
+	AcceptProxyProtocol bool `toml:"accept_proxy_protocol"`
+	// TrustedProxies are the CIDRs allowed to send a PROXY header. Default [].
+	TrustedProxies []string `toml:"trusted_proxies"`
+	// Access is [rules.access]; unset keys take the global [access] values.
+	Access *RuleAccess `toml:"access"`
+	// HealthCheck is [rules.health_check]: the keys it sets override
+	// [health_check] for this rule's backends. nil when absent.
+	HealthCheck *HealthCheckOverride `toml:"health_check"`
+	// Health is the rule's effective health check ([health_check] with the
+	// rule's overrides applied), filled by Load.
+	Health HealthCheck `toml:"-"`
+
+	// UDP sessions (protocol = "udp" only; setting one on a TCP rule is an
+	// error). A session is one client address:port and its backend socket.
+
+	// SessionTimeout ends a session with no datagram in either direction for
+	// this long. Default 30s; must be greater than 0.
+	SessionTimeout Duration `toml:"session_timeout"`
+	// MaxResponses ends a session after this many datagrams from the backend
+	// reached the client (1 suits DNS). Default 0: unlimited.
+	MaxResponses int `toml:"max_responses"`
+	// MaxSessions caps the rule's concurrent sessions; a datagram from a new
+	// client beyond it is dropped and counted, existing sessions are not
+	// affected. 0 means no limit. Default 10000.
+	MaxSessions int `toml:"max_sessions"`
 }
 
 // Backend is one upstream server of a rule.
@@ -103,12 +163,10 @@ type Backend struct {
 	Address string `toml:"address"` // host:port; IPv4, [IPv6] or a host name; required
 	Weight  int    `toml:"weight"`  // 1–10000. Default 1.
 	Enabled bool   `toml:"enabled"` // Default true.
-}
-
-// Matcher selects the connections a rule serves.
-type Matcher struct {
-	Type string `toml:"type"` // "port"
-	Port int    `toml:"port"` // for type "port": 1–65535
+	// MaxConnections caps the backend's concurrent connections (UDP
+	// sessions) from this rule; at the cap every router skips it.
+	// Default 0: no limit.
+	MaxConnections int `toml:"max_connections"`
 }
 
 // Defaults.
@@ -121,6 +179,9 @@ const (
 	DefaultIdleTimeout       = 10 * time.Minute
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultRouter            = "round_robin"
+	DefaultSessionTimeout    = 30 * time.Second // UDP rules
+	DefaultMaxSessions       = 10000            // UDP rules, per rule
+	DefaultResyncInterval    = 5 * time.Second  // [redis] resync_interval
 )
 
 func (c *Config) setDefaults() {
@@ -133,8 +194,12 @@ func (c *Config) setDefaults() {
 		IdleTimeout:       Duration(DefaultIdleTimeout),
 		ShutdownTimeout:   Duration(DefaultShutdownTimeout),
 		WatchConfig:       true,
+		PeekTimeout:       Duration(3 * time.Second),
 	}
 	c.Logging = Logging{Level: "info", Format: "text"}
+	c.Metrics.setDefaults()
+	c.Admin.setDefaults()
+	c.HealthCheck.setDefaults()
 }
 
 func (r *Redis) setDefaults() {
@@ -144,13 +209,15 @@ func (r *Redis) setDefaults() {
 		ConnectionTimeout: Duration(5 * time.Second),
 		CommandTimeout:    Duration(3 * time.Second),
 		KeyPrefix:         "dynamic-proxy:",
+		ResyncInterval:    Duration(DefaultResyncInterval),
 	}
 }
 
 func (r *RouterSpec) setDefaults() { r.Config = map[string]any{} }
 
 func (r *Rule) setDefaults() {
-	*r = Rule{Protocol: "tcp", Enabled: true, Router: DefaultRouter}
+	*r = Rule{Protocol: "tcp", Enabled: true, Router: DefaultRouter,
+		SessionTimeout: Duration(DefaultSessionTimeout), MaxSessions: DefaultMaxSessions}
 }
 
 func (b *Backend) setDefaults() { *b = Backend{Weight: 1, Enabled: true} }
@@ -163,12 +230,12 @@ func (c *Config) Listener(r *Rule) string {
 	if r.Protocol == "udp" {
 		bind = c.Server.UDPBind
 	}
-	if r.Matcher != nil && r.Matcher.Type == "port" {
+	if port := r.Matcher.port(); port != 0 {
 		host, _, err := net.SplitHostPort(bind)
 		if err != nil {
 			return bind
 		}
-		return net.JoinHostPort(host, strconv.Itoa(r.Matcher.Port))
+		return net.JoinHostPort(host, strconv.Itoa(port))
 	}
 	return bind
 }

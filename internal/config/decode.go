@@ -48,6 +48,8 @@ func (d *decoder) decode(path string, v any, dst reflect.Value) {
 	case reflect.Pointer:
 		if dst.IsNil() {
 			dst.Set(reflect.New(dst.Type().Elem()))
+			// An optional section ([redis]) gets its defaults when it appears.
+			d.setDefaults(dst.Elem())
 		}
 		d.decode(path, v, dst.Elem())
 	case reflect.Struct:

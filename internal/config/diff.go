@@ -103,6 +103,23 @@ func Diff(old, next *Config) Change {
 		if old.Logging.Format != next.Logging.Format {
 			ch.RestartNeeded = append(ch.RestartNeeded, "logging.format")
 		}
+		if !reflect.DeepEqual(old.Redis, next.Redis) { // the fleet connection is made at start-up
+			ch.RestartNeeded = append(ch.RestartNeeded, "[redis]")
+		}
+		for _, k := range []struct {
+			key        string
+			oldV, newV any
+		}{
+			{"metrics.enabled", old.Metrics.Enabled, next.Metrics.Enabled},
+			{"metrics.bind", old.Metrics.Bind, next.Metrics.Bind},
+			{"metrics.path", old.Metrics.Path, next.Metrics.Path},
+			{"admin.bind", old.Admin.Bind, next.Admin.Bind},
+			{"admin.pprof", old.Admin.Pprof, next.Admin.Pprof},
+		} {
+			if k.oldV != k.newV {
+				ch.RestartNeeded = append(ch.RestartNeeded, k.key)
+			}
+		}
 	}
 	return ch
 }

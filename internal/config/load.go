@@ -16,13 +16,18 @@ import (
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("cannot read config: %w", err)
 	}
 	return Parse(path, data)
 }
 
 // Parse decodes and validates a config document; name is used in messages.
-func Parse(name string, data []byte) (*Config, error) {
+func Parse(name string, data []byte) (*Config, error) { return parse(name, data, nil) }
+
+// parse is Parse with adjust, when not nil, run on the decoded config
+// before it is validated (fleet.go: the instance-local keys of a config
+// taken from Redis).
+func parse(name string, data []byte, adjust func(*Config)) (*Config, error) {
 	errs := &Errors{file: name}
 	var tree map[string]any
 	if err := toml.Unmarshal(data, &tree); err != nil {
@@ -42,6 +47,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	cfg.setDefaults()
 	d := &decoder{errs: errs}
 	d.decodeStruct("", tree, reflect.ValueOf(cfg).Elem())
+	if adjust != nil {
+		adjust(cfg)
+	}
 	cfg.validate(errs)
 	if !errs.empty() {
 		sort.SliceStable(errs.Problems, func(i, j int) bool { return errs.Problems[i].Line < errs.Problems[j].Line })

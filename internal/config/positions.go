@@ -119,9 +119,26 @@ func indexPositions(data []byte) positions {
 	return pos
 }
 
+// join appends key to a key path, quoting a key that is not a bare TOML key
+// (an empty one, or one with spaces or dots) so the path stays unambiguous.
 func join(base, key string) string {
+	if !bareKey(key) {
+		key = strconv.Quote(key)
+	}
 	if base == "" {
 		return key
 	}
 	return base + "." + key
+}
+
+func bareKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for _, c := range k {
+		if !(c == '_' || c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,8 +18,6 @@ const (
 	MinBufferSize = 1024
 	MaxBufferSize = 1 << 20
 )
-
-var matcherTypes = []string{"port"}
 
 func (c *Config) validate(e *Errors) {
 	s := &c.Server
@@ -70,6 +69,7 @@ func (c *Config) validate(e *Errors) {
 		if r.CommandTimeout <= 0 {
 			e.add("redis.command_timeout", "must be greater than 0")
 		}
+		c.validateRedis(e, u) // fleet.go
 	}
 
 	for _, name := range sortedKeysOf(c.Routers) {
@@ -91,11 +91,15 @@ func (c *Config) validate(e *Errors) {
 		}
 	}
 
+	c.validateObserve(e)
+
+	c.validateAccess(e, "access", c.Access)
 	ruleNames := map[string]int{}
 	for i := range c.Rules {
 		c.validateRule(e, i, ruleNames)
 	}
-	c.warnShadowed()
+	c.resolveHealth(e)
+	c.warnShadowed(e)
 }
 
 func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
@@ -112,25 +116,15 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
 	if r.Protocol != "tcp" && r.Protocol != "udp" {
 		e.addf(path+".protocol", "must be tcp or udp, got %q", r.Protocol)
 	}
+	validateUDPSession(e, r, path)
 	if r.Router == "" {
 		e.add(path+".router", "must not be empty")
 	} else if _, named := c.Routers[r.Router]; !named && !router.Known(r.Router) {
 		e.addf(path+".router", "no router %q: define [routers.%s] or use a builtin plugin (%s)",
 			r.Router, r.Router, strings.Join(router.Plugins(), ", "))
 	}
-	if m := r.Matcher; m != nil {
-		switch m.Type {
-		case "port":
-			if m.Port < 1 || m.Port > 65535 {
-				e.addf(path+".matcher.port", "must be from 1 to 65535, got %d", m.Port)
-			}
-		case "":
-			e.addf(path+".matcher.type", "missing (known: %s)", strings.Join(matcherTypes, ", "))
-		default:
-			e.addf(path+".matcher.type", "unknown matcher type %q (known: %s)", m.Type, strings.Join(matcherTypes, ", "))
-		}
-	}
-	if len(r.Backends) == 0 {
+	c.validateMatch(e, i)
+	if len(r.Backends) == 0 && c.Redis == nil { // with [redis], backends may all be registered at runtime
 		e.add(path+".backends", "a rule needs at least one backend ([[rules.backends]])")
 	}
 	ids := map[string]int{}
@@ -156,9 +150,34 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
 	}
 }
 
+// udpOnlyKeys are the rule keys that only UDP rules take.
+var udpOnlyKeys = []string{"session_timeout", "max_responses", "max_sessions"}
+
+// validateUDPSession checks a rule's UDP session settings, and that a TCP
+// rule sets none of them (they would be silently ignored).
+func validateUDPSession(e *Errors, r *Rule, path string) {
+	if r.Protocol == "tcp" {
+		for _, k := range udpOnlyKeys {
+			if _, set := e.pos[path+"."+k]; set {
+				e.addf(path+"."+k, "only UDP rules have sessions: set protocol = \"udp\" or remove %s (rule %q is tcp)", k, r.Name)
+			}
+		}
+		return
+	}
+	if r.SessionTimeout <= 0 {
+		e.add(path+".session_timeout", "must be greater than 0 (a session with no traffic ends after it; default 30s)")
+	}
+	if r.MaxResponses < 0 {
+		e.addf(path+".max_responses", "must be 0 (unlimited) or more, got %d", r.MaxResponses)
+	}
+	if r.MaxSessions < 0 {
+		e.addf(path+".max_sessions", "must be 0 (no limit) or more, got %d", r.MaxSessions)
+	}
+}
+
 // warnShadowed warns about an enabled rule that can never match because an
 // earlier enabled rule on the same listener matches everything it would.
-func (c *Config) warnShadowed() {
+func (c *Config) warnShadowed(e *Errors) {
 	first := map[string]int{}
 	for i := range c.Rules {
 		r := &c.Rules[i]
@@ -166,10 +185,12 @@ func (c *Config) warnShadowed() {
 			continue
 		}
 		key := r.Protocol + " " + c.Listener(r)
-		if j, ok := first[key]; ok {
-			c.Warnings = append(c.Warnings, Problem{File: c.File, Path: fmt.Sprintf("rules[%d]", i),
+		if j, ok := first[key]; ok && (c.Rules[j].Matcher.catchAll() || reflect.DeepEqual(c.Rules[j].Matcher, r.Matcher)) {
+			c.Warnings = append(c.Warnings, Problem{File: c.File, Line: e.pos.line(fmt.Sprintf("rules[%d]", i)), Path: fmt.Sprintf("rules[%d]", i),
 				Msg: fmt.Sprintf("rule %q is shadowed by rule %q on %s %s: it will never match", r.Name, c.Rules[j].Name, r.Protocol, c.Listener(r))})
 			continue
+		} else if ok {
+			continue // the first rule on the listener stays the reference
 		}
 		first[key] = i
 	}

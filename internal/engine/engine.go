@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"runtime"
 	"sort"
 	"strings"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/health"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
@@ -33,8 +35,12 @@ type Engine struct {
 	version  int
 	lns      map[string]proxy.Listener // by listenKey: "tcp 127.0.0.1:8000"
 	backends map[backendKey]*backend.Backend
-	health   map[string]*backend.Health // by address, shared across rules
-	routers  map[string]builtRouter     // by rule name
+	checks   *health.Registry       // health monitors by (protocol, address, check), shared across rules
+	routers  map[string]builtRouter // by rule name
+	access   map[string]accessState // by rule name: kept while its settings are
+	routes   []*proxy.Route         // published, in file order (status.go)
+	metrics  Metrics                // nil: metrics off (status.go)
+	fleet    fleetState             // dynamic state shared through Redis (dynamic.go)
 }
 
 type backendKey struct{ rule, id, address string }
@@ -51,7 +57,7 @@ func New(log *slog.Logger) *Engine {
 		srv:      proxy.NewServer(log),
 		lns:      map[string]proxy.Listener{},
 		backends: map[backendKey]*backend.Backend{},
-		health:   map[string]*backend.Health{},
+		checks:   health.NewRegistry(log),
 		routers:  map[string]builtRouter{},
 	}
 }
@@ -85,6 +91,8 @@ func (e *Engine) listen(key string, routes []*proxy.Route) (proxy.Listener, erro
 	switch protocol {
 	case "tcp":
 		return e.srv.ListenTCP(addr, routes)
+	case "udp":
+		return e.srv.ListenUDP(addr, routes)
 	default:
 		return nil, fmt.Errorf("protocol %q is not supported yet", protocol)
 	}
@@ -96,16 +104,60 @@ func (e *Engine) listen(key string, routes []*proxy.Route) (proxy.Listener, erro
 func (e *Engine) Apply(cfg *config.Config) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	return e.apply(cfg, e.fleet.dyn, true)
+}
 
-	if err := checkResolvable(cfg); err != nil {
-		return err
+// apply makes file, with the dynamic state dyn merged in (dynamic.go), the
+// running config. reload is false when only dyn changed (SetDynamic): the
+// file's backends were checked already and the config version stays.
+func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
+	if reload {
+		if err := checkResolvable(file); err != nil {
+			return err
+		}
 	}
+	cfg, accepted := e.merge(file, dyn)
+	committed := false
+	defer func() {
+		if !committed && e.metrics != nil {
+			e.metrics.Retain(e.routes) // drop the series of routes built for nothing
+		}
+	}()
+	// A runtime change (admin API: drain, enable, disable, weight) to a
+	// backend lasts until a reload changes that backend's config entry.
+	prevEntries := map[backendKey]config.Backend{}
+	if prevCfg := e.effective(); prevCfg != nil {
+		for _, r := range prevCfg.Rules {
+			for _, bc := range r.Backends {
+				prevEntries[backendKey{r.Name, bc.ID, bc.Address}] = bc
+			}
+		}
+	}
+	var published []*proxy.Route
 
 	// Build the new routes, reusing backend and router state by identity.
 	backends := map[backendKey]*backend.Backend{}
 	routers := map[string]builtRouter{}
 	tables := map[string][]*proxy.Route{} // listenKey -> routes in file order
 	var order []string
+	checks := e.checks.Begin()
+	type healthSwap struct {
+		b *backend.Backend
+		h *backend.Health
+	}
+	var swaps []healthSwap // kept backends whose health check changed
+	states := dyn.states()
+	type flagSet struct {
+		b *backend.Backend
+		f flags
+	}
+	var later []flagSet // kept backends whose flags change: set at commit
+	type limitSet struct {
+		b *backend.Backend
+		n int
+	}
+	var limits []limitSet // kept backends whose max_connections changes: set at commit
+	access := map[string]accessState{}
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
 		if !r.Enabled {
@@ -119,12 +171,29 @@ func (e *Engine) Apply(cfg *config.Config) error {
 		bs := make([]*backend.Backend, len(r.Backends))
 		for j, bc := range r.Backends {
 			k := backendKey{r.Name, bc.ID, bc.Address}
+			h, err := checks.Health(r.Protocol, bc.Address, r.Health, r.Name+"/"+bc.ID)
+			if err != nil {
+				return fmt.Errorf("rule %q: backend %q: %w", r.Name, bc.ID, err)
+			}
 			b, ok := e.backends[k]
 			if !ok {
-				b = backend.New(r.Name, bc.ID, bc.Address, bc.Weight, e.healthFor(bc.Address))
+				b = backend.New(r.Name, bc.ID, bc.Address, bc.Weight, h)
+			} else if b.Health() != h {
+				swaps = append(swaps, healthSwap{b, h})
 			}
-			b.SetWeight(bc.Weight)
-			b.SetEnabled(bc.Enabled)
+			prev, had := prevEntries[k]
+			if fl, set := e.fleet.desired(r.Name, bc, !ok || !had || !reflect.DeepEqual(prev, bc), states); set {
+				if !ok {
+					fl.applyTo(b) // not published yet
+				} else {
+					later = append(later, flagSet{b, fl})
+				}
+			}
+			if !ok {
+				b.SetMaxConnections(bc.MaxConnections) // not published yet
+			} else if b.MaxConnections() != bc.MaxConnections {
+				limits = append(limits, limitSet{b, bc.MaxConnections})
+			}
 			backends[k] = b
 			bs[j] = b
 		}
@@ -139,16 +208,33 @@ func (e *Engine) Apply(cfg *config.Config) error {
 			br = builtRouter{signature: sig, router: rt}
 		}
 		routers[r.Name] = br
-		tables[addr] = append(tables[addr], &proxy.Route{
+		rt := &proxy.Route{
 			Name:           r.Name,
 			Protocol:       r.Protocol,
 			RouterName:     r.Router,
+			Plugin:         spec.Plugin,
 			Router:         br.router,
 			Backends:       bs,
 			ConnectTimeout: cfg.Server.ConnectionTimeout.D(),
 			IdleTimeout:    cfg.Server.IdleTimeout.D(),
 			AccessLog:      cfg.Logging.AccessLog,
-		})
+			SessionTimeout: r.SessionTimeout.D(),
+			MaxResponses:   r.MaxResponses,
+			MaxSessions:    r.MaxSessions,
+			Match:          compileMatcher(r.Matcher),
+			Listen:         listenOptions(cfg, r),
+			SendProxy:      proxyVersion(r.ProxyProtocol),
+		}
+		var accessCfg config.Access
+		rt.Access, accessCfg = e.accessFor(cfg, r)
+		if rt.Access != nil {
+			access[r.Name] = accessState{accessCfg, rt.Access}
+		}
+		if e.metrics != nil {
+			rt.Observer = e.metrics.Observer(rt)
+		}
+		tables[addr] = append(tables[addr], rt)
+		published = append(published, rt)
 	}
 
 	// Bind the listeners that are new; undo them all if one fails.
@@ -194,13 +280,31 @@ func (e *Engine) Apply(cfg *config.Config) error {
 		}
 	}
 	e.backends, e.routers = backends, routers
-	e.gcHealth()
+	for _, l := range limits {
+		l.b.SetMaxConnections(l.n)
+	}
+	e.access = access
+	for _, s := range later {
+		s.f.applyTo(s.b)
+	}
+	e.fleet.commit(dyn, cfg, accepted, backends)
+	for _, s := range swaps {
+		s.b.SetHealth(s.h)
+	}
+	checks.Commit() // start new health checks, stop unused ones
+	e.routes = published
+	committed = true
+	if e.metrics != nil {
+		e.metrics.Retain(published)
+	}
 	if cfg.Server.WorkerThreads > 0 && e.cfg == nil {
 		runtime.GOMAXPROCS(cfg.Server.WorkerThreads)
 	}
 	e.srv.SetMaxConnections(cfg.Server.MaxConnections)
-	e.cfg = cfg
-	e.version++
+	e.cfg = file
+	if reload {
+		e.version++
+	}
 	for _, addr := range opened {
 		protocol, _, _ := strings.Cut(addr, " ")
 		e.log.Info("listening", "protocol", protocol, "address", e.lns[addr].Addr().String(), "rules", routeNames(tables[addr]))
@@ -212,29 +316,15 @@ func (e *Engine) Apply(cfg *config.Config) error {
 	return nil
 }
 
-func (e *Engine) healthFor(addr string) *backend.Health {
-	h, ok := e.health[addr]
-	if !ok {
-		h = &backend.Health{Address: addr}
-		e.health[addr] = h
-	}
-	return h
-}
+// Checks is the engine's health check registry.
+func (e *Engine) Checks() *health.Registry { return e.checks }
 
-func (e *Engine) gcHealth() {
-	used := map[string]bool{}
-	for k := range e.backends {
-		used[k.address] = true
-	}
-	for a := range e.health {
-		if !used[a] {
-			delete(e.health, a)
-		}
-	}
+// Shutdown stops health checks, stops accepting and drains connections
+// until ctx ends.
+func (e *Engine) Shutdown(ctx context.Context) error {
+	e.checks.Close()
+	return e.srv.Shutdown(ctx)
 }
-
-// Shutdown stops accepting and drains connections until ctx ends.
-func (e *Engine) Shutdown(ctx context.Context) error { return e.srv.Shutdown(ctx) }
 
 func routerSignature(spec config.RouterSpec, bs []*backend.Backend) string {
 	var b strings.Builder

@@ -30,6 +30,19 @@ type Route struct {
 	ConnectTimeout time.Duration // backend dial timeout
 	IdleTimeout    time.Duration // 0: none
 	AccessLog      bool
+	Plugin         string   // the router's plugin name (RouterName is the rule's router key)
+	Observer       Observer // metrics hooks (observe.go); nil: metrics off
+
+	// Matching and access (see match.go, access.go, inspect.go).
+	Match     Matcher       // nil: every connection
+	Access    *Access       // nil: no access control
+	Listen    ListenOptions // the same on every route of a listener
+	SendProxy int           // write a PROXY v1 or v2 header to the backend; 0: none
+
+	// UDP only (see udp.go).
+	SessionTimeout time.Duration // idle time before a session ends; > 0
+	MaxResponses   int           // end a session after this many replies; 0: unlimited
+	MaxSessions    int           // concurrent sessions; 0: no limit
 }
 
 // Listener is a bound TCP or UDP listener whose routes can be swapped.
@@ -51,14 +64,18 @@ type Server struct {
 	log      *slog.Logger
 	maxConns atomic.Int64
 	Stats    Stats
+	UDP      UDPStats
 
 	mu        sync.Mutex
 	listeners map[Listener]struct{}
 	conns     map[*tcpConn]struct{}
+	udp       map[*UDPListener]struct{} // until their sessions have ended
 	closing   bool
 	wg        sync.WaitGroup // one per connection handler and accept loop
 
 	noBackendLog rateLimit
+	unrouted     atomic.Pointer[UnroutedObserver] // metrics of unmatched traffic (observe.go)
+	udpLimitLog  rateLimit
 }
 
 // NewServer returns a server that logs to log.
@@ -67,6 +84,7 @@ func NewServer(log *slog.Logger) *Server {
 		log:       log,
 		listeners: map[Listener]struct{}{},
 		conns:     map[*tcpConn]struct{}{},
+		udp:       map[*UDPListener]struct{}{},
 	}
 }
 
@@ -102,6 +120,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for c := range s.conns {
 		c.forceClose()
 	}
+	for l := range s.udp {
+		n += l.forceClose()
+	}
 	s.mu.Unlock()
 	s.log.Warn("shutdown timeout: closing connections still open", "connections", n)
 	<-done
@@ -111,9 +132,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // CloseBackendConns closes every connection proxied to b (a backend a reload
 // removed, once its drain_timeout is over) and returns how many.
 func (s *Server) CloseBackendConns(b *backend.Backend) int {
+	n := s.closeUDPSessions(b) // before taking s.mu, which a UDP loop takes as it exits
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := 0
 	for c := range s.conns {
 		c.mu.Lock()
 		mine := c.be == b

@@ -71,8 +71,8 @@ var errWouldBlock = errors.New("would block")
 // spliceCopy copies src to dst until src reaches EOF or an error, calling
 // a.touch whenever bytes move. It returns the bytes copied. A deadline on
 // either conn ends the wait with os.ErrDeadlineExceeded, which the caller
-// may treat as idleness.
-func spliceCopy(dst, src *net.TCPConn, a *activity) (int64, error) {
+// may treat as idleness. m (nil: none) counts the bytes as they are written.
+func spliceCopy(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -110,7 +110,7 @@ func spliceCopy(dst, src *net.TCPConn, a *activity) (int64, error) {
 		if eof {
 			return total, nil
 		}
-		n, err := spliceBurst(dstRC, srcRC, dst, a)
+		n, err := spliceBurst(dstRC, srcRC, dst, a, m)
 		total += n
 		if err == errWouldBlock {
 			continue
@@ -124,7 +124,7 @@ func spliceCopy(dst, src *net.TCPConn, a *activity) (int64, error) {
 // spliceBurst moves data from src to dst through a pooled pipe until src
 // would block or ends. It returns errWouldBlock in the first case and
 // (n, nil) with the last read being 0 bytes at EOF.
-func spliceBurst(dstRC, srcRC syscall.RawConn, dst *net.TCPConn, a *activity) (int64, error) {
+func spliceBurst(dstRC, srcRC syscall.RawConn, dst *net.TCPConn, a *activity, m *meter) (int64, error) {
 	p, err := getPipe()
 	if err != nil {
 		return 0, err
@@ -133,14 +133,20 @@ func spliceBurst(dstRC, srcRC syscall.RawConn, dst *net.TCPConn, a *activity) (i
 	for {
 		var in int64
 		var ierr error
-		srcRC.Read(func(fd uintptr) bool {
+		if rerr := srcRC.Read(func(fd uintptr) bool {
 			for {
 				in, ierr = unix.Splice(int(fd), nil, p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 				if ierr != unix.EINTR {
 					return true
 				}
 			}
-		})
+		}); rerr != nil {
+			// A deadline or a close before the splice ran: the pipe is empty,
+			// and the caller's wait sorts out idleness from a real end (this
+			// must not read as EOF, which would half-close the other side).
+			putPipe(p)
+			return total, errWouldBlock
+		}
 		if ierr == unix.EAGAIN {
 			putPipe(p)
 			return total, errWouldBlock
@@ -179,6 +185,7 @@ func spliceBurst(dstRC, srcRC syscall.RawConn, dst *net.TCPConn, a *activity) (i
 			}
 			in -= out
 			total += out
+			m.add(out)
 			a.touch()
 		}
 	}

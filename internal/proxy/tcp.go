@@ -96,8 +96,14 @@ func (l *TCPListener) serve() {
 		}
 		backoff = 0
 		s.Stats.Accepted.Add(1)
-		if max := s.maxConns.Load(); max > 0 && s.Stats.Active.Load() >= max {
+		if max := s.maxConns.Load(); !s.admitConn(max) {
 			s.Stats.Rejected.Add(1)
+			if rs := l.Routes(); len(rs) > 0 && rs[0].Observer != nil {
+				o := rs[0].Observer
+				o.ConnOpened()
+				o.Rejected(ReasonMaxConnections)
+				o.ConnClosed(0)
+			}
 			c.SetLinger(0)
 			c.Close()
 			s.log.Debug("connection rejected: max_connections reached", "listener", l.Addr().String(), "max_connections", max)
@@ -105,12 +111,27 @@ func (l *TCPListener) serve() {
 		}
 		tc := &tcpConn{client: c, start: time.Now()}
 		if !s.track(tc) {
+			s.Stats.Active.Add(-1)
 			c.Close()
 			return
 		}
-		s.Stats.Active.Add(1)
 		s.wg.Add(1)
 		go l.handle(tc)
+	}
+}
+
+// admitConn counts a new connection in Stats.Active unless that would take
+// it beyond max (0: no limit). The check and the count are one atomic step,
+// so listeners accepting at the same moment cannot overshoot the cap together.
+func (s *Server) admitConn(max int64) bool {
+	for {
+		n := s.Stats.Active.Load()
+		if max > 0 && n >= max {
+			return false
+		}
+		if s.Stats.Active.CompareAndSwap(n, n+1) {
+			return true
+		}
 	}
 }
 
@@ -122,6 +143,8 @@ type tcpConn struct {
 	backend *net.TCPConn
 	be      *backend.Backend
 	forced  bool
+
+	upM, downM meter // byte counting, set once the backend is connected
 }
 
 func (c *tcpConn) setBackend(be *backend.Backend, b *net.TCPConn) bool {
@@ -155,16 +178,65 @@ func (l *TCPListener) handle(c *tcpConn) {
 	routes := l.Routes()
 	if len(routes) == 0 {
 		s.Stats.NoRoute.Add(1)
+		s.observeUnrouted("tcp")
 		s.log.Debug("no rule matches connection; closing", "listener", l.Addr().String(), "client", c.client.RemoteAddr().String())
 		return
 	}
-	rt := routes[0]
-	req := router.Request{Client: addrPort(c.client.RemoteAddr())}
+	rt, ci, prefix, err := inspect(c.client, routes)
+	if err != nil || rt == nil {
+		reason := ReasonNoRule
+		switch {
+		case errors.Is(err, ErrUntrustedProxy):
+			reason = ReasonUntrustedProxy
+		case errors.Is(err, ErrBadProxyHeader):
+			reason = ReasonBadProxyHeader
+		case err != nil:
+			reason = ReasonClientError
+		}
+		s.Stats.NoRoute.Add(1)
+		if o := routes[0].Observer; o != nil {
+			o.ConnOpened()
+			o.Rejected(reason)
+			o.ConnClosed(time.Since(c.start))
+		}
+		s.log.Debug("connection closed before routing", "listener", l.Addr().String(), "client", ci.Client.String(), "reason", reason, "err", err)
+		c.client.SetLinger(0)
+		return
+	}
+	o := rt.Observer
+	if o != nil {
+		o.ConnOpened()
+		defer func() { o.ConnClosed(time.Since(c.start)) }()
+	}
+	release, reason := rt.Access.Admit(ci.Client.Addr())
+	if reason != ReasonNone {
+		s.Stats.Rejected.Add(1)
+		if o != nil {
+			o.Rejected(reason)
+		}
+		s.log.Debug("connection refused by access control", "rule", rt.Name, "client", ci.Client.String(), "reason", reason)
+		c.client.SetLinger(0)
+		return
+	}
+	defer release()
+	req := router.Request{Client: ci.Client}
 	b, bc, err := dialBackend(rt, &req, s.log)
 	if err != nil {
 		s.Stats.NoBackend.Add(1)
+		if o != nil {
+			if errors.Is(err, router.ErrNoBackend) {
+				o.Rejected(ReasonNoBackend)
+			} else {
+				o.Rejected(ReasonConnectFailed)
+			}
+		}
 		if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
 			s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.client.RemoteAddr().String(), "err", err, "suppressed", suppressed)
+		}
+		if rt.AccessLog { // every closed connection, including this one
+			s.log.Info("connection closed", "rule", rt.Name, "client", c.client.RemoteAddr().String(),
+				"backend", "", "backend_addr", "", "bytes_in", int64(0), "bytes_out", int64(0),
+				"duration", time.Since(c.start).Round(time.Microsecond), "end", "no_backend")
 		}
 		c.client.SetLinger(0)
 		return
@@ -174,7 +246,17 @@ func (l *TCPListener) handle(c *tcpConn) {
 		bc.Close()
 		return
 	}
-	up, down, how := relay(c.client, bc, rt.IdleTimeout)
+	c.upM, c.downM = meter{be: b, obs: o}, meter{be: b, obs: o, out: true}
+	if err := writeFirst(bc, rt, ci, c.client.LocalAddr(), prefix, &c.upM); err != nil {
+		s.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+		bc.Close()
+		return
+	}
+	up, down, how := relay(c.client, bc, rt.IdleTimeout, &c.upM, &c.downM)
+	up += int64(len(prefix))
+	if o != nil {
+		o.RequestDone(b, time.Since(c.start), up, down)
+	}
 	if rt.AccessLog {
 		s.log.Info("connection closed", "rule", rt.Name, "client", c.client.RemoteAddr().String(),
 			"backend", b.ID, "backend_addr", b.Address, "bytes_in", up, "bytes_out", down,
@@ -187,6 +269,7 @@ func (l *TCPListener) handle(c *tcpConn) {
 // Acquired: the caller must Release it.
 func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Backend, *net.TCPConn, error) {
 	d := net.Dialer{Timeout: rt.ConnectTimeout}
+	o := rt.Observer
 	var lastErr error
 	for range rt.Backends {
 		b, err := rt.Router.Pick(req)
@@ -194,10 +277,22 @@ func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Bac
 			if lastErr != nil {
 				return nil, nil, lastErr
 			}
+			if o != nil {
+				o.PickFailed(err)
+			}
 			return nil, nil, err
+		}
+		var t0 time.Time
+		if o != nil {
+			o.Picked(b)
+			t0 = time.Now()
 		}
 		b.Acquire()
 		c, err := d.DialContext(context.Background(), "tcp", b.Address)
+		if o != nil {
+			o.Connected(b, time.Since(t0), err)
+		}
+		b.Health().ReportDial(err) // passive health detection
 		if err == nil {
 			return b, c.(*net.TCPConn), nil
 		}
@@ -215,7 +310,10 @@ func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Bac
 // relay copies both ways until both directions end, propagating half-close.
 // An error on either side closes both. It returns the bytes sent to the
 // backend (up) and to the client (down) and how the connection ended.
-func relay(client, server *net.TCPConn, idle time.Duration) (up, down int64, how string) {
+//
+// upM and downM (nil: not counted) count the bytes of each direction as they
+// move, so that long connections show up in rates while they run.
+func relay(client, server *net.TCPConn, idle time.Duration, upM, downM *meter) (up, down int64, how string) {
 	a := &activity{idle: idle}
 	a.arm(client, server)
 	type result struct {
@@ -224,7 +322,7 @@ func relay(client, server *net.TCPConn, idle time.Duration) (up, down int64, how
 	}
 	upc := make(chan result, 1)
 	go func() {
-		n, err := copyConn(server, client, a)
+		n, err := copyConn(server, client, a, upM)
 		if err == nil {
 			server.CloseWrite()
 		} else {
@@ -233,7 +331,7 @@ func relay(client, server *net.TCPConn, idle time.Duration) (up, down int64, how
 		}
 		upc <- result{n, err}
 	}()
-	down, derr := copyConn(client, server, a)
+	down, derr := copyConn(client, server, a, downM)
 	if derr == nil {
 		client.CloseWrite()
 	} else {
@@ -272,6 +370,6 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 // copyConn copies src to dst: splice on Linux, a pooled buffer elsewhere.
-func copyConn(dst, src *net.TCPConn, a *activity) (int64, error) {
-	return spliceCopy(dst, src, a)
+func copyConn(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
+	return spliceCopy(dst, src, a, m)
 }

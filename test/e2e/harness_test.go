@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,9 +62,15 @@ type Proxy struct {
 }
 
 // WriteConfig writes a config file into a temp dir and returns its path.
+//
+// Unless the config has its own [metrics] or [admin] section, the metrics
+// and admin servers are put on free ports (127.0.0.1:0), so that the
+// proxies of several tests, or of other test runs on this machine, never
+// collide on the default ports 9090 and 9091.
 func WriteConfig(t testing.TB, toml string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.toml")
+	toml = WithFreeObservePorts(toml)
 	if err := os.WriteFile(p, []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -273,4 +280,21 @@ func Greeting(addr string) (string, error) {
 	c.SetDeadline(time.Now().Add(Deadline))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSuffix(line, "\n"), err
+}
+
+var (
+	metricsSection = regexp.MustCompile(`(?m)^\s*\[metrics\]`)
+	adminSection   = regexp.MustCompile(`(?m)^\s*\[admin\]`)
+)
+
+// WithFreeObservePorts appends [metrics] and [admin] sections binding
+// 127.0.0.1:0 to a config that has none of its own.
+func WithFreeObservePorts(toml string) string {
+	if !metricsSection.MatchString(toml) {
+		toml += "\n[metrics]\nbind = \"127.0.0.1:0\"\n"
+	}
+	if !adminSection.MatchString(toml) {
+		toml += "\n[admin]\nbind = \"127.0.0.1:0\"\n"
+	}
+	return toml
 }

@@ -1,0 +1,135 @@
+package admin
+
+import (
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
+)
+
+// StatusJSON is the answer of GET /api/v1/status.
+type StatusJSON struct {
+	Version       string         `json:"version"`
+	Commit        string         `json:"commit"`
+	GoVersion     string         `json:"go_version"`
+	StartedAt     time.Time      `json:"started_at"`
+	UptimeSeconds float64        `json:"uptime_seconds"`
+	NowUnixMs     int64          `json:"now_unix_ms"` // the server's clock, for rates between two polls
+	Ready         bool           `json:"ready"`
+	Config        ConfigJSON     `json:"config"`
+	Connections   ConnsJSON      `json:"connections"`
+	Listeners     []ListenerJSON `json:"listeners"`
+	Rules         []RuleJSON     `json:"rules"`
+}
+
+// ConfigJSON identifies the running config.
+type ConfigJSON struct {
+	File    string `json:"file"`
+	Version int    `json:"version"` // 1 at start-up, +1 per successful reload
+}
+
+// ConnsJSON are the process-wide counters.
+type ConnsJSON struct {
+	Active   int64 `json:"active"`   // TCP connections open now
+	Accepted int64 `json:"accepted"` // TCP connections accepted
+	Rejected int64 `json:"rejected"` // refused at max_connections
+	Sessions int64 `json:"udp_sessions"`
+}
+
+// ListenerJSON is one bound listener.
+type ListenerJSON struct {
+	Protocol string   `json:"protocol"`
+	Address  string   `json:"address"`
+	Rules    []string `json:"rules"`
+}
+
+// RuleJSON is one rule and its backends.
+type RuleJSON struct {
+	Name     string        `json:"name"`
+	Protocol string        `json:"protocol"`
+	Enabled  bool          `json:"enabled"`
+	Listener string        `json:"listener"`
+	Router   string        `json:"router"`
+	Plugin   string        `json:"plugin"`
+	Backends []BackendJSON `json:"backends"`
+}
+
+// BackendJSON is one backend's live state.
+type BackendJSON struct {
+	ID               string `json:"id"`
+	Address          string `json:"address"`
+	Weight           int    `json:"weight"`           // configured or set through the API
+	EffectiveWeight  int    `json:"effective_weight"` // lower during a slow start
+	Enabled          bool   `json:"enabled"`
+	Healthy          bool   `json:"healthy"`
+	HealthReason     string `json:"health_reason,omitempty"` // why it last changed
+	Draining         bool   `json:"draining"`
+	Available        bool   `json:"available"` // enabled, healthy and not draining: routers may pick it
+	ActiveConns      int64  `json:"active_connections"`
+	TotalConns       int64  `json:"total_connections"`
+	BytesIn          int64  `json:"bytes_in"`  // client to backend
+	BytesOut         int64  `json:"bytes_out"` // backend to client
+	HealthSinceUnixS int64  `json:"health_since_unix,omitempty"`
+}
+
+func backendJSON(b *backend.Backend) BackendJSON {
+	in, out := b.Bytes()
+	h := b.Health()
+	st := h.Status()
+	j := BackendJSON{
+		ID: b.ID, Address: b.Address, Weight: b.ConfiguredWeight(), EffectiveWeight: b.Weight(),
+		Enabled: b.Enabled(), Healthy: h.Up(), HealthReason: st.Reason, Draining: b.Draining(),
+		Available: b.Available(), ActiveConns: b.Active(), TotalConns: b.Total(), BytesIn: in, BytesOut: out,
+	}
+	if !st.Since.IsZero() {
+		j.HealthSinceUnixS = st.Since.Unix()
+	}
+	return j
+}
+
+// Status builds the status document.
+func (h *Handler) Status() StatusJSON {
+	e := h.o.Engine
+	info := version.Get()
+	now := time.Now()
+	st := StatusJSON{
+		Version: info.Version, Commit: info.Commit, GoVersion: info.GoVersion,
+		StartedAt: h.o.Started.UTC().Truncate(time.Second), UptimeSeconds: now.Sub(h.o.Started).Seconds(),
+		NowUnixMs: now.UnixMilli(), Ready: h.o.Ready == nil || h.o.Ready(),
+		Listeners: []ListenerJSON{}, Rules: []RuleJSON{},
+	}
+	cfg, v := e.Config()
+	if cfg != nil {
+		st.Config = ConfigJSON{File: cfg.File, Version: v}
+	}
+	srv := e.Server()
+	st.Connections = ConnsJSON{Active: srv.Stats.Active.Load(), Accepted: srv.Stats.Accepted.Load(),
+		Rejected: srv.Stats.Rejected.Load(), Sessions: srv.UDP.Sessions.Load()}
+	byListener := map[[2]string][]string{}
+	for _, r := range e.Rules() {
+		rj := RuleJSON{Name: r.Name, Protocol: r.Protocol, Enabled: r.Enabled, Listener: r.Listener,
+			Router: r.Router, Plugin: r.Plugin, Backends: make([]BackendJSON, 0, len(r.Backends))}
+		for _, b := range r.Backends {
+			rj.Backends = append(rj.Backends, backendJSON(b))
+		}
+		st.Rules = append(st.Rules, rj)
+		if r.Listener != "" {
+			k := [2]string{r.Protocol, r.Listener}
+			byListener[k] = append(byListener[k], r.Name)
+		}
+	}
+	for k, rules := range byListener {
+		st.Listeners = append(st.Listeners, ListenerJSON{Protocol: k[0], Address: k[1], Rules: rules})
+	}
+	sort.Slice(st.Listeners, func(i, j int) bool {
+		a, b := st.Listeners[i], st.Listeners[j]
+		return a.Protocol+" "+a.Address < b.Protocol+" "+b.Address
+	})
+	return st
+}
+
+func (h *Handler) status(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, h.Status())
+}

@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/admin"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/metrics"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
+)
+
+// observe runs the metrics endpoint and the admin API: both are bound
+// before the proxy's listeners, so that a port conflict stops start-up with
+// a clear error, and /readyz says "ready" only once the listeners are bound.
+type observe struct {
+	log     *slog.Logger
+	metrics *metrics.Metrics // nil: [metrics] enabled = false
+	servers []*http.Server
+	banner  [][]any // what started, logged once the proxy is up (a failed start says one thing only)
+	ready   atomic.Bool
+	reload  atomic.Pointer[reload.Reloader]
+}
+
+func startObserve(cfg *config.Config, eng *engine.Engine, log *slog.Logger) (*observe, error) {
+	o := &observe{log: log}
+	started := time.Now()
+	if mc := cfg.Metrics; mc.Enabled {
+		reg := prometheus.NewRegistry()
+		m, err := metrics.New(reg, true)
+		if err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle(mc.Path, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			EnableOpenMetrics: true,
+		}))
+		if mc.Path != "/" {
+			mux.HandleFunc("/{$}", func(w http.ResponseWriter, _ *http.Request) {
+				fmt.Fprintf(w, "dynamic-proxy metrics are at %s\n", mc.Path)
+			})
+		}
+		addr, err := o.serve("metrics", mc.Bind, mux)
+		if err != nil {
+			return nil, err
+		}
+		o.metrics = m
+		eng.SetMetrics(m)
+		o.banner = append(o.banner, []any{"metrics listening", "address", addr, "path", mc.Path})
+	}
+	if ac := cfg.Admin; ac.Bind != "" {
+		h := admin.New(admin.Options{
+			Engine:  eng,
+			Ready:   o.ready.Load,
+			Pprof:   ac.Pprof,
+			Started: started,
+			Log:     log,
+			Reload: func() error {
+				rl := o.reload.Load()
+				if rl == nil {
+					return errors.New("not started yet")
+				}
+				return rl.Reload("api", false)
+			},
+		})
+		addr, err := o.serve("admin", ac.Bind, h)
+		if err != nil {
+			o.close()
+			return nil, err
+		}
+		o.banner = append(o.banner, []any{"admin API listening", "address", addr, "status_page", "http://" + addr + "/",
+			"token", ac.Token != "", "pprof", ac.Pprof})
+	}
+	return o, nil
+}
+
+// serve binds addr now and serves h on it in the background.
+func (o *observe) serve(what, addr string, h http.Handler) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("%s: listen %s: %w", what, addr, unwrapNetErr(err))
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
+	}
+	o.servers = append(o.servers, srv)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			o.log.Error(what+" server stopped", "err", err.Error())
+		}
+	}()
+	return ln.Addr().String(), nil
+}
+
+// announce logs the metrics and admin addresses, once the proxy's
+// listeners are bound too.
+func (o *observe) announce() {
+	for _, b := range o.banner {
+		o.log.Info(b[0].(string), b[1:]...)
+	}
+}
+
+// started is called once the listeners are bound and the reloader exists.
+func (o *observe) started(rl *reload.Reloader) {
+	o.reload.Store(rl)
+	if o.metrics != nil {
+		o.metrics.Loaded(time.Now())
+	}
+	o.ready.Store(true)
+}
+
+// shutdown stops the HTTP servers, waiting for requests in flight until ctx ends.
+func (o *observe) shutdown(ctx context.Context) {
+	o.ready.Store(false)
+	for _, s := range o.servers {
+		_ = s.Shutdown(ctx)
+	}
+}
+
+func (o *observe) close() {
+	for _, s := range o.servers {
+		_ = s.Close()
+	}
+}
+
+func unwrapNetErr(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}

@@ -1,0 +1,108 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRedisFleetKeys(t *testing.T) {
+	cfg, err := Parse("x.toml", []byte("[redis]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Redis
+	if r.WatchConfig || r.CacheFile != "" || r.ResyncInterval.D() != 5*time.Second {
+		t.Fatalf("defaults: %+v", r)
+	}
+	// The database may come from the URL's path.
+	cfg, err = Parse("x.toml", []byte("[redis]\nurl = \"redis://h:1/4\"\n"))
+	if err != nil || cfg.Redis.DB != 4 {
+		t.Fatalf("db from the URL: %v %v", cfg, err)
+	}
+	for _, c := range []struct{ toml, want string }{
+		{"[redis]\nresync_interval = \"10ms\"", "x.toml:2: redis.resync_interval: must be from 100ms to 1h0m0s, got 10ms"},
+		{"[redis]\nresync_interval = \"2h\"", "redis.resync_interval: must be from 100ms to 1h0m0s, got 2h0m0s"},
+		{"[redis]\nurl = \"redis://h:1/2\"\ndb = 3", `x.toml:3: redis.db: 3 differs from database 2 in redis.url "redis://h:1/2": set the database in one place`},
+		{"[redis]\nurl = \"redis://h:1/x\"", `x.toml:2: redis.url: the URL path must be a database number (redis://host:6379/2), got "/x"`},
+		{"[redis]\nkey_prefix = \"my fleet:\"", `redis.key_prefix: must not contain white space, got "my fleet:"`},
+		{"[redis]\nwatch_config = \"yes\"", `redis.watch_config: want true or false`},
+	} {
+		_, err := Parse("x.toml", []byte(c.toml))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.toml, err, c.want)
+		}
+	}
+}
+
+// TestParseWithLocal: a config taken from Redis keeps the instance's own
+// [redis], [admin], [metrics] and bind addresses; its problems are reported
+// against the stored document.
+func TestParseWithLocal(t *testing.T) {
+	local, err := Parse("local.toml", []byte(`
+[server]
+tcp_bind = "127.0.0.1:7001"
+udp_bind = "127.0.0.1:7002"
+watch_config = false
+[redis]
+url = "redis://127.0.0.1:6390"
+watch_config = true
+[admin]
+bind = "127.0.0.1:7091"
+[metrics]
+bind = "127.0.0.1:7090"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := []byte(`
+[server]
+tcp_bind = "0.0.0.0:80"
+max_connections = 77
+[admin]
+bind = "0.0.0.0:1"
+[[rules]]
+name = "svc"
+[rules.matcher]
+type = "port"
+port = 8443
+`)
+	cfg, err := ParseWithLocal("redis:dp:config@3", stored, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Server.TCPBind != "127.0.0.1:7001" || cfg.Server.UDPBind != "127.0.0.1:7002" || cfg.Server.WatchConfig ||
+		cfg.Admin.Bind != "127.0.0.1:7091" || cfg.Metrics.Bind != "127.0.0.1:7090" || cfg.Redis != local.Redis {
+		t.Fatalf("local keys not kept: server %+v admin %+v metrics %+v", cfg.Server, cfg.Admin, cfg.Metrics)
+	}
+	if cfg.Server.MaxConnections != 77 || len(cfg.Rules) != 1 || cfg.Listener(&cfg.Rules[0]) != "127.0.0.1:8443" {
+		t.Fatalf("stored keys not taken: %+v", cfg.Server)
+	}
+	// A rule with no backend is fine for an instance with [redis].
+	_, err = ParseWithLocal("redis:dp:config@4", []byte("[[rules]]\nname = \"a\"\nprotocol = \"sctp\"\n"), local)
+	if err == nil || !strings.Contains(err.Error(), `redis:dp:config@4:3: rules[0].protocol: must be tcp or udp, got "sctp"`) {
+		t.Fatalf("problem in a stored config: %v", err)
+	}
+	// ParseFleet validates a file to push as if it had [redis].
+	if _, err := ParseFleet("f.toml", []byte("[[rules]]\nname = \"a\"\n")); err != nil {
+		t.Fatalf("ParseFleet: %v", err)
+	}
+	if _, err := Parse("f.toml", []byte("[[rules]]\nname = \"a\"\n")); err == nil {
+		t.Fatal("Parse accepted a rule with no backend and no [redis]")
+	}
+}
+
+func TestRedisChangeNeedsRestart(t *testing.T) {
+	old, err := Parse("x.toml", []byte("[redis]\nurl = \"redis://h:1\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	same, _ := Parse("x.toml", []byte("[redis]\nurl = \"redis://h:1\"\n"))
+	next, _ := Parse("x.toml", []byte("[redis]\nurl = \"redis://h:2\"\n"))
+	if got := Diff(old, same).RestartNeeded; len(got) != 0 {
+		t.Errorf("unchanged [redis]: restart needed %v", got)
+	}
+	if got := strings.Join(Diff(old, next).RestartNeeded, ","); got != "[redis]" {
+		t.Errorf("changed redis.url: restart needed %q, want [redis]", got)
+	}
+}

@@ -1,0 +1,249 @@
+// Package health checks backends: active checks (a TCP connect, or a
+// send/expect exchange over TCP or UDP, every interval, each bounded by its
+// timeout), the rise/fall state machine that turns their results into up and
+// down, and passive detection of dial failures of real traffic. It flips a
+// backend.Health; routers read that with one atomic load, so checking never
+// slows traffic down.
+//
+// One Monitor runs per distinct (protocol, address, check settings); every
+// backend of every rule that names the same address with the same settings
+// shares its Health. The engine owns a Registry and updates it by difference
+// on every reload, so health state survives a reload.
+package health
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+)
+
+// Check is one health check, compiled from a rule's effective
+// config.HealthCheck.
+type Check struct {
+	Protocol string // "tcp" or "udp"
+	Address  string // the backend's traffic address
+	Target   string // the address checked: Address, or its host with the check port
+
+	Active          bool // run active checks
+	Interval        time.Duration
+	Timeout         time.Duration
+	Retries, Rise   int
+	Send            []byte
+	Expect          []byte         // the reply must start with this (nil: no prefix)
+	ExpectRegex     *regexp.Regexp // or match this (nil: no regex)
+	PassiveFailures int            // 0: no passive detection
+	PassiveWindow   time.Duration
+	PassiveCooldown time.Duration
+	SlowStart       time.Duration
+}
+
+// Compile turns a rule's effective settings into a Check of address for
+// protocol. The config was validated, so an error here is unexpected; it is
+// still reported rather than ignored.
+func Compile(protocol, address string, hc config.HealthCheck) (*Check, error) {
+	c := &Check{
+		Protocol:        protocol,
+		Address:         address,
+		Target:          address,
+		Active:          hc.Enabled,
+		Interval:        hc.Interval.D(),
+		Timeout:         hc.Timeout.D(),
+		Retries:         hc.Retries,
+		Rise:            hc.Rise,
+		Send:            hc.SendBytes(),
+		Expect:          hc.ExpectBytes(),
+		PassiveFailures: hc.PassiveFailures,
+		PassiveWindow:   hc.PassiveWindow.D(),
+		PassiveCooldown: hc.PassiveCooldown.D(),
+		SlowStart:       hc.SlowStart.D(),
+	}
+	if hc.Port != 0 {
+		host, _, err := net.SplitHostPort(address)
+		if err != nil {
+			return nil, fmt.Errorf("health check of %s: %w", address, err)
+		}
+		c.Target = net.JoinHostPort(host, strconv.Itoa(hc.Port))
+	}
+	if hc.ExpectRegex != "" {
+		re, err := regexp.Compile(hc.ExpectRegex)
+		if err != nil {
+			return nil, fmt.Errorf("health check of %s: expect_regex: %w", address, err)
+		}
+		c.ExpectRegex = re
+	}
+	if c.Active {
+		switch {
+		case c.Interval <= 0 || c.Timeout <= 0 || c.Timeout >= c.Interval:
+			return nil, fmt.Errorf("health check of %s: need 0 < timeout (%v) < interval (%v)", address, c.Timeout, c.Interval)
+		case c.Retries < 1 || c.Rise < 1:
+			return nil, fmt.Errorf("health check of %s: retries (%d) and rise (%d) must be at least 1", address, c.Retries, c.Rise)
+		case protocol == "udp" && len(c.Send) == 0:
+			return nil, fmt.Errorf("health check of %s: a UDP check needs send", address)
+		}
+	}
+	return c, nil
+}
+
+// Kind names the check for logs: "tcp connect", "tcp send/expect", "udp send/expect".
+func (c *Check) Kind() string {
+	if c.Protocol == "udp" {
+		return "udp send/expect"
+	}
+	if len(c.Send) > 0 || c.expects() {
+		return "tcp send/expect"
+	}
+	return "tcp connect"
+}
+
+func (c *Check) expects() bool { return c.Expect != nil || c.ExpectRegex != nil }
+
+// offset is where in the interval this check's first run falls: a
+// deterministic spread, so that many checks do not run all at once and a
+// reload does not move the checks that it keeps.
+func (c *Check) offset() time.Duration {
+	if c.Interval <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	io.WriteString(h, c.Protocol+" "+c.Address+" "+c.Target)
+	return time.Duration(h.Sum64() % uint64(c.Interval))
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, config.MaxHealthExpect); return &b }}
+
+// Probe runs the check once and returns nil when it passes, or why it failed.
+// It returns within Timeout, or sooner when ctx ends.
+func (c *Check) Probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: -1} // a check connection is short: no keep-alive setup
+	conn, err := d.DialContext(ctx, c.Protocol, c.Target)
+	if err != nil {
+		return err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		// Close with a reset: a check every second must not leave a
+		// TIME_WAIT socket behind each time.
+		defer func() { tc.SetLinger(0); tc.Close() }()
+	} else {
+		defer conn.Close()
+	}
+	if c.Protocol == "tcp" && len(c.Send) == 0 && !c.expects() {
+		return nil // connect check
+	}
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if len(c.Send) > 0 {
+		if _, err := conn.Write(c.Send); err != nil {
+			return err
+		}
+	}
+	if c.Protocol == "tcp" && !c.expects() {
+		return nil // sent; nothing to wait for
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	if c.Protocol == "udp" {
+		// One datagram is the reply; silence is a failure.
+		n, err := conn.Read(buf)
+		if err != nil {
+			return c.readErr(err, nil)
+		}
+		return c.judge(buf[:n])
+	}
+	limit := len(buf)
+	if c.ExpectRegex == nil {
+		limit = len(c.Expect)
+	}
+	got := 0
+	for {
+		n, err := conn.Read(buf[got:limit])
+		got += n
+		if ok, final := c.decided(buf[:got]); final {
+			if ok {
+				return nil
+			}
+			return c.judge(buf[:got])
+		}
+		if got == limit {
+			return c.judge(buf[:got])
+		}
+		if err != nil {
+			return c.readErr(err, buf[:got])
+		}
+	}
+}
+
+// decided reports whether the reply so far already passes (ok) or can no
+// longer pass (final && !ok).
+func (c *Check) decided(reply []byte) (ok, final bool) {
+	if c.ExpectRegex != nil {
+		if c.ExpectRegex.Match(reply) {
+			return true, true
+		}
+		return false, false
+	}
+	if len(reply) >= len(c.Expect) {
+		return bytes.HasPrefix(reply, c.Expect), true
+	}
+	if !bytes.HasPrefix(c.Expect, reply) {
+		return false, true
+	}
+	return false, false
+}
+
+// judge decides on a complete reply.
+func (c *Check) judge(reply []byte) error {
+	switch {
+	case c.ExpectRegex != nil:
+		if c.ExpectRegex.Match(reply) {
+			return nil
+		}
+		return fmt.Errorf("reply %s does not match /%s/", quote(reply), c.ExpectRegex)
+	case c.Expect != nil:
+		if bytes.HasPrefix(reply, c.Expect) {
+			return nil
+		}
+		return fmt.Errorf("reply %s does not start with %s", quote(reply), quote(c.Expect))
+	}
+	return nil // any reply will do
+}
+
+// readErr explains a read that ended before the reply was decided.
+func (c *Check) readErr(err error, partial []byte) error {
+	timeout := errors.Is(err, os.ErrDeadlineExceeded)
+	switch {
+	case len(partial) == 0 && timeout:
+		return fmt.Errorf("no reply from %s %s within %v", c.Protocol, c.Target, c.Timeout)
+	case len(partial) == 0 && errors.Is(err, io.EOF):
+		return fmt.Errorf("%s %s closed the connection without a reply", c.Protocol, c.Target)
+	case len(partial) == 0:
+		return err
+	case timeout:
+		return fmt.Errorf("%v (no more within %v)", c.judge(partial), c.Timeout)
+	default:
+		return fmt.Errorf("%v (%v)", c.judge(partial), err)
+	}
+}
+
+// quote shows at most 64 bytes of b as a Go string.
+func quote(b []byte) string {
+	if len(b) > 64 {
+		return strconv.Quote(string(b[:64])) + "…"
+	}
+	return strconv.Quote(string(b))
+}

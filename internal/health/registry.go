@@ -1,0 +1,178 @@
+package health
+
+import (
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+)
+
+// Key identifies a monitor: everything a check depends on. Backends with
+// equal keys share one Monitor and one Health.
+type Key struct {
+	Protocol string // "tcp" or "udp"
+	Address  string
+	Check    config.HealthCheck
+}
+
+// Registry holds the running monitors of one engine. A reload builds an
+// Update and commits it: monitors whose key is unchanged keep running with
+// their state, new ones start, unused ones stop.
+type Registry struct {
+	log *slog.Logger
+
+	mu     sync.Mutex
+	mons   map[Key]*Monitor
+	closed bool
+
+	onCheck atomic.Pointer[func(h *backend.Health, ok bool)] // metrics: told of every active check
+}
+
+// SetCheckObserver installs f (nil removes it): it is called after every
+// active check of every monitor with the Health checked and whether the
+// check passed (dynamic_proxy_health_checks_total). It runs on the check's
+// goroutine and must be quick.
+func (r *Registry) SetCheckObserver(f func(h *backend.Health, ok bool)) {
+	if f == nil {
+		r.onCheck.Store(nil)
+		return
+	}
+	r.onCheck.Store(&f)
+}
+
+func (r *Registry) checked(h *backend.Health, err error) {
+	if f := r.onCheck.Load(); f != nil {
+		(*f)(h, err == nil)
+	}
+}
+
+// NewRegistry returns an empty registry that logs transitions to log.
+func NewRegistry(log *slog.Logger) *Registry {
+	return &Registry{log: log, mons: map[Key]*Monitor{}}
+}
+
+// Update is the set of monitors a new config needs. Nothing runs or stops
+// until Commit; an Update that is dropped changes nothing.
+type Update struct {
+	r      *Registry
+	mons   map[Key]*Monitor
+	fresh  map[Key]bool
+	names  map[Key][]string
+	byAddr map[string]*Monitor // running monitors by protocol+address, built lazily
+}
+
+// Begin starts an Update.
+func (r *Registry) Begin() *Update {
+	return &Update{r: r, mons: map[Key]*Monitor{}, fresh: map[Key]bool{}, names: map[Key][]string{}}
+}
+
+// Health returns the Health for a backend at address of a protocol rule with
+// check settings hc; name ("rule/id") is used in logs. Backends with the same
+// protocol, address and settings get the same Health. A running monitor with
+// that key is kept; a new one inherits the up/down state of a running
+// monitor of the same address (its settings changed on a reload), so a dead
+// backend does not come back just because its check was edited.
+func (u *Update) Health(protocol, address string, hc config.HealthCheck, name string) (*backend.Health, error) {
+	k := Key{protocol, address, hc}
+	u.names[k] = append(u.names[k], name)
+	if m, ok := u.mons[k]; ok {
+		return m.h, nil
+	}
+	u.r.mu.Lock()
+	m, ok := u.r.mons[k]
+	u.r.mu.Unlock()
+	if !ok {
+		c, err := Compile(protocol, address, hc)
+		if err != nil {
+			return nil, err
+		}
+		h := &backend.Health{Address: address}
+		if old := u.running(protocol, address); old != nil {
+			if st := old.h.Status(); !st.Up {
+				h.Transition(false, st.Reason)
+			}
+		}
+		m = NewMonitor(c, h, u.r.log)
+		m.checked = u.r.checked
+		u.fresh[k] = true
+	}
+	u.mons[k] = m
+	return m.h, nil
+}
+
+func (u *Update) running(protocol, address string) *Monitor {
+	if u.byAddr == nil {
+		u.byAddr = map[string]*Monitor{}
+		u.r.mu.Lock()
+		for k, m := range u.r.mons {
+			u.byAddr[k.Protocol+" "+k.Address] = m
+		}
+		u.r.mu.Unlock()
+	}
+	return u.byAddr[protocol+" "+address]
+}
+
+// Commit starts the new monitors, stops those no longer used and makes the
+// update the registry's running set.
+func (u *Update) Commit() {
+	r := u.r
+	r.mu.Lock()
+	var stop []*Monitor
+	for k, m := range r.mons {
+		if _, ok := u.mons[k]; !ok {
+			stop = append(stop, m)
+		}
+	}
+	closed := r.closed
+	if !closed {
+		r.mons = u.mons
+	}
+	r.mu.Unlock()
+	for k, m := range u.mons {
+		names := u.names[k]
+		sort.Strings(names)
+		m.SetNames(names)
+		if u.fresh[k] && !closed {
+			m.Start()
+		}
+	}
+	stopAll(stop)
+}
+
+// Close stops every monitor; later updates start nothing.
+func (r *Registry) Close() {
+	r.mu.Lock()
+	r.closed = true
+	stop := make([]*Monitor, 0, len(r.mons))
+	for _, m := range r.mons {
+		stop = append(stop, m)
+	}
+	r.mons = map[Key]*Monitor{}
+	r.mu.Unlock()
+	stopAll(stop)
+}
+
+// Monitors returns the running monitors (for status pages and tests).
+func (r *Registry) Monitors() map[Key]*Monitor {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[Key]*Monitor, len(r.mons))
+	for k, m := range r.mons {
+		out[k] = m
+	}
+	return out
+}
+
+// stopAll cancels every monitor first, then waits for each, so stopping many
+// takes as long as the slowest, not the sum.
+func stopAll(ms []*Monitor) {
+	for _, m := range ms {
+		m.cancel()
+	}
+	for _, m := range ms {
+		m.Stop()
+	}
+}

@@ -1,0 +1,450 @@
+// Package metrics exports dynamic-proxy's Prometheus metrics.
+//
+// New registers every collector on an injected prometheus.Registerer. The
+// data path never looks a series up by its labels: when the engine builds a
+// route it asks Observer for the route's proxy.Observer, which holds the
+// route's and its backends' labelled children already resolved, so counting
+// an event is a few atomic adds. After each apply the engine calls Retain
+// with the routes now published, and the series of rules, backends and
+// routers that a reload removed are deleted, so the number of series stays
+// bounded by the config across any number of reloads.
+//
+// Every label value comes from the config (rule names, backend ids, router
+// names and plugins) or from a fixed set (reason, result, direction): never
+// from a client.
+package metrics
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "dynamic_proxy"
+
+// Label values of the fixed sets.
+const (
+	DirectionIn  = "in"  // bytes_total: client to backend
+	DirectionOut = "out" // bytes_total: backend to client
+
+	ResultSuccess = "success" // backend_requests_total, config_reloads_total
+	ResultError   = "error"   // backend_requests_total: refused, unreachable, send failed
+	ResultTimeout = "timeout" // backend_requests_total: the connect timed out
+	ResultFailure = "failure" // config_reloads_total
+
+	ReasonNoBackend = "no_backend" // router_errors_total: nothing usable
+	ReasonError     = "error"      // router_errors_total: any other error
+
+	CheckSuccess = "success" // health_checks_total
+	CheckFailure = "failure"
+)
+
+// Buckets of the histograms.
+var (
+	// DurationBuckets for connection_duration_seconds and
+	// request_duration_seconds: 1 ms to 1 h (L4 connections can be long).
+	DurationBuckets = []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
+	// SizeBuckets for request_size_bytes and response_size_bytes: 64 B to 16 MiB, ×4.
+	SizeBuckets = prometheus.ExponentialBuckets(64, 4, 10)
+	// ResponseBuckets for backend_response_seconds: 100 µs to 10 s.
+	ResponseBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+)
+
+// Metrics owns every dynamic-proxy collector. Its methods are safe for
+// concurrent use.
+type Metrics struct {
+	connActive   *prometheus.GaugeVec     // rule, protocol
+	connTotal    *prometheus.CounterVec   // rule, protocol
+	connDuration *prometheus.HistogramVec // rule, protocol
+	connRejected *prometheus.CounterVec   // rule, protocol, reason
+
+	requests    *prometheus.CounterVec   // rule, protocol
+	reqDuration *prometheus.HistogramVec // rule, protocol
+	reqSize     *prometheus.HistogramVec // rule, protocol
+	respSize    *prometheus.HistogramVec // rule, protocol
+	bytes       *prometheus.CounterVec   // rule, protocol, direction
+
+	beRequests   *prometheus.CounterVec   // rule, backend, result
+	beResponse   *prometheus.HistogramVec // rule, backend
+	healthChecks *prometheus.CounterVec   // rule, backend, result
+
+	selections   *prometheus.CounterVec // rule, router, plugin, backend
+	routerErrors *prometheus.CounterVec // rule, router, plugin, reason
+
+	reloads    *prometheus.CounterVec // result
+	lastReload prometheus.Gauge
+
+	mu      sync.Mutex // serialises Observer's bookkeeping and Retain
+	made    labelKeys  // label combinations Observer resolved since the last Retain
+	current atomic.Pointer[snapshot]
+}
+
+// snapshot is what Retain was last given, for the scrape-time collector and
+// health check counting.
+type snapshot struct {
+	routes   []*proxy.Route
+	byHealth map[*backend.Health][]prometheus.Counter // per backend sharing the Health: success, failure children
+	keys     labelKeys
+}
+
+// labelKeys are the label combinations a set of routes uses.
+type labelKeys struct {
+	rules    map[[2]string]bool // rule, protocol
+	backends map[[2]string]bool // rule, backend
+	routers  map[[3]string]bool // rule, router, plugin
+}
+
+// New registers the collectors on reg, including the Go and process
+// collectors when withRuntime is set (a test registry may leave them out).
+func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
+	rp := []string{"rule", "protocol"}
+	rb := []string{"rule", "backend"}
+	m := &Metrics{
+		connActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace,
+			Name: "connections_active", Help: "Client connections (UDP: sessions) open now."}, rp),
+		connTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "connections_total", Help: "Client connections (UDP: sessions) accepted, including those then rejected."}, rp),
+		connDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
+			Name: "connection_duration_seconds", Help: "How long client connections (UDP: sessions) lasted.", Buckets: DurationBuckets}, rp),
+		connRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "connections_rejected_total", Help: "Connections or datagrams dropped without reaching a backend, by reason."},
+			[]string{"rule", "protocol", "reason"}),
+
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "requests_total", Help: "Requests proxied: TCP connections that reached a backend (counted when they end), UDP datagrams from clients."}, rp),
+		reqDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
+			Name: "request_duration_seconds", Help: "TCP: accept to close of proxied connections. UDP: client datagram to the backend's first reply.", Buckets: DurationBuckets}, rp),
+		reqSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
+			Name: "request_size_bytes", Help: "Bytes from the client per request (TCP: per connection; UDP: per datagram).", Buckets: SizeBuckets}, rp),
+		respSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
+			Name: "response_size_bytes", Help: "Bytes to the client per response (TCP: per connection; UDP: per reply datagram).", Buckets: SizeBuckets}, rp),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "bytes_total", Help: "Bytes proxied, counted as they move: direction in is client to backend, out is backend to client."},
+			[]string{"rule", "protocol", "direction"}),
+
+		beRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "backend_requests_total", Help: "Attempts to reach a backend: TCP connects, UDP datagrams sent; result success, error or timeout."},
+			[]string{"rule", "backend", "result"}),
+		beResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
+			Name: "backend_response_seconds", Help: "TCP: time to connect to the backend. UDP: time from a client datagram to the backend's first reply.", Buckets: ResponseBuckets}, rb),
+		healthChecks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "health_checks_total", Help: "Active health checks of the backend's address, by result (success or failure)."},
+			[]string{"rule", "backend", "result"}),
+
+		selections: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "router_selections_total", Help: "Backends chosen by the rule's router."},
+			[]string{"rule", "router", "plugin", "backend"}),
+		routerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "router_errors_total", Help: "Picks that returned no backend: reason no_backend (none usable) or error."},
+			[]string{"rule", "router", "plugin", "reason"}),
+
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "config_reloads_total", Help: "Config reloads attempted (signal, file change, admin API), by result (success or failure)."},
+			[]string{"result"}),
+		lastReload: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace,
+			Name: "config_last_reload_success_timestamp_seconds", Help: "Unix time of the last successful config load (start-up or reload)."}),
+	}
+	info := version.Get()
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace,
+		Name: "build_info", Help: "Always 1; the labels identify the build."}, []string{"version", "commit", "goversion"})
+	buildInfo.WithLabelValues(info.Version, info.Commit, info.GoVersion).Set(1)
+
+	cs := []prometheus.Collector{m.connActive, m.connTotal, m.connDuration, m.connRejected,
+		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
+		m.beRequests, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
+		m.reloads, m.lastReload, buildInfo, &stateCollector{m}}
+	if withRuntime {
+		cs = append(cs, newGoCollector(), newProcessCollector())
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range []string{ResultSuccess, ResultFailure} {
+		m.reloads.WithLabelValues(r)
+	}
+	m.made = newLabelKeys()
+	m.current.Store(&snapshot{keys: newLabelKeys()})
+	return m, nil
+}
+
+// Loaded records a successful config load at t (the start-up one; reloads
+// go through ReloadResult).
+func (m *Metrics) Loaded(t time.Time) { m.lastReload.Set(float64(t.UnixNano()) / 1e9) }
+
+// ReloadResult counts one reload attempt (err nil: success). It fits
+// reload.Reloader.Result.
+func (m *Metrics) ReloadResult(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues(ResultFailure).Inc()
+		return
+	}
+	m.reloads.WithLabelValues(ResultSuccess).Inc()
+	m.Loaded(time.Now())
+}
+
+// HealthChecked counts one active health check whose result h recorded
+// (ok: it passed). Every backend that shares h (the same address and check,
+// in any rule) counts it. The health checker calls it after each check.
+func (m *Metrics) HealthChecked(h *backend.Health, ok bool) {
+	cs := m.current.Load().byHealth[h]
+	i := 1
+	if ok {
+		i = 0
+	}
+	for j := i; j < len(cs); j += 2 {
+		cs[j].Inc()
+	}
+}
+
+// Unrouted counts traffic that matched no rule (proxy.UnroutedObserver):
+// connections_rejected_total{rule="",reason="no_rule"}.
+func (m *Metrics) Unrouted(protocol string) {
+	m.connRejected.WithLabelValues("", protocol, proxy.ReasonNoRule.String()).Inc()
+}
+
+// Observer returns the observer for rt, with every series of the route and
+// its backends resolved. The engine calls it for each route it builds,
+// before publishing the routes, and then calls Retain.
+func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
+	m.mu.Lock()
+	m.made.add(rt)
+	m.mu.Unlock()
+	rule, proto := rt.Name, rt.Protocol
+	o := &routeObserver{
+		connActive:   m.connActive.WithLabelValues(rule, proto),
+		connTotal:    m.connTotal.WithLabelValues(rule, proto),
+		connDuration: m.connDuration.WithLabelValues(rule, proto),
+		requests:     m.requests.WithLabelValues(rule, proto),
+		reqDuration:  m.reqDuration.WithLabelValues(rule, proto),
+		reqSize:      m.reqSize.WithLabelValues(rule, proto),
+		respSize:     m.respSize.WithLabelValues(rule, proto),
+		bytesIn:      m.bytes.WithLabelValues(rule, proto, DirectionIn),
+		bytesOut:     m.bytes.WithLabelValues(rule, proto, DirectionOut),
+		noBackend:    m.routerErrors.WithLabelValues(rule, rt.RouterName, rt.Plugin, ReasonNoBackend),
+		pickError:    m.routerErrors.WithLabelValues(rule, rt.RouterName, rt.Plugin, ReasonError),
+		backends:     make(map[*backend.Backend]*backendObserver, len(rt.Backends)),
+	}
+	for r := proxy.Reason(0); r < proxy.NumReasons; r++ {
+		if r == proxy.ReasonNoRule {
+			continue // a route matched; Unrouted counts these
+		}
+		o.rejected[r] = m.connRejected.WithLabelValues(rule, proto, r.String())
+	}
+	for _, b := range rt.Backends {
+		o.backends[b] = &backendObserver{
+			success:   m.beRequests.WithLabelValues(rule, b.ID, ResultSuccess),
+			failed:    m.beRequests.WithLabelValues(rule, b.ID, ResultError),
+			timeout:   m.beRequests.WithLabelValues(rule, b.ID, ResultTimeout),
+			response:  m.beResponse.WithLabelValues(rule, b.ID),
+			selection: m.selections.WithLabelValues(rule, rt.RouterName, rt.Plugin, b.ID),
+		}
+		m.healthChecks.WithLabelValues(rule, b.ID, CheckSuccess)
+		m.healthChecks.WithLabelValues(rule, b.ID, CheckFailure)
+	}
+	return o
+}
+
+// Retain is told the routes now published (after every apply, successful or
+// not). The series of rules, backends and routers that are not among them
+// any more are deleted (also those Observer made for an apply that failed),
+// and backend_up, backend_connections_active and health_checks_total follow
+// these routes' backends from now on.
+func (m *Metrics) Retain(routes []*proxy.Route) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	next := &snapshot{routes: routes, byHealth: map[*backend.Health][]prometheus.Counter{}, keys: newLabelKeys()}
+	for _, rt := range routes {
+		next.keys.add(rt)
+		for _, b := range rt.Backends {
+			h := b.Health()
+			next.byHealth[h] = append(next.byHealth[h],
+				m.healthChecks.WithLabelValues(rt.Name, b.ID, CheckSuccess),
+				m.healthChecks.WithLabelValues(rt.Name, b.ID, CheckFailure))
+		}
+	}
+	stale := m.current.Load().keys
+	stale.merge(m.made)
+	m.made = newLabelKeys()
+	m.current.Store(next)
+
+	for k := range stale.rules {
+		if next.keys.rules[k] {
+			continue
+		}
+		l := prometheus.Labels{"rule": k[0], "protocol": k[1]}
+		for _, v := range []*prometheus.MetricVec{m.connActive.MetricVec, m.connTotal.MetricVec, m.connDuration.MetricVec,
+			m.connRejected.MetricVec, m.requests.MetricVec, m.reqDuration.MetricVec, m.reqSize.MetricVec,
+			m.respSize.MetricVec, m.bytes.MetricVec} {
+			v.DeletePartialMatch(l)
+		}
+	}
+	for k := range stale.backends {
+		if next.keys.backends[k] {
+			continue
+		}
+		l := prometheus.Labels{"rule": k[0], "backend": k[1]}
+		for _, v := range []*prometheus.MetricVec{m.beRequests.MetricVec, m.beResponse.MetricVec, m.healthChecks.MetricVec, m.selections.MetricVec} {
+			v.DeletePartialMatch(l)
+		}
+	}
+	for k := range stale.routers {
+		if next.keys.routers[k] {
+			continue
+		}
+		l := prometheus.Labels{"rule": k[0], "router": k[1], "plugin": k[2]}
+		m.selections.DeletePartialMatch(l)
+		m.routerErrors.DeletePartialMatch(l)
+	}
+}
+
+func newLabelKeys() labelKeys {
+	return labelKeys{rules: map[[2]string]bool{}, backends: map[[2]string]bool{}, routers: map[[3]string]bool{}}
+}
+
+// add records the label combinations of rt and its backends.
+func (k labelKeys) add(rt *proxy.Route) {
+	k.rules[[2]string{rt.Name, rt.Protocol}] = true
+	k.routers[[3]string{rt.Name, rt.RouterName, rt.Plugin}] = true
+	for _, b := range rt.Backends {
+		k.backends[[2]string{rt.Name, b.ID}] = true
+	}
+}
+
+func (k labelKeys) merge(o labelKeys) {
+	for x := range o.rules {
+		k.rules[x] = true
+	}
+	for x := range o.backends {
+		k.backends[x] = true
+	}
+	for x := range o.routers {
+		k.routers[x] = true
+	}
+}
+
+// errNoBackend is matched with errors.Is to tell router_errors_total's reasons apart.
+var errNoBackend = router.ErrNoBackend
+
+// routeObserver is one route's proxy.Observer: every child resolved once.
+type routeObserver struct {
+	connActive   prometheus.Gauge
+	connTotal    prometheus.Counter
+	connDuration prometheus.Observer
+	rejected     [proxy.NumReasons]prometheus.Counter
+	requests     prometheus.Counter
+	reqDuration  prometheus.Observer
+	reqSize      prometheus.Observer
+	respSize     prometheus.Observer
+	bytesIn      prometheus.Counter
+	bytesOut     prometheus.Counter
+	noBackend    prometheus.Counter
+	pickError    prometheus.Counter
+	backends     map[*backend.Backend]*backendObserver // read-only once built
+}
+
+type backendObserver struct {
+	success, failed, timeout prometheus.Counter
+	response                 prometheus.Observer
+	selection                prometheus.Counter
+}
+
+var _ proxy.Observer = (*routeObserver)(nil)
+
+func (o *routeObserver) ConnOpened() {
+	o.connTotal.Inc()
+	o.connActive.Inc()
+}
+
+func (o *routeObserver) ConnClosed(d time.Duration) {
+	o.connActive.Dec()
+	o.connDuration.Observe(d.Seconds())
+}
+
+func (o *routeObserver) Rejected(r proxy.Reason) {
+	if r < proxy.NumReasons && o.rejected[r] != nil {
+		o.rejected[r].Inc()
+	}
+}
+
+func (o *routeObserver) Picked(b *backend.Backend) {
+	if bo := o.backends[b]; bo != nil {
+		bo.selection.Inc()
+	}
+}
+
+func (o *routeObserver) PickFailed(err error) {
+	if errors.Is(err, errNoBackend) {
+		o.noBackend.Inc()
+		return
+	}
+	o.pickError.Inc()
+}
+
+func (o *routeObserver) Connected(b *backend.Backend, d time.Duration, err error) {
+	bo := o.backends[b]
+	if bo == nil {
+		return
+	}
+	switch {
+	case err == nil:
+		bo.success.Inc()
+		bo.response.Observe(d.Seconds())
+	case isTimeout(err):
+		bo.timeout.Inc()
+	default:
+		bo.failed.Inc()
+	}
+}
+
+func (o *routeObserver) BytesIn(n int64)  { o.bytesIn.Add(float64(n)) }
+func (o *routeObserver) BytesOut(n int64) { o.bytesOut.Add(float64(n)) }
+
+func (o *routeObserver) RequestDone(_ *backend.Backend, d time.Duration, in, out int64) {
+	o.requests.Inc()
+	o.reqDuration.Observe(d.Seconds())
+	o.reqSize.Observe(float64(in))
+	o.respSize.Observe(float64(out))
+}
+
+func (o *routeObserver) Datagram(b *backend.Backend, n int, err error) {
+	bo := o.backends[b]
+	if err != nil {
+		if bo != nil {
+			bo.failed.Inc()
+		}
+		return
+	}
+	if bo != nil {
+		bo.success.Inc()
+	}
+	o.requests.Inc()
+	o.reqSize.Observe(float64(n))
+	o.bytesIn.Add(float64(n))
+}
+
+func (o *routeObserver) Reply(b *backend.Backend, n int, rtt time.Duration) {
+	o.respSize.Observe(float64(n))
+	o.bytesOut.Add(float64(n))
+	if rtt > 0 {
+		o.reqDuration.Observe(rtt.Seconds())
+		if bo := o.backends[b]; bo != nil {
+			bo.response.Observe(rtt.Seconds())
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}

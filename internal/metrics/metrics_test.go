@@ -1,0 +1,365 @@
+package metrics
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newTest(t testing.TB) (*Metrics, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	m, err := New(reg, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, reg
+}
+
+func route(name, protocol, routerName, plugin string, bs ...*backend.Backend) *proxy.Route {
+	return &proxy.Route{Name: name, Protocol: protocol, RouterName: routerName, Plugin: plugin, Backends: bs}
+}
+
+// values gathers reg into "name{k=v,...}" -> value (histograms: _count and _sum).
+func values(t testing.TB, reg prometheus.Gatherer) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mt := range mf.Metric {
+			var ls []string
+			for _, lp := range mt.Label {
+				ls = append(ls, lp.GetName()+"="+lp.GetValue())
+			}
+			key := mf.GetName() + "{" + strings.Join(ls, ",") + "}"
+			switch mf.GetType() {
+			case dto.MetricType_COUNTER:
+				out[key] = mt.Counter.GetValue()
+			case dto.MetricType_GAUGE:
+				out[key] = mt.Gauge.GetValue()
+			case dto.MetricType_HISTOGRAM:
+				out[strings.Replace(key, "{", "_count{", 1)] = float64(mt.Histogram.GetSampleCount())
+				out[strings.Replace(key, "{", "_sum{", 1)] = mt.Histogram.GetSampleSum()
+			}
+		}
+	}
+	return out
+}
+
+func expect(t *testing.T, got map[string]float64, want map[string]float64) {
+	t.Helper()
+	for k, v := range want {
+		g, ok := got[k]
+		if !ok {
+			t.Errorf("%s: missing", k)
+			continue
+		}
+		if g != v {
+			t.Errorf("%s = %v, want %v", k, g, v)
+		}
+	}
+}
+
+func TestObserverCountsTCP(t *testing.T) {
+	m, reg := newTest(t)
+	b1 := backend.New("web", "b1", "127.0.0.1:9001", 1, nil)
+	b2 := backend.New("web", "b2", "127.0.0.1:9002", 1, nil)
+	rt := route("web", "tcp", "rr", "round_robin", b1, b2)
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+
+	// Two proxied connections, one refused backend, one timeout, one with no backend.
+	for i, n := range []int64{100, 250} {
+		o.ConnOpened()
+		o.Picked(b1)
+		if i == 1 {
+			o.Connected(b2, time.Millisecond, errors.New("connection refused"))
+			o.Connected(b2, time.Second, timeoutErr{})
+		}
+		o.Connected(b1, 2*time.Millisecond, nil)
+		o.BytesIn(n)
+		o.BytesOut(2 * n)
+		o.RequestDone(b1, 3*time.Second, n, 2*n)
+		o.ConnClosed(3 * time.Second)
+	}
+	o.ConnOpened()
+	o.PickFailed(router.NoBackend(2))
+	o.Rejected(proxy.ReasonNoBackend)
+	o.ConnClosed(0)
+	o.PickFailed(errors.New("boom"))
+	o.ConnOpened() // still open
+
+	expect(t, values(t, reg), map[string]float64{
+		`dynamic_proxy_connections_total{protocol=tcp,rule=web}`:                                     4,
+		`dynamic_proxy_connections_active{protocol=tcp,rule=web}`:                                    1,
+		`dynamic_proxy_connection_duration_seconds_count{protocol=tcp,rule=web}`:                     3,
+		`dynamic_proxy_connection_duration_seconds_sum{protocol=tcp,rule=web}`:                       6,
+		`dynamic_proxy_connections_rejected_total{protocol=tcp,reason=no_backend,rule=web}`:          1,
+		`dynamic_proxy_connections_rejected_total{protocol=tcp,reason=max_connections,rule=web}`:     0,
+		`dynamic_proxy_requests_total{protocol=tcp,rule=web}`:                                        2,
+		`dynamic_proxy_request_duration_seconds_count{protocol=tcp,rule=web}`:                        2,
+		`dynamic_proxy_request_size_bytes_sum{protocol=tcp,rule=web}`:                                350,
+		`dynamic_proxy_response_size_bytes_sum{protocol=tcp,rule=web}`:                               700,
+		`dynamic_proxy_bytes_total{direction=in,protocol=tcp,rule=web}`:                              350,
+		`dynamic_proxy_bytes_total{direction=out,protocol=tcp,rule=web}`:                             700,
+		`dynamic_proxy_backend_requests_total{backend=b1,result=success,rule=web}`:                   2,
+		`dynamic_proxy_backend_requests_total{backend=b2,result=error,rule=web}`:                     1,
+		`dynamic_proxy_backend_requests_total{backend=b2,result=timeout,rule=web}`:                   1,
+		`dynamic_proxy_backend_response_seconds_count{backend=b1,rule=web}`:                          2,
+		`dynamic_proxy_backend_response_seconds_sum{backend=b1,rule=web}`:                            0.004,
+		`dynamic_proxy_router_selections_total{backend=b1,plugin=round_robin,router=rr,rule=web}`:    2,
+		`dynamic_proxy_router_selections_total{backend=b2,plugin=round_robin,router=rr,rule=web}`:    0,
+		`dynamic_proxy_router_errors_total{plugin=round_robin,reason=no_backend,router=rr,rule=web}`: 1,
+		`dynamic_proxy_router_errors_total{plugin=round_robin,reason=error,router=rr,rule=web}`:      1,
+		`dynamic_proxy_backend_up{backend=b1,rule=web}`:                                              1,
+		`dynamic_proxy_backend_connections_active{backend=b1,rule=web}`:                              0,
+	})
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string { return "i/o timeout" }
+func (timeoutErr) Timeout() bool { return true }
+
+func TestObserverCountsUDP(t *testing.T) {
+	m, reg := newTest(t)
+	b := backend.New("dns", "d1", "127.0.0.1:5353", 1, nil)
+	rt := route("dns", "udp", "round_robin", "round_robin", b)
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	o.ConnOpened()
+	o.Datagram(b, 40, nil)
+	o.Datagram(b, 60, nil)
+	o.Datagram(b, 10, errors.New("sendmsg: no buffer space"))
+	o.Reply(b, 500, 5*time.Millisecond)
+	o.Reply(b, 300, 0)
+	o.ConnClosed(time.Second)
+	expect(t, values(t, reg), map[string]float64{
+		`dynamic_proxy_requests_total{protocol=udp,rule=dns}`:                      2,
+		`dynamic_proxy_request_size_bytes_count{protocol=udp,rule=dns}`:            2,
+		`dynamic_proxy_request_size_bytes_sum{protocol=udp,rule=dns}`:              100,
+		`dynamic_proxy_response_size_bytes_count{protocol=udp,rule=dns}`:           2,
+		`dynamic_proxy_response_size_bytes_sum{protocol=udp,rule=dns}`:             800,
+		`dynamic_proxy_bytes_total{direction=in,protocol=udp,rule=dns}`:            100,
+		`dynamic_proxy_bytes_total{direction=out,protocol=udp,rule=dns}`:           800,
+		`dynamic_proxy_request_duration_seconds_count{protocol=udp,rule=dns}`:      1,
+		`dynamic_proxy_backend_response_seconds_count{backend=d1,rule=dns}`:        1,
+		`dynamic_proxy_backend_requests_total{backend=d1,result=success,rule=dns}`: 2,
+		`dynamic_proxy_backend_requests_total{backend=d1,result=error,rule=dns}`:   1,
+		`dynamic_proxy_connections_total{protocol=udp,rule=dns}`:                   1,
+		`dynamic_proxy_connections_active{protocol=udp,rule=dns}`:                  0,
+	})
+}
+
+func TestBackendStateAtScrape(t *testing.T) {
+	m, reg := newTest(t)
+	h := &backend.Health{Address: "127.0.0.1:9001"}
+	b := backend.New("web", "b1", "127.0.0.1:9001", 1, h)
+	rt := route("web", "tcp", "round_robin", "round_robin", b)
+	m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	b.Acquire()
+	b.Acquire()
+	b.Release()
+	h.SetUp(false)
+	expect(t, values(t, reg), map[string]float64{
+		`dynamic_proxy_backend_up{backend=b1,rule=web}`:                 0,
+		`dynamic_proxy_backend_connections_active{backend=b1,rule=web}`: 1,
+	})
+	h.SetUp(true)
+	expect(t, values(t, reg), map[string]float64{`dynamic_proxy_backend_up{backend=b1,rule=web}`: 1})
+}
+
+func TestHealthCheckedCountsEveryBackendSharingTheHealth(t *testing.T) {
+	m, reg := newTest(t)
+	h := &backend.Health{Address: "127.0.0.1:9001"}
+	a := backend.New("a", "x", "127.0.0.1:9001", 1, h)
+	b := backend.New("b", "y", "127.0.0.1:9001", 1, h)
+	c := backend.New("b", "z", "127.0.0.1:9002", 1, nil)
+	ra, rb := route("a", "tcp", "round_robin", "round_robin", a), route("b", "tcp", "round_robin", "round_robin", b, c)
+	m.Observer(ra)
+	m.Observer(rb)
+	m.Retain([]*proxy.Route{ra, rb})
+	m.HealthChecked(h, true)
+	m.HealthChecked(h, true)
+	m.HealthChecked(h, false)
+	m.HealthChecked(&backend.Health{}, false) // unknown: ignored
+	expect(t, values(t, reg), map[string]float64{
+		`dynamic_proxy_health_checks_total{backend=x,result=success,rule=a}`: 2,
+		`dynamic_proxy_health_checks_total{backend=x,result=failure,rule=a}`: 1,
+		`dynamic_proxy_health_checks_total{backend=y,result=success,rule=b}`: 2,
+		`dynamic_proxy_health_checks_total{backend=y,result=failure,rule=b}`: 1,
+		`dynamic_proxy_health_checks_total{backend=z,result=success,rule=b}`: 0,
+	})
+}
+
+// TestRetainDropsRemovedSeries reloads many times with renamed rules and
+// backends: the number of series stays that of one config, and the series
+// of what is kept keep their values.
+func TestRetainDropsRemovedSeries(t *testing.T) {
+	m, reg := newTest(t)
+	keep := backend.New("stable", "s1", "127.0.0.1:9000", 1, nil)
+	stable := route("stable", "tcp", "round_robin", "round_robin", keep)
+	so := m.Observer(stable)
+	so.ConnOpened()
+	so.ConnClosed(time.Second)
+	count := func() int {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, mf := range mfs {
+			n += len(mf.Metric)
+		}
+		return n
+	}
+	var first int
+	for i := 0; i < 50; i++ {
+		b := backend.New(fmt.Sprintf("r%d", i), fmt.Sprintf("b%d", i), "127.0.0.1:9001", 1, nil)
+		rt := route(fmt.Sprintf("r%d", i), "tcp", fmt.Sprintf("router%d", i), "round_robin", b)
+		// Rebuilt like the engine does on each apply.
+		stable = route("stable", "tcp", "round_robin", "round_robin", keep)
+		m.Observer(stable)
+		o := m.Observer(rt)
+		o.ConnOpened()
+		o.Picked(b)
+		// A failed apply in between: its routes were observed, never retained.
+		failed := route(fmt.Sprintf("failed%d", i), "udp", "round_robin", "round_robin",
+			backend.New(fmt.Sprintf("failed%d", i), "f", "127.0.0.1:9003", 1, nil))
+		m.Observer(failed)
+		m.Retain([]*proxy.Route{stable, rt})
+		if i == 0 {
+			first = count()
+		} else if n := count(); n != first {
+			t.Fatalf("reload %d: %d series, want %d as after the first", i, n, first)
+		}
+	}
+	v := values(t, reg)
+	expect(t, v, map[string]float64{
+		`dynamic_proxy_connections_total{protocol=tcp,rule=stable}`:                                      1,
+		`dynamic_proxy_connections_total{protocol=tcp,rule=r49}`:                                         1,
+		`dynamic_proxy_router_selections_total{backend=b49,plugin=round_robin,router=router49,rule=r49}`: 1,
+	})
+	for k := range v {
+		if strings.Contains(k, "rule=r48") || strings.Contains(k, "rule=failed") || strings.Contains(k, "router=router48") {
+			t.Errorf("series of a removed rule survived: %s", k)
+		}
+	}
+	// A rule that changes protocol or router drops its old series.
+	nb := backend.New("stable", "s1", "127.0.0.1:9000", 1, nil)
+	moved := route("stable", "udp", "weighted", "weighted", nb)
+	m.Observer(moved)
+	m.Retain([]*proxy.Route{moved})
+	for k := range values(t, reg) {
+		if strings.Contains(k, "protocol=tcp") || strings.Contains(k, "router=round_robin") {
+			t.Errorf("series of the old protocol or router survived: %s", k)
+		}
+	}
+}
+
+func TestEveryFamilyLintsClean(t *testing.T) {
+	m, reg := newTest(t)
+	b := backend.New("web", "b1", "127.0.0.1:9001", 1, nil)
+	rt := route("web", "tcp", "round_robin", "round_robin", b)
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	m.Unrouted("tcp")
+	m.ReloadResult(nil)
+	m.ReloadResult(errors.New("bad"))
+	o.ConnOpened()
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	mfs, _ := reg.Gather()
+	var names []string
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+	}
+	sort.Strings(names)
+	want := []string{"backend_connections_active", "backend_requests_total", "backend_response_seconds", "backend_up",
+		"build_info", "bytes_total", "config_last_reload_success_timestamp_seconds", "config_reloads_total",
+		"connection_duration_seconds", "connections_active", "connections_rejected_total", "connections_total",
+		"health_checks_total", "request_duration_seconds", "request_size_bytes", "requests_total",
+		"response_size_bytes", "router_errors_total", "router_selections_total"}
+	for i := range want {
+		want[i] = Namespace + "_" + want[i]
+	}
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Errorf("families:\n got %v\nwant %v", names, want)
+	}
+	v := values(t, reg)
+	expect(t, v, map[string]float64{
+		`dynamic_proxy_config_reloads_total{result=success}`:                          1,
+		`dynamic_proxy_config_reloads_total{result=failure}`:                          1,
+		`dynamic_proxy_connections_rejected_total{protocol=tcp,reason=no_rule,rule=}`: 1,
+	})
+	if ts := v[`dynamic_proxy_config_last_reload_success_timestamp_seconds{}`]; time.Since(time.Unix(int64(ts), 0)) > time.Minute {
+		t.Errorf("last reload timestamp %v is not now", ts)
+	}
+}
+
+func TestRuntimeCollectors(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if _, err := New(reg, true); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		have[mf.GetName()] = true
+	}
+	for _, n := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_cpu_seconds_total", "process_open_fds", "process_resident_memory_bytes"} {
+		if !have[n] {
+			t.Errorf("missing %s", n)
+		}
+	}
+	// Registering twice on one registry is refused, not a panic.
+	if _, err := New(reg, false); err == nil {
+		t.Error("second New on the same registry succeeded")
+	}
+}
+
+// BenchmarkObserverConnection is the metrics work of one proxied TCP
+// connection: it must not allocate.
+func BenchmarkObserverConnection(b *testing.B) {
+	m, _ := newTest(b)
+	be := backend.New("web", "b1", "127.0.0.1:9001", 1, nil)
+	rt := route("web", "tcp", "round_robin", "round_robin", be)
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	b.ReportAllocs()
+	for b.Loop() {
+		o.ConnOpened()
+		o.Picked(be)
+		o.Connected(be, time.Millisecond, nil)
+		o.BytesIn(100)
+		o.BytesOut(1000)
+		o.RequestDone(be, time.Second, 100, 1000)
+		o.ConnClosed(time.Second)
+	}
+}

@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Access is a rule's access control: allow/deny lists evaluated before any
+// backend is dialled, a cap on concurrent connections per client address,
+// and a token bucket of new connections per client address. A nil *Access
+// admits everything.
+type Access struct {
+	Allow    []netip.Prefix // when non-empty, only these may connect
+	Deny     []netip.Prefix // never these (checked first)
+	MaxPerIP int            // concurrent connections per address; 0: no limit
+	Rate     float64        // new connections per second per address; 0: no limit
+	Burst    int            // bucket size for Rate (≥ 1)
+
+	mu      sync.Mutex
+	clients map[netip.Addr]*clientState
+	sweepAt int
+}
+
+type clientState struct {
+	conns int
+	lim   *rate.Limiter
+}
+
+// Limited reports whether Admit needs per-address state.
+func (a *Access) limited() bool { return a.MaxPerIP > 0 || a.Rate > 0 }
+
+// Admit decides on a new connection from ip. When admitted (ReasonNone),
+// release must be called when the connection ends; otherwise reason says
+// why not.
+func (a *Access) Admit(ip netip.Addr) (release func(), reason Reason) {
+	if a == nil {
+		return noop, ReasonNone
+	}
+	ip = ip.Unmap()
+	if ContainsAddr(a.Deny, ip) || (len(a.Allow) > 0 && !ContainsAddr(a.Allow, ip)) {
+		return nil, ReasonDenied
+	}
+	if !a.limited() {
+		return noop, ReasonNone
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.clients == nil {
+		a.clients = map[netip.Addr]*clientState{}
+	}
+	st := a.clients[ip]
+	if st == nil {
+		st = &clientState{}
+		if a.Rate > 0 {
+			st.lim = rate.NewLimiter(rate.Limit(a.Rate), max(a.Burst, 1))
+		}
+		a.clients[ip] = st
+		a.sweep()
+	}
+	if a.MaxPerIP > 0 && st.conns >= a.MaxPerIP {
+		return nil, ReasonPerIPLimit
+	}
+	if st.lim != nil && !st.lim.Allow() {
+		return nil, ReasonRateLimited
+	}
+	st.conns++
+	return func() {
+		a.mu.Lock()
+		st.conns--
+		a.mu.Unlock()
+	}, ReasonNone
+}
+
+// sweep forgets addresses with no connection and a full bucket, so the map
+// stays proportional to the clients that matter. It runs when the map has
+// doubled since the last sweep (amortised O(1) per new client).
+func (a *Access) sweep() {
+	if len(a.clients) < 1024 || len(a.clients) < 2*a.sweepAt {
+		return
+	}
+	now := time.Now()
+	for ip, st := range a.clients {
+		if st.conns == 0 && (st.lim == nil || st.lim.TokensAt(now) >= float64(st.lim.Burst())) {
+			delete(a.clients, ip)
+		}
+	}
+	a.sweepAt = len(a.clients)
+}
+
+func noop() {}
+
+// ReasonNone is Admit's answer for an admitted connection.
+const ReasonNone = NumReasons

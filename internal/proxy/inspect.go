@@ -1,0 +1,191 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/peek"
+	"github.com/pires/go-proxyproto"
+)
+
+// ListenOptions are a listener's settings for what happens before routing.
+// The engine gives every route of one listener the same ListenOptions.
+type ListenOptions struct {
+	// AcceptProxy reads a PROXY protocol (v1 or v2) header first and uses
+	// its source as the client address. The peer must be in Trusted.
+	AcceptProxy bool
+	Trusted     []netip.Prefix
+	// PeekTimeout bounds the wait for a PROXY header and for the first bytes
+	// the matchers need (TLS ClientHello, HTTP request head).
+	PeekTimeout time.Duration
+}
+
+// Errors of inspection, counted as rejection reasons.
+var (
+	ErrUntrustedProxy = errors.New("PROXY header from an untrusted peer")
+	ErrBadProxyHeader = errors.New("malformed PROXY header")
+)
+
+// inspect prepares a new connection for routing: it reads a PROXY header when
+// the listener accepts one, then — only when some route's matcher needs it —
+// peeks at the TLS ClientHello or HTTP request head, waiting at most
+// PeekTimeout. It returns the first route that matches (nil if none), what
+// the matchers saw, and the client bytes it read, which the caller must
+// replay to the backend before splicing the rest.
+func inspect(c *net.TCPConn, routes []*Route) (*Route, ConnInfo, []byte, error) {
+	ci := ConnInfo{Client: addrPort(c.RemoteAddr())}
+	if len(routes) == 0 {
+		return nil, ci, nil, nil
+	}
+	opts := routes[0].Listen
+	var need Need
+	for _, r := range routes {
+		if r.Match != nil {
+			need |= r.Match.Needs()
+		}
+	}
+	if !opts.AcceptProxy && need == 0 {
+		return firstMatch(routes, &ci), ci, nil, nil
+	}
+	timeout := opts.PeekTimeout
+	if timeout <= 0 {
+		timeout = 3 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	c.SetReadDeadline(deadline)
+	defer c.SetReadDeadline(time.Time{})
+
+	var buf []byte
+	if opts.AcceptProxy {
+		if !ContainsAddr(opts.Trusted, ci.Client.Addr()) {
+			return nil, ci, nil, ErrUntrustedProxy
+		}
+		client, rest, err := readProxyHeader(c)
+		if err != nil {
+			return nil, ci, nil, err
+		}
+		if client.IsValid() {
+			ci.Client = client
+		}
+		buf = rest
+	}
+	if need != 0 {
+		var err error
+		buf, err = peekFor(c, buf, need, &ci)
+		if err != nil {
+			return nil, ci, buf, err
+		}
+	}
+	return firstMatch(routes, &ci), ci, buf, nil
+}
+
+// peekFor reads until every parser in need has decided, the peek timeout
+// passes (the deadline is already set), or the size bound is reached. A
+// timeout or an unparseable message is not an error: the matchers that
+// needed it simply do not match. EOF or a reset is.
+func peekFor(c *net.TCPConn, buf []byte, need Need, ci *ConnInfo) ([]byte, error) {
+	tls, http := need&NeedTLS != 0, need&NeedHTTP != 0
+	decide := func() {
+		if tls {
+			if h, err := peek.ClientHello(buf); !errors.Is(err, peek.ErrNeedMore) {
+				tls = false
+				if err == nil {
+					ci.SNI, ci.ALPN = h.ServerName, h.ALPN
+				}
+			}
+		}
+		if http {
+			if host, err := peek.HTTPHost(buf); !errors.Is(err, peek.ErrNeedMore) {
+				http = false
+				if err == nil {
+					ci.Host = host
+				}
+			}
+		}
+	}
+	decide()
+	tmp := make([]byte, 2048)
+	for (tls || http) && len(buf) < peek.MaxHelloSize {
+		n, err := c.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return buf, nil // silent or slow client: route on what we have
+			}
+			if errors.Is(err, io.EOF) && len(buf) > 0 {
+				decide()
+				return buf, nil // client sent everything and half-closed
+			}
+			return buf, err
+		}
+		decide()
+	}
+	return buf, nil
+}
+
+// readProxyHeader reads a PROXY protocol v1 or v2 header from r. It returns
+// the client address the header carries (invalid for a LOCAL header, which
+// health checkers of upstream balancers send) and the bytes read past the
+// header, which belong to the stream.
+func readProxyHeader(r io.Reader) (netip.AddrPort, []byte, error) {
+	br := bufio.NewReaderSize(r, 512)
+	h, err := proxyproto.Read(br)
+	if err != nil {
+		return netip.AddrPort{}, nil, fmt.Errorf("%w: %v", ErrBadProxyHeader, err)
+	}
+	var client netip.AddrPort
+	if src, _, ok := h.TCPAddrs(); ok && h.Command.IsProxy() {
+		client = src.AddrPort()
+	}
+	var rest []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		rest = append(rest, b...)
+	}
+	return client, rest, nil
+}
+
+func firstMatch(routes []*Route, ci *ConnInfo) *Route {
+	for _, r := range routes {
+		if r.Match == nil || r.Match.Match(ci) {
+			return r
+		}
+	}
+	return nil
+}
+
+// proxyHeader formats a PROXY protocol header (version 1 or 2) telling the
+// backend that client connected to local.
+func proxyHeader(version int, client netip.AddrPort, local net.Addr) ([]byte, error) {
+	src := net.TCPAddrFromAddrPort(client)
+	return proxyproto.HeaderProxyFromAddrs(byte(version), src, local).Format()
+}
+
+// writeFirst sends the backend what must precede the spliced stream: a PROXY
+// header when the route asks for one, then the client bytes read before
+// routing (counted by m).
+func writeFirst(bc *net.TCPConn, rt *Route, ci ConnInfo, local net.Addr, prefix []byte, m *meter) error {
+	if rt.SendProxy == 0 && len(prefix) == 0 {
+		return nil
+	}
+	var out []byte
+	if rt.SendProxy != 0 {
+		h, err := proxyHeader(rt.SendProxy, ci.Client, local)
+		if err != nil {
+			return err
+		}
+		out = h
+	}
+	out = append(out, prefix...)
+	if _, err := bc.Write(out); err != nil {
+		return err
+	}
+	m.add(int64(len(prefix)))
+	return nil
+}

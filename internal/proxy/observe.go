@@ -1,0 +1,142 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+)
+
+// Observer receives one route's data-path events, for metrics. The engine
+// sets Route.Observer when it builds a route (internal/metrics implements
+// it, with every labelled series resolved once per route, so an event is a
+// few atomic adds); with metrics off it is nil and every event costs one nil
+// check. Methods are called on the connection's goroutine: they must be
+// safe for concurrent use, quick, and must not block.
+//
+// A TCP connection is one request. For UDP, a session (one client
+// address:port) plays the part of a connection and every datagram from the
+// client is a request.
+type Observer interface {
+	// ConnOpened: a client connection (UDP: session) was accepted for the
+	// route. Every ConnOpened is followed by one ConnClosed.
+	ConnOpened()
+	// ConnClosed: it ended after d.
+	ConnClosed(d time.Duration)
+	// Rejected: a connection or datagram was dropped without reaching a
+	// backend, for reason r.
+	Rejected(r Reason)
+
+	// Picked: the route's router chose b.
+	Picked(b *backend.Backend)
+	// PickFailed: the router returned err instead of a backend.
+	PickFailed(err error)
+	// Connected: a TCP dial to b ended after d, with err nil on success.
+	Connected(b *backend.Backend, d time.Duration, err error)
+
+	// BytesIn and BytesOut count bytes as they move: client to backend
+	// (in) and backend to client (out).
+	BytesIn(n int64)
+	BytesOut(n int64)
+	// RequestDone: a proxied TCP connection to b ended after d (from
+	// accept), having moved in bytes client to backend and out bytes back.
+	// Its bytes were already counted by BytesIn and BytesOut.
+	RequestDone(b *backend.Backend, d time.Duration, in, out int64)
+
+	// Datagram: a client datagram of n bytes was forwarded to b (err nil)
+	// or failed to be sent (err set). It is a request and counts its bytes.
+	Datagram(b *backend.Backend, n int, err error)
+	// Reply: a backend datagram of n bytes was forwarded to the client;
+	// rtt > 0 is the time since the client datagram it is the first reply
+	// to (0 when it is not the first reply to one). It counts its bytes.
+	Reply(b *backend.Backend, n int, rtt time.Duration)
+}
+
+// UnroutedObserver counts what arrives on a listener but matches no rule,
+// so it has no route (and no Observer) to be counted on.
+type UnroutedObserver interface {
+	Unrouted(protocol string)
+}
+
+// Reason says why a connection or datagram was not proxied. Its String is
+// the reason label of dynamic_proxy_connections_rejected_total.
+type Reason uint8
+
+const (
+	// ReasonMaxConnections: server.max_connections (TCP) or the rule's
+	// max_sessions (UDP) was reached.
+	ReasonMaxConnections Reason = iota
+	// ReasonNoRule: no rule of the listener matched.
+	ReasonNoRule
+	// ReasonNoBackend: the router had no usable backend (all disabled,
+	// draining or down).
+	ReasonNoBackend
+	// ReasonConnectFailed: every backend tried failed to connect.
+	ReasonConnectFailed
+	// ReasonShutdown: the proxy was shutting down.
+	ReasonShutdown
+	// ReasonDenied: the rule's allow/deny lists refused the client.
+	ReasonDenied
+	// ReasonPerIPLimit: max_connections_per_ip reached for the client.
+	ReasonPerIPLimit
+	// ReasonRateLimited: connection_rate_per_ip exceeded by the client.
+	ReasonRateLimited
+	// ReasonUntrustedProxy: a PROXY header was required but the peer is
+	// not in trusted_proxies.
+	ReasonUntrustedProxy
+	// ReasonBadProxyHeader: the PROXY header was missing or malformed.
+	ReasonBadProxyHeader
+	// ReasonClientError: the client reset or closed before it could be routed.
+	ReasonClientError
+	// NumReasons is the number of reasons.
+	NumReasons
+)
+
+var reasonNames = [NumReasons]string{"max_connections", "no_rule", "no_backend", "connect_failed", "shutdown",
+	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error"}
+
+func (r Reason) String() string {
+	if r < NumReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// SetUnroutedObserver installs o (nil removes it).
+func (s *Server) SetUnroutedObserver(o UnroutedObserver) {
+	if o == nil {
+		s.unrouted.Store(nil)
+		return
+	}
+	s.unrouted.Store(&o)
+}
+
+func (s *Server) observeUnrouted(protocol string) {
+	if o := s.unrouted.Load(); o != nil {
+		(*o).Unrouted(protocol)
+	}
+}
+
+// meter counts the bytes of one direction of a proxied connection as they
+// move: on the backend (for the admin API) and on the route's observer.
+type meter struct {
+	be  *backend.Backend
+	obs Observer // nil: metrics off
+	out bool     // backend to client
+}
+
+func (m *meter) add(n int64) {
+	if m == nil || n <= 0 {
+		return
+	}
+	if m.out {
+		m.be.AddBytesOut(n)
+		if m.obs != nil {
+			m.obs.BytesOut(n)
+		}
+		return
+	}
+	m.be.AddBytesIn(n)
+	if m.obs != nil {
+		m.obs.BytesIn(n)
+	}
+}

@@ -1,0 +1,1325 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+)
+
+// UDP forwarding.
+//
+// A session is one client address:port. Its first datagram picks a backend
+// with the route's router and opens a connected UDP socket to it; later
+// datagrams from that client go out on that socket, and whatever the backend
+// sends back on it is written to the client through the listener's own
+// socket, so replies come from the address the client sent to (IP_PKTINFO
+// keeps that true on a wildcard bind).
+//
+// Each listener runs one event loop (a shard) per CPU, each with its own
+// socket on the address (SO_REUSEPORT; the kernel hashes a client's
+// address:port to one of them, so a client always reaches the shard that
+// owns its session). A shard is one goroutine that does everything,
+// event-loop style, so no lock is taken and no goroutine exists per
+// session: the shard's socket and its session sockets sit in one epoll set,
+// and the goroutine parks on that epoll descriptor through the Go runtime's
+// poller (no thread is blocked while idle). Datagrams are read and written
+// in batches with recvmmsg/sendmmsg into buffers allocated once per shard;
+// in steady state forwarding a datagram allocates nothing. Session idleness
+// is a list ordered by last activity (touching a session moves it to the
+// back), swept from the front when the epoll descriptor's read deadline
+// fires at the oldest session's expiry. A session costs its socket and about
+// 430 bytes of Go memory (BenchmarkSessionCost).
+//
+// Because only its shard's goroutine opens, uses and closes a session's
+// socket, a descriptor number can never be reused under a session that
+// still believes it owns it: a datagram is never delivered to the wrong
+// client.
+
+// errRefused is what passive health checking is told when a backend answers
+// a session's datagram with ICMP port unreachable.
+var errRefused = fmt.Errorf("udp: %w (ICMP port unreachable)", unix.ECONNREFUSED)
+
+// UDPStats are the UDP counters of a Server, over all its UDP listeners.
+type UDPStats struct {
+	Sessions      atomic.Int64 // sessions open now
+	SessionsTotal atomic.Int64 // sessions ever opened
+
+	DatagramsIn  atomic.Int64 // client → backend, forwarded
+	DatagramsOut atomic.Int64 // backend → client, delivered
+	BytesIn      atomic.Int64
+	BytesOut     atomic.Int64
+
+	// Datagrams dropped, by reason.
+	DroppedMaxSessions atomic.Int64 // a new client beyond max_sessions
+	DroppedOversize    atomic.Int64 // larger than the buffer or the path (EMSGSIZE)
+	DroppedNoRoute     atomic.Int64 // a listener without rules
+	DroppedNoBackend   atomic.Int64 // no usable backend for a new session
+	DroppedShutdown    atomic.Int64 // a new client while the listener drains
+	DroppedSendError   atomic.Int64 // a send failed (socket buffer full, unreachable…)
+	DroppedMaxResponse atomic.Int64 // backend datagrams after max_responses
+
+	// Sessions ended, by reason.
+	EndedTimeout      atomic.Int64 // session_timeout without traffic
+	EndedMaxResponses atomic.Int64 // max_responses replies delivered
+	EndedRefused      atomic.Int64 // the backend answered ICMP port unreachable
+	EndedError        atomic.Int64 // another backend socket error
+	EndedShutdown     atomic.Int64 // shutdown_timeout or drain_timeout cut it
+}
+
+// UDPListener serves UDP routes on one address. It runs one event loop
+// (a shard) per CPU (GOMAXPROCS), each on its own socket bound to the
+// address with SO_REUSEPORT: the kernel hashes a client's address and port
+// to one socket, so a client's datagrams always reach the same shard, which
+// owns its session.
+type UDPListener struct {
+	srv    *Server
+	shards []*udpShard
+	routes atomic.Pointer[[]*Route]
+
+	closed  atomic.Bool  // Close: no new sessions; exit when the last ends
+	forced  atomic.Bool  // end every session now
+	live    atomic.Int64 // sessions open now (or being opened), all shards
+	acks    sync.WaitGroup
+	running atomic.Int32  // shards whose loop has not exited
+	done    chan struct{} // closed when every shard has exited
+}
+
+// udpShard is one event loop of a listener, with its socket and sessions.
+type udpShard struct {
+	ln     *UDPListener
+	srv    *Server
+	conn   *net.UDPConn
+	fd     int // conn's descriptor, used by the loop only
+	family int // AF_INET or AF_INET6 (dual-stack for a wildcard bind)
+
+	ep   *os.File // the epoll instance, parked on through the runtime poller
+	epRC syscall.RawConn
+	epfd int
+
+	wakeMu sync.Mutex
+	evfd   int // eventfd that wakes the loop; -1 once closed
+
+	pendingMu sync.Mutex
+	pending   []resolveResult // host name lookups finished in the background
+	ctl       []closeRequest  // CloseBackendConns requests
+
+	maxDatagram int // receive buffer per message; maxDatagram except in tests
+	batch       int // messages per batch; batchSize except in benchmarks
+
+	// Owned by the loop goroutine.
+	sessions   map[netip.AddrPort]*udpSession
+	byFd       []*udpSession
+	head, tail *udpSession  // by last activity, oldest first
+	open       int          // sessions with a backend socket
+	openN      atomic.Int64 // open, readable from other goroutines
+	now        int64        // unix nanoseconds, once per loop turn
+	armed      int64        // epoll read deadline set (0: none, -1: fired)
+	timeout    time.Duration
+	lastRoutes *[]*Route
+	req        router.Request
+	resolved   map[*backend.Backend]*resolvedAddr
+	b          batch
+	events     []unix.EpollEvent
+	nev        int
+	waitFn     func(fd uintptr) bool
+	acked      bool
+	st         localStats
+	done       chan struct{} // closed when the loop has exited
+}
+
+var _ Listener = (*UDPListener)(nil)
+
+// udpSession is one client's session. Its fields are the loop's alone.
+type udpSession struct {
+	client netip.AddrPort
+	sa     unix.RawSockaddrInet6 // the client's sockaddr as received
+	salen  uint32
+	oob    [40]byte // pktinfo control message: the reply's source address
+	ooblen int
+
+	fd    int // backend socket; -1 once ended (a refusal's tombstone)
+	route *Route
+	b     *backend.Backend
+	tried []*backend.Backend // backends that refused this client (tombstone)
+
+	obs                      Observer // the route's metrics hooks; nil: off
+	start                    int64
+	last                     int64
+	request                  int64 // when the client datagram not yet answered was forwarded; 0: none
+	responses                int
+	answered                 bool // a reply came: reported to passive health once
+	inN, outN, inB, outB     int64
+	prev, next               *udpSession
+	inList, counted, removed bool
+}
+
+// batch is the listener's reusable message arena: n buffers of maxDatagram
+// bytes with their headers, addresses and control buffers.
+type batch struct {
+	hs    []unix.Mmsghdr
+	iov   []unix.Iovec
+	bufs  [][]byte
+	names []unix.RawSockaddrInet6
+	oob   [][oobSize]byte
+	nlen  []uint32      // client phase: each message's address length…
+	clen  []int         // …and control length, as received
+	sess  []*udpSession // reply phase: the session each message is for
+	n     int           // reply phase: messages queued
+}
+
+// localStats are counted by the loop and added to the Server's once per turn.
+type localStats struct {
+	in, out, inB, outB                                       int64
+	maxSess, oversize, noRoute, noBackend, shutdown, sendErr int64
+	maxResp                                                  int64
+}
+
+const (
+	batchSize       = 32  // messages per recvmmsg/sendmmsg
+	perSessionBurst = 8   // replies read from one backend socket per turn
+	maxEvents       = 256 // epoll events per turn
+	resolveTTL      = 30 * time.Second
+	resolveTimeout  = 5 * time.Second
+	socketBuffer    = 4 << 20 // SO_RCVBUF/SO_SNDBUF asked for (the kernel caps it at rmem_max/wmem_max)
+	defaultTimeout  = 30 * time.Second
+	tombstoneReason = "refused"
+)
+
+// ListenUDP binds addr and starts serving datagrams with routes (replaced
+// later with SetRoutes).
+func (s *Server) ListenUDP(addr string, routes []*Route) (*UDPListener, error) {
+	return s.listenUDP(addr, routes, udpOptions{})
+}
+
+// udpOptions change a listener's buffers, for tests and benchmarks.
+type udpOptions struct {
+	maxDatagram int // bytes per message buffer; 0: maxDatagram
+	batch       int // messages per recvmmsg/sendmmsg; 0: batchSize
+}
+
+func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDPListener, err error) {
+	if opt.maxDatagram == 0 {
+		opt.maxDatagram = maxDatagram
+	}
+	if opt.batch == 0 {
+		opt.batch = batchSize
+	}
+	conns, err := bindUDP(addr, shardCount())
+	if err != nil {
+		return nil, err
+	}
+	l = &UDPListener{srv: s, done: make(chan struct{})}
+	l.routes.Store(&routes)
+	for _, c := range conns {
+		l.shards = append(l.shards, &udpShard{ln: l, srv: s, conn: c, fd: -1, epfd: -1, evfd: -1, done: make(chan struct{}),
+			maxDatagram: opt.maxDatagram, batch: opt.batch,
+			sessions: map[netip.AddrPort]*udpSession{},
+			resolved: map[*backend.Backend]*resolvedAddr{},
+			events:   make([]unix.EpollEvent, maxEvents),
+			timeout:  defaultTimeout,
+		})
+	}
+	defer func() {
+		if err != nil {
+			for _, sh := range l.shards {
+				sh.closeFds()
+			}
+		}
+	}()
+	for _, sh := range l.shards {
+		if err := sh.init(); err != nil {
+			return nil, err
+		}
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, errShutdown
+	}
+	s.listeners[l] = struct{}{}
+	s.udp[l] = struct{}{}
+	s.wg.Add(len(l.shards))
+	s.mu.Unlock()
+	l.acks.Add(len(l.shards))
+	l.running.Store(int32(len(l.shards)))
+	for _, sh := range l.shards {
+		go sh.run()
+	}
+	return l, nil
+}
+
+// shardCount is how many event loops a UDP listener runs: one per CPU Go
+// uses, at most 16.
+func shardCount() int { return min(max(runtime.GOMAXPROCS(0), 1), 16) }
+
+// bindUDP binds n sockets to addr. With n > 1 they share it through
+// SO_REUSEPORT; a plain bind first checks that the address is free (and
+// picks the port when addr's is 0), so that an address in use is an error
+// as it is for one socket, never a silent share with another process.
+func bindUDP(addr string, n int) ([]*net.UDPConn, error) {
+	if n == 1 {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return []*net.UDPConn{pc.(*net.UDPConn)}, nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return os.NewSyscallError("setsockopt SO_REUSEPORT", serr)
+	}}
+	for attempt := 0; ; attempt++ {
+		probe, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, err
+		}
+		bound := net.JoinHostPort(host, fmt.Sprint(probe.LocalAddr().(*net.UDPAddr).Port))
+		probe.Close()
+		conns := make([]*net.UDPConn, 0, n)
+		for len(conns) < n {
+			pc, err := lc.ListenPacket(context.Background(), "udp", bound)
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				// Port 0: another socket took the port picked between the
+				// probe and the bind; pick another.
+				if port == "0" && attempt < 5 && errors.Is(err, unix.EADDRINUSE) {
+					break
+				}
+				return nil, err
+			}
+			conns = append(conns, pc.(*net.UDPConn))
+		}
+		if len(conns) == n {
+			return conns, nil
+		}
+	}
+}
+
+// init prepares the shard's socket options, epoll set and buffers.
+func (l *udpShard) init() error {
+	rc, err := l.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	if err := rc.Control(func(fd uintptr) { l.fd = int(fd) }); err != nil {
+		return err
+	}
+	sa, err := unix.Getsockname(l.fd)
+	if err != nil {
+		return os.NewSyscallError("getsockname", err)
+	}
+	if _, ok := sa.(*unix.SockaddrInet6); ok {
+		l.family = unix.AF_INET6
+		err = unix.SetsockoptInt(l.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+	} else {
+		l.family = unix.AF_INET
+		err = unix.SetsockoptInt(l.fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+	}
+	if err != nil {
+		return os.NewSyscallError("setsockopt pktinfo", err)
+	}
+	// Bigger socket buffers absorb bursts of many clients; best effort.
+	_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
+	_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
+
+	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(l.epfd, true); err != nil {
+		return os.NewSyscallError("fcntl", err)
+	}
+	if l.evfd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
+		return os.NewSyscallError("eventfd", err)
+	}
+	for _, fd := range []int{l.fd, l.evfd} {
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			return os.NewSyscallError("epoll_ctl", err)
+		}
+	}
+	// The epoll descriptor is readable when it has events; handing it to
+	// os.NewFile registers it with the runtime poller.
+	l.ep = os.NewFile(uintptr(l.epfd), "udp-epoll")
+	if l.epRC, err = l.ep.SyscallConn(); err != nil {
+		return err
+	}
+	l.b.init(l.maxDatagram, l.batch)
+	l.waitFn = l.pollEvents
+	return nil
+}
+
+func (b *batch) init(size, n int) {
+	b.hs = make([]unix.Mmsghdr, n)
+	b.iov = make([]unix.Iovec, n)
+	b.bufs = make([][]byte, n)
+	b.names = make([]unix.RawSockaddrInet6, n)
+	b.oob = make([][oobSize]byte, n)
+	b.sess = make([]*udpSession, n)
+	b.nlen = make([]uint32, n)
+	b.clen = make([]int, n)
+	arena := make([]byte, n*size)
+	for i := range b.hs {
+		b.bufs[i] = arena[i*size : (i+1)*size : (i+1)*size]
+		b.iov[i].Base = &b.bufs[i][0]
+		b.hs[i].Hdr.Iov = &b.iov[i]
+		b.hs[i].Hdr.SetIovlen(1)
+	}
+}
+
+// Addr is the bound address.
+func (l *UDPListener) Addr() net.Addr { return l.shards[0].conn.LocalAddr() }
+
+// SetRoutes publishes a new route table: new sessions use its first route,
+// and its session_timeout applies to every session of the listener.
+func (l *UDPListener) SetRoutes(routes []*Route) {
+	l.routes.Store(&routes)
+	l.wake()
+}
+
+// Routes returns the current route table.
+func (l *UDPListener) Routes() []*Route { return *l.routes.Load() }
+
+// Sessions is the number of sessions open on this listener now.
+func (l *UDPListener) Sessions() int64 { return l.live.Load() }
+
+// Close stops new sessions. Sessions already open run on, and get their
+// replies, until they end by session_timeout, max_responses or a backend
+// error; the sockets are released when the last has ended. A Server's
+// Shutdown cuts them when its context ends.
+func (l *UDPListener) Close() {
+	if l.closed.Swap(true) {
+		return
+	}
+	l.srv.mu.Lock()
+	delete(l.srv.listeners, l)
+	l.srv.mu.Unlock()
+	l.wake()
+	l.acks.Wait() // a listener without sessions has released its port by now
+}
+
+// forceClose ends every session now and returns how many there were. It
+// does not wait and takes no lock: Shutdown calls it holding srv.mu.
+func (l *UDPListener) forceClose() int {
+	l.closed.Store(true)
+	l.forced.Store(true)
+	l.wake()
+	return int(l.live.Load())
+}
+
+func (l *UDPListener) wake() {
+	for _, sh := range l.shards {
+		sh.wake()
+	}
+}
+
+// wake makes the loop take a turn.
+func (l *udpShard) wake() {
+	l.wakeMu.Lock()
+	defer l.wakeMu.Unlock()
+	if l.evfd < 0 {
+		return
+	}
+	var one = [8]byte{1}
+	_, _ = unix.Write(l.evfd, one[:])
+}
+
+// pollEvents is the function the loop parks with: it collects ready events
+// without blocking and returns false (park) when there are none.
+func (l *udpShard) pollEvents(fd uintptr) bool {
+	n, err := unix.EpollWait(int(fd), l.events, 0)
+	if err == unix.EINTR {
+		return true // take a turn and poll again: never park on pending events
+	}
+	if err != nil || n <= 0 {
+		return false
+	}
+	l.nev = n
+	return true
+}
+
+func (l *udpShard) run() {
+	s := l.srv
+	defer func() {
+		l.endAll()
+		l.closeFds()
+		l.ack() // after the socket is released
+		close(l.done)
+		if l.ln.running.Add(-1) == 0 {
+			s.mu.Lock()
+			delete(s.udp, l.ln)
+			delete(s.listeners, l.ln)
+			s.mu.Unlock()
+			close(l.ln.done)
+		}
+		s.wg.Done()
+	}()
+	for {
+		l.nev = 0
+		err := l.epRC.Read(l.waitFn)
+		l.now = time.Now().UnixNano()
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				s.log.Error("udp listener stopped", "listener", l.conn.LocalAddr().String(), "err", err)
+				return
+			}
+			l.armed = -1
+		}
+		l.refreshRoutes()
+		for i := 0; i < l.nev; i++ {
+			ev := &l.events[i]
+			switch fd := int(ev.Fd); fd {
+			case l.fd:
+				l.readClients()
+			case l.evfd:
+				var buf [8]byte
+				_, _ = unix.Read(l.evfd, buf[:])
+				l.applyResolved()
+				l.applyCloses()
+			default:
+				l.readBackend(fd)
+			}
+		}
+		l.flush()
+		l.sweep()
+		l.publishStats()
+		if l.ln.forced.Load() {
+			return
+		}
+		if l.ln.closed.Load() {
+			// The shards leave together, once every session of the
+			// listener has ended: a socket leaving the SO_REUSEPORT
+			// group would send other shards' clients elsewhere.
+			if l.ln.live.Load() == 0 {
+				return
+			}
+			l.ack() // draining: Close need not wait for the sessions
+		}
+		l.arm()
+	}
+}
+
+// openSessions is the number of sessions the shard has open. Only for tests
+// and diagnostics: it reads loop state without synchronisation beyond the
+// atomic it is kept in.
+func (l *udpShard) openSessions() int64 { return l.openN.Load() }
+
+// ack tells Close that the loop has seen it.
+func (l *udpShard) ack() {
+	if !l.acked {
+		l.acked = true
+		l.ln.acks.Done()
+	}
+}
+
+// refreshRoutes picks up a new route table: its session_timeout, and drops
+// resolved addresses of backends it no longer has.
+func (l *udpShard) refreshRoutes() {
+	p := l.ln.routes.Load()
+	if p == l.lastRoutes {
+		return
+	}
+	l.lastRoutes = p
+	if rs := *p; len(rs) > 0 && rs[0].SessionTimeout > 0 {
+		if rs[0].SessionTimeout < l.timeout && l.armed > 0 {
+			l.armed = 0 // expiries came earlier: re-arm
+		}
+		l.timeout = rs[0].SessionTimeout
+	}
+	keep := map[*backend.Backend]bool{}
+	for _, rt := range *p {
+		for _, b := range rt.Backends {
+			keep[b] = true
+		}
+	}
+	for b := range l.resolved {
+		if !keep[b] {
+			delete(l.resolved, b)
+		}
+	}
+}
+
+// readClients forwards one batch of client datagrams.
+func (l *udpShard) readClients() {
+	b := &l.b
+	l.flush() // replies queued earlier in this turn share the arena
+	for i := range b.hs {
+		h := &b.hs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.Namelen = unix.SizeofSockaddrInet6
+		h.Control = &b.oob[i][0]
+		h.SetControllen(oobSize)
+		h.Flags = 0
+		b.iov[i].SetLen(l.maxDatagram)
+	}
+	n, e := recvmmsg(l.fd, b.hs)
+	if e != 0 {
+		if e != unix.EAGAIN && e != unix.EINTR {
+			l.srv.log.Warn("udp receive failed", "listener", l.conn.LocalAddr().String(), "err", e.Error())
+		}
+		return
+	}
+	for i := 0; i < n; i++ {
+		b.nlen[i], b.clen[i] = b.hs[i].Hdr.Namelen, int(b.hs[i].Hdr.Controllen)
+	}
+	// Consecutive datagrams of one client (a client that sends several at
+	// once) go to its backend in one sendmmsg.
+	var run *udpSession
+	start := 0
+	for i := 0; i < n; i++ {
+		s := l.sessionFor(i)
+		if s != run {
+			l.forwardRun(run, start, i)
+			run, start = s, i
+		}
+	}
+	l.forwardRun(run, start, n)
+}
+
+// sessionFor returns the open session of message i's client, opening it if
+// need be; nil when the datagram is dropped.
+func (l *udpShard) sessionFor(i int) *udpSession {
+	b := &l.b
+	if b.hs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+		l.st.oversize++
+		return nil
+	}
+	client := sockaddrAddrPort(&b.names[i])
+	s := l.sessions[client]
+	if s == nil || s.fd < 0 {
+		s = l.newSession(client, s, i)
+	}
+	return s
+}
+
+// forwardRun sends messages [from, to) of the batch, all for session s, to
+// its backend.
+func (l *udpShard) forwardRun(s *udpSession, from, to int) {
+	b := &l.b
+	switch {
+	case s == nil || from == to:
+		return
+	case to-from == 1:
+		l.forward(s, b.bufs[from][:b.hs[from].Len], true)
+		return
+	}
+	for i := from; i < to; i++ {
+		h := &b.hs[i].Hdr
+		h.Name, h.Namelen, h.Control = nil, 0, nil
+		h.SetControllen(0)
+		b.iov[i].SetLen(int(b.hs[i].Len))
+	}
+	n, e := sendmmsg(s.fd, b.hs[from:to])
+	if e != 0 {
+		n = 0
+	}
+	for i := from; i < from+n; i++ {
+		l.forwarded(s, int(b.iov[i].Len))
+	}
+	// What was not sent goes one by one, which handles each error (and a
+	// refusal, after which the rest opens a new session).
+	for i := from + n; i < to; i++ {
+		p := b.bufs[i][:b.iov[i].Len]
+		if cur := l.sessionFor(i); cur != nil {
+			l.forward(cur, p, true)
+		}
+	}
+}
+
+// forward sends p on the session's backend socket. A refusal pending on the
+// socket ends the session, and the datagram opens a new one once.
+func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
+	e := send(s.fd, p)
+	switch e {
+	case 0:
+		l.forwarded(s, len(p))
+	case unix.EMSGSIZE:
+		l.st.oversize++
+		if s.obs != nil {
+			s.obs.Datagram(s.b, len(p), e)
+		}
+	case unix.ECONNREFUSED:
+		l.refused(s)
+		if retry && !l.ln.closed.Load() {
+			if ns := l.newSession(s.client, s, -1); ns != nil {
+				l.forward(ns, p, false)
+			}
+		}
+	default:
+		l.st.sendErr++
+		if s.obs != nil {
+			s.obs.Datagram(s.b, len(p), e)
+		}
+		if e != unix.EAGAIN && e != unix.ENOBUFS {
+			l.end(s, "backend_error")
+		}
+	}
+}
+
+// forwarded counts a datagram of n bytes sent to s's backend.
+func (l *udpShard) forwarded(s *udpSession, n int) {
+	s.inN++
+	s.inB += int64(n)
+	l.st.in++
+	l.st.inB += int64(n)
+	s.b.AddBytesIn(int64(n))
+	if s.obs != nil {
+		s.obs.Datagram(s.b, n, nil)
+	}
+	if s.request == 0 {
+		s.request = l.now
+	}
+	l.touch(s)
+}
+
+// newSession opens a session for client, whose datagram is message i of the
+// batch (-1: a retry, whose addresses prev already has). prev is the
+// client's tombstone, if any: the backends that refused it are not picked
+// again while others are usable.
+func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *udpSession {
+	routes := *l.ln.routes.Load()
+	switch {
+	case len(routes) == 0:
+		l.st.noRoute++
+		l.srv.observeUnrouted("udp")
+		return nil
+	case l.ln.closed.Load():
+		l.st.shutdown++
+		if o := routes[0].Observer; o != nil {
+			o.ConnOpened()
+			o.Rejected(ReasonShutdown)
+			o.ConnClosed(0)
+		}
+		return nil
+	}
+	rt := routes[0]
+	// Reserve a place among the listener's sessions (all shards share
+	// max_sessions); give it back if the session does not open.
+	if n := l.ln.live.Add(1); rt.MaxSessions > 0 && n > int64(rt.MaxSessions) {
+		l.ln.live.Add(-1)
+		l.st.maxSess++
+		if o := rt.Observer; o != nil {
+			o.ConnOpened()
+			o.Rejected(ReasonMaxConnections)
+			o.ConnClosed(0)
+		}
+		if ok, suppressed := l.srv.udpLimitLog.allow(time.Second); ok {
+			l.srv.log.Warn("udp max_sessions reached; dropping datagrams from new clients",
+				"rule", rt.Name, "max_sessions", rt.MaxSessions, "suppressed", suppressed)
+		}
+		return nil
+	}
+	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now}
+	if prev != nil {
+		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
+		s.tried = append(prev.tried, prev.b)
+	} else {
+		s.sa, s.salen = l.b.names[i], l.b.nlen[i]
+		if local, ifindex, ok := parsePktinfo(l.b.oob[i][:l.b.clen[i]]); ok {
+			s.ooblen = putPktinfo(s.oob[:], l.family, local, ifindex)
+		}
+	}
+	if s.obs != nil {
+		s.obs.ConnOpened()
+	}
+	b, fd, err := l.connectBackend(rt, client, s.tried)
+	if err != nil {
+		l.ln.live.Add(-1)
+		l.st.noBackend++
+		if s.obs != nil {
+			if errors.Is(err, router.ErrNoBackend) {
+				s.obs.Rejected(ReasonNoBackend)
+			} else {
+				s.obs.Rejected(ReasonConnectFailed)
+			}
+			s.obs.ConnClosed(0)
+		}
+		if ok, suppressed := l.srv.noBackendLog.allow(time.Second); ok {
+			l.srv.log.Warn("no backend for a new udp session; dropping", "rule", rt.Name,
+				"client", client.String(), "err", err, "suppressed", suppressed)
+		}
+		return nil
+	}
+	s.b, s.fd = b, fd
+	b.Acquire()
+	if prev != nil {
+		l.remove(prev)
+	}
+	l.sessions[client] = s
+	for fd >= len(l.byFd) {
+		l.byFd = append(l.byFd, make([]*udpSession, len(l.byFd)+64)...)
+	}
+	l.byFd[fd] = s
+	l.open++
+	l.openN.Store(int64(l.open))
+	s.counted = true
+	l.srv.UDP.Sessions.Add(1)
+	l.srv.UDP.SessionsTotal.Add(1)
+	return s
+}
+
+// connectBackend picks a backend for client and opens a socket connected
+// to it, trying the next pick when that fails. Backends in avoid (they
+// refused this client) are skipped while any other is usable.
+func (l *udpShard) connectBackend(rt *Route, client netip.AddrPort, avoid []*backend.Backend) (*backend.Backend, int, error) {
+	for pass := 0; pass < 2; pass++ {
+		req := &l.req
+		req.Reset()
+		req.Client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		if pass == 0 {
+			for _, b := range avoid {
+				req.Tried(b)
+			}
+		}
+		var lastErr error
+		o := rt.Observer
+		for range rt.Backends {
+			b, err := rt.Router.Pick(req)
+			if err != nil {
+				if lastErr == nil {
+					lastErr = err
+					if o != nil && (pass == 1 || len(avoid) == 0) {
+						o.PickFailed(err)
+					}
+				}
+				break
+			}
+			if o != nil {
+				o.Picked(b)
+			}
+			fd, err := l.dial(b)
+			if err == nil {
+				return b, fd, nil
+			}
+			req.Tried(b)
+			lastErr = fmt.Errorf("backend %q: %w", b.ID, err)
+		}
+		if pass == 0 && len(avoid) > 0 && errors.Is(lastErr, router.ErrNoBackend) {
+			continue // everything usable refused this client: try them again
+		}
+		if lastErr == nil {
+			lastErr = router.NoBackend(len(rt.Backends))
+		}
+		return nil, -1, lastErr
+	}
+	return nil, -1, router.NoBackend(len(rt.Backends))
+}
+
+// dial opens a non-blocking UDP socket connected to b and adds it to the
+// epoll set.
+func (l *udpShard) dial(b *backend.Backend) (int, error) {
+	ra, err := l.backendAddr(b)
+	if err != nil {
+		return -1, err
+	}
+	family := unix.AF_INET
+	if ra.Addr().Is6() && !ra.Addr().Is4In6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	var sa unix.RawSockaddrInet6
+	n := putSockaddr(&sa, family, ra)
+	if _, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("connect", e)
+	}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("epoll_ctl", err)
+	}
+	return fd, nil
+}
+
+// readBackend reads what the backend sent on one session socket into the
+// reply batch.
+func (l *udpShard) readBackend(fd int) {
+	if fd >= len(l.byFd) || l.byFd[fd] == nil {
+		return
+	}
+	s := l.byFd[fd]
+	b := &l.b
+	for budget := perSessionBurst; budget > 0 && s.fd >= 0; {
+		if b.n == len(b.hs) {
+			l.flush()
+		}
+		k := min(len(b.hs)-b.n, budget)
+		hs := b.hs[b.n : b.n+k]
+		for i := range hs {
+			h := &hs[i].Hdr
+			h.Name, h.Namelen, h.Control, h.Flags = nil, 0, nil, 0
+			h.SetControllen(0)
+			b.iov[b.n+i].SetLen(l.maxDatagram)
+		}
+		n, e := recvmmsg(s.fd, hs)
+		switch e {
+		case 0:
+		case unix.EAGAIN, unix.EINTR:
+			return
+		case unix.ECONNREFUSED:
+			l.refused(s)
+			return
+		default:
+			l.srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
+				"backend", s.b.ID, "client", s.client.String(), "err", e.Error())
+			l.end(s, "backend_error")
+			return
+		}
+		budget -= n
+		base := b.n
+		for i := 0; i < n; i++ {
+			src := base + i
+			if b.hs[src].Hdr.Flags&unix.MSG_TRUNC != 0 {
+				l.st.oversize++
+				continue
+			}
+			if max := s.route.MaxResponses; max > 0 && s.responses >= max {
+				l.st.maxResp++
+				continue
+			}
+			size := b.hs[src].Len
+			s.responses++
+			s.outN++
+			s.outB += int64(size)
+			s.b.AddBytesOut(int64(size))
+			if s.obs != nil {
+				var rtt time.Duration
+				if s.request != 0 {
+					rtt = max(time.Duration(l.now-s.request), 1)
+				}
+				s.obs.Reply(s.b, int(size), rtt)
+			}
+			s.request = 0
+			if !s.answered {
+				s.answered = true
+				s.b.Health().ReportDial(nil) // passive health: the backend answers
+			}
+			// Queue it in slot b.n, moving its buffer there if an earlier
+			// message of this read was dropped.
+			d := b.n
+			if d != src {
+				b.iov[d], b.iov[src] = b.iov[src], b.iov[d]
+				b.bufs[d], b.bufs[src] = b.bufs[src], b.bufs[d]
+			}
+			h := &b.hs[d].Hdr
+			h.Name = (*byte)(unsafe.Pointer(&s.sa))
+			h.Namelen = s.salen
+			if s.ooblen > 0 {
+				h.Control = &s.oob[0]
+			}
+			h.SetControllen(s.ooblen)
+			b.iov[d].SetLen(int(size))
+			b.sess[d] = s
+			b.n++
+		}
+		l.touch(s)
+		if max := s.route.MaxResponses; max > 0 && s.responses >= max {
+			l.end(s, "max_responses")
+			return
+		}
+		if n < k {
+			return // drained
+		}
+	}
+}
+
+// flush sends the queued replies to their clients through the listener
+// socket, in as few sendmmsg calls as the kernel allows.
+func (l *udpShard) flush() {
+	b := &l.b
+	for off := 0; off < b.n; {
+		n, e := sendmmsg(l.fd, b.hs[off:b.n])
+		if e != 0 {
+			if e == unix.EINTR {
+				continue
+			}
+			// hs[off] failed (EAGAIN: the socket buffer is full; or the
+			// client is unreachable): drop it and go on with the rest.
+			if e == unix.EMSGSIZE {
+				l.st.oversize++
+			} else {
+				l.st.sendErr++
+			}
+			off++
+			continue
+		}
+		for i := off; i < off+n; i++ {
+			l.st.out++
+			l.st.outB += int64(b.iov[i].Len)
+		}
+		off += n
+	}
+	for i := 0; i < b.n; i++ {
+		b.sess[i] = nil
+	}
+	b.n = 0
+}
+
+// touch records activity on s: it moves to the back of the expiry list.
+func (l *udpShard) touch(s *udpSession) {
+	s.last = l.now
+	if s.inList {
+		if l.tail == s {
+			return
+		}
+		l.unlink(s)
+	}
+	s.prev, s.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = s
+	} else {
+		l.head = s
+	}
+	l.tail = s
+	s.inList = true
+}
+
+func (l *udpShard) unlink(s *udpSession) {
+	if !s.inList {
+		return
+	}
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else {
+		l.head = s.next
+	}
+	if s.next != nil {
+		s.next.prev = s.prev
+	} else {
+		l.tail = s.prev
+	}
+	s.prev, s.next, s.inList = nil, nil, false
+}
+
+// closeSocket releases the session's socket and backend; the session
+// itself may live on as a tombstone.
+func (l *udpShard) closeSocket(s *udpSession, reason string) {
+	if s.fd < 0 {
+		return
+	}
+	l.byFd[s.fd] = nil
+	unix.Close(s.fd) // also leaves the epoll set
+	s.fd = -1
+	s.b.Release()
+	if s.counted {
+		s.counted = false
+		l.open--
+		l.openN.Store(int64(l.open))
+		if l.ln.live.Add(-1) == 0 && l.ln.closed.Load() {
+			l.ln.wake() // the last session of a closed listener: every shard may leave
+		}
+		l.srv.UDP.Sessions.Add(-1)
+	}
+	st := &l.srv.UDP
+	switch reason {
+	case "timeout":
+		st.EndedTimeout.Add(1)
+	case "max_responses":
+		st.EndedMaxResponses.Add(1)
+	case tombstoneReason:
+		st.EndedRefused.Add(1)
+	case "backend_error":
+		st.EndedError.Add(1)
+	case "shutdown", "drain_timeout":
+		st.EndedShutdown.Add(1)
+	}
+	if s.obs != nil {
+		s.obs.ConnClosed(time.Duration(l.now - s.start))
+	}
+	if s.route.AccessLog {
+		l.srv.log.Info("udp session closed", "rule", s.route.Name, "client", s.client.String(),
+			"backend", s.b.ID, "backend_addr", s.b.Address,
+			"datagrams_in", s.inN, "datagrams_out", s.outN, "bytes_in", s.inB, "bytes_out", s.outB,
+			"duration", time.Duration(l.now-s.start).Round(time.Microsecond), "end", reason)
+	}
+}
+
+// remove forgets s entirely.
+func (l *udpShard) remove(s *udpSession) {
+	if s.removed {
+		return
+	}
+	s.removed = true
+	l.unlink(s)
+	if l.sessions[s.client] == s {
+		delete(l.sessions, s.client)
+	}
+}
+
+// end ends a session.
+func (l *udpShard) end(s *udpSession, reason string) {
+	l.closeSocket(s, reason)
+	l.remove(s)
+}
+
+// refused ends a session whose backend answered ICMP port unreachable. It
+// stays as a tombstone until session_timeout, so that the client's next
+// datagram opens a session on another backend.
+func (l *udpShard) refused(s *udpSession) {
+	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "rule", s.route.Name,
+		"backend", s.b.ID, "client", s.client.String())
+	s.b.Health().ReportDial(errRefused)
+	l.closeSocket(s, tombstoneReason)
+	if l.ln.closed.Load() {
+		l.remove(s)
+	}
+}
+
+// sweep ends the sessions idle for session_timeout.
+func (l *udpShard) sweep() {
+	t := int64(l.timeout)
+	for s := l.head; s != nil && l.now-s.last >= t; s = l.head {
+		l.end(s, "timeout")
+	}
+}
+
+// arm sets the epoll descriptor's read deadline to the oldest session's
+// expiry, unless an earlier one is set already (then the loop wakes early,
+// sweeps nothing and re-arms).
+func (l *udpShard) arm() {
+	if l.head == nil {
+		if l.armed != 0 {
+			_ = l.ep.SetReadDeadline(time.Time{})
+			l.armed = 0
+		}
+		return
+	}
+	next := l.head.last + int64(l.timeout)
+	if l.armed > 0 && l.armed <= next {
+		return
+	}
+	_ = l.ep.SetReadDeadline(time.Unix(0, next))
+	l.armed = next
+}
+
+// endAll ends every session (the loop is exiting).
+func (l *udpShard) endAll() {
+	l.now = time.Now().UnixNano()
+	l.flush()
+	for s := l.head; s != nil; s = l.head {
+		l.end(s, "shutdown")
+	}
+	for _, s := range l.sessions {
+		l.end(s, "shutdown")
+	}
+	l.publishStats()
+}
+
+// closeFds releases the listener's descriptors.
+func (l *udpShard) closeFds() {
+	l.wakeMu.Lock()
+	if l.evfd >= 0 {
+		unix.Close(l.evfd)
+		l.evfd = -1
+	}
+	l.wakeMu.Unlock()
+	if l.ep != nil {
+		l.ep.Close()
+	} else if l.epfd >= 0 {
+		unix.Close(l.epfd)
+	}
+	l.conn.Close()
+}
+
+// publishStats adds the turn's counts to the Server's.
+func (l *udpShard) publishStats() {
+	st, u := &l.st, &l.srv.UDP
+	add := func(c *atomic.Int64, v *int64) {
+		if *v != 0 {
+			c.Add(*v)
+			*v = 0
+		}
+	}
+	add(&u.DatagramsIn, &st.in)
+	add(&u.DatagramsOut, &st.out)
+	add(&u.BytesIn, &st.inB)
+	add(&u.BytesOut, &st.outB)
+	add(&u.DroppedMaxSessions, &st.maxSess)
+	add(&u.DroppedOversize, &st.oversize)
+	add(&u.DroppedNoRoute, &st.noRoute)
+	add(&u.DroppedNoBackend, &st.noBackend)
+	add(&u.DroppedShutdown, &st.shutdown)
+	add(&u.DroppedSendError, &st.sendErr)
+	add(&u.DroppedMaxResponse, &st.maxResp)
+}
+
+// closeRequest asks the loop to end the sessions on a backend.
+type closeRequest struct {
+	b     *backend.Backend
+	reply chan int
+}
+
+// closeUDPSessions ends every UDP session on b (a backend a reload removed,
+// once its drain_timeout is over) and returns how many there were.
+func (s *Server) closeUDPSessions(b *backend.Backend) int {
+	s.mu.Lock()
+	ls := make([]*UDPListener, 0, len(s.udp))
+	for l := range s.udp {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, l := range ls {
+		n += l.closeBackend(b)
+	}
+	return n
+}
+
+// closeBackend has the shards end the sessions on b, and waits for them.
+func (l *UDPListener) closeBackend(b *backend.Backend) int {
+	n := 0
+	for _, sh := range l.shards {
+		n += sh.closeBackend(b)
+	}
+	return n
+}
+
+func (l *udpShard) closeBackend(b *backend.Backend) int {
+	req := closeRequest{b: b, reply: make(chan int, 1)}
+	l.pendingMu.Lock()
+	l.ctl = append(l.ctl, req)
+	l.pendingMu.Unlock()
+	l.wake()
+	select {
+	case n := <-req.reply:
+		return n
+	case <-l.done:
+		return 0
+	}
+}
+
+func (l *udpShard) applyCloses() {
+	l.pendingMu.Lock()
+	reqs := l.ctl
+	l.ctl = nil
+	l.pendingMu.Unlock()
+	for _, req := range reqs {
+		n := 0
+		for _, s := range l.sessions {
+			if s.b == req.b && s.fd >= 0 {
+				l.end(s, "drain_timeout")
+				n++
+			}
+		}
+		req.reply <- n
+	}
+}
+
+// resolvedAddr is a backend's address as the loop connects to it.
+type resolvedAddr struct {
+	addr       netip.AddrPort
+	err        error
+	static     bool  // an IP literal: never looked up again
+	expires    int64 // unix nanoseconds
+	refreshing bool
+}
+
+type resolveResult struct {
+	b    *backend.Backend
+	addr netip.AddrPort
+	err  error
+}
+
+// backendAddr returns b's address. An IP literal is parsed once. A host
+// name is looked up on first use (that one lookup holds up the listener),
+// then every resolveTTL in the background while the old address serves.
+func (l *udpShard) backendAddr(b *backend.Backend) (netip.AddrPort, error) {
+	r := l.resolved[b]
+	if r == nil {
+		r = &resolvedAddr{}
+		l.resolved[b] = r
+		if ap, err := netip.ParseAddrPort(b.Address); err == nil {
+			r.addr, r.static = ap, true
+			return ap, nil
+		}
+		res := lookup(b)
+		r.addr, r.err, r.expires = res.addr, res.err, l.now+int64(resolveTTL)
+		return r.addr, r.err
+	}
+	if !r.static && l.now >= r.expires && !r.refreshing {
+		r.refreshing = true
+		go func() {
+			res := lookup(b)
+			l.pendingMu.Lock()
+			l.pending = append(l.pending, res)
+			l.pendingMu.Unlock()
+			l.wake()
+		}()
+	}
+	return r.addr, r.err
+}
+
+func lookup(b *backend.Backend) resolveResult {
+	host, port, err := net.SplitHostPort(b.Address)
+	if err != nil {
+		return resolveResult{b: b, err: err}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	pn, err := net.DefaultResolver.LookupPort(ctx, "udp", port)
+	if err != nil {
+		return resolveResult{b: b, err: err}
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return resolveResult{b: b, err: err}
+	}
+	if len(ips) == 0 {
+		return resolveResult{b: b, err: fmt.Errorf("host %q has no address", host)}
+	}
+	// The first IPv4 address, else the first address: a UDP "connect"
+	// cannot fail over between families as a TCP dial does.
+	ip := ips[0].Unmap()
+	for _, a := range ips {
+		if a.Unmap().Is4() {
+			ip = a.Unmap()
+			break
+		}
+	}
+	return resolveResult{b: b, addr: netip.AddrPortFrom(ip, uint16(pn))}
+}
+
+// applyResolved takes in the background lookups that finished. A failed
+// refresh keeps the previous address.
+func (l *udpShard) applyResolved() {
+	l.pendingMu.Lock()
+	res := l.pending
+	l.pending = nil
+	l.pendingMu.Unlock()
+	for _, x := range res {
+		r := l.resolved[x.b]
+		if r == nil {
+			continue
+		}
+		r.refreshing = false
+		r.expires = l.now + int64(resolveTTL)
+		if x.err == nil || !r.addr.IsValid() {
+			r.addr, r.err = x.addr, x.err
+		}
+	}
+}

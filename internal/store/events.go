@@ -1,0 +1,64 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Events is a subscription to the change announcements.
+type Events struct {
+	s  *Store
+	ps *redis.PubSub
+}
+
+// Subscribe subscribes to the events channel and waits until Redis
+// confirms, so that no change made after it returns is missed.
+func (s *Store) Subscribe(ctx context.Context) (*Events, error) {
+	ps := s.rdb.Subscribe(ctx)
+	if err := ps.Subscribe(ctx, s.Channel()); err != nil {
+		ps.Close()
+		return nil, s.wrap(err)
+	}
+	msg, err := ps.ReceiveTimeout(ctx, s.timeout)
+	if err != nil {
+		ps.Close()
+		return nil, s.wrap(err)
+	}
+	if _, ok := msg.(*redis.Subscription); !ok {
+		ps.Close()
+		return nil, fmt.Errorf("redis %s: unexpected reply to SUBSCRIBE: %v", s.addr, msg)
+	}
+	return &Events{s: s, ps: ps}, nil
+}
+
+// Next waits up to timeout for the next event and returns its payload
+// ("VERSION KIND DETAIL"); timedOut is true when none came. Any error means
+// the subscription is broken: Close it and subscribe again.
+func (e *Events) Next(ctx context.Context, timeout time.Duration) (payload string, timedOut bool, err error) {
+	for {
+		msg, err := e.ps.ReceiveTimeout(ctx, timeout)
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			return "", true, nil
+		case err != nil:
+			return "", false, e.s.wrap(err)
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			return m.Payload, false, nil
+		case *redis.Subscription:
+			// Subscribed again after go-redis reconnected by itself:
+			// events may have been missed, so report one.
+			return "resubscribed", false, nil
+		}
+	}
+}
+
+// Close ends the subscription; a Next in progress returns an error.
+func (e *Events) Close() error { return e.ps.Close() }

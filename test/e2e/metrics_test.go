@@ -1,0 +1,577 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Helpers of the metrics and admin tests are prefixed mx.
+
+var mxAddressRe = regexp.MustCompile(`address=(\S+)`)
+
+// mxAddr returns the address logged on the line containing msg ("metrics
+// listening", "admin API listening").
+func mxAddr(t *testing.T, p *Proxy, msg string) string {
+	t.Helper()
+	m := mxAddressRe.FindStringSubmatch(p.WaitLog(msg))
+	if m == nil {
+		t.Fatalf("no address on the %q line", msg)
+	}
+	return m[1]
+}
+
+func mxMetricsURL(t *testing.T, p *Proxy) string {
+	return "http://" + mxAddr(t, p, "metrics listening") + "/metrics"
+}
+
+type mxFamilies map[string]*dto.MetricFamily
+
+// mxScrape reads and parses the Prometheus text exposition at url.
+func mxScrape(t *testing.T, url string) mxFamilies {
+	t.Helper()
+	c := &http.Client{Timeout: Deadline}
+	res, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, res.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(res.Body)
+	if err != nil {
+		t.Fatalf("parse %s: %v", url, err)
+	}
+	return fams
+}
+
+// value sums the series of name whose labels include want (a histogram
+// gives its sample count, or with name_sum its sum).
+func (f mxFamilies) value(name string, want map[string]string) float64 {
+	field := ""
+	mf, ok := f[name]
+	if !ok {
+		for _, suf := range []string{"_count", "_sum"} {
+			if base, cut := strings.CutSuffix(name, suf); cut {
+				mf, field = f[base], suf
+			}
+		}
+	}
+	if mf == nil {
+		return -1
+	}
+	var sum float64
+series:
+	for _, m := range mf.Metric {
+		for k, v := range want {
+			found := false
+			for _, lp := range m.Label {
+				if lp.GetName() == k && lp.GetValue() == v {
+					found = true
+				}
+			}
+			if !found {
+				continue series
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.Counter.GetValue()
+		case m.Gauge != nil:
+			sum += m.Gauge.GetValue()
+		case m.Histogram != nil && field == "_sum":
+			sum += m.Histogram.GetSampleSum()
+		case m.Histogram != nil:
+			sum += float64(m.Histogram.GetSampleCount())
+		case m.Untyped != nil:
+			sum += m.Untyped.GetValue()
+		}
+	}
+	return sum
+}
+
+// mxWait scrapes until cond holds (the proxy counts a connection when it
+// ends, which is a moment after the client saw it end).
+func mxWait(t *testing.T, url string, what string, cond func(mxFamilies) bool) mxFamilies {
+	t.Helper()
+	deadline := time.Now().Add(Deadline)
+	for {
+		f := mxScrape(t, url)
+		if cond(f) {
+			return f
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics never showed %s within %v", what, Deadline)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func mxExpect(t *testing.T, f mxFamilies, checks []mxCheck) {
+	t.Helper()
+	for _, c := range checks {
+		if got := f.value(c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+type mxCheck struct {
+	name   string
+	labels map[string]string
+	want   float64
+}
+
+// mxExchange sends n random bytes over a proxied connection to an echo
+// backend, half-closes, and reads everything back: the greeting, then the
+// n bytes. It returns how many bytes it read.
+func mxExchange(t *testing.T, addr, greeting string, n int) int {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, Deadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(Deadline))
+	payload := make([]byte, n)
+	rand.Read(payload)
+	go func() {
+		c.Write(payload)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(greeting+"\n"), payload...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, want the greeting and the %d bytes echoed (%d)", len(got), n, len(want))
+	}
+	return len(got)
+}
+
+// TestMetricsExactTCP sends 10 connections with known byte counts through
+// the binary and reads exactly those numbers from /metrics.
+func TestMetricsExactTCP(t *testing.T) {
+	e := StartEcho(t, "exact")
+	port := FreePort(t)
+	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[[rules]]
+name = "web"
+router = "rr"
+[routers.rr]
+plugin = "round_robin"
+[[rules.backends]]
+id = "e1"
+address = %q
+`, port, e.Addr)))
+	url := mxMetricsURL(t, p)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	var in, out float64
+	for i := 0; i < 10; i++ {
+		n := 1000*i + 37*i + 1 // 1 … 9334 bytes, all different
+		got := mxExchange(t, addr, "exact", n)
+		in += float64(n)
+		out += float64(got)
+	}
+	web := map[string]string{"rule": "web", "protocol": "tcp"}
+	f := mxWait(t, url, "10 requests and no connection open", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_requests_total", web) == 10 && f.value("dynamic_proxy_connections_active", web) == 0
+	})
+	be := map[string]string{"rule": "web", "backend": "e1"}
+	mxExpect(t, f, []mxCheck{
+		{"dynamic_proxy_connections_total", web, 10},
+		{"dynamic_proxy_requests_total", web, 10},
+		{"dynamic_proxy_bytes_total", map[string]string{"rule": "web", "protocol": "tcp", "direction": "in"}, in},
+		{"dynamic_proxy_bytes_total", map[string]string{"rule": "web", "protocol": "tcp", "direction": "out"}, out},
+		{"dynamic_proxy_request_size_bytes_sum", web, in},
+		{"dynamic_proxy_request_size_bytes_count", web, 10},
+		{"dynamic_proxy_response_size_bytes_sum", web, out},
+		{"dynamic_proxy_response_size_bytes_count", web, 10},
+		{"dynamic_proxy_request_duration_seconds_count", web, 10},
+		{"dynamic_proxy_connection_duration_seconds_count", web, 10},
+		{"dynamic_proxy_connections_rejected_total", web, 0},
+		{"dynamic_proxy_backend_requests_total", map[string]string{"rule": "web", "backend": "e1", "result": "success"}, 10},
+		{"dynamic_proxy_backend_requests_total", map[string]string{"rule": "web", "backend": "e1", "result": "error"}, 0},
+		{"dynamic_proxy_backend_response_seconds_count", be, 10},
+		{"dynamic_proxy_backend_connections_active", be, 0},
+		{"dynamic_proxy_backend_up", be, 1},
+		{"dynamic_proxy_router_selections_total", map[string]string{"rule": "web", "router": "rr", "plugin": "round_robin", "backend": "e1"}, 10},
+	})
+	t.Logf("10 connections: %v bytes in, %v bytes out, counted exactly", in, out)
+}
+
+// mxUDPEcho is a UDP backend that sends every datagram back.
+func mxUDPEcho(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// TestMetricsExactUDP: every client datagram is a request, every reply a
+// response; 10 datagrams of known sizes show exactly those numbers.
+func TestMetricsExactUDP(t *testing.T) {
+	backendAddr := mxUDPEcho(t)
+	port := FreePort(t)
+	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+[server]
+udp_bind = "127.0.0.1:%d"
+[health_check]
+enabled = false
+[[rules]]
+name = "dns"
+protocol = "udp"
+[[rules.backends]]
+id = "u1"
+address = %q
+`, port, backendAddr)))
+	url := mxMetricsURL(t, p)
+	c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var total float64
+	buf := make([]byte, 65536)
+	for i := 0; i < 10; i++ {
+		n := 100*i + 11
+		payload := make([]byte, n)
+		rand.Read(payload)
+		// A datagram can be lost even on loopback: resend until its echo
+		// comes back, and count what was sent.
+		sent := 0
+		for {
+			if _, err := c.Write(payload); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			m, err := c.Read(buf)
+			if err == nil {
+				if !bytes.Equal(buf[:m], payload) {
+					t.Fatalf("datagram %d: echo differs", i)
+				}
+				break
+			}
+			if sent > 5 {
+				t.Fatalf("datagram %d: no echo after %d tries: %v", i, sent, err)
+			}
+		}
+		if sent != 1 {
+			t.Fatalf("datagram %d needed %d sends on loopback; the exact count cannot be checked", i, sent)
+		}
+		total += float64(n)
+	}
+	dns := map[string]string{"rule": "dns", "protocol": "udp"}
+	f := mxWait(t, url, "10 UDP requests and responses", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_requests_total", dns) == 10 && f.value("dynamic_proxy_response_size_bytes_count", dns) == 10
+	})
+	mxExpect(t, f, []mxCheck{
+		{"dynamic_proxy_requests_total", dns, 10},
+		{"dynamic_proxy_request_size_bytes_sum", dns, total},
+		{"dynamic_proxy_response_size_bytes_sum", dns, total},
+		{"dynamic_proxy_bytes_total", map[string]string{"rule": "dns", "protocol": "udp", "direction": "in"}, total},
+		{"dynamic_proxy_bytes_total", map[string]string{"rule": "dns", "protocol": "udp", "direction": "out"}, total},
+		{"dynamic_proxy_connections_total", dns, 1}, // one session
+		{"dynamic_proxy_connections_active", dns, 1},
+		{"dynamic_proxy_request_duration_seconds_count", dns, 10},
+		{"dynamic_proxy_backend_requests_total", map[string]string{"rule": "dns", "backend": "u1", "result": "success"}, 10},
+		{"dynamic_proxy_backend_response_seconds_count", map[string]string{"rule": "dns", "backend": "u1"}, 10},
+		{"dynamic_proxy_backend_connections_active", map[string]string{"rule": "dns", "backend": "u1"}, 1},
+		{"dynamic_proxy_router_selections_total", map[string]string{"rule": "dns", "backend": "u1"}, 1},
+	})
+}
+
+// mxFamilyTypes is every dynamic_proxy family the README lists, with its type.
+var mxFamilyTypes = map[string]dto.MetricType{
+	"connections_active":                           dto.MetricType_GAUGE,
+	"connections_total":                            dto.MetricType_COUNTER,
+	"connection_duration_seconds":                  dto.MetricType_HISTOGRAM,
+	"connections_rejected_total":                   dto.MetricType_COUNTER,
+	"requests_total":                               dto.MetricType_COUNTER,
+	"request_duration_seconds":                     dto.MetricType_HISTOGRAM,
+	"request_size_bytes":                           dto.MetricType_HISTOGRAM,
+	"response_size_bytes":                          dto.MetricType_HISTOGRAM,
+	"bytes_total":                                  dto.MetricType_COUNTER,
+	"backend_connections_active":                   dto.MetricType_GAUGE,
+	"backend_requests_total":                       dto.MetricType_COUNTER,
+	"backend_response_seconds":                     dto.MetricType_HISTOGRAM,
+	"backend_up":                                   dto.MetricType_GAUGE,
+	"health_checks_total":                          dto.MetricType_COUNTER,
+	"router_selections_total":                      dto.MetricType_COUNTER,
+	"router_errors_total":                          dto.MetricType_COUNTER,
+	"config_reloads_total":                         dto.MetricType_COUNTER,
+	"config_last_reload_success_timestamp_seconds": dto.MetricType_GAUGE,
+	"build_info":                                   dto.MetricType_GAUGE,
+}
+
+// TestMetricsEveryFamily checks that every family is exported with its
+// type, the Go and process collectors too, and that no label value is a
+// client's address.
+func TestMetricsEveryFamily(t *testing.T) {
+	e := StartEcho(t, "fam")
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close() // connections to it are refused
+	port, port2 := FreePort(t), FreePort(t)
+	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[health_check]
+enabled = false
+passive_failures = 0
+[[rules]]
+name = "web"
+[[rules.backends]]
+id = "e1"
+address = %q
+[[rules]]
+name = "broken"
+[rules.matcher]
+type = "port"
+port = %d
+[[rules.backends]]
+id = "gone"
+address = %q
+`, port, e.Addr, port2, deadAddr)))
+	url := mxMetricsURL(t, p)
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), Deadline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := c.LocalAddr().String()
+	mxExchange(t, fmt.Sprintf("127.0.0.1:%d", port), "fam", 10)
+	if _, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port2)); err == nil {
+		t.Fatal("a connection to a rule whose backend is gone got a greeting")
+	}
+	f := mxWait(t, url, "the rejected connection", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_connections_rejected_total", map[string]string{"rule": "broken", "reason": "connect_failed"}) == 1
+	})
+	c.Close()
+	for name, typ := range mxFamilyTypes {
+		mf, ok := f["dynamic_proxy_"+name]
+		if !ok {
+			t.Errorf("family dynamic_proxy_%s missing", name)
+			continue
+		}
+		if mf.GetType() != typ || mf.GetHelp() == "" || len(mf.Metric) == 0 {
+			t.Errorf("dynamic_proxy_%s: type %v help %q series %d", name, mf.GetType(), mf.GetHelp(), len(mf.Metric))
+		}
+	}
+	for name := range f {
+		if short, ok := strings.CutPrefix(name, "dynamic_proxy_"); ok {
+			if _, listed := mxFamilyTypes[short]; !listed {
+				t.Errorf("family %s is exported but not listed (README)", name)
+			}
+		}
+	}
+	for _, n := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "go_gc_duration_seconds",
+		"process_cpu_seconds_total", "process_open_fds", "process_max_fds", "process_resident_memory_bytes"} {
+		if _, ok := f[n]; !ok {
+			t.Errorf("system metric %s missing", n)
+		}
+	}
+	mxExpect(t, f, []mxCheck{
+		{"dynamic_proxy_backend_requests_total", map[string]string{"rule": "broken", "backend": "gone", "result": "error"}, 1},
+		{"dynamic_proxy_router_selections_total", map[string]string{"rule": "broken", "backend": "gone"}, 1},
+		{"dynamic_proxy_build_info", nil, 1},
+		{"dynamic_proxy_config_reloads_total", nil, 0},
+	})
+	if ts := f.value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil); time.Since(time.Unix(int64(ts), 0)) > time.Minute {
+		t.Errorf("config_last_reload_success_timestamp_seconds = %v, want the start-up time", ts)
+	}
+	// Label values come from the config and fixed sets only.
+	values := map[string]bool{}
+	for _, mf := range f {
+		for _, m := range mf.Metric {
+			for _, lp := range m.Label {
+				values[lp.GetValue()] = true
+			}
+		}
+	}
+	host, cport, _ := net.SplitHostPort(client)
+	for v := range values {
+		if strings.Contains(v, cport) || v == client || v == host {
+			t.Errorf("a label value names the client: %q", v)
+		}
+	}
+}
+
+// TestMetricsBackendUpFollowsAKilledBackend kills a backend and starts it
+// again on the same address: backend_up follows, health checks are counted.
+func TestMetricsBackendUpFollowsAKilledBackend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	serve := func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}
+	go serve(ln)
+	t.Cleanup(func() { ln.Close() })
+	port := FreePort(t)
+	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[health_check]
+interval = "100ms"
+timeout = "80ms"
+retries = 1
+rise = 1
+[[rules]]
+name = "web"
+[[rules.backends]]
+id = "k"
+address = %q
+`, port, addr)))
+	url := mxMetricsURL(t, p)
+	k := map[string]string{"rule": "web", "backend": "k"}
+	mxWait(t, url, "backend_up 1 after passing checks", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_backend_up", k) == 1 &&
+			f.value("dynamic_proxy_health_checks_total", map[string]string{"rule": "web", "backend": "k", "result": "success"}) >= 1
+	})
+	ln.Close()
+	f := mxWait(t, url, "backend_up 0 after the kill", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_backend_up", k) == 0
+	})
+	if n := f.value("dynamic_proxy_health_checks_total", map[string]string{"rule": "web", "backend": "k", "result": "failure"}); n < 1 {
+		t.Errorf("health_checks_total{result=failure} = %v after the backend went down", n)
+	}
+	ln2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("restart the backend on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { ln2.Close() })
+	go serve(ln2)
+	mxWait(t, url, "backend_up 1 after the restart", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_backend_up", k) == 1
+	})
+}
+
+// TestMetricsReloads counts reloads by result and drops the series of a
+// backend a reload removed.
+func TestMetricsReloads(t *testing.T) {
+	a, b := StartEcho(t, "a"), StartEcho(t, "b")
+	port := FreePort(t)
+	render := func(backends ...*EchoServer) string {
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "[server]\ntcp_bind = \"127.0.0.1:%d\"\nwatch_config = false\n[metrics]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"\"\n[[rules]]\nname = \"web\"\n", port)
+		for _, e := range backends {
+			fmt.Fprintf(&sb, "[[rules.backends]]\nid = %q\naddress = %q\n", e.Name, e.Addr)
+		}
+		return sb.String()
+	}
+	cfg := WriteConfig(t, render(a, b))
+	p := Start(t, cfg)
+	url := mxMetricsURL(t, p)
+	if n := strings.Count(p.Log(), "admin API listening"); n != 0 {
+		t.Errorf("[admin] bind = \"\" still started the admin API")
+	}
+	f := mxScrape(t, url)
+	start := f.value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil)
+	if f.value("dynamic_proxy_backend_up", map[string]string{"backend": "b"}) != 1 {
+		t.Fatal("backend b has no backend_up series")
+	}
+
+	writeAtomic(t, cfg, render(a))
+	p.Signal(syscall.SIGHUP)
+	p.WaitLog("config reloaded")
+	f = mxWait(t, url, "one successful reload", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_config_reloads_total", map[string]string{"result": "success"}) == 1
+	})
+	if ts := f.value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil); ts < start {
+		t.Errorf("last reload timestamp went from %v to %v", start, ts)
+	}
+	var left []string
+	for name, mf := range f {
+		for _, m := range mf.Metric {
+			for _, lp := range m.Label {
+				if lp.GetName() == "backend" && lp.GetValue() == "b" {
+					left = append(left, name)
+				}
+			}
+		}
+	}
+	sort.Strings(left)
+	if len(left) > 0 {
+		t.Errorf("series of the removed backend b are still exported: %v", left)
+	}
+
+	writeAtomic(t, cfg, "[[rules]]\nname = 1\n")
+	p.Signal(syscall.SIGHUP)
+	p.WaitLog("reload failed")
+	mxExpect(t, mxScrape(t, url), []mxCheck{
+		{"dynamic_proxy_config_reloads_total", map[string]string{"result": "failure"}, 1},
+		{"dynamic_proxy_config_reloads_total", map[string]string{"result": "success"}, 1},
+	})
+}
+
+// TestMetricsDisabled: with [metrics] enabled = false nothing listens and
+// proxying works.
+func TestMetricsDisabled(t *testing.T) {
+	e := StartEcho(t, "plain")
+	port, mport := FreePort(t), FreePort(t)
+	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[metrics]
+enabled = false
+bind = "127.0.0.1:%d"
+[[rules]]
+name = "web"
+[[rules.backends]]
+id = "e"
+address = %q
+`, port, mport, e.Addr)))
+	if name, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || name != "plain" {
+		t.Fatalf("proxying with metrics off: %q %v", name, err)
+	}
+	if strings.Contains(p.Log(), "metrics listening") {
+		t.Error("metrics server started although disabled")
+	}
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", mport), time.Second); err == nil {
+		c.Close()
+		t.Error("something listens on the metrics port although metrics are disabled")
+	}
+}
