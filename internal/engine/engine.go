@@ -217,6 +217,7 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 			Backends:       bs,
 			ConnectTimeout: cfg.Server.ConnectionTimeout.D(),
 			IdleTimeout:    cfg.Server.IdleTimeout.D(),
+			BufferSize:     cfg.Server.BufferSize,
 			AccessLog:      cfg.Logging.AccessLog,
 			SessionTimeout: r.SessionTimeout.D(),
 			MaxResponses:   r.MaxResponses,

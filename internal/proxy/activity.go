@@ -14,8 +14,9 @@ import (
 // re-arms it from the last activity instead of ending the connection if the
 // other direction was busy meanwhile. Bytes moving cost one atomic store.
 type activity struct {
-	idle time.Duration // 0: no idle timeout
-	last atomic.Int64  // unix nanoseconds of the last byte moved
+	idle    time.Duration // 0: no idle timeout
+	bufSize int           // copy buffer size (buffer_size); 0: the default
+	last    atomic.Int64  // unix nanoseconds of the last byte moved
 }
 
 func (a *activity) touch() {

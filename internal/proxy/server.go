@@ -29,6 +29,7 @@ type Route struct {
 	Backends       []*backend.Backend
 	ConnectTimeout time.Duration // backend dial timeout
 	IdleTimeout    time.Duration // 0: none
+	BufferSize     int           // bytes of the pooled buffer each burst starts with; 0: 8192
 	AccessLog      bool
 	Plugin         string   // the router's plugin name (RouterName is the rule's router key)
 	Observer       Observer // metrics hooks (observe.go); nil: metrics off
@@ -157,10 +158,13 @@ func (s *Server) track(c *tcpConn) bool {
 	return true
 }
 
-func (s *Server) untrack(c *tcpConn) {
+// untrackDone forgets a finished connection and counts its end.
+func (s *Server) untrackDone(c *tcpConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
+	s.Stats.Active.Add(-1)
+	s.wg.Done()
 }
 
 // rateLimit lets a repeated log line through at most once per interval and

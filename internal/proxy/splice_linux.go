@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"math/bits"
 	"net"
 	"os"
 	"sync"
@@ -72,6 +73,13 @@ var errWouldBlock = errors.New("would block")
 // a.touch whenever bytes move. It returns the bytes copied. A deadline on
 // either conn ends the wait with os.ErrDeadlineExceeded, which the caller
 // may treat as idleness. m (nil: none) counts the bytes as they are written.
+//
+// Each burst of data starts with one read into a pooled buffer of
+// a.bufSize bytes (buffer_size), taken only once the socket is readable and
+// returned before the next wait: a small request or reply costs a read and a
+// write, as in any proxy. When that read fills the buffer more is likely
+// queued, and the rest of the burst goes through splice(2) without being
+// copied to user space. An idle connection holds neither a buffer nor a pipe.
 func spliceCopy(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
@@ -81,45 +89,112 @@ func spliceCopy(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	size := a.bufSize
+	if size <= 0 {
+		size = defaultBufSize
+	}
 	var total int64
-	var peek [1]byte
 	for {
-		// Wait for data (or EOF) holding no pipe.
-		var eof bool
-		var perr error
+		var n int
+		var rerr error
+		var bp *[]byte
 		if err := srcRC.Read(func(fd uintptr) bool {
-			n, _, e := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if e == unix.EAGAIN || e == unix.EINTR {
-				return false
+			bp = getBuf(size)
+			for {
+				n, rerr = unix.Read(int(fd), *bp)
+				if rerr != unix.EINTR {
+					break
+				}
 			}
-			if e != nil {
-				perr = os.NewSyscallError("recvfrom", e)
-			} else if n == 0 {
-				eof = true
+			if rerr == unix.EAGAIN {
+				putBuf(bp)
+				bp = nil
+				return false // wait for readability holding nothing
 			}
 			return true
 		}); err != nil {
+			if bp != nil {
+				putBuf(bp)
+			}
 			if a.keepWaiting(err, src, true) {
 				continue
 			}
 			return total, err
 		}
-		if perr != nil {
-			return total, perr
+		if rerr != nil {
+			putBuf(bp)
+			return total, os.NewSyscallError("read", rerr)
 		}
-		if eof {
+		if n <= 0 { // EOF
+			putBuf(bp)
 			return total, nil
 		}
-		n, err := spliceBurst(dstRC, srcRC, dst, a, m)
-		total += n
+		a.touch()
+		full := n == len(*bp)
+		werr := writeAll(dst, (*bp)[:n], a)
+		putBuf(bp)
+		if werr != nil {
+			return total, werr
+		}
+		total += int64(n)
+		m.add(int64(n))
+		if !full {
+			continue
+		}
+		sn, err := spliceBurst(dstRC, srcRC, dst, a, m)
+		total += sn
 		if err == errWouldBlock {
 			continue
 		}
-		if err != nil || n == 0 {
+		if err != nil {
 			return total, err
+		}
+		if sn == 0 {
+			return total, nil // EOF right after the buffered read
 		}
 	}
 }
+
+// writeAll writes b to dst, treating a write deadline that fires while the
+// connection is still active as a reason to keep waiting.
+func writeAll(dst *net.TCPConn, b []byte, a *activity) error {
+	for len(b) > 0 {
+		w, err := dst.Write(b)
+		b = b[w:]
+		if err != nil {
+			if a.keepWaiting(err, dst, false) {
+				continue
+			}
+			return err
+		}
+		if w > 0 {
+			a.touch()
+		}
+	}
+	return nil
+}
+
+const defaultBufSize = 8192
+
+// bufPools holds copy buffers by size class (powers of two from 1 KiB to
+// 1 MiB), so buffer_size can change on a reload without mixing sizes.
+var bufPools [11]sync.Pool
+
+func sizeClass(size int) int {
+	c := bits.Len(uint(size-1)) - 10
+	return min(max(c, 0), len(bufPools)-1)
+}
+
+func getBuf(size int) *[]byte {
+	c := sizeClass(size)
+	if bp, ok := bufPools[c].Get().(*[]byte); ok && len(*bp) == size {
+		return bp
+	}
+	b := make([]byte, size)
+	return &b
+}
+
+func putBuf(bp *[]byte) { bufPools[sizeClass(len(*bp))].Put(bp) }
 
 // spliceBurst moves data from src to dst through a pooled pipe until src
 // would block or ends. It returns errWouldBlock in the first case and

@@ -27,7 +27,11 @@ type TCPListener struct {
 // ListenTCP binds addr and starts accepting. Routes must be set with
 // SetRoutes; until then connections are closed as unmatched.
 func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
-	ln, err := net.Listen("tcp", addr)
+	// No TCP keepalive on accepted connections (nor on backend dials): Go
+	// turns it on by default at the cost of four setsockopt calls per
+	// socket; idle_timeout is what ends dead connections here, as HAProxy's
+	// timeouts do (its clitcpka/srvtcpka are off by default too).
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +113,7 @@ func (l *TCPListener) serve() {
 			s.log.Debug("connection rejected: max_connections reached", "listener", l.Addr().String(), "max_connections", max)
 			continue
 		}
-		tc := &tcpConn{client: c, start: time.Now()}
+		tc := &tcpConn{l: l, client: c, start: time.Now()}
 		if !s.track(tc) {
 			s.Stats.Active.Add(-1)
 			c.Close()
@@ -137,12 +141,24 @@ func (s *Server) admitConn(max int64) bool {
 
 // tcpConn is one proxied connection.
 type tcpConn struct {
+	l       *TCPListener
 	client  *net.TCPConn
 	start   time.Time
 	mu      sync.Mutex
 	backend *net.TCPConn
 	be      *backend.Backend
 	forced  bool
+
+	// Set before the two copiers start; read by the last one to finish.
+	rt      *Route
+	release func() // access control slot
+	prefix  int64  // client bytes read before routing and replayed
+	act     activity
+	pending atomic.Int32 // copiers still running
+	upN     int64        // client to backend, as copied
+	downN   int64
+	upErr   error
+	downErr error
 
 	upM, downM meter // byte counting, set once the backend is connected
 }
@@ -167,20 +183,34 @@ func (c *tcpConn) forceClose() {
 	}
 }
 
+// handle routes a new connection and connects it to a backend. On success
+// it hands the connection to two fresh copier goroutines and returns, so the
+// deep stack that routing and dialing grew is not kept for the connection's
+// life (an idle proxied connection then costs two small stacks).
 func (l *TCPListener) handle(c *tcpConn) {
-	s := l.srv
-	defer func() {
+	if !c.connect() {
 		c.client.Close()
-		s.untrack(c)
-		s.Stats.Active.Add(-1)
-		s.wg.Done()
-	}()
+		c.l.srv.untrackDone(c)
+		return
+	}
+	c.pending.Store(2)
+	go c.pump(true)
+	go c.pump(false)
+}
+
+// connect does everything before the relay: inspect and match, access
+// control, dial (with retry elsewhere), the PROXY header and replay of the
+// peeked bytes. It reports whether the relay should start; when it returns
+// false it has already counted and logged why.
+func (c *tcpConn) connect() bool {
+	l := c.l
+	s := l.srv
 	routes := l.Routes()
 	if len(routes) == 0 {
 		s.Stats.NoRoute.Add(1)
 		s.observeUnrouted("tcp")
 		s.log.Debug("no rule matches connection; closing", "listener", l.Addr().String(), "client", c.client.RemoteAddr().String())
-		return
+		return false
 	}
 	rt, ci, prefix, err := inspect(c.client, routes)
 	if err != nil || rt == nil {
@@ -201,12 +231,16 @@ func (l *TCPListener) handle(c *tcpConn) {
 		}
 		s.log.Debug("connection closed before routing", "listener", l.Addr().String(), "client", ci.Client.String(), "reason", reason, "err", err)
 		c.client.SetLinger(0)
-		return
+		return false
 	}
 	o := rt.Observer
 	if o != nil {
 		o.ConnOpened()
-		defer func() { o.ConnClosed(time.Since(c.start)) }()
+	}
+	closed := func() {
+		if o != nil {
+			o.ConnClosed(time.Since(c.start))
+		}
 	}
 	release, reason := rt.Access.Admit(ci.Client.Addr())
 	if reason != ReasonNone {
@@ -214,14 +248,15 @@ func (l *TCPListener) handle(c *tcpConn) {
 		if o != nil {
 			o.Rejected(reason)
 		}
+		closed()
 		s.log.Debug("connection refused by access control", "rule", rt.Name, "client", ci.Client.String(), "reason", reason)
 		c.client.SetLinger(0)
-		return
+		return false
 	}
-	defer release()
 	req := router.Request{Client: ci.Client}
 	b, bc, err := dialBackend(rt, &req, s.log)
 	if err != nil {
+		release()
 		s.Stats.NoBackend.Add(1)
 		if o != nil {
 			if errors.Is(err, router.ErrNoBackend) {
@@ -230,6 +265,7 @@ func (l *TCPListener) handle(c *tcpConn) {
 				o.Rejected(ReasonConnectFailed)
 			}
 		}
+		closed()
 		if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
 			s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.client.RemoteAddr().String(), "err", err, "suppressed", suppressed)
 		}
@@ -239,36 +275,79 @@ func (l *TCPListener) handle(c *tcpConn) {
 				"duration", time.Since(c.start).Round(time.Microsecond), "end", "no_backend")
 		}
 		c.client.SetLinger(0)
-		return
+		return false
 	}
-	defer b.Release()
-	if !c.setBackend(b, bc) {
+	fail := func() bool {
 		bc.Close()
-		return
+		b.Release()
+		release()
+		closed()
+		return false
+	}
+	if !c.setBackend(b, bc) {
+		return fail()
 	}
 	c.upM, c.downM = meter{be: b, obs: o}, meter{be: b, obs: o, out: true}
 	if err := writeFirst(bc, rt, ci, c.client.LocalAddr(), prefix, &c.upM); err != nil {
 		s.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
-		bc.Close()
-		return
+		return fail()
 	}
-	up, down, how := relay(c.client, bc, rt.IdleTimeout, &c.upM, &c.downM)
-	up += int64(len(prefix))
-	if o != nil {
+	c.rt, c.release, c.prefix = rt, release, int64(len(prefix))
+	c.act = activity{idle: rt.IdleTimeout, bufSize: rt.BufferSize}
+	c.act.arm(c.client, bc)
+	return true
+}
+
+// pump copies one direction. When its source ends cleanly it half-closes
+// the destination (CloseWrite), so the other direction runs on; an error
+// closes both sides. The last pump to finish ends the connection.
+func (c *tcpConn) pump(up bool) {
+	if up {
+		c.upN, c.upErr = copyConn(c.backend, c.client, &c.act, &c.upM)
+		if c.upErr == nil {
+			c.backend.CloseWrite()
+		}
+	} else {
+		c.downN, c.downErr = copyConn(c.client, c.backend, &c.act, &c.downM)
+		if c.downErr == nil {
+			c.client.CloseWrite()
+		}
+	}
+	if (up && c.upErr != nil) || (!up && c.downErr != nil) {
+		c.client.Close()
+		c.backend.Close()
+	}
+	if c.pending.Add(-1) == 0 {
+		c.finish()
+	}
+}
+
+// finish accounts for a relayed connection once both directions ended.
+func (c *tcpConn) finish() {
+	s, rt, b := c.l.srv, c.rt, c.be
+	c.client.Close()
+	c.backend.Close()
+	b.Release()
+	c.release()
+	up, down := c.upN+c.prefix, c.downN
+	how := endReason(c.upErr, c.downErr)
+	if o := rt.Observer; o != nil {
 		o.RequestDone(b, time.Since(c.start), up, down)
+		o.ConnClosed(time.Since(c.start))
 	}
 	if rt.AccessLog {
 		s.log.Info("connection closed", "rule", rt.Name, "client", c.client.RemoteAddr().String(),
 			"backend", b.ID, "backend_addr", b.Address, "bytes_in", up, "bytes_out", down,
 			"duration", time.Since(c.start).Round(time.Microsecond), "end", how)
 	}
+	s.untrackDone(c)
 }
 
 // dialBackend picks a backend and dials it; a failed dial tries the next one
 // the router offers, at most once per backend. The returned backend has been
 // Acquired: the caller must Release it.
 func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Backend, *net.TCPConn, error) {
-	d := net.Dialer{Timeout: rt.ConnectTimeout}
+	d := net.Dialer{Timeout: rt.ConnectTimeout, KeepAlive: -1}
 	o := rt.Observer
 	var lastErr error
 	for range rt.Backends {
@@ -305,42 +384,6 @@ func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Bac
 		lastErr = router.NoBackend(len(rt.Backends))
 	}
 	return nil, nil, lastErr
-}
-
-// relay copies both ways until both directions end, propagating half-close.
-// An error on either side closes both. It returns the bytes sent to the
-// backend (up) and to the client (down) and how the connection ended.
-//
-// upM and downM (nil: not counted) count the bytes of each direction as they
-// move, so that long connections show up in rates while they run.
-func relay(client, server *net.TCPConn, idle time.Duration, upM, downM *meter) (up, down int64, how string) {
-	a := &activity{idle: idle}
-	a.arm(client, server)
-	type result struct {
-		n   int64
-		err error
-	}
-	upc := make(chan result, 1)
-	go func() {
-		n, err := copyConn(server, client, a, upM)
-		if err == nil {
-			server.CloseWrite()
-		} else {
-			client.Close()
-			server.Close()
-		}
-		upc <- result{n, err}
-	}()
-	down, derr := copyConn(client, server, a, downM)
-	if derr == nil {
-		client.CloseWrite()
-	} else {
-		client.Close()
-		server.Close()
-	}
-	r := <-upc
-	server.Close()
-	return r.n, down, endReason(r.err, derr)
 }
 
 func endReason(upErr, downErr error) string {
