@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -216,4 +217,61 @@ func idleConns(addr string, n int) ([]net.Conn, error) {
 		c.SetDeadline(time.Time{})
 	}
 	return conns, nil
+}
+
+// sinkServe accepts TCP connections and discards what they send.
+func sinkServe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}()
+	}
+}
+
+// clientHello returns the first bytes a TLS client sends for serverName.
+func clientHello(serverName string) []byte {
+	a, b := net.Pipe()
+	go func() {
+		tls.Client(a, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
+		a.Close()
+	}()
+	b.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16384)
+	n, _ := b.Read(buf)
+	b.Close()
+	return buf[:n]
+}
+
+// bulkSend writes prefix then as much data as it can for d, and returns
+// the bytes written.
+func bulkSend(addr string, prefix []byte, d time.Duration) (int64, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if _, err := c.Write(prefix); err != nil {
+		return 0, err
+	}
+	chunk := make([]byte, 256<<10)
+	var total int64
+	end := time.Now().Add(d)
+	c.SetWriteDeadline(end)
+	for time.Now().Before(end) {
+		n, err := c.Write(chunk)
+		total += int64(n)
+		if err != nil {
+			break
+		}
+	}
+	return total, nil
 }

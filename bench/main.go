@@ -29,7 +29,7 @@ var (
 	flagOut    = flag.String("out", "docs/BENCHMARKS.md", "report file")
 	flagQuick  = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
 	flagOnly   = flag.String("only", "", "comma-separated scenarios to run (default all)")
-	flagMode   = flag.String("mode", "", "internal: echo")
+	flagMode   = flag.String("mode", "", "internal: echo or sink")
 	flagListen = flag.String("listen", "", "internal: echo listen address")
 	flagDP     = flag.String("dp", "", "dynamic-proxy binary (default: build it)")
 	flagDPUDP  = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
@@ -37,6 +37,10 @@ var (
 
 func main() {
 	flag.Parse()
+	if *flagMode == "sink" {
+		fmt.Fprintln(os.Stderr, sinkServe(*flagListen))
+		os.Exit(1)
+	}
 	if *flagMode == "echo" {
 		fmt.Fprintln(os.Stderr, echoServe(*flagListen))
 		os.Exit(1)
@@ -53,6 +57,7 @@ type sample map[string]float64
 type scenario struct {
 	name    string
 	udpOnly bool
+	dpOnly  bool // only dynamic-proxy has the rules it needs
 	metrics []metric
 	run     func(t *target) (sample, error)
 }
@@ -192,8 +197,35 @@ func scenarios() []scenario {
 		{name: "redis-get", metrics: rt[:4], run: redis},
 		{name: "udp-20000/s", udpOnly: true, metrics: rt, run: udpRun(20000, 64, dur(4*time.Second, 2*time.Second))},
 		{name: "udp-saturation", udpOnly: true, metrics: rt, run: udpRun(0, 16, dur(3*time.Second, 1*time.Second))},
+		{name: "bulk-sni", dpOnly: true, metrics: []metric{{"sni_gbps", "SNI-routed Gbit/s", true}, {"plain_gbps", "plain Gbit/s", true},
+			{"sni_cpu_ms_per_gb", "SNI CPU ms/GB", false}, {"plain_cpu_ms_per_gb", "plain CPU ms/GB", false}}, run: sniBulk},
 		{name: "idle-5000", metrics: []metric{{"fds_per_conn", "fds/conn", false}, {"rss_kb_per_conn", "RSS kB/conn", false}, {"slab_kb_per_conn", "slab kB/conn (whole system)", false}}, run: idle},
 	}
+}
+
+// sniBulk streams through the same dynamic-proxy twice: through a plain rule
+// and through a rule chosen by SNI after a peek, to show the peek costs the
+// stream nothing once splicing resumes.
+func sniBulk(t *target) (sample, error) {
+	s := sample{}
+	hello := clientHello("bench.example")
+	d := dur(4*time.Second, 2*time.Second)
+	for _, k := range []struct {
+		key    string
+		port   int
+		prefix []byte
+	}{{"plain", t.base + 4, hello}, {"sni", t.base + 5, hello}} {
+		c0 := cpuSeconds(t.pid())
+		start := time.Now()
+		n, err := bulkSend(fmt.Sprintf("127.0.0.1:%d", k.port), k.prefix, d)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", k.key, err)
+		}
+		el := time.Since(start).Seconds()
+		s[k.key+"_gbps"] = float64(n) * 8 / el / 1e9
+		s[k.key+"_cpu_ms_per_gb"] = (cpuSeconds(t.pid()) - c0) / (float64(n) / 1e9) * 1000
+	}
+	return s, nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -267,6 +299,7 @@ func run() error {
 	for _, argv := range [][]string{
 		{"iperf3", "-s", "-p", strconv.Itoa(portIperf)},
 		{self, "-mode", "echo", "-listen", fmt.Sprintf("127.0.0.1:%d", portEcho)},
+		{self, "-mode", "sink", "-listen", fmt.Sprintf("127.0.0.1:%d", portSink)},
 		{"redis-server", "--port", strconv.Itoa(portRedis), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir},
 	} {
 		p, err := start(filepath.Base(argv[0])+"-backend", dir, argv...)
@@ -310,7 +343,7 @@ func run() error {
 		for _, sc := range scs {
 			for i := range targets {
 				t := targets[(i+round)%len(targets)] // rotate the order every round
-				if sc.udpOnly && !t.udp {
+				if sc.udpOnly && !t.udp || sc.dpOnly && t.name != "dynamic-proxy" {
 					continue
 				}
 				s, err := sc.run(t)

@@ -103,7 +103,7 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 		directSt, hasDirect := summarize(res["direct"], head.key)
 		_, peerBest, hasPeer := bestPeer(res, head)
 		for _, t := range targets {
-			if sc.udpOnly && !t.udp {
+			if sc.udpOnly && !t.udp || sc.dpOnly && t.name != "dynamic-proxy" {
 				continue
 			}
 			if e := errs[sc.name][t.name]; e != "" && len(res[t.name]) == 0 {

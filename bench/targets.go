@@ -15,6 +15,7 @@ const (
 	portIperf = 21001
 	portEcho  = 21002 // TCP and UDP
 	portRedis = 21003
+	portSink  = 21004 // discards everything (bulk-sni)
 )
 
 type target struct {
@@ -68,13 +69,17 @@ func startDP(t *target, dir, bin string, metrics bool) error {
 	for _, r := range []struct {
 		name, proto  string
 		off, backend int
-	}{{"iperf", "tcp", 1, portIperf}, {"echo", "tcp", 2, portEcho}, {"redis", "tcp", 3, portRedis}, {"echo_udp", "udp", 2, portEcho}} {
+	}{{"iperf", "tcp", 1, portIperf}, {"echo", "tcp", 2, portEcho}, {"redis", "tcp", 3, portRedis}, {"echo_udp", "udp", 2, portEcho}, {"sink", "tcp", 4, portSink}} {
 		if r.proto == "udp" && !*flagDPUDP {
 			continue
 		}
 		fmt.Fprintf(&b, "[[rules]]\nname = %q\nprotocol = %q\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\ntype = \"port\"\nport = %d\n",
 			r.name, r.proto, r.backend, t.base+r.off)
 	}
+	// The same sink behind an SNI matcher: the proxy peeks at the
+	// ClientHello, replays it, then splices (bulk-sni).
+	fmt.Fprintf(&b, "[[rules]]\nname = \"sink_sni\"\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\nall = [ { type = \"port\", port = %d }, { type = \"sni\", names = [\"bench.example\"] } ]\n",
+		portSink, t.base+5)
 	cfg := filepath.Join(dir, t.name+".toml")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		return err
