@@ -53,10 +53,12 @@ type Server struct {
 	MaxConnections int `toml:"max_connections"`
 	// ConnectionTimeout bounds each backend dial. Default 10s.
 	ConnectionTimeout Duration `toml:"connection_timeout"`
-	// BufferSize is the size in bytes of each copy buffer used where the
-	// kernel's splice(2) cannot be (non-Linux systems). UDP does not use
-	// it: a datagram must be read whole, so UDP buffers are always 64 KiB,
-	// the largest datagram there is. Default 8192, range 1024–1048576.
+	// BufferSize is the size in bytes of the pooled buffer each burst of TCP
+	// data is first read into: a burst that fits (a request, a reply) costs
+	// one read and one write; a burst that fills it continues by splice(2)
+	// without copying. The buffer is held only while data moves. UDP does
+	// not use it: a datagram must be read whole, so UDP buffers are always
+	// 64 KiB, the largest datagram there is. Default 8192, range 1024–1048576.
 	BufferSize int `toml:"buffer_size"`
 	// IdleTimeout ends a connection with no traffic in either direction for
 	// this long. 0 disables it. Default 10m (nginx's proxy_timeout).
@@ -69,6 +71,7 @@ type Server struct {
 	// run until they end.
 	DrainTimeout Duration `toml:"drain_timeout"`
 	// WatchConfig reloads the config when its file changes. Default true.
+	// Read at start-up only.
 	WatchConfig bool `toml:"watch_config"`
 	// PeekTimeout bounds the wait for what a listener reads before routing:
 	// a PROXY header, or the TLS ClientHello / HTTP request head that sni,
@@ -95,8 +98,9 @@ type Redis struct {
 	KeyPrefix         string   `toml:"key_prefix"`         // Default "dynamic-proxy:".
 	// WatchConfig makes the instance take its config from Redis (the
 	// version stored by "dynamic-proxy config push") instead of this file;
-	// [redis], [admin], [metrics], server.tcp_bind and server.udp_bind stay
-	// this file's. Default false. Also set by --config-from-redis.
+	// [redis], [admin], [metrics], server.tcp_bind, server.udp_bind and
+	// server.watch_config stay this file's. Default false. Also set by
+	// --config-from-redis.
 	WatchConfig bool `toml:"watch_config"`
 	// CacheFile is where the last dynamic state read from Redis is kept
 	// (written atomically on every change), so that an instance started

@@ -103,6 +103,9 @@ func Diff(old, next *Config) Change {
 		if old.Logging.Format != next.Logging.Format {
 			ch.RestartNeeded = append(ch.RestartNeeded, "logging.format")
 		}
+		if old.Server.WatchConfig != next.Server.WatchConfig {
+			ch.RestartNeeded = append(ch.RestartNeeded, "server.watch_config")
+		}
 		if !reflect.DeepEqual(old.Redis, next.Redis) { // the fleet connection is made at start-up
 			ch.RestartNeeded = append(ch.RestartNeeded, "[redis]")
 		}

@@ -74,6 +74,7 @@ type Metrics struct {
 	bytes       *prometheus.CounterVec   // rule, protocol, direction
 
 	beRequests   *prometheus.CounterVec   // rule, backend, result
+	beEnded      *prometheus.CounterVec   // rule, backend, end
 	beResponse   *prometheus.HistogramVec // rule, backend
 	healthChecks *prometheus.CounterVec   // rule, backend, result
 
@@ -134,6 +135,9 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		beRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "backend_requests_total", Help: "Attempts to reach a backend: TCP connects, UDP datagrams sent; result success, error or timeout."},
 			[]string{"rule", "backend", "result"}),
+		beEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "connections_ended_total", Help: "Proxied TCP connections that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream) or closed (by a drain or shutdown)."},
+			[]string{"rule", "backend", "end"}),
 		beResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
 			Name: "backend_response_seconds", Help: "TCP: time to connect to the backend. UDP: time from a client datagram to the backend's first reply.", Buckets: ResponseBuckets}, rb),
 		healthChecks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
@@ -160,7 +164,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 
 	cs := []prometheus.Collector{m.connActive, m.connTotal, m.connDuration, m.connRejected,
 		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
-		m.beRequests, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
+		m.beRequests, m.beEnded, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
 		m.reloads, m.lastReload, buildInfo, &stateCollector{m}}
 	if withRuntime {
 		cs = append(cs, newGoCollector(), newProcessCollector())
@@ -207,10 +211,11 @@ func (m *Metrics) HealthChecked(h *backend.Health, ok bool) {
 	}
 }
 
-// Unrouted counts traffic that matched no rule (proxy.UnroutedObserver):
-// connections_rejected_total{rule="",reason="no_rule"}.
-func (m *Metrics) Unrouted(protocol string) {
-	m.connRejected.WithLabelValues("", protocol, proxy.ReasonNoRule.String()).Inc()
+// Unrouted counts traffic refused before any rule was chosen
+// (proxy.UnroutedObserver): connections_rejected_total{rule=""} with the
+// reason — no_rule, or a PROXY header or client problem met before routing.
+func (m *Metrics) Unrouted(protocol string, r proxy.Reason) {
+	m.connRejected.WithLabelValues("", protocol, r.String()).Inc()
 }
 
 // Observer returns the observer for rt, with every series of the route and
@@ -248,6 +253,13 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 			timeout:   m.beRequests.WithLabelValues(rule, b.ID, ResultTimeout),
 			response:  m.beResponse.WithLabelValues(rule, b.ID),
 			selection: m.selections.WithLabelValues(rule, rt.RouterName, rt.Plugin, b.ID),
+		}
+		if proto == "tcp" {
+			bo := o.backends[b]
+			bo.ended = make(map[string]prometheus.Counter, len(proxy.Ends))
+			for _, end := range proxy.Ends {
+				bo.ended[end] = m.beEnded.WithLabelValues(rule, b.ID, end)
+			}
 		}
 		m.healthChecks.WithLabelValues(rule, b.ID, CheckSuccess)
 		m.healthChecks.WithLabelValues(rule, b.ID, CheckFailure)
@@ -294,7 +306,7 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 			continue
 		}
 		l := prometheus.Labels{"rule": k[0], "backend": k[1]}
-		for _, v := range []*prometheus.MetricVec{m.beRequests.MetricVec, m.beResponse.MetricVec, m.healthChecks.MetricVec, m.selections.MetricVec} {
+		for _, v := range []*prometheus.MetricVec{m.beRequests.MetricVec, m.beEnded.MetricVec, m.beResponse.MetricVec, m.healthChecks.MetricVec, m.selections.MetricVec} {
 			v.DeletePartialMatch(l)
 		}
 	}
@@ -355,11 +367,15 @@ type routeObserver struct {
 
 type backendObserver struct {
 	success, failed, timeout prometheus.Counter
+	ended                    map[string]prometheus.Counter // TCP: by proxy.Ends; read-only once built
 	response                 prometheus.Observer
 	selection                prometheus.Counter
 }
 
-var _ proxy.Observer = (*routeObserver)(nil)
+var (
+	_ proxy.Observer    = (*routeObserver)(nil)
+	_ proxy.EndObserver = (*routeObserver)(nil)
+)
 
 func (o *routeObserver) ConnOpened() {
 	o.connTotal.Inc()
@@ -415,6 +431,15 @@ func (o *routeObserver) RequestDone(_ *backend.Backend, d time.Duration, in, out
 	o.reqDuration.Observe(d.Seconds())
 	o.reqSize.Observe(float64(in))
 	o.respSize.Observe(float64(out))
+}
+
+// Ended counts how a proxied TCP connection to b ended (proxy.EndObserver).
+func (o *routeObserver) Ended(b *backend.Backend, end string) {
+	if bo := o.backends[b]; bo != nil {
+		if c := bo.ended[end]; c != nil {
+			c.Inc()
+		}
+	}
 }
 
 func (o *routeObserver) Datagram(b *backend.Backend, n int, err error) {

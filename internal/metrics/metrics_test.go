@@ -281,7 +281,7 @@ func TestEveryFamilyLintsClean(t *testing.T) {
 	rt := route("web", "tcp", "round_robin", "round_robin", b)
 	o := m.Observer(rt)
 	m.Retain([]*proxy.Route{rt})
-	m.Unrouted("tcp")
+	m.Unrouted("tcp", proxy.ReasonNoRule)
 	m.ReloadResult(nil)
 	m.ReloadResult(errors.New("bad"))
 	o.ConnOpened()
@@ -300,7 +300,7 @@ func TestEveryFamilyLintsClean(t *testing.T) {
 	sort.Strings(names)
 	want := []string{"backend_connections_active", "backend_requests_total", "backend_response_seconds", "backend_up",
 		"build_info", "bytes_total", "config_last_reload_success_timestamp_seconds", "config_reloads_total",
-		"connection_duration_seconds", "connections_active", "connections_rejected_total", "connections_total",
+		"connection_duration_seconds", "connections_active", "connections_ended_total", "connections_rejected_total", "connections_total",
 		"health_checks_total", "request_duration_seconds", "request_size_bytes", "requests_total",
 		"response_size_bytes", "router_errors_total", "router_selections_total"}
 	for i := range want {

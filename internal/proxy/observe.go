@@ -51,10 +51,23 @@ type Observer interface {
 	Reply(b *backend.Backend, n int, rtt time.Duration)
 }
 
+// EndObserver is an optional extension of Observer: Ended tells how a
+// proxied TCP connection to b ended, once per RequestDone. end is one of
+// Ends.
+type EndObserver interface {
+	Ended(b *backend.Backend, end string)
+}
+
+// Ends are the ways a proxied TCP connection ends, as the access log's end
+// field and EndObserver say: eof (both sides finished), idle_timeout,
+// client_error or backend_error (that side reset or failed, e.g. a backend
+// reset mid-stream), closed (closed by the proxy: a drain or a shutdown).
+var Ends = []string{"eof", "idle_timeout", "client_error", "backend_error", "closed"}
+
 // UnroutedObserver counts what arrives on a listener but matches no rule,
 // so it has no route (and no Observer) to be counted on.
 type UnroutedObserver interface {
-	Unrouted(protocol string)
+	Unrouted(protocol string, r Reason)
 }
 
 // Reason says why a connection or datagram was not proxied. Its String is
@@ -110,9 +123,9 @@ func (s *Server) SetUnroutedObserver(o UnroutedObserver) {
 	s.unrouted.Store(&o)
 }
 
-func (s *Server) observeUnrouted(protocol string) {
+func (s *Server) observeUnrouted(protocol string, r Reason) {
 	if o := s.unrouted.Load(); o != nil {
-		(*o).Unrouted(protocol)
+		(*o).Unrouted(protocol, r)
 	}
 }
 

@@ -81,13 +81,12 @@ func (l *TCPListener) serve() {
 			if l.closed.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// EMFILE, ENFILE, ENOBUFS…: back off instead of spinning, and say so once.
-			if backoff == 0 {
-				backoff = 5 * time.Millisecond
-			} else if backoff *= 2; backoff > time.Second {
-				backoff = time.Second
-			}
-			if !failing {
+			// EMFILE, ENFILE, ENOBUFS…: back off instead of spinning, and
+			// say so once per episode (exhaust.go), not once per attempt.
+			backoff = nextBackoff(backoff)
+			if resourceError(err) {
+				s.exhaust.failed(s.log, false, l.Addr().String(), err)
+			} else if !failing {
 				s.log.Error("accept failed; backing off until it succeeds", "listener", l.Addr().String(), "err", err)
 				failing = true
 			}
@@ -151,6 +150,7 @@ type tcpConn struct {
 
 	// Set before the two copiers start; read by the last one to finish.
 	rt      *Route
+	peer    string // the client as logged: the PROXY header's source when trusted
 	release func() // access control slot
 	prefix  int64  // client bytes read before routing and replayed
 	act     activity
@@ -171,6 +171,12 @@ func (c *tcpConn) setBackend(be *backend.Backend, b *net.TCPConn) bool {
 	}
 	c.be, c.backend = be, b
 	return true
+}
+
+func (c *tcpConn) isForced() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.forced
 }
 
 func (c *tcpConn) forceClose() {
@@ -208,7 +214,7 @@ func (c *tcpConn) connect() bool {
 	routes := l.Routes()
 	if len(routes) == 0 {
 		s.Stats.NoRoute.Add(1)
-		s.observeUnrouted("tcp")
+		s.observeUnrouted("tcp", ReasonNoRule)
 		s.log.Debug("no rule matches connection; closing", "listener", l.Addr().String(), "client", c.client.RemoteAddr().String())
 		return false
 	}
@@ -224,15 +230,12 @@ func (c *tcpConn) connect() bool {
 			reason = ReasonClientError
 		}
 		s.Stats.NoRoute.Add(1)
-		if o := routes[0].Observer; o != nil {
-			o.ConnOpened()
-			o.Rejected(reason)
-			o.ConnClosed(time.Since(c.start))
-		}
+		s.observeUnrouted("tcp", reason)
 		s.log.Debug("connection closed before routing", "listener", l.Addr().String(), "client", ci.Client.String(), "reason", reason, "err", err)
 		c.client.SetLinger(0)
 		return false
 	}
+	c.peer = ci.Client.String()
 	o := rt.Observer
 	if o != nil {
 		o.ConnOpened()
@@ -254,7 +257,7 @@ func (c *tcpConn) connect() bool {
 		return false
 	}
 	req := router.Request{Client: ci.Client}
-	b, bc, err := dialBackend(rt, &req, s.log)
+	b, bc, err := dialBackend(rt, &req, s.log, &s.exhaust, c.isForced)
 	if err != nil {
 		release()
 		s.Stats.NoBackend.Add(1)
@@ -267,10 +270,10 @@ func (c *tcpConn) connect() bool {
 		}
 		closed()
 		if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
-			s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.client.RemoteAddr().String(), "err", err, "suppressed", suppressed)
+			s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.peer, "err", err, "suppressed", suppressed)
 		}
 		if rt.AccessLog { // every closed connection, including this one
-			s.log.Info("connection closed", "rule", rt.Name, "client", c.client.RemoteAddr().String(),
+			s.log.Info("connection closed", "rule", rt.Name, "client", c.peer,
 				"backend", "", "backend_addr", "", "bytes_in", int64(0), "bytes_out", int64(0),
 				"duration", time.Since(c.start).Round(time.Microsecond), "end", "no_backend")
 		}
@@ -333,10 +336,13 @@ func (c *tcpConn) finish() {
 	how := endReason(c.upErr, c.downErr)
 	if o := rt.Observer; o != nil {
 		o.RequestDone(b, time.Since(c.start), up, down)
+		if eo, ok := o.(EndObserver); ok {
+			eo.Ended(b, how)
+		}
 		o.ConnClosed(time.Since(c.start))
 	}
 	if rt.AccessLog {
-		s.log.Info("connection closed", "rule", rt.Name, "client", c.client.RemoteAddr().String(),
+		s.log.Info("connection closed", "rule", rt.Name, "client", c.peer,
 			"backend", b.ID, "backend_addr", b.Address, "bytes_in", up, "bytes_out", down,
 			"duration", time.Since(c.start).Round(time.Microsecond), "end", how)
 	}
@@ -344,9 +350,12 @@ func (c *tcpConn) finish() {
 }
 
 // dialBackend picks a backend and dials it; a failed dial tries the next one
-// the router offers, at most once per backend. The returned backend has been
+// the router offers, at most once per backend. A dial that failed for want
+// of descriptors here (exhaust.go) is not the backend's fault: it waits and
+// dials the same backend again until connection_timeout, unless gone says
+// the connection was closed meanwhile. The returned backend has been
 // Acquired: the caller must Release it.
-func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Backend, *net.TCPConn, error) {
+func dialBackend(rt *Route, req *router.Request, log *slog.Logger, ex *exhaustion, gone func() bool) (*backend.Backend, *net.TCPConn, error) {
 	d := net.Dialer{Timeout: rt.ConnectTimeout, KeepAlive: -1}
 	o := rt.Observer
 	var lastErr error
@@ -368,6 +377,19 @@ func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Bac
 		}
 		b.Acquire()
 		c, err := d.DialContext(context.Background(), "tcp", b.Address)
+		for backoff, start := time.Duration(0), time.Now(); err != nil && resourceError(err); {
+			ex.failed(log, true, rt.Name+"/"+b.ID, err)
+			if backoff = nextBackoff(backoff); time.Since(start)+backoff >= rt.ConnectTimeout || gone() {
+				break
+			}
+			time.Sleep(backoff)
+			d.Timeout = rt.ConnectTimeout - time.Since(start)
+			c, err = d.DialContext(context.Background(), "tcp", b.Address)
+		}
+		if err != nil && resourceError(err) {
+			b.Release() // still short of descriptors: not the backend's fault
+			return nil, nil, err
+		}
 		if o != nil {
 			o.Connected(b, time.Since(t0), err)
 		}
@@ -386,15 +408,25 @@ func dialBackend(rt *Route, req *router.Request, log *slog.Logger) (*backend.Bac
 	return nil, nil, lastErr
 }
 
+// dstError marks an error of copyConn that came from writing to its
+// destination rather than reading its source, so that endReason blames the
+// right side: the client→backend copy failing to write means the backend
+// failed (a reset mid-stream), not the client.
+type dstError struct{ error }
+
+func (e dstError) Unwrap() error { return e.error }
+
 func endReason(upErr, downErr error) string {
 	for _, e := range []struct {
-		err  error
-		side string
-	}{{upErr, "client"}, {downErr, "backend"}} {
+		err        error
+		side, peer string // whose fault an error reading (side) or writing (peer) is
+	}{{upErr, "client", "backend"}, {downErr, "backend", "client"}} {
 		switch {
 		case e.err == nil, errors.Is(e.err, net.ErrClosed):
 		case errors.Is(e.err, os.ErrDeadlineExceeded):
 			return "idle_timeout"
+		case errors.As(e.err, new(dstError)):
+			return e.peer + "_error"
 		default:
 			return e.side + "_error"
 		}

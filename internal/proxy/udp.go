@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -608,6 +609,10 @@ func (l *udpShard) sessionFor(i int) *udpSession {
 		return nil
 	}
 	client := sockaddrAddrPort(&b.names[i])
+	if !client.IsValid() { // not an IPv4 or IPv6 source: nothing to answer
+		l.st.sendErr++
+		return nil
+	}
 	s := l.sessions[client]
 	if s == nil || s.fd < 0 {
 		s = l.newSession(client, s, i)
@@ -704,7 +709,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	switch {
 	case len(routes) == 0:
 		l.st.noRoute++
-		l.srv.observeUnrouted("udp")
+		l.srv.observeUnrouted("udp", ReasonNoRule)
 		return nil
 	case l.ln.closed.Load():
 		l.st.shutdown++
@@ -735,7 +740,10 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now}
 	if prev != nil {
 		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
-		s.tried = append(prev.tried, prev.b)
+		s.tried = prev.tried
+		if !slices.Contains(s.tried, prev.b) { // at most one entry per backend
+			s.tried = append(s.tried, prev.b)
+		}
 	} else {
 		s.sa, s.salen = l.b.names[i], l.b.nlen[i]
 		if local, ifindex, ok := parsePktinfo(l.b.oob[i][:l.b.clen[i]]); ok {
@@ -898,7 +906,7 @@ func (l *udpShard) readBackend(fd int) {
 				l.st.oversize++
 				continue
 			}
-			if max := s.route.MaxResponses; max > 0 && s.responses >= max {
+			if limit := s.route.MaxResponses; limit > 0 && s.responses >= limit {
 				l.st.maxResp++
 				continue
 			}
@@ -938,7 +946,7 @@ func (l *udpShard) readBackend(fd int) {
 			b.n++
 		}
 		l.touch(s)
-		if max := s.route.MaxResponses; max > 0 && s.responses >= max {
+		if limit := s.route.MaxResponses; limit > 0 && s.responses >= limit {
 			l.end(s, "max_responses")
 			return
 		}

@@ -29,8 +29,9 @@ type Reloader struct {
 	// (for metrics).
 	Result func(err error)
 
-	mu   sync.Mutex
-	hash [32]byte // of the file content last applied
+	mu     sync.Mutex
+	hash   [32]byte // of the file content last applied
+	failed [32]byte // of the content that last failed to apply
 }
 
 // Seed records the content of the config the engine started with, so that a
@@ -50,8 +51,9 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	data, err := os.ReadFile(r.Path)
-	if err == nil && onlyIfChanged && sha256.Sum256(data) == r.hash {
-		return nil
+	sum := sha256.Sum256(data)
+	if err == nil && onlyIfChanged && (sum == r.hash || sum == r.failed) {
+		return nil // unchanged, or the same invalid content as last time (logged then)
 	}
 	var cfg *config.Config
 	if err == nil {
@@ -69,10 +71,13 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 		r.Result(err)
 	}
 	if err != nil {
+		if data != nil {
+			r.failed = sum
+		}
 		r.Log.Error("reload failed; still serving the previous config", "trigger", trigger, "err", err.Error())
 		return err
 	}
-	r.hash = sha256.Sum256(data)
+	r.hash, r.failed = sum, [32]byte{}
 	for _, w := range cfg.Warnings {
 		r.Log.Warn("config warning", "problem", w.String())
 	}
