@@ -75,6 +75,7 @@ type Server struct {
 	wg        sync.WaitGroup // one per connection handler and accept loop
 
 	noBackendLog rateLimit
+	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
 	unrouted     atomic.Pointer[UnroutedObserver] // metrics of unmatched traffic (observe.go)
 	udpLimitLog  rateLimit
 }
@@ -99,6 +100,7 @@ func (s *Server) Active() int64 { return s.Stats.Active.Load() }
 // until ctx ends, then closes the rest and waits for their handlers. It
 // returns ctx.Err() when connections had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.exhaust.stop()
 	s.mu.Lock()
 	s.closing = true
 	ls := make([]Listener, 0, len(s.listeners))

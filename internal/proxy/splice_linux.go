@@ -134,7 +134,7 @@ func spliceCopy(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
 		werr := writeAll(dst, (*bp)[:n], a)
 		putBuf(bp)
 		if werr != nil {
-			return total, werr
+			return total, dstError{werr}
 		}
 		total += int64(n)
 		m.add(int64(n))
@@ -252,11 +252,11 @@ func spliceBurst(dstRC, srcRC syscall.RawConn, dst *net.TCPConn, a *activity, m 
 					continue
 				}
 				p.close()
-				return total, werr
+				return total, dstError{werr}
 			}
 			if oerr != nil {
 				p.close()
-				return total, os.NewSyscallError("splice", oerr)
+				return total, dstError{os.NewSyscallError("splice", oerr)}
 			}
 			in -= out
 			total += out
