@@ -331,3 +331,75 @@ func TestReloadSIGHUPAndRejectedWhole(t *testing.T) {
 		t.Fatalf("after good edit: %q %v", name, err)
 	}
 }
+
+// TestReloadKeepsLeastConnectionCounts: a reload that does not touch a
+// rule's backends keeps their open-connection counts (Traefik loses them on
+// every reload), so least_connections keeps balancing by the real load.
+func TestReloadKeepsLeastConnectionCounts(t *testing.T) {
+	a, b := StartEcho(t, "a"), StartEcho(t, "b")
+	port, other := FreePort(t), FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	base := fmt.Sprintf("[server]\ntcp_bind = \"127.0.0.1:%d\"\nwatch_config = false\n[[rules]]\nname = \"lc\"\nrouter = \"least_connections\"\n[[rules.backends]]\nid = \"a\"\naddress = %q\n[[rules.backends]]\nid = \"b\"\naddress = %q\n", port, a.Addr, b.Addr)
+	cfgPath := WriteConfig(t, base)
+	p := Start(t, cfgPath)
+
+	// Hold four connections: least_connections spreads them 2/2.
+	held := map[string][]net.Conn{}
+	for i := 0; i < 4; i++ {
+		c, err := net.DialTimeout("tcp", addr, Deadline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(Deadline))
+		name, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		name = strings.TrimSpace(name)
+		held[name] = append(held[name], c)
+		t.Cleanup(func() { c.Close() })
+	}
+	if len(held["a"]) != 2 || len(held["b"]) != 2 {
+		t.Fatalf("held connections spread %d/%d, want 2/2", len(held["a"]), len(held["b"]))
+	}
+	// Close b's two: now a has 2 open, b has 0.
+	for _, c := range held["b"] {
+		c.Close()
+	}
+	// An unrelated change (a new rule) reloads the config.
+	if err := os.WriteFile(cfgPath, []byte(WithFreeObservePorts(base+fmt.Sprintf("[[rules]]\nname = \"other\"\n[[rules.backends]]\nid = \"x\"\naddress = %q\n[rules.matcher]\ntype = \"port\"\nport = %d\n", a.Addr, other))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Signal(syscall.SIGHUP)
+	p.WaitLog("config reloaded", "version=2")
+	// The proxy sees b's connections end asynchronously: wait until a new
+	// connection lands on b, then check the next one does too. With counts
+	// lost on reload (0/0) the two would alternate a, b.
+	deadline := time.Now().Add(Deadline)
+	for {
+		name, err := Greeting(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "b" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new connections never went to the idle backend b")
+		}
+	}
+	var next []string
+	for i := 0; i < 2; i++ {
+		c, err := net.DialTimeout("tcp", addr, Deadline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(Deadline))
+		name, _ := bufio.NewReader(c).ReadString('\n')
+		next = append(next, strings.TrimSpace(name))
+	}
+	if next[0] != "b" || next[1] != "b" {
+		t.Fatalf("after the reload, held connections went to %v; want b, b (a still has 2 open)", next)
+	}
+}
