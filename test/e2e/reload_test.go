@@ -147,7 +147,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		}
 	}()
 
-	routers := []string{"round_robin", "round_robin"}
+	routers := []string{"round_robin", "weighted", "least_connections", "random", "hash"}
 	var worst time.Duration
 	for i := 1; i <= 50; i++ {
 		if i == 25 {
