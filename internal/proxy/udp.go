@@ -15,6 +15,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
@@ -67,7 +68,8 @@ type UDPStats struct {
 	// Datagrams dropped, by reason.
 	DroppedMaxSessions atomic.Int64 // a new client beyond max_sessions
 	DroppedOversize    atomic.Int64 // larger than the buffer or the path (EMSGSIZE)
-	DroppedNoRoute     atomic.Int64 // a listener without rules
+	DroppedNoRoute     atomic.Int64 // no rule of the listener matched the client
+	DroppedDenied      atomic.Int64 // refused by the rule's access control (allow/deny, per-IP limits)
 	DroppedNoBackend   atomic.Int64 // no usable backend for a new session
 	DroppedShutdown    atomic.Int64 // a new client while the listener drains
 	DroppedSendError   atomic.Int64 // a send failed (socket buffer full, unreachable…)
@@ -158,6 +160,8 @@ type udpSession struct {
 	tried []*backend.Backend // backends that refused this client (tombstone)
 
 	obs                      Observer // the route's metrics hooks; nil: off
+	release                  func()   // the access control slot, given back when the socket closes
+	proxyHdr                 []byte   // PROXY v2 header sent before each datagram (proxy_protocol = "v2")
 	start                    int64
 	last                     int64
 	request                  int64 // when the client datagram not yet answered was forwarded; 0: none
@@ -184,9 +188,9 @@ type batch struct {
 
 // localStats are counted by the loop and added to the Server's once per turn.
 type localStats struct {
-	in, out, inB, outB                                       int64
-	maxSess, oversize, noRoute, noBackend, shutdown, sendErr int64
-	maxResp                                                  int64
+	in, out, inB, outB                                               int64
+	maxSess, oversize, noRoute, noBackend, shutdown, sendErr, denied int64
+	maxResp                                                          int64
 }
 
 const (
@@ -627,8 +631,12 @@ func (l *udpShard) forwardRun(s *udpSession, from, to int) {
 	switch {
 	case s == nil || from == to:
 		return
-	case to-from == 1:
-		l.forward(s, b.bufs[from][:b.hs[from].Len], true)
+	case to-from == 1, s.proxyHdr != nil: // a PROXY header goes before each datagram: one by one
+		for i := from; i < to; i++ {
+			if cur := l.sessionFor(i); cur != nil {
+				l.forward(cur, b.bufs[i][:b.hs[i].Len], true)
+			}
+		}
 		return
 	}
 	for i := from; i < to; i++ {
@@ -657,7 +665,12 @@ func (l *udpShard) forwardRun(s *udpSession, from, to int) {
 // forward sends p on the session's backend socket. A refusal pending on the
 // socket ends the session, and the datagram opens a new one once.
 func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
-	e := send(s.fd, p)
+	var e unix.Errno
+	if s.proxyHdr != nil {
+		e = sendWithHeader(s.fd, s.proxyHdr, p)
+	} else {
+		e = send(s.fd, p)
+	}
 	switch e {
 	case 0:
 		l.forwarded(s, len(p))
@@ -720,11 +733,27 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		}
 		return nil
 	}
-	rt := routes[0]
+	rt := firstMatch(routes, &ConnInfo{Client: client})
+	if rt == nil { // no source/any matcher of the listener's rules matched
+		l.st.noRoute++
+		l.srv.observeUnrouted("udp", ReasonNoRule)
+		return nil
+	}
+	release, reason := rt.Access.Admit(client.Addr())
+	if reason != ReasonNone {
+		l.st.denied++
+		if o := rt.Observer; o != nil {
+			o.ConnOpened()
+			o.Rejected(reason)
+			o.ConnClosed(0)
+		}
+		return nil
+	}
 	// Reserve a place among the listener's sessions (all shards share
 	// max_sessions); give it back if the session does not open.
 	if n := l.ln.live.Add(1); rt.MaxSessions > 0 && n > int64(rt.MaxSessions) {
 		l.ln.live.Add(-1)
+		release()
 		l.st.maxSess++
 		if o := rt.Observer; o != nil {
 			o.ConnOpened()
@@ -737,7 +766,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		}
 		return nil
 	}
-	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now}
+	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release}
 	if prev != nil {
 		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
 		s.tried = prev.tried
@@ -756,6 +785,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	b, fd, err := l.connectBackend(rt, client, s.tried)
 	if err != nil {
 		l.ln.live.Add(-1)
+		release()
 		l.st.noBackend++
 		if s.obs != nil {
 			if errors.Is(err, router.ErrNoBackend) {
@@ -773,6 +803,13 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	}
 	s.b, s.fd = b, fd
 	b.Acquire()
+	if rt.SendProxy == 2 {
+		if prev != nil && prev.proxyHdr != nil {
+			s.proxyHdr = prev.proxyHdr
+		} else if i >= 0 {
+			s.proxyHdr = l.proxyHeader(client, l.b.oob[i][:l.b.clen[i]])
+		}
+	}
 	if prev != nil {
 		l.remove(prev)
 	}
@@ -1034,6 +1071,10 @@ func (l *udpShard) closeSocket(s *udpSession, reason string) {
 	unix.Close(s.fd) // also leaves the epoll set
 	s.fd = -1
 	s.b.Release()
+	if s.release != nil {
+		s.release()
+		s.release = nil
+	}
 	if s.counted {
 		s.counted = false
 		l.open--
@@ -1170,6 +1211,7 @@ func (l *udpShard) publishStats() {
 	add(&u.DroppedMaxSessions, &st.maxSess)
 	add(&u.DroppedOversize, &st.oversize)
 	add(&u.DroppedNoRoute, &st.noRoute)
+	add(&u.DroppedDenied, &st.denied)
 	add(&u.DroppedNoBackend, &st.noBackend)
 	add(&u.DroppedShutdown, &st.shutdown)
 	add(&u.DroppedSendError, &st.sendErr)
@@ -1330,4 +1372,23 @@ func (l *udpShard) applyResolved() {
 			r.addr, r.err = x.addr, x.err
 		}
 	}
+}
+
+// proxyHeader is the PROXY protocol v2 header (transport DGRAM) telling the
+// backend which client sent a session's datagrams and to which address (from
+// the received datagram's pktinfo, or the listener's address).
+func (l *udpShard) proxyHeader(client netip.AddrPort, oob []byte) []byte {
+	var local netip.AddrPort
+	if a, ok := l.ln.Addr().(*net.UDPAddr); ok {
+		local = a.AddrPort()
+	}
+	if dst, _, ok := parsePktinfo(oob); ok {
+		local = netip.AddrPortFrom(dst, local.Port())
+	}
+	h := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(client), net.UDPAddrFromAddrPort(local))
+	b, err := h.Format()
+	if err != nil {
+		return nil
+	}
+	return b
 }

@@ -159,3 +159,16 @@ func putPktinfo(oob []byte, family int, local netip.Addr, ifindex uint32) int {
 	}
 	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 }
+
+// sendWithHeader sends hdr and p as one datagram (a PROXY v2 header before
+// the payload) without copying them together.
+func sendWithHeader(fd int, hdr, p []byte) unix.Errno {
+	_, err := unix.SendmsgBuffers(fd, [][]byte{hdr, p}, nil, nil, 0)
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(unix.Errno); ok {
+		return e
+	}
+	return unix.EINVAL
+}

@@ -470,3 +470,95 @@ address = %q
 		t.Errorf("backend a with max_connections = 1 got %d concurrent connections (%v)", seen["a"]+1, seen)
 	}
 }
+
+// startUDPProxyProtoBackend answers each datagram with "SRC PAYLOAD", SRC
+// being the source its PROXY v2 header carries ("none" without a header).
+func startUDPProxyProtoBackend(t testing.TB) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			src, payload := "none", buf[:n]
+			br := bufio.NewReader(strings.NewReader(string(buf[:n])))
+			if h, err := proxyproto.Read(br); err == nil {
+				if a, _, ok := h.UDPAddrs(); ok {
+					src = a.IP.String()
+				}
+				rest, _ := io.ReadAll(br)
+				payload = rest
+			}
+			pc.WriteTo([]byte(src+" "+string(payload)), from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+func udpAsk(local, addr, msg string) (string, error) {
+	la, _ := net.ResolveUDPAddr("udp", local+":0")
+	ra, _ := net.ResolveUDPAddr("udp", addr)
+	c, err := net.DialUDP("udp", la, ra)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}
+
+// TestUDPSourceMatchAccessAndProxyV2: UDP sessions are matched by source,
+// refused by access control, and can carry a PROXY v2 header per datagram.
+func TestUDPSourceMatchAccessAndProxyV2(t *testing.T) {
+	be := startUDPProxyProtoBackend(t)
+	port := FreePort(t)
+	cfg := WriteConfig(t, fmt.Sprintf(`
+[server]
+udp_bind = "127.0.0.1:%d"
+[health_check]
+enabled = false
+[[rules]]
+name = "proxied"
+protocol = "udp"
+proxy_protocol = "v2"
+[rules.matcher]
+type = "source"
+cidrs = ["127.0.0.5"]
+[[rules.backends]]
+id = "b"
+address = %q
+[[rules]]
+name = "plain"
+protocol = "udp"
+[rules.access]
+deny = ["127.0.0.9"]
+[rules.matcher]
+type = "any"
+[[rules.backends]]
+id = "b"
+address = %q
+`, port, be, be))
+	Start(t, cfg)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if got, err := udpAsk("127.0.0.5", addr, "hi"); err != nil || got != "127.0.0.5 hi" {
+		t.Errorf("source-matched rule with proxy_protocol v2: %q %v, want \"127.0.0.5 hi\"", got, err)
+	}
+	if got, err := udpAsk("127.0.0.6", addr, "hi"); err != nil || got != "none hi" {
+		t.Errorf("default rule: %q %v, want \"none hi\"", got, err)
+	}
+	if got, err := udpAsk("127.0.0.9", addr, "hi"); err == nil {
+		t.Errorf("denied client got an answer: %q", got)
+	}
+}
