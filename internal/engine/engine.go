@@ -223,6 +223,7 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 			MaxResponses:   r.MaxResponses,
 			MaxSessions:    r.MaxSessions,
 			Match:          compileMatcher(r.Matcher),
+			Needs:          routerNeeds(spec),
 			Listen:         listenOptions(cfg, r),
 			SendProxy:      proxyVersion(r.ProxyProtocol),
 		}

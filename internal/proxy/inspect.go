@@ -45,6 +45,7 @@ func inspect(c *net.TCPConn, routes []*Route) (*Route, ConnInfo, []byte, error) 
 	opts := routes[0].Listen
 	var need Need
 	for _, r := range routes {
+		need |= r.Needs
 		if r.Match != nil {
 			need |= r.Match.Needs()
 		}

@@ -23,7 +23,7 @@ func TestPluginConfigErrors(t *testing.T) {
 			"config.choices: want an integer from 1 to 2, got 0",
 			"config.seed: unknown key (this plugin takes: choices)",
 		}},
-		{"hash", map[string]any{"hash_key": "cookie"}, []string{`config.hash_key: want one of ["client_ip" "client_ip_port"], got "cookie"`}},
+		{"hash", map[string]any{"hash_key": "cookie"}, []string{`config.hash_key: want one of ["client_ip" "client_ip_port" "sni"], got "cookie"`}},
 	} {
 		err := Validate(tc.plugin, tc.config)
 		if err == nil {

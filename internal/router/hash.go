@@ -15,7 +15,7 @@ import (
 // backends, with a Maglev lookup table (Eisenbud et al., NSDI 2016, as in
 // Envoy's maglev load balancer).
 //
-//	config = { hash_key = "client_ip" }   # or "client_ip_port"; default "client_ip"
+//	config = { hash_key = "client_ip" }   # or "client_ip_port" or "sni"; default "client_ip"
 //	config = { bounded_load = 1.25 }      # optional; 0 (the default) is off
 //
 // The same key maps to the same backend in every process with the same
@@ -56,6 +56,24 @@ var hashKeys = map[string]func(*Request) uint64{
 	"client_ip_port": func(r *Request) uint64 {
 		return hashAddr(r.Client.Addr(), r.Client.Port(), true)
 	},
+	// sni: the TLS server name (the proxy peeks at the ClientHello for it);
+	// a connection without one hashes by client_ip.
+	"sni": func(r *Request) uint64 {
+		if r.SNI == "" {
+			return hashAddr(r.Client.Addr(), 0, false)
+		}
+		h := uint64(fnvOffset)
+		for i := 0; i < len(r.SNI); i++ {
+			h = (h ^ uint64(r.SNI[i])) * fnvPrime
+		}
+		return fmix64(h)
+	},
+}
+
+// NeedsSNI reports whether a router built with these settings hashes by the
+// TLS server name, so the proxy must peek at the ClientHello.
+func NeedsSNI(plugin string, config map[string]any) bool {
+	return plugin == "hash" && config["hash_key"] == "sni"
 }
 
 func hashKeyNames() []string {

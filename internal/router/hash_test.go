@@ -359,7 +359,7 @@ func TestHashConfigErrors(t *testing.T) {
 		config map[string]any
 		want   string
 	}{
-		{map[string]any{"hash_key": "sni"}, `config.hash_key: want one of ["client_ip" "client_ip_port"], got "sni"`},
+		{map[string]any{"hash_key": "cookie"}, `config.hash_key: want one of ["client_ip" "client_ip_port" "sni"], got "cookie"`},
 		{map[string]any{"hash_key": int64(1)}, `config.hash_key: want one of`},
 		{map[string]any{"bounded_load": 0.5}, `config.bounded_load: want 0 (off) or a factor from 1 to 100`},
 		{map[string]any{"bounded_load": "high"}, `config.bounded_load: want a number from 0 to 100, got "high"`},
@@ -373,5 +373,50 @@ func TestHashConfigErrors(t *testing.T) {
 	}
 	if err := Validate("hash", map[string]any{"bounded_load": int64(2), "hash_key": "client_ip_port"}); err != nil {
 		t.Errorf("a valid config: %v", err)
+	}
+}
+
+// TestHashBySNI: hash_key = "sni" keeps one server name on one backend
+// whatever the client, spreads names, and falls back to the client address
+// without a name.
+func TestHashBySNI(t *testing.T) {
+	bs := make([]*backend.Backend, 5)
+	for i := range bs {
+		bs[i] = backend.New("r", fmt.Sprintf("b%d", i), fmt.Sprintf("127.0.0.1:%d", 9000+i), 1, nil)
+	}
+	r, err := New("hash", map[string]any{"hash_key": "sni"}, bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !NeedsSNI("hash", map[string]any{"hash_key": "sni"}) || NeedsSNI("hash", map[string]any{}) {
+		t.Fatal("NeedsSNI wrong")
+	}
+	seen := map[*backend.Backend]bool{}
+	for n := 0; n < 50; n++ {
+		name := fmt.Sprintf("svc%d.example.com", n)
+		var first *backend.Backend
+		for c := 0; c < 20; c++ {
+			req := &Request{Client: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(c), 1}), uint16(1000+c)), SNI: name}
+			b, err := r.Pick(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first == nil {
+				first = b
+			} else if b != first {
+				t.Fatalf("%s went to %s and %s", name, first.ID, b.ID)
+			}
+		}
+		seen[first] = true
+	}
+	if len(seen) < 4 {
+		t.Fatalf("50 names used only %d of 5 backends", len(seen))
+	}
+	ip := netip.MustParseAddrPort("127.0.0.7:1")
+	b1, _ := r.Pick(&Request{Client: ip})
+	byIP, _ := New("hash", map[string]any{}, bs)
+	b2, _ := byIP.Pick(&Request{Client: ip})
+	if b1 != b2 {
+		t.Fatal("without a server name, sni hashing differs from client_ip")
 	}
 }

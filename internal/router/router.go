@@ -43,6 +43,9 @@ type Router interface {
 type Request struct {
 	// Client is the client's address (the real one when a PROXY header gave it).
 	Client netip.AddrPort
+	// SNI is the TLS server name when the proxy peeked at a ClientHello
+	// (for hash_key = "sni"); "" otherwise.
+	SNI string
 
 	tried []*backend.Backend // backends already dialled for this connection
 }
@@ -68,6 +71,7 @@ func (r *Request) Tried(b *backend.Backend) { r.tried = append(r.tried, b) }
 // Reset clears the request for reuse.
 func (r *Request) Reset() {
 	r.Client = netip.AddrPort{}
+	r.SNI = ""
 	r.tried = r.tried[:0]
 }
 

@@ -562,3 +562,62 @@ address = %q
 		t.Errorf("denied client got an answer: %q", got)
 	}
 }
+
+// TestHashBySNIE2E: with hash_key = "sni" the proxy peeks at the
+// ClientHello even with no SNI matcher, and one server name sticks to one
+// backend whatever the client address.
+func TestHashBySNIE2E(t *testing.T) {
+	a, b, c := startTLSBackend(t, "a"), startTLSBackend(t, "b"), startTLSBackend(t, "c")
+	port := FreePort(t)
+	cfg := WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[health_check]
+enabled = false
+[routers.by_name]
+plugin = "hash"
+config = { hash_key = "sni" }
+[[rules]]
+name = "tls"
+router = "by_name"
+[[rules.backends]]
+id = "a"
+address = %q
+[[rules.backends]]
+id = "b"
+address = %q
+[[rules.backends]]
+id = "c"
+address = %q
+`, port, a, b, c))
+	Start(t, cfg)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	used := map[string]bool{}
+	for n := 0; n < 12; n++ {
+		name := fmt.Sprintf("svc%d.example.com", n)
+		var first string
+		for i := 0; i < 4; i++ {
+			d := &net.Dialer{Timeout: Deadline, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(i), 2)}}
+			conn, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.SetDeadline(time.Now().Add(Deadline))
+			line, err := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := strings.Fields(line)[0]
+			if first == "" {
+				first = got
+			} else if got != first {
+				t.Fatalf("%s went to %s and %s", name, first, got)
+			}
+		}
+		used[first] = true
+	}
+	if len(used) < 2 {
+		t.Fatalf("12 server names all went to %v", used)
+	}
+}
