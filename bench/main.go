@@ -166,6 +166,14 @@ func scenarios() []scenario {
 		if *flagQuick {
 			n = 1000
 		}
+		// A fresh proxy process: memory grown by earlier scenarios or rounds
+		// would otherwise be reused and hide the cost of the connections.
+		if t.setup != nil {
+			t.proc.stop()
+			if err := t.setup(t, t.dir); err != nil {
+				return nil, err
+			}
+		}
 		var fd0 int
 		var rss0 int64
 		if t.pid() > 0 {
@@ -291,7 +299,11 @@ func run() error {
 
 	// Backends.
 	var procs []*proc
+	var targets []*target
 	defer func() {
+		for _, t := range targets {
+			t.proc.stop() // the current process of each target (idle restarts them)
+		}
 		for i := len(procs) - 1; i >= 0; i-- {
 			procs[i].stop()
 		}
@@ -315,15 +327,15 @@ func run() error {
 		return fmt.Errorf("seeding redis: %w", err)
 	}
 
-	targets := allTargets(dp, supportsMetricsSwitch(dp))
+	targets = allTargets(dp, supportsMetricsSwitch(dp))
 	for _, t := range targets {
 		if t.setup == nil {
 			continue
 		}
+		t.dir = dir
 		if err := t.setup(t, dir); err != nil {
 			return err
 		}
-		procs = append(procs, t.proc)
 	}
 
 	scs := scenarios()

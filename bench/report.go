@@ -129,6 +129,9 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 			fmt.Fprintf(&b, " %s | %s |\n", ratio(directSt.med, hasDirect), ratio(peerBest, hasPeer))
 		}
 		fmt.Fprintf(&b, "\nRatios are of the first column (%s).\n\n", head.label)
+		if note := scenarioNotes[sc.name]; note != "" {
+			b.WriteString(note + "\n\n")
+		}
 	}
 	return b.String()
 }
@@ -189,4 +192,15 @@ func targetsTable(results map[string]map[string][]sample) string {
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+var scenarioNotes = map[string]string{
+	"idle-5000": "Each round restarts every proxy before this scenario, so RSS per connection is what 5,000 new " +
+		"connections cost a fresh process. Descriptors and RSS are the proxy's process tree; slab is the whole " +
+		"system's slab change while the connections are held (client, proxy and backend sockets together, and " +
+		"whatever else the kernel did meanwhile): a noisy sanity figure, not a per-proxy cost.",
+	"bulk-sni": "Only dynamic-proxy: the same stream through a plain rule and through a rule chosen by SNI after " +
+		"the proxy peeked at a real ClientHello; both send the same hello first.",
+	"churn-saturation": "For information: on 2 cores the load generator, not the proxy, is the limit here.",
+	"udp-saturation": "16 client sockets, each with one datagram in flight (closed loop).",
 }

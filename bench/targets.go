@@ -23,6 +23,7 @@ type target struct {
 	base  int // front ports: base+1 iperf, base+2 echo (tcp+udp), base+3 redis
 	udp   bool
 	proc  *proc
+	dir   string
 	setup func(t *target, dir string) error
 }
 
