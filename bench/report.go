@@ -202,5 +202,5 @@ var scenarioNotes = map[string]string{
 	"bulk-sni": "Only dynamic-proxy: the same stream through a plain rule and through a rule chosen by SNI after " +
 		"the proxy peeked at a real ClientHello; both send the same hello first.",
 	"churn-saturation": "For information: on 2 cores the load generator, not the proxy, is the limit here.",
-	"udp-saturation": "16 client sockets, each with one datagram in flight (closed loop).",
+	"udp-saturation":   "16 client sockets, each with one datagram in flight (closed loop).",
 }
