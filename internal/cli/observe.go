@@ -51,7 +51,7 @@ func startObserve(cfg *config.Config, eng *engine.Engine, log *slog.Logger) (*ob
 				fmt.Fprintf(w, "dynamic-proxy metrics are at %s\n", mc.Path)
 			})
 		}
-		addr, err := o.serve("metrics", mc.Bind, mux)
+		addr, err := o.serve("metrics", mc.Bind, readOnly(mux))
 		if err != nil {
 			return nil, err
 		}
@@ -83,6 +83,19 @@ func startObserve(cfg *config.Config, eng *engine.Engine, log *slog.Logger) (*ob
 			"token", ac.Token != "", "pprof", ac.Pprof})
 	}
 	return o, nil
+}
+
+// readOnly refuses every method but GET and HEAD (405): the metrics
+// endpoint changes nothing, so it takes no body and no POST, PUT, DELETE.
+func readOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, r.Method+" not allowed: the metrics endpoint is read-only (GET or HEAD)", http.StatusMethodNotAllowed)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // serve binds addr now and serves h on it in the background.

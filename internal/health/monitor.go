@@ -147,6 +147,13 @@ func (m *Monitor) recordLocked(err error) {
 	if m.stopped {
 		return
 	}
+	if err != nil && localError(err) {
+		// This host is short of descriptors, socket memory or ports: the
+		// check learnt nothing about the backend, so it neither passes
+		// nor fails (as with passive detection below).
+		m.log.Debug("health check could not run", "address", m.check.Address, "check", m.check.Kind(), "err", err.Error())
+		return
+	}
 	if err == nil {
 		m.fails = 0
 		m.passes++

@@ -155,10 +155,13 @@ type tcpConn struct {
 	prefix  int64  // client bytes read before routing and replayed
 	act     activity
 	pending atomic.Int32 // copiers still running
-	upN     int64        // client to backend, as copied
-	downN   int64
-	upErr   error
-	downErr error
+	// finToClient and finToBackend are set just before the copies send
+	// their FIN (CloseWrite), so that resetByPeer can tell a reset apart.
+	finToClient, finToBackend atomic.Bool
+	upN                       int64 // client to backend, as copied
+	downN                     int64
+	upErr                     error
+	downErr                   error
 
 	upM, downM meter // byte counting, set once the backend is connected
 }
@@ -256,7 +259,7 @@ func (c *tcpConn) connect() bool {
 		c.client.SetLinger(0)
 		return false
 	}
-	req := router.Request{Client: ci.Client}
+	req := router.Request{Client: ci.Client, SNI: ci.SNI}
 	b, bc, err := dialBackend(rt, &req, s.log, &s.exhaust, c.isForced)
 	if err != nil {
 		release()
@@ -305,18 +308,34 @@ func (c *tcpConn) connect() bool {
 // the destination (CloseWrite), so the other direction runs on; an error
 // closes both sides. The last pump to finish ends the connection.
 func (c *tcpConn) pump(up bool) {
+	var err error
 	if up {
 		c.upN, c.upErr = copyConn(c.backend, c.client, &c.act, &c.upM)
-		if c.upErr == nil {
+		if c.upErr == nil && resetByPeer(c.client, &c.finToClient) {
+			c.upErr = errPeerReset // the down copy noticed the reset first
+		}
+		if err = c.upErr; err == nil {
+			c.finToBackend.Store(true)
 			c.backend.CloseWrite()
 		}
 	} else {
 		c.downN, c.downErr = copyConn(c.client, c.backend, &c.act, &c.downM)
-		if c.downErr == nil {
+		if c.downErr == nil && resetByPeer(c.backend, &c.finToBackend) {
+			c.downErr = errPeerReset // the up copy noticed the reset first
+		}
+		if err = c.downErr; err == nil {
+			c.finToClient.Store(true)
 			c.client.CloseWrite()
 		}
 	}
-	if (up && c.upErr != nil) || (!up && c.downErr != nil) {
+	if err != nil {
+		if abortive(err) {
+			// A reset or I/O error on one side is passed on as a reset, so
+			// the other peer sees a broken stream as broken (ECONNRESET),
+			// never as an orderly end of a truncated one.
+			c.client.SetLinger(0)
+			c.backend.SetLinger(0)
+		}
 		c.client.Close()
 		c.backend.Close()
 	}
@@ -406,6 +425,12 @@ func dialBackend(rt *Route, req *router.Request, log *slog.Logger, ex *exhaustio
 		lastErr = router.NoBackend(len(rt.Backends))
 	}
 	return nil, nil, lastErr
+}
+
+// abortive reports whether a copy error is a peer's reset or an I/O error,
+// rather than the proxy closing the connection or the idle timeout.
+func abortive(err error) bool {
+	return err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // dstError marks an error of copyConn that came from writing to its

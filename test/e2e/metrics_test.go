@@ -319,6 +319,7 @@ var mxFamilyTypes = map[string]dto.MetricType{
 	"connections_total":                            dto.MetricType_COUNTER,
 	"connection_duration_seconds":                  dto.MetricType_HISTOGRAM,
 	"connections_rejected_total":                   dto.MetricType_COUNTER,
+	"connections_ended_total":                      dto.MetricType_COUNTER,
 	"requests_total":                               dto.MetricType_COUNTER,
 	"request_duration_seconds":                     dto.MetricType_HISTOGRAM,
 	"request_size_bytes":                           dto.MetricType_HISTOGRAM,

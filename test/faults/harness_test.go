@@ -1,0 +1,617 @@
+// Package faults is the hardening suite: it runs the built dynamic-proxy
+// binary against misbehaving backends and clients, descriptor exhaustion,
+// reload storms and a soak of mixed load, all on loopback, and checks what
+// must hold after each fault.
+//
+// TestMain builds the binary once (with -race when FAULTS_RACE is set); each
+// test starts its own proxy on free ports, waits for events (log lines,
+// counters, /proc), never sleeps to synchronise, and stops everything it
+// started. The helpers below are copied from test/e2e, not imported: test
+// files of another package cannot be.
+package faults
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+var binary string
+
+// Deadline bounds every wait on an event.
+const Deadline = 20 * time.Second
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dp-faults-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "dynamic-proxy")
+	args := []string{"build", "-o", binary}
+	if os.Getenv("FAULTS_RACE") != "" {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../../cmd/dynamic-proxy")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "faults: building the binary failed:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Proxy is a running dynamic-proxy process.
+type Proxy struct {
+	t      testing.TB
+	Cmd    *exec.Cmd
+	Config string
+
+	mu     sync.Mutex
+	lines  []string
+	notify chan struct{}
+	exited chan struct{}
+	err    error
+}
+
+// PID is the proxy's process id.
+func (p *Proxy) PID() int { return p.Cmd.Process.Pid }
+
+// WriteConfig writes a config into a temp dir and returns its path. Unless
+// the config has its own [metrics] or [admin] section, both are put on
+// 127.0.0.1:0, so proxies never fight over the default ports.
+func WriteConfig(t testing.TB, toml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(withFreeObservePorts(toml)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// RewriteConfig replaces the config at path (by rename, as editors do).
+func RewriteConfig(t testing.TB, path, toml string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(withFreeObservePorts(toml)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	metricsSection = regexp.MustCompile(`(?m)^\s*\[metrics\]`)
+	adminSection   = regexp.MustCompile(`(?m)^\s*\[admin\]`)
+)
+
+func withFreeObservePorts(toml string) string {
+	if !metricsSection.MatchString(toml) {
+		toml += "\n[metrics]\nbind = \"127.0.0.1:0\"\n"
+	}
+	if !adminSection.MatchString(toml) {
+		toml += "\n[admin]\nbind = \"127.0.0.1:0\"\n"
+	}
+	return toml
+}
+
+// Start runs the binary on configPath and waits for "dynamic-proxy started".
+// wrapper (may be empty) is a command the binary is run under, such as
+// prlimit. The process is killed when the test ends if still running.
+func Start(t testing.TB, configPath string, wrapper ...string) *Proxy {
+	t.Helper()
+	argv := append(append([]string{}, wrapper...), binary, "-c", configPath)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = cmd.Stderr
+	p := &Proxy{t: t, Cmd: cmd, Config: configPath, notify: make(chan struct{}), exited: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.lines = append(p.lines, sc.Text())
+			close(p.notify)
+			p.notify = make(chan struct{})
+			p.mu.Unlock()
+		}
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			log := p.Log()
+			if len(log) > 20000 {
+				log = "…" + log[len(log)-20000:]
+			}
+			t.Logf("proxy log:\n%s", log)
+		}
+	})
+	p.WaitLog("dynamic-proxy started")
+	return p
+}
+
+// Log returns everything the process logged so far.
+func (p *Proxy) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.lines, "\n")
+}
+
+// Lines returns the log lines so far.
+func (p *Proxy) Lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.lines...)
+}
+
+// Count is how many log lines so far contain every one of subs.
+func (p *Proxy) Count(subs ...string) int {
+	n := 0
+	for _, l := range p.Lines() {
+		if containsAll(l, subs) {
+			n++
+		}
+	}
+	return n
+}
+
+// WaitLog waits until a log line contains every one of subs and returns it.
+func (p *Proxy) WaitLog(subs ...string) string {
+	p.t.Helper()
+	return p.WaitLogFrom(0, subs...)
+}
+
+// WaitLogFrom is WaitLog looking only at lines from index from on.
+func (p *Proxy) WaitLogFrom(from int, subs ...string) string {
+	p.t.Helper()
+	deadline := time.After(Deadline)
+	seen := from
+	for {
+		p.mu.Lock()
+		lines, ch := p.lines, p.notify
+		p.mu.Unlock()
+		for ; seen < len(lines); seen++ {
+			if containsAll(lines[seen], subs) {
+				return lines[seen]
+			}
+		}
+		select {
+		case <-ch:
+		case <-p.exited:
+			for _, l := range p.Lines()[min(seen, len(p.Lines())):] {
+				if containsAll(l, subs) {
+					return l
+				}
+			}
+			p.t.Fatalf("proxy exited (%v) before logging %q", p.err, subs)
+		case <-deadline:
+			p.t.Fatalf("proxy did not log %q within %v", subs, Deadline)
+		}
+	}
+}
+
+// NumLines is the number of log lines so far (a mark for WaitLogFrom).
+func (p *Proxy) NumLines() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.lines)
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
+
+// Signal sends sig to the process.
+func (p *Proxy) Signal(sig syscall.Signal) {
+	p.t.Helper()
+	if err := p.Cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// Stop sends SIGTERM and waits for exit code 0.
+func (p *Proxy) Stop() {
+	p.t.Helper()
+	p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(Deadline):
+		p.t.Fatalf("proxy did not exit within %v", Deadline)
+	}
+	if p.err != nil {
+		p.t.Fatalf("proxy exited with %v", p.err)
+	}
+}
+
+var addressRe = regexp.MustCompile(`address=(\S+)`)
+
+// MetricsURL is the URL of the proxy's Prometheus endpoint.
+func (p *Proxy) MetricsURL() string {
+	p.t.Helper()
+	m := addressRe.FindStringSubmatch(p.WaitLog("metrics listening"))
+	if m == nil {
+		p.t.Fatal("no address on the metrics line")
+	}
+	return "http://" + m[1] + "/metrics"
+}
+
+// AdminURL is the base URL of the admin API.
+func (p *Proxy) AdminURL() string {
+	p.t.Helper()
+	m := addressRe.FindStringSubmatch(p.WaitLog("admin API listening"))
+	if m == nil {
+		p.t.Fatal("no address on the admin line")
+	}
+	return "http://" + m[1]
+}
+
+// Metrics is one scrape: the value of every series, keyed by its name and
+// labels as exposed (name{a="x",b="y"}, labels sorted), plus each family's
+// sum under its bare name.
+type Metrics map[string]float64
+
+// Scrape reads the metrics endpoint once. The client keeps no connection
+// open, so a scrape leaves no goroutine or descriptor behind in the proxy.
+func Scrape(t testing.TB, url string) Metrics {
+	t.Helper()
+	c := &http.Client{Timeout: Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
+	res, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, res.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(res.Body)
+	if err != nil {
+		t.Fatalf("parse %s: %v", url, err)
+	}
+	out := Metrics{}
+	for name, mf := range fams {
+		for _, m := range mf.Metric {
+			var v float64
+			switch {
+			case m.Counter != nil:
+				v = m.Counter.GetValue()
+			case m.Gauge != nil:
+				v = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				v = float64(m.Histogram.GetSampleCount())
+			case m.Untyped != nil:
+				v = m.Untyped.GetValue()
+			}
+			var ls []string
+			for _, lp := range m.Label {
+				ls = append(ls, fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue()))
+			}
+			out[name+"{"+strings.Join(ls, ",")+"}"] += v
+			out[name] += v
+		}
+	}
+	return out
+}
+
+// FreePort returns a port on 127.0.0.1 free for TCP and UDP a moment ago,
+// below the ephemeral range so a TIME_WAIT socket cannot hold it.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		port := 20000 + int(time.Now().UnixNano()/1000%12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return port
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// Backend is a TCP backend that runs handle on every connection. It can be
+// killed (listener and every connection closed at once) and restarted on
+// the same address.
+type Backend struct {
+	t      testing.TB
+	Addr   string
+	handle func(net.Conn)
+
+	mu    sync.Mutex
+	ln    net.Listener
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// StartBackend starts a backend on a free port of 127.0.0.1.
+func StartBackend(t testing.TB, handle func(net.Conn)) *Backend {
+	t.Helper()
+	b := &Backend{t: t, Addr: "127.0.0.1:0", handle: handle}
+	b.Restart()
+	t.Cleanup(b.Kill)
+	return b
+}
+
+// Restart listens again on the backend's address.
+func (b *Backend) Restart() {
+	b.t.Helper()
+	var ln net.Listener
+	var err error
+	for end := time.Now().Add(Deadline); ; {
+		if ln, err = net.Listen("tcp", b.Addr); err == nil || time.Now().After(end) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // the port is held a moment by the old socket's close
+	}
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.mu.Lock()
+	b.ln, b.Addr, b.conns = ln, ln.Addr().String(), map[net.Conn]struct{}{}
+	b.mu.Unlock()
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			if b.ln != ln {
+				b.mu.Unlock()
+				c.Close()
+				return
+			}
+			b.conns[c] = struct{}{}
+			b.wg.Add(1)
+			b.mu.Unlock()
+			go func() {
+				defer b.wg.Done()
+				defer func() {
+					b.mu.Lock()
+					delete(b.conns, c)
+					b.mu.Unlock()
+					c.Close()
+				}()
+				b.handle(c)
+			}()
+		}
+	}()
+}
+
+// Kill closes the listener and resets every open connection, and waits for
+// the handlers to return.
+func (b *Backend) Kill() {
+	b.mu.Lock()
+	if b.ln != nil {
+		b.ln.Close()
+		b.ln = nil
+	}
+	for c := range b.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+// Conns is the number of connections open now.
+func (b *Backend) Conns() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
+}
+
+// Echo copies a connection back to itself and half-closes at EOF.
+func Echo(c net.Conn) {
+	io.Copy(c, c)
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c)
+}
+
+// Greet writes "name\n" and then echoes.
+func Greet(name string) func(net.Conn) {
+	return func(c net.Conn) {
+		io.WriteString(c, name+"\n")
+		Echo(c)
+	}
+}
+
+// Greeting dials addr and returns the first line it reads.
+func Greeting(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, Deadline)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(Deadline))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSuffix(line, "\n"), err
+}
+
+// Eventually polls cond every 20 ms until it holds or Deadline passes.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(Deadline)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("%s: not within %v", what, Deadline)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ---- /proc ----------------------------------------------------------------
+
+// CPU is the CPU time (utime + stime) process pid has used.
+func CPU(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// RSS is the resident set of process pid, in bytes (VmRSS).
+func RSS(t testing.TB, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// FDs counts the descriptors of process pid: all, sockets and pipe ends.
+type FDs struct{ All, Sockets, Pipes int }
+
+func (f FDs) String() string {
+	return fmt.Sprintf("%d fds (%d sockets, %d pipe ends)", f.All, f.Sockets, f.Pipes)
+}
+
+// CountFDs reads /proc/PID/fd.
+func CountFDs(t testing.TB, pid int) FDs {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f FDs
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		f.All++
+		switch {
+		case strings.HasPrefix(target, "socket:"):
+			f.Sockets++
+		case strings.HasPrefix(target, "pipe:"):
+			f.Pipes++
+		}
+	}
+	return f
+}
+
+// Threads is the number of OS threads of process pid.
+func Threads(t testing.TB, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// Goroutines reads go_goroutines from the metrics endpoint.
+func Goroutines(t testing.TB, url string) int {
+	t.Helper()
+	return int(Scrape(t, url)["go_goroutines"])
+}
+
+// MiB formats bytes in MiB.
+func MiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// isTimeout reports whether err is a deadline.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// backToBaseline waits until the proxy's goroutines and sockets are back to
+// baseG and baseFD.Sockets, and stores the last values seen in g and f. On
+// failure it lists the proxy's descriptors.
+func backToBaseline(t testing.TB, p *Proxy, url string, baseG int, baseFD FDs, g *int, f *FDs) {
+	t.Helper()
+	end := time.Now().Add(Deadline)
+	for {
+		*g, *f = Goroutines(t, url), CountFDs(t, p.PID())
+		if *g == baseG && f.Sockets == baseFD.Sockets {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("not back to the baseline within %v: goroutines %d (baseline %d), descriptors %v (baseline %v)\n%s",
+				Deadline, *g, baseG, *f, baseFD, p.debugDump())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// debugDump lists the proxy's descriptors and, when the config turned
+// [admin] pprof on, its goroutines: what a leak report needs.
+func (p *Proxy) debugDump() string {
+	var b strings.Builder
+	dir := fmt.Sprintf("/proc/%d/fd", p.PID())
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		target, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		fmt.Fprintf(&b, "fd %s -> %s\n", e.Name(), target)
+	}
+	if m := addressRe.FindStringSubmatch(p.WaitLog("admin API listening")); m != nil && strings.Contains(p.Log(), "pprof=true") {
+		c := &http.Client{Timeout: Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
+		if res, err := c.Get("http://" + m[1] + "/debug/pprof/goroutine?debug=1"); err == nil {
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			b.Write(body)
+		}
+	}
+	return b.String()
+}
