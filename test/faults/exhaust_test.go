@@ -91,7 +91,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 	fds := CountFDs(t, p.PID())
 	// Exhausted: the proxy must not spin.
 	cpu0, t0 := CPU(t, p.PID()), time.Now()
-	Eventually(t, "a second of exhaustion", func() bool { return time.Since(t0) >= time.Second })
+	time.Sleep(time.Second) // a measuring window, not a synchronisation
 	cpu := CPU(t, p.PID()) - cpu0
 	if cpu > 100*time.Millisecond {
 		t.Errorf("the exhausted proxy used %v of CPU in %v: it spins instead of backing off", cpu, time.Since(t0).Round(time.Millisecond))

@@ -246,20 +246,6 @@ func (p *Proxy) Signal(sig syscall.Signal) {
 	}
 }
 
-// Stop sends SIGTERM and waits for exit code 0.
-func (p *Proxy) Stop() {
-	p.t.Helper()
-	p.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(Deadline):
-		p.t.Fatalf("proxy did not exit within %v", Deadline)
-	}
-	if p.err != nil {
-		p.t.Fatalf("proxy exited with %v", p.err)
-	}
-}
-
 var addressRe = regexp.MustCompile(`address=(\S+)`)
 
 // MetricsURL is the URL of the proxy's Prometheus endpoint.
@@ -549,16 +535,6 @@ func CountFDs(t testing.TB, pid int) FDs {
 		}
 	}
 	return f
-}
-
-// Threads is the number of OS threads of process pid.
-func Threads(t testing.TB, pid int) int {
-	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // Goroutines reads go_goroutines from the metrics endpoint.
