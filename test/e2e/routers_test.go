@@ -367,7 +367,7 @@ plugin = "weighted"
 config = { smooth_weighted = "yes" }
 [routers.h]
 plugin = "hash"
-config = { hash_key = "sni", bounded_load = 0.5 }
+config = { hash_key = "cookie", bounded_load = 0.5 }
 [routers.r]
 plugin = "random"
 config = { choices = 3 }
@@ -387,7 +387,7 @@ address = "127.0.0.1:9"
 	}
 	for _, want := range []string{
 		`config.toml:6: routers.w.config.smooth_weighted: router "w" (plugin weighted): want true or false, got "yes"`,
-		`config.toml:9: routers.h.config.hash_key: router "h" (plugin hash): want one of ["client_ip" "client_ip_port"], got "sni"`,
+		`config.toml:9: routers.h.config.hash_key: router "h" (plugin hash): want one of ["client_ip" "client_ip_port" "sni"], got "cookie"`,
 		`config.toml:9: routers.h.config.bounded_load: router "h" (plugin hash): want 0 (off) or a factor from 1 to 100`,
 		`config.toml:12: routers.r.config.choices: router "r" (plugin random): want an integer from 1 to 2, got 3`,
 		`config.toml:15: routers.lc.config.weighted: router "lc" (plugin least_connections): unknown key (this plugin takes: none)`,
