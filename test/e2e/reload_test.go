@@ -403,3 +403,43 @@ func TestReloadKeepsLeastConnectionCounts(t *testing.T) {
 		t.Fatalf("after the reload, held connections went to %v; want b, b (a still has 2 open)", next)
 	}
 }
+
+// TestReloadDrainTimeout: a backend a reload removes gets no new
+// connection at once, and its open connection is closed once drain_timeout
+// has passed (without drain_timeout it would run on: the storm test's long
+// streams show that).
+func TestReloadDrainTimeout(t *testing.T) {
+	a, b := StartEcho(t, "a"), StartEcho(t, "b")
+	port := FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cfgText := func(backends ...*EchoServer) string {
+		s := fmt.Sprintf("[server]\ntcp_bind = %q\nwatch_config = false\ndrain_timeout = \"1s\"\n[[rules]]\nname = \"r\"\n", addr)
+		for _, e := range backends {
+			s += fmt.Sprintf("[[rules.backends]]\nid = %q\naddress = %q\n", e.Name, e.Addr)
+		}
+		return s
+	}
+	cfgPath := WriteConfig(t, cfgText(b))
+	p := Start(t, cfgPath)
+	held := openStream(t, addr) // on b, the only backend
+	if err := os.WriteFile(cfgPath, []byte(WithFreeObservePorts(cfgText(a))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	removed := time.Now()
+	p.Signal(syscall.SIGHUP)
+	p.WaitLog("config reloaded", "version=2")
+	if name, err := Greeting(addr); err != nil || name != "a" {
+		t.Fatalf("new connection after removing b: %q %v", name, err)
+	}
+	if err := held.exchange(512); err != nil {
+		t.Fatalf("connection to the removed backend cut before drain_timeout: %v", err)
+	}
+	held.c.SetDeadline(time.Now().Add(Deadline))
+	if _, err := held.r.ReadByte(); err == nil {
+		t.Fatal("connection to the removed backend got data instead of closing")
+	}
+	if d := time.Since(removed); d < 900*time.Millisecond || d > 10*time.Second {
+		t.Fatalf("connection closed %v after the reload, want about drain_timeout (1s)", d)
+	}
+	p.WaitLog("drain_timeout: closed connections to a removed backend", "backend=b")
+}
