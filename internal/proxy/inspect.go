@@ -13,6 +13,25 @@ import (
 	"github.com/pires/go-proxyproto"
 )
 
+// routeTable is a TCP listener's routes as published by SetRoutes, with
+// what their matchers and routers need peeked, worked out once per table
+// rather than once per connection.
+type routeTable struct {
+	routes []*Route
+	need   Need
+}
+
+func newRouteTable(routes []*Route) *routeTable {
+	t := &routeTable{routes: routes}
+	for _, r := range routes {
+		t.need |= r.Needs
+		if r.Match != nil {
+			t.need |= r.Match.Needs()
+		}
+	}
+	return t
+}
+
 // ListenOptions are a listener's settings for what happens before routing.
 // The engine gives every route of one listener the same ListenOptions.
 type ListenOptions struct {
@@ -37,19 +56,13 @@ var (
 // PeekTimeout. It returns the first route that matches (nil if none), what
 // the matchers saw, and the client bytes it read, which the caller must
 // replay to the backend before splicing the rest.
-func inspect(c *net.TCPConn, routes []*Route) (*Route, ConnInfo, []byte, error) {
+func inspect(c *net.TCPConn, table *routeTable) (*Route, ConnInfo, []byte, error) {
 	ci := ConnInfo{Client: addrPort(c.RemoteAddr())}
+	routes, need := table.routes, table.need
 	if len(routes) == 0 {
 		return nil, ci, nil, nil
 	}
 	opts := routes[0].Listen
-	var need Need
-	for _, r := range routes {
-		need |= r.Needs
-		if r.Match != nil {
-			need |= r.Match.Needs()
-		}
-	}
 	if !opts.AcceptProxy && need == 0 {
 		return firstMatch(routes, &ci), ci, nil, nil
 	}

@@ -20,7 +20,7 @@ import (
 type TCPListener struct {
 	srv    *Server
 	ln     *net.TCPListener
-	routes atomic.Pointer[[]*Route]
+	routes atomic.Pointer[routeTable]
 	closed atomic.Bool
 }
 
@@ -54,10 +54,10 @@ func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
 func (l *TCPListener) Addr() net.Addr { return l.ln.Addr() }
 
 // SetRoutes publishes a new route table for new connections.
-func (l *TCPListener) SetRoutes(routes []*Route) { l.routes.Store(&routes) }
+func (l *TCPListener) SetRoutes(routes []*Route) { l.routes.Store(newRouteTable(routes)) }
 
 // Routes returns the current route table.
-func (l *TCPListener) Routes() []*Route { return *l.routes.Load() }
+func (l *TCPListener) Routes() []*Route { return l.routes.Load().routes }
 
 // Close stops accepting. Connections already accepted run on.
 func (l *TCPListener) Close() {
@@ -214,14 +214,14 @@ func (l *TCPListener) handle(c *tcpConn) {
 func (c *tcpConn) connect() bool {
 	l := c.l
 	s := l.srv
-	routes := l.Routes()
-	if len(routes) == 0 {
+	table := l.routes.Load()
+	if len(table.routes) == 0 {
 		s.Stats.NoRoute.Add(1)
 		s.observeUnrouted("tcp", ReasonNoRule)
 		s.log.Debug("no rule matches connection; closing", "listener", l.Addr().String(), "client", c.client.RemoteAddr().String())
 		return false
 	}
-	rt, ci, prefix, err := inspect(c.client, routes)
+	rt, ci, prefix, err := inspect(c.client, table)
 	if err != nil || rt == nil {
 		reason := ReasonNoRule
 		switch {
