@@ -258,7 +258,7 @@ func TestSIGTERMDrains(t *testing.T) {
 		return errors.Is(err, syscall.ECONNREFUSED)
 	})
 	select {
-	case <-p.exited:
+	case <-p.Exited():
 		t.Fatal("the proxy exited with a connection in flight")
 	default: // draining: waits for c
 	}

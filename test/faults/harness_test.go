@@ -11,7 +11,6 @@
 package faults
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -19,16 +18,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -36,21 +34,15 @@ import (
 var binary string
 
 // Deadline bounds every wait on an event.
-const Deadline = 20 * time.Second
+const Deadline = harness.Deadline
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "dp-faults-")
 	if err != nil {
 		panic(err)
 	}
-	binary = filepath.Join(dir, "dynamic-proxy")
-	args := []string{"build", "-o", binary}
-	if os.Getenv("FAULTS_RACE") != "" {
-		args = append(args, "-race")
-	}
-	build := exec.Command("go", append(args, "../../cmd/dynamic-proxy")...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	binary, err = harness.Build(dir, os.Getenv("FAULTS_RACE") != "")
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "faults: building the binary failed:", err)
 		os.Exit(1)
 	}
@@ -59,59 +51,24 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// Proxy is a running dynamic-proxy process.
-type Proxy struct {
-	t      testing.TB
-	Cmd    *exec.Cmd
-	Config string
-
-	mu     sync.Mutex
-	lines  []string
-	notify chan struct{}
-	exited chan struct{}
-	err    error
-}
-
-// PID is the proxy's process id.
-func (p *Proxy) PID() int { return p.Cmd.Process.Pid }
+// Proxy is a running dynamic-proxy process (test/harness).
+type Proxy = harness.Proxy
 
 // WriteConfig writes a config into a temp dir and returns its path. Unless
 // the config has its own [metrics] or [admin] section, both are put on
 // 127.0.0.1:0, so proxies never fight over the default ports.
-func WriteConfig(t testing.TB, toml string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(p, []byte(withFreeObservePorts(toml)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
+func WriteConfig(t testing.TB, toml string) string { t.Helper(); return harness.WriteConfig(t, toml) }
 
 // RewriteConfig replaces the config at path (by rename, as editors do).
 func RewriteConfig(t testing.TB, path, toml string) {
 	t.Helper()
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(withFreeObservePorts(toml)), 0o644); err != nil {
+	if err := os.WriteFile(tmp, []byte(harness.WithFreeObservePorts(toml)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-}
-
-var (
-	metricsSection = regexp.MustCompile(`(?m)^\s*\[metrics\]`)
-	adminSection   = regexp.MustCompile(`(?m)^\s*\[admin\]`)
-)
-
-func withFreeObservePorts(toml string) string {
-	if !metricsSection.MatchString(toml) {
-		toml += "\n[metrics]\nbind = \"127.0.0.1:0\"\n"
-	}
-	if !adminSection.MatchString(toml) {
-		toml += "\n[admin]\nbind = \"127.0.0.1:0\"\n"
-	}
-	return toml
 }
 
 // Start runs the binary on configPath and waits for "dynamic-proxy started".
@@ -120,153 +77,12 @@ func withFreeObservePorts(toml string) string {
 func Start(t testing.TB, configPath string, wrapper ...string) *Proxy {
 	t.Helper()
 	argv := append(append([]string{}, wrapper...), binary, "-c", configPath)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = cmd.Stderr
-	p := &Proxy{t: t, Cmd: cmd, Config: configPath, notify: make(chan struct{}), exited: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			p.mu.Lock()
-			p.lines = append(p.lines, sc.Text())
-			close(p.notify)
-			p.notify = make(chan struct{})
-			p.mu.Unlock()
-		}
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			cmd.Process.Kill()
-			<-p.exited
-		}
-		if t.Failed() {
-			log := p.Log()
-			if len(log) > 20000 {
-				log = "…" + log[len(log)-20000:]
-			}
-			t.Logf("proxy log:\n%s", log)
-		}
-	})
+	p := harness.Launch(t, configPath, argv...)
 	p.WaitLog("dynamic-proxy started")
 	return p
 }
 
-// Log returns everything the process logged so far.
-func (p *Proxy) Log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return strings.Join(p.lines, "\n")
-}
-
-// Lines returns the log lines so far.
-func (p *Proxy) Lines() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]string(nil), p.lines...)
-}
-
-// Count is how many log lines so far contain every one of subs.
-func (p *Proxy) Count(subs ...string) int {
-	n := 0
-	for _, l := range p.Lines() {
-		if containsAll(l, subs) {
-			n++
-		}
-	}
-	return n
-}
-
-// WaitLog waits until a log line contains every one of subs and returns it.
-func (p *Proxy) WaitLog(subs ...string) string {
-	p.t.Helper()
-	return p.WaitLogFrom(0, subs...)
-}
-
-// WaitLogFrom is WaitLog looking only at lines from index from on.
-func (p *Proxy) WaitLogFrom(from int, subs ...string) string {
-	p.t.Helper()
-	deadline := time.After(Deadline)
-	seen := from
-	for {
-		p.mu.Lock()
-		lines, ch := p.lines, p.notify
-		p.mu.Unlock()
-		for ; seen < len(lines); seen++ {
-			if containsAll(lines[seen], subs) {
-				return lines[seen]
-			}
-		}
-		select {
-		case <-ch:
-		case <-p.exited:
-			for _, l := range p.Lines()[min(seen, len(p.Lines())):] {
-				if containsAll(l, subs) {
-					return l
-				}
-			}
-			p.t.Fatalf("proxy exited (%v) before logging %q", p.err, subs)
-		case <-deadline:
-			p.t.Fatalf("proxy did not log %q within %v", subs, Deadline)
-		}
-	}
-}
-
-// NumLines is the number of log lines so far (a mark for WaitLogFrom).
-func (p *Proxy) NumLines() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.lines)
-}
-
-func containsAll(s string, subs []string) bool {
-	for _, sub := range subs {
-		if !strings.Contains(s, sub) {
-			return false
-		}
-	}
-	return true
-}
-
-// Signal sends sig to the process.
-func (p *Proxy) Signal(sig syscall.Signal) {
-	p.t.Helper()
-	if err := p.Cmd.Process.Signal(sig); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
 var addressRe = regexp.MustCompile(`address=(\S+)`)
-
-// MetricsURL is the URL of the proxy's Prometheus endpoint.
-func (p *Proxy) MetricsURL() string {
-	p.t.Helper()
-	m := addressRe.FindStringSubmatch(p.WaitLog("metrics listening"))
-	if m == nil {
-		p.t.Fatal("no address on the metrics line")
-	}
-	return "http://" + m[1] + "/metrics"
-}
-
-// AdminURL is the base URL of the admin API.
-func (p *Proxy) AdminURL() string {
-	p.t.Helper()
-	m := addressRe.FindStringSubmatch(p.WaitLog("admin API listening"))
-	if m == nil {
-		p.t.Fatal("no address on the admin line")
-	}
-	return "http://" + m[1]
-}
 
 // Metrics is one scrape: the value of every series, keyed by its name and
 // labels as exposed (name{a="x",b="y"}, labels sorted), plus each family's
@@ -317,26 +133,8 @@ func Scrape(t testing.TB, url string) Metrics {
 }
 
 // FreePort returns a port on 127.0.0.1 free for TCP and UDP a moment ago,
-// below the ephemeral range so a TIME_WAIT socket cannot hold it.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	for i := 0; i < 1000; i++ {
-		port := 20000 + int(time.Now().UnixNano()/1000%12000)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		l.Close()
-		if err != nil {
-			continue
-		}
-		u.Close()
-		return port
-	}
-	t.Fatal("no free port")
-	return 0
-}
+// FreePort returns a TCP and UDP port on 127.0.0.1 free a moment ago.
+func FreePort(t testing.TB) int { t.Helper(); return harness.FreePort(t) }
 
 // Backend is a TCP backend that runs handle on every connection. It can be
 // killed (listener and every connection closed at once) and restarted on
@@ -450,16 +248,7 @@ func Greet(name string) func(net.Conn) {
 }
 
 // Greeting dials addr and returns the first line it reads.
-func Greeting(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, Deadline)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(Deadline))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return strings.TrimSuffix(line, "\n"), err
-}
+func Greeting(addr string) (string, error) { return harness.Greeting(addr) }
 
 // Eventually polls cond every 20 ms until it holds or Deadline passes.
 func Eventually(t testing.TB, what string, cond func() bool) {
@@ -565,7 +354,7 @@ func backToBaseline(t testing.TB, p *Proxy, url string, baseG int, baseFD FDs, g
 		}
 		if time.Now().After(end) {
 			t.Fatalf("not back to the baseline within %v: goroutines %d (baseline %d), descriptors %v (baseline %v)\n%s",
-				Deadline, *g, baseG, *f, baseFD, p.debugDump())
+				Deadline, *g, baseG, *f, baseFD, debugDump(p))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -573,7 +362,7 @@ func backToBaseline(t testing.TB, p *Proxy, url string, baseG int, baseFD FDs, g
 
 // debugDump lists the proxy's descriptors and, when the config turned
 // [admin] pprof on, its goroutines: what a leak report needs.
-func (p *Proxy) debugDump() string {
+func debugDump(p *Proxy) string {
 	var b strings.Builder
 	dir := fmt.Sprintf("/proc/%d/fd", p.PID())
 	ents, _ := os.ReadDir(dir)

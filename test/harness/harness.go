@@ -1,0 +1,288 @@
+// Package harness runs the built dynamic-proxy binary for the end-to-end
+// (test/e2e) and fault (test/faults) suites: it builds the binary, starts
+// it on a config, follows its log so tests wait on events rather than
+// sleeping, and stops it when the test ends.
+package harness
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Deadline is the generous bound every wait in the suites uses.
+const Deadline = 20 * time.Second
+
+// Build compiles cmd/dynamic-proxy (from a suite two levels below the
+// module root) into dir, with -race when race is set, and returns its path.
+func Build(dir string, race bool) (string, error) {
+	bin := filepath.Join(dir, "dynamic-proxy")
+	args := []string{"build", "-o", bin}
+	if race {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../../cmd/dynamic-proxy")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	return bin, build.Run()
+}
+
+// Proxy is a running dynamic-proxy process.
+type Proxy struct {
+	t      testing.TB
+	Cmd    *exec.Cmd
+	Config string // path of its config file
+
+	mu     sync.Mutex
+	lines  []string
+	notify chan struct{}
+	exited chan struct{}
+	err    error
+}
+
+// Launch runs argv (the binary, maybe under a wrapper such as prlimit) for
+// the config at configPath without waiting for it to be ready. It is killed
+// when the test ends if still running, and its log is shown if the test
+// failed.
+func Launch(t testing.TB, configPath string, argv ...string) *Proxy {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = cmd.Stderr
+	p := &Proxy{t: t, Cmd: cmd, Config: configPath, notify: make(chan struct{}), exited: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.lines = append(p.lines, sc.Text())
+			close(p.notify)
+			p.notify = make(chan struct{})
+			p.mu.Unlock()
+		}
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			cmd.Process.Kill()
+			<-p.exited
+		}
+		if t.Failed() {
+			log := p.Log()
+			if len(log) > 20000 {
+				log = "…" + log[len(log)-20000:]
+			}
+			t.Logf("proxy log:\n%s", log)
+		}
+	})
+	return p
+}
+
+// PID is the proxy's process id.
+func (p *Proxy) PID() int { return p.Cmd.Process.Pid }
+
+// Exited is closed when the process has exited.
+func (p *Proxy) Exited() <-chan struct{} { return p.exited }
+
+// Log returns everything the process logged so far.
+func (p *Proxy) Log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.lines, "\n")
+}
+
+// Lines returns the log lines so far.
+func (p *Proxy) Lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.lines...)
+}
+
+// NumLines is the number of log lines so far (a mark for WaitLogFrom).
+func (p *Proxy) NumLines() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.lines)
+}
+
+// Count is how many log lines so far contain every one of subs.
+func (p *Proxy) Count(subs ...string) int {
+	n := 0
+	for _, l := range p.Lines() {
+		if ContainsAll(l, subs) {
+			n++
+		}
+	}
+	return n
+}
+
+// WaitLog waits until a log line contains every one of subs and returns it.
+func (p *Proxy) WaitLog(subs ...string) string {
+	p.t.Helper()
+	return p.WaitLogFrom(0, subs...)
+}
+
+// WaitLogFrom is WaitLog looking only at lines from index from on.
+func (p *Proxy) WaitLogFrom(from int, subs ...string) string {
+	p.t.Helper()
+	deadline := time.After(Deadline)
+	seen := from
+	for {
+		p.mu.Lock()
+		lines, ch := p.lines, p.notify
+		p.mu.Unlock()
+		for ; seen < len(lines); seen++ {
+			if ContainsAll(lines[seen], subs) {
+				return lines[seen]
+			}
+		}
+		select {
+		case <-ch:
+		case <-p.exited:
+			all := p.Lines()
+			for _, l := range all[min(seen, len(all)):] {
+				if ContainsAll(l, subs) {
+					return l
+				}
+			}
+			p.t.Fatalf("proxy exited (%v) before logging %q", p.err, subs)
+		case <-deadline:
+			p.t.Fatalf("proxy did not log %q within %v", subs, Deadline)
+		}
+	}
+}
+
+// Signal sends sig to the process.
+func (p *Proxy) Signal(sig syscall.Signal) {
+	p.t.Helper()
+	if err := p.Cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// Wait waits for the process to exit and returns its exit code.
+func (p *Proxy) Wait() int {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(Deadline):
+		p.t.Fatalf("proxy did not exit within %v", Deadline)
+	}
+	if ee, ok := p.err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return 0
+}
+
+// ContainsAll reports whether s contains every one of subs.
+func ContainsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	metricsSection = regexp.MustCompile(`(?m)^\s*\[metrics\]`)
+	adminSection   = regexp.MustCompile(`(?m)^\s*\[admin\]`)
+)
+
+// WithFreeObservePorts appends [metrics] and [admin] sections binding
+// 127.0.0.1:0 to a config that has none of its own, so that proxies of
+// several tests never collide on the default ports 9090 and 9091.
+func WithFreeObservePorts(toml string) string {
+	if !metricsSection.MatchString(toml) {
+		toml += "\n[metrics]\nbind = \"127.0.0.1:0\"\n"
+	}
+	if !adminSection.MatchString(toml) {
+		toml += "\n[admin]\nbind = \"127.0.0.1:0\"\n"
+	}
+	return toml
+}
+
+// WriteConfig writes a config (with WithFreeObservePorts) into a temp dir
+// and returns its path.
+func WriteConfig(t testing.TB, toml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(WithFreeObservePorts(toml)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// FreePort returns a port free for TCP and UDP on 127.0.0.1 a moment ago,
+// below the usual ephemeral range so a TIME_WAIT socket cannot hold it.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		port := 20000 + int(time.Now().UnixNano()/1000%12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return port
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// Greeting dials addr and returns the first line the backend sends, or an
+// error.
+func Greeting(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, Deadline)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(Deadline))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSuffix(line, "\n"), err
+}
+
+var addressRe = regexp.MustCompile(`address=(\S+)`)
+
+// MetricsURL is the URL of the proxy's Prometheus endpoint.
+func (p *Proxy) MetricsURL() string {
+	p.t.Helper()
+	m := addressRe.FindStringSubmatch(p.WaitLog("metrics listening"))
+	if m == nil {
+		p.t.Fatal("no address on the metrics line")
+	}
+	return "http://" + m[1] + "/metrics"
+}
+
+// AdminURL is the base URL of the admin API.
+func (p *Proxy) AdminURL() string {
+	p.t.Helper()
+	m := addressRe.FindStringSubmatch(p.WaitLog("admin API listening"))
+	if m == nil {
+		p.t.Fatal("no address on the admin line")
+	}
+	return "http://" + m[1]
+}
