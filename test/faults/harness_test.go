@@ -6,8 +6,8 @@
 // TestMain builds the binary once (with -race when FAULTS_RACE is set); each
 // test starts its own proxy on free ports, waits for events (log lines,
 // counters, /proc), never sleeps to synchronise, and stops everything it
-// started. The helpers below are copied from test/e2e, not imported: test
-// files of another package cannot be.
+// started. Running the binary is test/harness, shared with test/e2e; the
+// helpers here are the fault suite's own.
 package faults
 
 import (
