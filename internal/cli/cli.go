@@ -188,9 +188,6 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		log.Info("rule", "name", r.Name, "protocol", r.Protocol, "listener", cfg.Listener(&r),
 			"router", r.Router, "backends", len(r.Backends), "enabled", r.Enabled)
 	}
-	info := version.Get()
-	log.Info("dynamic-proxy started", "version", info.Version, "config", cfg.File, "pid", os.Getpid())
-
 	rl := &reload.Reloader{Engine: eng, Path: o.config, Log: log,
 		Applied: func(cfg *config.Config) {
 			if o.logLevel == "" {
@@ -212,6 +209,10 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 			log.Info("watching the config file for changes", "config", o.config)
 		}
 	}
+	// Logged last, once /readyz says ready and the triggers of a reload are
+	// in place, so the line means "serving" (the tests wait on it).
+	info := version.Get()
+	log.Info("dynamic-proxy started", "version", info.Version, "config", cfg.File, "pid", os.Getpid())
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
