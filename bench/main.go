@@ -25,14 +25,18 @@ import (
 )
 
 var (
-	flagRounds = flag.Int("rounds", 5, "interleaved rounds (at least 5 for the report)")
-	flagOut    = flag.String("out", "docs/BENCHMARKS.md", "report file")
-	flagQuick  = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
-	flagOnly   = flag.String("only", "", "comma-separated scenarios to run (default all)")
-	flagMode   = flag.String("mode", "", "internal: echo or sink")
-	flagListen = flag.String("listen", "", "internal: echo listen address")
-	flagDP     = flag.String("dp", "", "dynamic-proxy binary (default: build it)")
-	flagDPUDP  = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
+	flagRounds  = flag.Int("rounds", 5, "interleaved rounds (at least 5 for the report)")
+	flagOut     = flag.String("out", "docs/BENCHMARKS.md", "report file")
+	flagQuick   = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
+	flagOnly    = flag.String("only", "", "comma-separated scenarios to run (default all)")
+	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn (load alone, for profiling: -target, -rate, -for)")
+	flagTarget  = flag.String("target", "", "churn mode: address to load")
+	flagRate    = flag.Int("rate", 4000, "churn mode: connections per second (0: closed loop)")
+	flagFor     = flag.Duration("for", 10*time.Second, "churn mode: how long")
+	flagListen  = flag.String("listen", "", "internal: echo listen address")
+	flagDP      = flag.String("dp", "", "dynamic-proxy binary (default: build it)")
+	flagWorkers = flag.Int("workers", 0, "worker threads of every proxy (dynamic-proxy worker_threads, HAProxy nbthread, nginx worker_processes); 0: each one's default, one per CPU")
+	flagDPUDP   = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
 )
 
 func main() {
@@ -40,6 +44,12 @@ func main() {
 	if *flagMode == "sink" {
 		fmt.Fprintln(os.Stderr, sinkServe(*flagListen))
 		os.Exit(1)
+	}
+	if *flagMode == "churn" {
+		r := churn(*flagTarget, *flagRate, 64, *flagFor)
+		fmt.Printf("%d connections in %v (%.0f/s), %d errors (first: %v), p50 %v p99 %v\n", r.ops, r.elapsed.Round(time.Millisecond),
+			float64(r.ops)/r.elapsed.Seconds(), r.errors, r.firstErr, r.lat.pct(0.5), r.lat.pct(0.99))
+		return
 	}
 	if *flagMode == "echo" {
 		fmt.Fprintln(os.Stderr, echoServe(*flagListen))
@@ -53,6 +63,10 @@ func main() {
 
 // sample is one measurement: metric name -> value.
 type sample map[string]float64
+
+// roundKey holds a sample's round in the sample itself, so that two
+// targets' samples can be paired by round (pairedRatio).
+const roundKey = "_round"
 
 type scenario struct {
 	name    string
@@ -368,6 +382,7 @@ func run() error {
 					fmt.Printf("round %d %-16s %-24s error: %v\n", round+1, sc.name, t.name, err)
 					continue
 				}
+				s[roundKey] = float64(round)
 				results[sc.name][t.name] = append(results[sc.name][t.name], s)
 				fmt.Printf("round %d %-16s %-24s %s\n", round+1, sc.name, t.name, fmtSample(s))
 			}
@@ -389,7 +404,9 @@ func run() error {
 func fmtSample(s sample) string {
 	keys := make([]string, 0, len(s))
 	for k := range s {
-		keys = append(keys, k)
+		if k != roundKey {
+			keys = append(keys, k)
+		}
 	}
 	sortStrings(keys)
 	var b strings.Builder

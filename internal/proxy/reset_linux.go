@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"unsafe"
+
 	"net"
 	"os"
 	"sync/atomic"
@@ -33,7 +35,11 @@ func resetByPeer(c *net.TCPConn, finSent *atomic.Bool) bool {
 	}
 	var state uint8
 	if rc.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+		// Raw, like the relay's other calls on the socket (rawio_linux.go).
+		var info unix.TCPInfo
+		n := uint32(unsafe.Sizeof(info))
+		if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
+			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
 			state = info.State
 		}
 	}) != nil {

@@ -316,7 +316,7 @@ func (c *tcpConn) pump(up bool) {
 		}
 		if err = c.upErr; err == nil {
 			c.finToBackend.Store(true)
-			c.backend.CloseWrite()
+			closeWrite(c.backend)
 		}
 	} else {
 		c.downN, c.downErr = copyConn(c.client, c.backend, &c.act, &c.downM)
@@ -325,7 +325,7 @@ func (c *tcpConn) pump(up bool) {
 		}
 		if err = c.downErr; err == nil {
 			c.finToClient.Store(true)
-			c.client.CloseWrite()
+			closeWrite(c.client)
 		}
 	}
 	if err != nil {
