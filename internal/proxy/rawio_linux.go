@@ -105,3 +105,16 @@ func writeRaw(rc interface {
 	}
 	return n, werr
 }
+
+// epollPoll collects ready events without waiting (timeout 0), as a raw
+// system call: the UDP loops park in the netpoller, never in epoll_wait.
+func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	if len(events) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}

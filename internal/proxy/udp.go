@@ -455,7 +455,7 @@ func (l *udpShard) wake() {
 // pollEvents is the function the loop parks with: it collects ready events
 // without blocking and returns false (park) when there are none.
 func (l *udpShard) pollEvents(fd uintptr) bool {
-	n, err := unix.EpollWait(int(fd), l.events, 0)
+	n, err := epollPoll(int(fd), l.events)
 	if err == unix.EINTR {
 		return true // take a turn and poll again: never park on pending events
 	}

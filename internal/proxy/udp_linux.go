@@ -26,10 +26,14 @@ const maxDatagram = 65535
 // bytes) or IPV6_PKTINFO (40) and anything unexpected next to it.
 const oobSize = 64
 
+// The loop's datagram calls never block (MSG_DONTWAIT on non-blocking
+// sockets), so they are raw system calls: see rawio_linux.go for what the
+// runtime's blocking-syscall protocol would cost on every one.
+
 // recvmmsg reads up to len(hs) datagrams without blocking. It returns 0 and
 // EAGAIN when none is waiting.
 func recvmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
-	n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])),
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])),
 		uintptr(len(hs)), unix.MSG_DONTWAIT, 0, 0)
 	runtime.KeepAlive(hs)
 	if e != 0 {
@@ -41,7 +45,7 @@ func recvmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
 // sendmmsg sends up to len(hs) datagrams without blocking and returns how
 // many went; an error is about hs[n].
 func sendmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
-	n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])),
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])),
 		uintptr(len(hs)), unix.MSG_DONTWAIT, 0, 0)
 	runtime.KeepAlive(hs)
 	if e != 0 {
@@ -57,7 +61,7 @@ func send(fd int, p []byte) unix.Errno {
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
 	}
-	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(ptr), uintptr(len(p)), unix.MSG_DONTWAIT, 0, 0)
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(ptr), uintptr(len(p)), unix.MSG_DONTWAIT, 0, 0)
 	runtime.KeepAlive(p)
 	return e
 }
