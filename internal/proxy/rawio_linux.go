@@ -118,3 +118,9 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	}
 	return int(n), nil
 }
+
+// rawClose closes a descriptor that only its caller uses and that has no
+// pending output to flush (a UDP session's socket).
+func rawClose(fd int) {
+	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}

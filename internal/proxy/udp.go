@@ -449,7 +449,7 @@ func (l *udpShard) wake() {
 		return
 	}
 	var one = [8]byte{1}
-	_, _ = unix.Write(l.evfd, one[:])
+	_, _ = rawWrite(l.evfd, one[:])
 }
 
 // pollEvents is the function the loop parks with: it collects ready events
@@ -501,7 +501,7 @@ func (l *udpShard) run() {
 				l.readClients()
 			case l.evfd:
 				var buf [8]byte
-				_, _ = unix.Read(l.evfd, buf[:])
+				_, _ = rawRead(l.evfd, buf[:])
 				l.applyResolved()
 				l.applyCloses()
 			default:
@@ -890,13 +890,16 @@ func (l *udpShard) dial(b *backend.Backend) (int, error) {
 	}
 	var sa unix.RawSockaddrInet6
 	n := putSockaddr(&sa, family, ra)
-	if _, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
-		unix.Close(fd)
+	// A UDP connect only sets the peer: like the rest of a session's
+	// socket calls it never blocks, so it is a raw system call.
+	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
+		rawClose(fd)
 		return -1, os.NewSyscallError("connect", e)
 	}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-		unix.Close(fd)
-		return -1, os.NewSyscallError("epoll_ctl", err)
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0); e != 0 {
+		rawClose(fd)
+		return -1, os.NewSyscallError("epoll_ctl", e)
 	}
 	return fd, nil
 }
@@ -1068,7 +1071,7 @@ func (l *udpShard) closeSocket(s *udpSession, reason string) {
 		return
 	}
 	l.byFd[s.fd] = nil
-	unix.Close(s.fd) // also leaves the epoll set
+	rawClose(s.fd) // also leaves the epoll set
 	s.fd = -1
 	s.b.Release()
 	if s.release != nil {
