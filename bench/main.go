@@ -29,7 +29,7 @@ var (
 	flagOut     = flag.String("out", "docs/BENCHMARKS.md", "report file")
 	flagQuick   = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
 	flagOnly    = flag.String("only", "", "comma-separated scenarios to run (default all)")
-	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn (load alone, for profiling: -target, -rate, -for)")
+	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn / udp (TCP connection churn or UDP echo round trips alone, for profiling: -target, -rate, -for)")
 	flagTarget  = flag.String("target", "", "churn mode: address to load")
 	flagRate    = flag.Int("rate", 4000, "churn mode: connections per second (0: closed loop)")
 	flagFor     = flag.Duration("for", 10*time.Second, "churn mode: how long")
@@ -45,9 +45,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, sinkServe(*flagListen))
 		os.Exit(1)
 	}
-	if *flagMode == "churn" {
-		r := churn(*flagTarget, *flagRate, 64, *flagFor)
-		fmt.Printf("%d connections in %v (%.0f/s), %d errors (first: %v), p50 %v p99 %v\n", r.ops, r.elapsed.Round(time.Millisecond),
+	if *flagMode == "churn" || *flagMode == "udp" {
+		load := churn
+		if *flagMode == "udp" {
+			load = udpLoad
+		}
+		r := load(*flagTarget, *flagRate, 64, *flagFor)
+		fmt.Printf("%d operations in %v (%.0f/s), %d errors (first: %v), p50 %v p99 %v\n", r.ops, r.elapsed.Round(time.Millisecond),
 			float64(r.ops)/r.elapsed.Seconds(), r.errors, r.firstErr, r.lat.pct(0.5), r.lat.pct(0.99))
 		return
 	}
