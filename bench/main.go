@@ -4,6 +4,11 @@
 //
 //	make bench                      # 5 rounds, the full set
 //	go run ./bench -rounds 1 -quick # a short smoke run
+//	go run ./bench -workers 1 -only churn-4000/s,redis-get -out /tmp/b.md
+//	                                # one worker thread/process for every proxy
+//	go run ./bench -mode churn -target 127.0.0.1:8080 -rate 4000 -for 10s
+//	                                # the load alone, to profile a running proxy
+//	                                # (-mode udp: UDP echo round trips)
 //
 // Every load loop is bounded in time, all traffic stays on 127.0.0.1, and
 // every process the harness starts is stopped by its PID.
