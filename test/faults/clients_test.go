@@ -251,10 +251,12 @@ func TestHalfClosedAndHalfOpen(t *testing.T) {
 	be := StartBackend(t, func(c net.Conn) {
 		tc := c.(*net.TCPConn)
 		var hdr [9]byte
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		if n, err := io.ReadFull(c, hdr[:]); err != nil {
+			ev.note(fmt.Sprintf("a backend connection from %s ended after %d header bytes: %v", c.RemoteAddr(), n, err))
 			return
 		}
 		id, key := string(hdr[1:]), string(hdr[:]) // key: kind and id, one per connection
+		ev.note(key + ": header read by the backend")
 		switch hdr[0] {
 		case 'A': // read to EOF, then answer 1 MiB and close
 			h := sha256.New()
@@ -271,7 +273,9 @@ func TestHalfClosedAndHalfOpen(t *testing.T) {
 			<-hold
 		case 'D': // half-close, then wait for the proxy to close
 			tc.CloseWrite()
-			io.Copy(io.Discard, c)
+			ev.note(key + ": backend half-closed")
+			_, err := io.Copy(io.Discard, c)
+			ev.note(fmt.Sprintf("%s: backend saw the end (%v)", key, err))
 			ev.end(key) <- time.Now()
 		}
 	})
@@ -340,6 +344,7 @@ func TestHalfClosedAndHalfOpen(t *testing.T) {
 // halfEvents carries what the backend saw to the client goroutines.
 type halfEvents struct {
 	mu    sync.Mutex
+	log   []string                  // what the backend's handlers went through (for failures)
 	sums  map[string]chan []byte    // kind and id → sha256 of what the backend received
 	ended map[string]chan time.Time // kind and id → when the backend saw the proxy close (kind D)
 }
@@ -351,6 +356,26 @@ func (e *halfEvents) sum(id string) chan []byte {
 		e.sums[id] = make(chan []byte, 1)
 	}
 	return e.sums[id]
+}
+
+func (e *halfEvents) note(line string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.log = append(e.log, time.Now().Format("15:04:05.000")+" "+line)
+}
+
+// notes returns the notes about key, and those of connections that ended
+// before their header told the backend whose they were.
+func (e *halfEvents) notes(key string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for _, l := range e.log {
+		if strings.Contains(l, key) || strings.Contains(l, "header bytes") {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func (e *halfEvents) end(id string) chan time.Time {
@@ -438,7 +463,9 @@ func halfConn(addr string, kind rune, id string, size int, ev *halfEvents) (time
 		case at := <-ev.end(key):
 			return at.Sub(sent), nil
 		case <-time.After(Deadline):
-			return 0, errors.New("the half-open connection was never closed")
+			// Say how far the backend got, so that a failure here can be
+			// told apart: header never read, or the proxy's close not seen.
+			return 0, fmt.Errorf("the half-open connection was never closed; backend notes: %v", ev.notes(key))
 		}
 	}
 }
