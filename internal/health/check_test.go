@@ -183,6 +183,9 @@ func TestProbePort(t *testing.T) {
 	if err := c.Probe(context.Background()); err != nil {
 		t.Fatalf("check of port %d failed: %v", p, err)
 	}
+	// The check passes once the kernel completed the handshake; the
+	// server's accept loop may count the connection a moment later.
+	waitFor(t, "the check port's server to accept the check", func() bool { return s.accepted.Load() >= 1 })
 	if s.accepted.Load() != 1 {
 		t.Errorf("check port got %d connections", s.accepted.Load())
 	}
