@@ -85,34 +85,6 @@ func (o *recObserver) waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// obsEcho is a backend that sends back what it reads until EOF.
-func obsEcho(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func obsServer(t *testing.T, rt *Route) (*Server, string) {
 	t.Helper()
 	srv := NewServer(slog.New(slog.DiscardHandler))
@@ -149,7 +121,7 @@ func TestObserverSeesEveryTCPEvent(t *testing.T) {
 	deadAddr := dead.Addr().String()
 	dead.Close()
 	bDead := backend.New("r", "dead", deadAddr, 1, nil)
-	bLive := backend.New("r", "live", obsEcho(t), 1, nil)
+	bLive := backend.New("r", "live", startBackend(t, echo).addr, 1, nil)
 	_, addr := obsServer(t, obsRoute(t, o, bDead, bLive))
 
 	var sent int64
@@ -204,7 +176,7 @@ func TestObserverSeesEveryTCPEvent(t *testing.T) {
 // with its reason, and still opened and closed.
 func TestObserverRejections(t *testing.T) {
 	o := newRecObserver()
-	b := backend.New("r", "b", obsEcho(t), 1, nil)
+	b := backend.New("r", "b", startBackend(t, echo).addr, 1, nil)
 	srv, addr := obsServer(t, obsRoute(t, o, b))
 	greet := func() {
 		c, err := net.Dial("tcp", addr)
@@ -265,7 +237,7 @@ func TestObserverRejections(t *testing.T) {
 
 // TestObserverNilCostsNothing: a route without an observer proxies as before.
 func TestObserverNilCostsNothing(t *testing.T) {
-	b := backend.New("r", "b", obsEcho(t), 1, nil)
+	b := backend.New("r", "b", startBackend(t, echo).addr, 1, nil)
 	_, addr := obsServer(t, obsRoute(t, nil, b))
 	c, err := net.Dial("tcp", addr)
 	if err != nil {

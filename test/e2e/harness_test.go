@@ -7,13 +7,12 @@ package e2e
 
 import (
 	"bytes"
-	"fmt"
-	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 var binary string
@@ -21,20 +20,7 @@ var binary string
 // Deadline is the generous bound every wait in these tests uses.
 const Deadline = harness.Deadline
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "dp-e2e-")
-	if err != nil {
-		panic(err)
-	}
-	binary, err = harness.Build(dir, os.Getenv("E2E_RACE") != "")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: building the binary failed:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, "e2e", "E2E_RACE", &binary) }
 
 // Proxy is a running dynamic-proxy process (test/harness).
 type Proxy = harness.Proxy

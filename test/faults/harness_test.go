@@ -36,20 +36,7 @@ var binary string
 // Deadline bounds every wait on an event.
 const Deadline = harness.Deadline
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "dp-faults-")
-	if err != nil {
-		panic(err)
-	}
-	binary, err = harness.Build(dir, os.Getenv("FAULTS_RACE") != "")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "faults: building the binary failed:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, "faults", "FAULTS_RACE", &binary) }
 
 // Proxy is a running dynamic-proxy process (test/harness).
 type Proxy = harness.Proxy

@@ -22,6 +22,24 @@ import (
 // Deadline is the generous bound every wait in the suites uses.
 const Deadline = 20 * time.Second
 
+// Main is a suite's TestMain: it builds the binary into a temporary
+// directory (with -race when the environment variable raceEnv is set),
+// stores its path in *binary, runs the tests and exits with their status.
+func Main(m *testing.M, suite, raceEnv string, binary *string) {
+	dir, err := os.MkdirTemp("", "dp-"+suite+"-")
+	if err != nil {
+		panic(err)
+	}
+	*binary, err = Build(dir, os.Getenv(raceEnv) != "")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, suite+": building the binary failed:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // Build compiles cmd/dynamic-proxy (from a suite two levels below the
 // module root) into dir, with -race when race is set, and returns its path.
 func Build(dir string, race bool) (string, error) {
