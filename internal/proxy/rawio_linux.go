@@ -1,7 +1,7 @@
 package proxy
 
 import (
-	"net"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -19,13 +19,6 @@ import (
 // wake-ups per connection, and on this kind of VM a context switch costs
 // micro-seconds: perf put 17% of the proxy's CPU in sysmon. RawSyscall skips
 // the protocol; the calls are as short as they were.
-
-func errnoErr(e unix.Errno) error {
-	if e == 0 {
-		return nil
-	}
-	return e
-}
 
 func rawRead(fd int, p []byte) (int, error) {
 	if len(p) == 0 {
@@ -57,53 +50,25 @@ func rawSplice(in, out int, n int, flags int) (int64, error) {
 	return int64(r), nil
 }
 
-// closeWrite half-closes c (shutdown SHUT_WR) without the blocking-syscall
-// protocol.
-func closeWrite(c *net.TCPConn) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		_, _, e := unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0)
-		serr = errnoErr(e)
-	}); err != nil {
-		return err
-	}
-	return serr
-}
+// closeWrite half-closes a socket (shutdown SHUT_WR). Nothing is done
+// about a failure: the copy in the other direction meets the socket's
+// error, if any, and reports it.
+func closeWrite(rc syscall.RawConn) { _ = rc.Control(shutdownWrite) }
 
-// writeRaw writes all of b to dst through its RawConn, waiting for
-// writability in the netpoller as needed (and honouring deadlines as
-// net.Conn.Write does).
-func writeRaw(rc interface {
-	Write(func(uintptr) bool) error
-}, b []byte) (int, error) {
-	var n int
-	var werr error
-	err := rc.Write(func(fd uintptr) bool {
-		for len(b) > 0 {
-			w, e := rawWrite(int(fd), b)
-			if e == unix.EINTR {
-				continue
-			}
-			if e == unix.EAGAIN {
-				return false
-			}
-			if e != nil {
-				werr = e
-				return true
-			}
-			n += w
-			b = b[w:]
+func shutdownWrite(fd uintptr) { unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0) }
+
+// tcpState is the socket's TCP state (tcp_info.tcpi_state), 0 if unknown.
+func tcpState(rc syscall.RawConn) uint8 {
+	var state uint8
+	_ = rc.Control(func(fd uintptr) {
+		var info unix.TCPInfo
+		n := uint32(unsafe.Sizeof(info))
+		if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
+			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
+			state = info.State
 		}
-		return true
 	})
-	if err != nil {
-		return n, err
-	}
-	return n, werr
+	return state
 }
 
 // epollPoll collects ready events without waiting (timeout 0), as a raw

@@ -1,14 +1,9 @@
 package proxy
 
 import (
-	"unsafe"
-
-	"net"
 	"os"
 	"sync/atomic"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // errPeerReset is what a copy that read a plain EOF reports when the peer
@@ -28,22 +23,6 @@ const tcpStateClose = 7
 // reset it is CLOSE. finSent is set just before we send our FIN on c (once
 // both FINs crossed, the state is CLOSE too), and is read after the state
 // so that a FIN we sent meanwhile is not taken for a reset.
-func resetByPeer(c *net.TCPConn, finSent *atomic.Bool) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var state uint8
-	if rc.Control(func(fd uintptr) {
-		// Raw, like the relay's other calls on the socket (rawio_linux.go).
-		var info unix.TCPInfo
-		n := uint32(unsafe.Sizeof(info))
-		if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
-			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
-			state = info.State
-		}
-	}) != nil {
-		return false
-	}
-	return state == tcpStateClose && !finSent.Load()
+func resetByPeer(rc syscall.RawConn, finSent *atomic.Bool) bool {
+	return tcpState(rc) == tcpStateClose && !finSent.Load()
 }

@@ -50,7 +50,7 @@ func TestResetByPeer(t *testing.T) {
 			t.Fatalf("read after the write took the reset: %d, %v; want a plain EOF (what the copy sees)", n, err)
 		}
 		var fin atomic.Bool
-		if !resetByPeer(a, &fin) {
+		if !resetByPeer(rawConn(t, a), &fin) {
 			t.Fatal("a reset whose error a write consumed was taken for an orderly end")
 		}
 	})
@@ -61,7 +61,7 @@ func TestResetByPeer(t *testing.T) {
 			t.Fatalf("read: %d, %v", n, err)
 		}
 		var fin atomic.Bool
-		if resetByPeer(a, &fin) {
+		if resetByPeer(rawConn(t, a), &fin) {
 			t.Fatal("the peer's FIN was taken for a reset")
 		}
 	})
@@ -77,8 +77,17 @@ func TestResetByPeer(t *testing.T) {
 		if n, err := a.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 			t.Fatalf("read: %d, %v", n, err)
 		}
-		if resetByPeer(a, &fin) {
+		if resetByPeer(rawConn(t, a), &fin) {
 			t.Fatal("an orderly close after our own FIN was taken for a reset")
 		}
 	})
+}
+
+func rawConn(t *testing.T, c *net.TCPConn) syscall.RawConn {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc
 }

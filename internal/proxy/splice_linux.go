@@ -80,55 +80,36 @@ var errWouldBlock = errors.New("would block")
 // write, as in any proxy. When that read fills the buffer more is likely
 // queued, and the rest of the burst goes through splice(2) without being
 // copied to user space. An idle connection holds neither a buffer nor a pipe.
-func spliceCopy(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
-	srcRC, err := src.SyscallConn()
-	if err != nil {
-		return 0, err
+func spliceCopy(dst, src *net.TCPConn, dstRC, srcRC syscall.RawConn, cp *copier, a *activity, m *meter) (int64, error) {
+	cp.size = a.bufSize
+	if cp.size <= 0 {
+		cp.size = defaultBufSize
 	}
-	dstRC, err := dst.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	size := a.bufSize
-	if size <= 0 {
-		size = defaultBufSize
-	}
+	// Method values made once: the RawConn callbacks then capture nothing
+	// new, so a read or a write allocates nothing per burst.
+	readFn, writeFn := cp.read, cp.write
 	var total int64
 	for {
-		var n int
-		var rerr error
-		var bp *[]byte
 		// Read until EAGAIN before waiting. Stopping at a short read, as
 		// nginx does with edge-triggered epoll, would save a system call
 		// per burst, but only because nginx also sees EPOLLRDHUP: a FIN
 		// that came with the last bytes raises no further edge, and only
 		// another read finds it. Go's netpoller does not pass RDHUP on.
-		if err := srcRC.Read(func(fd uintptr) bool {
-			bp = getBuf(size)
-			for {
-				n, rerr = rawRead(int(fd), *bp)
-				if rerr != unix.EINTR {
-					break
-				}
-			}
-			if rerr == unix.EAGAIN {
-				putBuf(bp)
-				bp = nil
-				return false // wait for readability holding nothing
-			}
-			return true
-		}); err != nil {
-			if bp != nil {
-				putBuf(bp)
+		if err := srcRC.Read(readFn); err != nil {
+			if cp.bp != nil {
+				putBuf(cp.bp)
+				cp.bp = nil
 			}
 			if a.keepWaiting(err, src, true) {
 				continue
 			}
 			return total, err
 		}
-		if rerr != nil {
+		bp, n := cp.bp, cp.n
+		cp.bp = nil
+		if cp.rerr != nil {
 			putBuf(bp)
-			return total, os.NewSyscallError("read", rerr)
+			return total, os.NewSyscallError("read", cp.rerr)
 		}
 		if n <= 0 { // EOF
 			putBuf(bp)
@@ -136,7 +117,7 @@ func spliceCopy(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
 		}
 		a.touch()
 		full := n == len(*bp)
-		werr := writeAll(dstRC, dst, (*bp)[:n], a)
+		werr := cp.writeAll(dstRC, writeFn, dst, (*bp)[:n], a)
 		putBuf(bp)
 		if werr != nil {
 			return total, dstError{werr}
@@ -160,21 +141,77 @@ func spliceCopy(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
 	}
 }
 
+// copier is one direction's state between spliceCopy and its RawConn
+// callbacks (part of the connection, so it costs no allocation of its own).
+type copier struct {
+	size int
+	// read's results: a pooled buffer (nil while waiting), the bytes read
+	// into it, and the error.
+	bp   *[]byte
+	n    int
+	rerr error
+	// write's input and results.
+	wb   []byte
+	wn   int
+	werr error
+}
+
+// read is the RawConn.Read callback: one read into a pooled buffer taken
+// only now that the socket is readable, given back if it would block.
+func (cp *copier) read(fd uintptr) bool {
+	cp.bp = getBuf(cp.size)
+	for {
+		cp.n, cp.rerr = rawRead(int(fd), *cp.bp)
+		if cp.rerr != unix.EINTR {
+			break
+		}
+	}
+	if cp.rerr == unix.EAGAIN {
+		putBuf(cp.bp)
+		cp.bp = nil
+		return false // wait for readability holding nothing
+	}
+	return true
+}
+
+// write is the RawConn.Write callback: it writes cp.wb until it is all
+// gone, the socket would block (wait) or a write fails.
+func (cp *copier) write(fd uintptr) bool {
+	for len(cp.wb) > 0 {
+		w, e := rawWrite(int(fd), cp.wb)
+		if e == unix.EINTR {
+			continue
+		}
+		if e == unix.EAGAIN {
+			return false
+		}
+		if e != nil {
+			cp.werr = os.NewSyscallError("write", e)
+			return true
+		}
+		cp.wn += w
+		cp.wb = cp.wb[w:]
+	}
+	return true
+}
+
 // writeAll writes b to dst, treating a write deadline that fires while the
 // connection is still active as a reason to keep waiting.
-func writeAll(dstRC syscall.RawConn, dst *net.TCPConn, b []byte, a *activity) error {
-	for len(b) > 0 {
-		w, err := writeRaw(dstRC, b)
-		b = b[w:]
-		if w > 0 {
+func (cp *copier) writeAll(dstRC syscall.RawConn, writeFn func(uintptr) bool, dst *net.TCPConn, b []byte, a *activity) error {
+	cp.wb = b
+	defer func() { cp.wb = nil }()
+	for len(cp.wb) > 0 {
+		cp.wn, cp.werr = 0, nil
+		err := dstRC.Write(writeFn)
+		if cp.wn > 0 {
 			a.touch()
+		}
+		if err == nil {
+			err = cp.werr
 		}
 		if err != nil {
 			if a.keepWaiting(err, dst, false) {
 				continue
-			}
-			if errno, ok := err.(unix.Errno); ok {
-				return os.NewSyscallError("write", errno)
 			}
 			return err
 		}

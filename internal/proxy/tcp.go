@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
@@ -164,6 +165,11 @@ type tcpConn struct {
 	downErr                   error
 
 	upM, downM meter // byte counting, set once the backend is connected
+
+	// The sockets' RawConns, taken once per connection for the relay's
+	// raw system calls (rawio_linux.go).
+	clientRC, backendRC syscall.RawConn
+	upC, downC          copier // spliceCopy's state, one per direction
 }
 
 func (c *tcpConn) setBackend(be *backend.Backend, b *net.TCPConn) bool {
@@ -293,6 +299,12 @@ func (c *tcpConn) connect() bool {
 	if !c.setBackend(b, bc) {
 		return fail()
 	}
+	if c.clientRC, err = c.client.SyscallConn(); err == nil {
+		c.backendRC, err = bc.SyscallConn()
+	}
+	if err != nil {
+		return fail()
+	}
 	c.upM, c.downM = meter{be: b, obs: o}, meter{be: b, obs: o, out: true}
 	if err := writeFirst(bc, rt, ci, c.client.LocalAddr(), prefix, &c.upM); err != nil {
 		s.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
@@ -310,22 +322,22 @@ func (c *tcpConn) connect() bool {
 func (c *tcpConn) pump(up bool) {
 	var err error
 	if up {
-		c.upN, c.upErr = copyConn(c.backend, c.client, &c.act, &c.upM)
-		if c.upErr == nil && resetByPeer(c.client, &c.finToClient) {
+		c.upN, c.upErr = spliceCopy(c.backend, c.client, c.backendRC, c.clientRC, &c.upC, &c.act, &c.upM)
+		if c.upErr == nil && resetByPeer(c.clientRC, &c.finToClient) {
 			c.upErr = errPeerReset // the down copy noticed the reset first
 		}
 		if err = c.upErr; err == nil {
 			c.finToBackend.Store(true)
-			closeWrite(c.backend)
+			closeWrite(c.backendRC)
 		}
 	} else {
-		c.downN, c.downErr = copyConn(c.client, c.backend, &c.act, &c.downM)
-		if c.downErr == nil && resetByPeer(c.backend, &c.finToBackend) {
+		c.downN, c.downErr = spliceCopy(c.client, c.backend, c.clientRC, c.backendRC, &c.downC, &c.act, &c.downM)
+		if c.downErr == nil && resetByPeer(c.backendRC, &c.finToBackend) {
 			c.downErr = errPeerReset // the up copy noticed the reset first
 		}
 		if err = c.downErr; err == nil {
 			c.finToClient.Store(true)
-			closeWrite(c.client)
+			closeWrite(c.clientRC)
 		}
 	}
 	if err != nil {
@@ -467,9 +479,4 @@ func addrPort(a net.Addr) netip.AddrPort {
 		return ta.AddrPort()
 	}
 	return netip.AddrPort{}
-}
-
-// copyConn copies src to dst: splice on Linux, a pooled buffer elsewhere.
-func copyConn(dst, src *net.TCPConn, a *activity, m *meter) (int64, error) {
-	return spliceCopy(dst, src, a, m)
 }
