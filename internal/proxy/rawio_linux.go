@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"net"
+	"net/netip"
 	"syscall"
 	"unsafe"
 
@@ -88,4 +90,105 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 // pending output to flush (a UDP session's socket).
 func rawClose(fd int) {
 	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+// The TCP event loops' socket calls (tcploop.go, tcpconn.go): all on
+// non-blocking sockets, none can block.
+
+// accept4 takes a connection off a listening socket, non-blocking and
+// close-on-exec, and fills sa with the peer's address.
+func accept4(lfd int, sa *unix.RawSockaddrInet6) (int, unix.Errno) {
+	n := uint32(unsafe.Sizeof(*sa))
+	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&n)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(fd), 0
+}
+
+func epollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+func setsockoptInt(fd, level, opt, v int) unix.Errno {
+	val := int32(v)
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&val)), 4, 0)
+	return e
+}
+
+// setNoDelay turns Nagle's algorithm off, as the net package does on every
+// TCP socket: a proxy passes on what it has at once.
+func setNoDelay(fd int) { setsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
+
+// setLingerZero makes the next close send a reset instead of a FIN.
+func setLingerZero(fd int) {
+	l := unix.Linger{Onoff: 1, Linger: 0}
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
+}
+
+// resetClose closes a socket with a reset.
+func resetClose(fd int) {
+	setLingerZero(fd)
+	rawClose(fd)
+}
+
+// soError reads and clears a socket's pending error.
+func soError(fd int) unix.Errno {
+	var v int32
+	n := uint32(4)
+	if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR,
+		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&n)), 0); e != 0 {
+		return e
+	}
+	return unix.Errno(v)
+}
+
+// shutdownWR sends a FIN (shutdown SHUT_WR).
+func shutdownWR(fd int) { unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0) }
+
+// tcpSocket opens a non-blocking TCP socket of ap's family with Nagle off.
+func tcpSocket(ap netip.AddrPort) (int, unix.Errno) {
+	family := unix.AF_INET6
+	if ap.Addr().Unmap().Is4() {
+		family = unix.AF_INET
+	}
+	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return -1, e
+	}
+	setNoDelay(int(fd))
+	return int(fd), 0
+}
+
+// connectTo starts a non-blocking connect: 0 when connected at once,
+// EINPROGRESS while it goes on.
+func connectTo(fd int, ap netip.AddrPort) unix.Errno {
+	var sa unix.RawSockaddrInet6
+	family := unix.AF_INET6
+	if ap.Addr().Unmap().Is4() {
+		family = unix.AF_INET
+	}
+	n := putSockaddr(&sa, family, ap)
+	if ap.Addr().Is6() && ap.Addr().Zone() != "" {
+		if ifi, err := net.InterfaceByName(ap.Addr().Zone()); err == nil {
+			sa.Scope_id = uint32(ifi.Index)
+		}
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n))
+	return e
+}
+
+// localAddr is a socket's own address.
+func localAddr(fd int) net.Addr {
+	var sa unix.RawSockaddrInet6
+	n := uint32(unsafe.Sizeof(sa))
+	if _, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n))); e != 0 {
+		return &net.TCPAddr{}
+	}
+	return net.TCPAddrFromAddrPort(sockaddrAddrPort(&sa))
 }

@@ -68,12 +68,13 @@ type Server struct {
 	Stats    Stats
 	UDP      UDPStats
 
-	mu        sync.Mutex
-	listeners map[Listener]struct{}
-	conns     map[*tcpConn]struct{}
-	udp       map[*UDPListener]struct{} // until their sessions have ended
-	closing   bool
-	wg        sync.WaitGroup // one per connection handler and accept loop
+	mu         sync.Mutex
+	listeners  map[Listener]struct{}
+	loops      []*tcpLoop                // the TCP event loops (tcploop.go), started with the first TCP listener
+	udp        map[*UDPListener]struct{} // until their sessions have ended
+	closing    bool
+	closingNow atomic.Bool    // closing, for the loops to read without s.mu
+	wg         sync.WaitGroup // one per open TCP listener, TCP connection and UDP shard
 
 	noBackendLog rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
@@ -86,7 +87,6 @@ func NewServer(log *slog.Logger) *Server {
 	return &Server{
 		log:       log,
 		listeners: map[Listener]struct{}{},
-		conns:     map[*tcpConn]struct{}{},
 		udp:       map[*UDPListener]struct{}{},
 	}
 }
@@ -98,76 +98,69 @@ func (s *Server) SetMaxConnections(n int) { s.maxConns.Store(int64(n)) }
 func (s *Server) Active() int64 { return s.Stats.Active.Load() }
 
 // Shutdown stops every listener, waits for connections in flight to finish
-// until ctx ends, then closes the rest and waits for their handlers. It
+// until ctx ends, then closes the rest and waits for them to end. It
 // returns ctx.Err() when connections had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.exhaust.stop()
 	s.mu.Lock()
 	s.closing = true
+	s.closingNow.Store(true)
 	ls := make([]Listener, 0, len(s.listeners))
 	for l := range s.listeners {
 		ls = append(ls, l)
 	}
+	loops := s.loops
 	s.mu.Unlock()
 	for _, l := range ls {
 		l.Close()
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	var err error
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
+		n := 0
+		for _, lp := range loops {
+			lp.call(func() {
+				n += lp.nconns
+				lp.each((*lconn).forceClose)
+			})
+		}
+		s.mu.Lock()
+		for l := range s.udp {
+			n += l.forceClose()
+		}
+		s.mu.Unlock()
+		s.log.Warn("shutdown timeout: closing connections still open", "connections", n)
+		<-done
+		err = ctx.Err()
 	}
-	s.mu.Lock()
-	n := len(s.conns)
-	for c := range s.conns {
-		c.forceClose()
+	for _, lp := range loops {
+		lp.post(func() { lp.stop = true })
+		<-lp.done
 	}
-	for l := range s.udp {
-		n += l.forceClose()
-	}
-	s.mu.Unlock()
-	s.log.Warn("shutdown timeout: closing connections still open", "connections", n)
-	<-done
-	return ctx.Err()
+	return err
 }
 
 // CloseBackendConns closes every connection proxied to b (a backend a reload
 // removed, once its drain_timeout is over) and returns how many.
 func (s *Server) CloseBackendConns(b *backend.Backend) int {
-	n := s.closeUDPSessions(b) // before taking s.mu, which a UDP loop takes as it exits
+	n := s.closeUDPSessions(b)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		c.mu.Lock()
-		mine := c.be == b
-		c.mu.Unlock()
-		if mine {
-			c.forceClose()
-			n++
-		}
+	loops := s.loops
+	s.mu.Unlock()
+	for _, lp := range loops {
+		lp.call(func() {
+			lp.each(func(c *lconn) {
+				if c.be == b {
+					c.forceClose()
+					n++
+				}
+			})
+		})
 	}
 	return n
-}
-
-func (s *Server) track(c *tcpConn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
-}
-
-// untrackDone forgets a finished connection and counts its end.
-func (s *Server) untrackDone(c *tcpConn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
-	s.Stats.Active.Add(-1)
-	s.wg.Done()
 }
 
 // rateLimit lets a repeated log line through at most once per interval and

@@ -1,0 +1,907 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+)
+
+// lconn is one proxied TCP connection, owned by one event loop
+// (tcploop.go): only that loop's goroutine reads or writes it.
+//
+// Its life: accepted → (inspected by a goroutine, only when a route needs
+// the first bytes) → routed and admitted → dialled (a non-blocking
+// connect, the next backend the router offers after a failure) → relayed
+// → closed. While relaying, each direction (ldir) reads its source when
+// the epoll set says it is readable and writes what it read to its
+// destination at once; what the destination does not take is kept until it
+// is writable again, and the source is not read meanwhile. A read that fills
+// the buffer (buffer_size) switches the direction to splice(2) through a
+// pooled pipe for the rest of the burst, so bulk data is not copied through
+// user space. An idle connection holds neither a buffer nor a pipe.
+//
+// The epoll set is level-triggered: a direction stops reading after a short
+// read and the next wait reports the socket again if more came (or its FIN
+// did), so no read is spent to learn that a socket is empty — the read that
+// Go's edge-triggered netpoller needs before every wait.
+type lconn struct {
+	lp *tcpLoop
+	l  *TCPListener
+
+	cfd, bfd     int    // client and backend sockets; -1: none
+	cmask, bmask uint32 // events registered in the epoll set
+	creg, breg   bool   // in the epoll set
+
+	state  uint8
+	forced bool // closed by drain or shutdown while routing or dialling
+
+	start   time.Time
+	ci      ConnInfo
+	rt      *Route
+	release func() // access control slot
+	first   []byte // bytes read while inspecting, for the backend
+	nc      *net.TCPConn
+
+	be        *backend.Backend
+	req       router.Request
+	tries     int
+	lastErr   error
+	ap        netip.AddrPort // the backend being dialled
+	dialT0    time.Time
+	dialStart int64 // unix ns of the first attempt on this backend
+	backoff   time.Duration
+
+	up, down       ldir
+	upM, downM     meter
+	upErr, downErr error
+	idle           int64 // idle_timeout in ns; 0: none
+	last           int64 // unix ns of the last byte moved
+
+	due        int64 // timer (timerHeap)
+	hidx       int
+	prev, next *lconn // the loop's list
+}
+
+const (
+	stRoute      uint8 = iota // before routing
+	stInspect                 // a goroutine inspects the first bytes
+	stResolve                 // a goroutine resolves the backend's host name
+	stDialWait                // waiting out a resource backoff before dialling again
+	stConnecting              // non-blocking connect in progress
+	stRelay
+	stDone
+)
+
+// ldir is one direction of a relayed connection.
+type ldir struct {
+	pend   []byte  // read but not yet written to the destination
+	pbuf   *[]byte // pend's pooled buffer, nil when pend is not pooled
+	skip   int     // bytes at the front of pend not counted as traffic (PROXY header)
+	pipe   *pipe
+	inPipe int  // bytes in pipe not yet spliced to the destination
+	bulk   bool // the last read filled the buffer: splice
+	eof    bool // the source ended
+	shut   bool // the destination was sent a FIN
+	n      int64
+}
+
+func (d *ldir) pending() bool { return len(d.pend) > 0 || d.inPipe > 0 }
+
+// readable: the direction may read its source.
+func (d *ldir) readable() bool { return !d.eof && !d.pending() }
+
+// begin routes a freshly accepted connection.
+func (c *lconn) begin() {
+	s, l := c.lp.srv, c.l
+	table := l.routes.Load()
+	if len(table.routes) == 0 {
+		s.Stats.NoRoute.Add(1)
+		s.observeUnrouted("tcp", ReasonNoRule)
+		s.log.Debug("no rule matches connection; closing", "listener", l.addr.String(), "client", c.ci.Client.String())
+		c.drop(false)
+		return
+	}
+	if table.routes[0].Listen.AcceptProxy || table.need != 0 {
+		c.inspect(table)
+		return
+	}
+	rt := firstMatch(table.routes, &c.ci)
+	if rt == nil {
+		c.unrouted(ReasonNoRule, nil)
+		return
+	}
+	c.routed(rt)
+}
+
+// inspect hands the client socket to a goroutine that reads what routing
+// needs (inspect.go) with the net package's deadlines, then gives it back.
+func (c *lconn) inspect(table *routeTable) {
+	f := os.NewFile(uintptr(c.cfd), "")
+	nc, err := net.FileConn(f) // a duplicate; the loop's descriptor goes
+	f.Close()
+	c.cfd = -1
+	if err != nil {
+		c.unrouted(ReasonClientError, err)
+		return
+	}
+	tc := nc.(*net.TCPConn)
+	c.nc, c.state = tc, stInspect
+	lp := c.lp
+	go func() {
+		rt, ci, first, err := inspect(tc, table)
+		fd := -1
+		if err == nil && rt != nil {
+			fd, err = dupConn(tc)
+		} else {
+			tc.SetLinger(0)
+		}
+		tc.Close()
+		lp.post(func() { c.inspected(fd, rt, ci, first, err) })
+	}()
+}
+
+// dupConn duplicates a net.Conn's descriptor, which then outlives the
+// conn's Close without the runtime poller knowing of it.
+func dupConn(tc *net.TCPConn) (int, error) {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if cerr != nil {
+		return -1, cerr
+	}
+	if err != nil {
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return fd, nil
+}
+
+// inspected takes the connection back from the inspecting goroutine.
+func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err error) {
+	c.nc = nil
+	c.ci = ci
+	if c.forced {
+		if fd >= 0 {
+			rawClose(fd)
+		}
+		c.drop(false)
+		return
+	}
+	if err != nil || rt == nil {
+		reason := ReasonNoRule
+		switch {
+		case errors.Is(err, ErrUntrustedProxy):
+			reason = ReasonUntrustedProxy
+		case errors.Is(err, ErrBadProxyHeader):
+			reason = ReasonBadProxyHeader
+		case err != nil:
+			reason = ReasonClientError
+		}
+		c.unrouted(reason, err)
+		return
+	}
+	c.cfd, c.first = fd, first
+	c.routed(rt)
+}
+
+// unrouted ends a connection no route takes.
+func (c *lconn) unrouted(reason Reason, err error) {
+	s := c.lp.srv
+	s.Stats.NoRoute.Add(1)
+	s.observeUnrouted("tcp", reason)
+	s.log.Debug("connection closed before routing", "listener", c.l.addr.String(), "client", c.ci.Client.String(), "reason", reason, "err", err)
+	c.drop(true)
+}
+
+// routed admits the connection to rt and starts dialling.
+func (c *lconn) routed(rt *Route) {
+	s := c.lp.srv
+	c.rt = rt
+	o := rt.Observer
+	if o != nil {
+		o.ConnOpened()
+	}
+	release, reason := rt.Access.Admit(c.ci.Client.Addr())
+	if reason != ReasonNone {
+		s.Stats.Rejected.Add(1)
+		if o != nil {
+			o.Rejected(reason)
+			o.ConnClosed(time.Since(c.start))
+		}
+		s.log.Debug("connection refused by access control", "rule", rt.Name, "client", c.ci.Client.String(), "reason", reason)
+		c.drop(true)
+		return
+	}
+	c.release = release
+	c.req = router.Request{Client: c.ci.Client, SNI: c.ci.SNI}
+	c.dial()
+}
+
+// dial picks a backend and connects to it; a failed dial tries the next one
+// the router offers, at most once per backend.
+func (c *lconn) dial() {
+	rt := c.rt
+	o := rt.Observer
+	for c.tries < len(rt.Backends) {
+		c.tries++
+		b, err := rt.Router.Pick(&c.req)
+		if err != nil {
+			if c.lastErr != nil {
+				err = c.lastErr
+			} else if o != nil {
+				o.PickFailed(err)
+			}
+			c.noBackend(err)
+			return
+		}
+		if o != nil {
+			o.Picked(b)
+		}
+		b.Acquire()
+		c.be, c.backoff = b, 0
+		c.dialT0 = time.Now()
+		c.dialStart = c.dialT0.UnixNano()
+		ap, perr := netip.ParseAddrPort(b.Address)
+		if perr != nil {
+			c.resolve(b)
+			return
+		}
+		c.ap = ap
+		if c.connect() {
+			return
+		}
+	}
+	if c.lastErr == nil {
+		c.lastErr = router.NoBackend(len(rt.Backends))
+	}
+	c.noBackend(c.lastErr)
+}
+
+// resolve looks a backend's host name up in a goroutine, then connects.
+func (c *lconn) resolve(b *backend.Backend) {
+	c.state = stResolve
+	lp, timeout := c.lp, c.rt.ConnectTimeout
+	go func() {
+		host, port, _ := net.SplitHostPort(b.Address)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		cancel()
+		var ap netip.AddrPort
+		if err == nil {
+			ap, err = netip.ParseAddrPort(net.JoinHostPort(ips[0].Unmap().String(), port))
+		}
+		lp.post(func() { c.resolved(ap, err) })
+	}()
+}
+
+func (c *lconn) resolved(ap netip.AddrPort, err error) {
+	if c.forced {
+		c.abandonDial()
+		return
+	}
+	if err != nil {
+		c.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Err: err})
+		c.dial()
+		return
+	}
+	c.ap = ap
+	if !c.connect() {
+		c.dial()
+	}
+}
+
+// connect starts a non-blocking connect to c.ap. It reports false when the
+// dial failed at once (and was accounted for): the caller tries the next
+// backend.
+func (c *lconn) connect() bool {
+	fd, e := tcpSocket(c.ap)
+	call := "socket"
+	if e == 0 {
+		call = "connect"
+		e = connectTo(fd, c.ap)
+	}
+	switch e {
+	case 0, unix.EINPROGRESS:
+		c.bfd = fd
+		c.lp.own(fd, fdOwner{c: c, backend: true})
+		c.setMask(true, unix.EPOLLOUT)
+		if e == 0 {
+			c.connected()
+			return true
+		}
+		c.state = stConnecting
+		if c.rt.ConnectTimeout > 0 {
+			c.lp.timers.set(c, c.dialStart+int64(c.rt.ConnectTimeout))
+		}
+		return true
+	}
+	if fd >= 0 {
+		rawClose(fd)
+	}
+	err := c.dialError(os.NewSyscallError(call, e))
+	if resourceError(err) {
+		return c.resourceWait(err)
+	}
+	c.dialFailed(err)
+	return false
+}
+
+func (c *lconn) dialError(err error) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(c.ap), Err: err}
+}
+
+// resourceWait handles a dial that failed for want of descriptors or
+// socket resources here (exhaust.go): not the backend's fault, so the same
+// backend is dialled again after a backoff, until connection_timeout.
+func (c *lconn) resourceWait(err error) bool {
+	s, rt, b := c.lp.srv, c.rt, c.be
+	s.exhaust.failed(s.log, true, rt.Name+"/"+b.ID, err)
+	c.backoff = nextBackoff(c.backoff)
+	now := time.Now().UnixNano()
+	if now+int64(c.backoff)-c.dialStart >= int64(rt.ConnectTimeout) {
+		b.Release()
+		c.be = nil
+		c.noBackend(err)
+		return true
+	}
+	c.state = stDialWait
+	c.lp.timers.set(c, now+int64(c.backoff))
+	return true
+}
+
+// dialFailed accounts for a failed dial of c.be and forgets it.
+func (c *lconn) dialFailed(err error) {
+	rt, b := c.rt, c.be
+	if c.bfd >= 0 {
+		c.closeFd(true, false)
+	}
+	c.lp.timers.remove(c)
+	if o := rt.Observer; o != nil {
+		o.Connected(b, time.Since(c.dialT0), err)
+	}
+	b.Health().ReportDial(err) // passive health detection
+	b.Release()
+	c.be = nil
+	c.req.Tried(b)
+	c.lastErr = err
+	c.lp.srv.log.Warn("backend dial failed; trying another", "rule", rt.Name, "backend", b.ID, "err", err)
+}
+
+// connected: the backend accepted; start relaying.
+func (c *lconn) connected() {
+	rt, b := c.rt, c.be
+	c.lp.timers.remove(c)
+	o := rt.Observer
+	if o != nil {
+		o.Connected(b, time.Since(c.dialT0), nil)
+	}
+	b.Health().ReportDial(nil)
+	c.upM, c.downM = meter{be: b, obs: o}, meter{be: b, obs: o, out: true}
+	// What precedes the client's stream: a PROXY header when the route
+	// asks for one, then the bytes read while inspecting.
+	if rt.SendProxy != 0 {
+		h, err := proxyHeader(rt.SendProxy, c.ci.Client, localAddr(c.cfd))
+		if err != nil {
+			c.lp.srv.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+			c.upErr = dstError{err}
+			c.finish(true)
+			return
+		}
+		c.up.pend, c.up.skip = append(h, c.first...), len(h)
+	} else if len(c.first) > 0 {
+		c.up.pend = c.first
+	}
+	c.first = nil
+	c.state = stRelay
+	c.lp.own(c.cfd, fdOwner{c: c})
+	if c.idle = int64(rt.IdleTimeout); c.idle > 0 {
+		c.last = c.lp.now
+		c.lp.timers.set(c, c.last+c.idle)
+	}
+	if c.up.pending() && !c.flush(&c.up) {
+		return
+	}
+	c.interest()
+}
+
+// noBackend ends a routed connection that reached no backend.
+func (c *lconn) noBackend(err error) {
+	s, rt := c.lp.srv, c.rt
+	c.release()
+	s.Stats.NoBackend.Add(1)
+	o := rt.Observer
+	if o != nil {
+		if errors.Is(err, router.ErrNoBackend) {
+			o.Rejected(ReasonNoBackend)
+		} else {
+			o.Rejected(ReasonConnectFailed)
+		}
+		o.ConnClosed(time.Since(c.start))
+	}
+	if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
+		s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.ci.Client.String(), "err", err, "suppressed", suppressed)
+	}
+	if rt.AccessLog { // every closed connection, including this one
+		s.log.Info("connection closed", "rule", rt.Name, "client", c.ci.Client.String(),
+			"backend", "", "backend_addr", "", "bytes_in", int64(0), "bytes_out", int64(0),
+			"duration", time.Since(c.start).Round(time.Microsecond), "end", "no_backend")
+	}
+	c.drop(true)
+}
+
+// abandonDial ends a connection closed by drain or shutdown before it was
+// relayed.
+func (c *lconn) abandonDial() {
+	if c.bfd >= 0 {
+		c.closeFd(true, false)
+	}
+	c.lp.timers.remove(c)
+	if c.be != nil {
+		c.be.Release()
+		c.be = nil
+	}
+	c.release()
+	if o := c.rt.Observer; o != nil {
+		o.ConnClosed(time.Since(c.start))
+	}
+	c.drop(false)
+}
+
+// drop closes the client socket of a connection that is not relayed and
+// forgets the connection; reset sends the client a reset.
+func (c *lconn) drop(reset bool) {
+	if c.cfd >= 0 {
+		c.closeFd(false, reset)
+	}
+	c.state = stDone
+	c.untrack()
+}
+
+func (c *lconn) untrack() {
+	lp := c.lp
+	lp.timers.remove(c)
+	lp.unlink(c)
+	lp.srv.Stats.Active.Add(-1)
+	lp.srv.wg.Done()
+}
+
+// closeFd closes the backend (or client) socket, resetting it if asked.
+func (c *lconn) closeFd(backend, reset bool) {
+	fd := &c.cfd
+	if backend {
+		fd = &c.bfd
+		c.breg, c.bmask = false, 0
+	} else {
+		c.creg, c.cmask = false, 0
+	}
+	c.lp.disown(*fd)
+	if reset {
+		setLingerZero(*fd)
+	}
+	rawClose(*fd) // also leaves the epoll set
+	*fd = -1
+}
+
+// forceClose ends the connection now (drain_timeout over, shutdown timeout).
+func (c *lconn) forceClose() {
+	switch c.state {
+	case stInspect:
+		c.forced = true
+		c.nc.Close() // the inspecting goroutine gives up and reports back
+	case stResolve:
+		c.forced = true
+	case stDialWait, stConnecting:
+		c.abandonDial()
+	case stRelay:
+		c.upErr = net.ErrClosed
+		c.finish(false)
+	}
+}
+
+// timeout: the connection's timer fired.
+func (c *lconn) timeout() {
+	switch c.state {
+	case stDialWait:
+		if !c.connect() {
+			c.dial()
+		}
+	case stConnecting:
+		c.dialFailed(c.dialError(os.ErrDeadlineExceeded))
+		c.dial()
+	case stRelay:
+		if next := c.last + c.idle; next > c.lp.now {
+			c.lp.timers.set(c, next) // bytes moved meanwhile
+			return
+		}
+		c.upErr = os.ErrDeadlineExceeded
+		c.finish(false)
+	}
+}
+
+// event handles readiness of one of the connection's sockets.
+func (c *lconn) event(backend bool, ev uint32) {
+	switch c.state {
+	case stConnecting:
+		if backend {
+			c.connectDone()
+		}
+		return
+	case stRelay:
+	default:
+		return
+	}
+	// in reads from this socket, out writes to it.
+	in, out := &c.up, &c.down
+	if backend {
+		in, out = &c.down, &c.up
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && out.pending() {
+		if !c.flush(out) {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 && in.readable() {
+		if !c.pump(in, ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0) {
+			return
+		}
+	}
+	c.interest()
+}
+
+// connectDone: the backend socket became writable or failed while connecting.
+func (c *lconn) connectDone() {
+	if e := soError(c.bfd); e != 0 {
+		c.dialFailed(c.dialError(os.NewSyscallError("connect", e)))
+		c.dial()
+		return
+	}
+	c.connected()
+}
+
+// pump reads d's source and writes to its destination, a bounded number of
+// times per event so that other connections get their turn. hup says the
+// peer's FIN is known to be queued: read on to it rather than wait for
+// another event.
+func (c *lconn) pump(d *ldir, hup bool) bool {
+	src, dst := c.cfd, c.bfd
+	if d == &c.down {
+		src, dst = c.bfd, c.cfd
+	}
+	size := c.rt.BufferSize
+	if size <= 0 {
+		size = defaultBufSize
+	}
+	lp := c.lp
+	if len(lp.buf) < size {
+		lp.buf = make([]byte, size)
+	}
+	for range 8 {
+		if d.bulk {
+			more, ok := c.spliceIn(d, src, dst, size)
+			if !ok {
+				return false
+			}
+			if !more {
+				break
+			}
+			continue
+		}
+		buf := lp.buf[:size]
+		n, err := rawRead(src, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			c.fail(d, os.NewSyscallError("read", err))
+			return false
+		}
+		if n == 0 {
+			return c.sourceEnded(d)
+		}
+		c.last = lp.now
+		w, werr := writeSome(dst, buf[:n])
+		if werr != nil {
+			c.fail(d, dstError{os.NewSyscallError("write", werr)})
+			return false
+		}
+		d.n += int64(w)
+		c.meter(d).add(int64(w))
+		if w < n {
+			d.keep(buf[w:n], size)
+			break
+		}
+		if n == size {
+			d.bulk = true
+			continue
+		}
+		if !hup {
+			break // a short read: the next wait says when there is more
+		}
+	}
+	return true
+}
+
+// spliceIn moves one pipeful from src to dst. more reports that the source
+// may have more right away; ok false that the connection ended.
+func (c *lconn) spliceIn(d *ldir, src, dst, size int) (more, ok bool) {
+	if d.pipe == nil {
+		p, err := getPipe()
+		if err != nil {
+			c.fail(d, err)
+			return false, false
+		}
+		d.pipe = p
+	}
+	in, err := rawSplice(src, d.pipe.w, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	switch {
+	case err == unix.EINTR:
+		return true, true
+	case err == unix.EAGAIN:
+		d.bulk = false
+		c.putPipe(d)
+		return false, true
+	case err != nil:
+		c.fail(d, os.NewSyscallError("splice", err))
+		return false, false
+	case in == 0:
+		c.putPipe(d)
+		return false, c.sourceEnded(d)
+	}
+	c.last = c.lp.now
+	if in < int64(size) {
+		d.bulk = false
+	}
+	d.inPipe = int(in)
+	if !c.flushPipe(d, dst) {
+		return false, false
+	}
+	return d.inPipe == 0 && d.bulk, true
+}
+
+// flushPipe splices what the pipe holds to dst; it reports false when the
+// connection ended.
+func (c *lconn) flushPipe(d *ldir, dst int) bool {
+	for d.inPipe > 0 {
+		out, err := rawSplice(d.pipe.r, dst, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return true // wait for dst to be writable, holding the pipe
+		}
+		if err != nil {
+			c.fail(d, dstError{os.NewSyscallError("splice", err)})
+			return false
+		}
+		d.inPipe -= int(out)
+		d.n += out
+		c.meter(d).add(out)
+		c.last = c.lp.now
+	}
+	c.putPipe(d)
+	return true
+}
+
+// putPipe gives an empty pipe back to the pool.
+func (c *lconn) putPipe(d *ldir) {
+	if d.pipe != nil && d.inPipe == 0 {
+		putPipe(d.pipe)
+		d.pipe = nil
+	}
+}
+
+// keep saves bytes the destination did not take.
+func (d *ldir) keep(b []byte, size int) {
+	d.pbuf = getBuf(size)
+	d.pend = (*d.pbuf)[:copy(*d.pbuf, b)]
+}
+
+// flush writes what d holds to its destination. It reports false when the
+// connection ended.
+func (c *lconn) flush(d *ldir) bool {
+	dst := c.bfd
+	if d == &c.down {
+		dst = c.cfd
+	}
+	if d.inPipe > 0 {
+		if !c.flushPipe(d, dst) {
+			return false
+		}
+	}
+	for len(d.pend) > 0 {
+		w, err := writeSome(dst, d.pend)
+		if err != nil {
+			c.fail(d, dstError{os.NewSyscallError("write", err)})
+			return false
+		}
+		if w == 0 {
+			return true
+		}
+		counted := w
+		if d.skip > 0 {
+			s := min(d.skip, w)
+			d.skip -= s
+			counted -= s
+		}
+		d.n += int64(counted)
+		c.meter(d).add(int64(counted))
+		c.last = c.lp.now
+		d.pend = d.pend[w:]
+	}
+	if d.pbuf != nil {
+		putBuf(d.pbuf)
+		d.pbuf = nil
+	}
+	d.pend = nil
+	if d.eof && !d.pending() {
+		return c.sourceEnded(d)
+	}
+	return true
+}
+
+// sourceEnded: d's source sent its FIN. Once d's destination has taken
+// everything it is sent a FIN too; when both directions ended the
+// connection is over.
+func (c *lconn) sourceEnded(d *ldir) bool {
+	d.eof = true
+	if d.pending() {
+		return true
+	}
+	if !d.shut {
+		d.shut = true
+		if d == &c.up {
+			shutdownWR(c.bfd)
+		} else {
+			shutdownWR(c.cfd)
+		}
+	}
+	if c.up.shut && c.down.shut {
+		c.finish(false)
+		return false
+	}
+	return true
+}
+
+func (c *lconn) meter(d *ldir) *meter {
+	if d == &c.up {
+		return &c.upM
+	}
+	return &c.downM
+}
+
+// fail ends the connection on an error in direction d: a reset or I/O
+// error on one side is passed on as a reset, so the other peer sees a
+// broken stream as broken (ECONNRESET), never as an orderly end of a
+// truncated one.
+func (c *lconn) fail(d *ldir, err error) {
+	if d == &c.up {
+		c.upErr = err
+	} else {
+		c.downErr = err
+	}
+	c.finish(abortive(err))
+}
+
+// writeSome writes b without blocking: the bytes written (0 when the socket
+// would block) or an error.
+func writeSome(fd int, b []byte) (int, error) {
+	for {
+		w, err := rawWrite(fd, b)
+		switch err {
+		case nil:
+			return w, nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return 0, nil
+		}
+		return 0, err
+	}
+}
+
+// interest registers in the epoll set what each socket waits for now: a
+// direction reads its source unless it ended or holds unwritten bytes, and
+// waits for its destination to be writable while it holds some.
+func (c *lconn) interest() {
+	var cm, bm uint32
+	if c.up.readable() {
+		cm |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if c.down.pending() {
+		cm |= unix.EPOLLOUT
+	}
+	if c.down.readable() {
+		bm |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if c.up.pending() {
+		bm |= unix.EPOLLOUT
+	}
+	c.setMask(false, cm)
+	c.setMask(true, bm)
+}
+
+func (c *lconn) setMask(backend bool, m uint32) {
+	fd, reg, mask := c.cfd, &c.creg, &c.cmask
+	if backend {
+		fd, reg, mask = c.bfd, &c.breg, &c.bmask
+	}
+	if *reg && *mask == m {
+		return
+	}
+	if m == 0 {
+		// Out of the set rather than registered for nothing: the set
+		// would still report an error or hang-up of the socket, and
+		// being level-triggered, report it again on every wait. A hang-up
+		// comes with the peer's FIN while unread data may remain.
+		if *reg {
+			_ = c.lp.ctl(unix.EPOLL_CTL_DEL, fd, 0)
+			*reg, *mask = false, 0
+		}
+		return
+	}
+	op := unix.EPOLL_CTL_MOD
+	if !*reg {
+		op = unix.EPOLL_CTL_ADD
+	}
+	if err := c.lp.ctl(op, fd, m); err != nil {
+		c.lp.srv.log.Error("epoll_ctl failed", "err", err)
+		return
+	}
+	*reg, *mask = true, m
+}
+
+// finish closes a relayed connection and accounts for it.
+func (c *lconn) finish(reset bool) {
+	s, rt, b := c.lp.srv, c.rt, c.be
+	c.state = stDone
+	for _, d := range []*ldir{&c.up, &c.down} {
+		if d.pbuf != nil {
+			putBuf(d.pbuf)
+			d.pbuf, d.pend = nil, nil
+		}
+		if d.pipe != nil {
+			if d.inPipe == 0 {
+				putPipe(d.pipe)
+			} else {
+				d.pipe.close()
+			}
+			d.pipe = nil
+		}
+	}
+	if c.cfd >= 0 {
+		c.closeFd(false, reset)
+	}
+	if c.bfd >= 0 {
+		c.closeFd(true, reset)
+	}
+	b.Release()
+	c.release()
+	up, down := c.up.n, c.down.n
+	how := endReason(c.upErr, c.downErr)
+	if o := rt.Observer; o != nil {
+		o.RequestDone(b, time.Since(c.start), up, down)
+		if eo, ok := o.(EndObserver); ok {
+			eo.Ended(b, how)
+		}
+		o.ConnClosed(time.Since(c.start))
+	}
+	if rt.AccessLog {
+		s.log.Info("connection closed", "rule", rt.Name, "client", c.ci.Client.String(),
+			"backend", b.ID, "backend_addr", b.Address, "bytes_in", up, "bytes_out", down,
+			"duration", time.Since(c.start).Round(time.Microsecond), "end", how)
+	}
+	c.untrack()
+}
