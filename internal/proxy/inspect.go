@@ -180,26 +180,3 @@ func proxyHeader(version int, client netip.AddrPort, local net.Addr) ([]byte, er
 	src := net.TCPAddrFromAddrPort(client)
 	return proxyproto.HeaderProxyFromAddrs(byte(version), src, local).Format()
 }
-
-// writeFirst sends the backend what must precede the spliced stream: a PROXY
-// header when the route asks for one, then the client bytes read before
-// routing (counted by m).
-func writeFirst(bc *net.TCPConn, rt *Route, ci ConnInfo, local net.Addr, prefix []byte, m *meter) error {
-	if rt.SendProxy == 0 && len(prefix) == 0 {
-		return nil
-	}
-	var out []byte
-	if rt.SendProxy != 0 {
-		h, err := proxyHeader(rt.SendProxy, ci.Client, local)
-		if err != nil {
-			return err
-		}
-		out = h
-	}
-	out = append(out, prefix...)
-	if _, err := bc.Write(out); err != nil {
-		return err
-	}
-	m.add(int64(len(prefix)))
-	return nil
-}

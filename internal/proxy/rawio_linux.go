@@ -3,17 +3,16 @@ package proxy
 import (
 	"net"
 	"net/netip"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// Raw system calls for the relay's non-blocking socket I/O.
+// Raw system calls for the event loops' non-blocking socket I/O.
 //
-// The relay only calls read, write, splice and shutdown on non-blocking
-// sockets, from inside a syscall.RawConn callback after the netpoller said
-// the socket is ready: they never block. Made through syscall.Syscall they
+// The TCP and UDP event loops only make system calls that cannot block:
+// accept, connect, read, write, splice, shutdown, close on non-blocking
+// sockets, epoll_wait with a zero timeout. Made through syscall.Syscall they
 // would still pay the runtime's blocking-syscall protocol (entersyscall /
 // exitsyscall), and entersyscall wakes the runtime's sysmon thread from its
 // deep sleep whenever the process was idle; sysmon then polls every 20 µs
@@ -50,27 +49,6 @@ func rawSplice(in, out int, n int, flags int) (int64, error) {
 		return -1, e
 	}
 	return int64(r), nil
-}
-
-// closeWrite half-closes a socket (shutdown SHUT_WR). Nothing is done
-// about a failure: the copy in the other direction meets the socket's
-// error, if any, and reports it.
-func closeWrite(rc syscall.RawConn) { _ = rc.Control(shutdownWrite) }
-
-func shutdownWrite(fd uintptr) { unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0) }
-
-// tcpState is the socket's TCP state (tcp_info.tcpi_state), 0 if unknown.
-func tcpState(rc syscall.RawConn) uint8 {
-	var state uint8
-	_ = rc.Control(func(fd uintptr) {
-		var info unix.TCPInfo
-		n := uint32(unsafe.Sizeof(info))
-		if _, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
-			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&n)), 0); e == 0 {
-			state = info.State
-		}
-	})
-	return state
 }
 
 // epollPoll collects ready events without waiting (timeout 0), as a raw

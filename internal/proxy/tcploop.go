@@ -82,13 +82,12 @@ type fdOwner struct {
 
 // loopListener is a TCPListener's state in one loop.
 type loopListener struct {
-	l        *TCPListener
-	fd       int
-	on       bool  // in the epoll set
-	retry    int64 // when to put it back after an accept failure (0: not waiting)
-	backoff  time.Duration
-	failing  bool
-	accepted int // accepts this turn (bounded, for fairness)
+	l       *TCPListener
+	fd      int
+	on      bool  // in the epoll set
+	retry   int64 // when to put it back after an accept failure (0: not waiting)
+	backoff time.Duration
+	failing bool
 }
 
 const maxLoopEvents = 256
@@ -111,11 +110,11 @@ func newTCPLoop(s *Server) (*tcpLoop, error) {
 	// The epoll descriptor is readable when it has events: handed to the
 	// runtime poller (non-blocking, as os.NewFile requires for that), the
 	// loop waits on it like on a socket, deadline included.
-	if err := unix.SetNonblock(lp.epfd, true); err == nil {
+	if err = unix.SetNonblock(lp.epfd, true); err == nil {
 		lp.ep = os.NewFile(uintptr(lp.epfd), "tcp-epoll")
 		lp.epRC, err = lp.ep.SyscallConn()
 	}
-	if err != nil || lp.epRC == nil {
+	if err != nil {
 		if lp.ep != nil {
 			lp.ep.Close()
 		} else {
