@@ -592,7 +592,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 				return false
 			}
 			if !more {
-				break
+				return true
 			}
 			continue
 		}
@@ -602,7 +602,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 			continue
 		}
 		if err == unix.EAGAIN {
-			break
+			return true
 		}
 		if err != nil {
 			c.fail(d, os.NewSyscallError("read", err))
@@ -621,14 +621,14 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 		c.meter(d).add(int64(w))
 		if w < n {
 			d.keep(buf[w:n], size)
-			break
+			return true
 		}
 		if n == size {
 			d.bulk = true
 			continue
 		}
 		if !hup {
-			break // a short read: the next wait says when there is more
+			return true // a short read: the next wait says when there is more
 		}
 	}
 	return true
