@@ -117,6 +117,11 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 		}
 	}
 	cfg, accepted := e.merge(file, dyn)
+	// worker_threads is read once, before the first listener starts the
+	// TCP event loops, which are one per GOMAXPROCS.
+	if cfg.Server.WorkerThreads > 0 && e.cfg == nil {
+		runtime.GOMAXPROCS(cfg.Server.WorkerThreads)
+	}
 	committed := false
 	defer func() {
 		if !committed && e.metrics != nil {
@@ -298,9 +303,6 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 	committed = true
 	if e.metrics != nil {
 		e.metrics.Retain(published)
-	}
-	if cfg.Server.WorkerThreads > 0 && e.cfg == nil {
-		runtime.GOMAXPROCS(cfg.Server.WorkerThreads)
 	}
 	e.srv.SetMaxConnections(cfg.Server.MaxConnections)
 	e.cfg = file

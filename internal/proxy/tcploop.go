@@ -544,3 +544,11 @@ func (h timerHeap) down(i int) {
 		i = m
 	}
 }
+
+// TCPLoops is the number of TCP event loops running (0 before the first
+// TCP listener).
+func (s *Server) TCPLoops() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.loops)
+}
