@@ -372,22 +372,16 @@ func TestReloadKeepsLeastConnectionCounts(t *testing.T) {
 	}
 	p.Signal(syscall.SIGHUP)
 	p.WaitLog("config reloaded", "version=2")
-	// The proxy sees b's connections end asynchronously: wait until a new
-	// connection lands on b, then check the next one does too. With counts
+	// The proxy sees b's connections end asynchronously: wait until it
+	// counts none open on b (the metric reads the backend's own counter).
+	// A probe connection would not do: its own end is seen asynchronously
+	// too, and a count it still holds can tie b with a.
+	url := mxMetricsURL(t, p)
+	mxWait(t, url, "b's closed connections accounted", func(f mxFamilies) bool {
+		return f.value("dynamic_proxy_backend_connections_active", map[string]string{"rule": "lc", "backend": "b"}) == 0
+	})
+	// With the counts kept (a 2, b 0) the next two go to b; with counts
 	// lost on reload (0/0) the two would alternate a, b.
-	deadline := time.Now().Add(Deadline)
-	for {
-		name, err := Greeting(addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if name == "b" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("new connections never went to the idle backend b")
-		}
-	}
 	var next []string
 	for i := 0; i < 2; i++ {
 		c, err := net.DialTimeout("tcp", addr, Deadline)
