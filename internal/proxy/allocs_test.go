@@ -62,3 +62,78 @@ func TestConnectionAllocations(t *testing.T) {
 		t.Fatalf("%.1f allocations per connection, want at most %d", allocs, maxAllocsPerConnection)
 	}
 }
+
+// tcpEchoPath is a client with an open connection through a proxy to an
+// echo backend, warmed up.
+func tcpEchoPath(t testing.TB, size int) *net.TCPConn {
+	be := startBackend(t, echo)
+	s, _ := newTestServer(t)
+	c := dial(t, listen(t, s, newRoute(t, "rt", be.addr)))
+	c.SetDeadline(time.Now().Add(time.Hour))
+	p, buf := make([]byte, size), make([]byte, size)
+	for range 3 {
+		if _, err := c.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// TestTCPRequestNoAllocs: on an open connection, a request and its reply
+// through the proxy (client → backend → client) allocate nothing — in the
+// whole process, client and echo backend included.
+func TestTCPRequestNoAllocs(t *testing.T) {
+	c := tcpEchoPath(t, 512)
+	p, buf := make([]byte, 512), make([]byte, 512)
+	var failed error
+	allocs := testing.AllocsPerRun(500, func() {
+		if _, err := c.Write(p); err != nil {
+			failed = err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			failed = err
+		}
+	})
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	if allocs != 0 {
+		t.Errorf("%.2f allocations per request round trip, want 0", allocs)
+	}
+}
+
+// BenchmarkTCPConnection is the per-connection path: connect, 64 bytes
+// each way, close, one at a time, until the proxy has accounted for it.
+func BenchmarkTCPConnection(b *testing.B) {
+	be := startBackend(b, func(c *net.TCPConn) {
+		var buf [64]byte
+		if _, err := io.ReadFull(c, buf[:]); err == nil {
+			c.Write(buf[:])
+		}
+	})
+	s, _ := newTestServer(b)
+	addr := listen(b, s, newRoute(b, "bench", be.addr))
+	b.ReportAllocs()
+	for b.Loop() {
+		connectionOnce(b, s, addr)
+	}
+}
+
+// BenchmarkTCPRequest is the per-request path on an open connection: a
+// 64-byte request and its echo, one at a time (latency-bound).
+func BenchmarkTCPRequest(b *testing.B) {
+	c := tcpEchoPath(b, 64)
+	p, buf := make([]byte, 64), make([]byte, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(p); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
