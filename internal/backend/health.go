@@ -32,8 +32,9 @@ type Status struct {
 }
 
 // Observer is told the outcome of every dial of real traffic to an address:
-// passive health checking. It runs on the connection's goroutine, so it must
-// be quick (a success should cost an atomic load).
+// passive health checking. It runs on the proxy's event loop that made the
+// dial, so it must be quick and never block (a success should cost an
+// atomic load).
 type Observer interface {
 	DialResult(err error)
 }

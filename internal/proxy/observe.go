@@ -10,8 +10,9 @@ import (
 // sets Route.Observer when it builds a route (internal/metrics implements
 // it, with every labelled series resolved once per route, so an event is a
 // few atomic adds); with metrics off it is nil and every event costs one nil
-// check. Methods are called on the connection's goroutine: they must be
-// safe for concurrent use, quick, and must not block.
+// check. Methods are called on the event loop that owns the connection or
+// session: they must be safe for concurrent use, quick, and must never
+// block (a blocked call stalls every connection of that loop).
 //
 // A TCP connection is one request. For UDP, a session (one client
 // address:port) plays the part of a connection and every datagram from the
