@@ -847,7 +847,7 @@ func (c *lconn) setMask(backend bool, m uint32) {
 		// being level-triggered, report it again on every wait. A hang-up
 		// comes with the peer's FIN while unread data may remain.
 		if *reg {
-			_ = c.lp.ctl(unix.EPOLL_CTL_DEL, fd, 0)
+			_ = c.lp.control(unix.EPOLL_CTL_DEL, fd, 0)
 			*reg, *mask = false, 0
 		}
 		return
@@ -856,7 +856,7 @@ func (c *lconn) setMask(backend bool, m uint32) {
 	if !*reg {
 		op = unix.EPOLL_CTL_ADD
 	}
-	if err := c.lp.ctl(op, fd, m); err != nil {
+	if err := c.lp.control(op, fd, m); err != nil {
 		c.lp.srv.log.Error("epoll_ctl failed", "err", err)
 		return
 	}

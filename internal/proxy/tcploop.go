@@ -1,11 +1,9 @@
 package proxy
 
 import (
-	"errors"
 	"os"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -47,26 +45,19 @@ import (
 // peek_timeout through the net package, then takes it back for the rest.
 
 type tcpLoop struct {
-	srv    *Server
-	epfd   int
-	ep     *os.File // the epoll descriptor, parked on through the runtime poller
-	epRC   syscall.RawConn
-	evfd   int // eventfd: post wakes the loop with it
-	pollFn func(uintptr) bool
+	epollLoop
+	srv *Server
 
 	mu      sync.Mutex
 	cmds    []func()
 	running []func() // cmds being run (swapped with cmds)
 	stopped bool     // no more posts are run
 
-	events []unix.EpollEvent
-	nev    int
 	fds    []fdOwner // by descriptor number
 	conns  *lconn    // every connection of the loop (a circular list's head, nil: none)
 	nconns int
 	timers timerHeap
 	now    int64 // unix nanoseconds at the start of this turn
-	armed  int64 // the epoll descriptor's read deadline (0: none, -1: passed)
 	buf    []byte
 	lsns   []*loopListener
 	stop   bool // the server is shut down: leave once every connection ended
@@ -90,40 +81,13 @@ type loopListener struct {
 	failing bool
 }
 
-const maxLoopEvents = 256
+const maxLoopEvents = 256 // epoll events per turn
 
 func newTCPLoop(s *Server) (*tcpLoop, error) {
-	lp := &tcpLoop{srv: s, evfd: -1, events: make([]unix.EpollEvent, maxLoopEvents), done: make(chan struct{})}
-	var err error
-	if lp.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
+	lp := &tcpLoop{srv: s, done: make(chan struct{})}
+	if err := lp.openEpoll("tcp-epoll", maxLoopEvents); err != nil {
+		return nil, err
 	}
-	if lp.evfd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
-		unix.Close(lp.epfd)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
-	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, lp.evfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(lp.evfd)}); err != nil {
-		unix.Close(lp.evfd)
-		unix.Close(lp.epfd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
-	}
-	// The epoll descriptor is readable when it has events: handed to the
-	// runtime poller (non-blocking, as os.NewFile requires for that), the
-	// loop waits on it like on a socket, deadline included.
-	if err = unix.SetNonblock(lp.epfd, true); err == nil {
-		lp.ep = os.NewFile(uintptr(lp.epfd), "tcp-epoll")
-		lp.epRC, err = lp.ep.SyscallConn()
-	}
-	if err != nil {
-		if lp.ep != nil {
-			lp.ep.Close()
-		} else {
-			unix.Close(lp.epfd)
-		}
-		unix.Close(lp.evfd)
-		return nil, errors.New("tcp event loop: epoll descriptor not pollable")
-	}
-	lp.pollFn = lp.poll
 	return lp, nil
 }
 
@@ -138,7 +102,7 @@ func (s *Server) startLoops() error {
 		lp, err := newTCPLoop(s)
 		if err != nil {
 			for _, l := range loops {
-				l.closeFds()
+				l.closeEpoll()
 			}
 			return err
 		}
@@ -162,8 +126,7 @@ func (lp *tcpLoop) post(f func()) bool {
 	wake := len(lp.cmds) == 1
 	lp.mu.Unlock()
 	if wake {
-		var one = [8]byte{1}
-		_, _ = rawWrite(lp.evfd, one[:])
+		lp.wake()
 	}
 	return true
 }
@@ -178,45 +141,26 @@ func (lp *tcpLoop) call(f func()) bool {
 	return true
 }
 
-// poll is the function the loop parks with: it collects ready events
-// without blocking and returns false (park) when there are none.
-func (lp *tcpLoop) poll(fd uintptr) bool {
-	n, err := epollPoll(int(fd), lp.events)
-	if err == unix.EINTR {
-		return true
-	}
-	if err != nil || n <= 0 {
-		return false
-	}
-	lp.nev = n
-	return true
-}
-
 func (lp *tcpLoop) run() {
 	defer func() {
 		lp.mu.Lock()
 		lp.stopped = true
 		lp.mu.Unlock()
-		lp.closeFds()
+		lp.closeEpoll()
 		close(lp.done)
 	}()
 	for {
-		lp.nev = 0
-		err := lp.epRC.Read(lp.pollFn)
+		err := lp.wait()
 		lp.now = time.Now().UnixNano()
 		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				lp.srv.log.Error("tcp event loop stopped", "err", err)
-				return
-			}
-			lp.armed = -1 // passed: arm must clear or move it
+			lp.srv.log.Error("tcp event loop stopped", "err", err)
+			return
 		}
 		for i := 0; i < lp.nev; i++ {
 			ev := lp.events[i]
 			fd := int(ev.Fd)
 			if fd == lp.evfd {
-				var b [8]byte
-				_, _ = rawRead(lp.evfd, b[:])
+				lp.woken()
 				lp.runCmds()
 				continue
 			}
@@ -254,16 +198,6 @@ func (lp *tcpLoop) runCmds() {
 	lp.mu.Unlock()
 }
 
-// closeFds releases the loop's own descriptors (it has left).
-func (lp *tcpLoop) closeFds() {
-	if lp.ep != nil {
-		lp.ep.Close()
-	} else {
-		unix.Close(lp.epfd)
-	}
-	unix.Close(lp.evfd)
-}
-
 // own records what descriptor fd is in this loop.
 func (lp *tcpLoop) own(fd int, o fdOwner) {
 	if fd >= len(lp.fds) {
@@ -281,12 +215,6 @@ func (lp *tcpLoop) disown(fd int) {
 	}
 }
 
-// ctl changes fd's registration in the epoll set.
-func (lp *tcpLoop) ctl(op, fd int, events uint32) error {
-	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
-	return epollCtl(lp.epfd, op, fd, &ev)
-}
-
 // addListener puts l's listening socket in the loop.
 func (lp *tcpLoop) addListener(l *TCPListener) {
 	ll := &loopListener{l: l, fd: l.fd}
@@ -296,7 +224,7 @@ func (lp *tcpLoop) addListener(l *TCPListener) {
 }
 
 func (lp *tcpLoop) listen(ll *loopListener) {
-	if err := lp.ctl(unix.EPOLL_CTL_ADD, ll.fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
+	if err := lp.control(unix.EPOLL_CTL_ADD, ll.fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
 		lp.srv.log.Error("listener not added to the event loop", "listener", ll.l.addr.String(), "err", err)
 		return
 	}
@@ -311,7 +239,7 @@ func (lp *tcpLoop) removeListener(l *TCPListener) {
 			continue
 		}
 		if ll.on {
-			_ = lp.ctl(unix.EPOLL_CTL_DEL, ll.fd, 0)
+			_ = lp.control(unix.EPOLL_CTL_DEL, ll.fd, 0)
 		}
 		lp.disown(ll.fd)
 		lp.lsns = append(lp.lsns[:i], lp.lsns[i+1:]...)
@@ -345,7 +273,7 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 				ll.failing = true
 			}
 			if ll.on {
-				_ = lp.ctl(unix.EPOLL_CTL_DEL, ll.fd, 0)
+				_ = lp.control(unix.EPOLL_CTL_DEL, ll.fd, 0)
 				ll.on = false
 			}
 			ll.retry = lp.now + int64(ll.backoff)
@@ -460,15 +388,9 @@ func (lp *tcpLoop) arm() {
 			next = ll.retry
 		}
 	}
-	if next == lp.armed {
-		return
+	if next != lp.armed {
+		lp.setDeadline(next)
 	}
-	if next == 0 {
-		_ = lp.ep.SetReadDeadline(time.Time{})
-	} else {
-		_ = lp.ep.SetReadDeadline(time.Unix(0, next))
-	}
-	lp.armed = next
 }
 
 // timerHeap is a min-heap of connections by due time; each connection has

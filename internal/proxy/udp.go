@@ -109,12 +109,7 @@ type udpShard struct {
 	fd     int // conn's descriptor, used by the loop only
 	family int // AF_INET or AF_INET6 (dual-stack for a wildcard bind)
 
-	ep   *os.File // the epoll instance, parked on through the runtime poller
-	epRC syscall.RawConn
-	epfd int
-
-	wakeMu sync.Mutex
-	evfd   int // eventfd that wakes the loop; -1 once closed
+	epollLoop // its socket and session sockets; parked on between turns
 
 	pendingMu sync.Mutex
 	pending   []resolveResult // host name lookups finished in the background
@@ -130,15 +125,11 @@ type udpShard struct {
 	open       int          // sessions with a backend socket
 	openN      atomic.Int64 // open, readable from other goroutines
 	now        int64        // unix nanoseconds, once per loop turn
-	armed      int64        // epoll read deadline set (0: none, -1: fired)
 	timeout    time.Duration
 	lastRoutes *[]*Route
 	req        router.Request
 	resolved   map[*backend.Backend]*resolvedAddr
 	b          batch
-	events     []unix.EpollEvent
-	nev        int
-	waitFn     func(fd uintptr) bool
 	acked      bool
 	st         localStats
 	done       chan struct{} // closed when the loop has exited
@@ -230,12 +221,12 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 	l = &UDPListener{srv: s, done: make(chan struct{})}
 	l.routes.Store(&routes)
 	for _, c := range conns {
-		l.shards = append(l.shards, &udpShard{ln: l, srv: s, conn: c, fd: -1, epfd: -1, evfd: -1, done: make(chan struct{}),
+		l.shards = append(l.shards, &udpShard{ln: l, srv: s, conn: c, fd: -1, done: make(chan struct{}),
 			maxDatagram: opt.maxDatagram, batch: opt.batch,
-			sessions: map[netip.AddrPort]*udpSession{},
-			resolved: map[*backend.Backend]*resolvedAddr{},
-			events:   make([]unix.EpollEvent, maxEvents),
-			timeout:  defaultTimeout,
+			sessions:  map[netip.AddrPort]*udpSession{},
+			resolved:  map[*backend.Backend]*resolvedAddr{},
+			timeout:   defaultTimeout,
+			epollLoop: epollLoop{epfd: -1, evfd: -1}, // closeFds is safe before init
 		})
 	}
 	defer func() {
@@ -352,28 +343,13 @@ func (l *udpShard) init() error {
 	_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
 	_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
 
-	if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		return os.NewSyscallError("epoll_create1", err)
-	}
-	if err := unix.SetNonblock(l.epfd, true); err != nil {
-		return os.NewSyscallError("fcntl", err)
-	}
-	if l.evfd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
-		return os.NewSyscallError("eventfd", err)
-	}
-	for _, fd := range []int{l.fd, l.evfd} {
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-			return os.NewSyscallError("epoll_ctl", err)
-		}
-	}
-	// The epoll descriptor is readable when it has events; handing it to
-	// os.NewFile registers it with the runtime poller.
-	l.ep = os.NewFile(uintptr(l.epfd), "udp-epoll")
-	if l.epRC, err = l.ep.SyscallConn(); err != nil {
+	if err := l.openEpoll("udp-epoll", maxEvents); err != nil {
 		return err
 	}
+	if err := l.control(unix.EPOLL_CTL_ADD, l.fd, unix.EPOLLIN); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
 	l.b.init(l.maxDatagram, l.batch)
-	l.waitFn = l.pollEvents
 	return nil
 }
 
@@ -441,31 +417,6 @@ func (l *UDPListener) wake() {
 	}
 }
 
-// wake makes the loop take a turn.
-func (l *udpShard) wake() {
-	l.wakeMu.Lock()
-	defer l.wakeMu.Unlock()
-	if l.evfd < 0 {
-		return
-	}
-	var one = [8]byte{1}
-	_, _ = rawWrite(l.evfd, one[:])
-}
-
-// pollEvents is the function the loop parks with: it collects ready events
-// without blocking and returns false (park) when there are none.
-func (l *udpShard) pollEvents(fd uintptr) bool {
-	n, err := epollPoll(int(fd), l.events)
-	if err == unix.EINTR {
-		return true // take a turn and poll again: never park on pending events
-	}
-	if err != nil || n <= 0 {
-		return false
-	}
-	l.nev = n
-	return true
-}
-
 func (l *udpShard) run() {
 	s := l.srv
 	defer func() {
@@ -483,15 +434,11 @@ func (l *udpShard) run() {
 		s.wg.Done()
 	}()
 	for {
-		l.nev = 0
-		err := l.epRC.Read(l.waitFn)
+		err := l.wait()
 		l.now = time.Now().UnixNano()
 		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				s.log.Error("udp listener stopped", "listener", l.conn.LocalAddr().String(), "err", err)
-				return
-			}
-			l.armed = -1
+			s.log.Error("udp listener stopped", "listener", l.conn.LocalAddr().String(), "err", err)
+			return
 		}
 		l.refreshRoutes()
 		for i := 0; i < l.nev; i++ {
@@ -500,8 +447,7 @@ func (l *udpShard) run() {
 			case l.fd:
 				l.readClients()
 			case l.evfd:
-				var buf [8]byte
-				_, _ = rawRead(l.evfd, buf[:])
+				l.woken()
 				l.applyResolved()
 				l.applyCloses()
 			default:
@@ -896,10 +842,9 @@ func (l *udpShard) dial(b *backend.Backend) (int, error) {
 		rawClose(fd)
 		return -1, os.NewSyscallError("connect", e)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
-	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(l.epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(&ev)), 0, 0); e != 0 {
+	if err := l.control(unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN); err != nil {
 		rawClose(fd)
-		return -1, os.NewSyscallError("epoll_ctl", e)
+		return -1, os.NewSyscallError("epoll_ctl", err)
 	}
 	return fd, nil
 }
@@ -1156,8 +1101,7 @@ func (l *udpShard) sweep() {
 func (l *udpShard) arm() {
 	if l.head == nil {
 		if l.armed != 0 {
-			_ = l.ep.SetReadDeadline(time.Time{})
-			l.armed = 0
+			l.setDeadline(0)
 		}
 		return
 	}
@@ -1165,8 +1109,7 @@ func (l *udpShard) arm() {
 	if l.armed > 0 && l.armed <= next {
 		return
 	}
-	_ = l.ep.SetReadDeadline(time.Unix(0, next))
-	l.armed = next
+	l.setDeadline(next)
 }
 
 // endAll ends every session (the loop is exiting).
@@ -1184,17 +1127,7 @@ func (l *udpShard) endAll() {
 
 // closeFds releases the listener's descriptors.
 func (l *udpShard) closeFds() {
-	l.wakeMu.Lock()
-	if l.evfd >= 0 {
-		unix.Close(l.evfd)
-		l.evfd = -1
-	}
-	l.wakeMu.Unlock()
-	if l.ep != nil {
-		l.ep.Close()
-	} else if l.epfd >= 0 {
-		unix.Close(l.epfd)
-	}
+	l.closeEpoll()
 	l.conn.Close()
 }
 
