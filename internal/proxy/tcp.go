@@ -32,8 +32,7 @@ func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
 	if err != nil {
 		return nil, err
 	}
-	tl := ln.(*net.TCPListener)
-	fd, err := dupListener(tl)
+	fd, err := dupSocket(ln.(*net.TCPListener))
 	bound := ln.Addr()
 	ln.Close()
 	if err != nil {
@@ -60,21 +59,6 @@ func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
 		lp.post(func() { lp.addListener(l) })
 	}
 	return l, nil
-}
-
-func dupListener(ln *net.TCPListener) (int, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	if cerr := rc.Control(func(s uintptr) { fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); cerr != nil {
-		return -1, cerr
-	}
-	if err != nil {
-		return -1, os.NewSyscallError("fcntl", err)
-	}
-	return fd, nil
 }
 
 // Addr is the bound address.

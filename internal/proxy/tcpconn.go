@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -139,7 +140,7 @@ func (c *lconn) inspect(table *routeTable) {
 		rt, ci, first, err := inspect(tc, table)
 		fd := -1
 		if err == nil && rt != nil {
-			fd, err = dupConn(tc)
+			fd, err = dupSocket(tc)
 		} else {
 			tc.SetLinger(0)
 		}
@@ -148,10 +149,10 @@ func (c *lconn) inspect(table *routeTable) {
 	}()
 }
 
-// dupConn duplicates a net.Conn's descriptor, which then outlives the
-// conn's Close without the runtime poller knowing of it.
-func dupConn(tc *net.TCPConn) (int, error) {
-	rc, err := tc.SyscallConn()
+// dupSocket duplicates a net socket's descriptor, which then outlives the
+// socket's Close without the runtime poller knowing of it.
+func dupSocket(sc syscall.Conn) (int, error) {
+	rc, err := sc.SyscallConn()
 	if err != nil {
 		return -1, err
 	}
@@ -432,9 +433,7 @@ func (c *lconn) noBackend(err error) {
 		s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.ci.Client.String(), "err", err, "suppressed", suppressed)
 	}
 	if rt.AccessLog { // every closed connection, including this one
-		s.log.Info("connection closed", "rule", rt.Name, "client", c.ci.Client.String(),
-			"backend", "", "backend_addr", "", "bytes_in", int64(0), "bytes_out", int64(0),
-			"duration", time.Since(c.start).Round(time.Microsecond), "end", "no_backend")
+		c.logClosed(nil, time.Since(c.start), "no_backend")
 	}
 	c.drop(true)
 }
@@ -865,7 +864,7 @@ func (c *lconn) setMask(backend bool, m uint32) {
 
 // finish closes a relayed connection and accounts for it.
 func (c *lconn) finish(reset bool) {
-	s, rt, b := c.lp.srv, c.rt, c.be
+	rt, b := c.rt, c.be
 	c.state = stDone
 	for _, d := range []*ldir{&c.up, &c.down} {
 		if d.pbuf != nil {
@@ -889,19 +888,28 @@ func (c *lconn) finish(reset bool) {
 	}
 	b.Release()
 	c.release()
-	up, down := c.up.n, c.down.n
-	how := endReason(c.upErr, c.downErr)
+	how, took := endReason(c.upErr, c.downErr), time.Since(c.start)
 	if o := rt.Observer; o != nil {
-		o.RequestDone(b, time.Since(c.start), up, down)
+		o.RequestDone(b, took, c.up.n, c.down.n)
 		if eo, ok := o.(EndObserver); ok {
 			eo.Ended(b, how)
 		}
-		o.ConnClosed(time.Since(c.start))
+		o.ConnClosed(took)
 	}
 	if rt.AccessLog {
-		s.log.Info("connection closed", "rule", rt.Name, "client", c.ci.Client.String(),
-			"backend", b.ID, "backend_addr", b.Address, "bytes_in", up, "bytes_out", down,
-			"duration", time.Since(c.start).Round(time.Microsecond), "end", how)
+		c.logClosed(b, took, how)
 	}
 	c.untrack()
+}
+
+// logClosed writes the access log line of a connection that ended after
+// took; b is nil when it reached no backend.
+func (c *lconn) logClosed(b *backend.Backend, took time.Duration, end string) {
+	id, addr := "", ""
+	if b != nil {
+		id, addr = b.ID, b.Address
+	}
+	c.lp.srv.log.Info("connection closed", "rule", c.rt.Name, "client", c.ci.Client.String(),
+		"backend", id, "backend_addr", addr, "bytes_in", c.up.n, "bytes_out", c.down.n,
+		"duration", took.Round(time.Microsecond), "end", end)
 }
