@@ -51,14 +51,13 @@ type lconn struct {
 	first   []byte // bytes read while inspecting, for the backend
 	nc      *net.TCPConn
 
-	be        *backend.Backend
-	req       router.Request
-	tries     int
-	lastErr   error
-	ap        netip.AddrPort // the backend being dialled
-	dialT0    time.Time
-	dialStart int64 // unix ns of the first attempt on this backend
-	backoff   time.Duration
+	be      *backend.Backend
+	req     router.Request
+	tries   int
+	lastErr error
+	ap      netip.AddrPort // the backend being dialled
+	dialT0  time.Time      // the first attempt on this backend
+	backoff time.Duration
 
 	up, down       ldir
 	upM, downM     meter
@@ -251,7 +250,6 @@ func (c *lconn) dial() {
 		b.Acquire()
 		c.be, c.backoff = b, 0
 		c.dialT0 = time.Now()
-		c.dialStart = c.dialT0.UnixNano()
 		ap, perr := netip.ParseAddrPort(b.Address)
 		if perr != nil {
 			c.resolve(b)
@@ -322,7 +320,7 @@ func (c *lconn) connect() bool {
 		}
 		c.state = stConnecting
 		if c.rt.ConnectTimeout > 0 {
-			c.lp.timers.set(c, c.dialStart+int64(c.rt.ConnectTimeout))
+			c.lp.timers.set(c, c.dialT0.Add(c.rt.ConnectTimeout).UnixNano())
 		}
 		return true
 	}
@@ -348,15 +346,14 @@ func (c *lconn) resourceWait(err error) bool {
 	s, rt, b := c.lp.srv, c.rt, c.be
 	s.exhaust.failed(s.log, true, rt.Name+"/"+b.ID, err)
 	c.backoff = nextBackoff(c.backoff)
-	now := time.Now().UnixNano()
-	if now+int64(c.backoff)-c.dialStart >= int64(rt.ConnectTimeout) {
+	if time.Since(c.dialT0)+c.backoff >= rt.ConnectTimeout {
 		b.Release()
 		c.be = nil
 		c.noBackend(err)
 		return true
 	}
 	c.state = stDialWait
-	c.lp.timers.set(c, now+int64(c.backoff))
+	c.lp.timers.set(c, time.Now().Add(c.backoff).UnixNano())
 	return true
 }
 
