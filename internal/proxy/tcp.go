@@ -38,6 +38,9 @@ func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Accepted sockets inherit TCP_NODELAY from the listening socket, so
+	// setting it here once spares a setsockopt per connection.
+	setNoDelay(fd)
 	l := &TCPListener{srv: s, fd: fd, addr: bound}
 	l.SetRoutes(routes)
 	s.mu.Lock()

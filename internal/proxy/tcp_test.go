@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // stream writes n deterministic pseudo-random bytes (seeded by seed) to w.
@@ -618,5 +620,35 @@ func TestBackendHostName(t *testing.T) {
 	c := dial(t, listen(t, s, newRoute(t, "named", net.JoinHostPort("localhost", port))))
 	if got := readLine(t, c); got != "named" {
 		t.Fatalf("greeting %q", got)
+	}
+}
+
+// TestNoDelayBothSides: the proxy turns Nagle's algorithm off on both of a
+// connection's sockets, as the net package would (the client side inherits
+// it from the listening socket).
+func TestNoDelayBothSides(t *testing.T) {
+	be := startBackend(t, echo)
+	s, _ := newTestServer(t)
+	c := dial(t, listen(t, s, newRoute(t, "nd", be.addr)))
+	c.SetDeadline(time.Now().Add(deadline))
+	if _, err := c.Write([]byte("x\n")); err != nil {
+		t.Fatal(err)
+	}
+	readLine(t, c) // relaying: both sockets are open
+	var seen int
+	for _, lp := range s.loops {
+		lp.call(func() {
+			lp.each(func(lc *lconn) {
+				for _, fd := range []int{lc.cfd, lc.bfd} {
+					seen++
+					if v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+						t.Errorf("socket %d: TCP_NODELAY %d (%v), want on", fd, v, err)
+					}
+				}
+			})
+		})
+	}
+	if seen != 2 {
+		t.Fatalf("checked %d sockets, want the connection's 2", seen)
 	}
 }

@@ -301,8 +301,7 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			s.log.Debug("connection rejected: max_connections reached", "listener", l.addr.String(), "max_connections", max)
 			continue
 		}
-		setNoDelay(fd)
-		s.wg.Add(1)
+		s.wg.Add(1) // (TCP_NODELAY comes from the listening socket: ListenTCP)
 		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, start: time.Now(), hidx: -1}
 		c.ci.Client = sockaddrAddrPort(&sa)
 		lp.link(c)
