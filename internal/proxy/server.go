@@ -12,6 +12,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,6 +77,9 @@ type Server struct {
 	closingNow atomic.Bool    // closing, for the loops to read without s.mu
 	wg         sync.WaitGroup // one per open TCP listener, TCP connection and UDP shard
 
+	workersOnce sync.Once
+	workers     int // Workers, fixed at its first call
+
 	noBackendLog rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
 	unrouted     atomic.Pointer[UnroutedObserver] // metrics of unmatched traffic (observe.go)
@@ -89,6 +93,15 @@ func NewServer(log *slog.Logger) *Server {
 		listeners: map[Listener]struct{}{},
 		udp:       map[*UDPListener]struct{}{},
 	}
+}
+
+// Workers is the number of event loops the server runs: TCP loops, and
+// loops per UDP listener (at most 16 of those). It is GOMAXPROCS when it is
+// first asked for (the engine asks once it has set GOMAXPROCS from
+// worker_threads) and does not change after that, whatever GOMAXPROCS does.
+func (s *Server) Workers() int {
+	s.workersOnce.Do(func() { s.workers = max(runtime.GOMAXPROCS(0), 1) })
+	return s.workers
 }
 
 // SetMaxConnections sets the cap on concurrent client connections (0: none).

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"os"
-	"runtime"
 	"sync"
 	"time"
 
@@ -12,13 +11,14 @@ import (
 // The TCP event loops.
 //
 // Every TCP connection lives in one event loop, as in HAProxy and nginx:
-// the Server runs one loop per CPU (GOMAXPROCS, which worker_threads sets),
-// each a single goroutine with its own level-triggered epoll set holding
-// the listening sockets and the sockets of its connections. The loop
-// accepts, routes, dials (a non-blocking connect), relays and closes with
-// raw system calls, and parks in the Go runtime's poller on its epoll
-// descriptor when there is nothing to do, so no thread is blocked while
-// idle. A connection costs no goroutine, no Go netpoller registration and
+// the Server runs one loop per worker (Server.Workers: GOMAXPROCS, which
+// worker_threads sets, at start-up), each a single goroutine with its own
+// level-triggered epoll set holding the listening sockets and the sockets
+// of its connections. The loop accepts, routes, dials (a non-blocking
+// connect), relays and closes with raw system calls, and parks in the Go
+// runtime's poller on its epoll descriptor when there is nothing to do, so
+// no thread is blocked while idle (and loops can outnumber the Ps that
+// internal/procs leaves the runtime at a light load). A connection costs no goroutine, no Go netpoller registration and
 // no buffer while idle: its state is one lconn (tcpconn.go).
 //
 // Why not a goroutine per connection, as the net package invites: measured
@@ -96,7 +96,7 @@ func (s *Server) startLoops() error {
 	if s.loops != nil {
 		return nil
 	}
-	n := max(runtime.GOMAXPROCS(0), 1)
+	n := s.Workers()
 	loops := make([]*tcpLoop, 0, n)
 	for range n {
 		lp, err := newTCPLoop(s)

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -214,7 +213,7 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 	if opt.batch == 0 {
 		opt.batch = batchSize
 	}
-	conns, err := bindUDP(addr, shardCount())
+	conns, err := bindUDP(addr, s.shardCount())
 	if err != nil {
 		return nil, err
 	}
@@ -258,9 +257,9 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 	return l, nil
 }
 
-// shardCount is how many event loops a UDP listener runs: one per CPU Go
-// uses, at most 16.
-func shardCount() int { return min(max(runtime.GOMAXPROCS(0), 1), 16) }
+// shardCount is how many event loops a UDP listener runs: one per worker,
+// at most 16.
+func (s *Server) shardCount() int { return min(s.Workers(), 16) }
 
 // bindUDP binds n sockets to addr. With n > 1 they share it through
 // SO_REUSEPORT; a plain bind first checks that the address is free (and

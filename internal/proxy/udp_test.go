@@ -636,7 +636,7 @@ func TestUDPShards(t *testing.T) {
 	s, _ := newTestServer(t)
 	be := startUDPBackend(t, echoReply)
 	l := listenUDPTest(t, s, newUDPRoute(t, "shards", be.addr))
-	if got, want := len(l.shards), shardCount(); got != want {
+	if got, want := len(l.shards), s.shardCount(); got != want {
 		t.Fatalf("%d shards, want %d", got, want)
 	}
 	for _, sh := range l.shards {
