@@ -18,6 +18,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/procs"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
 )
@@ -202,6 +203,11 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	fl.started(ctx, rl) // follow Redis until stop (fleet.go)
+	if n := eng.Server().Workers(); cfg.Server.AdaptiveThreads && n > 1 {
+		log.Info("worker threads follow the load", "event_loops", n, "max_threads", n)
+		g := &procs.Governor{Max: n, Log: log}
+		go g.Run(ctx) // GOMAXPROCS follows the load (internal/procs)
+	}
 	if cfg.Server.WatchConfig {
 		if err := reload.Watch(ctx, o.config, reload.DefaultDebounce, func() { rl.Reload("file", true) }); err != nil {
 			log.Warn("cannot watch the config file; reload with SIGHUP", "err", err.Error())

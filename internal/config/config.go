@@ -47,6 +47,9 @@ type Server struct {
 	UDPBind string `toml:"udp_bind"`
 	// WorkerThreads sets GOMAXPROCS when > 0. Default 0: one per CPU. Needs a restart.
 	WorkerThreads int `toml:"worker_threads"`
+	// AdaptiveThreads keeps GOMAXPROCS between 1 and the worker threads at
+	// what the load needs (internal/procs). Default true. Needs a restart.
+	AdaptiveThreads bool `toml:"adaptive_threads"`
 	// MaxConnections caps concurrent client connections across the proxy;
 	// a connection beyond it is closed at once and counted. 0 means no limit.
 	// Default 10000.
@@ -198,6 +201,7 @@ func (c *Config) setDefaults() {
 		IdleTimeout:       Duration(DefaultIdleTimeout),
 		ShutdownTimeout:   Duration(DefaultShutdownTimeout),
 		WatchConfig:       true,
+		AdaptiveThreads:   true,
 		PeekTimeout:       Duration(3 * time.Second),
 	}
 	c.Logging = Logging{Level: "info", Format: "text"}

@@ -216,6 +216,7 @@ func TestDefaultsLiteral(t *testing.T) {
 		{"server.tcp_bind", s.TCPBind, "0.0.0.0:8080"},
 		{"server.udp_bind", s.UDPBind, "0.0.0.0:8081"},
 		{"server.worker_threads", s.WorkerThreads, 0},
+		{"server.adaptive_threads", s.AdaptiveThreads, true},
 		{"server.max_connections", s.MaxConnections, 10000},
 		{"server.connection_timeout", s.ConnectionTimeout.D(), 10 * time.Second},
 		{"server.buffer_size", s.BufferSize, 8192},

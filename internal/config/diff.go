@@ -100,6 +100,9 @@ func Diff(old, next *Config) Change {
 		if old.Server.WorkerThreads != next.Server.WorkerThreads {
 			ch.RestartNeeded = append(ch.RestartNeeded, "server.worker_threads")
 		}
+		if old.Server.AdaptiveThreads != next.Server.AdaptiveThreads {
+			ch.RestartNeeded = append(ch.RestartNeeded, "server.adaptive_threads")
+		}
 		if old.Logging.Format != next.Logging.Format {
 			ch.RestartNeeded = append(ch.RestartNeeded, "logging.format")
 		}

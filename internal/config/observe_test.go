@@ -110,3 +110,17 @@ func TestObserveChangesNeedRestart(t *testing.T) {
 		t.Errorf("restart needed for %q, want metrics.bind,admin.pprof (a token applies at once)", got)
 	}
 }
+
+func TestThreadChangesNeedRestart(t *testing.T) {
+	old, err := Parse("c.toml", []byte(observeBase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := Parse("c.toml", []byte("[server]\nworker_threads = 3\nadaptive_threads = false\n"+observeBase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(Diff(old, next).RestartNeeded, ","); got != "server.worker_threads,server.adaptive_threads" {
+		t.Errorf("restart needed for %q, want server.worker_threads,server.adaptive_threads", got)
+	}
+}

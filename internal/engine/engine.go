@@ -118,9 +118,13 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 	}
 	cfg, accepted := e.merge(file, dyn)
 	// worker_threads is read once, before the first listener starts the
-	// TCP event loops, which are one per GOMAXPROCS.
-	if cfg.Server.WorkerThreads > 0 && e.cfg == nil {
-		runtime.GOMAXPROCS(cfg.Server.WorkerThreads)
+	// event loops, which are one per GOMAXPROCS at that moment
+	// (proxy.Server.Workers, fixed from then on).
+	if e.cfg == nil {
+		if cfg.Server.WorkerThreads > 0 {
+			runtime.GOMAXPROCS(cfg.Server.WorkerThreads)
+		}
+		e.srv.Workers()
 	}
 	committed := false
 	defer func() {

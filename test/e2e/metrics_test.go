@@ -576,3 +576,41 @@ address = %q
 		t.Error("something listens on the metrics port although metrics are disabled")
 	}
 }
+
+// TestAdaptiveThreads: with worker_threads = 2 the proxy runs two event
+// loops; while idle it runs Go code on one thread (go_sched_gomaxprocs_threads
+// 1) and still serves. With adaptive_threads = false it keeps two.
+func TestAdaptiveThreads(t *testing.T) {
+	e := StartEcho(t, "adapt")
+	for _, adaptive := range []bool{true, false} {
+		port := FreePort(t)
+		p := Start(t, WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+worker_threads = 2
+adaptive_threads = %v
+[[rules]]
+name = "web"
+[[rules.backends]]
+id = "e1"
+address = %q
+`, port, adaptive, e.Addr)))
+		url := mxMetricsURL(t, p)
+		p.WaitLog("dynamic-proxy started")
+		want := 2.0
+		if adaptive {
+			want = 1
+			if !strings.Contains(p.Log(), "worker threads follow the load") {
+				t.Errorf("adaptive: no \"worker threads follow the load\" line before \"dynamic-proxy started\"")
+			}
+		} else if strings.Contains(p.Log(), "worker threads follow the load") {
+			t.Errorf("adaptive_threads = false, yet the log says: worker threads follow the load")
+		}
+		mxWait(t, url, fmt.Sprintf("adaptive %v: GOMAXPROCS %v", adaptive, want), func(f mxFamilies) bool {
+			return f.value("go_sched_gomaxprocs_threads", nil) == want
+		})
+		for i := 0; i < 8; i++ { // the two loops take turns on one thread
+			mxExchange(t, fmt.Sprintf("127.0.0.1:%d", port), "adapt", 1000)
+		}
+	}
+}
