@@ -41,6 +41,7 @@ var (
 	flagListen  = flag.String("listen", "", "internal: echo listen address")
 	flagDP      = flag.String("dp", "", "dynamic-proxy binary (default: build it)")
 	flagWorkers = flag.Int("workers", 0, "worker threads of every proxy (dynamic-proxy worker_threads, HAProxy nbthread, nginx worker_processes); 0: each one's default, one per CPU")
+	flagDPFixed = flag.Bool("dp-fixed", false, "also run dynamic-proxy-fixed: dynamic-proxy with adaptive_threads = false (GOMAXPROCS stays at the worker threads)")
 	flagDPUDP   = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
 )
 

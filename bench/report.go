@@ -108,8 +108,11 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 	b.WriteString("Targets: `direct` (client to backend, the physical limit), `dynamic-proxy`, `haproxy` (mode tcp, defaults), ")
 	b.WriteString("`haproxy-splice` (with `option splice-request` and `option splice-response`), `nginx` (stream module)")
 	for _, t := range targets {
-		if t.name == "dynamic-proxy-nometrics" {
+		switch t.name {
+		case "dynamic-proxy-nometrics":
 			b.WriteString(", `dynamic-proxy-nometrics` (metrics disabled)")
+		case "dynamic-proxy-fixed":
+			b.WriteString(", `dynamic-proxy-fixed` (`adaptive_threads = false`: GOMAXPROCS stays at the worker threads)")
 		}
 	}
 	b.WriteString(". HAProxy has no UDP.\n\n")

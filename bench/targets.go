@@ -46,14 +46,21 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 	ts := []*target{
 		{name: "direct", udp: true},
 		{name: "dynamic-proxy", base: 21100, udp: true, setup: func(t *target, dir string) error {
-			return startDP(t, dir, dpBinary, true)
+			return startDP(t, dir, dpBinary, true, true)
 		}},
+	}
+	if *flagDPFixed {
+		// The same build with GOMAXPROCS left at the worker threads
+		// (adaptive_threads = false), to measure what the adaptation saves.
+		ts = append(ts, &target{name: "dynamic-proxy-fixed", base: 21600, udp: true, setup: func(t *target, dir string) error {
+			return startDP(t, dir, dpBinary, true, false)
+		}})
 	}
 	if metricsOffVariant {
 		// Right after dynamic-proxy, so that in most rounds the two run
 		// back to back and their per-round ratio compares like with like.
 		ts = append(ts, &target{name: "dynamic-proxy-nometrics", base: 21500, udp: true, setup: func(t *target, dir string) error {
-			return startDP(t, dir, dpBinary, false)
+			return startDP(t, dir, dpBinary, false, true)
 		}})
 	}
 	return append(ts,
@@ -62,11 +69,14 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 		&target{name: "nginx", base: 21400, udp: true, setup: startNginx})
 }
 
-func startDP(t *target, dir, bin string, metrics bool) error {
+func startDP(t *target, dir, bin string, metrics, adaptive bool) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[server]\ntcp_bind = \"127.0.0.1:%d\"\nudp_bind = \"127.0.0.1:%d\"\nmax_connections = 0\nwatch_config = false\n", t.base+9, t.base+9)
 	if *flagWorkers > 0 {
 		fmt.Fprintf(&b, "worker_threads = %d\n", *flagWorkers)
+	}
+	if !adaptive {
+		b.WriteString("adaptive_threads = false\n")
 	}
 	b.WriteString("[logging]\nlevel = \"warn\"\n")
 	if supportsMetricsSwitch(bin) {
