@@ -3,6 +3,7 @@
 package backend
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -35,8 +36,7 @@ type Backend struct {
 	maxConns atomic.Int64 // 0: no limit
 	total    atomic.Int64 // connections (or UDP sessions) ever opened
 
-	bytesIn  atomic.Int64 // bytes proxied from clients to the backend
-	bytesOut atomic.Int64 // bytes proxied from the backend to clients
+	bytes []byteCounts // bytes proxied, split by event loop (AddBytesIn)
 
 	watchers atomic.Pointer[[]ActiveWatcher] // told of every change of active
 }
@@ -47,7 +47,7 @@ func New(rule, id, address string, weight int, health *Health) *Backend {
 	if health == nil {
 		health = &Health{Address: address}
 	}
-	b := &Backend{Rule: rule, ID: id, Address: address}
+	b := &Backend{Rule: rule, ID: id, Address: address, bytes: make([]byteCounts, byteShards)}
 	b.health.Store(health)
 	b.weight.Store(int32(weight))
 	return b
@@ -205,11 +205,39 @@ func (b *Backend) Watchers() int {
 	return 0
 }
 
-// AddBytesIn counts n bytes proxied from a client to the backend.
-func (b *Backend) AddBytesIn(n int64) { b.bytesIn.Add(n) }
+// byteCounts is one event loop's share of a backend's byte counters, a
+// cache line of its own: loops running on different CPUs count the bytes
+// they move without taking the line from one another (or from the fields
+// the routers read on every pick).
+type byteCounts struct {
+	in, out atomic.Int64
+	_       [64 - 16]byte
+}
+
+// byteShards is how many ways the byte counters are split: the CPUs,
+// rounded up to a power of two, at most 64. The split is a slice of its own
+// (never next to the fields the routers read), and a power-of-two number
+// of 64-byte shares is allocated 64-byte aligned, one cache line each.
+var byteShards = func() int {
+	n := 1
+	for n < min(runtime.NumCPU(), 64) {
+		n *= 2
+	}
+	return n
+}()
+
+// AddBytesIn counts n bytes proxied from a client to the backend by event
+// loop loop (any number: it picks the loop's share of the counters).
+func (b *Backend) AddBytesIn(loop int, n int64) { b.bytes[loop&(len(b.bytes)-1)].in.Add(n) }
 
 // AddBytesOut counts n bytes proxied from the backend to a client.
-func (b *Backend) AddBytesOut(n int64) { b.bytesOut.Add(n) }
+func (b *Backend) AddBytesOut(loop int, n int64) { b.bytes[loop&(len(b.bytes)-1)].out.Add(n) }
 
-// Bytes returns the bytes ever proxied client to backend (in) and back (out).
-func (b *Backend) Bytes() (in, out int64) { return b.bytesIn.Load(), b.bytesOut.Load() }
+// Bytes returns the bytes proxied to and from the backend so far.
+func (b *Backend) Bytes() (in, out int64) {
+	for i := range b.bytes {
+		in += b.bytes[i].in.Load()
+		out += b.bytes[i].out.Load()
+	}
+	return in, out
+}

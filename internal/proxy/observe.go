@@ -133,9 +133,10 @@ func (s *Server) observeUnrouted(protocol string, r Reason) {
 // meter counts the bytes of one direction of a proxied connection as they
 // move: on the backend (for the admin API) and on the route's observer.
 type meter struct {
-	be  *backend.Backend
-	obs Observer // nil: metrics off
-	out bool     // backend to client
+	be   *backend.Backend
+	obs  Observer // nil: metrics off
+	out  bool     // backend to client
+	loop int      // the event loop counting (its share of the backend's counters)
 }
 
 func (m *meter) add(n int64) {
@@ -143,13 +144,13 @@ func (m *meter) add(n int64) {
 		return
 	}
 	if m.out {
-		m.be.AddBytesOut(n)
+		m.be.AddBytesOut(m.loop, n)
 		if m.obs != nil {
 			m.obs.BytesOut(n)
 		}
 		return
 	}
-	m.be.AddBytesIn(n)
+	m.be.AddBytesIn(m.loop, n)
 	if m.obs != nil {
 		m.obs.BytesIn(n)
 	}

@@ -384,7 +384,7 @@ func (c *lconn) connected() {
 		o.Connected(b, time.Since(c.dialT0), nil)
 	}
 	b.Health().ReportDial(nil)
-	c.upM, c.downM = meter{be: b, obs: o}, meter{be: b, obs: o, out: true}
+	c.upM, c.downM = meter{be: b, obs: o, loop: c.lp.idx}, meter{be: b, obs: o, out: true, loop: c.lp.idx}
 	// What precedes the client's stream: a PROXY header when the route
 	// asks for one, then the bytes read while inspecting.
 	if rt.SendProxy != 0 {

@@ -47,6 +47,7 @@ import (
 type tcpLoop struct {
 	epollLoop
 	srv *Server
+	idx int // the loop's number, 0 to Workers-1
 
 	mu      sync.Mutex
 	cmds    []func()
@@ -83,8 +84,8 @@ type loopListener struct {
 
 const maxLoopEvents = 256 // epoll events per turn
 
-func newTCPLoop(s *Server) (*tcpLoop, error) {
-	lp := &tcpLoop{srv: s, done: make(chan struct{})}
+func newTCPLoop(s *Server, idx int) (*tcpLoop, error) {
+	lp := &tcpLoop{srv: s, idx: idx, done: make(chan struct{})}
 	if err := lp.openEpoll("tcp-epoll", maxLoopEvents); err != nil {
 		return nil, err
 	}
@@ -98,8 +99,8 @@ func (s *Server) startLoops() error {
 	}
 	n := s.Workers()
 	loops := make([]*tcpLoop, 0, n)
-	for range n {
-		lp, err := newTCPLoop(s)
+	for i := range n {
+		lp, err := newTCPLoop(s, i)
 		if err != nil {
 			for _, l := range loops {
 				l.closeEpoll()

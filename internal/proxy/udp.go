@@ -105,6 +105,7 @@ type udpShard struct {
 	ln     *UDPListener
 	srv    *Server
 	conn   *net.UDPConn
+	idx    int // the shard's number in the listener
 	fd     int // conn's descriptor, used by the loop only
 	family int // AF_INET or AF_INET6 (dual-stack for a wildcard bind)
 
@@ -219,8 +220,8 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 	}
 	l = &UDPListener{srv: s, done: make(chan struct{})}
 	l.routes.Store(&routes)
-	for _, c := range conns {
-		l.shards = append(l.shards, &udpShard{ln: l, srv: s, conn: c, fd: -1, done: make(chan struct{}),
+	for i, c := range conns {
+		l.shards = append(l.shards, &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1, done: make(chan struct{}),
 			maxDatagram: opt.maxDatagram, batch: opt.batch,
 			sessions:  map[netip.AddrPort]*udpSession{},
 			resolved:  map[*backend.Backend]*resolvedAddr{},
@@ -648,7 +649,7 @@ func (l *udpShard) forwarded(s *udpSession, n int) {
 	s.inB += int64(n)
 	l.st.in++
 	l.st.inB += int64(n)
-	s.b.AddBytesIn(int64(n))
+	s.b.AddBytesIn(l.idx, int64(n))
 	if s.obs != nil {
 		s.obs.Datagram(s.b, n, nil)
 	}
@@ -898,7 +899,7 @@ func (l *udpShard) readBackend(fd int) {
 			s.responses++
 			s.outN++
 			s.outB += int64(size)
-			s.b.AddBytesOut(int64(size))
+			s.b.AddBytesOut(l.idx, int64(size))
 			if s.obs != nil {
 				var rtt time.Duration
 				if s.request != 0 {
