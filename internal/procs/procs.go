@@ -18,13 +18,12 @@
 package procs
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"math"
 	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,7 +72,9 @@ func (g *Governor) Run(ctx context.Context) {
 		cpu = processCPU
 	}
 	if idle == nil {
-		idle = systemIdle
+		var ps procStat
+		defer ps.close()
+		idle = ps.idle
 	}
 	if set == nil {
 		set = func(n int) { runtime.GOMAXPROCS(n) }
@@ -141,26 +142,69 @@ func (s *state) next(p, most int, used, spare float64) int {
 	return p
 }
 
-// systemIdle is the time the machine's CPUs spent idle so far (idle and
-// iowait in /proc/stat), -1 when it cannot be read (then the Ps grow on the
-// process's own load alone).
-func systemIdle() time.Duration {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return -1
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line) // cpu user nice system idle iowait …
-	if len(f) < 6 || f[0] != "cpu" {
-		return -1
-	}
-	var ticks int64
-	for _, v := range f[4:6] {
-		n, err := strconv.ParseInt(v, 10, 64)
+// procStat reads the machine's idle CPU time from /proc/stat, kept open:
+// each read is one pread of its first line, without allocating.
+type procStat struct {
+	f   *os.File
+	buf [512]byte
+}
+
+// idle is the time the machine's CPUs spent idle so far (idle and iowait,
+// the 4th and 5th numbers of the "cpu" line), -1 when it cannot be read
+// (then the Ps grow on the process's own load alone).
+func (p *procStat) idle() time.Duration {
+	if p.f == nil {
+		f, err := os.Open("/proc/stat")
 		if err != nil {
 			return -1
 		}
-		ticks += n
+		p.f = f
+	}
+	n, _ := p.f.ReadAt(p.buf[:], 0)
+	line := p.buf[:n]
+	if i := bytes.IndexByte(line, '\n'); i >= 0 {
+		line = line[:i]
+	}
+	return parseIdle(line)
+}
+
+func (p *procStat) close() {
+	if p.f != nil {
+		p.f.Close()
+	}
+}
+
+// parseIdle reads idle+iowait from /proc/stat's "cpu ..." line, -1 if the
+// line is not that.
+func parseIdle(line []byte) time.Duration {
+	field, ticks := 0, int64(0)
+	for len(line) > 0 {
+		line = bytes.TrimLeft(line, " ")
+		end := bytes.IndexByte(line, ' ')
+		if end < 0 {
+			end = len(line)
+		}
+		word := line[:end]
+		line = line[end:]
+		switch {
+		case field == 0:
+			if string(word) != "cpu" {
+				return -1
+			}
+		case field == 4 || field == 5:
+			var v int64
+			for _, c := range word {
+				if c < '0' || c > '9' {
+					return -1
+				}
+				v = v*10 + int64(c-'0')
+			}
+			ticks += v
+		}
+		field++
+	}
+	if field < 6 {
+		return -1
 	}
 	return time.Duration(ticks) * time.Second / userHZ
 }

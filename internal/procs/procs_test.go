@@ -134,7 +134,32 @@ func TestProcessCPUAndIdle(t *testing.T) {
 			t.Fatalf("process CPU time did not advance: %v then %v", start, processCPU())
 		}
 	}
-	if i := systemIdle(); i <= 0 {
-		t.Errorf("machine idle time %v, want > 0 from /proc/stat", i)
+	var ps procStat
+	defer ps.close()
+	first := ps.idle()
+	if first <= 0 {
+		t.Fatalf("machine idle time %v, want > 0 from /proc/stat", first)
+	}
+	if again := ps.idle(); again < first { // the same open file, read again
+		t.Errorf("machine idle time went back: %v then %v", first, again)
+	}
+	if n := testing.AllocsPerRun(100, func() { ps.idle() }); n != 0 {
+		t.Errorf("%v allocations per read of /proc/stat, want 0", n)
+	}
+}
+
+func TestParseIdle(t *testing.T) {
+	for line, want := range map[string]time.Duration{
+		"cpu  10132153 290696 3084719 46828483 16683 0 25195 0 175628 0": (46828483 + 16683) * time.Second / 100,
+		"cpu 1 2 3 4 5":    9 * time.Second / 100,
+		"cpu 1 2 3 4":      -1, // no iowait
+		"cpu0 1 2 3 4 5":   -1, // a CPU's line, not the total
+		"cpu 1 2 3 x 5":    -1,
+		"intr 1 2 3 4 5 6": -1,
+		"":                 -1,
+	} {
+		if got := parseIdle([]byte(line)); got != want {
+			t.Errorf("parseIdle(%q) = %v, want %v", line, got, want)
+		}
 	}
 }
