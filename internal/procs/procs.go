@@ -180,6 +180,9 @@ func parseIdle(line []byte) time.Duration {
 	field, ticks := 0, int64(0)
 	for len(line) > 0 {
 		line = bytes.TrimLeft(line, " ")
+		if len(line) == 0 {
+			break
+		}
 		end := bytes.IndexByte(line, ' ')
 		if end < 0 {
 			end = len(line)
