@@ -204,7 +204,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	defer stop()
 	fl.started(ctx, rl) // follow Redis until stop (fleet.go)
 	if n := eng.Server().Workers(); cfg.Server.AdaptiveThreads && n > 1 {
-		log.Info("worker threads follow the load", "event_loops", n, "max_threads", n)
+		log.Info("worker threads follow the load", "worker_threads", n)
 		g := &procs.Governor{Max: n, Log: log}
 		go g.Run(ctx) // GOMAXPROCS follows the load (internal/procs)
 	}

@@ -18,7 +18,8 @@ import (
 // connect), relays and closes with raw system calls, and parks in the Go
 // runtime's poller on its epoll descriptor when there is nothing to do, so
 // no thread is blocked while idle (and loops can outnumber the Ps that
-// internal/procs leaves the runtime at a light load). A connection costs no goroutine, no Go netpoller registration and
+// internal/procs leaves the runtime at a light load). A connection costs
+// no goroutine, no Go netpoller registration and
 // no buffer while idle: its state is one lconn (tcpconn.go).
 //
 // Why not a goroutine per connection, as the net package invites: measured
