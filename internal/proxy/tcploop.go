@@ -19,8 +19,8 @@ import (
 // runtime's poller on its epoll descriptor when there is nothing to do, so
 // no thread is blocked while idle (and loops can outnumber the Ps that
 // internal/procs leaves the runtime at a light load). A connection costs
-// no goroutine, no Go netpoller registration and
-// no buffer while idle: its state is one lconn (tcpconn.go).
+// no goroutine, no Go netpoller registration and no buffer while idle: its
+// state is one lconn (tcpconn.go).
 //
 // Why not a goroutine per connection, as the net package invites: measured
 // with bench's churn load at 4,000 connections/s on two cores, that design
