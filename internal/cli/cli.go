@@ -205,8 +205,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	fl.started(ctx, rl) // follow Redis until stop (fleet.go)
 	if n := eng.Server().Workers(); cfg.Server.AdaptiveThreads && n > 1 {
 		log.Info("worker threads follow the load", "worker_threads", n)
-		g := &procs.Governor{Max: n, Log: log}
-		go g.Run(ctx) // GOMAXPROCS follows the load (internal/procs)
+		go procs.New(n, log).Run(ctx) // GOMAXPROCS follows the load (internal/procs)
 	}
 	if cfg.Server.WatchConfig {
 		if err := reload.Watch(ctx, o.config, reload.DefaultDebounce, func() { rl.Reload("file", true) }); err != nil {

@@ -53,13 +53,27 @@ type Governor struct {
 	Log      *slog.Logger
 
 	// cpu returns the process's CPU time and idle the machine's idle CPU
-	// time (tests replace them); set sets GOMAXPROCS.
+	// time (New sets them; tests replace them); set sets GOMAXPROCS.
 	cpu, idle func() time.Duration
 	set       func(int)
+	stat      *procStat
+}
+
+// New returns a Governor of up to max Ps that reads the real CPU times. It
+// opens /proc/stat at once, so the process's descriptors do not change
+// once it runs; Run closes it.
+func New(max int, log *slog.Logger) *Governor {
+	ps := &procStat{}
+	ps.open()
+	return &Governor{Max: max, Log: log, cpu: processCPU, idle: ps.idle, stat: ps,
+		set: func(n int) { runtime.GOMAXPROCS(n) }}
 }
 
 // Run governs until ctx ends, then gives the process its Max Ps back.
 func (g *Governor) Run(ctx context.Context) {
+	if g.stat != nil {
+		defer g.stat.close()
+	}
 	if g.Max <= 1 {
 		return
 	}
@@ -68,17 +82,6 @@ func (g *Governor) Run(ctx context.Context) {
 		interval = DefaultInterval
 	}
 	cpu, idle, set := g.cpu, g.idle, g.set
-	if cpu == nil {
-		cpu = processCPU
-	}
-	if idle == nil {
-		var ps procStat
-		defer ps.close()
-		idle = ps.idle
-	}
-	if set == nil {
-		set = func(n int) { runtime.GOMAXPROCS(n) }
-	}
 	p := g.Max
 	set(p)
 	defer set(g.Max)
@@ -154,11 +157,7 @@ type procStat struct {
 // (then the Ps grow on the process's own load alone).
 func (p *procStat) idle() time.Duration {
 	if p.f == nil {
-		f, err := os.Open("/proc/stat")
-		if err != nil {
-			return -1
-		}
-		p.f = f
+		return -1
 	}
 	n, _ := p.f.ReadAt(p.buf[:], 0)
 	line := p.buf[:n]
@@ -166,6 +165,12 @@ func (p *procStat) idle() time.Duration {
 		line = line[:i]
 	}
 	return parseIdle(line)
+}
+
+func (p *procStat) open() {
+	if f, err := os.Open("/proc/stat"); err == nil {
+		p.f = f
+	}
 }
 
 func (p *procStat) close() {

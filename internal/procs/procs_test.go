@@ -135,6 +135,7 @@ func TestProcessCPUAndIdle(t *testing.T) {
 		}
 	}
 	var ps procStat
+	ps.open()
 	defer ps.close()
 	first := ps.idle()
 	if first <= 0 {
