@@ -293,6 +293,16 @@ func TestHalfClosedAndHalfOpen(t *testing.T) {
 	errs := make(chan error, 4*n)
 	var mu sync.Mutex
 	var halfOpen []time.Duration
+	// The half-open connections have 2 s from their connect to their first
+	// byte before idle_timeout ends them, so they connect and write first,
+	// while nothing else in this process competes for the CPU (under -race
+	// on a loaded machine, the 1 MiB transfers and their patterns and
+	// checksums once held one such client off its write for 2 s); the
+	// half-closed transfers start once every half-open header is written.
+	var headers sync.WaitGroup
+	headers.Add(2 * n)
+	bulk := make(chan struct{})
+	go func() { headers.Wait(); close(bulk) }()
 	for i := 0; i < n; i++ {
 		for _, kind := range "ABCD" {
 			addr := fmt.Sprintf("127.0.0.1:%d", closedPort)
@@ -302,7 +312,14 @@ func TestHalfClosedAndHalfOpen(t *testing.T) {
 			wg.Add(1)
 			go func(kind rune, id string) {
 				defer wg.Done()
-				d, err := halfConn(addr, kind, id, size, ev)
+				var wrote func()
+				if kind == 'C' || kind == 'D' {
+					wrote = sync.OnceFunc(headers.Done)
+					defer wrote() // also when the connection failed
+				} else {
+					<-bulk
+				}
+				d, err := halfConn(addr, kind, id, size, ev, wrote)
 				if err != nil {
 					errs <- fmt.Errorf("%c %s: %w", kind, id, err)
 				}
@@ -397,9 +414,13 @@ func pattern(id string, size int) []byte {
 
 // halfConn runs one connection of kind A–D (see TestHalfClosedAndHalfOpen).
 // For the half-open kinds it returns how long after the FIN the proxy
-// ended the connection.
-func halfConn(addr string, kind rune, id string, size int, ev *halfEvents) (time.Duration, error) {
-	payload := pattern("up"+id, size) // before connecting: the connection must not idle meanwhile
+// ended the connection. wrote (if not nil) is called once the header is
+// written.
+func halfConn(addr string, kind rune, id string, size int, ev *halfEvents, wrote func()) (time.Duration, error) {
+	var payload []byte
+	if kind == 'A' || kind == 'B' {
+		payload = pattern("up"+id, size) // before connecting: the connection must not idle meanwhile
+	}
 	c, err := net.DialTimeout("tcp", addr, Deadline)
 	if err != nil {
 		return 0, err
@@ -411,6 +432,9 @@ func halfConn(addr string, kind rune, id string, size int, ev *halfEvents) (time
 	sent := time.Now()       // just before the last byte of a half-open connection
 	if _, err := io.WriteString(c, string(kind)+id); err != nil {
 		return 0, err
+	}
+	if wrote != nil {
+		wrote()
 	}
 	waitSum := func(payload []byte) error {
 		select {
