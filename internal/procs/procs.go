@@ -127,7 +127,7 @@ type state struct {
 // kept used CPUs busy with p Ps and the machine had spare CPUs idle.
 func (s *state) next(p, most int, used, spare float64) int {
 	if used > Grow*float64(p) && p < most && spare >= MinIdle {
-		s.low, s.peak = 0, 0
+		*s = state{}
 		return min(most, 2*p)
 	}
 	if p > 1 && used < ShrinkAt*float64(p-1) {
@@ -138,10 +138,10 @@ func (s *state) next(p, most int, used, spare float64) int {
 		}
 		// The fewest Ps that the window's peak keeps under ShrinkAt.
 		n := max(1, int(math.Ceil(s.peak/ShrinkAt)))
-		s.low, s.peak = 0, 0
+		*s = state{}
 		return min(n, p-1)
 	}
-	s.low, s.peak = 0, 0
+	*s = state{}
 	return p
 }
 

@@ -129,29 +129,3 @@ func (s *Server) observeUnrouted(protocol string, r Reason) {
 		(*o).Unrouted(protocol, r)
 	}
 }
-
-// meter counts the bytes of one direction of a proxied connection as they
-// move: on the backend (for the admin API) and on the route's observer.
-type meter struct {
-	be   *backend.Backend
-	obs  Observer // nil: metrics off
-	out  bool     // backend to client
-	loop int      // the event loop counting (its share of the backend's counters)
-}
-
-func (m *meter) add(n int64) {
-	if m == nil || n <= 0 {
-		return
-	}
-	if m.out {
-		m.be.AddBytesOut(m.loop, n)
-		if m.obs != nil {
-			m.obs.BytesOut(n)
-		}
-		return
-	}
-	m.be.AddBytesIn(m.loop, n)
-	if m.obs != nil {
-		m.obs.BytesIn(n)
-	}
-}

@@ -60,7 +60,6 @@ type lconn struct {
 	backoff time.Duration
 
 	up, down       ldir
-	upM, downM     meter
 	upErr, downErr error
 	idle           int64 // idle_timeout in ns; 0: none
 	last           int64 // unix ns of the last byte moved
@@ -384,7 +383,6 @@ func (c *lconn) connected() {
 		o.Connected(b, time.Since(c.dialT0), nil)
 	}
 	b.Health().ReportDial(nil)
-	c.upM, c.downM = meter{be: b, obs: o, loop: c.lp.idx}, meter{be: b, obs: o, out: true, loop: c.lp.idx}
 	// What precedes the client's stream: a PROXY header when the route
 	// asks for one, then the bytes read while inspecting.
 	if rt.SendProxy != 0 {
@@ -613,8 +611,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 			c.fail(d, dstError{os.NewSyscallError("write", werr)})
 			return false
 		}
-		d.n += int64(w)
-		c.meter(d).add(int64(w))
+		c.moved(d, int64(w))
 		if w < n {
 			d.keep(buf[w:n], size)
 			return true
@@ -683,9 +680,7 @@ func (c *lconn) flushPipe(d *ldir, dst int) bool {
 			return false
 		}
 		d.inPipe -= int(out)
-		d.n += out
-		c.meter(d).add(out)
-		c.last = c.lp.now
+		c.moved(d, out)
 	}
 	c.putPipe(d)
 	return true
@@ -732,9 +727,7 @@ func (c *lconn) flush(d *ldir) bool {
 			d.skip -= s
 			counted -= s
 		}
-		d.n += int64(counted)
-		c.meter(d).add(int64(counted))
-		c.last = c.lp.now
+		c.moved(d, int64(counted))
 		d.pend = d.pend[w:]
 	}
 	if d.pbuf != nil {
@@ -771,11 +764,27 @@ func (c *lconn) sourceEnded(d *ldir) bool {
 	return true
 }
 
-func (c *lconn) meter(d *ldir) *meter {
-	if d == &c.up {
-		return &c.upM
+// moved accounts n bytes written in direction d: the direction's count,
+// the backend's (this loop's share, for the admin API), the route's
+// metrics, and the activity idle_timeout watches.
+func (c *lconn) moved(d *ldir, n int64) {
+	c.last = c.lp.now
+	if n <= 0 {
+		return
 	}
-	return &c.downM
+	d.n += n
+	o := c.rt.Observer
+	if d == &c.up {
+		c.be.AddBytesIn(c.lp.idx, n)
+		if o != nil {
+			o.BytesIn(n)
+		}
+		return
+	}
+	c.be.AddBytesOut(c.lp.idx, n)
+	if o != nil {
+		o.BytesOut(n)
+	}
 }
 
 // fail ends the connection on an error in direction d: a reset or I/O
