@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"container/heap"
 	"os"
 	"sync"
 	"time"
@@ -394,78 +395,46 @@ func (lp *tcpLoop) arm() {
 	}
 }
 
-// timerHeap is a min-heap of connections by due time; each connection has
-// at most one deadline at a time (connect, dial retry or idle).
+// timerHeap is a min-heap (container/heap) of connections by due time;
+// each connection has at most one deadline at a time (connect, dial retry
+// or idle), and knows its place in the heap (hidx, -1: none).
 type timerHeap []*lconn
 
 func (h *timerHeap) set(c *lconn, due int64) {
 	c.due = due
 	if c.hidx >= 0 {
-		h.fix(c.hidx)
+		heap.Fix(h, c.hidx)
 		return
 	}
-	c.hidx = len(*h)
-	*h = append(*h, c)
-	h.up(c.hidx)
+	heap.Push(h, c)
 }
 
 func (h *timerHeap) remove(c *lconn) {
-	i := c.hidx
-	if i < 0 {
-		return
-	}
-	last := len(*h) - 1
-	if i != last {
-		h.swap(i, last)
-	}
-	(*h)[last] = nil
-	*h = (*h)[:last]
-	c.hidx = -1
-	if i != last {
-		h.fix(i)
+	if c.hidx >= 0 {
+		heap.Remove(h, c.hidx)
 	}
 }
 
-func (h timerHeap) swap(i, j int) {
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].due < h[j].due }
+func (h timerHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].hidx, h[j].hidx = i, j
 }
 
-func (h timerHeap) fix(i int) {
-	if !h.up(i) {
-		h.down(i)
-	}
+func (h *timerHeap) Push(x any) {
+	c := x.(*lconn)
+	c.hidx = len(*h)
+	*h = append(*h, c)
 }
 
-func (h timerHeap) up(i int) bool {
-	moved := false
-	for i > 0 {
-		p := (i - 1) / 2
-		if h[p].due <= h[i].due {
-			break
-		}
-		h.swap(i, p)
-		i, moved = p, true
-	}
-	return moved
-}
-
-func (h timerHeap) down(i int) {
-	for {
-		l := 2*i + 1
-		if l >= len(h) {
-			return
-		}
-		m := l
-		if r := l + 1; r < len(h) && h[r].due < h[l].due {
-			m = r
-		}
-		if h[i].due <= h[m].due {
-			return
-		}
-		h.swap(i, m)
-		i = m
-	}
+func (h *timerHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	c.hidx = -1
+	return c
 }
 
 // TCPLoops is the number of TCP event loops running (0 before the first
