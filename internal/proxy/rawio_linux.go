@@ -124,11 +124,7 @@ func shutdownWR(fd int) { unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.S
 
 // tcpSocket opens a non-blocking TCP socket of ap's family with Nagle off.
 func tcpSocket(ap netip.AddrPort) (int, unix.Errno) {
-	family := unix.AF_INET6
-	if ap.Addr().Unmap().Is4() {
-		family = unix.AF_INET
-	}
-	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(addrFamily(ap)), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if e != 0 {
 		return -1, e
 	}
@@ -140,11 +136,7 @@ func tcpSocket(ap netip.AddrPort) (int, unix.Errno) {
 // EINPROGRESS while it goes on.
 func connectTo(fd int, ap netip.AddrPort) unix.Errno {
 	var sa unix.RawSockaddrInet6
-	family := unix.AF_INET6
-	if ap.Addr().Unmap().Is4() {
-		family = unix.AF_INET
-	}
-	n := putSockaddr(&sa, family, ap)
+	n := putSockaddr(&sa, addrFamily(ap), ap)
 	if ap.Addr().Is6() && ap.Addr().Zone() != "" {
 		if ifi, err := net.InterfaceByName(ap.Addr().Zone()); err == nil {
 			sa.Scope_id = uint32(ifi.Index)

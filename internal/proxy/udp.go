@@ -826,10 +826,7 @@ func (l *udpShard) dial(b *backend.Backend) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	family := unix.AF_INET
-	if ra.Addr().Is6() && !ra.Addr().Is4In6() {
-		family = unix.AF_INET6
-	}
+	family := addrFamily(ra)
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)

@@ -79,6 +79,15 @@ func sockaddrAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// addrFamily is the socket family that reaches ap: AF_INET for an IPv4 or
+// IPv4-mapped address, AF_INET6 otherwise.
+func addrFamily(ap netip.AddrPort) int {
+	if ap.Addr().Unmap().Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
 // putSockaddr encodes ap into sa for a socket of the given family (an IPv4
 // address on an AF_INET6 socket becomes IPv4-mapped) and returns its length.
 func putSockaddr(sa *unix.RawSockaddrInet6, family int, ap netip.AddrPort) uint32 {
