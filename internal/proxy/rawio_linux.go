@@ -96,15 +96,10 @@ func setsockoptInt(fd, level, opt, v int) unix.Errno {
 // TCP socket: a proxy passes on what it has at once.
 func setNoDelay(fd int) { setsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
 
-// setLingerZero makes the next close send a reset instead of a FIN.
-func setLingerZero(fd int) {
+// resetClose closes a socket with a reset instead of a FIN (SO_LINGER 0).
+func resetClose(fd int) {
 	l := unix.Linger{Onoff: 1, Linger: 0}
 	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
-}
-
-// resetClose closes a socket with a reset.
-func resetClose(fd int) {
-	setLingerZero(fd)
 	rawClose(fd)
 }
 

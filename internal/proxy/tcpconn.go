@@ -439,7 +439,6 @@ func (c *lconn) abandonDial() {
 	if c.bfd >= 0 {
 		c.closeFd(true, false)
 	}
-	c.lp.timers.remove(c)
 	if c.be != nil {
 		c.be.Release()
 		c.be = nil
@@ -479,10 +478,11 @@ func (c *lconn) closeFd(backend, reset bool) {
 		c.creg, c.cmask = false, 0
 	}
 	c.lp.disown(*fd)
-	if reset {
-		setLingerZero(*fd)
+	if reset { // (closing also leaves the epoll set)
+		resetClose(*fd)
+	} else {
+		rawClose(*fd)
 	}
-	rawClose(*fd) // also leaves the epoll set
 	*fd = -1
 }
 
