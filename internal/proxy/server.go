@@ -69,13 +69,12 @@ type Server struct {
 	Stats    Stats
 	UDP      UDPStats
 
-	mu         sync.Mutex
-	listeners  map[Listener]struct{}
-	loops      []*tcpLoop                // the TCP event loops (tcploop.go), started with the first TCP listener
-	udp        map[*UDPListener]struct{} // until their sessions have ended
-	closing    bool
-	closingNow atomic.Bool    // closing, for the loops to read without s.mu
-	wg         sync.WaitGroup // one per open TCP listener, TCP connection and UDP shard
+	mu        sync.Mutex
+	listeners map[Listener]struct{}
+	loops     []*tcpLoop                // the TCP event loops (tcploop.go), started with the first TCP listener
+	udp       map[*UDPListener]struct{} // until their sessions have ended
+	closing   atomic.Bool               // set under mu (listeners check it there); the loops read it without
+	wg        sync.WaitGroup            // one per open TCP listener, TCP connection and UDP shard
 
 	workersOnce sync.Once
 	workers     int // Workers, fixed at its first call
@@ -116,8 +115,7 @@ func (s *Server) Active() int64 { return s.Stats.Active.Load() }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.exhaust.stop()
 	s.mu.Lock()
-	s.closing = true
-	s.closingNow.Store(true)
+	s.closing.Store(true)
 	ls := make([]Listener, 0, len(s.listeners))
 	for l := range s.listeners {
 		ls = append(ls, l)

@@ -44,7 +44,7 @@ func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
 	l := &TCPListener{srv: s, fd: fd, addr: bound}
 	l.SetRoutes(routes)
 	s.mu.Lock()
-	if s.closing {
+	if s.closing.Load() {
 		s.mu.Unlock()
 		unix.Close(fd)
 		return nil, errShutdown

@@ -288,7 +288,7 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 		}
 		ll.backoff = 0
 		s.Stats.Accepted.Add(1)
-		if s.closingNow.Load() {
+		if s.closing.Load() {
 			rawClose(fd)
 			continue
 		}

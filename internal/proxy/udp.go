@@ -242,7 +242,7 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 		}
 	}
 	s.mu.Lock()
-	if s.closing {
+	if s.closing.Load() {
 		s.mu.Unlock()
 		return nil, errShutdown
 	}
