@@ -48,12 +48,13 @@ const (
 
 // Governor adjusts GOMAXPROCS between 1 and Max.
 type Governor struct {
-	Max      int           // the most Ps (the worker threads)
-	Interval time.Duration // 0: DefaultInterval
-	Log      *slog.Logger
+	Max int // the most Ps (the worker threads)
+	Log *slog.Logger
 
-	// cpu returns the process's CPU time and idle the machine's idle CPU
-	// time (New sets them; tests replace them); set sets GOMAXPROCS.
+	// How often it measures; cpu returns the process's CPU time and idle
+	// the machine's idle CPU time; set sets GOMAXPROCS. New sets them,
+	// tests replace them.
+	interval  time.Duration
 	cpu, idle func() time.Duration
 	set       func(int)
 	stat      *procStat
@@ -65,7 +66,7 @@ type Governor struct {
 func New(max int, log *slog.Logger) *Governor {
 	ps := &procStat{}
 	ps.open()
-	return &Governor{Max: max, Log: log, cpu: processCPU, idle: ps.idle, stat: ps,
+	return &Governor{Max: max, Log: log, interval: DefaultInterval, cpu: processCPU, idle: ps.idle, stat: ps,
 		set: func(n int) { runtime.GOMAXPROCS(n) }}
 }
 
@@ -77,24 +78,19 @@ func (g *Governor) Run(ctx context.Context) {
 	if g.Max <= 1 {
 		return
 	}
-	interval := g.Interval
-	if interval <= 0 {
-		interval = DefaultInterval
-	}
-	cpu, idle, set := g.cpu, g.idle, g.set
 	p := g.Max
-	set(p)
-	defer set(g.Max)
-	t := time.NewTicker(interval)
+	g.set(p)
+	defer g.set(g.Max)
+	t := time.NewTicker(g.interval)
 	defer t.Stop()
 	var s state
-	lastCPU, lastIdle, lastT := cpu(), idle(), time.Now()
+	lastCPU, lastIdle, lastT := g.cpu(), g.idle(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c, i, now := cpu(), idle(), time.Now()
+			c, i, now := g.cpu(), g.idle(), time.Now()
 			wall := now.Sub(lastT)
 			if wall <= 0 {
 				continue
@@ -111,7 +107,7 @@ func (g *Governor) Run(ctx context.Context) {
 						"cpus_busy", math.Round(used*100)/100, "cpus_idle", math.Round(spare*100)/100)
 				}
 				p = np
-				set(p)
+				g.set(p)
 			}
 		}
 	}

@@ -79,7 +79,7 @@ func TestGovernorFollowsLoad(t *testing.T) {
 	)
 	load.Store(0.0)
 	sets := make(chan int, 100)
-	g := &Governor{Max: 4, Interval: 2 * time.Millisecond,
+	g := &Governor{Max: 4, interval: 2 * time.Millisecond,
 		cpu: func() time.Duration { // CPU time at load × p since the last call
 			mu.Lock()
 			defer mu.Unlock()
