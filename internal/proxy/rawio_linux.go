@@ -21,15 +21,28 @@ import (
 // micro-seconds: perf put 17% of the proxy's CPU in sysmon. RawSyscall skips
 // the protocol; the calls are as short as they were.
 
-func rawRead(fd int, p []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, p) }
-func rawWrite(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p) }
+func rawRead(fd int, p []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, p, 0) }
+func rawWrite(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p, 0) }
 
-// rawIO is read(2) or write(2) of p on fd.
-func rawIO(trap uintptr, fd int, p []byte) (int, error) {
+// rawRecv and rawSend are recv(2) and send(2) (recvfrom and sendto without
+// an address) on a connected socket. The TCP relay uses them rather than
+// read and write: they go straight to the socket layer, skipping the VFS
+// (fdget_pos, vfs_read/vfs_write, sock_read_iter/sock_write_iter), which
+// perf put at 2-3% of the proxy's CPU on small persistent requests; and
+// MSG_NOSIGNAL makes a write to a reset peer fail with EPIPE without
+// raising SIGPIPE for the runtime to field.
+func rawRecv(fd int, p []byte) (int, error) { return rawIO(unix.SYS_RECVFROM, fd, p, 0) }
+func rawSend(fd int, p []byte) (int, error) {
+	return rawIO(unix.SYS_SENDTO, fd, p, unix.MSG_NOSIGNAL)
+}
+
+// rawIO is read(2) or write(2) of p on fd, or recvfrom(2) or sendto(2)
+// with flags and no address.
+func rawIO(trap uintptr, fd int, p []byte, flags int) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := unix.RawSyscall6(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(flags), 0, 0)
 	if e != 0 {
 		return -1, e
 	}

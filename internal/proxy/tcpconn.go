@@ -591,7 +591,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 			continue
 		}
 		buf := lp.buf[:size]
-		n, err := rawRead(src, buf)
+		n, err := rawRecv(src, buf)
 		if err == unix.EINTR {
 			continue
 		}
@@ -804,7 +804,7 @@ func (c *lconn) fail(d *ldir, err error) {
 // would block) or an error.
 func writeSome(fd int, b []byte) (int, error) {
 	for {
-		w, err := rawWrite(fd, b)
+		w, err := rawSend(fd, b)
 		switch err {
 		case nil:
 			return w, nil
