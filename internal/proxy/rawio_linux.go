@@ -11,7 +11,7 @@ import (
 // Raw system calls for the event loops' non-blocking socket I/O.
 //
 // The TCP and UDP event loops only make system calls that cannot block:
-// accept, connect, read, write, splice, shutdown, close on non-blocking
+// accept, connect, recv, send, splice, shutdown, close on non-blocking
 // sockets, epoll_wait with a zero timeout. Made through syscall.Syscall they
 // would still pay the runtime's blocking-syscall protocol (entersyscall /
 // exitsyscall), and entersyscall wakes the runtime's sysmon thread from its
@@ -21,6 +21,7 @@ import (
 // micro-seconds: perf put 17% of the proxy's CPU in sysmon. RawSyscall skips
 // the protocol; the calls are as short as they were.
 
+// rawRead and rawWrite are read(2) and write(2), for the loops' eventfd.
 func rawRead(fd int, p []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, p, 0) }
 func rawWrite(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p, 0) }
 
