@@ -122,19 +122,11 @@ func scenarios() []scenario {
 				if err != nil {
 					return nil, 0, fmt.Errorf("iperf3: %v: %s", err, firstLine(out))
 				}
-				var r struct {
-					End struct {
-						SumReceived struct {
-							Bytes float64 `json:"bytes"`
-							Bps   float64 `json:"bits_per_second"`
-						} `json:"sum_received"`
-					} `json:"end"`
-				}
-				if err := json.Unmarshal(out, &r); err != nil {
+				gbps, gb, err := parseIperf(out)
+				if err != nil {
 					return nil, 0, err
 				}
-				gb := r.End.SumReceived.Bytes / 1e9
-				return sample{"gbps": r.End.SumReceived.Bps / 1e9}, gb, nil
+				return sample{"gbps": gbps}, gb, nil
 			}, "cpu_ms_per_gb", 1000)
 		}
 	}
@@ -444,4 +436,30 @@ func machine() string {
 func versionOf(argv ...string) string {
 	out, _ := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	return strings.TrimSpace(firstLine(out))
+}
+
+// parseIperf reads iperf3's JSON report (-J): the throughput received in
+// Gbit/s and the gigabytes moved. iperf3 can exit 0 having moved nothing
+// (a test cut short, or an "error" in the report): that is an error, not a
+// sample of 0 Gbit/s.
+func parseIperf(out []byte) (gbps, gb float64, err error) {
+	var r struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				Bytes float64 `json:"bytes"`
+				Bps   float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return 0, 0, fmt.Errorf("iperf3 report: %v", err)
+	}
+	if r.Error != "" {
+		return 0, 0, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	if r.End.SumReceived.Bytes <= 0 {
+		return 0, 0, fmt.Errorf("iperf3 received no bytes")
+	}
+	return r.End.SumReceived.Bps / 1e9, r.End.SumReceived.Bytes / 1e9, nil
 }
