@@ -368,7 +368,7 @@ func run() error {
 	}
 	// results[scenario][target] = samples over rounds
 	results := map[string]map[string][]sample{}
-	errs := map[string]map[string]string{}
+	errs := map[string]map[string][]string{} // every failed round's error
 	for round := 0; round < *flagRounds; round++ {
 		for _, sc := range scs {
 			for i := range targets {
@@ -379,10 +379,10 @@ func run() error {
 				s, err := sc.run(t)
 				if results[sc.name] == nil {
 					results[sc.name] = map[string][]sample{}
-					errs[sc.name] = map[string]string{}
+					errs[sc.name] = map[string][]string{}
 				}
 				if err != nil {
-					errs[sc.name][t.name] = err.Error()
+					errs[sc.name][t.name] = append(errs[sc.name][t.name], err.Error())
 					fmt.Printf("round %d %-16s %-24s error: %v\n", round+1, sc.name, t.name, err)
 					continue
 				}

@@ -21,3 +21,17 @@ func TestParseIperf(t *testing.T) {
 		}
 	}
 }
+
+func TestFailedRounds(t *testing.T) {
+	targets := []*target{{name: "a"}, {name: "b"}, {name: "c"}}
+	res := map[string][]sample{"a": {{}, {}}, "b": {{}, {}, {}}}
+	errs := map[string][]string{"a": {"x", "iperf3 received no bytes"}, "c": {"down"}}
+	got := failedRounds(targets, errs, res)
+	want := "Rounds that failed, left out of the medians: a 2 of 4 (iperf3 received no bytes)."
+	if got != want {
+		t.Fatalf("failedRounds = %q, want %q (c failed every round: it has an error row instead)", got, want)
+	}
+	if got := failedRounds(targets, nil, res); got != "" {
+		t.Fatalf("no failures: %q, want nothing", got)
+	}
+}

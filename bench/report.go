@@ -94,7 +94,7 @@ func bestPeer(res map[string][]sample, m metric) (string, float64, bool) {
 	return bestName, best, found
 }
 
-func render(dp string, targets []*target, scs []scenario, results map[string]map[string][]sample, errs map[string]map[string]string) string {
+func render(dp string, targets []*target, scs []scenario, results map[string]map[string][]sample, errs map[string]map[string][]string) string {
 	var b strings.Builder
 	b.WriteString("# Benchmarks\n\n")
 	b.WriteString("Produced by `make bench` (`go run ./bench`), which writes this file. ")
@@ -137,8 +137,8 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 			if sc.udpOnly && !t.udp || sc.dpOnly && t.name != "dynamic-proxy" {
 				continue
 			}
-			if e := errs[sc.name][t.name]; e != "" && len(res[t.name]) == 0 {
-				fmt.Fprintf(&b, "| %s | error: %s |\n", t.name, strings.ReplaceAll(e, "|", "/"))
+			if e := errs[sc.name][t.name]; len(e) > 0 && len(res[t.name]) == 0 {
+				fmt.Fprintf(&b, "| %s | error: %s |\n", t.name, strings.ReplaceAll(e[len(e)-1], "|", "/"))
 				continue
 			}
 			fmt.Fprintf(&b, "| %s |", t.name)
@@ -160,6 +160,9 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 			fmt.Fprintf(&b, " %s | %s |\n", ratio(directSt.med, hasDirect), ratio(peerBest, hasPeer))
 		}
 		fmt.Fprintf(&b, "\nRatios are of the first column (%s).\n\n", head.label)
+		if f := failedRounds(targets, errs[sc.name], res); f != "" {
+			b.WriteString(f + "\n\n")
+		}
 		if note := scenarioNotes[sc.name]; note != "" {
 			b.WriteString(note + "\n\n")
 		}
@@ -256,4 +259,24 @@ var scenarioNotes = map[string]string{
 		"the proxy peeked at a real ClientHello; both send the same hello first.",
 	"churn-saturation": "For information: on 2 cores the load generator, not the proxy, is the limit here.",
 	"udp-saturation":   "16 client sockets, each with one datagram in flight (closed loop).",
+}
+
+// failedRounds names the targets that failed some rounds but not all (a
+// target that failed every round has an error row instead), with how many
+// and the last error: those rounds are left out of the medians, and the
+// report says so.
+func failedRounds(targets []*target, errs map[string][]string, res map[string][]sample) string {
+	var parts []string
+	for _, t := range targets {
+		e := errs[t.name]
+		if len(e) == 0 || len(res[t.name]) == 0 {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %d of %d (%s)", t.name, len(e), len(e)+len(res[t.name]),
+			strings.ReplaceAll(e[len(e)-1], "|", "/")))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Rounds that failed, left out of the medians: " + strings.Join(parts, "; ") + "."
 }
