@@ -138,7 +138,7 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 				continue
 			}
 			if e := errs[sc.name][t.name]; len(e) > 0 && len(res[t.name]) == 0 {
-				fmt.Fprintf(&b, "| %s | error: %s |\n", t.name, strings.ReplaceAll(e[len(e)-1], "|", "/"))
+				fmt.Fprintf(&b, "| %s | error: %s |\n", t.name, lastErr(e))
 				continue
 			}
 			fmt.Fprintf(&b, "| %s |", t.name)
@@ -272,11 +272,13 @@ func failedRounds(targets []*target, errs map[string][]string, res map[string][]
 		if len(e) == 0 || len(res[t.name]) == 0 {
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%s %d of %d (%s)", t.name, len(e), len(e)+len(res[t.name]),
-			strings.ReplaceAll(e[len(e)-1], "|", "/")))
+		parts = append(parts, fmt.Sprintf("%s %d of %d (%s)", t.name, len(e), len(e)+len(res[t.name]), lastErr(e)))
 	}
 	if len(parts) == 0 {
 		return ""
 	}
 	return "Rounds that failed, left out of the medians: " + strings.Join(parts, "; ") + "."
 }
+
+// lastErr is the last of a target's errors, fit for a Markdown table cell.
+func lastErr(errs []string) string { return strings.ReplaceAll(errs[len(errs)-1], "|", "/") }

@@ -599,7 +599,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 			return true
 		}
 		if err != nil {
-			c.fail(d, os.NewSyscallError("read", err))
+			c.fail(d, os.NewSyscallError("recvfrom", err))
 			return false
 		}
 		if n == 0 {
@@ -608,7 +608,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 		c.last = lp.now
 		w, werr := writeSome(dst, buf[:n])
 		if werr != nil {
-			c.fail(d, dstError{os.NewSyscallError("write", werr)})
+			c.fail(d, dstError{os.NewSyscallError("sendto", werr)})
 			return false
 		}
 		c.moved(d, int64(w))
@@ -715,7 +715,7 @@ func (c *lconn) flush(d *ldir) bool {
 	for len(d.pend) > 0 {
 		w, err := writeSome(dst, d.pend)
 		if err != nil {
-			c.fail(d, dstError{os.NewSyscallError("write", err)})
+			c.fail(d, dstError{os.NewSyscallError("sendto", err)})
 			return false
 		}
 		if w == 0 {
