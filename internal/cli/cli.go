@@ -81,12 +81,22 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dynamic-proxy: unexpected argument %q (see --help)\n", fs.Arg(0))
 		return 2
 	}
+	// Every flag is checked before the config is read, so a bad flag exits 2
+	// in every mode (--validate included).
+	if err := checkLogFlags(o.logLevel, o.logFormat); err != nil {
+		fmt.Fprintf(stderr, "dynamic-proxy: %v (see --help)\n", err)
+		return 2
+	}
 	if o.version {
 		fmt.Fprint(stdout, version.Get())
 		return 0
 	}
 
-	cfg, err := config.Load(o.config)
+	load := config.Load
+	if o.fromRedis {
+		load = config.LoadFollower // the rules come from Redis
+	}
+	cfg, err := load(o.config)
 	if err != nil {
 		var problems *config.Errors
 		if errors.As(err, &problems) {
@@ -114,7 +124,26 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	return serve(cfg, &o, log, lv)
 }
 
+// checkLogFlags checks --log-level and --log-format (empty: not given).
+func checkLogFlags(level, format string) error {
+	if level != "" {
+		if err := logging.SetLevel(new(slog.LevelVar), level); err != nil {
+			return fmt.Errorf("--log-level: %w", err)
+		}
+	}
+	if format != "" && format != "text" && format != "json" {
+		return fmt.Errorf("--log-format must be text or json, got %q", format)
+	}
+	return nil
+}
+
+// validate is --validate: the checks start-up and every reload run
+// (engine.Check, after config.Load), without binding anything.
 func validate(cfg *config.Config, stdout, stderr io.Writer) int {
+	if err := engine.Check(cfg); err != nil {
+		fmt.Fprintf(stderr, "dynamic-proxy: invalid config:\n%v\n", err)
+		return 1
+	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}

@@ -158,7 +158,7 @@ func (c *fleetCmd) open() (*store.Store, error) {
 		o = store.Options{URL: c.redis, KeyPrefix: "dynamic-proxy:", ConnectionTimeout: 5 * time.Second, CommandTimeout: 3 * time.Second}
 	} else {
 		if c.cfg == nil {
-			cfg, err := config.Load(c.config)
+			cfg, err := config.LoadFollower(c.config) // only its [redis] is needed
 			if err != nil {
 				return nil, fmt.Errorf("%v\n(Redis is taken from the [redis] section of %s; or give --redis URL)", err, c.config)
 			}
@@ -565,7 +565,7 @@ func (f *fleet) close() {
 // load is the reloader's Load with watch_config: the stored config with
 // the local file's own keys, or the file alone while none was pushed.
 func (f *fleet) load(path string) (*config.Config, error) {
-	local, err := config.Load(path)
+	local, err := config.LoadFollower(path) // its rules may all come from Redis
 	if err != nil {
 		return nil, err
 	}

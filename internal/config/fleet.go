@@ -32,7 +32,7 @@ func ParseWithLocal(name string, data []byte, local *Config) (*Config, error) {
 		c.Server.TCPBind = local.Server.TCPBind
 		c.Server.UDPBind = local.Server.UDPBind
 		c.Server.WatchConfig = local.Server.WatchConfig
-	})
+	}, rulesRequired)
 }
 
 // ParseFleet decodes and validates a config meant for a fleet's instances
@@ -45,7 +45,7 @@ func ParseFleet(name string, data []byte) (*Config, error) {
 			c.Redis = &Redis{}
 			c.Redis.setDefaults()
 		}
-	})
+	}, rulesRequired)
 }
 
 // CheckBackendAddress reports whether addr is a valid backend address, as

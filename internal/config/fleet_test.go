@@ -7,7 +7,7 @@ import (
 )
 
 func TestRedisFleetKeys(t *testing.T) {
-	cfg, err := Parse("x.toml", []byte("[redis]\n"))
+	cfg, err := Parse("x.toml", []byte(oneRule+"[redis]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -16,7 +16,7 @@ func TestRedisFleetKeys(t *testing.T) {
 		t.Fatalf("defaults: %+v", r)
 	}
 	// The database may come from the URL's path.
-	cfg, err = Parse("x.toml", []byte("[redis]\nurl = \"redis://h:1/4\"\n"))
+	cfg, err = Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis://h:1/4\"\n"))
 	if err != nil || cfg.Redis.DB != 4 {
 		t.Fatalf("db from the URL: %v %v", cfg, err)
 	}
@@ -93,12 +93,12 @@ port = 8443
 }
 
 func TestRedisChangeNeedsRestart(t *testing.T) {
-	old, err := Parse("x.toml", []byte("[redis]\nurl = \"redis://h:1\"\n"))
+	old, err := Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis://h:1\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	same, _ := Parse("x.toml", []byte("[redis]\nurl = \"redis://h:1\"\n"))
-	next, _ := Parse("x.toml", []byte("[redis]\nurl = \"redis://h:2\"\n"))
+	same, _ := Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis://h:1\"\n"))
+	next, _ := Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis://h:2\"\n"))
 	if got := Diff(old, same).RestartNeeded; len(got) != 0 {
 		t.Errorf("unchanged [redis]: restart needed %v", got)
 	}
@@ -106,3 +106,7 @@ func TestRedisChangeNeedsRestart(t *testing.T) {
 		t.Errorf("changed redis.url: restart needed %q, want [redis]", got)
 	}
 }
+
+// oneRule makes a [redis] test config valid: a config with no rule serves
+// nothing and is refused.
+const oneRule = "[[rules]]\nname = \"a\"\n"

@@ -22,12 +22,36 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes and validates a config document; name is used in messages.
-func Parse(name string, data []byte) (*Config, error) { return parse(name, data, nil) }
+func Parse(name string, data []byte) (*Config, error) {
+	return parse(name, data, nil, rulesUnlessFollowing)
+}
+
+// LoadFollower is Load for an instance told to take its config from Redis
+// (--config-from-redis), whatever the file's [redis] watch_config says: its
+// file may then have no rule.
+func LoadFollower(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read config: %w", err)
+	}
+	return parse(path, data, nil, rulesOptional)
+}
+
+// rulesNeed says when a config without an enabled rule is refused.
+type rulesNeed int
+
+const (
+	// rulesUnlessFollowing: required unless [redis] watch_config = true,
+	// where the rules come from the config pushed to Redis.
+	rulesUnlessFollowing rulesNeed = iota
+	rulesRequired                  // a config pushed to, or read from, Redis
+	rulesOptional                  // the local file of --config-from-redis
+)
 
 // parse is Parse with adjust, when not nil, run on the decoded config
 // before it is validated (fleet.go: the instance-local keys of a config
 // taken from Redis).
-func parse(name string, data []byte, adjust func(*Config)) (*Config, error) {
+func parse(name string, data []byte, adjust func(*Config), rules rulesNeed) (*Config, error) {
 	errs := &Errors{file: name}
 	var tree map[string]any
 	if err := toml.Unmarshal(data, &tree); err != nil {
@@ -51,6 +75,9 @@ func parse(name string, data []byte, adjust func(*Config)) (*Config, error) {
 		adjust(cfg)
 	}
 	cfg.validate(errs)
+	if rules == rulesRequired || rules == rulesUnlessFollowing && !(cfg.Redis != nil && cfg.Redis.WatchConfig) {
+		cfg.requireRule(errs)
+	}
 	if !errs.empty() {
 		sort.SliceStable(errs.Problems, func(i, j int) bool { return errs.Problems[i].Line < errs.Problems[j].Line })
 		return nil, errs

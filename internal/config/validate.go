@@ -74,7 +74,11 @@ func (c *Config) validate(e *Errors) {
 
 	for _, name := range sortedKeysOf(c.Routers) {
 		spec := c.Routers[name]
-		path := "routers." + name
+		path := join("routers", name)
+		if err := CheckName("router name", name); err != nil {
+			e.addf(path, "%v", err)
+			continue
+		}
 		if spec.Plugin == "" {
 			e.addf(path+".plugin", "missing (known plugins: %s)", strings.Join(router.Plugins(), ", "))
 			continue
@@ -108,6 +112,9 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
 	switch {
 	case r.Name == "":
 		e.add(path+".name", "missing: every rule needs a unique name")
+	case CheckName("rule name", r.Name) != nil:
+		e.addf(path+".name", "%v", CheckName("rule name", r.Name))
+		r.Name = shortName(r.Name) // the other messages about this rule name it
 	case names[r.Name] > 0:
 		e.addf(path+".name", "duplicate rule name %q (also rules[%d])", r.Name, names[r.Name]-1)
 	default:
@@ -134,6 +141,9 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
 		switch {
 		case b.ID == "":
 			e.add(bp+".id", "missing: every backend needs an id unique within its rule")
+		case CheckName("backend id", b.ID) != nil:
+			e.addf(bp+".id", "%v", CheckName("backend id", b.ID))
+			b.ID = shortName(b.ID)
 		case ids[b.ID] > 0:
 			e.addf(bp+".id", "duplicate backend id %q in rule %q (also backends[%d])", b.ID, r.Name, ids[b.ID]-1)
 		default:
@@ -148,6 +158,27 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
 			e.addf(bp+".weight", "must be from 1 to %d, got %d", MaxWeight, b.Weight)
 		}
 	}
+}
+
+// requireRule refuses a config that would serve nothing: no rule at all
+// (an empty or truncated file, most likely) or only disabled ones. Applied,
+// it would close every listener.
+func (c *Config) requireRule(e *Errors) {
+	for _, p := range e.Problems {
+		if p.Path == "rules" {
+			return // "rules" itself is wrong, said already
+		}
+	}
+	for i := range c.Rules {
+		if c.Rules[i].Enabled {
+			return
+		}
+	}
+	if len(c.Rules) == 0 {
+		e.add("rules", "no rule: this config would serve nothing and close every listener (an empty or truncated file?); add a [[rules]] section, or set [redis] watch_config = true to take the rules from Redis")
+		return
+	}
+	e.addf("rules", "no enabled rule: all %d rules have enabled = false, so this config would serve nothing and close every listener; enable one", len(c.Rules))
 }
 
 // udpOnlyKeys are the rule keys that only UDP rules take.

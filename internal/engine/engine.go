@@ -112,7 +112,7 @@ func (e *Engine) Apply(cfg *config.Config) error {
 // file's backends were checked already and the config version stays.
 func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 	if reload {
-		if err := checkResolvable(file); err != nil {
+		if err := Check(file); err != nil {
 			return err
 		}
 	}
@@ -362,29 +362,6 @@ func routeNames(rs []*proxy.Route) []string {
 		out[i] = r.Name
 	}
 	return out
-}
-
-// checkResolvable makes sure every backend host name resolves, so a typo in
-// a host name fails at start-up (or reload) instead of on the first client.
-func checkResolvable(cfg *config.Config) error {
-	seen := map[string]bool{}
-	var errs []error
-	for _, r := range cfg.Rules {
-		for _, b := range r.Backends {
-			host, _, _ := net.SplitHostPort(b.Address)
-			if seen[host] || net.ParseIP(host) != nil {
-				continue
-			}
-			seen[host] = true
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := net.DefaultResolver.LookupHost(ctx, host)
-			cancel()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("rule %q: backend %q: host %q does not resolve: %w", r.Name, b.ID, host, unwrapOp(err)))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // unwrapOp drops the *net.OpError wrapping so messages read "listen tcp
