@@ -22,7 +22,7 @@ run: build
 # a background job of sh ignores SIGINT, so the trap stops web1).
 echo:
 	$(GO) build -o bin/echo ./tools/echo
-	./bin/echo -listen 127.0.0.1:9001 -name web1 & web1=$$!; \
+	@./bin/echo -listen 127.0.0.1:9001 -name web1 & web1=$$!; \
 	trap 'kill $$web1 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	./bin/echo -listen 127.0.0.1:9002 -name web2
 
