@@ -18,10 +18,13 @@ build:
 run: build
 	./$(BIN) -c config.toml
 
-# Two echo backends for the shipped config.toml (Ctrl-C stops both).
+# Two echo backends for the shipped config.toml (Ctrl-C or kill stops both:
+# a background job of sh ignores SIGINT, so the trap stops web1).
 echo:
 	$(GO) build -o bin/echo ./tools/echo
-	./bin/echo -listen 127.0.0.1:9001 -name web1 & ./bin/echo -listen 127.0.0.1:9002 -name web2; kill %1
+	@./bin/echo -listen 127.0.0.1:9001 -name web1 & web1=$$!; \
+	trap 'kill $$web1 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	./bin/echo -listen 127.0.0.1:9002 -name web2
 
 test:
 	bash scripts/test.sh

@@ -396,13 +396,30 @@ func run() error {
 	if err := os.MkdirAll(filepath.Dir(*flagOut), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(*flagOut, []byte(report), 0o644); err != nil {
+	if err := os.WriteFile(*flagOut, []byte(withKeptPart(*flagOut, report)), 0o644); err != nil {
 		return err
 	}
 	fmt.Println()
 	fmt.Print(report)
 	fmt.Println("written to", *flagOut)
 	return nil
+}
+
+// keptMarker starts the part of the report file a new run keeps: figures
+// measured by other commands, written by hand below it.
+const keptMarker = "<!-- make bench rewrites the report above this line and keeps what follows. -->"
+
+// withKeptPart is report followed by the kept part of the file at path:
+// from keptMarker to the end, when the file has it.
+func withKeptPart(path, report string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return report
+	}
+	if i := strings.Index(string(old), keptMarker); i >= 0 {
+		return strings.TrimRight(report, "\n") + "\n\n" + string(old[i:])
+	}
+	return report
 }
 
 func fmtSample(s sample) string {

@@ -1,9 +1,33 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// TestWithKeptPart: a new report replaces the old one but keeps what
+// follows the marker, and a file without the marker is replaced whole.
+func TestWithKeptPart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "BENCHMARKS.md")
+	if got := withKeptPart(path, "# new\n"); got != "# new\n" {
+		t.Errorf("no file: %q", got)
+	}
+	kept := keptMarker + "\n\n## By hand\n\nfigures\n"
+	if err := os.WriteFile(path, []byte("# old\n\n"+kept), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := withKeptPart(path, "# new\n"); got != "# new\n\n"+kept {
+		t.Errorf("with the marker: %q", got)
+	}
+	if err := os.WriteFile(path, []byte("# old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := withKeptPart(path, "# new\n"); got != "# new\n" {
+		t.Errorf("without the marker: %q", got)
+	}
+}
 
 func TestParseIperf(t *testing.T) {
 	gbps, gb, err := parseIperf([]byte(`{"end":{"sum_received":{"bytes":6000000000,"bits_per_second":12000000000}}}`))

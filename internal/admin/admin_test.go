@@ -301,7 +301,7 @@ func TestCrossSiteRefused(t *testing.T) {
 		{"Sec-Fetch-Site", "cross-site"},
 		{"Origin", "http://evil.example"},
 		{"Origin", "null"},
-		{"Host", "evil.example:9091"}, // DNS rebinding onto 127.0.0.1
+		{"Host", "evil.example:8071"}, // DNS rebinding onto 127.0.0.1
 	} {
 		code, body, _ := f.do("POST", "/api/v1/rules/web/backends/a/drain", "", h...)
 		if code != 403 {

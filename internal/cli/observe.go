@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,11 +99,17 @@ func readOnly(h http.Handler) http.Handler {
 	})
 }
 
-// serve binds addr now and serves h on it in the background.
+// serve binds addr, the value of [what] bind, now and serves h on it in
+// the background. A failed bind names the key to change: the defaults are
+// fixed ports, which another program may hold on a first run.
 func (o *observe) serve(what, addr string, h http.Handler) (string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return "", fmt.Errorf("%s: listen %s: %w", what, addr, unwrapNetErr(err))
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return "", fmt.Errorf("%s.bind %s: address already in use; set [%s] bind to another address, or 127.0.0.1:0 for any free port",
+				what, addr, what)
+		}
+		return "", fmt.Errorf("%s.bind %s: %w; set [%s] bind to another address", what, addr, unwrapNetErr(err), what)
 	}
 	srv := &http.Server{
 		Handler:           h,

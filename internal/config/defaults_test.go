@@ -202,7 +202,7 @@ func checkDocumentedDefault(t *testing.T, doc string, got reflect.Value) {
 }
 
 // TestDefaultsLiteral spells out the documented defaults once more, as the
-// README lists them, so a change to one shows up as a failing line here.
+// docs/configuration.md lists them, so a change to one shows up as a failing line here.
 func TestDefaultsLiteral(t *testing.T) {
 	cfg, err := Parse("minimal.toml", []byte(minimal))
 	if err != nil {

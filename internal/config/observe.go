@@ -11,7 +11,7 @@ type Metrics struct {
 	// data path does no counting at all. Default true. Needs a restart.
 	Enabled bool `toml:"enabled"`
 	// Bind is the address of the metrics HTTP server. Default
-	// "127.0.0.1:9090". Needs a restart.
+	// "127.0.0.1:8070". Needs a restart.
 	Bind string `toml:"bind"`
 	// Path is the URL path metrics are served on. Default "/metrics".
 	// Needs a restart.
@@ -21,7 +21,7 @@ type Metrics struct {
 // Admin is [admin]: the HTTP admin API and status page.
 type Admin struct {
 	// Bind is the address of the admin API and status page. Default
-	// "127.0.0.1:9091"; "" turns the admin server off. A non-loopback
+	// "127.0.0.1:8071"; "" turns the admin server off. A non-loopback
 	// address needs a Token. Needs a restart.
 	Bind string `toml:"bind"`
 	// Token, when set, is required as "Authorization: Bearer TOKEN" by every
@@ -35,9 +35,9 @@ type Admin struct {
 
 // Defaults of [metrics] and [admin].
 const (
-	DefaultMetricsBind = "127.0.0.1:9090"
+	DefaultMetricsBind = "127.0.0.1:8070"
 	DefaultMetricsPath = "/metrics"
-	DefaultAdminBind   = "127.0.0.1:9091"
+	DefaultAdminBind   = "127.0.0.1:8071"
 )
 
 func (m *Metrics) setDefaults() {

@@ -18,10 +18,10 @@ func TestObserveDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Metrics != (Metrics{Enabled: true, Bind: "127.0.0.1:9090", Path: "/metrics"}) {
+	if cfg.Metrics != (Metrics{Enabled: true, Bind: "127.0.0.1:8070", Path: "/metrics"}) {
 		t.Errorf("metrics defaults: %+v", cfg.Metrics)
 	}
-	if cfg.Admin != (Admin{Bind: "127.0.0.1:9091"}) {
+	if cfg.Admin != (Admin{Bind: "127.0.0.1:8071"}) {
 		t.Errorf("admin defaults: %+v", cfg.Admin)
 	}
 	cfg, err = Parse("c.toml", []byte(observeBase+`
@@ -45,10 +45,10 @@ func TestObserveValidation(t *testing.T) {
 		name, toml string
 		want       []string // each a substring of one problem, with its line
 	}{
-		{"non-loopback admin without token", "[admin]\nbind = \"0.0.0.0:9091\"\n",
-			[]string{`c.toml:8: admin.bind: "0.0.0.0:9091" is not a loopback address`, "set admin.token"}},
-		{"all addresses without token", "[admin]\nbind = \":9091\"\n", []string{"admin.bind: \":9091\" is not a loopback address"}},
-		{"a LAN address without token", "[admin]\nbind = \"10.1.2.3:9091\"\n", []string{"not a loopback address"}},
+		{"non-loopback admin without token", "[admin]\nbind = \"0.0.0.0:8071\"\n",
+			[]string{`c.toml:8: admin.bind: "0.0.0.0:8071" is not a loopback address`, "set admin.token"}},
+		{"all addresses without token", "[admin]\nbind = \":8071\"\n", []string{"admin.bind: \":8071\" is not a loopback address"}},
+		{"a LAN address without token", "[admin]\nbind = \"10.1.2.3:8071\"\n", []string{"not a loopback address"}},
 		{"bad admin bind", "[admin]\nbind = \"localhost\"\n", []string{`admin.bind: invalid address "localhost"`}},
 		{"token with a space", "[admin]\ntoken = \"a b\"\n", []string{"c.toml:8: admin.token: must not contain spaces"}},
 		{"bad metrics bind", "[metrics]\nbind = \"127.0.0.1:99999\"\n", []string{"c.toml:8: metrics.bind: invalid address"}},
@@ -71,10 +71,10 @@ func TestObserveValidation(t *testing.T) {
 		})
 	}
 	for _, ok := range []string{
-		"[admin]\nbind = \"0.0.0.0:9091\"\ntoken = \"secret\"\n",
-		"[admin]\nbind = \"[::1]:9091\"\n",
-		"[admin]\nbind = \"localhost:9091\"\n",
-		"[admin]\nbind = \"127.0.0.2:9091\"\n",
+		"[admin]\nbind = \"0.0.0.0:8071\"\ntoken = \"secret\"\n",
+		"[admin]\nbind = \"[::1]:8071\"\n",
+		"[admin]\nbind = \"localhost:8071\"\n",
+		"[admin]\nbind = \"127.0.0.2:8071\"\n",
 		"[metrics]\nenabled = false\nbind = \"nonsense\"\n", // not used when disabled
 		"[metrics]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n",
 		"[admin]\nbind = \"\"\ntoken = \"\"\n",
@@ -87,8 +87,8 @@ func TestObserveValidation(t *testing.T) {
 
 func TestIsLoopback(t *testing.T) {
 	for bind, want := range map[string]bool{
-		"127.0.0.1:9091": true, "127.9.9.9:1": true, "[::1]:9091": true, "localhost:80": true, "LOCALHOST:80": true,
-		"0.0.0.0:9091": false, ":9091": false, "[::]:9091": false, "192.168.1.1:80": false, "example.com:80": false, "garbage": false,
+		"127.0.0.1:8071": true, "127.9.9.9:1": true, "[::1]:8071": true, "localhost:80": true, "LOCALHOST:80": true,
+		"0.0.0.0:8071": false, ":8071": false, "[::]:8071": false, "192.168.1.1:80": false, "example.com:80": false, "garbage": false,
 	} {
 		if got := IsLoopback(bind); got != want {
 			t.Errorf("IsLoopback(%q) = %v, want %v", bind, got, want)

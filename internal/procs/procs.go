@@ -4,9 +4,9 @@
 // number of CPUs, the Go runtime gives a loop that becomes ready a thread
 // of its own whenever a P is idle, so at a moderate load most readiness
 // events cost a thread wake-up (a futex and a context switch) on top of
-// the kernel's own work. On two cores, the same two loops sharing one P
-// measured 15 % less CPU per UDP round trip and 17 % less per TCP
-// connection than on two Ps (README, "Worker threads follow the load").
+// the kernel's own work. Loops sharing fewer Ps spend less CPU per round
+// trip and per connection at such a load (docs/BENCHMARKS.md has the
+// figures).
 //
 // The Governor keeps GOMAXPROCS at what the load needs. Every interval it
 // reads the process's CPU time: when the Ps in use were busy and the

@@ -17,9 +17,9 @@ import (
 // exitsyscall), and entersyscall wakes the runtime's sysmon thread from its
 // deep sleep whenever the process was idle; sysmon then polls every 20 µs
 // for a millisecond. At a few thousand connections a second that is several
-// wake-ups per connection, and on this kind of VM a context switch costs
-// micro-seconds: perf put 17% of the proxy's CPU in sysmon. RawSyscall skips
-// the protocol; the calls are as short as they were.
+// wake-ups per connection, a visible share of the proxy's CPU
+// (docs/BENCHMARKS.md). RawSyscall skips the protocol; the calls are as
+// short as they were.
 
 // rawRead and rawWrite are read(2) and write(2), for the loops' eventfd.
 func rawRead(fd int, p []byte) (int, error)  { return rawIO(unix.SYS_READ, fd, p, 0) }
@@ -28,8 +28,8 @@ func rawWrite(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, 
 // rawRecv and rawSend are recv(2) and send(2) (recvfrom and sendto without
 // an address) on a connected socket. The TCP relay uses them rather than
 // read and write: they go straight to the socket layer, skipping the VFS
-// (fdget_pos, vfs_read/vfs_write, sock_read_iter/sock_write_iter), which
-// perf put at 2-3% of the proxy's CPU on small persistent requests; and
+// (fdget_pos, vfs_read/vfs_write, sock_read_iter/sock_write_iter), a cost
+// visible on small persistent requests; and
 // MSG_NOSIGNAL makes a write to a reset peer fail with EPIPE without
 // raising SIGPIPE for the runtime to field.
 func rawRecv(fd int, p []byte) (int, error) { return rawIO(unix.SYS_RECVFROM, fd, p, 0) }

@@ -23,15 +23,14 @@ import (
 // no goroutine, no Go netpoller registration and no buffer while idle: its
 // state is one lconn (tcpconn.go).
 //
-// Why not a goroutine per connection, as the net package invites: measured
-// with bench's churn load at 4,000 connections/s on two cores, that design
-// spent 150 µs of proxy CPU per connection (HAProxy 108) however its
-// goroutines were arranged. The Go runtime's costs dominate it: accept,
-// dial and close go through the blocking-syscall protocol, which wakes
-// sysmon; two or three goroutines per connection wake threads on the other
-// CPU; and the edge-triggered netpoller needs a read that only returns
-// EAGAIN before each wait. A 200-line loop prototype spent 89 µs; see the
-// README's architecture section.
+// Why not a goroutine per connection, as the net package invites: under a
+// connection churn that design spends more CPU per connection than HAProxy
+// however its goroutines are arranged, because the Go runtime's costs
+// dominate it: accept, dial and close go through the blocking-syscall
+// protocol, which wakes sysmon; two or three goroutines per connection wake
+// threads on the other CPU; and the edge-triggered netpoller needs a read
+// that only returns EAGAIN before each wait. docs/architecture.md has the
+// decision, docs/BENCHMARKS.md the figures.
 //
 // The listening socket of a TCPListener is in every loop's epoll set with
 // EPOLLEXCLUSIVE, so a new connection wakes one loop, which accepts it and

@@ -465,9 +465,9 @@ func TestUDPDescriptorsReleased(t *testing.T) {
 	if got := openFds(t); got != base+total {
 		t.Errorf("descriptors with %d sessions open: %d, want baseline %d + one each", total, got, base)
 	}
-	// A session costs no goroutine and well under 4 KiB of Go memory (about
-	// 430 bytes measured alone; this figure includes the test's own
-	// bookkeeping): no goroutine stack, no buffer of its own.
+	// A session costs no goroutine and well under 4 KiB of Go memory (the
+	// bound leaves room for the test's own bookkeeping): no goroutine
+	// stack, no buffer of its own.
 	now := memNow()
 	perSession := float64(int64(now.heap+now.stack)-int64(mem.heap+mem.stack)) / total
 	if perSession > 4096 || now.goroutines > mem.goroutines {

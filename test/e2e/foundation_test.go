@@ -41,7 +41,7 @@ func replaceAll(t *testing.T, s, old, new string) string {
 
 // observeDefaults are the default metrics and admin addresses, moved to free
 // ports wherever a config file names them.
-var observeDefaults = regexp.MustCompile(`"127\.0\.0\.1:909[01]"`)
+var observeDefaults = regexp.MustCompile(`"127\.0\.0\.1:807[01]"`)
 
 // silentEcho is a backend that sends nothing until it is sent something,
 // then echoes it; it counts the connections it accepted.

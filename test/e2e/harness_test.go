@@ -28,7 +28,7 @@ type Proxy = harness.Proxy
 // WriteConfig writes a config file into a temp dir and returns its path.
 // Unless the config has its own [metrics] or [admin] section, the metrics
 // and admin servers are put on free ports (127.0.0.1:0), so that the
-// proxies of several tests never collide on the default ports 9090 and 9091.
+// proxies of several tests never collide on the default ports 8070 and 8071.
 func WriteConfig(t testing.TB, toml string) string { t.Helper(); return harness.WriteConfig(t, toml) }
 
 // WithFreeObservePorts appends [metrics] and [admin] sections binding

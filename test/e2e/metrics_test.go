@@ -313,7 +313,7 @@ address = %q
 	})
 }
 
-// mxFamilyTypes is every dynamic_proxy family the README lists, with its type.
+// mxFamilyTypes is every dynamic_proxy family docs/metrics.md lists, with its type.
 var mxFamilyTypes = map[string]dto.MetricType{
 	"connections_active":                           dto.MetricType_GAUGE,
 	"connections_total":                            dto.MetricType_COUNTER,
@@ -396,7 +396,7 @@ address = %q
 	for name := range f {
 		if short, ok := strings.CutPrefix(name, "dynamic_proxy_"); ok {
 			if _, listed := mxFamilyTypes[short]; !listed {
-				t.Errorf("family %s is exported but not listed (README)", name)
+				t.Errorf("family %s is exported but not listed (docs/metrics.md)", name)
 			}
 		}
 	}

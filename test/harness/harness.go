@@ -226,7 +226,7 @@ var (
 
 // WithFreeObservePorts appends [metrics] and [admin] sections binding
 // 127.0.0.1:0 to a config that has none of its own, so that proxies of
-// several tests never collide on the default ports 9090 and 9091.
+// several tests never collide on the default ports 8070 and 8071.
 func WithFreeObservePorts(toml string) string {
 	if !metricsSection.MatchString(toml) {
 		toml += "\n[metrics]\nbind = \"127.0.0.1:0\"\n"
