@@ -5,17 +5,17 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/fdlimit"
 )
 
-// processDescriptors is what the process holds besides its listeners,
-// event loops, health checks and connections: stdin, stdout and stderr,
-// the Go runtime's poller, the metrics and admin listeners and a few of
-// their clients, the config watcher, Redis connections, log files.
-const processDescriptors = 32
-
 // DescriptorPlan checks cfg's server.max_connections against the
 // descriptor limit (RLIMIT_NOFILE) for a proxy running workers event
 // loops: start-up, every reload and --validate ask it the same question.
 // When the limit cannot give every connection its 2 descriptors on top of
-// the fixed ones and the data path's reserve, the plan caps max_connections.
+// the ones the process holds anyway and the data path's reserve, the plan
+// caps max_connections at what the limit can give.
+//
+// The fixed descriptors counted are a lower bound (what the config
+// certainly opens), so the cap is the most connections the limit could
+// ever hold: the data path's budget (proxy/fdbudget.go), which counts what
+// is actually open, stops accepting before the cap would reset anyone.
 func DescriptorPlan(cfg *config.Config, workers int) fdlimit.Plan {
 	limit, err := fdlimit.Limit()
 	if err != nil {
@@ -24,30 +24,36 @@ func DescriptorPlan(cfg *config.Config, workers int) fdlimit.Plan {
 	return fdlimit.NewPlan(cfg.Server.MaxConnections, fixedDescriptors(cfg, workers)+fdlimit.Reserve(limit), limit)
 }
 
-// fixedDescriptors estimates what cfg holds open besides its connections
-// and the reserve: a socket per TCP listener, a socket, an epoll set and an
-// eventfd per UDP listener's event loop, an epoll set and an eventfd per
-// TCP event loop, a socket per health-checked address while it is checked.
+// fixedDescriptors counts what cfg certainly holds open besides its
+// connections and the reserve: stdin, stdout, stderr and the Go runtime's
+// poller (5), the metrics and admin listeners, the config watcher, a
+// socket per TCP listener, an epoll set and an eventfd per TCP event loop,
+// and a socket, an epoll set and an eventfd per UDP listener's event loop.
 func fixedDescriptors(cfg *config.Config, workers int) int64 {
 	workers = max(workers, 1)
-	tcp, udp, checked := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	n := 5
+	if cfg.Metrics.Enabled {
+		n++
+	}
+	if cfg.Admin.Bind != "" {
+		n++
+	}
+	if cfg.Server.WatchConfig {
+		n++
+	}
+	tcp, udp := map[string]bool{}, map[string]bool{}
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
 		if !r.Enabled {
-			continue
+			continue // binds nothing
 		}
 		if r.Protocol == "udp" {
 			udp[cfg.Listener(r)] = true
 		} else {
 			tcp[cfg.Listener(r)] = true
 		}
-		if r.Health.Enabled {
-			for _, b := range r.Backends {
-				checked[r.Protocol+" "+b.Address] = true
-			}
-		}
 	}
-	n := processDescriptors + len(tcp) + 3*len(udp)*min(workers, 16) + len(checked)
+	n += len(tcp) + 3*len(udp)*min(workers, 16)
 	if len(tcp) > 0 {
 		n += 2 * workers
 	}

@@ -16,7 +16,7 @@ func Reserve(limit int64) int64 {
 // limit.
 type Plan struct {
 	MaxConnections int   // server.max_connections as configured (0: no limit)
-	Fixed          int64 // descriptors besides the connections: listeners, event loops, health checks, the process's own, the reserve
+	Fixed          int64 // descriptors besides the connections (at least): listeners, event loops, the process's own, the reserve
 	Limit          int64 // RLIMIT_NOFILE (soft); 0: unknown
 	Capped         int   // the max_connections to run with: MaxConnections, or less when the limit cannot give it
 }
@@ -44,7 +44,7 @@ func (p Plan) Warning() string {
 	if !p.IsCapped() {
 		return ""
 	}
-	return fmt.Sprintf("server.max_connections %d needs about %d descriptors (2 per connection, plus %d for listeners, event loops, health checks and the reserve); "+
+	return fmt.Sprintf("server.max_connections %d needs about %d descriptors (2 per connection, plus at least %d for listeners, event loops, the process itself and the reserve); "+
 		"the descriptor limit (RLIMIT_NOFILE) is %d: capped at %d; raise the limit (systemd LimitNOFILE=, ulimit -n) or lower server.max_connections",
 		p.MaxConnections, p.Needed(), p.Fixed, p.Limit, p.Capped)
 }

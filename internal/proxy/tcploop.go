@@ -257,9 +257,12 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 	for range 16 {
 		if !s.fdRoom(2) {
 			// The data path is at its descriptor budget (fdbudget.go):
-			// the clients wait in the backlog, as on EMFILE.
-			s.refuse(RefusedAccept, l.addr.String())
-			lp.pause(ll)
+			// the clients wait in the backlog, as on EMFILE. (Unless
+			// another loop took the connection that woke this one.)
+			if acceptPending(ll.fd) {
+				s.refuse(RefusedAccept, l.addr.String())
+				lp.pause(ll)
+			}
 			return
 		}
 		var sa unix.RawSockaddrInet6
