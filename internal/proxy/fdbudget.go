@@ -20,7 +20,7 @@ import (
 //     per TCP connection from accept to close (its client socket and its
 //     backend socket, counted from the accept so that dials cannot
 //     overshoot), 1 per UDP session, 2 per splice pipe (pooled or lent).
-//     Checking the budget costs four atomic loads.
+//     Checking the budget costs a few atomic loads.
 //   - Everything else the process holds (listening sockets, event loops,
 //     the admin and metrics servers and their clients, health checks,
 //     Redis, log files, the runtime's own) changes slowly: it is counted
