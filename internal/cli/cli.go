@@ -147,6 +147,7 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
+	descriptorWarning(cfg, stderr) // (descriptors.go)
 	listeners := map[string][]string{}
 	nb := 0
 	for i := range cfg.Rules {

@@ -308,7 +308,14 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 	if e.metrics != nil {
 		e.metrics.Retain(published)
 	}
-	e.srv.SetMaxConnections(cfg.Server.MaxConnections)
+	plan := DescriptorPlan(cfg, e.srv.Workers()) // (descriptors.go)
+	e.srv.SetMaxConnections(plan.Capped)
+	e.srv.RecountDescriptors()
+	if reload && plan.IsCapped() {
+		e.log.Warn("server.max_connections capped: the descriptor limit cannot give it",
+			"max_connections", plan.MaxConnections, "descriptors_needed", plan.Needed(), "limit", plan.Limit, "capped_at", plan.Capped,
+			"fix", "raise the limit (systemd LimitNOFILE=, ulimit -n) or lower server.max_connections")
+	}
 	e.cfg = file
 	if reload {
 		e.version++

@@ -28,6 +28,9 @@ func (e *Engine) SetMetrics(m Metrics) {
 	if m != nil {
 		e.srv.SetUnroutedObserver(asUnrouted(m))
 	}
+	if ss, ok := m.(interface{ SetServer(*proxy.Server) }); ok {
+		ss.SetServer(e.srv) // the descriptor budget's metrics
+	}
 	if hc, ok := m.(interface {
 		HealthChecked(h *backend.Health, ok bool)
 	}); ok {

@@ -84,6 +84,8 @@ type Metrics struct {
 	reloads    *prometheus.CounterVec // result
 	lastReload prometheus.Gauge
 
+	server serverCollector // the descriptor budget (state.go)
+
 	mu      sync.Mutex // serialises Observer's bookkeeping and Retain
 	made    labelKeys  // label combinations Observer resolved since the last Retain
 	current atomic.Pointer[snapshot]
@@ -165,7 +167,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 	cs := []prometheus.Collector{m.connActive, m.connTotal, m.connDuration, m.connRejected,
 		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
 		m.beRequests, m.beEnded, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
-		m.reloads, m.lastReload, buildInfo, &stateCollector{m}}
+		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server}
 	if withRuntime {
 		cs = append(cs, newGoCollector(), newProcessCollector())
 	}

@@ -1,8 +1,10 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"testing"
@@ -333,7 +335,7 @@ func TestRuntimeCollectors(t *testing.T) {
 	for _, mf := range mfs {
 		have[mf.GetName()] = true
 	}
-	for _, n := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_cpu_seconds_total", "process_open_fds", "process_resident_memory_bytes"} {
+	for _, n := range []string{"go_goroutines", "go_memstats_alloc_bytes", "process_cpu_seconds_total", "process_open_fds", "process_max_fds", "process_resident_memory_bytes"} {
 		if !have[n] {
 			t.Errorf("missing %s", n)
 		}
@@ -341,6 +343,51 @@ func TestRuntimeCollectors(t *testing.T) {
 	// Registering twice on one registry is refused, not a panic.
 	if _, err := New(reg, false); err == nil {
 		t.Error("second New on the same registry succeeded")
+	}
+}
+
+// TestDescriptorMetrics: the server's descriptor budget and connection cap
+// are scraped from it, and lint clean.
+func TestDescriptorMetrics(t *testing.T) {
+	m, reg := newTest(t)
+	s := proxy.NewServer(slog.New(slog.DiscardHandler))
+	m.SetServer(s)
+	s.SetMaxConnections(7)
+	v := values(t, reg)
+	expect(t, v, map[string]float64{
+		`dynamic_proxy_max_connections{}`:                                  7,
+		`dynamic_proxy_data_path_descriptors{}`:                            0,
+		`dynamic_proxy_descriptor_budget_refusals_total{kind=tcp_accept}`:  0,
+		`dynamic_proxy_descriptor_budget_refusals_total{kind=udp_session}`: 0,
+		`dynamic_proxy_descriptor_budget_refusals_total{kind=splice_pipe}`: 0,
+	})
+	if _, ok := v[`dynamic_proxy_descriptor_reserve{}`]; ok {
+		t.Error("a reserve reported before the limit was read (no listener yet)")
+	}
+	l, err := s.ListenTCP("127.0.0.1:0", nil) // reads the limit and counts
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		l.Close()
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+	}()
+	d := s.Descriptors()
+	if d.Limit <= 0 || d.Reserve <= 0 || d.Budget <= 0 || d.Budget != d.Limit-d.Reserve-d.Other {
+		t.Fatalf("descriptor budget with a listener: %+v", d)
+	}
+	expect(t, values(t, reg), map[string]float64{
+		`dynamic_proxy_descriptor_reserve{}`:          float64(d.Reserve),
+		`dynamic_proxy_data_path_descriptor_budget{}`: float64(d.Budget),
+	})
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
 }
 

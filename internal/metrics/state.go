@@ -1,8 +1,12 @@
 package metrics
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 )
 
 var (
@@ -42,3 +46,50 @@ func newGoCollector() prometheus.Collector { return collectors.NewGoCollector() 
 func newProcessCollector() prometheus.Collector {
 	return collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})
 }
+
+var (
+	dataPathFDsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "data_path_descriptors"),
+		"Descriptors the data path holds: 2 per TCP connection, 1 per UDP session, 2 per splice pipe (pooled or in use).", nil, nil)
+	fdBudgetDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "data_path_descriptor_budget"),
+		"Descriptors the data path may hold: the limit (process_max_fds) less the reserve and what else the process held at the last count.", nil, nil)
+	fdReserveDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "descriptor_reserve"),
+		"Descriptors the data path leaves free for the admin API, metrics and health checks.", nil, nil)
+	fdRefusedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "descriptor_budget_refusals_total"),
+		"Times the data path was at its descriptor budget: kind tcp_accept (an event loop paused accepting; clients wait in the backlog), udp_session (a new client's datagram dropped), splice_pipe (a burst copied instead of spliced).",
+		[]string{"kind"}, nil)
+	maxConnsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "max_connections"),
+		"The cap on concurrent TCP client connections in force: server.max_connections, or less when the descriptor limit cannot give it; 0: none.", nil, nil)
+)
+
+// serverCollector reports the proxy server's descriptor budget when
+// scraped (the server keeps it in atomics anyway).
+type serverCollector struct{ s atomic.Pointer[proxy.Server] }
+
+func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- dataPathFDsDesc
+	ch <- fdBudgetDesc
+	ch <- fdReserveDesc
+	ch <- fdRefusedDesc
+	ch <- maxConnsDesc
+}
+
+func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s.Load()
+	if s == nil {
+		return
+	}
+	d := s.Descriptors()
+	ch <- prometheus.MustNewConstMetric(dataPathFDsDesc, prometheus.GaugeValue, float64(d.DataPath))
+	if d.Limit > 0 {
+		ch <- prometheus.MustNewConstMetric(fdBudgetDesc, prometheus.GaugeValue, float64(d.Budget))
+		ch <- prometheus.MustNewConstMetric(fdReserveDesc, prometheus.GaugeValue, float64(d.Reserve))
+	}
+	for k, n := range d.Refused {
+		ch <- prometheus.MustNewConstMetric(fdRefusedDesc, prometheus.CounterValue, float64(n), proxy.RefusedNames[k])
+	}
+	ch <- prometheus.MustNewConstMetric(maxConnsDesc, prometheus.GaugeValue, float64(s.MaxConnections()))
+}
+
+// SetServer makes the scrape report s's descriptor budget and connection
+// cap (the engine calls it from SetMetrics).
+func (m *Metrics) SetServer(s *proxy.Server) { m.server.s.Store(s) }

@@ -164,3 +164,11 @@ func localAddr(fd int) net.Addr {
 	}
 	return net.TCPAddrFromAddrPort(sockaddrAddrPort(&sa))
 }
+
+// acceptPending reports whether a connection waits in a listening
+// socket's backlog, without taking it (poll, no timeout).
+func acceptPending(fd int) bool {
+	fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), 1, uintptr(unsafe.Pointer(&unix.Timespec{})), 0, 0, 0)
+	return e == 0 && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}

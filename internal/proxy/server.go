@@ -81,6 +81,7 @@ type Server struct {
 
 	noBackendLog rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
+	fds          descriptors                      // the data path's descriptor budget (fdbudget.go)
 	unrouted     atomic.Pointer[UnroutedObserver] // metrics of unmatched traffic (observe.go)
 	udpLimitLog  rateLimit
 }
@@ -106,6 +107,9 @@ func (s *Server) Workers() int {
 // SetMaxConnections sets the cap on concurrent client connections (0: none).
 func (s *Server) SetMaxConnections(n int) { s.maxConns.Store(int64(n)) }
 
+// MaxConnections returns the cap on concurrent client connections (0: none).
+func (s *Server) MaxConnections() int64 { return s.maxConns.Load() }
+
 // Active returns the number of client connections open now.
 func (s *Server) Active() int64 { return s.Stats.Active.Load() }
 
@@ -122,6 +126,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	loops := s.loops
 	s.mu.Unlock()
+	s.stopFDWatch() // none starts once closing is set
 	for _, l := range ls {
 		l.Close()
 	}

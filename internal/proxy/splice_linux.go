@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"math/bits"
 	"os"
 	"sync"
@@ -29,7 +30,13 @@ var pipes = struct {
 
 const maxFreePipes = 256
 
-func getPipe() (*pipe, error) {
+// errPipeBudget: no free pipe, and a new one would take s's data path
+// beyond its descriptor budget (fdbudget.go).
+var errPipeBudget = errors.New("no splice pipe within the descriptor budget")
+
+// getPipe takes a pipe from the pool, or opens one if s's descriptor
+// budget has room for it.
+func getPipe(s *Server) (*pipe, error) {
 	pipes.Lock()
 	if n := len(pipes.free); n > 0 {
 		p := pipes.free[n-1]
@@ -38,10 +45,14 @@ func getPipe() (*pipe, error) {
 		return p, nil
 	}
 	pipes.Unlock()
+	if !s.fdRoom(2) {
+		return nil, errPipeBudget
+	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, os.NewSyscallError("pipe2", err)
 	}
+	splicePipes.Add(2)                                                 // the descriptor budget (fdbudget.go)
 	_, _ = unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize) // best effort
 	return &pipe{r: fds[0], w: fds[1]}, nil
 }
@@ -61,6 +72,7 @@ func putPipe(p *pipe) {
 func (p *pipe) close() {
 	unix.Close(p.r)
 	unix.Close(p.w)
+	splicePipes.Add(-2)
 }
 
 const defaultBufSize = 8192

@@ -54,6 +54,7 @@ func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
 		unix.Close(fd)
 		return nil, err
 	}
+	s.startFDWatch()
 	s.listeners[l] = struct{}{}
 	s.wg.Add(1) // until Close: connections are counted while the listener is
 	loops := s.loops

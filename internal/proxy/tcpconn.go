@@ -631,7 +631,14 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 // may have more right away; ok false that the connection ended.
 func (c *lconn) spliceIn(d *ldir, src, dst, size int) (more, ok bool) {
 	if d.pipe == nil {
-		p, err := getPipe()
+		p, err := getPipe(c.lp.srv)
+		if err == errPipeBudget { // (fdbudget.go)
+			c.lp.srv.fds.refused[RefusedPipe].Add(1)
+		}
+		if err == errPipeBudget || resourceError(err) {
+			d.bulk = false // copy this burst through the buffer instead
+			return true, true
+		}
 		if err != nil {
 			c.fail(d, err)
 			return false, false

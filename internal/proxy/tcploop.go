@@ -254,6 +254,16 @@ func (lp *tcpLoop) removeListener(l *TCPListener) {
 func (lp *tcpLoop) accept(ll *loopListener) {
 	s, l := lp.srv, ll.l
 	for range 16 {
+		if !s.fdRoom(2) {
+			// The data path is at its descriptor budget (fdbudget.go):
+			// the clients wait in the backlog, as on EMFILE. (Unless
+			// another loop took the connection that woke this one.)
+			if acceptPending(ll.fd) {
+				s.refuse(RefusedAccept, l.addr.String())
+				lp.pause(ll)
+			}
+			return
+		}
 		var sa unix.RawSockaddrInet6
 		fd, err := accept4(ll.fd, &sa)
 		if err != 0 {
@@ -266,7 +276,6 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			// EMFILE, ENFILE, ENOBUFS…: leave the listener out of the epoll
 			// set for a backoff instead of spinning, and say so once per
 			// episode (exhaust.go), not once per attempt.
-			ll.backoff = nextBackoff(ll.backoff)
 			serr := os.NewSyscallError("accept4", err)
 			if resourceError(serr) {
 				s.exhaust.failed(s.log, false, l.addr.String(), serr)
@@ -274,11 +283,7 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 				s.log.Error("accept failed; backing off until it succeeds", "listener", l.addr.String(), "err", serr)
 				ll.failing = true
 			}
-			if ll.on {
-				_ = lp.control(unix.EPOLL_CTL_DEL, ll.fd, 0)
-				ll.on = false
-			}
-			ll.retry = lp.now + int64(ll.backoff)
+			lp.pause(ll)
 			return
 		}
 		if ll.failing {
@@ -309,6 +314,17 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 		lp.link(c)
 		c.begin()
 	}
+}
+
+// pause takes a listener out of the epoll set for a backoff that doubles
+// from 5 ms to 1 s while accepting keeps failing.
+func (lp *tcpLoop) pause(ll *loopListener) {
+	ll.backoff = nextBackoff(ll.backoff)
+	if ll.on {
+		_ = lp.control(unix.EPOLL_CTL_DEL, ll.fd, 0)
+		ll.on = false
+	}
+	ll.retry = lp.now + int64(ll.backoff)
 }
 
 // link adds c to the loop's connections.

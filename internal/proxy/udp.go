@@ -246,6 +246,7 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 		s.mu.Unlock()
 		return nil, errShutdown
 	}
+	s.startFDWatch()
 	s.listeners[l] = struct{}{}
 	s.udp[l] = struct{}{}
 	s.wg.Add(len(l.shards))
@@ -710,6 +711,12 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 			l.srv.log.Warn("udp max_sessions reached; dropping datagrams from new clients",
 				"rule", rt.Name, "max_sessions", rt.MaxSessions, "suppressed", suppressed)
 		}
+		return nil
+	}
+	if !l.srv.fdRoom(1) { // at the descriptor budget (fdbudget.go)
+		l.ln.live.Add(-1)
+		release()
+		l.srv.refuse(RefusedUDPSession, rt.Name)
 		return nil
 	}
 	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release}

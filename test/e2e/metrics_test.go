@@ -335,6 +335,11 @@ var mxFamilyTypes = map[string]dto.MetricType{
 	"config_reloads_total":                         dto.MetricType_COUNTER,
 	"config_last_reload_success_timestamp_seconds": dto.MetricType_GAUGE,
 	"build_info":                                   dto.MetricType_GAUGE,
+	"max_connections":                              dto.MetricType_GAUGE,
+	"data_path_descriptors":                        dto.MetricType_GAUGE,
+	"data_path_descriptor_budget":                  dto.MetricType_GAUGE,
+	"descriptor_reserve":                           dto.MetricType_GAUGE,
+	"descriptor_budget_refusals_total":             dto.MetricType_COUNTER,
 }
 
 // TestMetricsEveryFamily checks that every family is exported with its
