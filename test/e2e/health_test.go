@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // hcBackend is a TCP backend that greets with "NAME\n" then echoes (like
@@ -63,7 +65,7 @@ func (b *hcBackend) start() {
 			n := b.accepted.Add(1)
 			go func() {
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(Deadline))
+				c.SetDeadline(time.Now().Add(harness.Deadline))
 				b.handle(c, n)
 			}()
 		}
@@ -125,7 +127,7 @@ func startLoad(t *testing.T, addr string, workers int) *load {
 				default:
 				}
 				l.pause.RLock()
-				name, err := Greeting(addr)
+				name, err := harness.Greeting(addr)
 				l.pause.RUnlock()
 				l.mu.Lock()
 				if err != nil {
@@ -155,7 +157,7 @@ func (l *load) stop() {
 func (l *load) waitOK(t *testing.T, n int64) {
 	t.Helper()
 	target := l.ok.Load() + n
-	end := time.Now().Add(Deadline)
+	end := time.Now().Add(harness.Deadline)
 	for l.ok.Load() < target {
 		if time.Now().After(end) {
 			t.Fatalf("load made no progress: %d of %d connections", l.ok.Load(), target)
@@ -202,10 +204,10 @@ func lineTime(t *testing.T, line string) time.Time {
 }
 
 // countLines counts the proxy's log lines that contain every one of subs.
-func countLines(p *Proxy, subs ...string) int {
+func countLines(p *harness.Proxy, subs ...string) int {
 	n := 0
 	for _, line := range strings.Split(p.Log(), "\n") {
-		if containsAll(line, subs) {
+		if harness.ContainsAll(line, subs) {
 			n++
 		}
 	}
@@ -237,8 +239,8 @@ address = %q
 func TestHealthKilledBackendUnderLoad(t *testing.T) {
 	const interval, timeout, retries, rise = 300 * time.Millisecond, 150 * time.Millisecond, 3, 2
 	a, b := startHCBackend(t, "a", nil), startHCBackend(t, "b", nil)
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, twoBackends(port, a, b, fmt.Sprintf(
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, twoBackends(port, a, b, fmt.Sprintf(
 		"interval = %q\ntimeout = %q\nretries = %d\nrise = %d\npassive_failures = 0", interval, timeout, retries, rise))))
 	proxyAddr := fmt.Sprintf("127.0.0.1:%d", port)
 
@@ -276,7 +278,7 @@ func TestHealthKilledBackendUnderLoad(t *testing.T) {
 		t.Errorf("up line: %s", up)
 	}
 	before := l.seenCount("b")
-	end := time.Now().Add(Deadline)
+	end := time.Now().Add(harness.Deadline)
 	for l.seenCount("b") == before {
 		if time.Now().After(end) {
 			t.Fatal("b took no traffic after coming back up")
@@ -294,8 +296,8 @@ func TestHealthKilledBackendUnderLoad(t *testing.T) {
 // mark a backend down at once, and the cool-down brings it back.
 func TestHealthPassive(t *testing.T) {
 	a, b := startHCBackend(t, "a", nil), startHCBackend(t, "b", nil)
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, twoBackends(port, a, b,
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, twoBackends(port, a, b,
 		"enabled = false\npassive_failures = 2\npassive_window = \"10s\"\npassive_cooldown = \"2s\"")))
 	l := startLoad(t, fmt.Sprintf("127.0.0.1:%d", port), 2)
 	l.waitOK(t, 20)
@@ -308,7 +310,7 @@ func TestHealthPassive(t *testing.T) {
 	b.start()
 	p.WaitLog("backend up", "address="+b.Addr, "passive cool-down of 2s is over")
 	before := l.seenCount("b")
-	end := time.Now().Add(Deadline)
+	end := time.Now().Add(harness.Deadline)
 	for l.seenCount("b") == before {
 		if time.Now().After(end) {
 			t.Fatal("b took no traffic after the cool-down")
@@ -332,8 +334,8 @@ func TestHealthPassive(t *testing.T) {
 func TestHealthSendExpectTCP(t *testing.T) {
 	good := startHCBackend(t, "good", pongHandler(func(int64) bool { return true }))
 	bad := startHCBackend(t, "bad", pongHandler(func(int64) bool { return false }))
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [[rules]]
@@ -359,7 +361,7 @@ address = %q
 	}
 	// The good one passes: it keeps being checked and never goes down.
 	n := good.accepted.Load()
-	end := time.Now().Add(Deadline)
+	end := time.Now().Add(harness.Deadline)
 	for good.accepted.Load() < n+10 {
 		if time.Now().After(end) {
 			t.Fatal("the good backend is not being checked")
@@ -406,8 +408,8 @@ func TestHealthSendExpectUDP(t *testing.T) {
 	})
 	silent := udp(func([]byte) []byte { return nil })
 	wrong := udp(func([]byte) []byte { return []byte("nope") })
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 udp_bind = "127.0.0.1:%d"
 [[rules]]
@@ -442,7 +444,7 @@ address = %q
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		msg := fmt.Sprintf("hello %d", i)
 		if _, err := c.Write([]byte(msg)); err != nil {
 			t.Fatal(err)
@@ -474,8 +476,8 @@ func TestHealthFlapping(t *testing.T) {
 		return !flapping.Load() || n%2 == 0
 	}))
 	steady := startHCBackend(t, "steady", pongHandler(func(int64) bool { return true }))
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [health_check]
@@ -497,7 +499,7 @@ address = %q
 	waitChecks := func(n int64) {
 		t.Helper()
 		target := f.accepted.Load() + n
-		end := time.Now().Add(Deadline)
+		end := time.Now().Add(harness.Deadline)
 		for f.accepted.Load() < target {
 			if time.Now().After(end) {
 				t.Fatalf("only %d checks reached the backend", f.accepted.Load())
@@ -527,7 +529,7 @@ address = %q
 func TestHealthSurvivesReload(t *testing.T) {
 	a := startHCBackend(t, "a", pongHandler(func(int64) bool { return true }))
 	b := startHCBackend(t, "b", pongHandler(func(int64) bool { return false }))
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	render := func(interval, extra string) string {
 		return fmt.Sprintf(`
 [server]
@@ -550,13 +552,13 @@ id = "b"
 address = %q
 %s`, port, interval, a.Addr, b.Addr, extra)
 	}
-	cfg := WriteConfig(t, render("50ms", ""))
+	cfg := harness.WriteConfig(t, render("50ms", ""))
 	p := Start(t, cfg)
 	p.WaitLog("backend down", "address="+b.Addr)
 	waitChecks := func(n int64) {
 		t.Helper()
 		target := b.accepted.Load() + n
-		end := time.Now().Add(Deadline)
+		end := time.Now().Add(harness.Deadline)
 		for b.accepted.Load() < target {
 			if time.Now().After(end) {
 				t.Fatalf("only %d checks reached b", b.accepted.Load())
@@ -574,11 +576,11 @@ address = %q
 	}
 	// A reload that adds a rule naming b keeps b's check and its state, and
 	// the new rule shares it: b is down for it from the start.
-	extraPort := FreePort(t)
+	extraPort := harness.FreePort(t)
 	extra := fmt.Sprintf("[[rules]]\nname = \"extra\"\n[rules.matcher]\ntype = \"port\"\nport = %d\n[[rules.backends]]\nid = \"b\"\naddress = %q\n", extraPort, b.Addr)
 	reload(render("50ms", extra), 2)
-	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", extraPort), Deadline); err == nil {
-		c.SetDeadline(time.Now().Add(Deadline))
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", extraPort), harness.Deadline); err == nil {
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		if n, err := c.Read(make([]byte, 1)); err == nil || n > 0 {
 			t.Errorf("rule extra served a client from b, which is down")
 		}
@@ -600,11 +602,11 @@ address = %q
 	}
 	// And the proxy still serves, from a only.
 	for i := 0; i < 4; i++ {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), Deadline)
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		io.WriteString(c, "PING\r\n")
 		line, err := bufio.NewReader(c).ReadString('\n')
 		c.Close()
@@ -618,8 +620,8 @@ address = %q
 // at once (not held until a timeout) and the log says so, rate-limited.
 func TestHealthAllDown(t *testing.T) {
 	a, b := startHCBackend(t, "a", nil), startHCBackend(t, "b", nil)
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, twoBackends(port, a, b, "interval = \"50ms\"\ntimeout = \"40ms\"\nretries = 1")))
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, twoBackends(port, a, b, "interval = \"50ms\"\ntimeout = \"40ms\"\nretries = 1")))
 	a.kill()
 	b.kill()
 	p.WaitLog("backend down", "address="+a.Addr)
@@ -628,14 +630,14 @@ func TestHealthAllDown(t *testing.T) {
 	start := time.Now()
 	for i := 0; i < clients; i++ {
 		t0 := time.Now()
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), Deadline)
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), harness.Deadline)
 		if err != nil {
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatal(err)
 			}
 			continue // reset before connect() returned: closed at once too
 		}
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		n, err := c.Read(make([]byte, 1))
 		c.Close()
 		if err == nil || n > 0 {
@@ -660,7 +662,7 @@ func TestHealthAllDown(t *testing.T) {
 // TestHealthValidate: --validate rejects impossible health check settings
 // with messages that name the file, line and key.
 func TestHealthValidate(t *testing.T) {
-	cfg := WriteConfig(t, `
+	cfg := harness.WriteConfig(t, `
 [health_check]
 interval = "1s"
 timeout = "1s"
@@ -720,7 +722,7 @@ func TestHealthCPU1000Backends(t *testing.T) {
 	var stamps []time.Time // of every check, once measuring
 	var measuring atomic.Bool
 	var cfg strings.Builder
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	fmt.Fprintf(&cfg, "[server]\ntcp_bind = \"127.0.0.1:%d\"\n[health_check]\ninterval = \"1s\"\ntimeout = \"500ms\"\n[[rules]]\nname = \"many\"\n", port)
 	for i := 0; i < n; i++ {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -750,11 +752,11 @@ func TestHealthCPU1000Backends(t *testing.T) {
 		}()
 		fmt.Fprintf(&cfg, "[[rules.backends]]\nid = \"b%d\"\naddress = %q\n", i, ln.Addr().String())
 	}
-	p := Start(t, WriteConfig(t, cfg.String()))
+	p := Start(t, harness.WriteConfig(t, cfg.String()))
 	pid := p.Cmd.Process.Pid
 	waitUntil := func(what string, cond func() bool) {
 		t.Helper()
-		end := time.Now().Add(Deadline + time.Duration(2*seconds)*time.Second)
+		end := time.Now().Add(harness.Deadline + time.Duration(2*seconds)*time.Second)
 		for !cond() {
 			if time.Now().After(end) {
 				t.Fatalf("timed out waiting for %s", what)
@@ -813,8 +815,8 @@ func TestHealthSlowStart(t *testing.T) {
 		io.WriteString(c, "b\n")
 		io.Copy(io.Discard, c)
 	})
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [health_check]
@@ -840,7 +842,7 @@ weight = 10
 		t.Helper()
 		got := 0
 		for i := 0; i < n; i++ {
-			name, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port))
+			name, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", port))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // writeAtomic replaces path by writing a temp file and renaming it over,
@@ -57,7 +59,7 @@ type stream struct {
 }
 
 func openStream(t testing.TB, addr string) *stream {
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +74,7 @@ func openStream(t testing.TB, addr string) *stream {
 func (s *stream) exchange(n int) error {
 	buf := make([]byte, n)
 	rand.Read(buf)
-	s.c.SetDeadline(time.Now().Add(Deadline))
+	s.c.SetDeadline(time.Now().Add(harness.Deadline))
 	go s.c.Write(buf)
 	got := make([]byte, n)
 	if _, err := io.ReadFull(s.r, got); err != nil {
@@ -93,9 +95,9 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		e := StartEcho(t, fmt.Sprintf("b%d", i))
 		bes = append(bes, reloadBackend{fmt.Sprintf("b%d", i), e.Addr})
 	}
-	mainPort, extraPort := FreePort(t), FreePort(t)
+	mainPort, extraPort := harness.FreePort(t), harness.FreePort(t)
 	main := fmt.Sprintf("127.0.0.1:%d", mainPort)
-	cfgPath := WriteConfig(t, reloadConfig(mainPort, 0, "round_robin", bes, []int{1, 1, 1, 1}))
+	cfgPath := harness.WriteConfig(t, reloadConfig(mainPort, 0, "round_robin", bes, []int{1, 1, 1, 1}))
 	p := Start(t, cfgPath)
 	p.WaitLog("watching the config file")
 
@@ -122,7 +124,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 					return
 				case <-tick.C:
 				}
-				if _, err := Greeting(main); err != nil {
+				if _, err := harness.Greeting(main); err != nil {
 					failures.Add(1)
 					firstErr.CompareAndSwap(nil, err)
 				}
@@ -179,7 +181,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 			allowed[be.id] = true
 		}
 		for k := 0; k < 6; k++ {
-			name, err := Greeting(main)
+			name, err := harness.Greeting(main)
 			if err != nil {
 				t.Fatalf("version %d: %v", i, err)
 			}
@@ -188,7 +190,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 			}
 		}
 		if extra > 0 {
-			if name, err := Greeting(fmt.Sprintf("127.0.0.1:%d", extra)); err != nil || name != set[0].id {
+			if name, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", extra)); err != nil || name != set[0].id {
 				t.Fatalf("version %d: extra listener: %q, %v", i, name, err)
 			}
 		}
@@ -231,7 +233,7 @@ func twoBackendConfig(port int, addr string, extra string) string {
 
 func TestReloadRenameOverAndSymlinkSwap(t *testing.T) {
 	a, b, c := StartEcho(t, "a"), StartEcho(t, "b"), StartEcho(t, "c")
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
 	// Kubernetes ConfigMap layout: config.toml -> ..data/config.toml,
@@ -255,7 +257,7 @@ func TestReloadRenameOverAndSymlinkSwap(t *testing.T) {
 	}
 	p := Start(t, cfgPath)
 	p.WaitLog("watching the config file")
-	if name, err := Greeting(addr); err != nil || name != "a" {
+	if name, err := harness.Greeting(addr); err != nil || name != "a" {
 		t.Fatalf("before: %q %v", name, err)
 	}
 
@@ -267,36 +269,36 @@ func TestReloadRenameOverAndSymlinkSwap(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.WaitLog("config reloaded", "version=2")
-	if name, err := Greeting(addr); err != nil || name != "b" {
+	if name, err := harness.Greeting(addr); err != nil || name != "b" {
 		t.Fatalf("after symlink swap: %q %v", name, err)
 	}
 
 	// Replace the symlink itself by a regular file renamed over it.
 	writeAtomic(t, cfgPath, twoBackendConfig(port, c.Addr, ""))
 	p.WaitLog("config reloaded", "version=3")
-	if name, err := Greeting(addr); err != nil || name != "c" {
+	if name, err := harness.Greeting(addr); err != nil || name != "c" {
 		t.Fatalf("after rename-over: %q %v", name, err)
 	}
 }
 
 func TestReloadSIGHUPAndRejectedWhole(t *testing.T) {
 	a, b := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	noWatch := "watch_config = false\n"
-	cfgPath := WriteConfig(t, twoBackendConfig(port, a.Addr, noWatch))
+	cfgPath := harness.WriteConfig(t, twoBackendConfig(port, a.Addr, noWatch))
 	p := Start(t, cfgPath)
 
 	// A file change alone does nothing with watch_config = false.
 	if err := os.WriteFile(cfgPath, []byte(twoBackendConfig(port, b.Addr, noWatch)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if name, _ := Greeting(addr); name != "a" {
+	if name, _ := harness.Greeting(addr); name != "a" {
 		t.Fatalf("unwatched file applied without SIGHUP: %q", name)
 	}
 	p.Signal(syscall.SIGHUP)
 	p.WaitLog("config reloaded", "trigger=signal", "version=2")
-	if name, err := Greeting(addr); err != nil || name != "b" {
+	if name, err := harness.Greeting(addr); err != nil || name != "b" {
 		t.Fatalf("after SIGHUP: %q %v", name, err)
 	}
 
@@ -317,7 +319,7 @@ func TestReloadSIGHUPAndRejectedWhole(t *testing.T) {
 	if !strings.Contains(line, "address already in use") {
 		t.Errorf("reload error does not say why: %s", line)
 	}
-	if name, err := Greeting(addr); err != nil || name != "b" {
+	if name, err := harness.Greeting(addr); err != nil || name != "b" {
 		t.Fatalf("rejected reload changed routing: %q %v", name, err)
 	}
 
@@ -327,7 +329,7 @@ func TestReloadSIGHUPAndRejectedWhole(t *testing.T) {
 	}
 	p.Signal(syscall.SIGHUP)
 	p.WaitLog("config reloaded", "version=3")
-	if name, err := Greeting(addr); err != nil || name != "a" {
+	if name, err := harness.Greeting(addr); err != nil || name != "a" {
 		t.Fatalf("after good edit: %q %v", name, err)
 	}
 }
@@ -337,20 +339,20 @@ func TestReloadSIGHUPAndRejectedWhole(t *testing.T) {
 // every reload), so least_connections keeps balancing by the real load.
 func TestReloadKeepsLeastConnectionCounts(t *testing.T) {
 	a, b := StartEcho(t, "a"), StartEcho(t, "b")
-	port, other := FreePort(t), FreePort(t)
+	port, other := harness.FreePort(t), harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	base := fmt.Sprintf("[server]\ntcp_bind = \"127.0.0.1:%d\"\nwatch_config = false\n[[rules]]\nname = \"lc\"\nrouter = \"least_connections\"\n[[rules.backends]]\nid = \"a\"\naddress = %q\n[[rules.backends]]\nid = \"b\"\naddress = %q\n", port, a.Addr, b.Addr)
-	cfgPath := WriteConfig(t, base)
+	cfgPath := harness.WriteConfig(t, base)
 	p := Start(t, cfgPath)
 
 	// Hold four connections: least_connections spreads them 2/2.
 	held := map[string][]net.Conn{}
 	for i := 0; i < 4; i++ {
-		c, err := net.DialTimeout("tcp", addr, Deadline)
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		name, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil {
 			t.Fatal(err)
@@ -367,7 +369,7 @@ func TestReloadKeepsLeastConnectionCounts(t *testing.T) {
 		c.Close()
 	}
 	// An unrelated change (a new rule) reloads the config.
-	if err := os.WriteFile(cfgPath, []byte(WithFreeObservePorts(base+fmt.Sprintf("[[rules]]\nname = \"other\"\n[[rules.backends]]\nid = \"x\"\naddress = %q\n[rules.matcher]\ntype = \"port\"\nport = %d\n", a.Addr, other))), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(harness.WithFreeObservePorts(base+fmt.Sprintf("[[rules]]\nname = \"other\"\n[[rules.backends]]\nid = \"x\"\naddress = %q\n[rules.matcher]\ntype = \"port\"\nport = %d\n", a.Addr, other))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p.Signal(syscall.SIGHUP)
@@ -376,20 +378,20 @@ func TestReloadKeepsLeastConnectionCounts(t *testing.T) {
 	// counts none open on b (the metric reads the backend's own counter).
 	// A probe connection would not do: its own end is seen asynchronously
 	// too, and a count it still holds can tie b with a.
-	url := mxMetricsURL(t, p)
-	mxWait(t, url, "b's closed connections accounted", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_backend_connections_active", map[string]string{"rule": "lc", "backend": "b"}) == 0
+	url := p.MetricsURL()
+	harness.WaitMetrics(t, url, "b's closed connections accounted", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_backend_connections_active", map[string]string{"rule": "lc", "backend": "b"}) == 0
 	})
 	// With the counts kept (a 2, b 0) the next two go to b; with counts
 	// lost on reload (0/0) the two would alternate a, b.
 	var next []string
 	for i := 0; i < 2; i++ {
-		c, err := net.DialTimeout("tcp", addr, Deadline)
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		name, _ := bufio.NewReader(c).ReadString('\n')
 		next = append(next, strings.TrimSpace(name))
 	}
@@ -404,7 +406,7 @@ func TestReloadKeepsLeastConnectionCounts(t *testing.T) {
 // streams show that).
 func TestReloadDrainTimeout(t *testing.T) {
 	a, b := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cfgText := func(backends ...*EchoServer) string {
 		s := fmt.Sprintf("[server]\ntcp_bind = %q\nwatch_config = false\ndrain_timeout = \"1s\"\n[[rules]]\nname = \"r\"\n", addr)
@@ -413,22 +415,22 @@ func TestReloadDrainTimeout(t *testing.T) {
 		}
 		return s
 	}
-	cfgPath := WriteConfig(t, cfgText(b))
+	cfgPath := harness.WriteConfig(t, cfgText(b))
 	p := Start(t, cfgPath)
 	held := openStream(t, addr) // on b, the only backend
-	if err := os.WriteFile(cfgPath, []byte(WithFreeObservePorts(cfgText(a))), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(harness.WithFreeObservePorts(cfgText(a))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	removed := time.Now()
 	p.Signal(syscall.SIGHUP)
 	p.WaitLog("config reloaded", "version=2")
-	if name, err := Greeting(addr); err != nil || name != "a" {
+	if name, err := harness.Greeting(addr); err != nil || name != "a" {
 		t.Fatalf("new connection after removing b: %q %v", name, err)
 	}
 	if err := held.exchange(512); err != nil {
 		t.Fatalf("connection to the removed backend cut before drain_timeout: %v", err)
 	}
-	held.c.SetDeadline(time.Now().Add(Deadline))
+	held.c.SetDeadline(time.Now().Add(harness.Deadline))
 	if _, err := held.r.ReadByte(); err == nil {
 		t.Fatal("connection to the removed backend got data instead of closing")
 	}

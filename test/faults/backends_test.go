@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // noHealth turns active and passive health checking off, so a fault test
@@ -78,8 +80,8 @@ func resetMidStream(t *testing.T, upload bool) {
 		mu.Unlock()
 		c.Close()
 	})
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, server("")+noHealth+tcpRule("reset", port, "r="+be.Addr)))
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, server("")+noHealth+tcpRule("reset", port, "r="+be.Addr)))
 	url := p.MetricsURL()
 	before := CountFDs(t, p.PID())
 
@@ -92,13 +94,13 @@ func resetMidStream(t *testing.T, upload bool) {
 	results := make(chan result, n)
 	for i := 0; i < n; i++ {
 		go func(id string) {
-			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), Deadline)
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), harness.Deadline)
 			if err != nil {
 				results <- result{id: id, err: err}
 				return
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(Deadline))
+			c.SetDeadline(time.Now().Add(harness.Deadline))
 			io.WriteString(c, id)
 			if upload {
 				go func() { // keep sending: the reset must end this direction too
@@ -142,25 +144,25 @@ func resetMidStream(t *testing.T, upload bool) {
 	if worst > 2*time.Second {
 		t.Errorf("a client saw the end %v after its backend's reset; want within 2s", worst)
 	}
-	Eventually(t, "20 access log lines with end=backend_error", func() bool {
+	harness.Eventually(t, "20 access log lines with end=backend_error", func() bool {
 		return p.Count("connection closed", "end=backend_error") == n
 	})
 	if bad := p.Count("connection closed", "rule=reset") - n; bad != 0 {
 		t.Errorf("%d connections logged with another end than backend_error", bad)
 	}
-	m := Scrape(t, url)
-	if got := m[`dynamic_proxy_connections_ended_total{backend="r",end="backend_error",rule="reset"}`]; got != n {
+	m := harness.Scrape(t, url)
+	if got := m.Value("dynamic_proxy_connections_ended_total", harness.Labels{"backend": "r", "end": "backend_error", "rule": "reset"}); got != n {
 		t.Errorf("connections_ended_total{end=backend_error} = %v, want %d", got, n)
 	}
-	Eventually(t, "connections_active back to 0", func() bool {
-		return Scrape(t, url)[`dynamic_proxy_connections_active{protocol="tcp",rule="reset"}`] == 0
+	harness.Eventually(t, "connections_active back to 0", func() bool {
+		return harness.Scrape(t, url).Value("dynamic_proxy_connections_active", harness.Labels{"protocol": "tcp", "rule": "reset"}) == 0
 	})
-	Eventually(t, "sockets back to the baseline", func() bool {
+	harness.Eventually(t, "sockets back to the baseline", func() bool {
 		return CountFDs(t, p.PID()).Sockets <= before.Sockets
 	})
 	t.Logf("%d connections reset by the backend mid-stream: %d clients saw a reset, %d EOF, at most %v after their backend's reset; %d end=backend_error lines, connections_ended_total{end=backend_error} = %v",
 		n, resets, eofs, worst.Round(time.Millisecond), p.Count("end=backend_error"),
-		m[`dynamic_proxy_connections_ended_total{backend="r",end="backend_error",rule="reset"}`])
+		m.Value("dynamic_proxy_connections_ended_total", harness.Labels{"backend": "r", "end": "backend_error", "rule": "reset"}))
 }
 
 // TestBackendAcceptsNeverAnswers
@@ -173,8 +175,8 @@ func resetMidStream(t *testing.T, upload bool) {
 func TestBackendAcceptsNeverAnswers(t *testing.T) {
 	const n = 50
 	be := StartBackend(t, func(c net.Conn) { io.Copy(io.Discard, c) })
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, server(`idle_timeout = "1s"`)+noHealth+tcpRule("mute", port, "m="+be.Addr)))
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, server(`idle_timeout = "1s"`)+noHealth+tcpRule("mute", port, "m="+be.Addr)))
 
 	var wg sync.WaitGroup
 	took := make([]time.Duration, n)
@@ -183,13 +185,13 @@ func TestBackendAcceptsNeverAnswers(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), Deadline)
+			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), harness.Deadline)
 			if err != nil {
 				errs <- err
 				return
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(Deadline))
+			c.SetDeadline(time.Now().Add(harness.Deadline))
 			start := time.Now() // the request is the last byte to move
 			if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
 				errs <- err
@@ -211,8 +213,8 @@ func TestBackendAcceptsNeverAnswers(t *testing.T) {
 	if took[0] < 900*time.Millisecond || took[n-1] > 4*time.Second {
 		t.Errorf("connections closed after %v … %v; want about idle_timeout (1s)", took[0], took[n-1])
 	}
-	Eventually(t, "50 end=idle_timeout lines", func() bool { return p.Count("end=idle_timeout") == n })
-	Eventually(t, "the backend's connections closed", func() bool { return be.Conns() == 0 })
+	harness.Eventually(t, "50 end=idle_timeout lines", func() bool { return p.Count("end=idle_timeout") == n })
+	harness.Eventually(t, "the backend's connections closed", func() bool { return be.Conns() == 0 })
 	t.Logf("%d silent-backend connections closed after %v … %v (idle_timeout 1s)", n,
 		took[0].Round(time.Millisecond), took[n-1].Round(time.Millisecond))
 }
@@ -285,12 +287,12 @@ func TestBackendBlackHoledSYN(t *testing.T) {
 	run := func(t *testing.T, health string) (slow, fast []time.Duration, timeouts float64) {
 		hole := startBlackHole(t)
 		good := StartBackend(t, Greet("good"))
-		port := FreePort(t)
-		p := Start(t, WriteConfig(t, server(`connection_timeout = "500ms"`)+health+
+		port := harness.FreePort(t)
+		p := Start(t, harness.WriteConfig(t, server(`connection_timeout = "500ms"`)+health+
 			tcpRule("bh", port, "hole="+hole.Addr, "good="+good.Addr)))
 		for i := 0; i < n; i++ {
 			start := time.Now()
-			name, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port))
+			name, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", port))
 			d := time.Since(start)
 			if err != nil || name != "good" {
 				t.Fatalf("client %d: got %q, %v; want the good backend's greeting", i, name, err)
@@ -304,7 +306,7 @@ func TestBackendBlackHoledSYN(t *testing.T) {
 				t.Errorf("client %d waited %v; want connection_timeout (500ms) plus little", i, d)
 			}
 		}
-		timeouts = Scrape(t, p.MetricsURL())[`dynamic_proxy_backend_requests_total{backend="hole",result="timeout",rule="bh"}`]
+		timeouts = harness.Scrape(t, p.MetricsURL()).Value("dynamic_proxy_backend_requests_total", harness.Labels{"backend": "hole", "result": "timeout", "rule": "bh"})
 		if int(timeouts) != len(slow) {
 			t.Errorf("backend_requests_total{backend=hole,result=timeout} = %v, want %d (one per client that waited)", timeouts, len(slow))
 		}
@@ -358,19 +360,19 @@ func TestSlowBackendDoesNotSlowOthers(t *testing.T) {
 		}
 	})
 	fastBE := StartBackend(t, Echo)
-	slowPort, fastPort := FreePort(t), FreePort(t)
-	Start(t, WriteConfig(t, server("")+noHealth+
+	slowPort, fastPort := harness.FreePort(t), harness.FreePort(t)
+	Start(t, harness.WriteConfig(t, server("")+noHealth+
 		tcpRule("slow", slowPort, "s="+slowBE.Addr)+tcpRule("fast", fastPort, "f="+fastBE.Addr)))
 
 	bulk := func() float64 {
 		t.Helper()
 		const size = 32 << 20
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", fastPort), Deadline)
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", fastPort), harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		start := time.Now()
 		go func() {
 			buf := make([]byte, 256<<10)
@@ -397,14 +399,14 @@ func TestSlowBackendDoesNotSlowOthers(t *testing.T) {
 			}
 			slow = append(slow, sc)
 		}
-		Eventually(t, "200 slow connections at the backend", func() bool { return slowBE.Conns() == slowConns })
+		harness.Eventually(t, "200 slow connections at the backend", func() bool { return slowBE.Conns() == slowConns })
 	}
 	closeSlow := func() {
 		for _, sc := range slow {
 			sc.close()
 		}
 		slow = nil
-		Eventually(t, "slow connections closed at the backend", func() bool { return slowBE.Conns() == 0 })
+		harness.Eventually(t, "slow connections closed at the backend", func() bool { return slowBE.Conns() == 0 })
 	}
 	bulk() // warm up
 	var alone, loaded []float64
@@ -440,7 +442,7 @@ type slowClient struct {
 }
 
 func dialSlow(addr string) (*slowClient, error) {
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		return nil, err
 	}

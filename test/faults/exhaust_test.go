@@ -8,6 +8,8 @@ import (
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // waiter is a client whose connection the exhausted proxy could not serve
@@ -43,22 +45,22 @@ func TestDescriptorExhaustion(t *testing.T) {
 		t.Fatal("prlimit (util-linux) is needed: ", err)
 	}
 	be := StartBackend(t, Greet("b"))
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := Start(t, WriteConfig(t, server(`connection_timeout = "15s"`)+
+	p := Start(t, harness.WriteConfig(t, server(`connection_timeout = "15s"`)+
 		"\n[health_check]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nretries = 2\nrise = 2\n"+
 		tcpRule("ex", port, "b="+be.Addr)), prlimit, fmt.Sprintf("--nofile=%d:%d", limit, limit))
 	base := CountFDs(t, p.PID())
 
 	dial := func() *waiter {
-		c, err := net.DialTimeout("tcp", addr, Deadline)
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 		if err != nil {
 			t.Fatalf("dial while exhausted (the kernel completes the handshake; the backlog holds the client): %v", err)
 		}
 		t.Cleanup(func() { c.Close() })
 		w := &waiter{greeted: make(chan time.Time, 1), c: c}
 		go func() {
-			c.SetReadDeadline(time.Now().Add(Deadline))
+			c.SetReadDeadline(time.Now().Add(harness.Deadline))
 			line, err := bufio.NewReader(c).ReadString('\n')
 			if err == nil && line == "b\n" {
 				w.greeted <- time.Now()
@@ -98,7 +100,7 @@ func TestDescriptorExhaustion(t *testing.T) {
 	}
 	// It still serves the connections it has.
 	for i, w := range held {
-		w.c.SetDeadline(time.Now().Add(Deadline))
+		w.c.SetDeadline(time.Now().Add(harness.Deadline))
 		msg := fmt.Sprintf("still here %d\n", i)
 		if _, err := w.c.Write([]byte(msg)); err != nil {
 			t.Fatalf("held connection %d while exhausted: %v", i, err)
@@ -137,11 +139,11 @@ func TestDescriptorExhaustion(t *testing.T) {
 		t.Errorf("waiting clients were served %v … %v after descriptors were freed; want within 3s", recover[0], recover[len(recover)-1])
 	}
 	p.WaitLog("descriptors available again")
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "b\n" {
 		t.Fatalf("a new client after recovery: %q, %v", line, err)
 	}
