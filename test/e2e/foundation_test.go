@@ -88,18 +88,6 @@ func startSilentEcho(t *testing.T) *silentEcho {
 	return e
 }
 
-// poll waits for cond, checking every few milliseconds, up to harness.Deadline.
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(harness.Deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func dialT(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
@@ -251,7 +239,7 @@ func TestSIGTERMDrains(t *testing.T) {
 
 	p.Signal(syscall.SIGTERM)
 	p.WaitLog("shutting down", "draining")
-	poll(t, "the listener to refuse connections", func() bool {
+	harness.Eventually(t, "the listener to refuse connections", func() bool {
 		nc, err := net.Dial("tcp", addr)
 		if err == nil {
 			nc.Close()
@@ -313,14 +301,13 @@ func TestShutdownTimeoutCuts(t *testing.T) {
 	c := dialT(t, fmt.Sprintf("127.0.0.1:%d", port))
 	r := bufio.NewReader(c)
 	readLine(t, r)
-	start := time.Now()
 	p.Signal(syscall.SIGTERM)
 	if code := p.Wait(); code != 0 {
 		t.Errorf("exit %d, want 0", code)
 	}
-	if took := time.Since(start); took < 300*time.Millisecond {
-		t.Errorf("exited after %v, before shutdown_timeout", took)
-	}
+	// The connection was still open when the timeout cut it: the process did
+	// not exit before shutdown_timeout.
+	p.WaitLog("shutdown timeout: closing connections still open", "connections=1")
 	if _, err := io.Copy(io.Discard, r); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client connection not closed: %v", err)
 	}
@@ -369,9 +356,9 @@ func TestIdleConnectionDescriptors(t *testing.T) {
 	for i := range conns {
 		conns[i] = dialT(t, addr)
 	}
-	poll(t, "the backend to see every connection", func() bool { return be.accepted.Load() == n })
+	harness.Eventually(t, "the backend to see every connection", func() bool { return be.accepted.Load() == n })
 	var sock1, pipe1 int
-	poll(t, "2 sockets per connection", func() bool {
+	harness.Eventually(t, "2 sockets per connection", func() bool {
 		sock1, pipe1 = fds(t, pid)
 		return sock1-sock0 >= 2*n
 	})

@@ -8,10 +8,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -223,11 +225,17 @@ address = %q
 	defer c.Close()
 	start := time.Now()
 	c.SetDeadline(time.Now().Add(harness.Deadline))
-	if _, err := c.Read(make([]byte, 1)); err == nil {
+	_, err = c.Read(make([]byte, 1))
+	if err == nil {
 		t.Fatal("silent client got data")
 	}
-	if d := time.Since(start); d < 250*time.Millisecond || d > 10*time.Second {
-		t.Fatalf("silent client closed after %v, want about peek_timeout (300ms)", d)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("silent client not closed within %v (peek_timeout 300ms)", harness.Deadline)
+	}
+	// Nothing but the close marks the end of the peek, so its timer is
+	// checked from below: a slow machine only makes the wait longer.
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("silent client closed after %v, before peek_timeout (300ms)", d)
 	}
 }
 
@@ -438,7 +446,7 @@ address = %q
 		t.Errorf("another address refused: %v", err)
 	}
 	c1.Close()
-	poll(t, "a slot frees after a close", func() bool { _, err := greetFrom(t, "127.0.0.3", at(perIP)); return err == nil })
+	harness.Eventually(t, "a slot frees after a close", func() bool { _, err := greetFrom(t, "127.0.0.3", at(perIP)); return err == nil })
 
 	// connection_rate_per_ip: a burst of 3, then refused.
 	for i := 0; i < 3; i++ {

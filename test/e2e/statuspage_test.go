@@ -202,13 +202,7 @@ address = %q
 	}
 	waitEval := func(what, expr string) {
 		t.Helper()
-		deadline := time.Now().Add(harness.Deadline)
-		for eval(expr) != "true" {
-			if time.Now().After(deadline) {
-				t.Fatalf("the page never showed %s (%s)", what, expr)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		harness.Eventually(t, fmt.Sprintf("the page showing %s (%s)", what, expr), func() bool { return eval(expr) == "true" })
 	}
 
 	// The API answers 401: the page asks for the token.

@@ -234,13 +234,12 @@ address = %q
 	for _, c := range conns {
 		c.Close()
 	}
-	timeout := time.Now().Add(harness.Deadline)
-	for fdCount(t, pid) != base {
-		if time.Now().After(timeout) {
-			t.Fatalf("descriptors %d, want the baseline %d after the sessions expired: %v (baseline %v)", fdCount(t, pid), base, fdList(pid), baseList)
+	harness.Eventually(t, "descriptors back to the baseline after the sessions expired", func() error {
+		if got := fdCount(t, pid); got != base {
+			return fmt.Errorf("descriptors %d, want the baseline %d: %v (baseline %v)", got, base, fdList(pid), baseList)
 		}
-		time.Sleep(20 * time.Millisecond) // polling the proc file system: nothing to wait on
-	}
+		return nil
+	})
 }
 
 // TestUDPGracefulShutdown: on SIGTERM, a new client gets nothing while an
@@ -267,7 +266,6 @@ address = %q
 	old := dialUDP(t, port)
 	mustExchange(t, old, "before", "e:before")
 
-	start := time.Now()
 	p.Signal(syscall.SIGTERM)
 	if line := p.WaitLog("shutting down"); !strings.Contains(line, "udp_sessions=1") {
 		t.Errorf("shutdown log does not count the open session: %s", line)
@@ -284,8 +282,8 @@ address = %q
 	if code := p.Wait(); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	if took := time.Since(start); took > 15*time.Second {
-		t.Errorf("shutdown took %v: it should end with the last session, not at shutdown_timeout", took)
+	if n := p.Count("shutdown timeout"); n != 0 {
+		t.Errorf("shutdown ended at shutdown_timeout (%d lines), not with the last session", n)
 	}
 }
 
