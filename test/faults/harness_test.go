@@ -85,16 +85,11 @@ func StartBackend(t testing.TB, handle func(net.Conn)) *Backend {
 func (b *Backend) Restart() {
 	b.t.Helper()
 	var ln net.Listener
-	var err error
-	for end := time.Now().Add(harness.Deadline); ; {
-		if ln, err = net.Listen("tcp", b.Addr); err == nil || time.Now().After(end) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond) // the port is held a moment by the old socket's close
-	}
-	if err != nil {
-		b.t.Fatal(err)
-	}
+	// The port is held a moment by the old socket's close.
+	harness.Eventually(b.t, "listening again on "+b.Addr, func() (err error) {
+		ln, err = net.Listen("tcp", b.Addr)
+		return err
+	})
 	b.mu.Lock()
 	b.ln, b.Addr, b.conns = ln, ln.Addr().String(), map[net.Conn]struct{}{}
 	b.mu.Unlock()
@@ -248,24 +243,48 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// steadyBaseline waits until the proxy's goroutines and sockets have held
+// still for 200 ms, with ready (if not nil) true, and returns them. No event
+// says that the runtime parts a first connection starts lazily have
+// settled, so a baseline is a value that stopped changing.
+func steadyBaseline(t testing.TB, p *harness.Proxy, url string, ready func() bool) (int, FDs) {
+	t.Helper()
+	var g int
+	var f FDs
+	var since time.Time
+	harness.Eventually(t, "a steady baseline", func() bool {
+		g1, f1 := Goroutines(t, url), CountFDs(t, p.PID())
+		if since.IsZero() || g1 != g || f1.Sockets != f.Sockets || (ready != nil && !ready()) {
+			g, f, since = g1, f1, time.Now()
+			return false
+		}
+		return time.Since(since) >= 200*time.Millisecond
+	})
+	return g, f
+}
+
 // backToBaseline waits until the proxy's goroutines and sockets are back to
 // baseG and baseFD.Sockets, and stores the last values seen in g and f. On
 // failure it lists the proxy's descriptors.
 func backToBaseline(t testing.TB, p *harness.Proxy, url string, baseG int, baseFD FDs, g *int, f *FDs) {
 	t.Helper()
-	end := time.Now().Add(harness.Deadline)
-	for {
+	harness.Eventually(t, "back to the baseline", func() error {
 		*g, *f = Goroutines(t, url), CountFDs(t, p.PID())
 		if *g == baseG && f.Sockets == baseFD.Sockets {
-			return
+			return nil
 		}
-		if time.Now().After(end) {
-			t.Fatalf("not back to the baseline within %v: goroutines %d (baseline %d), descriptors %v (baseline %v)\n%s",
-				harness.Deadline, *g, baseG, *f, baseFD, debugDump(p))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return offBaseline{fmt.Sprintf("goroutines %d (baseline %d), descriptors %v (baseline %v)", *g, baseG, *f, baseFD), p}
+	})
 }
+
+// offBaseline is the state backToBaseline last saw; its message lists the
+// proxy's descriptors as they are when the test fails.
+type offBaseline struct {
+	state string
+	p     *harness.Proxy
+}
+
+func (e offBaseline) Error() string { return e.state + "\n" + debugDump(e.p) }
 
 // debugDump lists the proxy's descriptors and, when the config turned
 // [admin] pprof on, its goroutines: what a leak report needs.

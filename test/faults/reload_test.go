@@ -185,14 +185,7 @@ func TestReloadStorm(t *testing.T) {
 		echoRound(c, 1024)
 		c.Close()
 	}
-	var baseG int
-	var baseFD FDs
-	harness.Eventually(t, "a steady baseline", func() bool {
-		g1, f1 := Goroutines(t, url), CountFDs(t, p.PID())
-		time.Sleep(100 * time.Millisecond)
-		baseG, baseFD = Goroutines(t, url), CountFDs(t, p.PID())
-		return g1 == baseG && f1.Sockets == baseFD.Sockets
-	})
+	baseG, baseFD := steadyBaseline(t, p, url, nil)
 
 	l := startLoad(t, addr, 8, 2, 5*time.Millisecond)
 	start := time.Now()

@@ -282,13 +282,8 @@ func TestSoak(t *testing.T) {
 		uc.Read(make([]byte, 64))
 		uc.Close()
 	}
-	var baseG int
-	var baseFD FDs
-	harness.Eventually(t, "a steady baseline (the warm-up's UDP session ended)", func() bool {
-		g1, f1 := Goroutines(t, url), CountFDs(t, p.PID())
-		time.Sleep(200 * time.Millisecond) // two samples 200 ms apart must agree
-		baseG, baseFD = Goroutines(t, url), CountFDs(t, p.PID())
-		return g1 == baseG && f1.Sockets == baseFD.Sockets && harness.Scrape(t, url).Value("dynamic_proxy_connections_active", harness.Labels{"protocol": "udp", "rule": "udp"}) == 0
+	baseG, baseFD := steadyBaseline(t, p, url, func() bool { // once the warm-up's UDP session ended
+		return harness.Scrape(t, url).Value("dynamic_proxy_connections_active", harness.Labels{"protocol": "udp", "rule": "udp"}) == 0
 	})
 	baseRSS := RSS(t, p.PID())
 	st = &soakStats{}
