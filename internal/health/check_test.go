@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // closedPort returns a 127.0.0.1 address nothing listens on.
@@ -185,7 +187,7 @@ func TestProbePort(t *testing.T) {
 	}
 	// The check passes once the kernel completed the handshake; the
 	// server's accept loop may count the connection a moment later.
-	waitFor(t, "the check port's server to accept the check", func() bool { return s.accepted.Load() >= 1 })
+	harness.Eventually(t, "the check port's server to accept the check", func() bool { return s.accepted.Load() >= 1 })
 	if s.accepted.Load() != 1 {
 		t.Errorf("check port got %d connections", s.accepted.Load())
 	}
@@ -200,7 +202,7 @@ func TestProbeCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Probe(ctx) }()
-	waitFor(t, "the check to connect", func() bool { return silent.accepted.Load() == 1 })
+	harness.Eventually(t, "the check to connect", func() bool { return silent.accepted.Load() == 1 })
 	cancel()
 	select {
 	case err := <-done:

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // stream writes n deterministic pseudo-random bytes (seeded by seed) to w.
@@ -216,7 +218,7 @@ func TestConcurrent500(t *testing.T) {
 	}
 	close(release)
 	wg.Wait()
-	waitFor(t, "every connection to end", func() bool { return s.Active() == 0 })
+	harness.Eventually(t, "every connection to end", func() bool { return s.Active() == 0 })
 	if got := s.Stats.Accepted.Load(); got != n {
 		t.Errorf("Accepted = %d, want %d", got, n)
 	}
@@ -274,7 +276,7 @@ func TestAllBackendsDeadClosesFast(t *testing.T) {
 			t.Errorf("backend %s Active = %d after a failed dial", b.ID, b.Active())
 		}
 	}
-	waitFor(t, "NoBackend counted", func() bool { return s.Stats.NoBackend.Load() == 1 })
+	harness.Eventually(t, "NoBackend counted", func() bool { return s.Stats.NoBackend.Load() == 1 })
 	logs.wait(t, "no backend warning", msgIs("no backend reachable; closing client"))
 	rec := logs.wait(t, "access log", msgIs("connection closed"))
 	if rec.attrs["rule"] != "dead" || rec.attrs["end"] != "no_backend" || client != "" && rec.attrs["client"] != client {
@@ -302,13 +304,13 @@ func TestMaxConnections(t *testing.T) {
 		if took, _ := dialClosed(t, addr); took > deadline/2 {
 			t.Errorf("over-limit connection held %v", took)
 		}
-		waitFor(t, "the rejection counted", func() bool { return s.Stats.Rejected.Load() == int64(i+1) })
+		harness.Eventually(t, "the rejection counted", func() bool { return s.Stats.Rejected.Load() == int64(i+1) })
 	}
 	if got := be.accepted.Load(); got != 2 {
 		t.Errorf("backend saw %d connections, want 2: rejected ones must not reach it", got)
 	}
 	c1.Close()
-	waitFor(t, "the closed connection to end", func() bool { return s.Active() == 1 })
+	harness.Eventually(t, "the closed connection to end", func() bool { return s.Active() == 1 })
 	c4 := dial(t, a)
 	if got := readLine(t, c4); got != "be" {
 		t.Fatalf("after a connection ended, a new one was not served (%q)", got)
@@ -374,7 +376,7 @@ func TestIdleTimeout(t *testing.T) {
 				if _, err := c.Write([]byte{'y'}); err != nil {
 					return
 				}
-				time.Sleep(tick)
+				time.Sleep(tick) // the traffic pattern under test, not a wait
 			}
 			io.Copy(io.Discard, c) // stay open, silent
 		})
@@ -479,7 +481,7 @@ func TestNoRouteClosed(t *testing.T) {
 	s, logs := newTestServer(t)
 	c := dial(t, listen(t, s))
 	waitClosed(t, c)
-	waitFor(t, "NoRoute counted", func() bool { return s.Stats.NoRoute.Load() == 1 })
+	harness.Eventually(t, "NoRoute counted", func() bool { return s.Stats.NoRoute.Load() == 1 })
 	logs.wait(t, "debug log", msgIs("no rule matches connection; closing"))
 }
 
@@ -512,7 +514,7 @@ func TestShutdownDrains(t *testing.T) {
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	waitFor(t, "the listener to refuse connections", func() bool {
+	harness.Eventually(t, "the listener to refuse connections", func() bool {
 		nc, err := net.Dial("tcp", addr)
 		if err == nil {
 			nc.Close()
@@ -590,7 +592,7 @@ func TestMaxConnectionsAcrossListeners(t *testing.T) {
 		wg.Wait()
 		// Every connection is decided: admitted (counted in Active, and
 		// held open) or rejected.
-		waitFor(t, "the proxy to decide on every connection", func() bool {
+		harness.Eventually(t, "the proxy to decide on every connection", func() bool {
 			return s.Stats.Rejected.Load()-rejected0+s.Active() == listeners
 		})
 		if s.Active() > 1 {
@@ -601,7 +603,7 @@ func TestMaxConnectionsAcrossListeners(t *testing.T) {
 				c.Close()
 			}
 		}
-		waitFor(t, "every connection to end", func() bool { return s.Active() == 0 })
+		harness.Eventually(t, "every connection to end", func() bool { return s.Active() == 0 })
 	}
 	if over > 0 {
 		t.Fatalf("max_connections 1 exceeded in %d of %d rounds", over, rounds)
