@@ -70,14 +70,19 @@ func TestDescriptorExhaustion(t *testing.T) {
 		return w
 	}
 	// Fill: proxied connections until the proxy says it is out of
-	// descriptors and the last client is not served.
+	// descriptors and the last client is not served. Nothing announces that
+	// a client waits, and a health check (every 200 ms) that ends frees a
+	// descriptor, which may let in a client that met the exhaustion: so a
+	// client waits when it is still not served 500 ms after the proxy ran out
+	// and it was dialled.
 	var held []*waiter
 	var waiting []*waiter
+	var exhaustedAt time.Time
 	for len(waiting) == 0 {
 		if len(held) > limit {
 			t.Fatalf("%d connections proxied with a limit of %d descriptors", len(held), limit)
 		}
-		w := dial()
+		w, dialled := dial(), time.Now()
 		harness.Eventually(t, fmt.Sprintf("client %d served, or the proxy out of descriptors", len(held)), func() bool {
 			select {
 			case _, ok := <-w.greeted:
@@ -88,7 +93,10 @@ func TestDescriptorExhaustion(t *testing.T) {
 				return true
 			default:
 			}
-			if p.Count("out of descriptors") > 0 {
+			if exhaustedAt.IsZero() && p.Count("out of descriptors") > 0 {
+				exhaustedAt = time.Now()
+			}
+			if !exhaustedAt.IsZero() && time.Since(later(exhaustedAt, dialled)) >= 500*time.Millisecond {
 				waiting = append(waiting, w)
 				return true
 			}
@@ -166,6 +174,13 @@ func TestDescriptorExhaustion(t *testing.T) {
 	t.Logf("limit %d descriptors (%d at start): %d connections proxied, then %v held; %d more clients waited; CPU while exhausted %v in 1 s; waiting clients served %v … %v after %d connections closed; log: %d start and %d end line(s) for the episode: %q",
 		limit, base.All, len(held), fds, extra, cpu, recover[0].Round(time.Millisecond), recover[len(recover)-1].Round(time.Millisecond),
 		extra+2, starts, ends, p.WaitLog("descriptors available again"))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func readFull(c net.Conn, buf []byte) (int, error) {
