@@ -16,6 +16,11 @@ import (
 // port that stops accepting); a log line is waited on with Proxy.WaitLog.
 func Eventually[C func() bool | func() error](t testing.TB, what string, cond C) {
 	t.Helper()
+	eventually(t, what, cond, Deadline)
+}
+
+func eventually[C func() bool | func() error](t testing.TB, what string, cond C, within time.Duration) {
+	t.Helper()
 	check := func() error {
 		switch c := any(cond).(type) {
 		case func() bool:
@@ -27,7 +32,7 @@ func Eventually[C func() bool | func() error](t testing.TB, what string, cond C)
 		}
 		return nil
 	}
-	end := time.Now().Add(Deadline)
+	end := time.Now().Add(within)
 	pause := time.Millisecond
 	for {
 		err := check()
@@ -36,9 +41,11 @@ func Eventually[C func() bool | func() error](t testing.TB, what string, cond C)
 		}
 		if time.Now().After(end) {
 			if err == errNotYet {
-				t.Fatalf("%s: not within %v", what, Deadline)
+				t.Fatalf("%s: not within %v", what, within)
+			} else {
+				t.Fatalf("%s: not within %v: %v", what, within, err)
 			}
-			t.Fatalf("%s: not within %v: %v", what, Deadline, err)
+			return
 		}
 		time.Sleep(pause) // the polling interval of a wait on a state, not a synchronisation
 		pause = min(2*pause, 25*time.Millisecond)
