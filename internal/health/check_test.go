@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
-
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 

@@ -13,7 +13,6 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
-
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
-
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 

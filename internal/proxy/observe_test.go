@@ -12,7 +12,6 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
-
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 

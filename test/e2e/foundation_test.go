@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
-
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 

@@ -32,7 +32,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
-
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
