@@ -21,11 +21,12 @@ import (
 )
 
 // writeAtomic replaces path by writing a temp file and renaming it over,
-// as editors and config management tools do.
+// as editors and config management tools do; the content gets
+// harness.WithFreeObservePorts, as the first version did.
 func writeAtomic(t testing.TB, path, content string) {
 	t.Helper()
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(tmp, []byte(harness.WithFreeObservePorts(content)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -241,7 +242,7 @@ func TestReloadRenameOverAndSymlinkSwap(t *testing.T) {
 		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, name, "config.toml"), []byte(content), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, name, "config.toml"), []byte(harness.WithFreeObservePorts(content)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
