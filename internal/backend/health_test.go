@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 func TestHealthTransition(t *testing.T) {
@@ -130,13 +132,7 @@ func TestSlowStart(t *testing.T) {
 	h.SetSlowStart(20 * time.Millisecond)
 	h.Transition(false, "down")
 	h.Transition(true, "up")
-	deadline := time.Now().Add(10 * time.Second)
-	for h.Ramping() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still ramping %v after a 20ms slow start", 10*time.Second)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	harness.Eventually(t, "the end of a 20ms slow start", func() bool { return !h.Ramping() })
 	if b.Weight() != 100 || h.AdvanceRamp() {
 		t.Errorf("after the slow start: weight %d, AdvanceRamp %v", b.Weight(), h.AdvanceRamp())
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 func testHC(interval time.Duration) config.HealthCheck {
@@ -129,7 +130,7 @@ func TestRegistryChecksRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.Commit()
-	waitFor(t, "two checks", func() bool { return s.accepted.Load() >= 2 })
+	harness.Eventually(t, "two checks", func() bool { return s.accepted.Load() >= 2 })
 	r.Close()
 	if len(r.Monitors()) != 0 {
 		t.Error("monitors left after Close")

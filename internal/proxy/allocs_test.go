@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // connectionOnce proxies one short connection: connect, 64 bytes each way,
@@ -23,13 +25,8 @@ func connectionOnce(t testing.TB, s *Server, addr string) {
 		t.Fatal(err)
 	}
 	c.Close()
-	end := time.Now().Add(deadline)
-	for s.Active() != 0 { // the proxy finishes its side asynchronously
-		if time.Now().After(end) {
-			t.Fatal("the proxy did not finish the connection")
-		}
-		time.Sleep(50 * time.Microsecond)
-	}
+	// The proxy finishes its side asynchronously.
+	harness.Eventually(t, "the proxy finishing the connection", func() bool { return s.Active() == 0 })
 }
 
 // maxAllocsPerConnection bounds the heap allocations of one proxied

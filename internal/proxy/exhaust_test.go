@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -10,7 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // TestEndReasonBlamesTheRightSide: an error writing to a side is that
@@ -84,12 +86,12 @@ func TestExhaustionLoggedOncePerEpisode(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		e.failed(log, i%2 == 1, "127.0.0.1:1", emfile)
 	}
-	ended := func() bool { return strings.Contains(buf.String(), "descriptors available again") }
-	for end := time.Now().Add(10 * exhaustionQuiet); !ended(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatalf("the episode never ended; log:\n%s", buf.String())
+	harness.Eventually(t, "the end of the episode", func() error {
+		if !strings.Contains(buf.String(), "descriptors available again") {
+			return fmt.Errorf("log:\n%s", buf.String())
 		}
-	}
+		return nil
+	})
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 || !strings.Contains(lines[0], "out of descriptors") ||
 		!strings.Contains(lines[1], "failed_accepts=500 failed_dials=500") {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // fdCounts counts this process's open sockets and pipe ends.
@@ -59,7 +61,7 @@ func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
 		conns[i] = dial(t, addr)
 	}
 	be.waitAccepted(t, n)
-	waitFor(t, "all connections tracked", func() bool { return s.Active() == n })
+	harness.Eventually(t, "all connections tracked", func() bool { return s.Active() == n })
 	sock1, pipe1 := fdCounts(t)
 	if d := sock1 - sock0; d != 4*n {
 		t.Errorf("%d idle connections added %d sockets, want %d (2 in the proxy, 2 in the test)", n, d, 4*n)
@@ -81,7 +83,7 @@ func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
 		}
 	}
 	var sock2, pipe2, pool2 int
-	waitFor(t, "every pipe back in the pool", func() bool {
+	harness.Eventually(t, "every pipe back in the pool", func() bool {
 		pool2 = pooledPipes()
 		sock2, pipe2 = fdCounts(t)
 		return pipe2-2*pool2 == pipe0-2*pool0

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // recObserver records every Observer event.
@@ -198,11 +199,7 @@ func TestObserverRejections(t *testing.T) {
 	o.mu.Unlock()
 	b.SetDraining(false)
 	// The server releases its slot just after the observer's ConnClosed.
-	for until := time.Now().Add(deadline); srv.Active() != 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(until) {
-			t.Fatal("the rejected connection still counts as active")
-		}
-	}
+	harness.Eventually(t, "the rejected connection no longer active", func() bool { return srv.Active() == 0 })
 
 	// max_connections: one held open, the next refused.
 	srv.SetMaxConnections(1)

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // stream writes n deterministic pseudo-random bytes (seeded by seed) to w.
@@ -216,7 +218,7 @@ func TestConcurrent500(t *testing.T) {
 	}
 	close(release)
 	wg.Wait()
-	waitFor(t, "every connection to end", func() bool { return s.Active() == 0 })
+	harness.Eventually(t, "every connection to end", func() bool { return s.Active() == 0 })
 	if got := s.Stats.Accepted.Load(); got != n {
 		t.Errorf("Accepted = %d, want %d", got, n)
 	}
@@ -261,10 +263,9 @@ func TestAllBackendsDeadClosesFast(t *testing.T) {
 	rt := newRoute(t, "dead", deadAddr(t), deadAddr(t), deadAddr(t))
 	rt.ConnectTimeout = 30 * time.Second
 	rt.AccessLog = true
+	// dialClosed waits for the close for less than the connect timeout, so
+	// a client held until a dial times out fails there.
 	took, client := dialClosed(t, listen(t, s, rt))
-	if took > rt.ConnectTimeout/3 {
-		t.Errorf("client closed after %v (connect timeout %v)", took, rt.ConnectTimeout)
-	}
 	t.Logf("3 dead backends: client closed %v after its dial (connect timeout %v)", took, rt.ConnectTimeout)
 	for _, b := range rt.Backends {
 		if b.Total() != 1 {
@@ -274,7 +275,7 @@ func TestAllBackendsDeadClosesFast(t *testing.T) {
 			t.Errorf("backend %s Active = %d after a failed dial", b.ID, b.Active())
 		}
 	}
-	waitFor(t, "NoBackend counted", func() bool { return s.Stats.NoBackend.Load() == 1 })
+	harness.Eventually(t, "NoBackend counted", func() bool { return s.Stats.NoBackend.Load() == 1 })
 	logs.wait(t, "no backend warning", msgIs("no backend reachable; closing client"))
 	rec := logs.wait(t, "access log", msgIs("connection closed"))
 	if rec.attrs["rule"] != "dead" || rec.attrs["end"] != "no_backend" || client != "" && rec.attrs["client"] != client {
@@ -299,16 +300,16 @@ func TestMaxConnections(t *testing.T) {
 		}
 	}
 	for i, addr := range []string{a, b} {
-		if took, _ := dialClosed(t, addr); took > deadline/2 {
-			t.Errorf("over-limit connection held %v", took)
-		}
-		waitFor(t, "the rejection counted", func() bool { return s.Stats.Rejected.Load() == int64(i+1) })
+		// dialClosed fails if the connection is held (queued until one of
+		// the two open ones ends, which they never do here).
+		dialClosed(t, addr)
+		harness.Eventually(t, "the rejection counted", func() bool { return s.Stats.Rejected.Load() == int64(i+1) })
 	}
 	if got := be.accepted.Load(); got != 2 {
 		t.Errorf("backend saw %d connections, want 2: rejected ones must not reach it", got)
 	}
 	c1.Close()
-	waitFor(t, "the closed connection to end", func() bool { return s.Active() == 1 })
+	harness.Eventually(t, "the closed connection to end", func() bool { return s.Active() == 1 })
 	c4 := dial(t, a)
 	if got := readLine(t, c4); got != "be" {
 		t.Fatalf("after a connection ended, a new one was not served (%q)", got)
@@ -374,7 +375,7 @@ func TestIdleTimeout(t *testing.T) {
 				if _, err := c.Write([]byte{'y'}); err != nil {
 					return
 				}
-				time.Sleep(tick)
+				time.Sleep(tick) // the traffic pattern under test, not a wait
 			}
 			io.Copy(io.Discard, c) // stay open, silent
 		})
@@ -479,7 +480,7 @@ func TestNoRouteClosed(t *testing.T) {
 	s, logs := newTestServer(t)
 	c := dial(t, listen(t, s))
 	waitClosed(t, c)
-	waitFor(t, "NoRoute counted", func() bool { return s.Stats.NoRoute.Load() == 1 })
+	harness.Eventually(t, "NoRoute counted", func() bool { return s.Stats.NoRoute.Load() == 1 })
 	logs.wait(t, "debug log", msgIs("no rule matches connection; closing"))
 }
 
@@ -512,7 +513,7 @@ func TestShutdownDrains(t *testing.T) {
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	waitFor(t, "the listener to refuse connections", func() bool {
+	harness.Eventually(t, "the listener to refuse connections", func() bool {
 		nc, err := net.Dial("tcp", addr)
 		if err == nil {
 			nc.Close()
@@ -590,7 +591,7 @@ func TestMaxConnectionsAcrossListeners(t *testing.T) {
 		wg.Wait()
 		// Every connection is decided: admitted (counted in Active, and
 		// held open) or rejected.
-		waitFor(t, "the proxy to decide on every connection", func() bool {
+		harness.Eventually(t, "the proxy to decide on every connection", func() bool {
 			return s.Stats.Rejected.Load()-rejected0+s.Active() == listeners
 		})
 		if s.Active() > 1 {
@@ -601,7 +602,7 @@ func TestMaxConnectionsAcrossListeners(t *testing.T) {
 				c.Close()
 			}
 		}
-		waitFor(t, "every connection to end", func() bool { return s.Active() == 0 })
+		harness.Eventually(t, "every connection to end", func() bool { return s.Active() == 0 })
 	}
 	if over > 0 {
 		t.Fatalf("max_connections 1 exceeded in %d of %d rounds", over, rounds)

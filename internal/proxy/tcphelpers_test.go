@@ -313,16 +313,3 @@ func waitClosed(t testing.TB, c net.Conn) time.Duration {
 	t.Fatalf("connection not closed by the proxy: %v", err)
 	return 0
 }
-
-// waitFor polls cond (state the test cannot be notified of, such as a
-// counter) until it holds.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	timeout := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(timeout) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 func TestUDPEchoRoundTrip(t *testing.T) {
@@ -58,7 +60,7 @@ func TestUDPEchoRoundTrip(t *testing.T) {
 	if got := s.UDP.DatagramsIn.Load(); got != 7 {
 		t.Errorf("datagrams in: %d, want 7", got)
 	}
-	waitFor(t, "7 datagrams out", func() bool { return s.UDP.DatagramsOut.Load() == 7 })
+	harness.Eventually(t, "7 datagrams out", func() bool { return s.UDP.DatagramsOut.Load() == 7 })
 	if got := l.Sessions(); got != 2 {
 		t.Errorf("open sessions: %d, want 2", got)
 	}
@@ -128,7 +130,7 @@ func TestUDPManyClientsOwnReplies(t *testing.T) {
 	}
 	// Every datagram a backend answered reached its client: the proxy
 	// lost nothing.
-	waitFor(t, "every answer to be delivered", func() bool {
+	harness.Eventually(t, "every answer to be delivered", func() bool {
 		return s.UDP.DatagramsOut.Load() == b0.got.Load()+b1.got.Load()
 	})
 	checkNoDrops(t, s)
@@ -258,7 +260,7 @@ func TestUDPDNSShaped(t *testing.T) {
 			t.Fatalf("answer %x does not answer query %d", ans, i)
 		}
 	}
-	waitFor(t, "every DNS session to end", func() bool { return sink.count(udpSessionEnded("max_responses")) == queries })
+	harness.Eventually(t, "every DNS session to end", func() bool { return sink.count(udpSessionEnded("max_responses")) == queries })
 	if got := l.Sessions(); got != 0 {
 		t.Errorf("open sessions after the answers: %d, want 0", got)
 	}
@@ -282,7 +284,7 @@ func TestUDPMaxSessions(t *testing.T) {
 	if _, err := c.Write([]byte("c")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the third client's datagram to be dropped", func() bool { return s.UDP.DroppedMaxSessions.Load() == 1 })
+	harness.Eventually(t, "the third client's datagram to be dropped", func() bool { return s.UDP.DroppedMaxSessions.Load() == 1 })
 	// Existing sessions are unaffected.
 	mustRoundTrip(t, a, []byte("a2"), []byte("a2"))
 	mustRoundTrip(t, b, []byte("b2"), []byte("b2"))
@@ -342,7 +344,7 @@ func TestUDPAllBackendsDead(t *testing.T) {
 		if _, err := c.Write([]byte("x")); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, fmt.Sprintf("refusal %d", i), func() bool { return s.UDP.EndedRefused.Load() >= int64(i) })
+		harness.Eventually(t, fmt.Sprintf("refusal %d", i), func() bool { return s.UDP.EndedRefused.Load() >= int64(i) })
 	}
 	if l.Sessions() != 0 || rt.Backends[0].Active() != 0 {
 		t.Errorf("sessions %d, backend active %d; want 0, 0", l.Sessions(), rt.Backends[0].Active())
@@ -386,12 +388,12 @@ func TestUDPOversize(t *testing.T) {
 	if _, err := c.Write(make([]byte, 1025)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the oversized datagram to be counted", func() bool { return s.UDP.DroppedOversize.Load() == 1 })
+	harness.Eventually(t, "the oversized datagram to be counted", func() bool { return s.UDP.DroppedOversize.Load() == 1 })
 	mustRoundTrip(t, c, make([]byte, 1024), make([]byte, 1024))
 	mustRoundTrip(t, c, []byte("big reply"), []byte("small reply"))
 	// Counters are published at the end of the loop's turn, which may come
 	// after the client has its reply.
-	waitFor(t, "two oversize drops, one each way", func() bool { return s.UDP.DroppedOversize.Load() == 2 })
+	harness.Eventually(t, "two oversize drops, one each way", func() bool { return s.UDP.DroppedOversize.Load() == 2 })
 }
 
 // TestUDPDescriptorsReleased opens 10,000 sessions (clients in waves, so
@@ -478,7 +480,7 @@ func TestUDPDescriptorsReleased(t *testing.T) {
 	short := *rt
 	short.SessionTimeout = 50 * time.Millisecond
 	l.SetRoutes([]*Route{&short})
-	waitFor(t, "every session to expire", func() bool { return l.Sessions() == 0 })
+	harness.Eventually(t, "every session to expire", func() bool { return l.Sessions() == 0 })
 	if got := openFds(t); got != base {
 		t.Errorf("descriptors after expiry: %d, want the baseline %d", got, base)
 	}
@@ -506,12 +508,12 @@ func TestUDPShutdownDrains(t *testing.T) {
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	waitFor(t, "the listener to close", func() bool { return l.closed.Load() })
+	harness.Eventually(t, "the listener to close", func() bool { return l.closed.Load() })
 	// A new client gets nothing…
 	if _, err := late.Write([]byte("late")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new client's datagram to be dropped", func() bool { return s.UDP.DroppedShutdown.Load() == 1 })
+	harness.Eventually(t, "the new client's datagram to be dropped", func() bool { return s.UDP.DroppedShutdown.Load() == 1 })
 	// …while the open session still gets its replies.
 	mustRoundTrip(t, old, []byte("during"), []byte("during"))
 	select {
@@ -581,7 +583,7 @@ func TestUDPReload(t *testing.T) {
 	l.SetRoutes(nil)
 	c := udpClient(t, l.Addr())
 	c.Write([]byte("c"))
-	waitFor(t, "a datagram without a route to be counted", func() bool { return s.UDP.DroppedNoRoute.Load() == 1 })
+	harness.Eventually(t, "a datagram without a route to be counted", func() bool { return s.UDP.DroppedNoRoute.Load() == 1 })
 	mustRoundTrip(t, b, []byte("b"), []byte("two:b"))
 }
 

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // mxAdmin is a client of one proxy's admin API.
@@ -21,8 +23,8 @@ type mxAdmin struct {
 	token string
 }
 
-func mxAdminOf(t *testing.T, p *Proxy, token string) *mxAdmin {
-	return &mxAdmin{t: t, base: "http://" + mxAddr(t, p, "admin API listening"), token: token}
+func mxAdminOf(t *testing.T, p *harness.Proxy, token string) *mxAdmin {
+	return &mxAdmin{t: t, base: p.AdminURL(), token: token}
 }
 
 // call sends a request and returns the status and the decoded JSON body.
@@ -35,7 +37,7 @@ func (a *mxAdmin) call(method, path, body string) (int, map[string]any) {
 	if a.token != "" {
 		req.Header.Set("Authorization", "Bearer "+a.token)
 	}
-	res, err := (&http.Client{Timeout: Deadline}).Do(req)
+	res, err := (&http.Client{Timeout: harness.Deadline}).Do(req)
 	if err != nil {
 		a.t.Fatal(err)
 	}
@@ -98,7 +100,7 @@ func mxGreetings(t *testing.T, addr string, n int) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for i := 0; i < n; i++ {
-		name, err := Greeting(addr)
+		name, err := harness.Greeting(addr)
 		if err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
@@ -111,8 +113,8 @@ func mxGreetings(t *testing.T, addr string, n int) map[string]int {
 // the other one while an open connection to it runs on; enable undoes it.
 func TestAdminDrain(t *testing.T) {
 	ea, eb := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, "")))
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, "")))
 	adm := mxAdminOf(t, p, "")
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
@@ -120,11 +122,11 @@ func TestAdminDrain(t *testing.T) {
 	var open net.Conn
 	var r *bufio.Reader
 	for open == nil {
-		c, err := net.DialTimeout("tcp", addr, Deadline)
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		br := bufio.NewReader(c)
 		if name, _ := br.ReadString('\n'); name == "a\n" {
 			open, r = c, br
@@ -168,8 +170,8 @@ func TestAdminDrain(t *testing.T) {
 // backend's entry alone keeps the change.
 func TestAdminWeight(t *testing.T) {
 	ea, eb := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
-	cfg := WriteConfig(t, mxTwoBackends(port, "weighted", ea, eb, ""))
+	port := harness.FreePort(t)
+	cfg := harness.WriteConfig(t, mxTwoBackends(port, "weighted", ea, eb, ""))
 	p := Start(t, cfg)
 	adm := mxAdminOf(t, p, "")
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -187,7 +189,7 @@ func TestAdminWeight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeAtomic(t, cfg, string(content)+"\n[[rules]]\nname = \"extra\"\n[rules.matcher]\ntype = \"port\"\nport = "+fmt.Sprint(FreePort(t))+"\n[[rules.backends]]\nid = \"x\"\naddress = \""+ea.Addr+"\"\n")
+	writeAtomic(t, cfg, string(content)+"\n[[rules]]\nname = \"extra\"\n[rules.matcher]\ntype = \"port\"\nport = "+fmt.Sprint(harness.FreePort(t))+"\n[[rules.backends]]\nid = \"x\"\naddress = \""+ea.Addr+"\"\n")
 	if code, body := adm.call("POST", "/api/v1/reload", ""); code != 200 || body["config_version"] != float64(2) {
 		t.Fatalf("reload: %d %v", code, body)
 	}
@@ -203,8 +205,8 @@ func TestAdminWeight(t *testing.T) {
 // page do not; a non-loopback admin bind without a token is refused.
 func TestAdminAuth(t *testing.T) {
 	ea, eb := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, `
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, `
 [admin]
 bind = "127.0.0.1:0"
 token = "e2e-secret"`)))
@@ -242,9 +244,9 @@ token = "e2e-secret"`)))
 	}
 
 	// Refused at start-up: non-loopback without a token.
-	cfg := WriteConfig(t, mxTwoBackends(FreePort(t), "round_robin", ea, eb, fmt.Sprintf(`
+	cfg := harness.WriteConfig(t, mxTwoBackends(harness.FreePort(t), "round_robin", ea, eb, fmt.Sprintf(`
 [admin]
-bind = "0.0.0.0:%d"`, FreePort(t))))
+bind = "0.0.0.0:%d"`, harness.FreePort(t))))
 	_, stderr, code := Run(t, "-c", cfg)
 	if code != 1 || !strings.Contains(stderr, "admin.bind") || !strings.Contains(stderr, "not a loopback address") || !strings.Contains(stderr, "admin.token") {
 		t.Errorf("non-loopback admin without a token: exit %d, stderr:\n%s", code, stderr)
@@ -258,8 +260,8 @@ bind = "0.0.0.0:%d"`, FreePort(t))))
 // good one applies.
 func TestAdminReload(t *testing.T) {
 	ea, eb := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
-	cfg := WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, ""))
+	port := harness.FreePort(t)
+	cfg := harness.WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, ""))
 	p := Start(t, cfg)
 	adm := mxAdminOf(t, p, "")
 	content, _ := os.ReadFile(cfg)
@@ -308,8 +310,8 @@ func TestAdminReload(t *testing.T) {
 // stops being ready while the proxy drains for shutdown.
 func TestAdminReadiness(t *testing.T) {
 	ea, eb := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, "")))
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, mxTwoBackends(port, "round_robin", ea, eb, "")))
 	adm := mxAdminOf(t, p, "")
 	if code, body := adm.call("GET", "/readyz", ""); code != 200 || body["status"] != "ready" {
 		t.Fatalf("readyz: %d %v", code, body)
@@ -323,7 +325,7 @@ func TestAdminReadiness(t *testing.T) {
 		t.Errorf("listeners: %v", ls)
 	}
 	// Keep a connection open so the drain lasts, then ask to stop.
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), Deadline)
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 	"io"
 	"net"
 	"net/http"
@@ -102,8 +103,8 @@ func startEchoTool(t *testing.T, bin, listen, name string) {
 		if out != "" {
 			t.Fatalf("echo %s exited:\n%s", name, out)
 		}
-	case <-time.After(Deadline):
-		t.Fatalf("echo %s did not start within %v", name, Deadline)
+	case <-time.After(harness.Deadline):
+		t.Fatalf("echo %s did not start within %v", name, harness.Deadline)
 	}
 }
 
@@ -119,7 +120,7 @@ func echoClient(t *testing.T, bin string, args ...string) string {
 
 func fetchOK(t *testing.T, url string) string {
 	t.Helper()
-	c := &http.Client{Timeout: Deadline}
+	c := &http.Client{Timeout: harness.Deadline}
 	resp, err := c.Get(url)
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +208,7 @@ func TestObserveBindInUse(t *testing.T) {
 		}
 		return p
 	}
-	base := proxyConfig(FreePort(t), "127.0.0.1:9", "")
+	base := proxyConfig(harness.FreePort(t), "127.0.0.1:9", "")
 	for _, tc := range []struct {
 		name, key, addr, extra string
 		hold                   func(t *testing.T) string

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // replaceAll replaces old with new in s and fails the test when old is not
@@ -86,26 +87,14 @@ func startSilentEcho(t *testing.T) *silentEcho {
 	return e
 }
 
-// poll waits for cond, checking every few milliseconds, up to Deadline.
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(Deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func dialT(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	return c
 }
 
@@ -137,7 +126,7 @@ func TestShippedConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	web1, web2 := StartEcho(t, "web1"), StartEcho(t, "web2")
-	tcp, udp, port := FreePort(t), FreePort(t), FreePort(t)
+	tcp, udp, port := harness.FreePort(t), harness.FreePort(t), harness.FreePort(t)
 	cfg := string(raw)
 	cfg = replaceAll(t, cfg, `"127.0.0.1:8080"`, fmt.Sprintf(`"127.0.0.1:%d"`, tcp))
 	cfg = replaceAll(t, cfg, `"127.0.0.1:8081"`, fmt.Sprintf(`"127.0.0.1:%d"`, udp))
@@ -145,7 +134,7 @@ func TestShippedConfig(t *testing.T) {
 	cfg = replaceAll(t, cfg, `"127.0.0.1:9001"`, fmt.Sprintf("%q", web1.Addr))
 	cfg = replaceAll(t, cfg, `"127.0.0.1:9002"`, fmt.Sprintf("%q", web2.Addr))
 	cfg = observeDefaults.ReplaceAllString(cfg, `"127.0.0.1:0"`)
-	path := WriteConfig(t, cfg)
+	path := harness.WriteConfig(t, cfg)
 
 	out, errOut, code := Run(t, "--validate", "-c", path)
 	if code != 0 || !strings.Contains(out, path+": ok") {
@@ -182,7 +171,7 @@ func TestSeedExampleConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	web1 := StartEcho(t, "web1")
-	tcp, udp, port := FreePort(t), FreePort(t), FreePort(t)
+	tcp, udp, port := harness.FreePort(t), harness.FreePort(t), harness.FreePort(t)
 	cfg := string(raw)
 	cfg = replaceAll(t, cfg, `"127.0.0.1:8080"`, fmt.Sprintf(`"127.0.0.1:%d"`, tcp))
 	cfg = replaceAll(t, cfg, `"127.0.0.1:8081"`, fmt.Sprintf(`"127.0.0.1:%d"`, udp))
@@ -190,13 +179,13 @@ func TestSeedExampleConfig(t *testing.T) {
 	cfg = replaceAll(t, cfg, `"127.0.0.1:80"`, fmt.Sprintf("%q", web1.Addr))
 	// Redis on a port where nothing listens: the proxy must serve without
 	// it, and must not touch a Redis another test may run on 6379.
-	cfg = replaceAll(t, cfg, `"redis://127.0.0.1:6379"`, fmt.Sprintf(`"redis://127.0.0.1:%d"`, FreePort(t)))
+	cfg = replaceAll(t, cfg, `"redis://127.0.0.1:6379"`, fmt.Sprintf(`"redis://127.0.0.1:%d"`, harness.FreePort(t)))
 	for _, plugin := range seedPlugins {
 		if !router.Known(plugin) {
 			t.Fatalf("the seed's example config needs router plugin %q, which is not registered", plugin)
 		}
 	}
-	path := WriteConfig(t, cfg)
+	path := harness.WriteConfig(t, cfg)
 	out, errOut, code := Run(t, "--validate", "-c", path)
 	if code != 0 {
 		t.Fatalf("--validate: exit %d\n%s%s", code, out, errOut)
@@ -240,16 +229,16 @@ address = %q
 // once it has.
 func TestSIGTERMDrains(t *testing.T) {
 	be := StartEcho(t, "be")
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := Start(t, WriteConfig(t, proxyConfig(port, be.Addr, `shutdown_timeout = "60s"`)))
+	p := Start(t, harness.WriteConfig(t, proxyConfig(port, be.Addr, `shutdown_timeout = "60s"`)))
 	c := dialT(t, addr)
 	r := bufio.NewReader(c)
 	readLine(t, r)
 
 	p.Signal(syscall.SIGTERM)
 	p.WaitLog("shutting down", "draining")
-	poll(t, "the listener to refuse connections", func() bool {
+	harness.Eventually(t, "the listener to refuse connections", func() bool {
 		nc, err := net.Dial("tcp", addr)
 		if err == nil {
 			nc.Close()
@@ -287,14 +276,14 @@ func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 // process at once, however long shutdown_timeout is.
 func TestSecondSignalExitsAtOnce(t *testing.T) {
 	be := StartEcho(t, "be")
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, proxyConfig(port, be.Addr, `shutdown_timeout = "10m"`)))
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, proxyConfig(port, be.Addr, `shutdown_timeout = "10m"`)))
 	c := dialT(t, fmt.Sprintf("127.0.0.1:%d", port))
 	readLine(t, bufio.NewReader(c))
 	p.Signal(syscall.SIGTERM)
 	p.WaitLog("shutting down")
 	p.Signal(syscall.SIGINT)
-	// Wait fails the test unless the process exits within Deadline, far
+	// Wait fails the test unless the process exits within harness.Deadline, far
 	// below the 10m shutdown_timeout.
 	if code := p.Wait(); code != 1 {
 		t.Errorf("exit %d after a second signal, want 1 (the drain did not finish)", code)
@@ -306,19 +295,18 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 // closed, and the process exits 0.
 func TestShutdownTimeoutCuts(t *testing.T) {
 	be := StartEcho(t, "be")
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, proxyConfig(port, be.Addr, `shutdown_timeout = "300ms"`)))
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, proxyConfig(port, be.Addr, `shutdown_timeout = "300ms"`)))
 	c := dialT(t, fmt.Sprintf("127.0.0.1:%d", port))
 	r := bufio.NewReader(c)
 	readLine(t, r)
-	start := time.Now()
 	p.Signal(syscall.SIGTERM)
 	if code := p.Wait(); code != 0 {
 		t.Errorf("exit %d, want 0", code)
 	}
-	if took := time.Since(start); took < 300*time.Millisecond {
-		t.Errorf("exited after %v, before shutdown_timeout", took)
-	}
+	// The connection was still open when the timeout cut it: the process did
+	// not exit before shutdown_timeout.
+	p.WaitLog("shutdown timeout: closing connections still open", "connections=1")
 	if _, err := io.Copy(io.Discard, r); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client connection not closed: %v", err)
 	}
@@ -356,20 +344,20 @@ func fds(t *testing.T, pid int) (sockets, pipeEnds int) {
 func TestIdleConnectionDescriptors(t *testing.T) {
 	const n = 200
 	be := startSilentEcho(t)
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// No active health checks: their probe sockets would blur the count.
 	cfg := proxyConfig(port, be.Addr, "") + "\n[health_check]\nenabled = false\n"
-	p := Start(t, WriteConfig(t, cfg))
+	p := Start(t, harness.WriteConfig(t, cfg))
 	pid := p.Cmd.Process.Pid
 	sock0, pipe0 := fds(t, pid)
 	conns := make([]net.Conn, n)
 	for i := range conns {
 		conns[i] = dialT(t, addr)
 	}
-	poll(t, "the backend to see every connection", func() bool { return be.accepted.Load() == n })
+	harness.Eventually(t, "the backend to see every connection", func() bool { return be.accepted.Load() == n })
 	var sock1, pipe1 int
-	poll(t, "2 sockets per connection", func() bool {
+	harness.Eventually(t, "2 sockets per connection", func() bool {
 		sock1, pipe1 = fds(t, pid)
 		return sock1-sock0 >= 2*n
 	})
@@ -401,12 +389,12 @@ func TestCLI(t *testing.T) {
 		t.Errorf("--version-info: exit %d\n%s", code, out)
 	}
 
-	good := WriteConfig(t, proxyConfig(FreePort(t), "127.0.0.1:9", ""))
+	good := harness.WriteConfig(t, proxyConfig(harness.FreePort(t), "127.0.0.1:9", ""))
 	out, errOut, code := Run(t, "--validate", "-c", good)
 	if code != 0 || !strings.Contains(out, good+": ok") || !strings.Contains(out, "rules: 1") || !strings.Contains(out, "backends: 1") {
 		t.Errorf("--validate good: exit %d\n%s%s", code, out, errOut)
 	}
-	bad := WriteConfig(t, `
+	bad := harness.WriteConfig(t, `
 [server]
 tcp_bind = "127.0.0.1:8080"
 max_conections = 5
@@ -490,7 +478,7 @@ func TestStartErrors(t *testing.T) {
 		}
 		defer ln.Close()
 		port := ln.Addr().(*net.TCPAddr).Port
-		line := startFails(t, "-c", WriteConfig(t, proxyConfig(port, "127.0.0.1:9", "")))
+		line := startFails(t, "-c", harness.WriteConfig(t, proxyConfig(port, "127.0.0.1:9", "")))
 		if !strings.Contains(line, fmt.Sprintf("127.0.0.1:%d", port)) || !strings.Contains(line, "address already in use") {
 			t.Errorf("error line %q", line)
 		}
@@ -507,14 +495,14 @@ func TestStartErrors(t *testing.T) {
 		}
 	})
 	t.Run("malformed config", func(t *testing.T) {
-		path := WriteConfig(t, "[server\n")
+		path := harness.WriteConfig(t, "[server\n")
 		_, errOut, code := Run(t, "-c", path)
 		if code != 1 || !strings.Contains(errOut, path+":1: TOML syntax error") {
 			t.Errorf("exit %d, stderr %q", code, errOut)
 		}
 	})
 	t.Run("backend does not resolve", func(t *testing.T) {
-		line := startFails(t, "-c", WriteConfig(t, proxyConfig(FreePort(t), "backend.invalid:80", "")))
+		line := startFails(t, "-c", harness.WriteConfig(t, proxyConfig(harness.FreePort(t), "backend.invalid:80", "")))
 		if !strings.Contains(line, "backend.invalid") || !strings.Contains(line, "does not resolve") {
 			t.Errorf("error line %q", line)
 		}
@@ -525,17 +513,17 @@ func TestStartErrors(t *testing.T) {
 // [logging]; every line is then JSON, debug lines included.
 func TestLogOverridesAndJSON(t *testing.T) {
 	be := StartEcho(t, "be")
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cfg := proxyConfig(port, be.Addr, "max_connections = 1") + "\n[logging]\nlevel = \"error\"\nformat = \"text\"\n"
 	// At level error the start-up line (info) would not be logged at all.
-	p := Start(t, WriteConfig(t, cfg), "--log-format", "json", "--log-level", "debug")
+	p := Start(t, harness.WriteConfig(t, cfg), "--log-format", "json", "--log-level", "debug")
 	c := dialT(t, addr)
 	readLine(t, bufio.NewReader(c))
 	// Beyond max_connections: rejected at once (the reset may even beat the
 	// dial's return), and logged at debug level.
-	if c2, err := net.DialTimeout("tcp", addr, Deadline); err == nil {
-		c2.SetDeadline(time.Now().Add(Deadline))
+	if c2, err := net.DialTimeout("tcp", addr, harness.Deadline); err == nil {
+		c2.SetDeadline(time.Now().Add(harness.Deadline))
 		io.Copy(io.Discard, c2)
 		c2.Close()
 	} else if !errors.Is(err, syscall.ECONNRESET) {
@@ -561,9 +549,9 @@ func TestLogOverridesAndJSON(t *testing.T) {
 // rule, client, backend, bytes each way, duration and how it ended.
 func TestAccessLogLine(t *testing.T) {
 	be := StartEcho(t, "be")
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	cfg := proxyConfig(port, be.Addr, "") + "\n[logging]\naccess_log = true\nformat = \"json\"\n"
-	p := Start(t, WriteConfig(t, cfg))
+	p := Start(t, harness.WriteConfig(t, cfg))
 	c := dialT(t, fmt.Sprintf("127.0.0.1:%d", port))
 	r := bufio.NewReader(c)
 	readLine(t, r)
@@ -592,8 +580,8 @@ func TestAccessLogLine(t *testing.T) {
 // is skipped and the first enabled rule in file order serves.
 func TestFirstEnabledRuleWins(t *testing.T) {
 	off, first, second := StartEcho(t, "off"), StartEcho(t, "first"), StartEcho(t, "second")
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [[rules]]
@@ -609,7 +597,7 @@ backends = [{ id = "s", address = %q }]
 `, port, off.Addr, first.Addr, second.Addr)))
 	p.WaitLog(`rule \"second\" is shadowed by rule \"first\"`)
 	for i := 0; i < 3; i++ {
-		if got, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || got != "first" {
+		if got, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || got != "first" {
 			t.Fatalf("served by %q (%v), want the first enabled rule", got, err)
 		}
 	}

@@ -17,23 +17,7 @@ import (
 
 var binary string
 
-// Deadline is the generous bound every wait in these tests uses.
-const Deadline = harness.Deadline
-
 func TestMain(m *testing.M) { harness.Main(m, "e2e", "E2E_RACE", &binary) }
-
-// Proxy is a running dynamic-proxy process (test/harness).
-type Proxy = harness.Proxy
-
-// WriteConfig writes a config file into a temp dir and returns its path.
-// Unless the config has its own [metrics] or [admin] section, the metrics
-// and admin servers are put on free ports (127.0.0.1:0), so that the
-// proxies of several tests never collide on the default ports 8070 and 8071.
-func WriteConfig(t testing.TB, toml string) string { t.Helper(); return harness.WriteConfig(t, toml) }
-
-// WithFreeObservePorts appends [metrics] and [admin] sections binding
-// 127.0.0.1:0 to a config that has none of its own.
-func WithFreeObservePorts(toml string) string { return harness.WithFreeObservePorts(toml) }
 
 // Run runs the binary to completion with args and returns its output and exit code.
 func Run(t testing.TB, args ...string) (stdout, stderr string, code int) {
@@ -53,7 +37,7 @@ func Run(t testing.TB, args ...string) (stdout, stderr string, code int) {
 // Start runs the binary on configPath with extra args, and waits until it
 // logs "dynamic-proxy started". It is stopped (SIGKILL) when the test ends
 // if still running.
-func Start(t testing.TB, configPath string, args ...string) *Proxy {
+func Start(t testing.TB, configPath string, args ...string) *harness.Proxy {
 	t.Helper()
 	p := StartNoWait(t, configPath, args...)
 	p.WaitLog("dynamic-proxy started")
@@ -61,16 +45,10 @@ func Start(t testing.TB, configPath string, args ...string) *Proxy {
 }
 
 // StartNoWait starts the binary without waiting for it to be ready.
-func StartNoWait(t testing.TB, configPath string, args ...string) *Proxy {
+func StartNoWait(t testing.TB, configPath string, args ...string) *harness.Proxy {
 	t.Helper()
 	return harness.Launch(t, configPath, append([]string{binary, "-c", configPath}, args...)...)
 }
-
-// FreePort returns a TCP and UDP port on 127.0.0.1 that was free a moment
-// ago, below the ephemeral range.
-func FreePort(t testing.TB) int { t.Helper(); return harness.FreePort(t) }
-
-func containsAll(s string, subs []string) bool { return harness.ContainsAll(s, subs) }
 
 // EchoServer is a TCP backend that greets with "NAME\n" then echoes.
 type EchoServer struct {
@@ -106,7 +84,3 @@ func StartEcho(t testing.TB, name string) *EchoServer {
 
 // Close stops accepting.
 func (e *EchoServer) Close() { e.ln.Close() }
-
-// Greeting dials addr and returns the first line the backend sends (its
-// name), or an error.
-func Greeting(addr string) (string, error) { return harness.Greeting(addr) }

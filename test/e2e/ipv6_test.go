@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // TestIPv6ListenerAndBackend: a listener on [::1] forwards to a backend on
@@ -31,8 +33,8 @@ func TestIPv6ListenerAndBackend(t *testing.T) {
 			}()
 		}
 	}()
-	port := FreePort(t)
-	cfg := WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "[::1]:%d"
 [health_check]
@@ -44,12 +46,12 @@ id = "a"
 address = %q
 `, port, ln.Addr().String()))
 	Start(t, cfg)
-	c, err := net.DialTimeout("tcp6", fmt.Sprintf("[::1]:%d", port), Deadline)
+	c, err := net.DialTimeout("tcp6", fmt.Sprintf("[::1]:%d", port), harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "v6 [::1]:") {
 		t.Fatalf("through the IPv6 listener: %q %v", line, err)

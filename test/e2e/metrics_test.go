@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -15,117 +13,16 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // Helpers of the metrics and admin tests are prefixed mx.
 
-var mxAddressRe = regexp.MustCompile(`address=(\S+)`)
-
-// mxAddr returns the address logged on the line containing msg ("metrics
-// listening", "admin API listening").
-func mxAddr(t *testing.T, p *Proxy, msg string) string {
-	t.Helper()
-	m := mxAddressRe.FindStringSubmatch(p.WaitLog(msg))
-	if m == nil {
-		t.Fatalf("no address on the %q line", msg)
-	}
-	return m[1]
-}
-
-func mxMetricsURL(t *testing.T, p *Proxy) string {
-	return "http://" + mxAddr(t, p, "metrics listening") + "/metrics"
-}
-
-type mxFamilies map[string]*dto.MetricFamily
-
-// mxScrape reads and parses the Prometheus text exposition at url.
-func mxScrape(t *testing.T, url string) mxFamilies {
-	t.Helper()
-	c := &http.Client{Timeout: Deadline}
-	res, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	if res.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, res.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(res.Body)
-	if err != nil {
-		t.Fatalf("parse %s: %v", url, err)
-	}
-	return fams
-}
-
-// value sums the series of name whose labels include want (a histogram
-// gives its sample count, or with name_sum its sum).
-func (f mxFamilies) value(name string, want map[string]string) float64 {
-	field := ""
-	mf, ok := f[name]
-	if !ok {
-		for _, suf := range []string{"_count", "_sum"} {
-			if base, cut := strings.CutSuffix(name, suf); cut {
-				mf, field = f[base], suf
-			}
-		}
-	}
-	if mf == nil {
-		return -1
-	}
-	var sum float64
-series:
-	for _, m := range mf.Metric {
-		for k, v := range want {
-			found := false
-			for _, lp := range m.Label {
-				if lp.GetName() == k && lp.GetValue() == v {
-					found = true
-				}
-			}
-			if !found {
-				continue series
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			sum += m.Counter.GetValue()
-		case m.Gauge != nil:
-			sum += m.Gauge.GetValue()
-		case m.Histogram != nil && field == "_sum":
-			sum += m.Histogram.GetSampleSum()
-		case m.Histogram != nil:
-			sum += float64(m.Histogram.GetSampleCount())
-		case m.Untyped != nil:
-			sum += m.Untyped.GetValue()
-		}
-	}
-	return sum
-}
-
-// mxWait scrapes until cond holds (the proxy counts a connection when it
-// ends, which is a moment after the client saw it end).
-func mxWait(t *testing.T, url string, what string, cond func(mxFamilies) bool) mxFamilies {
-	t.Helper()
-	deadline := time.Now().Add(Deadline)
-	for {
-		f := mxScrape(t, url)
-		if cond(f) {
-			return f
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics never showed %s within %v", what, Deadline)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func mxExpect(t *testing.T, f mxFamilies, checks []mxCheck) {
+func mxExpect(t *testing.T, f harness.Metrics, checks []mxCheck) {
 	t.Helper()
 	for _, c := range checks {
-		if got := f.value(c.name, c.labels); got != c.want {
+		if got := f.Value(c.name, c.labels); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
@@ -142,12 +39,12 @@ type mxCheck struct {
 // n bytes. It returns how many bytes it read.
 func mxExchange(t *testing.T, addr, greeting string, n int) int {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	payload := make([]byte, n)
 	rand.Read(payload)
 	go func() {
@@ -169,8 +66,8 @@ func mxExchange(t *testing.T, addr, greeting string, n int) int {
 // the binary and reads exactly those numbers from /metrics.
 func TestMetricsExactTCP(t *testing.T) {
 	e := StartEcho(t, "exact")
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [[rules]]
@@ -182,7 +79,7 @@ plugin = "round_robin"
 id = "e1"
 address = %q
 `, port, e.Addr)))
-	url := mxMetricsURL(t, p)
+	url := p.MetricsURL()
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	var in, out float64
 	for i := 0; i < 10; i++ {
@@ -192,8 +89,8 @@ address = %q
 		out += float64(got)
 	}
 	web := map[string]string{"rule": "web", "protocol": "tcp"}
-	f := mxWait(t, url, "10 requests and no connection open", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_requests_total", web) == 10 && f.value("dynamic_proxy_connections_active", web) == 0
+	f := harness.WaitMetrics(t, url, "10 requests and no connection open", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_requests_total", web) == 10 && f.Value("dynamic_proxy_connections_active", web) == 0
 	})
 	be := map[string]string{"rule": "web", "backend": "e1"}
 	mxExpect(t, f, []mxCheck{
@@ -243,8 +140,8 @@ func mxUDPEcho(t *testing.T) string {
 // response; 10 datagrams of known sizes show exactly those numbers.
 func TestMetricsExactUDP(t *testing.T) {
 	backendAddr := mxUDPEcho(t)
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 udp_bind = "127.0.0.1:%d"
 [health_check]
@@ -256,7 +153,7 @@ protocol = "udp"
 id = "u1"
 address = %q
 `, port, backendAddr)))
-	url := mxMetricsURL(t, p)
+	url := p.MetricsURL()
 	c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		t.Fatal(err)
@@ -294,8 +191,8 @@ address = %q
 		total += float64(n)
 	}
 	dns := map[string]string{"rule": "dns", "protocol": "udp"}
-	f := mxWait(t, url, "10 UDP requests and responses", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_requests_total", dns) == 10 && f.value("dynamic_proxy_response_size_bytes_count", dns) == 10
+	f := harness.WaitMetrics(t, url, "10 UDP requests and responses", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_requests_total", dns) == 10 && f.Value("dynamic_proxy_response_size_bytes_count", dns) == 10
 	})
 	mxExpect(t, f, []mxCheck{
 		{"dynamic_proxy_requests_total", dns, 10},
@@ -353,8 +250,8 @@ func TestMetricsEveryFamily(t *testing.T) {
 	}
 	deadAddr := dead.Addr().String()
 	dead.Close() // connections to it are refused
-	port, port2 := FreePort(t), FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port, port2 := harness.FreePort(t), harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [health_check]
@@ -374,18 +271,18 @@ port = %d
 id = "gone"
 address = %q
 `, port, e.Addr, port2, deadAddr)))
-	url := mxMetricsURL(t, p)
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), Deadline)
+	url := p.MetricsURL()
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}
 	client := c.LocalAddr().String()
 	mxExchange(t, fmt.Sprintf("127.0.0.1:%d", port), "fam", 10)
-	if _, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port2)); err == nil {
+	if _, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", port2)); err == nil {
 		t.Fatal("a connection to a rule whose backend is gone got a greeting")
 	}
-	f := mxWait(t, url, "the rejected connection", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_connections_rejected_total", map[string]string{"rule": "broken", "reason": "connect_failed"}) == 1
+	f := harness.WaitMetrics(t, url, "the rejected connection", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_connections_rejected_total", map[string]string{"rule": "broken", "reason": "connect_failed"}) == 1
 	})
 	c.Close()
 	for name, typ := range mxFamilyTypes {
@@ -417,7 +314,7 @@ address = %q
 		{"dynamic_proxy_build_info", nil, 1},
 		{"dynamic_proxy_config_reloads_total", nil, 0},
 	})
-	if ts := f.value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil); time.Since(time.Unix(int64(ts), 0)) > time.Minute {
+	if ts := f.Value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil); time.Since(time.Unix(int64(ts), 0)) > time.Minute {
 		t.Errorf("config_last_reload_success_timestamp_seconds = %v, want the start-up time", ts)
 	}
 	// Label values come from the config and fixed sets only.
@@ -456,8 +353,8 @@ func TestMetricsBackendUpFollowsAKilledBackend(t *testing.T) {
 	}
 	go serve(ln)
 	t.Cleanup(func() { ln.Close() })
-	port := FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [health_check]
@@ -471,17 +368,17 @@ name = "web"
 id = "k"
 address = %q
 `, port, addr)))
-	url := mxMetricsURL(t, p)
+	url := p.MetricsURL()
 	k := map[string]string{"rule": "web", "backend": "k"}
-	mxWait(t, url, "backend_up 1 after passing checks", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_backend_up", k) == 1 &&
-			f.value("dynamic_proxy_health_checks_total", map[string]string{"rule": "web", "backend": "k", "result": "success"}) >= 1
+	harness.WaitMetrics(t, url, "backend_up 1 after passing checks", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_backend_up", k) == 1 &&
+			f.Value("dynamic_proxy_health_checks_total", map[string]string{"rule": "web", "backend": "k", "result": "success"}) >= 1
 	})
 	ln.Close()
-	f := mxWait(t, url, "backend_up 0 after the kill", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_backend_up", k) == 0
+	f := harness.WaitMetrics(t, url, "backend_up 0 after the kill", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_backend_up", k) == 0
 	})
-	if n := f.value("dynamic_proxy_health_checks_total", map[string]string{"rule": "web", "backend": "k", "result": "failure"}); n < 1 {
+	if n := f.Value("dynamic_proxy_health_checks_total", map[string]string{"rule": "web", "backend": "k", "result": "failure"}); n < 1 {
 		t.Errorf("health_checks_total{result=failure} = %v after the backend went down", n)
 	}
 	ln2, err := net.Listen("tcp", addr)
@@ -490,8 +387,8 @@ address = %q
 	}
 	t.Cleanup(func() { ln2.Close() })
 	go serve(ln2)
-	mxWait(t, url, "backend_up 1 after the restart", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_backend_up", k) == 1
+	harness.WaitMetrics(t, url, "backend_up 1 after the restart", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_backend_up", k) == 1
 	})
 }
 
@@ -499,7 +396,7 @@ address = %q
 // backend a reload removed.
 func TestMetricsReloads(t *testing.T) {
 	a, b := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	render := func(backends ...*EchoServer) string {
 		var sb strings.Builder
 		fmt.Fprintf(&sb, "[server]\ntcp_bind = \"127.0.0.1:%d\"\nwatch_config = false\n[metrics]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"\"\n[[rules]]\nname = \"web\"\n", port)
@@ -508,25 +405,25 @@ func TestMetricsReloads(t *testing.T) {
 		}
 		return sb.String()
 	}
-	cfg := WriteConfig(t, render(a, b))
+	cfg := harness.WriteConfig(t, render(a, b))
 	p := Start(t, cfg)
-	url := mxMetricsURL(t, p)
+	url := p.MetricsURL()
 	if n := strings.Count(p.Log(), "admin API listening"); n != 0 {
 		t.Errorf("[admin] bind = \"\" still started the admin API")
 	}
-	f := mxScrape(t, url)
-	start := f.value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil)
-	if f.value("dynamic_proxy_backend_up", map[string]string{"backend": "b"}) != 1 {
+	f := harness.Scrape(t, url)
+	start := f.Value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil)
+	if f.Value("dynamic_proxy_backend_up", map[string]string{"backend": "b"}) != 1 {
 		t.Fatal("backend b has no backend_up series")
 	}
 
 	writeAtomic(t, cfg, render(a))
 	p.Signal(syscall.SIGHUP)
 	p.WaitLog("config reloaded")
-	f = mxWait(t, url, "one successful reload", func(f mxFamilies) bool {
-		return f.value("dynamic_proxy_config_reloads_total", map[string]string{"result": "success"}) == 1
+	f = harness.WaitMetrics(t, url, "one successful reload", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_config_reloads_total", map[string]string{"result": "success"}) == 1
 	})
-	if ts := f.value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil); ts < start {
+	if ts := f.Value("dynamic_proxy_config_last_reload_success_timestamp_seconds", nil); ts < start {
 		t.Errorf("last reload timestamp went from %v to %v", start, ts)
 	}
 	var left []string
@@ -547,7 +444,7 @@ func TestMetricsReloads(t *testing.T) {
 	writeAtomic(t, cfg, "[[rules]]\nname = 1\n")
 	p.Signal(syscall.SIGHUP)
 	p.WaitLog("reload failed")
-	mxExpect(t, mxScrape(t, url), []mxCheck{
+	mxExpect(t, harness.Scrape(t, url), []mxCheck{
 		{"dynamic_proxy_config_reloads_total", map[string]string{"result": "failure"}, 1},
 		{"dynamic_proxy_config_reloads_total", map[string]string{"result": "success"}, 1},
 	})
@@ -557,8 +454,8 @@ func TestMetricsReloads(t *testing.T) {
 // proxying works.
 func TestMetricsDisabled(t *testing.T) {
 	e := StartEcho(t, "plain")
-	port, mport := FreePort(t), FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port, mport := harness.FreePort(t), harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [metrics]
@@ -570,7 +467,7 @@ name = "web"
 id = "e"
 address = %q
 `, port, mport, e.Addr)))
-	if name, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || name != "plain" {
+	if name, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || name != "plain" {
 		t.Fatalf("proxying with metrics off: %q %v", name, err)
 	}
 	if strings.Contains(p.Log(), "metrics listening") {
@@ -588,8 +485,8 @@ address = %q
 func TestAdaptiveThreads(t *testing.T) {
 	e := StartEcho(t, "adapt")
 	for _, adaptive := range []bool{true, false} {
-		port := FreePort(t)
-		p := Start(t, WriteConfig(t, fmt.Sprintf(`
+		port := harness.FreePort(t)
+		p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 worker_threads = 2
@@ -600,7 +497,7 @@ name = "web"
 id = "e1"
 address = %q
 `, port, adaptive, e.Addr)))
-		url := mxMetricsURL(t, p)
+		url := p.MetricsURL()
 		p.WaitLog("dynamic-proxy started")
 		want := 2.0
 		if adaptive {
@@ -611,8 +508,8 @@ address = %q
 		} else if strings.Contains(p.Log(), "worker threads follow the load") {
 			t.Errorf("adaptive_threads = false, yet the log says: worker threads follow the load")
 		}
-		mxWait(t, url, fmt.Sprintf("adaptive %v: GOMAXPROCS %v", adaptive, want), func(f mxFamilies) bool {
-			return f.value("go_sched_gomaxprocs_threads", nil) == want
+		harness.WaitMetrics(t, url, fmt.Sprintf("adaptive %v: GOMAXPROCS %v", adaptive, want), func(f harness.Metrics) bool {
+			return f.Value("go_sched_gomaxprocs_threads", nil) == want
 		})
 		for i := 0; i < 8; i++ { // the two loops take turns on one thread
 			mxExchange(t, fmt.Sprintf("127.0.0.1:%d", port), "adapt", 1000)

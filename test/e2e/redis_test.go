@@ -32,11 +32,12 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // fleetProxy is one instance of a fleet: its process and client address.
 type fleetProxy struct {
-	*Proxy
+	*harness.Proxy
 	Addr string // 127.0.0.1:PORT, its tcp_bind
 }
 
@@ -44,7 +45,7 @@ type fleetProxy struct {
 // port. redisKeys go into its [redis] section, rest after it.
 func startFleetProxy(t *testing.T, redisURL, redisKeys, rest string) *fleetProxy {
 	t.Helper()
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	cfg := fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
@@ -57,7 +58,7 @@ url = %q
 [health_check]
 enabled = false
 %s`, port, redisURL, redisKeys, rest)
-	p := Start(t, WriteConfig(t, cfg), "--log-level", "debug")
+	p := Start(t, harness.WriteConfig(t, cfg), "--log-level", "debug")
 	p.WaitLog("redis: subscribed and resynced") // following pub/sub from now on
 	return &fleetProxy{Proxy: p, Addr: fmt.Sprintf("127.0.0.1:%d", port)}
 }
@@ -68,7 +69,7 @@ func greetCount(t *testing.T, addr string, n int) map[string]int {
 	t.Helper()
 	out := map[string]int{}
 	for i := 0; i < n; i++ {
-		name, err := Greeting(addr)
+		name, err := harness.Greeting(addr)
 		if err != nil {
 			t.Fatalf("connection %d through %s: %v", i, addr, err)
 		}
@@ -209,7 +210,7 @@ func TestFleetSharedDrain(t *testing.T) {
 
 	post := func(p *fleetProxy, action string) {
 		t.Helper()
-		url := "http://" + mxAddr(t, p.Proxy, "admin API listening") + "/api/v1/rules/web/backends/b/" + action
+		url := p.Proxy.AdminURL() + "/api/v1/rules/web/backends/b/" + action
 		res, err := http.Post(url, "", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -304,12 +305,12 @@ enabled = false
 	// drops no connection: one opened before it carries on after it.
 	open := make([]net.Conn, len(ps))
 	for i, p := range ps {
-		c, err := net.DialTimeout("tcp", p.Addr, Deadline)
+		c, err := net.DialTimeout("tcp", p.Addr, harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(Deadline))
+		c.SetDeadline(time.Now().Add(harness.Deadline))
 		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "a\n" {
 			t.Fatalf("greeting %q %v", line, err)
 		}
@@ -370,7 +371,7 @@ func startTraffic(addrs ...string) *traffic {
 					return
 				default:
 				}
-				name, err := Greeting(addr)
+				name, err := harness.Greeting(addr)
 				tr.mu.Lock()
 				if err != nil {
 					tr.failed.Add(1)
@@ -394,7 +395,7 @@ func startTraffic(addrs ...string) *traffic {
 func (tr *traffic) more(t *testing.T, n int64) {
 	t.Helper()
 	target := tr.ok.Load() + n
-	timeout := time.After(Deadline)
+	timeout := time.After(harness.Deadline)
 	for tr.ok.Load() < target {
 		select {
 		case <-tr.progress:
@@ -535,7 +536,7 @@ func startBackground(t *testing.T, args ...string) *background {
 // waitLines waits until n lines contain sub.
 func (b *background) waitLines(sub string, n int) {
 	b.t.Helper()
-	timeout := time.After(Deadline)
+	timeout := time.After(harness.Deadline)
 	for {
 		b.mu.Lock()
 		count := 0
@@ -554,7 +555,7 @@ func (b *background) waitLines(sub string, n int) {
 		case <-b.exited:
 			b.t.Fatalf("%v exited; output:\n%s", b.cmd.Args, out)
 		case <-timeout:
-			b.t.Fatalf("%v: %d lines with %q within %v, want %d; output:\n%s", b.cmd.Args, count, sub, Deadline, n, out)
+			b.t.Fatalf("%v: %d lines with %q within %v, want %d; output:\n%s", b.cmd.Args, count, sub, harness.Deadline, n, out)
 		}
 	}
 }
@@ -574,18 +575,18 @@ func (b *background) kill() {
 // a message naming them.
 func TestFleetStartupErrors(t *testing.T) {
 	a := StartEcho(t, "a")
-	noRedis := WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n"+webRule(a))
+	noRedis := harness.WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n"+webRule(a))
 	_, errOut, code := Run(t, "-c", noRedis, "--config-from-redis")
 	if code != 1 || !strings.Contains(errOut, "--config-from-redis needs a [redis] section in "+noRedis) {
 		t.Fatalf("--config-from-redis without [redis]: exit %d %s", code, errOut)
 	}
 	missing := filepath.Join(t.TempDir(), "no-such-dir", "cache.json")
-	badCache := WriteConfig(t, fmt.Sprintf("[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\ncache_file = %q\n%s", missing, webRule(a)))
+	badCache := harness.WriteConfig(t, fmt.Sprintf("[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\ncache_file = %q\n%s", missing, webRule(a)))
 	_, errOut, code = Run(t, "-c", badCache)
 	if code != 1 || !strings.Contains(errOut, "redis.cache_file") || !strings.Contains(errOut, "no such file or directory") {
 		t.Fatalf("cache_file in a missing directory: exit %d %s", code, errOut)
 	}
-	badURL := WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis://127.0.0.1:1?dial_timeout=soon\"\n"+webRule(a))
+	badURL := harness.WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis://127.0.0.1:1?dial_timeout=soon\"\n"+webRule(a))
 	_, errOut, code = Run(t, "-c", badURL)
 	if code != 1 || !strings.Contains(errOut, "redis.url") {
 		t.Fatalf("bad redis URL: exit %d %s", code, errOut)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // End-to-end tests of the five router plugins through the binary: one test
@@ -21,7 +23,7 @@ import (
 // test ends.
 func rtGreetFrom(t *testing.T, ip, addr string) (net.Conn, string) {
 	t.Helper()
-	d := net.Dialer{Timeout: Deadline}
+	d := net.Dialer{Timeout: harness.Deadline}
 	if ip != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ip)}
 	}
@@ -30,7 +32,7 @@ func rtGreetFrom(t *testing.T, ip, addr string) (net.Conn, string) {
 		t.Fatalf("dial %s from %s: %v", addr, ip, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		t.Fatalf("greeting from %s via %s: %v", ip, addr, err)
@@ -80,8 +82,8 @@ func rtEchoes(t *testing.T, names ...string) []*EchoServer {
 
 func TestRouterRoundRobinE2E(t *testing.T) {
 	es := rtEchoes(t, "a", "b", "c")
-	port := FreePort(t)
-	cfg := WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [routers.rr]
@@ -115,8 +117,8 @@ address = %q
 
 func TestRouterWeightedE2E(t *testing.T) {
 	es := rtEchoes(t, "a", "b", "c")
-	smooth, random := FreePort(t), FreePort(t)
-	cfg := WriteConfig(t, fmt.Sprintf(`
+	smooth, random := harness.FreePort(t), harness.FreePort(t)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:0"
 [routers.smooth]
@@ -197,8 +199,8 @@ port = %d
 
 func TestRouterHashE2E(t *testing.T) {
 	es := rtEchoes(t, "a", "b", "c", "d")
-	portIP, portIPPort := FreePort(t), FreePort(t)
-	cfgPath := WriteConfig(t, rtHashConfig(es, portIP, portIPPort, ""))
+	portIP, portIPPort := harness.FreePort(t), harness.FreePort(t)
+	cfgPath := harness.WriteConfig(t, rtHashConfig(es, portIP, portIPPort, ""))
 	p := Start(t, cfgPath)
 	byIP := fmt.Sprintf("127.0.0.1:%d", portIP)
 
@@ -235,8 +237,8 @@ func TestRouterHashE2E(t *testing.T) {
 
 	// A second proxy process with the same backends (a fleet member) sends
 	// every client to the same backend: no per-process seed.
-	portIP2, portIPPort2 := FreePort(t), FreePort(t)
-	Start(t, WriteConfig(t, rtHashConfig(es, portIP2, portIPPort2, "")))
+	portIP2, portIPPort2 := harness.FreePort(t), harness.FreePort(t)
+	Start(t, harness.WriteConfig(t, rtHashConfig(es, portIP2, portIPPort2, "")))
 	for _, ip := range clients {
 		if got := rtGreet(t, ip, fmt.Sprintf("127.0.0.1:%d", portIP2)); got != where[ip] {
 			t.Fatalf("client %s: %s in one process, %s in another", ip, where[ip], got)
@@ -276,8 +278,8 @@ func TestRouterHashE2E(t *testing.T) {
 
 func TestRouterLeastConnectionsE2E(t *testing.T) {
 	es := rtEchoes(t, "a", "b", "c")
-	port := FreePort(t)
-	cfg := WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [[rules]]
@@ -300,8 +302,8 @@ router = "least_connections"
 
 func TestRouterRandomE2E(t *testing.T) {
 	es := rtEchoes(t, "a", "b", "c")
-	uniform, p2c := FreePort(t), FreePort(t)
-	cfg := WriteConfig(t, fmt.Sprintf(`
+	uniform, p2c := harness.FreePort(t), harness.FreePort(t)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:0"
 [routers.p2c]
@@ -359,7 +361,7 @@ func rtWriteFile(path, content string) error {
 // Bad plugin settings are validation errors naming the file, line, router,
 // key and what is allowed; every one is reported.
 func TestRouterConfigErrorsE2E(t *testing.T) {
-	cfg := WriteConfig(t, `
+	cfg := harness.WriteConfig(t, `
 [server]
 tcp_bind = "127.0.0.1:0"
 [routers.w]

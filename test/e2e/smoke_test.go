@@ -3,12 +3,14 @@ package e2e
 import (
 	"fmt"
 	"testing"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 func TestSmokeRoundRobin(t *testing.T) {
 	a, b := StartEcho(t, "a"), StartEcho(t, "b")
-	port := FreePort(t)
-	cfg := WriteConfig(t, fmt.Sprintf(`
+	port := harness.FreePort(t)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [[rules]]
@@ -23,7 +25,7 @@ address = %q
 	Start(t, cfg)
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
-		name, err := Greeting(fmt.Sprintf("127.0.0.1:%d", port))
+		name, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // The status page test drives the real page in Debian's headless Chromium.
@@ -96,8 +98,8 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	port, port2 := FreePort(t), FreePort(t)
-	p := Start(t, WriteConfig(t, fmt.Sprintf(`
+	port, port2 := harness.FreePort(t), harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
 [admin]
@@ -130,7 +132,7 @@ address = %q
 id = "api-2"
 address = %q
 `, port, ea.Addr, eb.Addr, port2, ec.Addr, deadAddr)))
-	base := "http://" + mxAddr(t, p, "admin API listening")
+	base := p.AdminURL()
 	web := fmt.Sprintf("127.0.0.1:%d", port)
 	api := fmt.Sprintf("127.0.0.1:%d", port2)
 
@@ -200,13 +202,7 @@ address = %q
 	}
 	waitEval := func(what, expr string) {
 		t.Helper()
-		deadline := time.Now().Add(Deadline)
-		for eval(expr) != "true" {
-			if time.Now().After(deadline) {
-				t.Fatalf("the page never showed %s (%s)", what, expr)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		harness.Eventually(t, fmt.Sprintf("the page showing %s (%s)", what, expr), func() bool { return eval(expr) == "true" })
 	}
 
 	// The API answers 401: the page asks for the token.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // adminCall makes one request and returns the status and body.
@@ -24,7 +26,7 @@ func adminCall(t *testing.T, method, url, token string, body io.Reader, header .
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	c := &http.Client{Timeout: Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
+	c := &http.Client{Timeout: harness.Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
 	res, err := c.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
@@ -88,19 +90,19 @@ func statusOf(t *testing.T, base, token string) map[string]backendState {
 func TestAdminSurface(t *testing.T) {
 	const token = "s3cret-token"
 	be := StartBackend(t, Greet("b"))
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := Start(t, WriteConfig(t, server("")+noHealth+
+	p := Start(t, harness.WriteConfig(t, server("")+noHealth+
 		fmt.Sprintf("\n[admin]\nbind = \"127.0.0.1:0\"\ntoken = %q\n", token)+
 		tcpRule("web", port, "a="+be.Addr, "b="+be.Addr)))
 	base, murl := p.AdminURL(), p.MetricsURL()
 	auth := "Bearer " + token
 	before := statusOf(t, base, auth)
-	reloads := Scrape(t, murl)["dynamic_proxy_config_reloads_total"]
+	reloads := harness.Scrape(t, murl).Value("dynamic_proxy_config_reloads_total", nil)
 	rss0 := RSS(t, p.PID())
 	served := func(when string) {
 		t.Helper()
-		if name, err := Greeting(addr); err != nil || name != "b" {
+		if name, err := harness.Greeting(addr); err != nil || name != "b" {
 			t.Fatalf("proxying %s: %q, %v", when, name, err)
 		}
 	}
@@ -168,7 +170,7 @@ func TestAdminSurface(t *testing.T) {
 	host := strings.TrimPrefix(base, "http://")
 	var idle []net.Conn
 	for i := 0; i < 200; i++ {
-		c, err := net.DialTimeout("tcp", host, Deadline)
+		c, err := net.DialTimeout("tcp", host, harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -202,7 +204,7 @@ func TestAdminSurface(t *testing.T) {
 	if fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Errorf("backends changed by refused calls:\nbefore %v\nafter  %v", before, after)
 	}
-	if r := Scrape(t, murl)["dynamic_proxy_config_reloads_total"]; r != reloads {
+	if r := harness.Scrape(t, murl).Value("dynamic_proxy_config_reloads_total", nil); r != reloads {
 		t.Errorf("config_reloads_total went from %v to %v: an unauthenticated reload ran", reloads, r)
 	}
 	if n := p.Count("admin API: backend changed"); n != 0 {

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // idleClient is a connection that sends nothing and reads until the proxy
@@ -32,7 +34,7 @@ type idleClient struct {
 
 func dialIdle(t *testing.T, addr string) *idleClient {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,11 +57,11 @@ func dialIdle(t *testing.T, addr string) *idleClient {
 // echoOnce sends n random bytes through addr to an echo backend that greets
 // first, and checks the greeting and the echo.
 func echoOnce(addr, greeting string, n int) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	r := bufio.NewReader(c)
 	line, err := r.ReadString('\n')
 	if err != nil || line != greeting+"\n" {
@@ -88,19 +90,21 @@ func echoOnce(addr, greeting string, n int) (net.Conn, error) {
 //   - "port listener": the 40 are served (greeting and a 4 KiB echo); the
 //     2,041st is refused at once and counted as
 //     connections_rejected_total{reason="max_connections"}; idle_timeout
-//     (4 s) closes all 2,000 idle ones, each within 4 s … 6 s of its last
-//     byte; then new clients are served again and the proxy's descriptors
-//     are back to the baseline.
+//     (4 s) closes all 2,000 idle ones, none before it, each logged with
+//     end=idle_timeout; then new clients are served again and the proxy's
+//     descriptors are back to the baseline.
 //   - "peek listener" (an http_host rule, which must read the request head
 //     before it can route): the 2,000 silent clients never reach a backend
-//     and are closed by peek_timeout (2 s), while HTTP clients are served.
+//     and are closed by peek_timeout (2 s), none before it, and counted as
+//     connections_rejected_total{reason="no_rule"}, while HTTP clients are
+//     served.
 func TestSlowloris(t *testing.T) {
 	const idle, good, maxConns = 2000, 40, 2040
 	t.Run("port listener", func(t *testing.T) {
 		be := StartBackend(t, Greet("b"))
-		port := FreePort(t)
+		port := harness.FreePort(t)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		p := Start(t, WriteConfig(t, server(fmt.Sprintf("idle_timeout = \"4s\"\nmax_connections = %d", maxConns))+
+		p := Start(t, harness.WriteConfig(t, server(fmt.Sprintf("idle_timeout = \"4s\"\nmax_connections = %d", maxConns))+
 			noHealth+tcpRule("web", port, "b="+be.Addr)))
 		url := p.MetricsURL()
 		base := CountFDs(t, p.PID())
@@ -109,7 +113,7 @@ func TestSlowloris(t *testing.T) {
 		for i := range idlers {
 			idlers[i] = dialIdle(t, addr)
 		}
-		Eventually(t, "2,000 idle connections proxied", func() bool { return be.Conns() == idle })
+		harness.Eventually(t, "2,000 idle connections proxied", func() bool { return be.Conns() == idle })
 		held := base
 		held.Sockets += 2 * idle
 		if f := CountFDs(t, p.PID()); f.Sockets != held.Sockets {
@@ -126,9 +130,9 @@ func TestSlowloris(t *testing.T) {
 		// One over max_connections: refused at once (reset: possibly before
 		// the connect call itself returns), never greeted.
 		start := time.Now()
-		c, err := net.DialTimeout("tcp", addr, Deadline)
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 		if err == nil {
-			c.SetDeadline(time.Now().Add(Deadline))
+			c.SetDeadline(time.Now().Add(harness.Deadline))
 			n, _ := c.Read(make([]byte, 16))
 			c.Close()
 			if n != 0 {
@@ -138,11 +142,8 @@ func TestSlowloris(t *testing.T) {
 			t.Fatal(err)
 		}
 		refusedIn := time.Since(start)
-		if refusedIn > 2*time.Second {
-			t.Errorf("the connection over max_connections was refused after %v; want at once", refusedIn)
-		}
-		Eventually(t, "the refusal counted", func() bool {
-			return Scrape(t, url)[`dynamic_proxy_connections_rejected_total{protocol="tcp",reason="max_connections",rule="web"}`] == 1
+		harness.Eventually(t, "the refusal counted", func() bool {
+			return harness.Scrape(t, url).Value("dynamic_proxy_connections_rejected_total", harness.Labels{"protocol": "tcp", "reason": "max_connections", "rule": "web"}) == 1
 		})
 		for _, c := range served {
 			c.Close()
@@ -154,16 +155,20 @@ func TestSlowloris(t *testing.T) {
 			select {
 			case at := <-ic.closed:
 				reap = append(reap, at.Sub(ic.opened))
-			case <-time.After(Deadline):
-				t.Fatalf("an idle connection was still open %v after idle_timeout", Deadline)
+			case <-time.After(harness.Deadline):
+				t.Fatalf("an idle connection was still open %v after idle_timeout", harness.Deadline)
 			}
 		}
 		sort.Slice(reap, func(i, j int) bool { return reap[i] < reap[j] })
-		if reap[0] < 4*time.Second-100*time.Millisecond || reap[len(reap)-1] > 6*time.Second+time.Second {
-			t.Errorf("idle connections closed %v … %v after they opened; want idle_timeout (4s) to about 6s", reap[0], reap[len(reap)-1])
+		// idle_timeout closed them (the access log names the end), none
+		// before it (a timer checked from below, where a slow machine cannot
+		// make it fail).
+		harness.Eventually(t, "2,000 end=idle_timeout lines", func() bool { return p.Count("connection closed", "end=idle_timeout") == idle })
+		if reap[0] < 4*time.Second-100*time.Millisecond {
+			t.Errorf("idle connections closed %v … %v after they opened; want none before idle_timeout (4s)", reap[0], reap[len(reap)-1])
 		}
-		Eventually(t, "the backend's connections closed", func() bool { return be.Conns() == 0 })
-		Eventually(t, "descriptors back to the baseline", func() bool { return CountFDs(t, p.PID()).Sockets == base.Sockets })
+		harness.Eventually(t, "the backend's connections closed", func() bool { return be.Conns() == 0 })
+		harness.Eventually(t, "descriptors back to the baseline", func() bool { return CountFDs(t, p.PID()).Sockets == base.Sockets })
 		if c, err := echoOnce(addr, "b", 4096); err != nil {
 			t.Fatalf("a client after the slowloris: %v", err)
 		} else {
@@ -184,9 +189,9 @@ func TestSlowloris(t *testing.T) {
 			}
 			io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nok")
 		})
-		port := FreePort(t)
+		port := harness.FreePort(t)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		p := Start(t, WriteConfig(t, server(fmt.Sprintf("peek_timeout = \"2s\"\nmax_connections = %d", maxConns))+noHealth+
+		p := Start(t, harness.WriteConfig(t, server(fmt.Sprintf("peek_timeout = \"2s\"\nmax_connections = %d", maxConns))+noHealth+
 			fmt.Sprintf("\n[[rules]]\nname = \"web\"\n[rules.matcher]\nall = [{ type = \"port\", port = %d }, { type = \"http_host\", names = [\"example.com\"] }]\n[[rules.backends]]\nid = \"b\"\naddress = %q\n", port, be.Addr)))
 		base := CountFDs(t, p.PID())
 		idlers := make([]*idleClient, idle)
@@ -194,11 +199,11 @@ func TestSlowloris(t *testing.T) {
 			idlers[i] = dialIdle(t, addr)
 		}
 		for i := 0; i < good; i++ {
-			c, err := net.DialTimeout("tcp", addr, Deadline)
+			c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.SetDeadline(time.Now().Add(Deadline))
+			c.SetDeadline(time.Now().Add(harness.Deadline))
 			io.WriteString(c, "GET / HTTP/1.0\r\nHost: example.com\r\n\r\n")
 			got, err := io.ReadAll(c)
 			c.Close()
@@ -211,18 +216,23 @@ func TestSlowloris(t *testing.T) {
 			select {
 			case at := <-ic.closed:
 				reap = append(reap, at.Sub(ic.opened))
-			case <-time.After(Deadline):
+			case <-time.After(harness.Deadline):
 				t.Fatal("a silent client was not closed by peek_timeout")
 			}
 		}
 		sort.Slice(reap, func(i, j int) bool { return reap[i] < reap[j] })
-		if reap[0] < 2*time.Second-100*time.Millisecond || reap[len(reap)-1] > 5*time.Second {
-			t.Errorf("silent clients closed %v … %v after they opened; want peek_timeout (2s) to about 4s", reap[0], reap[len(reap)-1])
+		// The peek ended without a match (the counter names it), none before
+		// peek_timeout (a timer checked from below).
+		harness.WaitMetrics(t, p.MetricsURL(), "2,000 connections rejected as no_rule", func(m harness.Metrics) bool {
+			return m.Value("dynamic_proxy_connections_rejected_total", harness.Labels{"protocol": "tcp", "reason": "no_rule"}) == idle
+		})
+		if reap[0] < 2*time.Second-100*time.Millisecond {
+			t.Errorf("silent clients closed %v … %v after they opened; want none before peek_timeout (2s)", reap[0], reap[len(reap)-1])
 		}
 		if be.Conns() != 0 {
 			t.Errorf("%d silent clients reached the backend", be.Conns())
 		}
-		Eventually(t, "descriptors back to the baseline", func() bool { return CountFDs(t, p.PID()).Sockets == base.Sockets })
+		harness.Eventually(t, "descriptors back to the baseline", func() bool { return CountFDs(t, p.PID()).Sockets == base.Sockets })
 		t.Logf("2,000 silent clients on an http_host listener: %d HTTP clients served meanwhile; silent ones closed %v … %v after opening (peek_timeout 2s), none reached the backend",
 			good, reap[0].Round(time.Millisecond), reap[len(reap)-1].Round(time.Millisecond))
 	})
@@ -284,9 +294,9 @@ func TestHalfClosedAndHalfOpen(t *testing.T) {
 	// depend on timing (a loaded machine may leave 1 MiB sitting in socket
 	// buffers for seconds, which is idleness to the proxy), the half-open
 	// ones are ended by a short idle_timeout.
-	closedPort, openPort := FreePort(t), FreePort(t)
-	pc := Start(t, WriteConfig(t, server("")+noHealth+tcpRule("hc", closedPort, "b="+be.Addr)))
-	po := Start(t, WriteConfig(t, server(`idle_timeout = "2s"`)+noHealth+tcpRule("ho", openPort, "b="+be.Addr)))
+	closedPort, openPort := harness.FreePort(t), harness.FreePort(t)
+	pc := Start(t, harness.WriteConfig(t, server("")+noHealth+tcpRule("hc", closedPort, "b="+be.Addr)))
+	po := Start(t, harness.WriteConfig(t, server(`idle_timeout = "2s"`)+noHealth+tcpRule("ho", openPort, "b="+be.Addr)))
 	baseC, baseO := CountFDs(t, pc.PID()), CountFDs(t, po.PID())
 
 	var wg sync.WaitGroup
@@ -340,18 +350,20 @@ func TestHalfClosedAndHalfOpen(t *testing.T) {
 		return
 	}
 	sort.Slice(halfOpen, func(i, j int) bool { return halfOpen[i] < halfOpen[j] })
-	if halfOpen[0] < 2*time.Second || halfOpen[len(halfOpen)-1] > 5*time.Second {
-		t.Errorf("half-open connections ended %v … %v after their last byte; want idle_timeout (2s) to at most 5s", halfOpen[0], halfOpen[len(halfOpen)-1])
+	// The access log below names idle_timeout as the end; its timer is
+	// checked from below only, where a slow machine cannot make it fail.
+	if halfOpen[0] < 2*time.Second {
+		t.Errorf("half-open connections ended %v … %v after their last byte; want none before idle_timeout (2s)", halfOpen[0], halfOpen[len(halfOpen)-1])
 	}
-	Eventually(t, "100 access log lines of each proxy", func() bool {
+	harness.Eventually(t, "100 access log lines of each proxy", func() bool {
 		return pc.Count("connection closed", "rule=hc") == 2*n && po.Count("connection closed", "rule=ho") == 2*n
 	})
 	if eof, idle := pc.Count("rule=hc", "end=eof"), po.Count("rule=ho", "end=idle_timeout"); eof != 2*n || idle != 2*n {
 		t.Errorf("access log: %d half-closed connections with end=eof, %d half-open ones with end=idle_timeout; want %d each", eof, idle, 2*n)
 	}
 	// Only the kind C handlers, which never close by design, are left.
-	Eventually(t, "backend connections closed", func() bool { return be.Conns() == n })
-	Eventually(t, "descriptors back to the baseline", func() bool {
+	harness.Eventually(t, "backend connections closed", func() bool { return be.Conns() == n })
+	harness.Eventually(t, "descriptors back to the baseline", func() bool {
 		return CountFDs(t, pc.PID()).Sockets == baseC.Sockets && CountFDs(t, po.PID()).Sockets == baseO.Sockets
 	})
 	t.Logf("%d half-closed connections each way moved 1 MiB after the FIN intact (end=eof); %d half-open ones ended %v … %v after their last byte (idle_timeout 2s, end=idle_timeout); sockets back to %d and %d",
@@ -421,13 +433,13 @@ func halfConn(addr string, kind rune, id string, size int, ev *halfEvents, wrote
 	if kind == 'A' || kind == 'B' {
 		payload = pattern("up"+id, size) // before connecting: the connection must not idle meanwhile
 	}
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
 	tc := c.(*net.TCPConn)
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	key := string(kind) + id // as the backend keys its events
 	sent := time.Now()       // just before the last byte of a half-open connection
 	if _, err := io.WriteString(c, string(kind)+id); err != nil {
@@ -443,7 +455,7 @@ func halfConn(addr string, kind rune, id string, size int, ev *halfEvents, wrote
 				return errors.New("the backend received other bytes than were sent")
 			}
 			return nil
-		case <-time.After(Deadline):
+		case <-time.After(harness.Deadline):
 			return errors.New("the backend never reached the end of the client's bytes")
 		}
 	}
@@ -486,7 +498,7 @@ func halfConn(addr string, kind rune, id string, size int, ev *halfEvents, wrote
 		select {
 		case at := <-ev.end(key):
 			return at.Sub(sent), nil
-		case <-time.After(Deadline):
+		case <-time.After(harness.Deadline):
 			// Say how far the backend got, so that a failure here can be
 			// told apart: header never read, or the proxy's close not seen.
 			return 0, fmt.Errorf("the half-open connection was never closed; backend notes: %v", ev.notes(key))
@@ -573,13 +585,13 @@ func TestStalledReaderBoundedMemory(t *testing.T) {
 			}
 		}
 	})
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := Start(t, WriteConfig(t, server("")+noHealth+tcpRule("stall", port, "b="+be.Addr)))
+	p := Start(t, harness.WriteConfig(t, server("")+noHealth+tcpRule("stall", port, "b="+be.Addr)))
 
 	conns := make([]net.Conn, n)
 	for i := range conns {
-		c, err := net.DialTimeout("tcp", addr, Deadline)
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -589,7 +601,7 @@ func TestStalledReaderBoundedMemory(t *testing.T) {
 		fmt.Fprintf(c, "%08d", i)
 		conns[i] = c
 	}
-	Eventually(t, "20 connections at the backend", func() bool { return be.Conns() == n })
+	harness.Eventually(t, "20 connections at the backend", func() bool { return be.Conns() == n })
 	before := RSS(t, p.PID())
 	peak := before
 	start := time.Now()
@@ -623,7 +635,7 @@ func TestStalledReaderBoundedMemory(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.SetDeadline(time.Now().Add(Deadline))
+			c.SetDeadline(time.Now().Add(harness.Deadline))
 			h := sha256.New()
 			got, err := io.Copy(h, c)
 			total.Add(got)

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 const unitFile = "../../deploy/dynamic-proxy.service"
@@ -97,7 +99,7 @@ func TestSystemdUnit(t *testing.T) {
 
 	// The command lines are ones the binary accepts: run them on a good
 	// config (validate) and check the flags parse.
-	cfg := WriteConfig(t, server("")+noHealth+tcpRule("web", FreePort(t), "a=127.0.0.1:9"))
+	cfg := harness.WriteConfig(t, server("")+noHealth+tcpRule("web", harness.FreePort(t), "a=127.0.0.1:9"))
 	for _, k := range []string{"ExecStartPre", "ExecReload", "ExecStart"} {
 		for _, line := range svc[k] {
 			f := strings.Fields(line)

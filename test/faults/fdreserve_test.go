@@ -3,6 +3,7 @@ package faults
 import (
 	"bufio"
 	"fmt"
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 	"net"
 	"net/http"
 	"os/exec"
@@ -23,14 +24,14 @@ type greeter struct {
 
 func dialGreeter(t *testing.T, addr string) *greeter {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if err != nil {
 		t.Fatalf("dial (the kernel completes the handshake; the backlog holds a client the proxy does not accept): %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
 	g := &greeter{c: c, greeted: make(chan bool, 1)}
 	go func() {
-		c.SetReadDeadline(time.Now().Add(2 * Deadline))
+		c.SetReadDeadline(time.Now().Add(2 * harness.Deadline))
 		line, err := bufio.NewReader(c).ReadString('\n')
 		g.greeted <- err == nil && line == "b\n"
 		close(g.greeted)
@@ -41,7 +42,7 @@ func dialGreeter(t *testing.T, addr string) *greeter {
 // get fetches url on a new connection and returns its status code.
 func get(t *testing.T, url string) int {
 	t.Helper()
-	c := &http.Client{Timeout: Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
+	c := &http.Client{Timeout: harness.Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
 	res, err := c.Get(url)
 	if err != nil {
 		t.Fatalf("GET %s while the data path is at its descriptor budget: %v", url, err)
@@ -74,11 +75,11 @@ func TestObservableAtDescriptorBudget(t *testing.T) {
 		t.Fatal("prlimit (util-linux) is needed: ", err)
 	}
 	be := StartBackend(t, Greet("b"))
-	port := FreePort(t)
+	port := harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// max_connections = 0: nothing but the descriptor budget limits the
 	// connections (a capped max_connections is the other test's).
-	p := Start(t, WriteConfig(t, server("connection_timeout = \"15s\"\nmax_connections = 0")+tcpRule("fd", port, "b="+be.Addr)),
+	p := Start(t, harness.WriteConfig(t, server("connection_timeout = \"15s\"\nmax_connections = 0")+tcpRule("fd", port, "b="+be.Addr)),
 		prlimit, fmt.Sprintf("--nofile=%d:%d", limit, limit))
 	metricsURL, adminURL := p.MetricsURL(), p.AdminURL()
 
@@ -117,20 +118,20 @@ func TestObservableAtDescriptorBudget(t *testing.T) {
 	fds := CountFDs(t, p.PID())
 
 	// Observable: scrapes and admin requests, each on a new connection.
-	var m Metrics
+	var m harness.Metrics
 	for i := range 5 {
-		m = Scrape(t, metricsURL)
+		m = harness.Scrape(t, metricsURL)
 		for _, path := range []string{"/api/v1/status", "/healthz"} {
 			if code := get(t, adminURL+path); code != http.StatusOK {
 				t.Fatalf("admin %s (request %d) while the data path is at its budget: HTTP %d", path, i, code)
 			}
 		}
 	}
-	if got := m[`process_max_fds{}`]; got != limit {
+	if got := m.Value("process_max_fds", nil); got != limit {
 		t.Errorf("process_max_fds = %v; want %d", got, limit)
 	}
-	open, data, budget, reserve := m[`process_open_fds{}`], m[`dynamic_proxy_data_path_descriptors{}`],
-		m[`dynamic_proxy_data_path_descriptor_budget{}`], m[`dynamic_proxy_descriptor_reserve{}`]
+	open, data, budget, reserve := m.Value("process_open_fds", nil), m.Value("dynamic_proxy_data_path_descriptors", nil),
+		m.Value("dynamic_proxy_data_path_descriptor_budget", nil), m.Value("dynamic_proxy_descriptor_reserve", nil)
 	if reserve != 32 {
 		t.Errorf("dynamic_proxy_descriptor_reserve = %v at a limit of %d; want 32", reserve, limit)
 	}
@@ -140,7 +141,7 @@ func TestObservableAtDescriptorBudget(t *testing.T) {
 	if open > limit-reserve/2 {
 		t.Errorf("process_open_fds = %v at the budget: the reserve (%v of %d) is not free", open, reserve, limit)
 	}
-	if n := m[`dynamic_proxy_descriptor_budget_refusals_total{kind="tcp_accept"}`]; n == 0 {
+	if n := m.Value("dynamic_proxy_descriptor_budget_refusals_total", harness.Labels{"kind": "tcp_accept"}); n == 0 {
 		t.Error(`dynamic_proxy_descriptor_budget_refusals_total{kind="tcp_accept"} is 0 at the budget`)
 	}
 
@@ -178,11 +179,11 @@ func TestMaxConnectionsCappedByDescriptorLimit(t *testing.T) {
 	}
 	under := []string{prlimit, fmt.Sprintf("--nofile=%d:%d", limit, limit)}
 	be := StartBackend(t, Greet("b"))
-	port, port2 := FreePort(t), FreePort(t)
+	port, port2 := harness.FreePort(t), harness.FreePort(t)
 	cfg := func(max int) string {
 		return server(fmt.Sprintf("max_connections = %d", max)) + tcpRule("cap", port, "b="+be.Addr)
 	}
-	path := WriteConfig(t, cfg(1000))
+	path := harness.WriteConfig(t, cfg(1000))
 
 	validate := func(wrapper ...string) (string, int) {
 		t.Helper()
@@ -220,7 +221,7 @@ func TestMaxConnectionsCappedByDescriptorLimit(t *testing.T) {
 			t.Errorf("the start-up warning does not say %q: %s", want, line)
 		}
 	}
-	if got := Scrape(t, p.MetricsURL())[`dynamic_proxy_max_connections{}`]; got != float64(capped) {
+	if got := harness.Scrape(t, p.MetricsURL()).Value("dynamic_proxy_max_connections", nil); got != float64(capped) {
 		t.Errorf("dynamic_proxy_max_connections = %v; want the cap %d", got, capped)
 	}
 	from := p.NumLines()
@@ -231,7 +232,7 @@ func TestMaxConnectionsCappedByDescriptorLimit(t *testing.T) {
 		t.Errorf("the reload's warning: %s; want max_connections=2000 capped at %d", line, capped)
 	}
 
-	q := Start(t, WriteConfig(t, server("max_connections = 1000")+tcpRule("cap", port2, "b="+be.Addr)))
+	q := Start(t, harness.WriteConfig(t, server("max_connections = 1000")+tcpRule("cap", port2, "b="+be.Addr)))
 	if n := q.Count("max_connections capped"); n != 0 {
 		t.Errorf("max_connections 1000 capped under a limit of 20,000: %q", q.WaitLog("max_connections capped"))
 	}

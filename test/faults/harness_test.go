@@ -27,24 +27,11 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
 var binary string
 
-// Deadline bounds every wait on an event.
-const Deadline = harness.Deadline
-
 func TestMain(m *testing.M) { harness.Main(m, "faults", "FAULTS_RACE", &binary) }
-
-// Proxy is a running dynamic-proxy process (test/harness).
-type Proxy = harness.Proxy
-
-// WriteConfig writes a config into a temp dir and returns its path. Unless
-// the config has its own [metrics] or [admin] section, both are put on
-// 127.0.0.1:0, so proxies never fight over the default ports.
-func WriteConfig(t testing.TB, toml string) string { t.Helper(); return harness.WriteConfig(t, toml) }
 
 // RewriteConfig replaces the config at path (by rename, as editors do).
 func RewriteConfig(t testing.TB, path, toml string) {
@@ -61,7 +48,7 @@ func RewriteConfig(t testing.TB, path, toml string) {
 // Start runs the binary on configPath and waits for "dynamic-proxy started".
 // wrapper (may be empty) is a command the binary is run under, such as
 // prlimit. The process is killed when the test ends if still running.
-func Start(t testing.TB, configPath string, wrapper ...string) *Proxy {
+func Start(t testing.TB, configPath string, wrapper ...string) *harness.Proxy {
 	t.Helper()
 	argv := append(append([]string{}, wrapper...), binary, "-c", configPath)
 	p := harness.Launch(t, configPath, argv...)
@@ -70,58 +57,6 @@ func Start(t testing.TB, configPath string, wrapper ...string) *Proxy {
 }
 
 var addressRe = regexp.MustCompile(`address=(\S+)`)
-
-// Metrics is one scrape: the value of every series, keyed by its name and
-// labels as exposed (name{a="x",b="y"}, labels sorted), plus each family's
-// sum under its bare name.
-type Metrics map[string]float64
-
-// Scrape reads the metrics endpoint once. The client keeps no connection
-// open, so a scrape leaves no goroutine or descriptor behind in the proxy.
-func Scrape(t testing.TB, url string) Metrics {
-	t.Helper()
-	c := &http.Client{Timeout: Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
-	res, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	if res.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, res.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(res.Body)
-	if err != nil {
-		t.Fatalf("parse %s: %v", url, err)
-	}
-	out := Metrics{}
-	for name, mf := range fams {
-		for _, m := range mf.Metric {
-			var v float64
-			switch {
-			case m.Counter != nil:
-				v = m.Counter.GetValue()
-			case m.Gauge != nil:
-				v = m.Gauge.GetValue()
-			case m.Histogram != nil:
-				v = float64(m.Histogram.GetSampleCount())
-			case m.Untyped != nil:
-				v = m.Untyped.GetValue()
-			}
-			var ls []string
-			for _, lp := range m.Label {
-				ls = append(ls, fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue()))
-			}
-			out[name+"{"+strings.Join(ls, ",")+"}"] += v
-			out[name] += v
-		}
-	}
-	return out
-}
-
-// FreePort returns a port on 127.0.0.1 free for TCP and UDP a moment ago,
-// FreePort returns a TCP and UDP port on 127.0.0.1 free a moment ago.
-func FreePort(t testing.TB) int { t.Helper(); return harness.FreePort(t) }
 
 // Backend is a TCP backend that runs handle on every connection. It can be
 // killed (listener and every connection closed at once) and restarted on
@@ -150,16 +85,11 @@ func StartBackend(t testing.TB, handle func(net.Conn)) *Backend {
 func (b *Backend) Restart() {
 	b.t.Helper()
 	var ln net.Listener
-	var err error
-	for end := time.Now().Add(Deadline); ; {
-		if ln, err = net.Listen("tcp", b.Addr); err == nil || time.Now().After(end) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond) // the port is held a moment by the old socket's close
-	}
-	if err != nil {
-		b.t.Fatal(err)
-	}
+	// The port is held a moment by the old socket's close.
+	harness.Eventually(b.t, "listening again on "+b.Addr, func() (err error) {
+		ln, err = net.Listen("tcp", b.Addr)
+		return err
+	})
 	b.mu.Lock()
 	b.ln, b.Addr, b.conns = ln, ln.Addr().String(), map[net.Conn]struct{}{}
 	b.mu.Unlock()
@@ -234,21 +164,6 @@ func Greet(name string) func(net.Conn) {
 	}
 }
 
-// Greeting dials addr and returns the first line it reads.
-func Greeting(addr string) (string, error) { return harness.Greeting(addr) }
-
-// Eventually polls cond every 20 ms until it holds or Deadline passes.
-func Eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(Deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("%s: not within %v", what, Deadline)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // ---- /proc ----------------------------------------------------------------
 
 // CPU is the CPU time (utime + stime) process pid has used.
@@ -316,7 +231,7 @@ func CountFDs(t testing.TB, pid int) FDs {
 // Goroutines reads go_goroutines from the metrics endpoint.
 func Goroutines(t testing.TB, url string) int {
 	t.Helper()
-	return int(Scrape(t, url)["go_goroutines"])
+	return int(harness.Scrape(t, url).Value("go_goroutines", nil))
 }
 
 // MiB formats bytes in MiB.
@@ -328,28 +243,52 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// steadyBaseline waits until the proxy's goroutines and sockets have held
+// still for 200 ms, with ready (if not nil) true, and returns them. No event
+// says that the runtime parts a first connection starts lazily have
+// settled, so a baseline is a value that stopped changing.
+func steadyBaseline(t testing.TB, p *harness.Proxy, url string, ready func() bool) (int, FDs) {
+	t.Helper()
+	var g int
+	var f FDs
+	var since time.Time
+	harness.Eventually(t, "a steady baseline", func() bool {
+		g1, f1 := Goroutines(t, url), CountFDs(t, p.PID())
+		if since.IsZero() || g1 != g || f1.Sockets != f.Sockets || (ready != nil && !ready()) {
+			g, f, since = g1, f1, time.Now()
+			return false
+		}
+		return time.Since(since) >= 200*time.Millisecond
+	})
+	return g, f
+}
+
 // backToBaseline waits until the proxy's goroutines and sockets are back to
 // baseG and baseFD.Sockets, and stores the last values seen in g and f. On
 // failure it lists the proxy's descriptors.
-func backToBaseline(t testing.TB, p *Proxy, url string, baseG int, baseFD FDs, g *int, f *FDs) {
+func backToBaseline(t testing.TB, p *harness.Proxy, url string, baseG int, baseFD FDs, g *int, f *FDs) {
 	t.Helper()
-	end := time.Now().Add(Deadline)
-	for {
+	harness.Eventually(t, "back to the baseline", func() error {
 		*g, *f = Goroutines(t, url), CountFDs(t, p.PID())
 		if *g == baseG && f.Sockets == baseFD.Sockets {
-			return
+			return nil
 		}
-		if time.Now().After(end) {
-			t.Fatalf("not back to the baseline within %v: goroutines %d (baseline %d), descriptors %v (baseline %v)\n%s",
-				Deadline, *g, baseG, *f, baseFD, debugDump(p))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return offBaseline{fmt.Sprintf("goroutines %d (baseline %d), descriptors %v (baseline %v)", *g, baseG, *f, baseFD), p}
+	})
 }
+
+// offBaseline is the state backToBaseline last saw; its message lists the
+// proxy's descriptors as they are when the test fails.
+type offBaseline struct {
+	state string
+	p     *harness.Proxy
+}
+
+func (e offBaseline) Error() string { return e.state + "\n" + debugDump(e.p) }
 
 // debugDump lists the proxy's descriptors and, when the config turned
 // [admin] pprof on, its goroutines: what a leak report needs.
-func debugDump(p *Proxy) string {
+func debugDump(p *harness.Proxy) string {
 	var b strings.Builder
 	dir := fmt.Sprintf("/proc/%d/fd", p.PID())
 	ents, _ := os.ReadDir(dir)
@@ -358,7 +297,7 @@ func debugDump(p *Proxy) string {
 		fmt.Fprintf(&b, "fd %s -> %s\n", e.Name(), target)
 	}
 	if m := addressRe.FindStringSubmatch(p.WaitLog("admin API listening")); m != nil && strings.Contains(p.Log(), "pprof=true") {
-		c := &http.Client{Timeout: Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
+		c := &http.Client{Timeout: harness.Deadline, Transport: &http.Transport{DisableKeepAlives: true}}
 		if res, err := c.Get("http://" + m[1] + "/debug/pprof/goroutine?debug=1"); err == nil {
 			body, _ := io.ReadAll(res.Body)
 			res.Body.Close()

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // load is client traffic through the proxy: long-lived streams that keep
@@ -41,7 +43,7 @@ func (l *load) fail(format string, args ...any) {
 func echoRound(c net.Conn, n int) error {
 	buf := make([]byte, n)
 	rand.Read(buf)
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	errc := make(chan error, 1)
 	go func() { _, err := c.Write(buf); errc <- err }()
 	got := make([]byte, n)
@@ -63,7 +65,7 @@ func startLoad(t *testing.T, addr string, streams, workers int, interval time.Du
 	t.Helper()
 	l := &load{stop: make(chan struct{})}
 	for i := 0; i < streams; i++ {
-		c, err := net.DialTimeout("tcp", addr, Deadline)
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +102,7 @@ func startLoad(t *testing.T, addr string, streams, workers int, interval time.Du
 					return
 				case <-tick.C:
 				}
-				c, err := net.DialTimeout("tcp", addr, Deadline)
+				c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 				if err != nil {
 					l.fail("dial: %v", err)
 					continue
@@ -172,25 +174,18 @@ func TestReloadStorm(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		bes = append(bes, StartBackend(t, Echo).Addr)
 	}
-	port, extraPort := FreePort(t), FreePort(t)
+	port, extraPort := harness.FreePort(t), harness.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cfg := WriteConfig(t, reloadVariant(0, port, extraPort, bes))
+	cfg := harness.WriteConfig(t, reloadVariant(0, port, extraPort, bes))
 	p := Start(t, cfg)
 	url := p.MetricsURL()
 
 	// Baseline, after one connection so that lazily started runtime parts exist.
-	if c, err := net.DialTimeout("tcp", addr, Deadline); err == nil {
+	if c, err := net.DialTimeout("tcp", addr, harness.Deadline); err == nil {
 		echoRound(c, 1024)
 		c.Close()
 	}
-	var baseG int
-	var baseFD FDs
-	Eventually(t, "a steady baseline", func() bool {
-		g1, f1 := Goroutines(t, url), CountFDs(t, p.PID())
-		time.Sleep(100 * time.Millisecond)
-		baseG, baseFD = Goroutines(t, url), CountFDs(t, p.PID())
-		return g1 == baseG && f1.Sockets == baseFD.Sockets
-	})
+	baseG, baseFD := steadyBaseline(t, p, url, nil)
 
 	l := startLoad(t, addr, 8, 2, 5*time.Millisecond)
 	start := time.Now()

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
 // UDPEcho is a UDP backend that sends every datagram back; it can be
@@ -104,7 +106,7 @@ func (s *soakStats) fail(format string, args ...any) {
 // back: then they must be the bytes sent (else corrupt). One cut short by
 // a killed backend is counted as interrupted.
 func (s *soakStats) transfer(addr string, size int) {
-	c, err := net.DialTimeout("tcp", addr, Deadline)
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
 	if errors.Is(err, syscall.ECONNRESET) {
 		// Accepted, its backend dialled, and that backend killed before
 		// this client's connect call returned: the proxy passed the
@@ -122,7 +124,7 @@ func (s *soakStats) transfer(addr string, size int) {
 		return
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(Deadline))
+	c.SetDeadline(time.Now().Add(harness.Deadline))
 	payload := make([]byte, size)
 	rand.Read(payload)
 	go func() {
@@ -264,9 +266,9 @@ func TestSoak(t *testing.T) {
 		u := StartUDPEcho(t)
 		udpBEs, udpAddrs = append(udpBEs, u), append(udpAddrs, u.Addr)
 	}
-	tcpPort, udpPort := FreePort(t), FreePort(t)
+	tcpPort, udpPort := harness.FreePort(t), harness.FreePort(t)
 	tcpAddr, udpAddr := fmt.Sprintf("127.0.0.1:%d", tcpPort), fmt.Sprintf("127.0.0.1:%d", udpPort)
-	cfg := WriteConfig(t, soakConfig(0, tcpPort, udpPort, tcpAddrs, udpAddrs))
+	cfg := harness.WriteConfig(t, soakConfig(0, tcpPort, udpPort, tcpAddrs, udpAddrs))
 	p := Start(t, cfg)
 	url := p.MetricsURL()
 
@@ -276,17 +278,12 @@ func TestSoak(t *testing.T) {
 	st.transfer(tcpAddr, 1024)
 	if uc, err := net.Dial("udp", udpAddr); err == nil {
 		uc.Write([]byte("warm up"))
-		uc.SetReadDeadline(time.Now().Add(Deadline))
+		uc.SetReadDeadline(time.Now().Add(harness.Deadline))
 		uc.Read(make([]byte, 64))
 		uc.Close()
 	}
-	var baseG int
-	var baseFD FDs
-	Eventually(t, "a steady baseline (the warm-up's UDP session ended)", func() bool {
-		g1, f1 := Goroutines(t, url), CountFDs(t, p.PID())
-		time.Sleep(200 * time.Millisecond) // two samples 200 ms apart must agree
-		baseG, baseFD = Goroutines(t, url), CountFDs(t, p.PID())
-		return g1 == baseG && f1.Sockets == baseFD.Sockets && Scrape(t, url)[`dynamic_proxy_connections_active{protocol="udp",rule="udp"}`] == 0
+	baseG, baseFD := steadyBaseline(t, p, url, func() bool { // once the warm-up's UDP session ended
+		return harness.Scrape(t, url).Value("dynamic_proxy_connections_active", harness.Labels{"protocol": "udp", "rule": "udp"}) == 0
 	})
 	baseRSS := RSS(t, p.PID())
 	st = &soakStats{}

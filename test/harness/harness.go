@@ -1,7 +1,9 @@
 // Package harness runs the built dynamic-proxy binary for the end-to-end
 // (test/e2e) and fault (test/faults) suites: it builds the binary, starts
 // it on a config, follows its log so tests wait on events rather than
-// sleeping, and stops it when the test ends.
+// sleeping, and stops it when the test ends. It also holds what every test
+// that waits shares, unit tests included: Eventually (wait.go) and the
+// Prometheus scraper (metrics.go).
 package harness
 
 import (
