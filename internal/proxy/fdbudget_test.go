@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"fmt"
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 	"io"
 	"strings"
 	"sync/atomic"
@@ -62,7 +63,7 @@ func TestDescriptorBudgetPausesAccept(t *testing.T) {
 	}
 	late := dial(t, addr) // the kernel completes the handshake: the backlog holds it
 	late.Write([]byte("late\n"))
-	waitFor(t, "the loop to pause accepting at the budget", func() bool { return s.Descriptors().Refused[RefusedAccept] > 0 })
+	harness.Eventually(t, "the loop to pause accepting at the budget", func() bool { return s.Descriptors().Refused[RefusedAccept] > 0 })
 	logs.wait(t, "for the episode", budgetLog)
 	if n := s.Stats.Accepted.Load(); n != 3 {
 		t.Fatalf("%d connections accepted with room for 3", n)
@@ -120,7 +121,7 @@ func TestDescriptorBudgetUDP(t *testing.T) {
 	if _, err := c.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the datagram to be refused at the budget", func() bool { return s.Descriptors().Refused[RefusedUDPSession] > 0 })
+	harness.Eventually(t, "the datagram to be refused at the budget", func() bool { return s.Descriptors().Refused[RefusedUDPSession] > 0 })
 	if n := s.UDP.Sessions.Load(); n != 0 {
 		t.Fatalf("%d sessions opened with a budget of 0", n)
 	}
