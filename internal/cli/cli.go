@@ -238,7 +238,10 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		go procs.New(n, log).Run(ctx) // GOMAXPROCS follows the load (internal/procs)
 	}
 	if cfg.Server.WatchConfig {
-		if err := reload.Watch(ctx, o.config, reload.DefaultDebounce, func() { rl.Reload("file", true) }); err != nil {
+		if err := reload.Watch(ctx, o.config, reload.DefaultDebounce, func() {
+			log.Debug("config file changed and settled; reloading", "config", o.config)
+			rl.Reload("file", true)
+		}); err != nil {
 			log.Warn("cannot watch the config file; reload with SIGHUP", "err", err.Error())
 		} else {
 			log.Info("watching the config file for changes", "config", o.config)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -75,6 +76,10 @@ func parse(name string, data []byte, adjust func(*Config), rules rulesNeed) (*Co
 		adjust(cfg)
 	}
 	cfg.validate(errs)
+	if Unterminated(data) {
+		cfg.Warnings = append(cfg.Warnings, Problem{File: name, Line: bytes.Count(data, []byte{'\n'}) + 1,
+			Msg: "the last line does not end with a newline: the file may have been cut short (a full disk, or a write still under way)"})
+	}
 	if rules == rulesRequired || rules == rulesUnlessFollowing && !(cfg.Redis != nil && cfg.Redis.WatchConfig) {
 		cfg.requireRule(errs)
 	}
@@ -83,4 +88,29 @@ func parse(name string, data []byte, adjust func(*Config), rules rulesNeed) (*Co
 		return nil, errs
 	}
 	return cfg, nil
+}
+
+// Unterminated reports whether data holds TOML whose last line does not end
+// with a newline: the mark of a file cut short by a full disk or a write
+// still under way (HAProxy refuses such a file for the same reason).
+func Unterminated(data []byte) bool {
+	return len(data) > 0 && data[len(data)-1] != '\n' && !Blank(data)
+}
+
+// Blank reports whether data holds no TOML at all: only white space and
+// comments. The file watch takes such a file as one not written yet.
+func Blank(data []byte) bool {
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) > 0 && line[0] != '#' {
+			return false
+		}
+	}
+	return true
 }

@@ -29,9 +29,10 @@ type Reloader struct {
 	// (for metrics).
 	Result func(err error)
 
-	mu     sync.Mutex
-	hash   [32]byte // of the file content last applied
-	failed [32]byte // of the content that last failed to apply
+	mu         sync.Mutex
+	hash       [32]byte // of the file content last applied
+	failed     [32]byte // of the content that last failed to apply
+	unfinished string   // why the file was last taken as not written yet (logged then); "" after other content
 }
 
 // Seed records the content of the config the engine started with, so that a
@@ -42,18 +43,46 @@ func (r *Reloader) Seed(data []byte) {
 	r.mu.Unlock()
 }
 
+// unfinished says why the file watch should take data as a file still being
+// written, or "".
+func unfinished(data []byte) string {
+	switch {
+	case config.Blank(data):
+		return "is empty"
+	case config.Unterminated(data):
+		return "does not end with a newline"
+	}
+	return ""
+}
+
 // Reload reads the config and applies it. trigger names the cause for the
-// log ("signal", "file", "api"). With onlyIfChanged, a file whose content is
-// the same as the last applied one is skipped silently. On error the running
-// config keeps serving; the error (a *config.Errors for an invalid file) is
-// returned and logged.
+// log ("signal", "file", "api"). onlyIfChanged is set by the file watch: a
+// file whose content is the same as the last applied one, or as the last
+// one that failed (logged then), is skipped silently, and a blank file
+// (empty, or only white space and comments: truncated by an editor or a
+// config-management tool that has not written it yet) or one whose last
+// line has no newline (cut short by a full disk) is taken as not yet
+// written, logged once and skipped. On error the running config keeps
+// serving; the error (a *config.Errors for an invalid file) is returned and
+// logged. Any trigger refuses a config with no enabled rule (config.Load).
 func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	data, err := os.ReadFile(r.Path)
-	sum := sha256.Sum256(data)
-	if err == nil && onlyIfChanged && (sum == r.hash || sum == r.failed) {
-		return nil // unchanged, or the same invalid content as last time (logged then)
+	var sum [32]byte
+	if err == nil {
+		if why := unfinished(data); onlyIfChanged && why != "" {
+			if r.unfinished != why {
+				r.unfinished = why
+				r.Log.Warn("config file "+why+": taken as not written yet; still serving the previous config", "trigger", trigger, "config", r.Path, "bytes", len(data))
+			}
+			return nil
+		}
+		r.unfinished = ""
+		sum = sha256.Sum256(data)
+		if onlyIfChanged && (sum == r.hash || sum == r.failed) {
+			return nil // unchanged, or the same invalid content as last time
+		}
 	}
 	var cfg *config.Config
 	if err == nil {
@@ -72,7 +101,7 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 	}
 	if err != nil {
 		if data != nil {
-			r.failed = sum
+			r.failed = sum // only content that was read: a failed read leaves no hash
 		}
 		r.Log.Error("reload failed; still serving the previous config", "trigger", trigger, "err", err.Error())
 		return err

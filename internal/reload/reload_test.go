@@ -115,3 +115,187 @@ func TestWatchDebouncesBursts(t *testing.T) {
 	}
 	cancel()
 }
+
+// TestWatchIgnoresNeighbours: writes to another file in the config's
+// directory (the proxy's own log, say) schedule no reload; a write to the
+// config file does, once.
+func TestWatchIgnoresNeighbours(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	logPath := filepath.Join(dir, "proxy.log")
+	os.WriteFile(path, []byte("a"), 0o644)
+	type seen struct {
+		name     string
+		relevant bool
+	}
+	events := make(chan seen, 1024)
+	eventSeen = func(name string, relevant bool) { events <- seen{name, relevant} }
+	defer func() { eventSeen = nil }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fired := make(chan string, 16)
+	if err := Watch(ctx, path, 50*time.Millisecond, func() {
+		b, _ := os.ReadFile(path)
+		fired <- string(b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		os.WriteFile(logPath, []byte(strings.Repeat("log line\n", i+1)), 0o644)
+	}
+	// Wait until the watch has seen the neighbour's events and taken them
+	// as not the config's.
+	deadline := time.After(20 * time.Second)
+	for got := false; !got; {
+		select {
+		case e := <-events:
+			if e.name == logPath {
+				if e.relevant {
+					t.Fatalf("an event on %s counted as a change to the config", e.name)
+				}
+				got = true
+			}
+		case <-deadline:
+			t.Fatal("no event for the neighbour file")
+		}
+	}
+	os.WriteFile(path, []byte("b"), 0o644)
+	select {
+	case content := <-fired:
+		if content != "b" {
+			t.Fatalf("reload ran on content %q, want the config write %q", content, "b")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no reload after a write to the config")
+	}
+	cancel()
+	for {
+		select {
+		case e := <-events:
+			if e.name == logPath && e.relevant {
+				t.Fatalf("an event on %s counted as a change to the config", e.name)
+			}
+		default:
+			if len(fired) != 0 {
+				t.Fatalf("%d more reloads; want one", len(fired))
+			}
+			return
+		}
+	}
+}
+
+// TestWatchWaitsForTheWriteToSettle: a file written in pieces is reloaded
+// once, on its whole content, never on a part of it.
+func TestWatchWaitsForTheWriteToSettle(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	os.WriteFile(path, []byte("old"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fired := make(chan string, 16)
+	if err := Watch(ctx, path, 100*time.Millisecond, func() {
+		b, _ := os.ReadFile(path)
+		fired <- string(b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := ""
+	for i := range 10 {
+		piece := strings.Repeat(string(rune('a'+i)), 100)
+		f.WriteString(piece)
+		whole += piece
+	}
+	f.Close()
+	select {
+	case content := <-fired:
+		if content != whole {
+			t.Fatalf("reloaded on %d bytes, want the whole %d", len(content), len(whole))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no reload")
+	}
+}
+
+// TestWatchedNamesFollowsConfigMapLinks: with a Kubernetes ConfigMap's
+// layout (config.toml -> ..data/config.toml, ..data -> ..2026_01/), the
+// swap of ..data counts, a neighbour does not.
+func TestWatchedNamesFollowsConfigMapLinks(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "..2026_01"), 0o755)
+	os.WriteFile(filepath.Join(dir, "..2026_01", "config.toml"), []byte("a"), 0o644)
+	os.Symlink("..2026_01", filepath.Join(dir, "..data"))
+	path := filepath.Join(dir, "config.toml")
+	os.Symlink(filepath.Join("..data", "config.toml"), path)
+	names, dirs := watchedNames(path)
+	for _, want := range []string{path, filepath.Join(dir, "..data"), filepath.Join(dir, "..data", "config.toml"), filepath.Join(dir, "..2026_01", "config.toml")} {
+		if !names[want] {
+			t.Errorf("%s is not watched: %v", want, names)
+		}
+	}
+	if names[filepath.Join(dir, "proxy.log")] || names[dir] {
+		t.Errorf("a neighbour or the directory itself is watched: %v", names)
+	}
+	if !dirs[dir] {
+		t.Errorf("the config's directory is not watched: %v", dirs)
+	}
+}
+
+// TestReloadBlankFile: a blank file from the watch is taken as not yet
+// written (logged once, nothing applied); SIGHUP on it is refused with the
+// reason. Both keep the running config.
+func TestReloadBlankFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	os.WriteFile(path, []byte(good), 0o644)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	eng := engine.New(log)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Shutdown(context.Background())
+	r := &Reloader{Engine: eng, Path: path, Log: log}
+	r.Seed(cfg.Raw)
+	// A failed read first: it must leave nothing that makes a later blank
+	// file be skipped for the wrong reason.
+	os.Remove(path)
+	if err := r.Reload("file", true); err == nil {
+		t.Fatal("a missing file reloaded")
+	}
+	for _, blank := range []string{"", "\n  \n", "# only a comment\n"} {
+		os.WriteFile(path, []byte(blank), 0o644)
+		if err := r.Reload("file", true); err != nil {
+			t.Fatalf("blank file %q from the watch: %v", blank, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "config file is empty"); n != 1 {
+		t.Fatalf("%d 'empty' lines for three blank writes in a row; want 1:\n%s", n, logs.String())
+	}
+	// Cut short mid-line, as a full disk leaves it: not written yet either.
+	os.WriteFile(path, []byte(strings.TrimSuffix(good, "\n")[:len(good)-8]), 0o644)
+	if err := r.Reload("file", true); err != nil {
+		t.Fatalf("a file cut short from the watch: %v", err)
+	}
+	if !strings.Contains(logs.String(), "does not end with a newline") {
+		t.Fatalf("no line for the file cut short:\n%s", logs.String())
+	}
+	os.WriteFile(path, nil, 0o644)
+	err = r.Reload("signal", false)
+	if err == nil || !strings.Contains(err.Error(), "no rule") {
+		t.Fatalf("SIGHUP on a blank file: %v", err)
+	}
+	if got, v := eng.Config(); v != 1 || len(got.Rules) != 1 {
+		t.Fatalf("the running config changed: version %d", v)
+	}
+	if n := len(eng.Listeners()); n != 1 {
+		t.Fatalf("%d listeners after the blank file; want the old one", n)
+	}
+}

@@ -1,57 +1,144 @@
 package reload
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 )
 
-// DefaultDebounce is how long a burst of file events must settle before one
-// reload runs.
+// DefaultDebounce is the quiet period of the file watch: how long a burst
+// of events on the config file must settle before its content is read, and
+// how long that content must then stay the same before it is reloaded.
 const DefaultDebounce = 200 * time.Millisecond
 
-// Watch calls fn once after each burst of changes to the file at path, until
-// ctx ends. It watches the file's directory, not the file: editors that write
-// a temporary file and rename it over the original, and Kubernetes ConfigMap
+// eventSeen, when set (by tests, before Watch), is told of every event the
+// watch receives and whether it concerns the config file.
+var eventSeen func(name string, relevant bool)
+
+// maxLinkHops bounds how many symlinks Watch follows from the config path.
+const maxLinkHops = 8
+
+// Watch calls fn when the config file at path has changed and settled,
+// until ctx ends.
+//
+// It watches the file's directory, not the file: editors that write a
+// temporary file and rename it over the original, and Kubernetes ConfigMap
 // updates (a ..data symlink swapped in the same directory), replace the
-// inode, which a watch on the file itself would lose. Any event in the
-// directory schedules fn; fn is expected to skip a reload when the content is
-// unchanged (Reloader.Reload with onlyIfChanged).
+// inode, which a watch on the file itself would lose. Only events on the
+// config file itself, on the symlinks that lead from it to the real file,
+// and on that file count: writes to its neighbours (a log file beside it,
+// for instance) are ignored.
+//
+// A change is taken once it has settled: after an event, the file is read
+// once no event has come for debounce, and read again after a further
+// quiet debounce; fn runs only when both reads agree, so a file that is
+// still being written is never reloaded half-way.
 func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	if err := w.Add(dir); err != nil {
-		w.Close()
-		return err
+	names, dirs := watchedNames(abs)
+	for d := range dirs {
+		if err := w.Add(d); err != nil {
+			w.Close()
+			return err
+		}
 	}
 	go func() {
 		defer w.Close()
 		timer := time.NewTimer(time.Hour)
 		timer.Stop()
+		var last []byte // the content read when the timer last fired
+		read := false   // last holds a read since the latest event
+		pending := false
 		for {
 			select {
 			case <-ctx.Done():
 				timer.Stop()
 				return
-			case _, ok := <-w.Events:
+			case ev, ok := <-w.Events:
 				if !ok {
 					return
 				}
+				relevant := names[filepath.Clean(ev.Name)]
+				if eventSeen != nil {
+					eventSeen(ev.Name, relevant)
+				}
+				if !relevant {
+					continue // a neighbour of the config file
+				}
+				pending, read = true, false
 				timer.Reset(debounce)
 			case _, ok := <-w.Errors:
 				if !ok {
 					return
 				}
-				timer.Reset(debounce) // events may have been lost: check anyway
+				pending, read = true, false // events may have been lost: check anyway
+				timer.Reset(debounce)
 			case <-timer.C:
-				fn()
+				if !pending {
+					continue
+				}
+				data, err := os.ReadFile(abs)
+				if err == nil && (!read || !bytes.Equal(data, last)) {
+					last, read = data, true // read once more after a quiet period
+					timer.Reset(debounce)
+					continue
+				}
+				pending, read = false, false
+				fn() // settled, or unreadable: the reloader reports it
+				// A swapped symlink may now lead elsewhere.
+				n, ds := watchedNames(abs)
+				names = n
+				for d := range ds {
+					if !dirs[d] {
+						_ = w.Add(d) // best effort: the config's own directory is watched already
+						dirs[d] = true
+					}
+				}
 			}
 		}
 	}()
 	return nil
+}
+
+// watchedNames returns the paths whose events concern the config file at
+// path (absolute): the path itself, every symlink on the way to the real
+// file and the directories those links lead through (a ConfigMap's ..data),
+// and the real file; and the directories to watch for them.
+func watchedNames(path string) (names, dirs map[string]bool) {
+	names = map[string]bool{path: true}
+	dirs = map[string]bool{filepath.Dir(path): true}
+	p := path
+	for range maxLinkHops {
+		target, err := os.Readlink(p)
+		if err != nil {
+			break // not a symlink (or gone): p is the file
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(p), target)
+		}
+		target = filepath.Clean(target)
+		// Each step of the target's path below the link's directory may be
+		// swapped: ..data in a ConfigMap.
+		for d := target; d != filepath.Dir(p) && d != filepath.Dir(d); d = filepath.Dir(d) {
+			names[d] = true
+		}
+		dirs[filepath.Dir(target)] = true
+		p = target
+	}
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		names[real] = true
+		dirs[filepath.Dir(real)] = true
+	}
+	return names, dirs
 }
