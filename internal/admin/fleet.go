@@ -143,6 +143,9 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	switch aerr := config.CheckBackendAddress(body.Address); {
+	case config.CheckName("backend id", id) != nil:
+		writeError(w, http.StatusBadRequest, "%v", config.CheckName("backend id", id))
+		return
 	case aerr != nil:
 		writeError(w, http.StatusBadRequest, "address: %v", aerr)
 		return

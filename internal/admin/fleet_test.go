@@ -151,6 +151,8 @@ func TestRegistrationEndpoints(t *testing.T) {
 		{"/api/v1/rules/web/backends/z", `{"address": "127.0.0.1:1", "ttl": "10ms"}`, 400, "at least 1s"},
 		{"/api/v1/rules/web/backends/z", `{"address": "127.0.0.1:1", "port": 3}`, 400, `unknown field "port"`},
 		{"/api/v1/rules/web/backends/z", ``, 400, "empty body"},
+		{"/api/v1/rules/web/backends/" + strings.Repeat("x", 129), `{"address": "127.0.0.1:1"}`, 400, "backend id is 129 bytes long; at most 128"},
+		{"/api/v1/rules/web/backends/a%22b", `{"address": "127.0.0.1:1"}`, 400, `has '"' at byte 1`},
 		{"/api/v1/rules/nope/backends/z", `{"address": "127.0.0.1:1"}`, 409, `no rule "nope"`},
 		{"/api/v1/rules/web/backends/a", `{"address": "127.0.0.1:1"}`, 409, `defines backend "a" in its config file`},
 	} {

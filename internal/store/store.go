@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -175,8 +174,15 @@ func CheckRegistration(rule, id, address string, weight int, ttl time.Duration) 
 	if id == "" {
 		errs = append(errs, errors.New("missing backend id"))
 	}
-	if strings.ContainsAny(rule+id, " \t\r\n") {
-		errs = append(errs, fmt.Errorf("rule %q / id %q: must not contain white space", rule, id))
+	if rule != "" {
+		if err := config.CheckName("rule name", rule); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if id != "" {
+		if err := config.CheckName("backend id", id); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := config.CheckBackendAddress(address); err != nil {
 		errs = append(errs, err)
