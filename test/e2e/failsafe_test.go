@@ -3,6 +3,8 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,6 +140,23 @@ func TestConfigWritesNeverEmptyTheProxy(t *testing.T) {
 	step("a config with no rule", func() error {
 		return os.WriteFile(path, []byte("[server]\ntcp_bind = \"127.0.0.1:0\"\n"), 0o644)
 	}, "reload failed", "no rule: this config would serve nothing")
+	// SIGHUP and the admin API on the same file refuse it too.
+	from := p.NumLines()
+	os.WriteFile(path, []byte("[server]\ntcp_bind = \"127.0.0.1:0\"\n"), 0o644)
+	p.WaitLogFrom(from, "reload failed", "trigger=file", "no rule")
+	from = p.NumLines()
+	p.Signal(syscall.SIGHUP)
+	p.WaitLogFrom(from, "reload failed", "trigger=signal", "no rule")
+	res, err := http.Post(p.AdminURL()+"/api/v1/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(body), "no rule") {
+		t.Fatalf("POST /api/v1/reload on a file with no rule: %s %s", res.Status, body)
+	}
+	restore()
 	whole := good()
 	version--
 	cut := strings.Index(whole, "[[rules.backends]]\nid = \"b1\"")
