@@ -31,14 +31,16 @@ id = "a"
 address = "127.0.0.1:1"
 `
 
-func TestReloadSkipsRepeatedInvalidContent(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "config.toml")
+// startReloader runs an engine on the config good, written to a file, and
+// returns a Reloader for that file, the engine, the path and the log.
+func startReloader(t *testing.T) (*Reloader, *engine.Engine, string, *bytes.Buffer) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(path, []byte(good), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
+	logs := &bytes.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
 	eng := engine.New(log)
 	cfg, err := config.Load(path)
 	if err != nil {
@@ -47,9 +49,14 @@ func TestReloadSkipsRepeatedInvalidContent(t *testing.T) {
 	if err := eng.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	defer eng.Shutdown(context.Background())
+	t.Cleanup(func() { eng.Shutdown(context.Background()) })
 	r := &Reloader{Engine: eng, Path: path, Log: log}
 	r.Seed(cfg.Raw)
+	return r, eng, path, logs
+}
+
+func TestReloadSkipsRepeatedInvalidContent(t *testing.T) {
+	r, eng, path, logs := startReloader(t)
 
 	if err := r.Reload("file", true); err != nil {
 		t.Fatalf("unchanged content: %v", err)
@@ -248,22 +255,7 @@ func TestWatchedNamesFollowsConfigMapLinks(t *testing.T) {
 // written (logged once, nothing applied); SIGHUP on it is refused with the
 // reason. Both keep the running config.
 func TestReloadBlankFile(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "config.toml")
-	os.WriteFile(path, []byte(good), 0o644)
-	var logs bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	eng := engine.New(log)
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := eng.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Shutdown(context.Background())
-	r := &Reloader{Engine: eng, Path: path, Log: log}
-	r.Seed(cfg.Raw)
+	r, eng, path, logs := startReloader(t)
 	// A failed read first: it must leave nothing that makes a later blank
 	// file be skipped for the wrong reason.
 	os.Remove(path)
@@ -288,7 +280,7 @@ func TestReloadBlankFile(t *testing.T) {
 		t.Fatalf("no line for the file cut short:\n%s", logs.String())
 	}
 	os.WriteFile(path, nil, 0o644)
-	err = r.Reload("signal", false)
+	err := r.Reload("signal", false)
 	if err == nil || !strings.Contains(err.Error(), "no rule") {
 		t.Fatalf("SIGHUP on a blank file: %v", err)
 	}
