@@ -155,8 +155,10 @@ type Rule struct {
 	// SessionTimeout ends a session with no datagram in either direction for
 	// this long. Default 30s; must be greater than 0.
 	SessionTimeout Duration `toml:"session_timeout"`
-	// MaxResponses ends a session after this many datagrams from the backend
-	// reached the client (1 suits DNS). Default 0: unlimited.
+	// MaxResponses is how many replies each client datagram expects: a
+	// session ends once it has delivered MaxResponses × the datagrams its
+	// client sent (nginx's proxy_responses; 1 suits DNS). Default 0:
+	// unlimited.
 	MaxResponses int `toml:"max_responses"`
 	// MaxSessions caps the rule's concurrent sessions; a datagram from a new
 	// client beyond it is dropped and counted, existing sessions are not

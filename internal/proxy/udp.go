@@ -644,6 +644,15 @@ func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
 	}
 }
 
+// repliesDone reports whether s has delivered every reply it expects:
+// max_responses per datagram the client sent (nginx's proxy_responses), so
+// a client that sends two queries before the first answer (glibc's A and
+// AAAA) gets both answers.
+func (s *udpSession) repliesDone() bool {
+	limit := int64(s.route.MaxResponses)
+	return limit > 0 && int64(s.responses) >= limit*s.inN
+}
+
 // forwarded counts a datagram of n bytes sent to s's backend.
 func (l *udpShard) forwarded(s *udpSession, n int) {
 	s.inN++
@@ -895,7 +904,7 @@ func (l *udpShard) readBackend(fd int) {
 				l.st.oversize++
 				continue
 			}
-			if limit := s.route.MaxResponses; limit > 0 && s.responses >= limit {
+			if s.repliesDone() {
 				l.st.maxResp++
 				continue
 			}
@@ -935,7 +944,7 @@ func (l *udpShard) readBackend(fd int) {
 			b.n++
 		}
 		l.touch(s)
-		if limit := s.route.MaxResponses; limit > 0 && s.responses >= limit {
+		if s.repliesDone() {
 			l.end(s, "max_responses")
 			return
 		}

@@ -222,6 +222,42 @@ func TestUDPMaxResponses(t *testing.T) {
 	}
 }
 
+// TestUDPMaxResponsesPerDatagram: max_responses counts replies per client
+// datagram. A client that sends two queries before the first answer (the
+// backend here answers both once it has the second) gets both answers with
+// max_responses = 1, and the session then ends by max_responses.
+func TestUDPMaxResponsesPerDatagram(t *testing.T) {
+	s, sink := newTestServer(t)
+	be := startUDPBackend(t, func(p []byte) [][]byte {
+		if string(p) == "q1" {
+			return nil // held until q2 arrives
+		}
+		return [][]byte{[]byte("r1"), []byte("r2")}
+	})
+	rt := newUDPRoute(t, "dns", be.addr)
+	rt.MaxResponses = 1
+	rt.AccessLog = true
+	l := listenUDPTest(t, s, rt)
+	c := udpClient(t, l.Addr())
+	for _, q := range []string{"q1", "q2"} {
+		if _, err := c.Write([]byte(q)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"r1", "r2"} {
+		if got := string(readDatagram(t, c)); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+	rec := sink.wait(t, "of the session ending by max_responses", udpSessionEnded("max_responses"))
+	if rec.attrs["datagrams_in"] != int64(2) || rec.attrs["datagrams_out"] != int64(2) {
+		t.Errorf("access log %v: want 2 datagrams in and 2 out", rec.attrs)
+	}
+	if got := s.UDP.DroppedMaxResponse.Load(); got != 0 {
+		t.Errorf("%d replies dropped after max_responses; want 0", got)
+	}
+}
+
 // TestUDPDNSShaped sends DNS-shaped traffic (one query, one answer, the
 // answer carrying the query's id) with max_responses = 1: each session
 // must end right after its answer, releasing its socket.
@@ -492,10 +528,16 @@ func TestUDPDescriptorsReleased(t *testing.T) {
 
 // TestUDPShutdownDrains: Shutdown stops new sessions but lets open ones get
 // their replies; it returns when the last session ends (here, by
-// max_responses after its second reply).
+// max_responses: 2 per datagram, so 4 replies to its two datagrams; the
+// backend answers the first once and the second three times).
 func TestUDPShutdownDrains(t *testing.T) {
 	s, _ := newTestServer(t)
-	be := startUDPBackend(t, echoReply)
+	be := startUDPBackend(t, func(p []byte) [][]byte {
+		if string(p) == "during" {
+			return [][]byte{p, p, p}
+		}
+		return [][]byte{p}
+	})
 	rt := newUDPRoute(t, "drain", be.addr)
 	rt.MaxResponses = 2
 	l := listenUDPTest(t, s, rt)

@@ -23,7 +23,8 @@ type UDPEcho struct {
 	done chan struct{}
 }
 
-// StartUDPEcho starts a UDP echo backend named name.
+// StartUDPEcho starts a UDP echo backend named name: it answers each
+// datagram with "name:" and the datagram, N times for one that starts "Nx:".
 func StartUDPEcho(t testing.TB, name string) *UDPEcho {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -42,7 +43,13 @@ func StartUDPEcho(t testing.TB, name string) *UDPEcho {
 				return
 			}
 			copy(buf, prefix)
-			c.WriteToUDPAddrPort(buf[:len(prefix)+n], from)
+			times := 1
+			if p := buf[len(prefix) : len(prefix)+n]; len(p) >= 3 && p[0] >= '1' && p[0] <= '9' && p[1] == 'x' && p[2] == ':' {
+				times = int(p[0] - '0') // "3x:..." is answered three times
+			}
+			for range times {
+				c.WriteToUDPAddrPort(buf[:len(prefix)+n], from)
+			}
 		}
 	}()
 	t.Cleanup(func() { c.Close(); <-e.done })
@@ -257,7 +264,7 @@ access_log = true
 [[rules]]
 name = "u"
 protocol = "udp"
-max_responses = 2 # the session ends with its second reply
+max_responses = 2 # per datagram: the session ends with its fourth reply to two
 [[rules.backends]]
 id = "e"
 address = %q
@@ -270,7 +277,7 @@ address = %q
 	if line := p.WaitLog("shutting down"); !strings.Contains(line, "udp_sessions=1") {
 		t.Errorf("shutdown log does not count the open session: %s", line)
 	}
-	mustExchange(t, old, "during", "e:during")
+	mustExchange(t, old, "3x:during", "e:3x:during") // replies 2, 3 and 4
 	late := dialUDP(t, port)
 	late.Write([]byte("late"))
 	late.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
