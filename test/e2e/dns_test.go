@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	be "encoding/binary"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
+)
+
+// startDnsmasq runs a real DNS server (Debian's dnsmasq) on a free
+// loopback port, authoritative for example.test (A 127.0.0.9, AAAA ::9)
+// and forwarding nothing, and returns its address once it answers.
+func startDnsmasq(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("dnsmasq")
+	if err != nil {
+		t.Fatal("dnsmasq (Debian dnsmasq-base) is needed: ", err)
+	}
+	port := harness.FreePort(t)
+	cmd := exec.Command(bin, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+		"--listen-address=127.0.0.1", "--bind-interfaces", fmt.Sprintf("--port=%d", port), "--pid-file=",
+		"--user=nobody", "--address=/example.test/127.0.0.9", "--address=/example.test/::9", "--log-facility=-")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	harness.Eventually(t, "dnsmasq to answer", func() error {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		c.Write(dnsQuery(1, "example.test", 1))
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		return checkAnswer(buf[:n], 1)
+	})
+	return addr
+}
+
+// dnsQuery is a DNS query for name of type qtype (1 A, 28 AAAA) with id.
+func dnsQuery(id uint16, name string, qtype uint16) []byte {
+	q := be.BigEndian.AppendUint16(nil, id)
+	q = append(q, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0) // RD; one question
+	for _, label := range strings.Split(name, ".") {
+		q = append(q, byte(len(label)))
+		q = append(q, label...)
+	}
+	q = append(q, 0)
+	q = be.BigEndian.AppendUint16(q, qtype)
+	return be.BigEndian.AppendUint16(q, 1) // IN
+}
+
+// checkAnswer reports whether a is a successful answer, with at least one
+// record, to the query with id.
+func checkAnswer(a []byte, id uint16) error {
+	switch {
+	case len(a) < 12:
+		return fmt.Errorf("a %d-byte reply", len(a))
+	case be.BigEndian.Uint16(a) != id:
+		return fmt.Errorf("reply id %d, want %d", be.BigEndian.Uint16(a), id)
+	case a[2]&0x80 == 0 || a[3]&0x0f != 0:
+		return fmt.Errorf("not a successful response: flags %x", a[2:4])
+	case be.BigEndian.Uint16(a[6:]) == 0:
+		return fmt.Errorf("no answer record")
+	}
+	return nil
+}
+
+func dnsRuleConfig(port int, backend string) string {
+	return fmt.Sprintf(`
+[server]
+udp_bind = "127.0.0.1:%d"
+[logging]
+access_log = true
+[health_check]
+enabled = false
+[[rules]]
+name = "dns"
+protocol = "udp"
+max_responses = 1
+[[rules.backends]]
+id = "dnsmasq"
+address = %q
+`, port, backend)
+}
+
+// TestDNSPipelinedQueriesEachGetTheirAnswer: with max_responses = 1, 1,000
+// client sockets that each send an A and an AAAA query at once (as glibc's
+// resolver does) get 2,000 answers from a real dnsmasq, each to its own
+// query, none lost.
+func TestDNSPipelinedQueriesEachGetTheirAnswer(t *testing.T) {
+	dns := startDnsmasq(t)
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, dnsRuleConfig(port, dns)))
+	const sockets, workers = 1000, 20
+	var mu sync.Mutex
+	var failures []string
+	answered := 0
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < sockets; i += workers {
+				got, err := pipelined(port, uint16(2*i+1))
+				mu.Lock()
+				answered += got
+				if err != nil && len(failures) < 10 {
+					failures = append(failures, fmt.Sprintf("socket %d: %v", i, err))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if answered != 2*sockets {
+		t.Fatalf("%d answers to %d queries; first failures:\n%s", answered, 2*sockets, strings.Join(failures, "\n"))
+	}
+	// Every session ended by max_responses once it had answered every query
+	// it carried: both, or one when the first answer came before the second
+	// query reached the proxy (that query then opened a session of its own).
+	harness.Eventually(t, "every session's access log line", func() bool {
+		return p.Count("udp session closed", "datagrams_in=2", "datagrams_out=2")*2+p.Count("udp session closed", "datagrams_in=1", "datagrams_out=1") >= 2*sockets
+	})
+	if all, ok := p.Count("udp session closed"), p.Count("udp session closed", "end=max_responses"); ok != all {
+		t.Errorf("%d of %d sessions ended by max_responses", ok, all)
+	}
+}
+
+// pipelined sends an A query (id) and an AAAA query (id+1) for
+// example.test from one new socket before reading, and returns how many of
+// the two got their own answer.
+func pipelined(port int, id uint16) (int, error) {
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	want := map[uint16]bool{id: true, id + 1: true}
+	if _, err := c.Write(dnsQuery(id, "example.test", 1)); err != nil {
+		return 0, err
+	}
+	if _, err := c.Write(dnsQuery(id+1, "example.test", 28)); err != nil {
+		return 0, err
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	got := 0
+	for len(want) > 0 {
+		n, err := c.Read(buf)
+		if err != nil {
+			return got, fmt.Errorf("%d of 2 answers, then %v", got, err)
+		}
+		rid := be.BigEndian.Uint16(buf)
+		if !want[rid] {
+			return got, fmt.Errorf("an answer with id %d, not one of ours", rid)
+		}
+		if err := checkAnswer(buf[:n], rid); err != nil {
+			return got, err
+		}
+		delete(want, rid)
+		got++
+	}
+	return got, nil
+}
+
+// TestDNSThroughTheProxyWithDig: dig, the real client, resolves A and AAAA
+// through the proxy from a real dnsmasq.
+func TestDNSThroughTheProxyWithDig(t *testing.T) {
+	dig, err := exec.LookPath("dig")
+	if err != nil {
+		t.Fatal("dig (Debian bind9-dnsutils) is needed: ", err)
+	}
+	dns := startDnsmasq(t)
+	port := harness.FreePort(t)
+	Start(t, harness.WriteConfig(t, dnsRuleConfig(port, dns)))
+	for qtype, want := range map[string]string{"A": "127.0.0.9", "AAAA": "::9"} {
+		out, err := exec.Command(dig, "@127.0.0.1", "-p", fmt.Sprint(port), "example.test", qtype, "+short", "+tries=1", "+time=5").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != want {
+			t.Errorf("dig %s: %v %q, want %q", qtype, err, out, want)
+		}
+	}
+}
