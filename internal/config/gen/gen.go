@@ -35,7 +35,7 @@ func Write(w io.Writer, o Options) error {
 	if o.TCPBind == "" {
 		o.TCPBind = "127.0.0.1:18080"
 	}
-	fmt.Fprintf(w, "# generated: %d %s rules\n[server]\ntcp_bind = %q\nudp_bind = \"127.0.0.1:0\"\nwatch_config = true\n\n", o.Rules, o.Kind, o.TCPBind)
+	fmt.Fprintf(w, "# generated: %d %s rules\n[server]\ntcp_bind = %q\nudp_bind = \"127.0.0.1:0\"\nwatch_config = false\n\n", o.Rules, o.Kind, o.TCPBind)
 	fmt.Fprintf(w, "[health_check]\nenabled = %v\n\n", o.Health)
 	if o.Metrics == "" {
 		fmt.Fprint(w, "[metrics]\nenabled = false\n\n")
