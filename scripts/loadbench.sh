@@ -17,11 +17,16 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 
 now() { date +%s.%N; }
-# wait_log FILE PATTERN: until PATTERN is in FILE (60 s at most).
+# wait_log FILE PATTERN PID: until PATTERN is in FILE (60 s at most, and
+# while PID runs).
 wait_log() {
 	local end=$((SECONDS + 60))
 	until grep -q "$2" "$1"; do
-		[ $SECONDS -lt $end ] || { echo "timeout waiting for '$2' in $1" >&2; tail -5 "$1" >&2; return 1; }
+		if [ $SECONDS -ge $end ] || ! kill -0 "$3" 2>/dev/null; then
+			echo "no '$2' in $1" >&2
+			tail -5 "$1" >&2
+			return 1
+		fi
 		sleep 0.01
 	done
 }
@@ -44,14 +49,14 @@ for kind in port sni; do
 		t0=$(now)
 		bin/dynamic-proxy -c "$cfg" 2>"$log" &
 		pid=$!
-		wait_log "$log" "dynamic-proxy started"
+		wait_log "$log" "dynamic-proxy started" "$pid"
 		t1=$(now)
 		# One rule's backend address changes: a new file, renamed over the old.
 		sed 's/address = "127.0.0.1:40007"/address = "127.0.0.1:39999"/' "$cfg" >"$cfg.new"
 		mv "$cfg.new" "$cfg"
 		t2=$(now)
 		kill -HUP "$pid"
-		wait_log "$log" "config reloaded\|reload failed"
+		wait_log "$log" "config reloaded\|reload failed" "$pid"
 		t3=$(now)
 		grep -q "reload failed" "$log" && { grep "reload failed" "$log" >&2; exit 1; }
 		rss=$(awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$pid/status")

@@ -55,11 +55,11 @@ func (nl lineIndex) line(offset int) int { return 1 + sort.SearchInts(nl, offset
 // document plus a binary search per key (the parser's own Shape counts
 // newlines from the start of the document on every call).
 func indexPositions(data []byte) positions {
-	pos := positions{}
-	arrays := map[string]int{} // resolved array-table path -> element count
+	lines := newLineIndex(data)
+	pos := make(positions, len(lines)) // about one key a line
+	arrays := map[string]int{}         // resolved array-table path -> element count
 	p := unstable.Parser{}
 	p.Reset(data)
-	lines := newLineIndex(data)
 	current := ""
 	lineOf := func(n *unstable.Node) int {
 		if n.Raw.Length == 0 && n.Raw.Offset == 0 {

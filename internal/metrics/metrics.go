@@ -179,8 +179,8 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 	for _, r := range []string{ResultSuccess, ResultFailure} {
 		m.reloads.WithLabelValues(r)
 	}
-	m.made = newLabelKeys()
-	m.current.Store(&snapshot{keys: newLabelKeys()})
+	m.made = newLabelKeys(0)
+	m.current.Store(&snapshot{keys: newLabelKeys(0)})
 	return m, nil
 }
 
@@ -277,7 +277,11 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 func (m *Metrics) Retain(routes []*proxy.Route) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next := &snapshot{routes: routes, byHealth: map[*backend.Health][]prometheus.Counter{}, keys: newLabelKeys()}
+	nb := 0
+	for _, rt := range routes {
+		nb += len(rt.Backends)
+	}
+	next := &snapshot{routes: routes, byHealth: make(map[*backend.Health][]prometheus.Counter, nb), keys: newLabelKeys(len(routes))}
 	for _, rt := range routes {
 		next.keys.add(rt)
 		for _, b := range rt.Backends {
@@ -289,7 +293,7 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 	}
 	stale := m.current.Load().keys
 	stale.merge(m.made)
-	m.made = newLabelKeys()
+	m.made = newLabelKeys(0)
 	m.current.Store(next)
 
 	// Each stale series is deleted by its exact labels, which costs one
@@ -338,8 +342,10 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 	}
 }
 
-func newLabelKeys() labelKeys {
-	return labelKeys{rules: map[[2]string]bool{}, backends: map[[2]string]bool{}, routers: map[[3]string]bool{}, selections: map[[4]string]bool{}}
+// newLabelKeys returns empty sets sized for n routes.
+func newLabelKeys(n int) labelKeys {
+	return labelKeys{rules: make(map[[2]string]bool, n), backends: make(map[[2]string]bool, n),
+		routers: make(map[[3]string]bool, n), selections: make(map[[4]string]bool, n)}
 }
 
 // add records the label combinations of rt and its backends.
