@@ -392,7 +392,7 @@ func run() error {
 			}
 		}
 	}
-	report := render(dp, targets, scs, results, errs)
+	report := render(dp, targets, scs, results, errs) + handWritten(*flagOut)
 	if err := os.MkdirAll(filepath.Dir(*flagOut), 0o755); err != nil {
 		return err
 	}
@@ -462,4 +462,19 @@ func parseIperf(out []byte) (gbps, gb float64, err error) {
 		return 0, 0, fmt.Errorf("iperf3 received no bytes")
 	}
 	return r.End.SumReceived.Bps / 1e9, r.End.SumReceived.Bytes / 1e9, nil
+}
+
+// handWritten returns the sections of the report file that this program does
+// not produce, from the first "## Config loading" heading to the end
+// (scripts/loadbench.sh makes those figures), so a new run keeps them.
+func handWritten(path string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	i := strings.Index(string(old), "\n## Config loading\n")
+	if i < 0 {
+		return ""
+	}
+	return string(old[i:])
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -33,5 +35,21 @@ func TestFailedRounds(t *testing.T) {
 	}
 	if got := failedRounds(targets, nil, res); got != "" {
 		t.Fatalf("no failures: %q, want nothing", got)
+	}
+}
+
+// TestHandWrittenSectionsKept: a new report keeps the file's "Config
+// loading" section and what follows it, and nothing before it.
+func TestHandWrittenSectionsKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "BENCHMARKS.md")
+	if got := handWritten(path); got != "" {
+		t.Fatalf("no file: got %q", got)
+	}
+	old := "# Benchmarks\n\n## bulk-1\n\nold figures\n\n## Config loading\n\nkept\n\n### more\n\nkept too\n"
+	if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := handWritten(path), "\n## Config loading\n\nkept\n\n### more\n\nkept too\n"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
 	}
 }

@@ -5,13 +5,17 @@
 # running proxy, and the time of a SIGHUP reload that changes one backend
 # address (until "config reloaded").
 #   scripts/loadbench.sh [RULES...]      default: 1000 2000 4000 10000 50000
+# DP=PATH measures that binary instead of building bin/dynamic-proxy (an
+# older build, for a before/after); WAIT is the longest wait in seconds for
+# the start or a reload (default 60).
 # Port rules need a descriptor per listener: start-up is skipped above
 # 15000 of them (the descriptor limit here is 20,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(1000 2000 4000 10000 50000)
-go build -o bin/dynamic-proxy ./cmd/dynamic-proxy
+dp=${DP:-bin/dynamic-proxy}
+[ -n "${DP:-}" ] || go build -o bin/dynamic-proxy ./cmd/dynamic-proxy
 go build -o bin/genconfig ./tools/genconfig
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -20,8 +24,8 @@ now() { date +%s.%N; }
 # wait_log FILE PATTERN PID: until PATTERN is in FILE (60 s at most, and
 # while PID runs).
 wait_log() {
-	local end=$((SECONDS + 60))
-	until grep -q "$2" "$1"; do
+	local end=$((SECONDS + ${WAIT:-60}))
+	until grep -q "$2" "$1" 2>/dev/null; do
 		if [ $SECONDS -ge $end ] || ! kill -0 "$3" 2>/dev/null; then
 			echo "no '$2' in $1" >&2
 			tail -5 "$1" >&2
@@ -37,7 +41,7 @@ for kind in port sni; do
 	for n in "${counts[@]}"; do
 		cfg=$dir/$kind-$n.toml
 		bin/genconfig -kind "$kind" -rules "$n" -metrics 127.0.0.1:0 -admin 127.0.0.1:0 -o "$cfg"
-		/usr/bin/time -f "%e %M" -o "$dir/time" bin/dynamic-proxy --validate -c "$cfg" >/dev/null
+		/usr/bin/time -f "%e %M" -o "$dir/time" "$dp" --validate -c "$cfg" >/dev/null
 		read -r vs vkb <"$dir/time"
 		vms=$(awk -v s="$vs" 'BEGIN { printf "%.0f", s * 1000 }')
 		vmb=$((vkb / 1024))
@@ -45,9 +49,9 @@ for kind in port sni; do
 			printf "%-5s %6d %12s %14s %10s %14s %10s\n" "$kind" "$n" "$vms" "$vmb" - - -
 			continue
 		fi
-		log=$dir/log
+		log=$dir/$kind-$n.log # a new file: the background start truncates asynchronously
 		t0=$(now)
-		bin/dynamic-proxy -c "$cfg" 2>"$log" &
+		"$dp" -c "$cfg" 2>"$log" &
 		pid=$!
 		wait_log "$log" "dynamic-proxy started" "$pid"
 		t1=$(now)
