@@ -40,7 +40,7 @@ type Engine struct {
 	access   map[string]accessState // by rule name: kept while its settings are
 	routes   []*proxy.Route         // published, in file order (status.go)
 	metrics  Metrics                // nil: metrics off (status.go)
-	observed Metrics                // the Metrics whose observers e.routes hold
+	observed bool                   // e.routes hold observers of e.metrics (SetMetrics clears it)
 	fleet    fleetState             // dynamic state shared through Redis (dynamic.go)
 }
 
@@ -172,7 +172,7 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 	// protocol, router, plugin, the same backends) takes that route's
 	// observer, so a reload resolves the series of what it changed only.
 	var prevRoutes map[string]*proxy.Route
-	if e.metrics != nil && e.observed == e.metrics {
+	if e.metrics != nil && e.observed {
 		prevRoutes = make(map[string]*proxy.Route, len(e.routes))
 		for _, rt := range e.routes {
 			prevRoutes[rt.Name] = rt
@@ -318,7 +318,7 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 		s.b.SetHealth(s.h)
 	}
 	checks.Commit() // start new health checks, stop unused ones
-	e.routes, e.observed = published, e.metrics
+	e.routes, e.observed = published, true
 	committed = true
 	if e.metrics != nil {
 		e.metrics.Retain(published)

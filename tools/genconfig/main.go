@@ -1,7 +1,7 @@
 // Command genconfig writes a large dynamic-proxy config for load benchmarks
 // (docs/BENCHMARKS.md, "Config loading"): n rules, each with a port matcher
 // (-kind port: one listener per rule) or an SNI matcher (-kind sni: every
-// rule on tcp_bind), and 1 or 2 backends on 127.0.0.1 literal addresses so
+// rule on tcp_bind), and 1 or 2 backends on IP literals (127.0.0.1, 127.0.0.2) so
 // nothing is resolved.
 package main
 
