@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // decoder copies a generic TOML tree (as go-toml decodes it into
@@ -125,18 +126,35 @@ func (d *decoder) decode(path string, v any, dst reflect.Value) {
 	}
 }
 
-func (d *decoder) decodeStruct(path string, m map[string]any, dst reflect.Value) {
-	t := dst.Type()
-	known := map[string]int{}
-	var names []string
+// structKeys are a struct type's TOML keys: the field index of each, and
+// the keys in field order (for messages).
+type structKeys struct {
+	known map[string]int
+	names []string
+}
+
+var keysOfType sync.Map // reflect.Type -> *structKeys, computed once per type
+
+func keysOf(t reflect.Type) *structKeys {
+	if k, ok := keysOfType.Load(t); ok {
+		return k.(*structKeys)
+	}
+	k := &structKeys{known: map[string]int{}}
 	for i := 0; i < t.NumField(); i++ {
 		name := fieldName(t.Field(i))
 		if name == "" {
 			continue
 		}
-		known[name] = i
-		names = append(names, name)
+		k.known[name] = i
+		k.names = append(k.names, name)
 	}
+	keysOfType.Store(t, k)
+	return k
+}
+
+func (d *decoder) decodeStruct(path string, m map[string]any, dst reflect.Value) {
+	sk := keysOf(dst.Type())
+	known, names := sk.known, sk.names
 	for _, k := range sortedKeysOf(m) {
 		i, ok := known[k]
 		if !ok {

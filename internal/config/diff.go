@@ -40,11 +40,12 @@ func Diff(old, next *Config) Change {
 	if old == nil {
 		old = &Config{}
 	}
-	oldRules := map[string]*Rule{}
+	oldSpecs, newSpecs := routerSpecs{c: old}, routerSpecs{c: next}
+	oldRules := make(map[string]*Rule, len(old.Rules))
 	for i := range old.Rules {
 		oldRules[old.Rules[i].Name] = &old.Rules[i]
 	}
-	newRules := map[string]*Rule{}
+	newRules := make(map[string]*Rule, len(next.Rules))
 	for i := range next.Rules {
 		r := &next.Rules[i]
 		newRules[r.Name] = r
@@ -56,8 +57,12 @@ func Diff(old, next *Config) Change {
 			}
 			continue
 		}
-		if !reflect.DeepEqual(o, r) || old.routerSpec(o.Router) != next.routerSpec(r.Router) {
+		same := reflect.DeepEqual(o, r)
+		if !same || oldSpecs.of(o.Router) != newSpecs.of(r.Router) {
 			ch.RulesChanged = append(ch.RulesChanged, r.Name)
+		}
+		if same {
+			continue // the same backends
 		}
 		ob, nb := map[string]bool{}, map[string]bool{}
 		for _, b := range o.Backends {
@@ -141,7 +146,22 @@ func (c *Config) listeners() map[string]bool {
 	return out
 }
 
-func (c *Config) routerSpec(name string) string {
-	s, _ := c.RouterSpecFor(name)
-	return fmt.Sprintf("%s %v", s.Plugin, s.Config)
+// routerSpecs describes the router specs of a config by name, each
+// formatted once.
+type routerSpecs struct {
+	c    *Config
+	seen map[string]string
+}
+
+func (r *routerSpecs) of(name string) string {
+	if s, ok := r.seen[name]; ok {
+		return s
+	}
+	if r.seen == nil {
+		r.seen = map[string]string{}
+	}
+	spec, _ := r.c.RouterSpecFor(name)
+	s := fmt.Sprintf("%s %v", spec.Plugin, spec.Config)
+	r.seen[name] = s
+	return s
 }

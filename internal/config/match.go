@@ -157,7 +157,7 @@ func (c *Config) validateAccess(e *Errors, path string, a Access) {
 }
 
 // validateMatch checks a rule's matcher, PROXY protocol and access keys.
-func (c *Config) validateMatch(e *Errors, i int) {
+func (c *Config) validateMatch(e *Errors, i int, shared listenerAgreement) {
 	r := &c.Rules[i]
 	path := fmt.Sprintf("rules[%d]", i)
 	if r.Matcher != nil {
@@ -190,17 +190,36 @@ func (c *Config) validateMatch(e *Errors, i int) {
 			e.addf(fmt.Sprintf("%s.backends[%d].max_connections", path, j), "must be 0 (no limit) or more, got %d", mc)
 		}
 	}
-	// Rules sharing a listener must agree on what happens before routing.
-	for j := 0; j < i; j++ {
-		o := &c.Rules[j]
-		if !o.Enabled || !r.Enabled || o.Protocol != r.Protocol || c.Listener(o) != c.Listener(r) {
-			continue
+	shared.check(e, c, i, path)
+}
+
+// listenerAgreement checks that the enabled rules sharing a listener agree
+// on what happens before routing (reading a PROXY header), in one pass. Per
+// listener it keeps the first rule, and the first rule whose settings differ
+// from it: the first earlier rule that any rule disagrees with is one of the two.
+type listenerAgreement map[string]*[2]int // "protocol address" -> those two rules' index + 1; 0: none yet
+
+func (a listenerAgreement) check(e *Errors, c *Config, i int, path string) {
+	r := &c.Rules[i]
+	if !r.Enabled {
+		return
+	}
+	key := r.Protocol + " " + c.Listener(r)
+	seen := a[key]
+	if seen == nil {
+		a[key] = &[2]int{i + 1, 0}
+		return
+	}
+	other := seen[1] // the first rule unlike the listener's first, if r is like it
+	if first := &c.Rules[seen[0]-1]; first.AcceptProxyProtocol != r.AcceptProxyProtocol || !reflect.DeepEqual(first.TrustedProxies, r.TrustedProxies) {
+		other = seen[0]
+		if seen[1] == 0 {
+			seen[1] = i + 1
 		}
-		if o.AcceptProxyProtocol != r.AcceptProxyProtocol || !reflect.DeepEqual(o.TrustedProxies, r.TrustedProxies) {
-			e.addf(path+".accept_proxy_protocol", "rules %q and %q share listener %s but disagree on accept_proxy_protocol/trusted_proxies (the header is read before routing)",
-				o.Name, r.Name, c.Listener(r))
-			break
-		}
+	}
+	if other != 0 {
+		e.addf(path+".accept_proxy_protocol", "rules %q and %q share listener %s but disagree on accept_proxy_protocol/trusted_proxies (the header is read before routing)",
+			c.Rules[other-1].Name, r.Name, c.Listener(r))
 	}
 }
 

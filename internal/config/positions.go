@@ -1,6 +1,8 @@
 package config
 
 import (
+	"bytes"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -26,12 +28,36 @@ func (p positions) line(path string) int {
 	return 0
 }
 
+// lineIndex maps byte offsets to 1-based line numbers: it holds the offset of
+// every newline, found in one pass, and a lookup is a binary search.
+type lineIndex []int
+
+func newLineIndex(data []byte) lineIndex {
+	nl := make(lineIndex, 0, bytes.Count(data, []byte{'\n'}))
+	for off := 0; ; {
+		i := bytes.IndexByte(data[off:], '\n')
+		if i < 0 {
+			return nl
+		}
+		off += i
+		nl = append(nl, off)
+		off++
+	}
+}
+
+// line is the line of the byte at offset: one more than the number of
+// newlines before it.
+func (nl lineIndex) line(offset int) int { return 1 + sort.SearchInts(nl, offset) }
+
 // indexPositions walks the TOML AST and records the line of every table,
 // array-table element and key. It is only called on a document that already
-// parsed, so parser errors are ignored.
+// parsed, so parser errors are ignored. The cost is one pass over the
+// document plus a binary search per key (the parser's own Shape counts
+// newlines from the start of the document on every call).
 func indexPositions(data []byte) positions {
-	pos := positions{}
-	arrays := map[string]int{} // resolved array-table path -> element count
+	lines := newLineIndex(data)
+	pos := make(positions, len(lines)) // about one key a line
+	arrays := map[string]int{}         // resolved array-table path -> element count
 	p := unstable.Parser{}
 	p.Reset(data)
 	current := ""
@@ -39,7 +65,7 @@ func indexPositions(data []byte) positions {
 		if n.Raw.Length == 0 && n.Raw.Offset == 0 {
 			return 0
 		}
-		return p.Shape(n.Raw).Start.Line
+		return lines.line(int(n.Raw.Offset))
 	}
 	// resolve turns key parts into a path, stepping into the last element of
 	// any array table on the way ("rules" -> "rules[3]").

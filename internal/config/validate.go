@@ -99,14 +99,15 @@ func (c *Config) validate(e *Errors) {
 
 	c.validateAccess(e, "access", c.Access)
 	ruleNames := map[string]int{}
+	shared := listenerAgreement{}
 	for i := range c.Rules {
-		c.validateRule(e, i, ruleNames)
+		c.validateRule(e, i, ruleNames, shared)
 	}
 	c.resolveHealth(e)
 	c.warnShadowed(e)
 }
 
-func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
+func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared listenerAgreement) {
 	r := &c.Rules[i]
 	path := fmt.Sprintf("rules[%d]", i)
 	switch {
@@ -130,7 +131,7 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int) {
 		e.addf(path+".router", "no router %q: define [routers.%s] or use a builtin plugin (%s)",
 			r.Router, r.Router, strings.Join(router.Plugins(), ", "))
 	}
-	c.validateMatch(e, i)
+	c.validateMatch(e, i, shared)
 	if len(r.Backends) == 0 && c.Redis == nil { // with [redis], backends may all be registered at runtime
 		e.add(path+".backends", "a rule needs at least one backend ([[rules.backends]])")
 	}

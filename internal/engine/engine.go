@@ -40,6 +40,7 @@ type Engine struct {
 	access   map[string]accessState // by rule name: kept while its settings are
 	routes   []*proxy.Route         // published, in file order (status.go)
 	metrics  Metrics                // nil: metrics off (status.go)
+	observed bool                   // e.routes hold observers of e.metrics (SetMetrics clears it)
 	fleet    fleetState             // dynamic state shared through Redis (dynamic.go)
 }
 
@@ -167,6 +168,16 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 	}
 	var limits []limitSet // kept backends whose max_connections changes: set at commit
 	access := map[string]accessState{}
+	// A route whose series are the same as a published route's (rule,
+	// protocol, router, plugin, the same backends) takes that route's
+	// observer, so a reload resolves the series of what it changed only.
+	var prevRoutes map[string]*proxy.Route
+	if e.metrics != nil && e.observed {
+		prevRoutes = make(map[string]*proxy.Route, len(e.routes))
+		for _, rt := range e.routes {
+			prevRoutes[rt.Name] = rt
+		}
+	}
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
 		if !r.Enabled {
@@ -242,7 +253,11 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 			access[r.Name] = accessState{accessCfg, rt.Access}
 		}
 		if e.metrics != nil {
-			rt.Observer = e.metrics.Observer(rt)
+			if p := prevRoutes[r.Name]; p != nil && sameSeries(p, rt) {
+				rt.Observer = p.Observer
+			} else {
+				rt.Observer = e.metrics.Observer(rt)
+			}
 		}
 		tables[addr] = append(tables[addr], rt)
 		published = append(published, rt)
@@ -303,7 +318,7 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 		s.b.SetHealth(s.h)
 	}
 	checks.Commit() // start new health checks, stop unused ones
-	e.routes = published
+	e.routes, e.observed = published, true
 	committed = true
 	if e.metrics != nil {
 		e.metrics.Retain(published)
@@ -339,6 +354,20 @@ func (e *Engine) Checks() *health.Registry { return e.checks }
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.checks.Close()
 	return e.srv.Shutdown(ctx)
+}
+
+// sameSeries reports whether routes a and b count into the same series: an
+// observer holds the series of its route's labels and of its backends.
+func sameSeries(a, b *proxy.Route) bool {
+	if a.Name != b.Name || a.Protocol != b.Protocol || a.RouterName != b.RouterName || a.Plugin != b.Plugin || len(a.Backends) != len(b.Backends) {
+		return false
+	}
+	for i := range a.Backends {
+		if a.Backends[i] != b.Backends[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func routerSignature(spec config.RouterSpec, bs []*backend.Backend) string {

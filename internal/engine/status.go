@@ -25,6 +25,7 @@ func (e *Engine) SetMetrics(m Metrics) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.metrics = m
+	e.observed = false // the published routes hold another collector's observers
 	if m != nil {
 		e.srv.SetUnroutedObserver(asUnrouted(m))
 	}

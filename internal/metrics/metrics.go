@@ -104,6 +104,8 @@ type labelKeys struct {
 	rules    map[[2]string]bool // rule, protocol
 	backends map[[2]string]bool // rule, backend
 	routers  map[[3]string]bool // rule, router, plugin
+	// selections are router_selections_total's: rule, router, plugin, backend.
+	selections map[[4]string]bool
 }
 
 // New registers the collectors on reg, including the Go and process
@@ -179,8 +181,8 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 	for _, r := range []string{ResultSuccess, ResultFailure} {
 		m.reloads.WithLabelValues(r)
 	}
-	m.made = newLabelKeys()
-	m.current.Store(&snapshot{keys: newLabelKeys()})
+	m.made = newLabelKeys(0)
+	m.current.Store(&snapshot{keys: newLabelKeys(0)})
 	return m, nil
 }
 
@@ -277,7 +279,11 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 func (m *Metrics) Retain(routes []*proxy.Route) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	next := &snapshot{routes: routes, byHealth: map[*backend.Health][]prometheus.Counter{}, keys: newLabelKeys()}
+	nb := 0
+	for _, rt := range routes {
+		nb += len(rt.Backends)
+	}
+	next := &snapshot{routes: routes, byHealth: make(map[*backend.Health][]prometheus.Counter, nb), keys: newLabelKeys(len(routes))}
 	for _, rt := range routes {
 		next.keys.add(rt)
 		for _, b := range rt.Backends {
@@ -289,41 +295,59 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 	}
 	stale := m.current.Load().keys
 	stale.merge(m.made)
-	m.made = newLabelKeys()
+	m.made = newLabelKeys(0)
 	m.current.Store(next)
 
+	// Each stale series is deleted by its exact labels, which costs one
+	// lookup: DeletePartialMatch would scan every series of the vector for
+	// each removed rule.
 	for k := range stale.rules {
 		if next.keys.rules[k] {
 			continue
 		}
-		l := prometheus.Labels{"rule": k[0], "protocol": k[1]}
+		rule, proto := k[0], k[1]
 		for _, v := range []*prometheus.MetricVec{m.connActive.MetricVec, m.connTotal.MetricVec, m.connDuration.MetricVec,
-			m.connRejected.MetricVec, m.requests.MetricVec, m.reqDuration.MetricVec, m.reqSize.MetricVec,
-			m.respSize.MetricVec, m.bytes.MetricVec} {
-			v.DeletePartialMatch(l)
+			m.requests.MetricVec, m.reqDuration.MetricVec, m.reqSize.MetricVec, m.respSize.MetricVec} {
+			v.DeleteLabelValues(rule, proto)
 		}
+		for r := proxy.Reason(0); r < proxy.NumReasons; r++ {
+			m.connRejected.DeleteLabelValues(rule, proto, r.String())
+		}
+		m.bytes.DeleteLabelValues(rule, proto, DirectionIn)
+		m.bytes.DeleteLabelValues(rule, proto, DirectionOut)
 	}
 	for k := range stale.backends {
 		if next.keys.backends[k] {
 			continue
 		}
-		l := prometheus.Labels{"rule": k[0], "backend": k[1]}
-		for _, v := range []*prometheus.MetricVec{m.beRequests.MetricVec, m.beEnded.MetricVec, m.beResponse.MetricVec, m.healthChecks.MetricVec, m.selections.MetricVec} {
-			v.DeletePartialMatch(l)
+		rule, id := k[0], k[1]
+		for _, res := range []string{ResultSuccess, ResultError, ResultTimeout} {
+			m.beRequests.DeleteLabelValues(rule, id, res)
+		}
+		for _, end := range proxy.Ends {
+			m.beEnded.DeleteLabelValues(rule, id, end)
+		}
+		m.beResponse.DeleteLabelValues(rule, id)
+		m.healthChecks.DeleteLabelValues(rule, id, CheckSuccess)
+		m.healthChecks.DeleteLabelValues(rule, id, CheckFailure)
+	}
+	for k := range stale.selections {
+		if !next.keys.selections[k] {
+			m.selections.DeleteLabelValues(k[0], k[1], k[2], k[3])
 		}
 	}
 	for k := range stale.routers {
-		if next.keys.routers[k] {
-			continue
+		if !next.keys.routers[k] {
+			m.routerErrors.DeleteLabelValues(k[0], k[1], k[2], ReasonNoBackend)
+			m.routerErrors.DeleteLabelValues(k[0], k[1], k[2], ReasonError)
 		}
-		l := prometheus.Labels{"rule": k[0], "router": k[1], "plugin": k[2]}
-		m.selections.DeletePartialMatch(l)
-		m.routerErrors.DeletePartialMatch(l)
 	}
 }
 
-func newLabelKeys() labelKeys {
-	return labelKeys{rules: map[[2]string]bool{}, backends: map[[2]string]bool{}, routers: map[[3]string]bool{}}
+// newLabelKeys returns empty sets sized for n routes.
+func newLabelKeys(n int) labelKeys {
+	return labelKeys{rules: make(map[[2]string]bool, n), backends: make(map[[2]string]bool, n),
+		routers: make(map[[3]string]bool, n), selections: make(map[[4]string]bool, n)}
 }
 
 // add records the label combinations of rt and its backends.
@@ -332,6 +356,7 @@ func (k labelKeys) add(rt *proxy.Route) {
 	k.routers[[3]string{rt.Name, rt.RouterName, rt.Plugin}] = true
 	for _, b := range rt.Backends {
 		k.backends[[2]string{rt.Name, b.ID}] = true
+		k.selections[[4]string{rt.Name, rt.RouterName, rt.Plugin, b.ID}] = true
 	}
 }
 
@@ -344,6 +369,9 @@ func (k labelKeys) merge(o labelKeys) {
 	}
 	for x := range o.routers {
 		k.routers[x] = true
+	}
+	for x := range o.selections {
+		k.selections[x] = true
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -408,5 +409,46 @@ func BenchmarkObserverConnection(b *testing.B) {
 		o.BytesOut(1000)
 		o.RequestDone(be, time.Second, 100, 1000)
 		o.ConnClosed(time.Second)
+	}
+}
+
+// TestRetainNothingLeavesNoRouteSeries observes TCP and UDP routes, counts
+// into every kind of series, then retains no route: the series left are
+// exactly those of a registry that never saw a route.
+func TestRetainNothingLeavesNoRouteSeries(t *testing.T) {
+	names := func(reg prometheus.Gatherer) []string {
+		var out []string
+		for k := range values(t, reg) {
+			out = append(out, k)
+		}
+		sort.Strings(out)
+		return out
+	}
+	_, empty := newTest(t)
+	want := names(empty)
+
+	m, reg := newTest(t)
+	var routes []*proxy.Route
+	for _, p := range []string{"tcp", "udp"} {
+		b1 := backend.New("r-"+p, "b1", "127.0.0.1:9000", 1, nil)
+		b2 := backend.New("r-"+p, "b2", "127.0.0.1:9001", 1, nil)
+		rt := route("r-"+p, p, "rr", "round_robin", b1, b2)
+		o := m.Observer(rt)
+		rt.Observer = o
+		o.ConnOpened()
+		o.Picked(b1)
+		o.Connected(b1, time.Millisecond, nil)
+		o.RequestDone(b1, time.Second, 10, 20)
+		o.BytesIn(10)
+		o.Rejected(proxy.ReasonNoBackend)
+		routes = append(routes, rt)
+	}
+	m.Retain(routes)
+	if n := len(names(reg)); n <= len(want) {
+		t.Fatalf("%d series with two routes, want more than the %d of none", n, len(want))
+	}
+	m.Retain(nil)
+	if got := names(reg); !reflect.DeepEqual(got, want) {
+		t.Errorf("series after retaining no route:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
