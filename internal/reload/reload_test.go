@@ -291,3 +291,38 @@ func TestReloadBlankFile(t *testing.T) {
 		t.Fatalf("%d listeners after the blank file; want the old one", n)
 	}
 }
+
+// TestReloadReportsThePlan: the change Reload returns is the engine's, and
+// its summary line carries it.
+func TestReloadReportsThePlan(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.toml")
+	os.WriteFile(path, []byte(good), 0o644)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	eng := engine.New(log)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Shutdown(context.Background())
+	r := &Reloader{Engine: eng, Path: path, Log: log}
+	r.Seed(cfg.Raw)
+	next := good + "weight = 4\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:2\"\n"
+	os.WriteFile(path, []byte(next), 0o644)
+	ch, err := r.Reload("signal", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ch.BackendsAdded, ",") != "r/b" || strings.Join(ch.BackendsReweighted, ",") != "r/a" || strings.Join(ch.RulesChanged, ",") != "r" {
+		t.Fatalf("change %+v, want r changed, r/b added, r/a re-weighted", ch)
+	}
+	for _, want := range []string{`msg="config reloaded" trigger=signal version=2 changes="rules +0 -0 ~1; backends +1 -0; listeners +0 -0"`,
+		"rules_changed=[r] backends_added=[r/b] backends_reweighted=[r/a]"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no %q in the log:\n%s", want, logs.String())
+		}
+	}
+}
