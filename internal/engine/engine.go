@@ -3,6 +3,8 @@
 // listener whose address did not change keeps its socket, a backend whose
 // identity (rule, id, address) did not change keeps its state, and a router
 // whose plugin, settings and backends did not change keeps its rotation.
+// An apply is a plan (built with no side effect, and the Change it makes),
+// a bind (new listeners) and a commit (publish, close, drain, start).
 package engine
 
 import (
