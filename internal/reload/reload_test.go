@@ -295,21 +295,7 @@ func TestReloadBlankFile(t *testing.T) {
 // TestReloadReportsThePlan: the change Reload returns is the engine's, and
 // its summary line carries it.
 func TestReloadReportsThePlan(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "config.toml")
-	os.WriteFile(path, []byte(good), 0o644)
-	var logs bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	eng := engine.New(log)
-	cfg, err := config.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := eng.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Shutdown(context.Background())
-	r := &Reloader{Engine: eng, Path: path, Log: log}
-	r.Seed(cfg.Raw)
+	r, _, path, logs := startReloader(t)
 	next := good + "weight = 4\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:2\"\n"
 	os.WriteFile(path, []byte(next), 0o644)
 	ch, err := r.Reload("signal", false)
