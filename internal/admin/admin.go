@@ -47,8 +47,12 @@ type Options struct {
 	// Engine is the running engine (required).
 	Engine *engine.Engine
 	// Reload reloads the config file through the one reload path
-	// (reload.Reloader.Reload with trigger "api"); nil answers 503.
-	Reload func() error
+	// (reload.Reloader.Reload with trigger "api") and returns what it
+	// changed; nil answers 503.
+	Reload func() (engine.Change, error)
+	// Fleet is the store the instances of a fleet share ([redis]); nil
+	// without it: the fleet endpoints answer 404 (fleet.go).
+	Fleet Fleet
 	// Ready reports whether the config is loaded and the listeners bound;
 	// nil means ready.
 	Ready func() bool
@@ -310,10 +314,11 @@ func (h *Handler) reload(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "reload is not available")
 		return
 	}
-	err := h.o.Reload()
+	ch, err := h.o.Reload()
 	if err == nil {
 		_, v := h.o.Engine.Config()
-		writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "config_version": v})
+		writeJSON(w, http.StatusOK, map[string]any{"status": "reloaded", "config_version": v,
+			"changes": ch.String(), "change": ch})
 		return
 	}
 	var cerrs *config.Errors

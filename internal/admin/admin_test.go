@@ -65,6 +65,12 @@ address = "127.0.0.1:3"
 
 func newFixture(t *testing.T, token string, pprof bool) *fixture {
 	t.Helper()
+	return newFleetFixture(t, token, pprof, nil)
+}
+
+// newFleetFixture is newFixture with fleet as the handler's Fleet.
+func newFleetFixture(t *testing.T, token string, pprof bool, fleet Fleet) *fixture {
+	t.Helper()
 	f := &fixture{t: t, path: filepath.Join(t.TempDir(), "config.toml"), client: &http.Client{Timeout: 20 * time.Second}}
 	if err := os.WriteFile(f.path, []byte(configText(token, "")), 0o644); err != nil {
 		t.Fatal(err)
@@ -75,13 +81,13 @@ func newFixture(t *testing.T, token string, pprof bool) *fixture {
 	}
 	log := slog.New(slog.DiscardHandler)
 	f.eng = engine.New(log)
-	if err := f.eng.Apply(cfg); err != nil {
+	if _, err := f.eng.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
 	rl := &reload.Reloader{Engine: f.eng, Path: f.path, Log: log}
 	rl.Seed(cfg.Raw)
-	h := New(Options{Engine: f.eng, Ready: f.ready.Load, Pprof: pprof, Log: log,
-		Reload: func() error { return rl.Reload("api", false) }})
+	h := New(Options{Engine: f.eng, Ready: f.ready.Load, Pprof: pprof, Log: log, Fleet: fleet,
+		Reload: func() (engine.Change, error) { return rl.Reload("api", false) }})
 	f.srv = httptest.NewServer(h)
 	t.Cleanup(func() {
 		f.srv.Close()
@@ -372,6 +378,11 @@ weight = 0
 	code, body, _ = f.do("POST", "/api/v1/reload", "")
 	if code != 200 || body["config_version"] != float64(2) {
 		t.Fatalf("valid reload: %d %v", code, body)
+	}
+	// The answer says what the reload changed: b's entry, so its weight.
+	if ch, _ := body["change"].(map[string]any); fmt.Sprint(ch) != "map[backends_reweighted:[web/b] rules_changed:[web]]" ||
+		body["changes"] != "rules +0 -0 ~1; backends +0 -0; listeners +0 -0" {
+		t.Errorf("valid reload: change %v, changes %q", body["change"], body["changes"])
 	}
 	st := f.status()
 	a, b := st.Rules[0].Backends[0], st.Rules[0].Backends[1]

@@ -24,6 +24,22 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 )
 
+// Fleet is the store the instances of a fleet share (internal/fleet
+// implements it over Redis): the admin API shares runtime changes and
+// registers backends through it.
+type Fleet interface {
+	// ShareState stores a runtime change (its Version is ignored) for
+	// every instance.
+	ShareState(ctx context.Context, s engine.BackendState) error
+	// Register registers or renews a backend; ttl 0: no expiry.
+	Register(ctx context.Context, b engine.DynamicBackend, ttl time.Duration) error
+	// Deregister removes a registration; an error wrapping
+	// engine.ErrUnknownBackend when there is none.
+	Deregister(ctx context.Context, rule, id string) error
+	// Registrations lists every registration.
+	Registrations(ctx context.Context) ([]engine.DynamicBackend, error)
+}
+
 // fleetTimeout bounds one request to Redis from the admin API.
 const fleetTimeout = 10 * time.Second
 
@@ -34,8 +50,8 @@ func (h *Handler) fleetRoutes(m *http.ServeMux) {
 }
 
 // fleet returns the fleet store, or answers 404 and returns nil.
-func (h *Handler) fleet(w http.ResponseWriter) engine.Fleet {
-	f := h.o.Engine.Fleet()
+func (h *Handler) fleet(w http.ResponseWriter) Fleet {
+	f := h.o.Fleet
 	if f == nil {
 		writeError(w, http.StatusNotFound, "backend registration needs Redis: this instance's config has no [redis] section")
 	}
@@ -45,7 +61,7 @@ func (h *Handler) fleet(w http.ResponseWriter) engine.Fleet {
 // shareState stores a change made by backendAction for every instance of
 // the fleet; nil without [redis].
 func (h *Handler) shareState(r *http.Request, rule, id, action string, weight int) error {
-	f := h.o.Engine.Fleet()
+	f := h.o.Fleet
 	if f == nil {
 		return nil
 	}

@@ -75,9 +75,8 @@ func (f *fakeFleet) fail(err error) {
 }
 
 func withFleet(t *testing.T) (*fixture, *fakeFleet) {
-	f := newFixture(t, "", false)
 	ff := &fakeFleet{regs: map[string]engine.DynamicBackend{}, ttls: map[string]time.Duration{}}
-	f.eng.SetFleet(ff)
+	f := newFleetFixture(t, "", false, ff)
 	return f, ff
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/fleet"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/procs"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
@@ -48,7 +49,7 @@ type options struct {
 	logLevel  string
 	logFormat string
 	version   bool
-	fromRedis bool // --config-from-redis (fleet.go)
+	fromRedis bool // --config-from-redis (internal/fleet)
 }
 
 // Run runs the command with args and returns the process exit code.
@@ -198,19 +199,19 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		log.Warn("config warning", "problem", w.String())
 	}
 	eng := engine.New(log)
-	fl, cfg, err := startFleet(cfg, o.fromRedis, eng, log, levelSetter(lv, o.logLevel)) // [redis] (fleet.go)
+	fl, cfg, err := fleet.Start(cfg, o.fromRedis, eng, log, levelSetter(lv, o.logLevel)) // [redis] (internal/fleet)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
-	defer fl.close()
-	obs, err := startObserve(cfg, eng, log) // metrics and admin API (observe.go)
+	defer fl.Close()
+	obs, err := startObserve(cfg, eng, adminFleet(fl), log) // metrics and admin API (observe.go)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
 	defer obs.close()
-	if err := eng.Apply(cfg); err != nil {
+	if _, err := eng.Apply(cfg); err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
@@ -232,7 +233,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	obs.started(rl) // /readyz: config loaded, listeners bound
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	fl.started(ctx, rl) // follow Redis until stop (fleet.go)
+	fl.Started(ctx, rl) // follow Redis until stop
 	if n := eng.Server().Workers(); cfg.Server.AdaptiveThreads && n > 1 {
 		log.Info("worker threads follow the load", "worker_threads", n)
 		go procs.New(n, log).Run(ctx) // GOMAXPROCS follows the load (internal/procs)

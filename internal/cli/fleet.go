@@ -1,9 +1,8 @@
 package cli
 
 // The fleet side of the command line: the "config" and "backend"
-// subcommands, which write to Redis, and the part of a serving instance
-// that follows Redis ([redis]: dynamic backends, shared runtime state, and
-// with watch_config the config itself).
+// subcommands, which write to Redis. A serving instance follows Redis
+// through internal/fleet.
 
 import (
 	"context"
@@ -18,7 +17,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -26,7 +24,6 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
-	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store"
 )
 
@@ -452,182 +449,6 @@ func (c *fleetCmd) backendHeartbeat() int {
 			return 0
 		}
 	}
-}
-
-// ---- the serving instance ----------------------------------------------
-
-// fleet follows Redis for a serving instance with a [redis] section.
-type fleet struct {
-	log    *slog.Logger
-	store  *store.Store
-	syncer *store.Syncer
-	eng    *engine.Engine
-	watch  bool // the config comes from Redis
-
-	pushed atomic.Pointer[store.StoredConfig] // the stored config, when watching
-	rl     atomic.Pointer[reload.Reloader]
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-var _ engine.Fleet = (*fleet)(nil)
-
-// startFleet connects to Redis (or reads the cache file when Redis is
-// down), hands the dynamic state to the engine before its first Apply and,
-// with watch_config, returns the stored config merged with the instance's
-// own keys instead of cfg. Without [redis] it returns (nil, cfg, nil).
-func startFleet(cfg *config.Config, fromRedis bool, eng *engine.Engine, log *slog.Logger, setLevel func(string)) (*fleet, *config.Config, error) {
-	if cfg.Redis == nil {
-		if fromRedis {
-			return nil, nil, fmt.Errorf("--config-from-redis needs a [redis] section in %s", cfg.File)
-		}
-		return nil, cfg, nil
-	}
-	r := cfg.Redis
-	st, err := store.Open(store.OptionsFrom(r))
-	if err != nil {
-		return nil, nil, err
-	}
-	cache := r.CacheFile
-	if cache != "" && !filepath.IsAbs(cache) {
-		cache = filepath.Join(filepath.Dir(cfg.File), cache)
-	}
-	if cache != "" {
-		if err := store.CheckCacheDir(cache); err != nil {
-			st.Close()
-			return nil, nil, err
-		}
-	}
-	f := &fleet{log: log, store: st, eng: eng, watch: r.WatchConfig || fromRedis}
-	f.syncer = &store.Syncer{Store: st, Log: log, CacheFile: cache, Resync: r.ResyncInterval.D(), WatchConfig: f.watch,
-		ApplyState: f.applyState, ApplyConfig: f.applyConfig}
-	snap, sc := f.syncer.Start(context.Background())
-	if snap != nil {
-		source := "cache"
-		if f.syncer.Connected() {
-			source = "redis"
-		}
-		_ = eng.SetDynamic(toDynamic(snap, source)) // before the first Apply: cannot fail
-	}
-	if f.watch {
-		if sc == nil {
-			log.Warn("redis: taking the config from Redis, but none was pushed yet (dynamic-proxy config push); serving the file's until one is", "file", cfg.File)
-		} else {
-			f.pushed.Store(sc)
-			merged, err := config.ParseWithLocal(sc.Name(st.Prefix()), sc.TOML, cfg)
-			if err != nil {
-				log.Error("redis: the stored config does not load here; serving the file's", "version", sc.Version, "err", err.Error())
-			} else {
-				log.Info("redis: serving the stored config", "version", sc.Version, "pushed_by", sc.Source, "pushed_at", sc.PushedAt.UTC())
-				for _, w := range merged.Warnings {
-					log.Warn("config warning", "problem", w.String())
-				}
-				cfg = merged
-				setLevel(cfg.Logging.Level)
-			}
-		}
-	}
-	eng.SetFleet(f)
-	return f, cfg, nil
-}
-
-// started follows Redis in the background, once the reloader exists and
-// until ctx ends (the instance shuts down).
-func (f *fleet) started(ctx context.Context, rl *reload.Reloader) {
-	if f == nil {
-		return
-	}
-	f.rl.Store(rl)
-	if f.watch {
-		rl.Load = f.load
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	f.cancel, f.done = cancel, make(chan struct{})
-	go func() {
-		defer close(f.done)
-		f.syncer.Run(ctx)
-	}()
-}
-
-// close stops following Redis.
-func (f *fleet) close() {
-	if f == nil {
-		return
-	}
-	f.eng.SetFleet(nil)
-	if f.cancel != nil {
-		f.cancel()
-		<-f.done
-	}
-	f.store.Close()
-}
-
-// load is the reloader's Load with watch_config: the stored config with
-// the local file's own keys, or the file alone while none was pushed.
-func (f *fleet) load(path string) (*config.Config, error) {
-	local, err := config.LoadFollower(path) // its rules may all come from Redis
-	if err != nil {
-		return nil, err
-	}
-	sc := f.pushed.Load()
-	if sc == nil || local.Redis == nil {
-		return local, nil
-	}
-	return config.ParseWithLocal(sc.Name(f.store.Prefix()), sc.TOML, local)
-}
-
-func (f *fleet) applyState(snap *store.Snapshot, source string) error {
-	return f.eng.SetDynamic(toDynamic(snap, source))
-}
-
-func (f *fleet) applyConfig(sc *store.StoredConfig) {
-	f.pushed.Store(sc)
-	f.log.Info("redis: new config version", "version", sc.Version, "pushed_by", sc.Source, "pushed_at", sc.PushedAt.UTC())
-	if rl := f.rl.Load(); rl != nil {
-		_ = rl.Reload("redis", false) // logs its outcome
-	}
-}
-
-func toDynamic(s *store.Snapshot, source string) *engine.Dynamic {
-	d := &engine.Dynamic{Version: s.Version, Source: source,
-		Backends: make([]engine.DynamicBackend, len(s.Backends)), States: make([]engine.BackendState, len(s.States))}
-	for i, b := range s.Backends {
-		d.Backends[i] = engine.DynamicBackend{Rule: b.Rule, ID: b.ID, Address: b.Address, Weight: b.Weight, Expires: b.Expires}
-	}
-	for i, st := range s.States {
-		d.States[i] = engine.BackendState{Rule: st.Rule, ID: st.ID, Draining: st.Draining, Enabled: st.Enabled, Weight: st.Weight, Version: st.Version}
-	}
-	return d
-}
-
-// ShareState implements engine.Fleet.
-func (f *fleet) ShareState(ctx context.Context, s engine.BackendState) error {
-	_, err := f.store.SetState(ctx, store.State{Rule: s.Rule, ID: s.ID, Draining: s.Draining, Enabled: s.Enabled, Weight: s.Weight})
-	return err
-}
-
-// Register implements engine.Fleet.
-func (f *fleet) Register(ctx context.Context, b engine.DynamicBackend, ttl time.Duration) error {
-	_, _, err := f.store.AddBackend(ctx, b.Rule, b.ID, b.Address, b.Weight, ttl)
-	return err
-}
-
-// Deregister implements engine.Fleet.
-func (f *fleet) Deregister(ctx context.Context, rule, id string) error {
-	_, err := f.store.RemoveBackend(ctx, rule, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("rule %q has no registered backend %q: %w", rule, id, engine.ErrUnknownBackend)
-	}
-	return err
-}
-
-// Registrations implements engine.Fleet.
-func (f *fleet) Registrations(ctx context.Context) ([]engine.DynamicBackend, error) {
-	snap, err := f.store.Snapshot(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return toDynamic(snap, "redis").Backends, nil
 }
 
 // levelSetter returns how startFleet changes the log level (not when

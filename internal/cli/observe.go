@@ -17,6 +17,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/admin"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/fleet"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/metrics"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 )
@@ -33,7 +34,17 @@ type observe struct {
 	reload  atomic.Pointer[reload.Reloader]
 }
 
-func startObserve(cfg *config.Config, eng *engine.Engine, log *slog.Logger) (*observe, error) {
+// adminFleet is the admin API's fleet store: fl, or nil without [redis].
+func adminFleet(fl *fleet.Follower) admin.Fleet {
+	if fl == nil {
+		return nil // not a typed nil: the fleet endpoints answer 404
+	}
+	return fl
+}
+
+// startObserve starts the metrics endpoint and the admin API; fl is the
+// admin API's fleet store (nil without [redis]).
+func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, log *slog.Logger) (*observe, error) {
 	o := &observe{log: log}
 	started := time.Now()
 	if mc := cfg.Metrics; mc.Enabled {
@@ -63,14 +74,15 @@ func startObserve(cfg *config.Config, eng *engine.Engine, log *slog.Logger) (*ob
 	if ac := cfg.Admin; ac.Bind != "" {
 		h := admin.New(admin.Options{
 			Engine:  eng,
+			Fleet:   fl,
 			Ready:   o.ready.Load,
 			Pprof:   ac.Pprof,
 			Started: started,
 			Log:     log,
-			Reload: func() error {
+			Reload: func() (engine.Change, error) {
 				rl := o.reload.Load()
 				if rl == nil {
-					return errors.New("not started yet")
+					return engine.Change{}, errors.New("not started yet")
 				}
 				return rl.Reload("api", false)
 			},

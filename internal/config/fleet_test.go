@@ -99,10 +99,10 @@ func TestRedisChangeNeedsRestart(t *testing.T) {
 	}
 	same, _ := Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis://h:1\"\n"))
 	next, _ := Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis://h:2\"\n"))
-	if got := Diff(old, same).RestartNeeded; len(got) != 0 {
+	if got := RestartNeeded(old, same); len(got) != 0 {
 		t.Errorf("unchanged [redis]: restart needed %v", got)
 	}
-	if got := strings.Join(Diff(old, next).RestartNeeded, ","); got != "[redis]" {
+	if got := strings.Join(RestartNeeded(old, next), ","); got != "[redis]" {
 		t.Errorf("changed redis.url: restart needed %q, want [redis]", got)
 	}
 }

@@ -45,28 +45,6 @@ func BenchmarkLoad(b *testing.B) {
 	}
 }
 
-// BenchmarkDiff compares two generated configs of 10k rules that differ in
-// one backend address, as a reload that changes one rule does.
-func BenchmarkDiff(b *testing.B) {
-	old, err := Parse("old.toml", generated(b, 10000, "port"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	data := generated(b, 10000, "port")
-	data = bytes.Replace(data, []byte(`address = "127.0.0.1:45000"`), []byte(`address = "127.0.0.1:45001"`), 1)
-	next, err := Parse("new.toml", data)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		ch := Diff(old, next)
-		if len(ch.RulesChanged) != 1 {
-			b.Fatalf("changes %s, want one rule changed", ch)
-		}
-	}
-}
-
 // lineOfText is the 1-based line where the nth (0-based) occurrence of s
 // starts in data.
 func lineOfText(t *testing.T, data []byte, s string, nth int) int {

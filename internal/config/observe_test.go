@@ -105,7 +105,7 @@ func TestObserveChangesNeedRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := strings.Join(Diff(old, next).RestartNeeded, ",")
+	got := strings.Join(RestartNeeded(old, next), ",")
 	if got != "metrics.bind,admin.pprof" {
 		t.Errorf("restart needed for %q, want metrics.bind,admin.pprof (a token applies at once)", got)
 	}
@@ -120,7 +120,7 @@ func TestThreadChangesNeedRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(Diff(old, next).RestartNeeded, ","); got != "server.worker_threads,server.adaptive_threads" {
+	if got := strings.Join(RestartNeeded(old, next), ","); got != "server.worker_threads,server.adaptive_threads" {
 		t.Errorf("restart needed for %q, want server.worker_threads,server.adaptive_threads", got)
 	}
 }

@@ -82,7 +82,7 @@ func TestDescriptorPlanIsALowerBound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Apply(cfg); err != nil {
+	if _, err := e.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
 	after, err := fdlimit.Open()
@@ -116,7 +116,7 @@ func TestMaxConnectionsCappedOnApply(t *testing.T) {
 	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
 	e, logs := newEngine(t)
 	cfg := parse(t, descriptorConfig(t, echo(t, "a")))
-	if err := e.Apply(cfg); err != nil {
+	if _, err := e.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
 	p := DescriptorPlan(cfg, e.Server().Workers())

@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
@@ -43,52 +42,15 @@ type BackendState struct {
 	Version  int64 // changes whenever the state does
 }
 
-// Fleet is the store the instances of a fleet share ([redis]): the admin
-// API shares runtime changes and registers backends through it. The engine
-// only carries it; nil without [redis].
-type Fleet interface {
-	// ShareState stores a runtime change (its Version is ignored) for
-	// every instance.
-	ShareState(ctx context.Context, s BackendState) error
-	// Register registers or renews a backend; ttl 0: no expiry.
-	Register(ctx context.Context, b DynamicBackend, ttl time.Duration) error
-	// Deregister removes a registration; an error wrapping
-	// ErrUnknownBackend when there is none.
-	Deregister(ctx context.Context, rule, id string) error
-	// Registrations lists every registration.
-	Registrations(ctx context.Context) ([]DynamicBackend, error)
-}
-
 type ruleID struct{ rule, id string }
 
-// fleetState is the engine's part of the shared state (guarded by e.mu,
-// except hook).
+// fleetState is the engine's part of the shared state (guarded by e.mu).
 type fleetState struct {
 	dyn      *Dynamic         // applied; nil: none
 	accepted []string         // dyn's backends merged in: "rule/id@address"
 	eff      *config.Config   // the running config with dyn's backends merged in
 	stateVer map[ruleID]int64 // version of the shared state applied to each backend
 	problems map[string]bool  // merge problems logged, so each is logged once
-	hook     atomic.Pointer[fleetHook]
-}
-
-type fleetHook struct{ f Fleet }
-
-// SetFleet installs the fleet store the admin API uses (nil removes it).
-func (e *Engine) SetFleet(f Fleet) {
-	if f == nil {
-		e.fleet.hook.Store(nil)
-		return
-	}
-	e.fleet.hook.Store(&fleetHook{f})
-}
-
-// Fleet returns the fleet store, or nil without [redis].
-func (e *Engine) Fleet() Fleet {
-	if h := e.fleet.hook.Load(); h != nil {
-		return h.f
-	}
-	return nil
 }
 
 // SetDynamic applies a new dynamic state on top of the running config, all
@@ -98,21 +60,23 @@ func (e *Engine) Fleet() Fleet {
 func (e *Engine) SetDynamic(d *Dynamic) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	old, oldAccepted := e.fleet.dyn, e.fleet.accepted
+	old := e.fleet.dyn
 	if e.cfg == nil {
 		e.fleet.dyn = d
 		return nil
 	}
-	if err := e.apply(e.cfg, d, false); err != nil {
+	ch, err := e.apply(e.cfg, d, false)
+	if err != nil {
 		return err
 	}
-	added, removed := diffKeys(oldAccepted, e.fleet.accepted)
+	// The file did not change: the backends the plan added or removed are
+	// registrations.
 	attrs := []any{"source", d.Source, "version", d.Version, "backends", len(d.Backends), "states", len(d.States)}
-	if len(added) > 0 {
-		attrs = append(attrs, "backends_added", added)
+	if len(ch.BackendsAdded) > 0 {
+		attrs = append(attrs, "backends_added", sorted(ch.BackendsAdded))
 	}
-	if len(removed) > 0 {
-		attrs = append(attrs, "backends_removed", removed)
+	if len(ch.BackendsRemoved) > 0 {
+		attrs = append(attrs, "backends_removed", sorted(ch.BackendsRemoved))
 	}
 	if ch := changedStates(old, d); len(ch) > 0 {
 		attrs = append(attrs, "states_changed", ch)
@@ -129,13 +93,12 @@ func (e *Engine) Dynamic() *Dynamic {
 }
 
 // merge returns file with the registered backends of dyn appended to their
-// rules (file's own backends first, then the registered ones by id), and
-// the registered backends it took ("rule/id@address").
-func (e *Engine) merge(file *config.Config, dyn *Dynamic) (*config.Config, []string) {
-	var problems, accepted []string
-	defer func() { e.logFleetProblems(problems) }()
+// rules (file's own backends first, then the registered ones by id), the
+// registered backends it took ("rule/id@address") and the problems of
+// those it left out (for logFleetProblems).
+func (e *Engine) merge(file *config.Config, dyn *Dynamic) (_ *config.Config, accepted, problems []string) {
 	if dyn == nil || len(dyn.Backends) == 0 {
-		return file, nil
+		return file, nil, nil
 	}
 	eff := *file
 	eff.Rules = append([]config.Rule(nil), file.Rules...)
@@ -176,7 +139,7 @@ func (e *Engine) merge(file *config.Config, dyn *Dynamic) (*config.Config, []str
 		r.Backends = append(r.Backends, config.Backend{ID: d.ID, Address: d.Address, Weight: d.Weight, Enabled: true})
 		accepted = append(accepted, name+"@"+d.Address)
 	}
-	return &eff, accepted
+	return &eff, accepted, problems
 }
 
 func resolvable(addr string) error {
@@ -277,27 +240,10 @@ func (e *Engine) effective() *config.Config {
 	return e.cfg
 }
 
-// diffKeys returns the rule/id of the keys ("rule/id@address") only in cur
-// (added) and only in old (removed).
-func diffKeys(old, cur []string) (added, removed []string) {
-	o, n := map[string]bool{}, map[string]bool{}
-	for _, k := range old {
-		o[k] = true
-	}
-	for _, k := range cur {
-		n[k] = true
-		if !o[k] {
-			added = append(added, strings.SplitN(k, "@", 2)[0])
-		}
-	}
-	for _, k := range old {
-		if !n[k] {
-			removed = append(removed, strings.SplitN(k, "@", 2)[0])
-		}
-	}
-	sort.Strings(added)
-	sort.Strings(removed)
-	return added, removed
+func sorted(s []string) []string {
+	out := append([]string(nil), s...)
+	sort.Strings(out)
+	return out
 }
 
 func changedStates(old, cur *Dynamic) []string {

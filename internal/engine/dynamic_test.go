@@ -135,7 +135,7 @@ address = %q
 func TestDynamicBackendsJoinTheirRule(t *testing.T) {
 	a, x := echo(t, "a"), echo(t, "x")
 	e, logs := newEngine(t)
-	if err := e.Apply(parse(t, webConfig(a))); err != nil {
+	if _, err := e.Apply(parse(t, webConfig(a))); err != nil {
 		t.Fatal(err)
 	}
 	addr := proxyAddr(t, e)
@@ -186,7 +186,7 @@ func TestDynamicBackendsJoinTheirRule(t *testing.T) {
 	if err := e.SetDynamic(&Dynamic{Version: 5, Backends: []DynamicBackend{{Rule: "web", ID: "x", Address: x, Weight: 3}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Apply(parse(t, webConfig(a))); err != nil {
+	if _, err := e.Apply(parse(t, webConfig(a))); err != nil {
 		t.Fatal(err)
 	}
 	if got := greetings(t, addr, 4); got["a"] != 2 || got["x"] != 2 {
@@ -212,7 +212,7 @@ weight = 2
 	if err := e.SetDynamic(&Dynamic{States: []BackendState{{Rule: "web", ID: "a", Draining: bptr(true), Version: 1}}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Apply(cfg); err != nil {
+	if _, err := e.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
 	addr := proxyAddr(t, e)
@@ -244,7 +244,7 @@ weight = 2
 	}
 	// A reload that does not change the entries keeps the state; one that
 	// does applies the state on top of the new entry.
-	if err := e.Apply(cfg); err != nil {
+	if _, err := e.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
 	if !ba.Draining() || bb.Enabled() {
@@ -275,7 +275,7 @@ url = "redis://127.0.0.1:1"
 [[rules]]
 name = "svc"
 `)
-	if err := e.Apply(cfg); err != nil {
+	if _, err := e.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
 	addr := proxyAddr(t, e)

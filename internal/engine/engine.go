@@ -3,6 +3,8 @@
 // listener whose address did not change keeps its socket, a backend whose
 // identity (rule, id, address) did not change keeps its state, and a router
 // whose plugin, settings and backends did not change keeps its rotation.
+// An apply is a plan (built with no side effect, and the Change it makes),
+// a bind (new listeners) and a commit (publish, close, drain, start).
 package engine
 
 import (
@@ -99,40 +101,107 @@ func (e *Engine) listen(key string, routes []*proxy.Route) (proxy.Listener, erro
 	}
 }
 
-// Apply makes cfg the running config. It is all or nothing: every new
-// listener is bound and every router built before anything changes; on any
-// error the running config keeps serving untouched.
-func (e *Engine) Apply(cfg *config.Config) error {
+// Apply makes cfg the running config and returns what it changed. It is
+// all or nothing: every new listener is bound and every router built before
+// anything changes; on any error the running config keeps serving
+// untouched.
+func (e *Engine) Apply(cfg *config.Config) (Change, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.apply(cfg, e.fleet.dyn, true)
 }
 
+// Plan returns what Apply(cfg) would change now, and the error it would
+// meet short of binding listeners, without changing anything: no listener
+// is bound, no health check started, no metrics series made.
+func (e *Engine) Plan(cfg *config.Config) (Change, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, err := e.plan(cfg, e.fleet.dyn, true)
+	if err != nil {
+		return Change{}, err
+	}
+	return p.change, nil
+}
+
 // apply makes file, with the dynamic state dyn merged in (dynamic.go), the
-// running config. reload is false when only dyn changed (SetDynamic): the
-// file's backends were checked already and the config version stays.
-func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
+// running config: plan, bind, commit. reload is false when only dyn
+// changed (SetDynamic): the file's backends were checked already and the
+// config version stays.
+func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) (Change, error) {
+	p, err := e.plan(file, dyn, reload)
+	if p != nil {
+		e.logFleetProblems(p.problems) // whether or not the plan commits
+	}
+	if err != nil {
+		return Change{}, err
+	}
+	if err := e.bind(p); err != nil {
+		return Change{}, err
+	}
+	e.commit(p)
+	return p.change, nil
+}
+
+// plan is a config built against the running state and not yet in effect:
+// the routes, backends, routers and listener tables it makes (reusing
+// state by identity), what commit must set on kept state, and the change.
+type plan struct {
+	file, cfg *config.Config // cfg: file with the dynamic backends merged in
+	dyn       *Dynamic
+	reload    bool
+	accepted  []string // dyn's backends merged in: "rule/id@address"
+	problems  []string // merge problems, logged once each
+
+	backends map[backendKey]*backend.Backend
+	routers  map[string]builtRouter
+	access   map[string]accessState
+	tables   map[string][]*proxy.Route // listenKey -> routes in file order
+	order    []string                  // listenKeys in file order
+	routes   []*proxy.Route            // to publish, in file order
+	checks   *health.Update
+	swaps    []healthSwap // kept backends whose health check changed
+	flags    []flagSet    // kept backends whose flags change
+	limits   []limitSet   // kept backends whose max_connections changes
+	opened   []string     // listeners bind opened, in file order
+
+	change Change
+}
+
+type healthSwap struct {
+	b *backend.Backend
+	h *backend.Health
+}
+
+type flagSet struct {
+	b *backend.Backend
+	f flags
+}
+
+type limitSet struct {
+	b *backend.Backend
+	n int
+}
+
+// plan builds file (with dyn) against the running state. It has no side
+// effect on the engine: nothing is bound, started, published or counted,
+// and dropping the plan leaves everything as it was. New backends get
+// their flags and limits here (nothing else sees them yet); kept ones at
+// commit.
+func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, error) {
 	if reload {
 		if err := Check(file); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	cfg, accepted := e.merge(file, dyn)
-	// worker_threads is read once, before the first listener starts the
-	// event loops, which are one per GOMAXPROCS at that moment
-	// (proxy.Server.Workers, fixed from then on).
-	if e.cfg == nil {
-		if cfg.Server.WorkerThreads > 0 {
-			runtime.GOMAXPROCS(cfg.Server.WorkerThreads)
-		}
-		e.srv.Workers()
+	cfg, accepted, problems := e.merge(file, dyn)
+	p := &plan{file: file, cfg: cfg, dyn: dyn, reload: reload, accepted: accepted, problems: problems,
+		backends: map[backendKey]*backend.Backend{},
+		routers:  map[string]builtRouter{},
+		access:   map[string]accessState{},
+		tables:   map[string][]*proxy.Route{},
+		checks:   e.checks.Begin(),
 	}
-	committed := false
-	defer func() {
-		if !committed && e.metrics != nil {
-			e.metrics.Retain(e.routes) // drop the series of routes built for nothing
-		}
-	}()
 	// A runtime change (admin API: drain, enable, disable, weight) to a
 	// backend lasts until a reload changes that backend's config entry.
 	prevEntries := map[backendKey]config.Backend{}
@@ -143,78 +212,51 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 			}
 		}
 	}
-	var published []*proxy.Route
-
-	// Build the new routes, reusing backend and router state by identity.
-	backends := map[backendKey]*backend.Backend{}
-	routers := map[string]builtRouter{}
-	tables := map[string][]*proxy.Route{} // listenKey -> routes in file order
-	var order []string
-	checks := e.checks.Begin()
-	type healthSwap struct {
-		b *backend.Backend
-		h *backend.Health
-	}
-	var swaps []healthSwap // kept backends whose health check changed
+	ch := &p.change
 	states := dyn.states()
-	type flagSet struct {
-		b *backend.Backend
-		f flags
-	}
-	var later []flagSet // kept backends whose flags change: set at commit
-	type limitSet struct {
-		b *backend.Backend
-		n int
-	}
-	var limits []limitSet // kept backends whose max_connections changes: set at commit
-	access := map[string]accessState{}
-	// A route whose series are the same as a published route's (rule,
-	// protocol, router, plugin, the same backends) takes that route's
-	// observer, so a reload resolves the series of what it changed only.
-	var prevRoutes map[string]*proxy.Route
-	if e.metrics != nil && e.observed {
-		prevRoutes = make(map[string]*proxy.Route, len(e.routes))
-		for _, rt := range e.routes {
-			prevRoutes[rt.Name] = rt
-		}
-	}
 	for i := range cfg.Rules {
 		r := &cfg.Rules[i]
 		if !r.Enabled {
 			continue // a disabled rule binds nothing and serves nothing
 		}
 		addr := listenKey(r.Protocol, cfg.Listener(r))
-		if _, ok := tables[addr]; !ok {
-			tables[addr] = nil
-			order = append(order, addr)
+		if _, ok := p.tables[addr]; !ok {
+			p.tables[addr] = nil
+			p.order = append(p.order, addr)
 		}
 		bs := make([]*backend.Backend, len(r.Backends))
 		for j, bc := range r.Backends {
 			k := backendKey{r.Name, bc.ID, bc.Address}
-			h, err := checks.Health(r.Protocol, bc.Address, r.Health, r.Name+"/"+bc.ID)
+			name := r.Name + "/" + bc.ID
+			h, err := p.checks.Health(r.Protocol, bc.Address, r.Health, name)
 			if err != nil {
-				return fmt.Errorf("rule %q: backend %q: %w", r.Name, bc.ID, err)
+				return p, fmt.Errorf("rule %q: backend %q: %w", r.Name, bc.ID, err)
 			}
 			b, ok := e.backends[k]
 			if !ok {
 				b = backend.New(r.Name, bc.ID, bc.Address, bc.Weight, h)
+				ch.BackendsAdded = append(ch.BackendsAdded, name)
 			} else if b.Health() != h {
-				swaps = append(swaps, healthSwap{b, h})
+				p.swaps = append(p.swaps, healthSwap{b, h})
+				ch.BackendsRechecked = append(ch.BackendsRechecked, name)
 			}
 			prev, had := prevEntries[k]
 			if fl, set := e.fleet.desired(r.Name, bc, !ok || !had || !reflect.DeepEqual(prev, bc), states); set {
 				if !ok {
 					fl.applyTo(b) // not published yet
 				} else {
-					later = append(later, flagSet{b, fl})
+					p.flags = append(p.flags, flagSet{b, fl})
+					if b.Weight() != fl.weight {
+						ch.BackendsReweighted = append(ch.BackendsReweighted, name)
+					}
 				}
 			}
 			if !ok {
 				b.SetMaxConnections(bc.MaxConnections) // not published yet
 			} else if b.MaxConnections() != bc.MaxConnections {
-				limits = append(limits, limitSet{b, bc.MaxConnections})
+				p.limits = append(p.limits, limitSet{b, bc.MaxConnections})
 			}
-			backends[k] = b
+			p.backends[k] = b
 			bs[j] = b
 		}
 		spec, _ := cfg.RouterSpecFor(r.Router)
@@ -223,11 +265,11 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 		if !ok || br.signature != sig {
 			rt, err := router.New(spec.Plugin, spec.Config, bs)
 			if err != nil {
-				return fmt.Errorf("rule %q: router %q: %w", r.Name, r.Router, err)
+				return p, fmt.Errorf("rule %q: router %q: %w", r.Name, r.Router, err)
 			}
 			br = builtRouter{signature: sig, router: rt}
 		}
-		routers[r.Name] = br
+		p.routers[r.Name] = br
 		rt := &proxy.Route{
 			Name:           r.Name,
 			Protocol:       r.Protocol,
@@ -250,51 +292,149 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 		var accessCfg config.Access
 		rt.Access, accessCfg = e.accessFor(cfg, r)
 		if rt.Access != nil {
-			access[r.Name] = accessState{accessCfg, rt.Access}
+			p.access[r.Name] = accessState{accessCfg, rt.Access}
 		}
-		if e.metrics != nil {
-			if p := prevRoutes[r.Name]; p != nil && sameSeries(p, rt) {
-				rt.Observer = p.Observer
-			} else {
-				rt.Observer = e.metrics.Observer(rt)
+		p.tables[addr] = append(p.tables[addr], rt)
+		p.routes = append(p.routes, rt)
+	}
+	e.planChange(p)
+	return p, nil
+}
+
+// planChange completes p.change with what the built state cannot say by
+// itself: rules by name, backends and listeners that go, restart keys.
+func (e *Engine) planChange(p *plan) {
+	ch := &p.change
+	ch.RulesAdded, ch.RulesRemoved, ch.RulesChanged = ruleChanges(e.cfg, p.file)
+	for _, rt := range e.routes { // the running backends, in file order
+		for _, b := range rt.Backends {
+			if _, ok := p.backends[backendKey{b.Rule, b.ID, b.Address}]; !ok {
+				ch.BackendsRemoved = append(ch.BackendsRemoved, b.Rule+"/"+b.ID)
+				ch.DrainingConnections += b.Active()
 			}
 		}
-		tables[addr] = append(tables[addr], rt)
-		published = append(published, rt)
 	}
+	for _, addr := range p.order {
+		if _, ok := e.lns[addr]; !ok {
+			ch.ListenersOpened = append(ch.ListenersOpened, addr)
+		}
+	}
+	for addr := range e.lns {
+		if _, ok := p.tables[addr]; !ok {
+			ch.ListenersClosed = append(ch.ListenersClosed, addr)
+		}
+	}
+	sort.Strings(ch.ListenersOpened)
+	sort.Strings(ch.ListenersClosed)
+	if p.reload {
+		ch.RestartNeeded = config.RestartNeeded(e.cfg, p.file)
+	}
+}
 
-	// Bind the listeners that are new; undo them all if one fails.
-	var opened []string
-	for _, addr := range order {
+// ruleChanges compares the rules of the running file old (nil: none) and
+// of next by name, enabled or not, in file order.
+func ruleChanges(old, next *config.Config) (added, removed, changed []string) {
+	prev := map[string]*config.Rule{}
+	if old != nil {
+		for i := range old.Rules {
+			prev[old.Rules[i].Name] = &old.Rules[i]
+		}
+	}
+	names := make(map[string]bool, len(next.Rules))
+	for i := range next.Rules {
+		r := &next.Rules[i]
+		names[r.Name] = true
+		o, ok := prev[r.Name]
+		switch {
+		case !ok:
+			added = append(added, r.Name)
+		case !config.SameRule(old, o, next, r):
+			changed = append(changed, r.Name)
+		}
+	}
+	if old != nil {
+		for _, r := range old.Rules {
+			if !names[r.Name] {
+				removed = append(removed, r.Name)
+			}
+		}
+	}
+	return added, removed, changed
+}
+
+// bind is the first step with effects: it fixes the worker count on the
+// first apply, gives the new routes their metrics observers and opens the
+// new listeners, which serve p's routes from the moment they are bound. On
+// a failure it closes what it opened and drops the series it made.
+func (e *Engine) bind(p *plan) error {
+	// worker_threads is read once, before the first listener starts the
+	// event loops, which are one per GOMAXPROCS at that moment
+	// (proxy.Server.Workers, fixed from then on).
+	if e.cfg == nil {
+		if p.cfg.Server.WorkerThreads > 0 {
+			runtime.GOMAXPROCS(p.cfg.Server.WorkerThreads)
+		}
+		e.srv.Workers()
+	}
+	if e.metrics != nil {
+		// A route whose series are the same as a published route's (rule,
+		// protocol, router, plugin, the same backends) takes that route's
+		// observer, so a reload resolves the series of what it changed only.
+		var prev map[string]*proxy.Route
+		if e.observed {
+			prev = make(map[string]*proxy.Route, len(e.routes))
+			for _, rt := range e.routes {
+				prev[rt.Name] = rt
+			}
+		}
+		for _, rt := range p.routes {
+			if o := prev[rt.Name]; o != nil && sameSeries(o, rt) {
+				rt.Observer = o.Observer
+				continue
+			}
+			rt.Observer = e.metrics.Observer(rt)
+		}
+	}
+	for _, addr := range p.order {
 		if _, ok := e.lns[addr]; ok {
 			continue
 		}
-		l, err := e.listen(addr, tables[addr])
+		l, err := e.listen(addr, p.tables[addr])
 		if err != nil {
-			for _, a := range opened {
+			for _, a := range p.opened {
 				e.lns[a].Close()
 				delete(e.lns, a)
+			}
+			if e.metrics != nil {
+				e.metrics.Retain(e.routes) // drop the series of routes built for nothing
 			}
 			return fmt.Errorf("listen %s: %w", addr, unwrapOp(err))
 		}
 		e.lns[addr] = l
-		opened = append(opened, addr)
+		p.opened = append(p.opened, addr)
 	}
+	return nil
+}
 
-	// Commit: publish routes, close listeners no rule uses any more.
-	for _, addr := range order {
-		e.lns[addr].SetRoutes(tables[addr])
+// commit makes a bound plan the running config: it publishes the routes,
+// closes the listeners no rule uses, drains the removed backends, sets the
+// kept backends' new flags, limits and health, starts and stops health
+// checks and tells metrics what is current. It cannot fail.
+func (e *Engine) commit(p *plan) {
+	cfg := p.cfg
+	for _, addr := range p.order {
+		e.lns[addr].SetRoutes(p.tables[addr])
 	}
 	var closed []string
 	for addr, l := range e.lns {
-		if _, ok := tables[addr]; !ok {
+		if _, ok := p.tables[addr]; !ok {
 			l.Close()
 			delete(e.lns, addr)
 			closed = append(closed, addr)
 		}
 	}
 	for k, b := range e.backends {
-		if _, ok := backends[k]; !ok {
+		if _, ok := p.backends[k]; !ok {
 			b.SetDraining(true) // removed: no new connections; open ones run on
 			if d := cfg.Server.DrainTimeout.D(); d > 0 && b.Active() > 0 {
 				time.AfterFunc(d, func() {
@@ -305,45 +445,43 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) error {
 			}
 		}
 	}
-	e.backends, e.routers = backends, routers
-	for _, l := range limits {
+	e.backends, e.routers = p.backends, p.routers
+	for _, l := range p.limits {
 		l.b.SetMaxConnections(l.n)
 	}
-	e.access = access
-	for _, s := range later {
+	e.access = p.access
+	for _, s := range p.flags {
 		s.f.applyTo(s.b)
 	}
-	e.fleet.commit(dyn, cfg, accepted, backends)
-	for _, s := range swaps {
+	e.fleet.commit(p.dyn, cfg, p.accepted, p.backends)
+	for _, s := range p.swaps {
 		s.b.SetHealth(s.h)
 	}
-	checks.Commit() // start new health checks, stop unused ones
-	e.routes, e.observed = published, true
-	committed = true
+	p.checks.Commit() // start new health checks, stop unused ones
+	e.routes, e.observed = p.routes, true
 	if e.metrics != nil {
-		e.metrics.Retain(published)
+		e.metrics.Retain(p.routes)
 	}
-	plan := DescriptorPlan(cfg, e.srv.Workers()) // (descriptors.go)
-	e.srv.SetMaxConnections(plan.Capped)
+	dp := DescriptorPlan(cfg, e.srv.Workers()) // (descriptors.go)
+	e.srv.SetMaxConnections(dp.Capped)
 	e.srv.RecountDescriptors()
-	if reload && plan.IsCapped() {
+	if p.reload && dp.IsCapped() {
 		e.log.Warn("server.max_connections capped: the descriptor limit cannot give it",
-			"max_connections", plan.MaxConnections, "descriptors_needed", plan.Needed(), "limit", plan.Limit, "capped_at", plan.Capped,
+			"max_connections", dp.MaxConnections, "descriptors_needed", dp.Needed(), "limit", dp.Limit, "capped_at", dp.Capped,
 			"fix", "raise the limit (systemd LimitNOFILE=, ulimit -n) or lower server.max_connections")
 	}
-	e.cfg = file
-	if reload {
+	e.cfg = p.file
+	if p.reload {
 		e.version++
 	}
-	for _, addr := range opened {
+	for _, addr := range p.opened {
 		protocol, _, _ := strings.Cut(addr, " ")
-		e.log.Info("listening", "protocol", protocol, "address", e.lns[addr].Addr().String(), "rules", routeNames(tables[addr]))
+		e.log.Info("listening", "protocol", protocol, "address", e.lns[addr].Addr().String(), "rules", routeNames(p.tables[addr]))
 	}
 	if len(closed) > 0 {
 		sort.Strings(closed)
 		e.log.Info("listeners closed", "addresses", closed)
 	}
-	return nil
 }
 
 // Checks is the engine's health check registry.

@@ -19,7 +19,7 @@ func TestWorkerThreads(t *testing.T) {
 	}
 	e, _ := newEngine(t)
 	cfg := strings.Replace(webConfig(echo(t, "a")), "[server]\n", fmt.Sprintf("[server]\nworker_threads = %d\n", want), 1)
-	if err := e.Apply(parse(t, cfg)); err != nil {
+	if _, err := e.Apply(parse(t, cfg)); err != nil {
 		t.Fatal(err)
 	}
 	if got := runtime.GOMAXPROCS(0); got != want {

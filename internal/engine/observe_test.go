@@ -7,27 +7,27 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 )
 
-// countingMetrics records the routes Observer was asked for.
-type countingMetrics struct{ observed []string }
+// namingMetrics is countingMetrics (plan_test.go) handing out an observer
+// of its own to each route, so that a test can tell them apart. No traffic
+// may pass: the observer counts nothing.
+type namingMetrics struct{ countingMetrics }
+
+func (m *namingMetrics) Observer(rt *proxy.Route) proxy.Observer {
+	m.countingMetrics.Observer(rt)
+	return &nopObserver{rule: rt.Name}
+}
 
 type nopObserver struct {
 	proxy.Observer // nil: the test never counts through it
 	rule           string
 }
 
-func (m *countingMetrics) Observer(rt *proxy.Route) proxy.Observer {
-	m.observed = append(m.observed, rt.Name)
-	return &nopObserver{rule: rt.Name}
-}
-
-func (m *countingMetrics) Retain([]*proxy.Route) {}
-
 // TestReloadReusesObserversOfUnchangedRoutes: a reload asks the metrics for
 // the observers of the routes whose series changed only; the others keep
 // theirs.
 func TestReloadReusesObserversOfUnchangedRoutes(t *testing.T) {
 	e, _ := newEngine(t)
-	m := &countingMetrics{}
+	m := &namingMetrics{}
 	e.SetMetrics(m)
 	cfg := func(bAddr, router string) string {
 		return fmt.Sprintf(`
@@ -64,11 +64,11 @@ address = "127.0.0.1:9"
 		}
 		return out
 	}
-	if err := e.Apply(parse(t, cfg("127.0.0.1:9", "round_robin"))); err != nil {
+	if _, err := e.Apply(parse(t, cfg("127.0.0.1:9", "round_robin"))); err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(m.observed) != "[a b c]" {
-		t.Fatalf("first apply observed %v, want every route", m.observed)
+	if fmt.Sprint(m.observers) != "[a b c]" {
+		t.Fatalf("first apply observed %v, want every route", m.observers)
 	}
 	before := observers()
 	for _, step := range []struct {
@@ -79,11 +79,11 @@ address = "127.0.0.1:9"
 		{"127.0.0.1:10", "round_robin", "[]"},  // nothing changed
 		{"127.0.0.1:10", "random", "[b]"},      // b's router changed
 	} {
-		m.observed = nil
-		if err := e.Apply(parse(t, cfg(step.addr, step.router))); err != nil {
+		m.observers = nil
+		if _, err := e.Apply(parse(t, cfg(step.addr, step.router))); err != nil {
 			t.Fatal(err)
 		}
-		if got := fmt.Sprint(m.observed); got != step.want {
+		if got := fmt.Sprint(m.observers); got != step.want {
 			t.Errorf("reload to %s %s observed %s, want %s", step.addr, step.router, got, step.want)
 		}
 		after := observers()

@@ -65,7 +65,9 @@ func unfinished(data []byte) string {
 // written, logged once and skipped. On error the running config keeps
 // serving; the error (a *config.Errors for an invalid file) is returned and
 // logged. Any trigger refuses a config with no enabled rule (config.Load).
-func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
+// A reload that applied returns what it changed (engine.Change, also
+// logged); one skipped returns an empty Change and no error.
+func (r *Reloader) Reload(trigger string, onlyIfChanged bool) (engine.Change, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	data, err := os.ReadFile(r.Path)
@@ -76,12 +78,12 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 				r.unfinished = why
 				r.Log.Warn("config file "+why+": taken as not written yet; still serving the previous config", "trigger", trigger, "config", r.Path, "bytes", len(data))
 			}
-			return nil
+			return engine.Change{}, nil
 		}
 		r.unfinished = ""
 		sum = sha256.Sum256(data)
 		if onlyIfChanged && (sum == r.hash || sum == r.failed) {
-			return nil // unchanged, or the same invalid content as last time
+			return engine.Change{}, nil // unchanged, or the same invalid content as last time
 		}
 	}
 	var cfg *config.Config
@@ -92,9 +94,9 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 			cfg, err = config.Parse(r.Path, data)
 		}
 	}
-	old, _ := r.Engine.Config()
+	var ch engine.Change
 	if err == nil {
-		err = r.Engine.Apply(cfg)
+		ch, err = r.Engine.Apply(cfg)
 	}
 	if r.Result != nil {
 		r.Result(err)
@@ -104,27 +106,14 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 			r.failed = sum // only content that was read: a failed read leaves no hash
 		}
 		r.Log.Error("reload failed; still serving the previous config", "trigger", trigger, "err", err.Error())
-		return err
+		return engine.Change{}, err
 	}
 	r.hash, r.failed = sum, [32]byte{}
 	for _, w := range cfg.Warnings {
 		r.Log.Warn("config warning", "problem", w.String())
 	}
-	ch := config.Diff(old, cfg)
 	_, version := r.Engine.Config()
-	attrs := []any{"trigger", trigger, "version", version, "changes", ch.String()}
-	for _, kv := range []struct {
-		k string
-		v []string
-	}{
-		{"rules_added", ch.RulesAdded}, {"rules_removed", ch.RulesRemoved}, {"rules_changed", ch.RulesChanged},
-		{"backends_added", ch.BackendsAdded}, {"backends_removed", ch.BackendsRemoved},
-		{"listeners_opened", ch.ListenersOpened}, {"listeners_closed", ch.ListenersClosed},
-	} {
-		if len(kv.v) > 0 {
-			attrs = append(attrs, kv.k, kv.v)
-		}
-	}
+	attrs := append([]any{"trigger", trigger, "version", version, "changes", ch.String()}, ch.LogAttrs()...)
 	r.Log.Info("config reloaded", attrs...)
 	if len(ch.RestartNeeded) > 0 {
 		r.Log.Warn("some changed keys apply only at the next restart", "keys", ch.RestartNeeded)
@@ -132,5 +121,5 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) error {
 	if r.Applied != nil {
 		r.Applied(cfg)
 	}
-	return nil
+	return ch, nil
 }

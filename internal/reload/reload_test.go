@@ -46,7 +46,7 @@ func startReloader(t *testing.T) (*Reloader, *engine.Engine, string, *bytes.Buff
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := eng.Apply(cfg); err != nil {
+	if _, err := eng.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { eng.Shutdown(context.Background()) })
@@ -58,30 +58,30 @@ func startReloader(t *testing.T) (*Reloader, *engine.Engine, string, *bytes.Buff
 func TestReloadSkipsRepeatedInvalidContent(t *testing.T) {
 	r, eng, path, logs := startReloader(t)
 
-	if err := r.Reload("file", true); err != nil {
+	if _, err := r.Reload("file", true); err != nil {
 		t.Fatalf("unchanged content: %v", err)
 	}
 	if _, v := eng.Config(); v != 1 {
 		t.Fatalf("unchanged content reloaded: version %d", v)
 	}
 	os.WriteFile(path, []byte("[server\n"), 0o644)
-	if err := r.Reload("file", true); err == nil {
+	if _, err := r.Reload("file", true); err == nil {
 		t.Fatal("invalid content applied")
 	}
 	// The same invalid content again (another file in the directory
 	// changed): not re-read and re-logged on every event.
-	if err := r.Reload("file", true); err != nil {
+	if _, err := r.Reload("file", true); err != nil {
 		t.Fatalf("repeated invalid content: %v", err)
 	}
 	if n := strings.Count(logs.String(), "reload failed"); n != 1 {
 		t.Fatalf("%d failure logs, want 1:\n%s", n, logs.String())
 	}
 	// SIGHUP always tries.
-	if err := r.Reload("signal", false); err == nil {
+	if _, err := r.Reload("signal", false); err == nil {
 		t.Fatal("invalid content applied on signal")
 	}
 	os.WriteFile(path, []byte(good+"\n# edited\n"), 0o644)
-	if err := r.Reload("file", true); err != nil {
+	if _, err := r.Reload("file", true); err != nil {
 		t.Fatal(err)
 	}
 	if _, v := eng.Config(); v != 2 {
@@ -259,12 +259,12 @@ func TestReloadBlankFile(t *testing.T) {
 	// A failed read first: it must leave nothing that makes a later blank
 	// file be skipped for the wrong reason.
 	os.Remove(path)
-	if err := r.Reload("file", true); err == nil {
+	if _, err := r.Reload("file", true); err == nil {
 		t.Fatal("a missing file reloaded")
 	}
 	for _, blank := range []string{"", "\n  \n", "# only a comment\n"} {
 		os.WriteFile(path, []byte(blank), 0o644)
-		if err := r.Reload("file", true); err != nil {
+		if _, err := r.Reload("file", true); err != nil {
 			t.Fatalf("blank file %q from the watch: %v", blank, err)
 		}
 	}
@@ -273,14 +273,14 @@ func TestReloadBlankFile(t *testing.T) {
 	}
 	// Cut short mid-line, as a full disk leaves it: not written yet either.
 	os.WriteFile(path, []byte(strings.TrimSuffix(good, "\n")[:len(good)-8]), 0o644)
-	if err := r.Reload("file", true); err != nil {
+	if _, err := r.Reload("file", true); err != nil {
 		t.Fatalf("a file cut short from the watch: %v", err)
 	}
 	if !strings.Contains(logs.String(), "does not end with a newline") {
 		t.Fatalf("no line for the file cut short:\n%s", logs.String())
 	}
 	os.WriteFile(path, nil, 0o644)
-	err := r.Reload("signal", false)
+	_, err := r.Reload("signal", false)
 	if err == nil || !strings.Contains(err.Error(), "no rule") {
 		t.Fatalf("SIGHUP on a blank file: %v", err)
 	}
@@ -289,5 +289,26 @@ func TestReloadBlankFile(t *testing.T) {
 	}
 	if n := len(eng.Listeners()); n != 1 {
 		t.Fatalf("%d listeners after the blank file; want the old one", n)
+	}
+}
+
+// TestReloadReportsThePlan: the change Reload returns is the engine's, and
+// its summary line carries it.
+func TestReloadReportsThePlan(t *testing.T) {
+	r, _, path, logs := startReloader(t)
+	next := good + "weight = 4\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:2\"\n"
+	os.WriteFile(path, []byte(next), 0o644)
+	ch, err := r.Reload("signal", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ch.BackendsAdded, ",") != "r/b" || strings.Join(ch.BackendsReweighted, ",") != "r/a" || strings.Join(ch.RulesChanged, ",") != "r" {
+		t.Fatalf("change %+v, want r changed, r/b added, r/a re-weighted", ch)
+	}
+	for _, want := range []string{`msg="config reloaded" trigger=signal version=2 changes="rules +0 -0 ~1; backends +1 -0; listeners +0 -0"`,
+		"rules_changed=[r] backends_added=[r/b] backends_reweighted=[r/a]"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no %q in the log:\n%s", want, logs.String())
+		}
 	}
 }

@@ -47,6 +47,7 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 		return err
 	}
 	names, dirs := watchedNames(abs)
+	seen := eventSeen
 	for d := range dirs {
 		if err := w.Add(d); err != nil {
 			w.Close()
@@ -70,8 +71,8 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 					return
 				}
 				relevant := names[filepath.Clean(ev.Name)]
-				if eventSeen != nil {
-					eventSeen(ev.Name, relevant)
+				if seen != nil {
+					seen(ev.Name, relevant)
 				}
 				if !relevant {
 					continue // a neighbour of the config file
