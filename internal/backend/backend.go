@@ -3,9 +3,14 @@
 package backend
 
 import (
+	"net"
+	"net/netip"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 )
 
 // version counts changes of routing state: any backend's weight, enabled or
@@ -27,6 +32,8 @@ type Backend struct {
 	ID      string
 	Address string
 
+	target Target // Address parsed once, for the data path
+
 	health   atomic.Pointer[Health] // shared with every backend of the same address and check
 	weight   atomic.Int32
 	disabled atomic.Bool
@@ -47,10 +54,35 @@ func New(rule, id, address string, weight int, health *Health) *Backend {
 	if health == nil {
 		health = &Health{Address: address}
 	}
-	b := &Backend{Rule: rule, ID: id, Address: address, bytes: make([]byteCounts, byteShards)}
+	b := &Backend{Rule: rule, ID: id, Address: address, bytes: make([]byteCounts, byteShards), target: parseTarget(address)}
 	b.health.Store(health)
 	b.weight.Store(int32(weight))
 	return b
+}
+
+// Target is a backend's address as the data path dials it.
+type Target struct {
+	// Addr is the address when Address is an IP literal (an IPv6 zone given
+	// as its interface index, looked up once here rather than on every
+	// connect); invalid when Address names a host.
+	Addr netip.AddrPort
+	Host string // the host name to resolve, when Addr is invalid
+	Port uint16
+}
+
+// Target returns the backend's parsed address.
+func (b *Backend) Target() *Target { return &b.target }
+
+func parseTarget(address string) Target {
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		return Target{Addr: netip.AddrPortFrom(resolve.NumericZone(ap.Addr()), ap.Port()), Port: ap.Port()}
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return Target{Host: address}
+	}
+	p, _ := strconv.ParseUint(port, 10, 16) // the config allows numeric ports only
+	return Target{Host: host, Port: uint16(p)}
 }
 
 // Health is the backend's health, shared by every backend (of any rule)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
@@ -79,7 +80,10 @@ type Server struct {
 	workersOnce sync.Once
 	workers     int // Workers, fixed at its first call
 
+	resolver *resolve.Resolver // backend host names, for TCP and UDP
+
 	noBackendLog rateLimit
+	dialFailLog  rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
 	unrouted     atomic.Pointer[UnroutedObserver] // metrics of unmatched traffic (observe.go)
 	udpLimitLog  rateLimit
@@ -89,6 +93,7 @@ type Server struct {
 func NewServer(log *slog.Logger) *Server {
 	return &Server{
 		log:       log,
+		resolver:  resolve.Default(),
 		listeners: map[Listener]struct{}{},
 		udp:       map[*UDPListener]struct{}{},
 	}

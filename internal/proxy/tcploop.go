@@ -63,6 +63,7 @@ type tcpLoop struct {
 	now    int64 // unix nanoseconds at the start of this turn
 	buf    []byte
 	lsns   []*loopListener
+	rot    uint32 // rotation over a resolved backend's addresses (lconn.useAddrs)
 	stop   bool // the server is shut down: leave once every connection ended
 	done   chan struct{}
 }

@@ -100,9 +100,9 @@ func Default() *Resolver { return defaultResolver() }
 
 // Lookup returns host's addresses at once when the cache has an answer to
 // give (ok true): a fresh one, or the last good one while a refresh runs
-// in the background. Otherwise it returns ok false and calls done, on
-// another goroutine, once the lookup has finished. A cache hit does not
-// allocate.
+// in the background. Otherwise it returns ok false and calls done (unless
+// nil), on another goroutine, once the lookup has finished. A cache hit
+// does not allocate.
 func (r *Resolver) Lookup(host string, done func(Result)) (res Result, ok bool) {
 	now := r.now()
 	r.mu.Lock()
@@ -124,7 +124,9 @@ func (r *Resolver) Lookup(host string, done func(Result)) (res Result, ok bool) 
 		e = &entry{}
 		r.entries[host] = e
 	}
-	e.waiters = append(e.waiters, done)
+	if done != nil {
+		e.waiters = append(e.waiters, done)
+	}
 	if !e.inflight {
 		e.inflight = true
 		go r.run(host, e)
