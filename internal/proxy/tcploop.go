@@ -64,7 +64,7 @@ type tcpLoop struct {
 	buf    []byte
 	lsns   []*loopListener
 	rot    uint32 // rotation over a resolved backend's addresses (lconn.useAddrs)
-	stop   bool // the server is shut down: leave once every connection ended
+	stop   bool   // the server is shut down: leave once every connection ended
 	done   chan struct{}
 }
 

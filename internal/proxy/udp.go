@@ -131,8 +131,8 @@ type udpShard struct {
 	lastRoutes *[]*Route
 	req        router.Request
 	waiting    map[netip.AddrPort]*udpWaiting // new clients whose backend's host name is being looked up
-	nwaiting   int                             // datagrams held in waiting
-	rot        uint32                          // rotation over a resolved backend's addresses
+	nwaiting   int                            // datagrams held in waiting
+	rot        uint32                         // rotation over a resolved backend's addresses
 	b          batch
 	acked      bool
 	st         localStats
@@ -189,11 +189,11 @@ type localStats struct {
 }
 
 const (
-	batchSize       = 32  // messages per recvmmsg/sendmmsg
-	perSessionBurst = 8   // replies read from one backend socket per turn
-	maxEvents       = 256 // epoll events per turn
-	maxWaiting      = 1024 // datagrams held for new sessions waiting for a lookup, per shard
-	maxWaitingEach  = 8    // of which one client's
+	batchSize       = 32      // messages per recvmmsg/sendmmsg
+	perSessionBurst = 8       // replies read from one backend socket per turn
+	maxEvents       = 256     // epoll events per turn
+	maxWaiting      = 1024    // datagrams held for new sessions waiting for a lookup, per shard
+	maxWaitingEach  = 8       // of which one client's
 	socketBuffer    = 4 << 20 // SO_RCVBUF/SO_SNDBUF asked for (the kernel caps it at rmem_max/wmem_max)
 	defaultTimeout  = 30 * time.Second
 	tombstoneReason = "refused"
