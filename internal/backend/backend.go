@@ -45,7 +45,8 @@ type Backend struct {
 
 	bytes []byteCounts // bytes proxied, split by event loop (AddBytesIn)
 
-	watchers atomic.Pointer[[]ActiveWatcher] // told of every change of active
+	watchers       atomic.Pointer[[]ActiveWatcher] // told of every change of active
+	weightWatchers atomic.Pointer[[]WeightWatcher] // told of every change of the configured weight
 }
 
 // New returns an enabled backend with the given weight. health may be nil,
@@ -125,9 +126,56 @@ func (b *Backend) Weight() int { return b.health.Load().scale(int(b.weight.Load(
 func (b *Backend) ConfiguredWeight() int { return int(b.weight.Load()) }
 
 // SetWeight changes the weight; routers apply it from their next pick.
+// The weight watchers are told first, on the caller's goroutine, so that a
+// router rebuilds what it derives from weights here rather than in a pick.
 func (b *Backend) SetWeight(w int) {
 	if b.weight.Swap(int32(w)) != int32(w) {
+		if ws := b.weightWatchers.Load(); ws != nil {
+			for _, x := range *ws {
+				x.WeightChanged(b)
+			}
+		}
 		version.Add(1)
+	}
+}
+
+// WeightWatcher is told after each change of a backend's configured weight,
+// on the goroutine that made it (the one calling SetWeight).
+type WeightWatcher interface {
+	WeightChanged(b *Backend)
+}
+
+// WatchWeight adds w to the watchers of b's configured weight and returns
+// a function that removes it again.
+func (b *Backend) WatchWeight(w WeightWatcher) (stop func()) {
+	watchMu.Lock()
+	defer watchMu.Unlock()
+	var ws []WeightWatcher
+	if old := b.weightWatchers.Load(); old != nil {
+		ws = append(ws, *old...)
+	}
+	ws = append(ws, w)
+	b.weightWatchers.Store(&ws)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			watchMu.Lock()
+			defer watchMu.Unlock()
+			var rest []WeightWatcher
+			removed := false
+			for _, x := range *b.weightWatchers.Load() {
+				if !removed && x == w {
+					removed = true
+					continue
+				}
+				rest = append(rest, x)
+			}
+			if len(rest) == 0 {
+				b.weightWatchers.Store(nil)
+				return
+			}
+			b.weightWatchers.Store(&rest)
+		})
 	}
 }
 
