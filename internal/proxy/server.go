@@ -87,6 +87,7 @@ type Server struct {
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
 	unrouted     atomic.Pointer[UnroutedObserver] // metrics of unmatched traffic (observe.go)
 	udpLimitLog  rateLimit
+	udpRecvLog   rateLimit
 }
 
 // NewServer returns a server that logs to log.

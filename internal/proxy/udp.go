@@ -525,7 +525,9 @@ func (l *udpShard) readClients() {
 	n, e := recvmmsg(l.fd, b.hs)
 	if e != 0 {
 		if e != unix.EAGAIN && e != unix.EINTR {
-			l.srv.log.Warn("udp receive failed", "listener", l.conn.LocalAddr().String(), "err", e.Error())
+			if ok, suppressed := l.srv.udpRecvLog.allow(time.Second); ok {
+				l.srv.log.Warn("udp receive failed", "listener", l.conn.LocalAddr().String(), "err", e.Error(), "suppressed", suppressed)
+			}
 		}
 		return
 	}
