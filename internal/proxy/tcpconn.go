@@ -19,9 +19,10 @@ import (
 // (tcploop.go): only that loop's goroutine reads or writes it.
 //
 // Its life: accepted → (inspected by a goroutine, only when a route needs
-// the first bytes) → routed and admitted → dialled (a non-blocking
-// connect, the next backend the router offers after a failure) → relayed
-// → closed. While relaying, each direction (ldir) reads its source when
+// the first bytes) → routed and admitted → (a backend host name resolved
+// off the loop, when the cache has no answer) → dialled (a non-blocking
+// connect; the backend's next address, then the next backend the router
+// offers, after a failure) → relayed → closed. While relaying, each direction (ldir) reads its source when
 // the epoll set says it is readable and writes what it read to its
 // destination at once; what the destination does not take is kept until it
 // is writable again, and the source is not read meanwhile. A read that fills
