@@ -335,6 +335,7 @@ var mxFamilyTypes = map[string]dto.MetricType{
 	"config_reloads_total":                         dto.MetricType_COUNTER,
 	"config_last_reload_success_timestamp_seconds": dto.MetricType_GAUGE,
 	"build_info":                                   dto.MetricType_GAUGE,
+	"log_records_dropped_total":                    dto.MetricType_COUNTER,
 }
 
 // TestMetricsEveryFamily checks that every family is exported with its
