@@ -13,7 +13,6 @@ package resolve
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -195,23 +194,27 @@ func (r *Resolver) run(host string, e *entry) {
 	}
 }
 
-// SystemLookup is the system resolver's lookup: every IPv4 and IPv6 address
-// of host, IPv4-mapped ones unmapped, and zones given as interface indexes,
-// so that connecting to an address needs no interface lookup.
+// SystemLookup is the system resolver's lookup (NetLookup of
+// net.DefaultResolver).
 func SystemLookup(ctx context.Context, host string) ([]netip.Addr, error) {
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		var de *net.DNSError
-		if errors.As(err, &de) {
-			return nil, de
+	return NetLookup(net.DefaultResolver)(ctx, host)
+}
+
+// NetLookup is r's lookup: every IPv4 and IPv6 address of host,
+// IPv4-mapped ones unmapped, and zones given as interface indexes, so that
+// connecting to an address needs no interface lookup.
+func NetLookup(r *net.Resolver) LookupFunc {
+	return func(ctx context.Context, host string) ([]netip.Addr, error) {
+		ips, err := r.LookupNetIP(ctx, "ip", host)
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
+		out := make([]netip.Addr, 0, len(ips))
+		for _, a := range ips {
+			out = append(out, NumericZone(a.Unmap()))
+		}
+		return out, nil
 	}
-	out := make([]netip.Addr, 0, len(ips))
-	for _, a := range ips {
-		out = append(out, NumericZone(a.Unmap()))
-	}
-	return out, nil
 }
 
 // NumericZone replaces an IPv6 address's zone name (eth0) by the
