@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -48,9 +49,9 @@ type lconn struct {
 	start   time.Time
 	ci      ConnInfo
 	rt      *Route
-	release func() // access control slot
-	first   []byte // bytes read while inspecting, for the backend
-	nc      *net.TCPConn
+	release func()      // access control slot
+	first   []byte      // bytes read while inspecting, for the backend
+	insp    *inspection // while a goroutine inspects the first bytes
 
 	be      *backend.Backend
 	req     router.Request
@@ -124,21 +125,49 @@ func (c *lconn) begin() {
 	c.routed(rt)
 }
 
+// inspection is a connection's socket while a goroutine inspects it.
+type inspection struct {
+	mu     sync.Mutex
+	nc     *net.TCPConn
+	cancel bool // forceClose: give up
+}
+
+// abort makes the inspecting goroutine give up and report back.
+func (in *inspection) abort() {
+	in.mu.Lock()
+	in.cancel = true
+	if in.nc != nil {
+		in.nc.Close()
+	}
+	in.mu.Unlock()
+}
+
 // inspect hands the client socket to a goroutine that reads what routing
 // needs (inspect.go) with the net package's deadlines, then gives it back.
+// The goroutine also makes the net.Conn (a dup and a runtime poller
+// registration, not raw system calls), so the loop makes none of those.
 func (c *lconn) inspect(table *routeTable) {
-	f := os.NewFile(uintptr(c.cfd), "")
-	nc, err := net.FileConn(f) // a duplicate; the loop's descriptor goes
-	f.Close()
-	c.cfd = -1
-	if err != nil {
-		c.unrouted(ReasonClientError, err)
-		return
-	}
-	tc := nc.(*net.TCPConn)
-	c.nc, c.state = tc, stInspect
+	fd := c.cfd
+	c.cfd = -1 // the goroutine's now; not in the loop's epoll set
+	in := &inspection{}
+	c.insp, c.state = in, stInspect
+	ci := c.ci
 	lp := c.lp
 	go func() {
+		f := os.NewFile(uintptr(fd), "")
+		nc, err := net.FileConn(f) // a duplicate; the original goes
+		f.Close()
+		if err != nil {
+			lp.post(func() { c.inspected(-1, nil, ci, nil, err) })
+			return
+		}
+		tc := nc.(*net.TCPConn)
+		in.mu.Lock()
+		in.nc = tc
+		if in.cancel {
+			tc.Close()
+		}
+		in.mu.Unlock()
 		rt, ci, first, err := inspect(tc, table)
 		fd := -1
 		if err == nil && rt != nil {
@@ -171,7 +200,7 @@ func dupSocket(sc syscall.Conn) (int, error) {
 
 // inspected takes the connection back from the inspecting goroutine.
 func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err error) {
-	c.nc = nil
+	c.insp = nil
 	c.ci = ci
 	if c.forced {
 		if fd >= 0 {
@@ -577,7 +606,7 @@ func (c *lconn) forceClose() {
 	switch c.state {
 	case stInspect:
 		c.forced = true
-		c.nc.Close() // the inspecting goroutine gives up and reports back
+		c.insp.abort() // the inspecting goroutine gives up and reports back
 	case stResolve:
 		c.forced = true
 	case stDialWait, stConnecting:
