@@ -3,9 +3,14 @@
 package backend
 
 import (
+	"net"
+	"net/netip"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 )
 
 // version counts changes of routing state: any backend's weight, enabled or
@@ -27,6 +32,8 @@ type Backend struct {
 	ID      string
 	Address string
 
+	target Target // Address parsed once, for the data path
+
 	health   atomic.Pointer[Health] // shared with every backend of the same address and check
 	weight   atomic.Int32
 	disabled atomic.Bool
@@ -38,7 +45,8 @@ type Backend struct {
 
 	bytes []byteCounts // bytes proxied, split by event loop (AddBytesIn)
 
-	watchers atomic.Pointer[[]ActiveWatcher] // told of every change of active
+	watchers       atomic.Pointer[[]ActiveWatcher] // told of every change of active
+	weightWatchers atomic.Pointer[[]WeightWatcher] // told of every change of the configured weight
 }
 
 // New returns an enabled backend with the given weight. health may be nil,
@@ -47,10 +55,35 @@ func New(rule, id, address string, weight int, health *Health) *Backend {
 	if health == nil {
 		health = &Health{Address: address}
 	}
-	b := &Backend{Rule: rule, ID: id, Address: address, bytes: make([]byteCounts, byteShards)}
+	b := &Backend{Rule: rule, ID: id, Address: address, bytes: make([]byteCounts, byteShards), target: parseTarget(address)}
 	b.health.Store(health)
 	b.weight.Store(int32(weight))
 	return b
+}
+
+// Target is a backend's address as the data path dials it.
+type Target struct {
+	// Addr is the address when Address is an IP literal (an IPv6 zone given
+	// as its interface index, looked up once here rather than on every
+	// connect); invalid when Address names a host.
+	Addr netip.AddrPort
+	Host string // the host name to resolve, when Addr is invalid
+	Port uint16
+}
+
+// Target returns the backend's parsed address.
+func (b *Backend) Target() *Target { return &b.target }
+
+func parseTarget(address string) Target {
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		return Target{Addr: netip.AddrPortFrom(resolve.NumericZone(ap.Addr()), ap.Port()), Port: ap.Port()}
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return Target{Host: address}
+	}
+	p, _ := strconv.ParseUint(port, 10, 16) // the config allows numeric ports only
+	return Target{Host: host, Port: uint16(p)}
 }
 
 // Health is the backend's health, shared by every backend (of any rule)
@@ -93,9 +126,56 @@ func (b *Backend) Weight() int { return b.health.Load().scale(int(b.weight.Load(
 func (b *Backend) ConfiguredWeight() int { return int(b.weight.Load()) }
 
 // SetWeight changes the weight; routers apply it from their next pick.
+// The weight watchers are told first, on the caller's goroutine, so that a
+// router rebuilds what it derives from weights here rather than in a pick.
 func (b *Backend) SetWeight(w int) {
 	if b.weight.Swap(int32(w)) != int32(w) {
+		if ws := b.weightWatchers.Load(); ws != nil {
+			for _, x := range *ws {
+				x.WeightChanged(b)
+			}
+		}
 		version.Add(1)
+	}
+}
+
+// WeightWatcher is told after each change of a backend's configured weight,
+// on the goroutine that made it (the one calling SetWeight).
+type WeightWatcher interface {
+	WeightChanged(b *Backend)
+}
+
+// WatchWeight adds w to the watchers of b's configured weight and returns
+// a function that removes it again.
+func (b *Backend) WatchWeight(w WeightWatcher) (stop func()) {
+	watchMu.Lock()
+	defer watchMu.Unlock()
+	var ws []WeightWatcher
+	if old := b.weightWatchers.Load(); old != nil {
+		ws = append(ws, *old...)
+	}
+	ws = append(ws, w)
+	b.weightWatchers.Store(&ws)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			watchMu.Lock()
+			defer watchMu.Unlock()
+			var rest []WeightWatcher
+			removed := false
+			for _, x := range *b.weightWatchers.Load() {
+				if !removed && x == w {
+					removed = true
+					continue
+				}
+				rest = append(rest, x)
+			}
+			if len(rest) == 0 {
+				b.weightWatchers.Store(nil)
+				return
+			}
+			b.weightWatchers.Store(&rest)
+		})
 	}
 }
 

@@ -23,14 +23,16 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/health"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
 // Engine runs one configuration at a time.
 type Engine struct {
-	log *slog.Logger
-	srv *proxy.Server
+	log     *slog.Logger
+	loopLog *logging.Async // the proxy server's log handler
+	srv     *proxy.Server
 
 	mu       sync.Mutex // serialises Apply and Shutdown
 	cfg      *config.Config
@@ -53,11 +55,15 @@ type builtRouter struct {
 	router    router.Router
 }
 
-// New returns an engine with nothing running; call Apply.
+// New returns an engine with nothing running; call Apply. The proxy
+// server's event loops log through a logging.Async handler on log's, so
+// that a slow log output drops their records instead of stalling them.
 func New(log *slog.Logger) *Engine {
+	async := logging.NewAsync(log.Handler(), 0)
 	return &Engine{
 		log:      log,
-		srv:      proxy.NewServer(log),
+		loopLog:  async,
+		srv:      proxy.NewServer(slog.New(async)),
 		lns:      map[string]proxy.Listener{},
 		backends: map[backendKey]*backend.Backend{},
 		checks:   health.NewRegistry(log),
@@ -491,7 +497,9 @@ func (e *Engine) Checks() *health.Registry { return e.checks }
 // until ctx ends.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.checks.Close()
-	return e.srv.Shutdown(ctx)
+	err := e.srv.Shutdown(ctx)
+	e.loopLog.Flush(time.Second) // the loops' last records, unless the output is stuck
+	return err
 }
 
 // sameSeries reports whether routes a and b count into the same series: an

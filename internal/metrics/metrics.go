@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
@@ -166,7 +167,11 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		Name: "build_info", Help: "Always 1; the labels identify the build."}, []string{"version", "commit", "goversion"})
 	buildInfo.WithLabelValues(info.Version, info.Commit, info.GoVersion).Set(1)
 
-	cs := []prometheus.Collector{m.connActive, m.connTotal, m.connDuration, m.connRejected,
+	logDropped := prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: Namespace,
+		Name: "log_records_dropped_total", Help: "Log records the event loops dropped because the log output did not keep up (its queue was full)."},
+		func() float64 { return float64(logging.Dropped()) })
+
+	cs := []prometheus.Collector{logDropped, m.connActive, m.connTotal, m.connDuration, m.connRejected,
 		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
 		m.beRequests, m.beEnded, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
 		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server}

@@ -304,7 +304,7 @@ func TestEveryFamilyLintsClean(t *testing.T) {
 	want := []string{"backend_connections_active", "backend_requests_total", "backend_response_seconds", "backend_up",
 		"build_info", "bytes_total", "config_last_reload_success_timestamp_seconds", "config_reloads_total",
 		"connection_duration_seconds", "connections_active", "connections_ended_total", "connections_rejected_total", "connections_total",
-		"health_checks_total", "request_duration_seconds", "request_size_bytes", "requests_total",
+		"health_checks_total", "log_records_dropped_total", "request_duration_seconds", "request_size_bytes", "requests_total",
 		"response_size_bytes", "router_errors_total", "router_selections_total"}
 	for i := range want {
 		want[i] = Namespace + "_" + want[i]

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 )
 
 // Raw system calls for the event loops' non-blocking socket I/O.
@@ -146,11 +148,9 @@ func tcpSocket(ap netip.AddrPort) (int, unix.Errno) {
 func connectTo(fd int, ap netip.AddrPort) unix.Errno {
 	var sa unix.RawSockaddrInet6
 	n := putSockaddr(&sa, addrFamily(ap), ap)
-	if ap.Addr().Is6() && ap.Addr().Zone() != "" {
-		if ifi, err := net.InterfaceByName(ap.Addr().Zone()); err == nil {
-			sa.Scope_id = uint32(ifi.Index)
-		}
-	}
+	// Zones reach the loop as interface indexes (backend.Target and the
+	// resolver convert names), so no interface lookup happens here.
+	sa.Scope_id = resolve.ScopeID(ap.Addr())
 	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n))
 	return e
 }

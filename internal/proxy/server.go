@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
@@ -79,17 +80,22 @@ type Server struct {
 	workersOnce sync.Once
 	workers     int // Workers, fixed at its first call
 
+	resolver *resolve.Resolver // backend host names, for TCP and UDP
+
 	noBackendLog rateLimit
+	dialFailLog  rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
 	fds          descriptors                      // the data path's descriptor budget (fdbudget.go)
 	unrouted     atomic.Pointer[UnroutedObserver] // metrics of unmatched traffic (observe.go)
 	udpLimitLog  rateLimit
+	udpRecvLog   rateLimit
 }
 
 // NewServer returns a server that logs to log.
 func NewServer(log *slog.Logger) *Server {
 	return &Server{
 		log:       log,
+		resolver:  resolve.Default(),
 		listeners: map[Listener]struct{}{},
 		udp:       map[*UDPListener]struct{}{},
 	}

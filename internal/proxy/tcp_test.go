@@ -247,7 +247,7 @@ func TestDeadBackendSkipped(t *testing.T) {
 			}
 		}
 	}
-	if n := logs.count(msgIs("backend dial failed; trying another")); n == 0 {
+	if n := logs.count(msgIs("backend dial failed; trying another backend")); n == 0 {
 		t.Error("no dial failure was logged")
 	}
 	if s.Stats.NoBackend.Load() != 0 {

@@ -1,17 +1,18 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
@@ -19,9 +20,10 @@ import (
 // (tcploop.go): only that loop's goroutine reads or writes it.
 //
 // Its life: accepted → (inspected by a goroutine, only when a route needs
-// the first bytes) → routed and admitted → dialled (a non-blocking
-// connect, the next backend the router offers after a failure) → relayed
-// → closed. While relaying, each direction (ldir) reads its source when
+// the first bytes) → routed and admitted → (a backend host name resolved
+// off the loop, when the cache has no answer) → dialled (a non-blocking
+// connect; the backend's next address, then the next backend the router
+// offers, after a failure) → relayed → closed. While relaying, each direction (ldir) reads its source when
 // the epoll set says it is readable and writes what it read to its
 // destination at once; what the destination does not take is kept until it
 // is writable again, and the source is not read meanwhile. A read that fills
@@ -47,15 +49,18 @@ type lconn struct {
 	start   time.Time
 	ci      ConnInfo
 	rt      *Route
-	release func() // access control slot
-	first   []byte // bytes read while inspecting, for the backend
-	nc      *net.TCPConn
+	release func()      // access control slot
+	first   []byte      // bytes read while inspecting, for the backend
+	insp    *inspection // while a goroutine inspects the first bytes
 
 	be      *backend.Backend
 	req     router.Request
 	tries   int
 	lastErr error
-	ap      netip.AddrPort // the backend being dialled
+	ap      netip.AddrPort // the backend address being dialled
+	addrs   []netip.Addr   // the backend's resolved addresses (nil: an IP literal)
+	astart  int            // the first of addrs tried
+	ak      int            // addrs[(astart+ak)%len] is ap
 	dialT0  time.Time      // the first attempt on this backend
 	backoff time.Duration
 
@@ -72,7 +77,7 @@ type lconn struct {
 const (
 	stRoute      uint8 = iota // before routing
 	stInspect                 // a goroutine inspects the first bytes
-	stResolve                 // a goroutine resolves the backend's host name
+	stResolve                 // the resolver looks the backend's host name up
 	stDialWait                // waiting out a resource backoff before dialling again
 	stConnecting              // non-blocking connect in progress
 	stRelay
@@ -120,21 +125,49 @@ func (c *lconn) begin() {
 	c.routed(rt)
 }
 
+// inspection is a connection's socket while a goroutine inspects it.
+type inspection struct {
+	mu     sync.Mutex
+	nc     *net.TCPConn
+	cancel bool // forceClose: give up
+}
+
+// abort makes the inspecting goroutine give up and report back.
+func (in *inspection) abort() {
+	in.mu.Lock()
+	in.cancel = true
+	if in.nc != nil {
+		in.nc.Close()
+	}
+	in.mu.Unlock()
+}
+
 // inspect hands the client socket to a goroutine that reads what routing
 // needs (inspect.go) with the net package's deadlines, then gives it back.
+// The goroutine also makes the net.Conn (a dup and a runtime poller
+// registration, not raw system calls), so the loop makes none of those.
 func (c *lconn) inspect(table *routeTable) {
-	f := os.NewFile(uintptr(c.cfd), "")
-	nc, err := net.FileConn(f) // a duplicate; the loop's descriptor goes
-	f.Close()
-	c.cfd = -1
-	if err != nil {
-		c.unrouted(ReasonClientError, err)
-		return
-	}
-	tc := nc.(*net.TCPConn)
-	c.nc, c.state = tc, stInspect
+	fd := c.cfd
+	c.cfd = -1 // the goroutine's now; not in the loop's epoll set
+	in := &inspection{}
+	c.insp, c.state = in, stInspect
+	ci := c.ci
 	lp := c.lp
 	go func() {
+		f := os.NewFile(uintptr(fd), "")
+		nc, err := net.FileConn(f) // a duplicate; the original goes
+		f.Close()
+		if err != nil {
+			lp.post(func() { c.inspected(-1, nil, ci, nil, err) })
+			return
+		}
+		tc := nc.(*net.TCPConn)
+		in.mu.Lock()
+		in.nc = tc
+		if in.cancel {
+			tc.Close()
+		}
+		in.mu.Unlock()
 		rt, ci, first, err := inspect(tc, table)
 		fd := -1
 		if err == nil && rt != nil {
@@ -167,7 +200,7 @@ func dupSocket(sc syscall.Conn) (int, error) {
 
 // inspected takes the connection back from the inspecting goroutine.
 func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err error) {
-	c.nc = nil
+	c.insp = nil
 	c.ci = ci
 	if c.forced {
 		if fd >= 0 {
@@ -249,13 +282,16 @@ func (c *lconn) dial() {
 		b.Acquire()
 		c.be, c.backoff = b, 0
 		c.dialT0 = time.Now()
-		ap, perr := netip.ParseAddrPort(b.Address)
-		if perr != nil {
-			c.resolve(b)
-			return
+		tg := b.Target()
+		if !tg.Addr.IsValid() {
+			if c.resolve(tg.Host) {
+				return
+			}
+			continue
 		}
-		c.ap = ap
-		if c.connect() {
+		c.addrs, c.ak = nil, 0
+		c.ap = tg.Addr
+		if c.tryAddrs() {
 			return
 		}
 	}
@@ -265,43 +301,99 @@ func (c *lconn) dial() {
 	c.noBackend(c.lastErr)
 }
 
-// resolve looks a backend's host name up in a goroutine, then connects.
-func (c *lconn) resolve(b *backend.Backend) {
-	c.state = stResolve
-	lp, timeout := c.lp, c.rt.ConnectTimeout
-	go func() {
-		host, port, _ := net.SplitHostPort(b.Address)
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		cancel()
-		var ap netip.AddrPort
-		if err == nil {
-			ap, err = netip.ParseAddrPort(net.JoinHostPort(ips[0].Unmap().String(), port))
+// resolve finds the addresses of the backend's host name (resolve.go): from
+// the cache at once, or by a lookup off the loop, after which the
+// connection carries on in resolved. It reports false when the backend
+// failed and was accounted for: the caller tries another.
+func (c *lconn) resolve(host string) bool {
+	rsv := c.lp.srv.resolver
+	res, ok := rsv.Lookup(host, nil)
+	if !ok {
+		lp := c.lp
+		res, ok = rsv.Lookup(host, func(res resolve.Result) { lp.post(func() { c.resolved(res) }) })
+		if !ok {
+			c.state = stResolve
+			return true
 		}
-		lp.post(func() { c.resolved(ap, err) })
-	}()
+	}
+	return c.useAddrs(res)
 }
 
-func (c *lconn) resolved(ap netip.AddrPort, err error) {
+func (c *lconn) resolved(res resolve.Result) {
 	if c.forced {
 		c.abandonDial()
 		return
 	}
-	if err != nil {
-		c.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Err: err})
-		c.dial()
-		return
-	}
-	c.ap = ap
-	if !c.connect() {
+	if !c.useAddrs(res) {
 		c.dial()
 	}
 }
 
-// connect starts a non-blocking connect to c.ap. It reports false when the
-// dial failed at once (and was accounted for): the caller tries the next
-// backend.
-func (c *lconn) connect() bool {
+// useAddrs connects to the backend's resolved addresses in turn, starting
+// at the next in the loop's rotation so that every address takes its share.
+func (c *lconn) useAddrs(res resolve.Result) bool {
+	if res.Err != nil {
+		c.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Err: res.Err})
+		return false
+	}
+	n := len(res.Addrs)
+	c.addrs, c.ak = res.Addrs, 0
+	c.astart = int(c.lp.rot % uint32(n))
+	c.lp.rot++
+	c.ap = netip.AddrPortFrom(c.addrs[c.astart], c.be.Target().Port)
+	return c.tryAddrs()
+}
+
+// tryAddrs connects to the backend's current address, and to its next ones
+// while a connect fails at once. It reports false when every address failed
+// and the backend's failure was accounted for.
+func (c *lconn) tryAddrs() bool {
+	for {
+		err := c.connect()
+		if err == nil {
+			return true
+		}
+		if !c.nextAddr() {
+			c.dialFailed(err)
+			return false
+		}
+	}
+}
+
+// nextAddr moves on to the backend's next address; false when it has none.
+func (c *lconn) nextAddr() bool {
+	if c.ak+1 >= len(c.addrs) {
+		return false
+	}
+	c.ak++
+	c.ap = netip.AddrPortFrom(c.addrs[(c.astart+c.ak)%len(c.addrs)], c.be.Target().Port)
+	return true
+}
+
+// connectFailed: the connect to c.ap failed after it started (refused,
+// unreachable, timed out). The backend's next address is tried before the
+// backend counts as failed.
+func (c *lconn) connectFailed(err error) {
+	if c.bfd >= 0 {
+		c.closeFd(true, false)
+	}
+	c.lp.timers.remove(c)
+	if c.nextAddr() {
+		if c.tryAddrs() {
+			return
+		}
+		c.dial()
+		return
+	}
+	c.dialFailed(err)
+	c.dial()
+}
+
+// connect starts a non-blocking connect to c.ap. It returns the error of a
+// connect that failed at once (its socket closed, nothing accounted for);
+// nil when the connect is under way, done, or waiting out a resource
+// backoff.
+func (c *lconn) connect() error {
 	fd, e := tcpSocket(c.ap)
 	call := "socket"
 	if e == 0 {
@@ -315,23 +407,27 @@ func (c *lconn) connect() bool {
 		c.setMask(true, unix.EPOLLOUT)
 		if e == 0 {
 			c.connected()
-			return true
+			return nil
 		}
 		c.state = stConnecting
 		if c.rt.ConnectTimeout > 0 {
-			c.lp.timers.set(c, c.dialT0.Add(c.rt.ConnectTimeout).UnixNano())
+			t0 := c.dialT0 // each address has connect_timeout
+			if c.ak > 0 {
+				t0 = time.Now()
+			}
+			c.lp.timers.set(c, t0.Add(c.rt.ConnectTimeout).UnixNano())
 		}
-		return true
+		return nil
 	}
 	if fd >= 0 {
 		rawClose(fd)
 	}
 	err := c.dialError(os.NewSyscallError(call, e))
 	if resourceError(err) {
-		return c.resourceWait(err)
+		c.resourceWait(err)
+		return nil
 	}
-	c.dialFailed(err)
-	return false
+	return err
 }
 
 func (c *lconn) dialError(err error) error {
@@ -341,7 +437,7 @@ func (c *lconn) dialError(err error) error {
 // resourceWait handles a dial that failed for want of descriptors or
 // socket resources here (exhaust.go): not the backend's fault, so the same
 // backend is dialled again after a backoff, until connection_timeout.
-func (c *lconn) resourceWait(err error) bool {
+func (c *lconn) resourceWait(err error) {
 	s, rt, b := c.lp.srv, c.rt, c.be
 	s.exhaust.failed(s.log, true, rt.Name+"/"+b.ID, err)
 	c.backoff = nextBackoff(c.backoff)
@@ -349,11 +445,10 @@ func (c *lconn) resourceWait(err error) bool {
 		b.Release()
 		c.be = nil
 		c.noBackend(err)
-		return true
+		return
 	}
 	c.state = stDialWait
 	c.lp.timers.set(c, time.Now().Add(c.backoff).UnixNano())
-	return true
 }
 
 // dialFailed accounts for a failed dial of c.be and forgets it.
@@ -371,7 +466,27 @@ func (c *lconn) dialFailed(err error) {
 	c.be = nil
 	c.req.Tried(b)
 	c.lastErr = err
-	c.lp.srv.log.Warn("backend dial failed; trying another", "rule", rt.Name, "backend", b.ID, "err", err)
+	s := c.lp.srv
+	if ok, suppressed := s.dialFailLog.allow(time.Second); ok {
+		next := "no backend left"
+		if c.anotherLeft() {
+			next = "trying another backend"
+		}
+		s.log.Warn("backend dial failed; "+next, "rule", rt.Name, "backend", b.ID, "err", err, "suppressed", suppressed)
+	}
+}
+
+// anotherLeft reports whether dial has another backend to try.
+func (c *lconn) anotherLeft() bool {
+	if c.tries >= len(c.rt.Backends) {
+		return false
+	}
+	for _, b := range c.rt.Backends {
+		if c.req.Usable(b) {
+			return true
+		}
+	}
+	return false
 }
 
 // connected: the backend accepted; start relaying.
@@ -491,7 +606,7 @@ func (c *lconn) forceClose() {
 	switch c.state {
 	case stInspect:
 		c.forced = true
-		c.nc.Close() // the inspecting goroutine gives up and reports back
+		c.insp.abort() // the inspecting goroutine gives up and reports back
 	case stResolve:
 		c.forced = true
 	case stDialWait, stConnecting:
@@ -506,12 +621,11 @@ func (c *lconn) forceClose() {
 func (c *lconn) timeout() {
 	switch c.state {
 	case stDialWait:
-		if !c.connect() {
+		if !c.tryAddrs() {
 			c.dial()
 		}
 	case stConnecting:
-		c.dialFailed(c.dialError(os.ErrDeadlineExceeded))
-		c.dial()
+		c.connectFailed(c.dialError(os.ErrDeadlineExceeded))
 	case stRelay:
 		if next := c.last + c.idle; next > c.lp.now {
 			c.lp.timers.set(c, next) // bytes moved meanwhile
@@ -555,8 +669,7 @@ func (c *lconn) event(backend bool, ev uint32) {
 // connectDone: the backend socket became writable or failed while connecting.
 func (c *lconn) connectDone() {
 	if e := soError(c.bfd); e != 0 {
-		c.dialFailed(c.dialError(os.NewSyscallError("connect", e)))
-		c.dial()
+		c.connectFailed(c.dialError(os.NewSyscallError("connect", e)))
 		return
 	}
 	c.connected()

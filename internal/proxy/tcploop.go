@@ -62,7 +62,8 @@ type tcpLoop struct {
 	now    int64 // unix nanoseconds at the start of this turn
 	buf    []byte
 	lsns   []*loopListener
-	stop   bool // the server is shut down: leave once every connection ended
+	rot    uint32 // rotation over a resolved backend's addresses (lconn.useAddrs)
+	stop   bool   // the server is shut down: leave once every connection ended
 	done   chan struct{}
 }
 

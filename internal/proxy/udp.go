@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
@@ -111,9 +112,10 @@ type udpShard struct {
 
 	epollLoop // its socket and session sockets; parked on between turns
 
-	pendingMu sync.Mutex
-	pending   []resolveResult // host name lookups finished in the background
-	ctl       []closeRequest  // CloseBackendConns requests
+	pendingMu  sync.Mutex
+	ctl        []closeRequest // CloseBackendConns requests
+	lookedUp   atomic.Bool    // a host name lookup the shard waits for finished
+	lookupDone func(resolve.Result)
 
 	maxDatagram int // receive buffer per message; maxDatagram except in tests
 	batch       int // messages per batch; batchSize except in benchmarks
@@ -128,7 +130,9 @@ type udpShard struct {
 	timeout    time.Duration
 	lastRoutes *[]*Route
 	req        router.Request
-	resolved   map[*backend.Backend]*resolvedAddr
+	waiting    map[netip.AddrPort]*udpWaiting // new clients whose backend's host name is being looked up
+	nwaiting   int                            // datagrams held in waiting
+	rot        uint32                         // rotation over a resolved backend's addresses
 	b          batch
 	acked      bool
 	st         localStats
@@ -185,11 +189,11 @@ type localStats struct {
 }
 
 const (
-	batchSize       = 32  // messages per recvmmsg/sendmmsg
-	perSessionBurst = 8   // replies read from one backend socket per turn
-	maxEvents       = 256 // epoll events per turn
-	resolveTTL      = 30 * time.Second
-	resolveTimeout  = 5 * time.Second
+	batchSize       = 32      // messages per recvmmsg/sendmmsg
+	perSessionBurst = 8       // replies read from one backend socket per turn
+	maxEvents       = 256     // epoll events per turn
+	maxWaiting      = 1024    // datagrams held for new sessions waiting for a lookup, per shard
+	maxWaitingEach  = 8       // of which one client's
 	socketBuffer    = 4 << 20 // SO_RCVBUF/SO_SNDBUF asked for (the kernel caps it at rmem_max/wmem_max)
 	defaultTimeout  = 30 * time.Second
 	tombstoneReason = "refused"
@@ -221,13 +225,15 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 	l = &UDPListener{srv: s, done: make(chan struct{})}
 	l.routes.Store(&routes)
 	for i, c := range conns {
-		l.shards = append(l.shards, &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1, done: make(chan struct{}),
+		sh := &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1, done: make(chan struct{}),
 			maxDatagram: opt.maxDatagram, batch: opt.batch,
 			sessions:  map[netip.AddrPort]*udpSession{},
-			resolved:  map[*backend.Backend]*resolvedAddr{},
+			waiting:   map[netip.AddrPort]*udpWaiting{},
 			timeout:   defaultTimeout,
 			epollLoop: epollLoop{epfd: -1, evfd: -1}, // closeFds is safe before init
-		})
+		}
+		sh.lookupDone = func(resolve.Result) { sh.lookedUp.Store(true); sh.wake() }
+		l.shards = append(l.shards, sh)
 	}
 	defer func() {
 		if err != nil {
@@ -449,7 +455,9 @@ func (l *udpShard) run() {
 				l.readClients()
 			case l.evfd:
 				l.woken()
-				l.applyResolved()
+				if l.lookedUp.Swap(false) {
+					l.replayWaiting()
+				}
 				l.applyCloses()
 			default:
 				l.readBackend(fd)
@@ -487,8 +495,7 @@ func (l *udpShard) ack() {
 	}
 }
 
-// refreshRoutes picks up a new route table: its session_timeout, and drops
-// resolved addresses of backends it no longer has.
+// refreshRoutes picks up a new route table: its session_timeout.
 func (l *udpShard) refreshRoutes() {
 	p := l.ln.routes.Load()
 	if p == l.lastRoutes {
@@ -500,17 +507,6 @@ func (l *udpShard) refreshRoutes() {
 			l.armed = 0 // expiries came earlier: re-arm
 		}
 		l.timeout = rs[0].SessionTimeout
-	}
-	keep := map[*backend.Backend]bool{}
-	for _, rt := range *p {
-		for _, b := range rt.Backends {
-			keep[b] = true
-		}
-	}
-	for b := range l.resolved {
-		if !keep[b] {
-			delete(l.resolved, b)
-		}
 	}
 }
 
@@ -530,7 +526,9 @@ func (l *udpShard) readClients() {
 	n, e := recvmmsg(l.fd, b.hs)
 	if e != 0 {
 		if e != unix.EAGAIN && e != unix.EINTR {
-			l.srv.log.Warn("udp receive failed", "listener", l.conn.LocalAddr().String(), "err", e.Error())
+			if ok, suppressed := l.srv.udpRecvLog.allow(time.Second); ok {
+				l.srv.log.Warn("udp receive failed", "listener", l.conn.LocalAddr().String(), "err", e.Error(), "suppressed", suppressed)
+			}
 		}
 		return
 	}
@@ -565,10 +563,75 @@ func (l *udpShard) sessionFor(i int) *udpSession {
 		return nil
 	}
 	s := l.sessions[client]
+	if s == nil && len(l.waiting) > 0 {
+		if w := l.waiting[client]; w != nil { // its session waits for a lookup: keep the order
+			l.hold(w.s, b.bufs[i][:b.hs[i].Len])
+			return nil
+		}
+	}
 	if s == nil || s.fd < 0 {
 		s = l.newSession(client, s, i)
 	}
 	return s
+}
+
+// udpWaiting is a new client whose session waits for its backend's host
+// name to be looked up, with the datagrams it sent meanwhile.
+type udpWaiting struct {
+	s      *udpSession // the client's addresses, the backends it may not use, its PROXY header
+	dgrams [][]byte
+}
+
+// hold keeps a copy of datagram p (nil: none) of s's client until the
+// lookup its session waits for is done; beyond the shard's bounds the
+// datagram is dropped.
+func (l *udpShard) hold(s *udpSession, p []byte) {
+	w := l.waiting[s.client]
+	if w == nil {
+		w = &udpWaiting{s: s}
+		l.waiting[s.client] = w
+	}
+	if p == nil {
+		return
+	}
+	if l.nwaiting >= maxWaiting || len(w.dgrams) >= maxWaitingEach {
+		l.st.noBackend++
+		return
+	}
+	w.dgrams = append(w.dgrams, slices.Clone(p))
+	l.nwaiting++
+}
+
+// replayWaiting opens the sessions that waited for a lookup (one finished;
+// those still looked up wait on) and forwards what their clients sent.
+func (l *udpShard) replayWaiting() {
+	if len(l.waiting) == 0 {
+		return
+	}
+	ws := l.waiting
+	l.waiting, l.nwaiting = map[netip.AddrPort]*udpWaiting{}, 0
+	for client, w := range ws {
+		s := l.sessions[client]
+		if s == nil || s.fd < 0 {
+			s = l.newSession(client, w.s, -1)
+		}
+		if s == nil {
+			if nw := l.waiting[client]; nw != nil { // still waiting: keep its datagrams
+				for _, p := range w.dgrams {
+					l.hold(nw.s, p)
+				}
+			} else {
+				l.st.noBackend += int64(len(w.dgrams))
+			}
+			continue
+		}
+		for _, p := range w.dgrams {
+			if s.fd < 0 {
+				break
+			}
+			l.forward(s, p, false)
+		}
+	}
 }
 
 // forwardRun sends messages [from, to) of the batch, all for session s, to
@@ -732,7 +795,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	if prev != nil {
 		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
 		s.tried = prev.tried
-		if !slices.Contains(s.tried, prev.b) { // at most one entry per backend
+		if prev.b != nil && !slices.Contains(s.tried, prev.b) { // at most one entry per backend
 			s.tried = append(s.tried, prev.b)
 		}
 	} else {
@@ -741,10 +804,26 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 			s.ooblen = putPktinfo(s.oob[:], l.family, local, ifindex)
 		}
 	}
+	if rt.SendProxy == 2 && prev != nil {
+		s.proxyHdr = prev.proxyHdr
+	}
+	b, fd, err := l.connectBackend(rt, client, s.tried)
+	if err == errResolving {
+		l.ln.live.Add(-1)
+		release()
+		var p []byte
+		if i >= 0 {
+			p = l.b.bufs[i][:l.b.hs[i].Len]
+			if rt.SendProxy == 2 {
+				s.proxyHdr = l.proxyHeader(client, l.b.oob[i][:l.b.clen[i]])
+			}
+		}
+		l.hold(s, p)
+		return nil
+	}
 	if s.obs != nil {
 		s.obs.ConnOpened()
 	}
-	b, fd, err := l.connectBackend(rt, client, s.tried)
 	if err != nil {
 		l.ln.live.Add(-1)
 		release()
@@ -821,6 +900,9 @@ func (l *udpShard) connectBackend(rt *Route, client netip.AddrPort, avoid []*bac
 			if err == nil {
 				return b, fd, nil
 			}
+			if err == errResolving {
+				return b, -1, err
+			}
 			req.Tried(b)
 			lastErr = fmt.Errorf("backend %q: %w", b.ID, err)
 		}
@@ -835,13 +917,46 @@ func (l *udpShard) connectBackend(rt *Route, client netip.AddrPort, avoid []*bac
 	return nil, -1, router.NoBackend(len(rt.Backends))
 }
 
+// errResolving: the backend's host name is being looked up; the session
+// opens when the lookup is done (replayWaiting).
+var errResolving = errors.New("udp: resolving the backend's host name")
+
 // dial opens a non-blocking UDP socket connected to b and adds it to the
-// epoll set.
+// epoll set. A host name's addresses come from the resolver (resolve.go),
+// each in turn from the shard's rotation until one connects; while the name
+// is being looked up dial returns errResolving, never waiting for it.
 func (l *udpShard) dial(b *backend.Backend) (int, error) {
-	ra, err := l.backendAddr(b)
-	if err != nil {
-		return -1, err
+	tg := b.Target()
+	if tg.Addr.IsValid() {
+		return l.dialAddr(tg.Addr)
 	}
+	rsv := l.srv.resolver
+	res, ok := rsv.Lookup(tg.Host, nil)
+	if !ok {
+		if res, ok = rsv.Lookup(tg.Host, l.lookupDone); !ok {
+			return -1, errResolving
+		}
+	}
+	if res.Err != nil {
+		return -1, res.Err
+	}
+	n := uint32(len(res.Addrs))
+	start := l.rot % n
+	l.rot++
+	var err error
+	for k := range n {
+		fd, e := l.dialAddr(netip.AddrPortFrom(res.Addrs[(start+k)%n], tg.Port))
+		if e == nil {
+			return fd, nil
+		}
+		err = e
+	}
+	return -1, err
+}
+
+// dialAddr opens a non-blocking UDP socket connected to ra and adds it to
+// the epoll set.
+func (l *udpShard) dialAddr(ra netip.AddrPort) (int, error) {
 	family := addrFamily(ra)
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -849,6 +964,7 @@ func (l *udpShard) dial(b *backend.Backend) (int, error) {
 	}
 	var sa unix.RawSockaddrInet6
 	n := putSockaddr(&sa, family, ra)
+	sa.Scope_id = resolve.ScopeID(ra.Addr())
 	// A UDP connect only sets the peer: like the rest of a session's
 	// socket calls it never blocks, so it is a raw system call.
 	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
@@ -1226,100 +1342,6 @@ func (l *udpShard) applyCloses() {
 			}
 		}
 		req.reply <- n
-	}
-}
-
-// resolvedAddr is a backend's address as the loop connects to it.
-type resolvedAddr struct {
-	addr       netip.AddrPort
-	err        error
-	static     bool  // an IP literal: never looked up again
-	expires    int64 // unix nanoseconds
-	refreshing bool
-}
-
-type resolveResult struct {
-	b    *backend.Backend
-	addr netip.AddrPort
-	err  error
-}
-
-// backendAddr returns b's address. An IP literal is parsed once. A host
-// name is looked up on first use (that one lookup holds up the listener),
-// then every resolveTTL in the background while the old address serves.
-func (l *udpShard) backendAddr(b *backend.Backend) (netip.AddrPort, error) {
-	r := l.resolved[b]
-	if r == nil {
-		r = &resolvedAddr{}
-		l.resolved[b] = r
-		if ap, err := netip.ParseAddrPort(b.Address); err == nil {
-			r.addr, r.static = ap, true
-			return ap, nil
-		}
-		res := lookup(b)
-		r.addr, r.err, r.expires = res.addr, res.err, l.now+int64(resolveTTL)
-		return r.addr, r.err
-	}
-	if !r.static && l.now >= r.expires && !r.refreshing {
-		r.refreshing = true
-		go func() {
-			res := lookup(b)
-			l.pendingMu.Lock()
-			l.pending = append(l.pending, res)
-			l.pendingMu.Unlock()
-			l.wake()
-		}()
-	}
-	return r.addr, r.err
-}
-
-func lookup(b *backend.Backend) resolveResult {
-	host, port, err := net.SplitHostPort(b.Address)
-	if err != nil {
-		return resolveResult{b: b, err: err}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
-	defer cancel()
-	pn, err := net.DefaultResolver.LookupPort(ctx, "udp", port)
-	if err != nil {
-		return resolveResult{b: b, err: err}
-	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return resolveResult{b: b, err: err}
-	}
-	if len(ips) == 0 {
-		return resolveResult{b: b, err: fmt.Errorf("host %q has no address", host)}
-	}
-	// The first IPv4 address, else the first address: a UDP "connect"
-	// cannot fail over between families as a TCP dial does.
-	ip := ips[0].Unmap()
-	for _, a := range ips {
-		if a.Unmap().Is4() {
-			ip = a.Unmap()
-			break
-		}
-	}
-	return resolveResult{b: b, addr: netip.AddrPortFrom(ip, uint16(pn))}
-}
-
-// applyResolved takes in the background lookups that finished. A failed
-// refresh keeps the previous address.
-func (l *udpShard) applyResolved() {
-	l.pendingMu.Lock()
-	res := l.pending
-	l.pending = nil
-	l.pendingMu.Unlock()
-	for _, x := range res {
-		r := l.resolved[x.b]
-		if r == nil {
-			continue
-		}
-		r.refreshing = false
-		r.expires = l.now + int64(resolveTTL)
-		if x.err == nil || !r.addr.IsValid() {
-			r.addr, r.err = x.addr, x.err
-		}
 	}
 }
 

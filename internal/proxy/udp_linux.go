@@ -174,14 +174,23 @@ func putPktinfo(oob []byte, family int, local netip.Addr, ifindex uint32) int {
 }
 
 // sendWithHeader sends hdr and p as one datagram (a PROXY v2 header before
-// the payload) without copying them together.
+// the payload) without copying them together: sendmsg(2) with two iovecs,
+// as a raw system call like the loop's other socket calls.
 func sendWithHeader(fd int, hdr, p []byte) unix.Errno {
-	_, err := unix.SendmsgBuffers(fd, [][]byte{hdr, p}, nil, nil, 0)
-	if err == nil {
-		return 0
+	var iov [2]unix.Iovec
+	iov[0].Base = unsafe.SliceData(hdr)
+	iov[0].SetLen(len(hdr))
+	n := 1
+	if len(p) > 0 {
+		iov[1].Base = &p[0]
+		iov[1].SetLen(len(p))
+		n = 2
 	}
-	if e, ok := err.(unix.Errno); ok {
-		return e
-	}
-	return unix.EINVAL
+	var msg unix.Msghdr
+	msg.Iov = &iov[0]
+	msg.SetIovlen(n)
+	_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+	runtime.KeepAlive(hdr)
+	runtime.KeepAlive(p)
+	return e
 }

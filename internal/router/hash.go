@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"math"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -159,76 +160,107 @@ type hashRouter struct {
 	key      func(*Request) uint64
 	bound    float64      // bounded_load; 0: off
 	load     *activeTotal // Σ Active of backends, when bound > 0
-	order    []int32      // backends by (ID, Address): the fallback scan's order
+	tables   *maglevTables
+	usable   atomic.Pointer[usableAt] // Σ weight of the available backends (bounded_load)
+}
+
+// maglevTables holds a hash router's current table. The table is built by
+// the goroutine that changes what it depends on — newHash for a new backend
+// set (a reload), SetWeight's caller for a weight (backend.WatchWeight) —
+// and published with an atomic pointer: a pick only reads it. The weight
+// watchers reach this, never the router, so that a replaced router can be
+// collected (watchActive).
+type maglevTables struct {
+	backends []*backend.Backend
+	order    []int32 // backends by (ID, Address): the build's and the fallback scan's order
 
 	mu    sync.Mutex // serialises rebuilds
 	table atomic.Pointer[maglevTable]
 }
 
-// maglevTable is immutable once published, but for its version and
-// usableWeight, which a check that finds no weight changed moves on.
+// maglevTable is immutable once published.
 type maglevTable struct {
-	version      atomic.Uint64
-	usableWeight atomic.Int64 // Σ weight of the available backends (bounded_load)
-	weights      []int64      // each backend's weight the table was built with
-	slots        []uint32     // slot → index into backends
+	weights []int64  // each backend's weight the table was built with
+	slots   []uint32 // slot → index into backends
+}
+
+// usableAt is the usable weight as of a backend.Version.
+type usableAt struct {
+	version uint64
+	weight  int64
 }
 
 var _ Router = (*hashRouter)(nil)
 
 func newHash(backends []*backend.Backend, key func(*Request) uint64, bound float64) *hashRouter {
-	r := &hashRouter{backends: backends, key: key, bound: bound}
-	r.order = make([]int32, len(backends))
-	for i := range r.order {
-		r.order[i] = int32(i)
+	mt := &maglevTables{backends: backends}
+	mt.order = make([]int32, len(backends))
+	for i := range mt.order {
+		mt.order[i] = int32(i)
 	}
-	slices.SortStableFunc(r.order, func(a, b int32) int {
+	slices.SortStableFunc(mt.order, func(a, b int32) int {
 		x, y := backends[a], backends[b]
 		return cmp.Or(cmp.Compare(x.ID, y.ID), cmp.Compare(x.Address, y.Address))
 	})
+	mt.rebuild()
+	r := &hashRouter{backends: backends, key: key, bound: bound, tables: mt}
 	if bound > 0 {
 		r.load = newActiveTotal(r, backends)
 	}
-	t := &maglevTable{}
-	t.version.Store(^backend.Version())
-	r.table.Store(t)
-	r.current()
+	if len(backends) > 0 {
+		stops := make([]func(), len(backends))
+		for i, b := range backends {
+			stops[i] = b.WatchWeight(mt)
+		}
+		runtime.AddCleanup(r, func(stops []func()) {
+			for _, stop := range stops {
+				stop()
+			}
+		}, stops)
+	}
 	return r
+}
+
+// WeightChanged rebuilds the table when a backend's weight changed
+// (backend.WeightWatcher), on the goroutine that changed it.
+func (mt *maglevTables) WeightChanged(*backend.Backend) { mt.rebuild() }
+
+// rebuild builds and publishes the table for the backends' current
+// weights, unless the published one has them.
+func (mt *maglevTables) rebuild() {
+	mt.mu.Lock()
+	defer mt.mu.Unlock()
+	weights := make([]int64, len(mt.backends))
+	for i, b := range mt.backends {
+		weights[i] = hashWeight(b)
+	}
+	if t := mt.table.Load(); t != nil && slices.Equal(weights, t.weights) {
+		return
+	}
+	mt.table.Store(&maglevTable{weights: weights, slots: mt.build(weights)})
 }
 
 // hashWeight is the weight a backend's share of the table is built with:
 // the configured one, so that a slow start's ramp does not move keys.
 func hashWeight(b *backend.Backend) int64 { return int64(max(b.ConfiguredWeight(), 1)) }
 
-// current returns the table as of backend.Version, rebuilding it when a
-// weight changed.
-func (r *hashRouter) current() *maglevTable {
-	t := r.table.Load()
+// usableWeight is Σ weight of the available backends, for bounded_load. It
+// is summed again when backend.Version moved (health, enabled, draining
+// change without telling the routers), with one load per backend and no
+// lock, and published for the picks that follow.
+func (r *hashRouter) usableWeight(t *maglevTable) int64 {
 	v := backend.Version()
-	if t.version.Load() == v {
-		return t
+	if u := r.usable.Load(); u != nil && u.version == v {
+		return u.weight
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	t = r.table.Load()
-	if t.version.Load() == v {
-		return t
-	}
-	weights := make([]int64, len(r.backends))
-	var usable int64
+	var w int64
 	for i, b := range r.backends {
-		weights[i] = hashWeight(b)
 		if b.Available() {
-			usable += weights[i]
+			w += t.weights[i]
 		}
 	}
-	if !slices.Equal(weights, t.weights) || (t.slots == nil && len(r.backends) > 0) {
-		t = &maglevTable{weights: weights, slots: r.build(weights)}
-	}
-	t.usableWeight.Store(usable)
-	t.version.Store(v)
-	r.table.Store(t)
-	return t
+	r.usable.Store(&usableAt{version: v, weight: w})
+	return w
 }
 
 // build fills a Maglev table: each backend walks its own permutation of the
@@ -237,8 +269,8 @@ func (r *hashRouter) current() *maglevTable {
 // rounds (Envoy's weighted Maglev), so its share of the slots follows its
 // weight. Backends are visited in (ID, Address) order, so the file's order
 // does not matter.
-func (r *hashRouter) build(weights []int64) []uint32 {
-	n := len(r.backends)
+func (mt *maglevTables) build(weights []int64) []uint32 {
+	n := len(mt.backends)
 	if n == 0 {
 		return nil
 	}
@@ -250,8 +282,8 @@ func (r *hashRouter) build(weights []int64) []uint32 {
 	}
 	entries := make([]entry, n)
 	var maxW int64
-	for k, i := range r.order {
-		b := r.backends[i]
+	for k, i := range mt.order {
+		b := mt.backends[i]
 		h := fnvString(fnvOffset, b.ID)
 		entries[k] = entry{
 			idx:    uint32(i),
@@ -288,7 +320,7 @@ func (r *hashRouter) build(weights []int64) []uint32 {
 }
 
 func (r *hashRouter) Pick(req *Request) (*backend.Backend, error) {
-	t := r.current()
+	t := r.tables.table.Load()
 	m := uint64(len(t.slots))
 	if m == 0 {
 		return nil, NoBackend(len(r.backends))
@@ -313,10 +345,11 @@ func (r *hashRouter) Pick(req *Request) (*backend.Backend, error) {
 	}
 	// Nearly everything is down (or loaded): scan in a fixed order from a
 	// place the key decides, so that this too is the same in every process.
-	n := uint64(len(r.order))
+	order := r.tables.order
+	n := uint64(len(order))
 	start := h % n
 	for k := uint64(0); k < n; k++ {
-		b := r.backends[r.order[(start+k)%n]]
+		b := r.backends[order[(start+k)%n]]
 		if req.Usable(b) {
 			if r.underBound(t, b) {
 				return b, nil
@@ -338,7 +371,7 @@ func (r *hashRouter) underBound(t *maglevTable, b *backend.Backend) bool {
 	if r.bound == 0 {
 		return true
 	}
-	usable := t.usableWeight.Load()
+	usable := r.usableWeight(t)
 	if usable <= 0 {
 		return true
 	}

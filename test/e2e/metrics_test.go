@@ -237,6 +237,7 @@ var mxFamilyTypes = map[string]dto.MetricType{
 	"data_path_descriptor_budget":                  dto.MetricType_GAUGE,
 	"descriptor_reserve":                           dto.MetricType_GAUGE,
 	"descriptor_budget_refusals_total":             dto.MetricType_COUNTER,
+	"log_records_dropped_total":                    dto.MetricType_COUNTER,
 }
 
 // TestMetricsEveryFamily checks that every family is exported with its
