@@ -28,8 +28,8 @@ type Async struct {
 }
 
 type asyncQueue struct {
-	ch      chan asyncRecord
-	running atomic.Bool // a writer goroutine runs (it leaves when the queue is empty)
+	ch      chan *asyncRecord // pointers: an idle queue holds 8 bytes a slot, not a whole record
+	running atomic.Bool       // a writer goroutine runs (it leaves when the queue is empty)
 }
 
 type asyncRecord struct {
@@ -44,12 +44,12 @@ func NewAsync(inner slog.Handler, size int) *Async {
 	if size <= 0 {
 		size = AsyncQueue
 	}
-	return &Async{q: &asyncQueue{ch: make(chan asyncRecord, size)}, inner: inner}
+	return &Async{q: &asyncQueue{ch: make(chan *asyncRecord, size)}, inner: inner}
 }
 
 // put queues rec without blocking; false when the queue is full. A writer
 // goroutine is started when none runs.
-func (q *asyncQueue) put(rec asyncRecord) bool {
+func (q *asyncQueue) put(rec *asyncRecord) bool {
 	select {
 	case q.ch <- rec:
 	default:
@@ -89,7 +89,7 @@ func (a *Async) Enabled(ctx context.Context, l slog.Level) bool { return a.inner
 
 // Handle queues r, or drops it when the queue is full.
 func (a *Async) Handle(_ context.Context, r slog.Record) error {
-	if !a.q.put(asyncRecord{h: a.inner, r: r.Clone()}) {
+	if !a.q.put(&asyncRecord{h: a.inner, r: r.Clone()}) {
 		dropped.Add(1)
 	}
 	return nil
@@ -110,7 +110,7 @@ func (a *Async) Flush(timeout time.Duration) bool {
 	done := make(chan struct{})
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	for !a.q.put(asyncRecord{flush: done}) { // full: wait for room
+	for !a.q.put(&asyncRecord{flush: done}) { // full: wait for room
 		select {
 		case <-t.C:
 			return false
