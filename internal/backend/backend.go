@@ -13,17 +13,6 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 )
 
-// version counts changes of routing state: any backend's weight, enabled or
-// draining flag, or any address's health.
-var version atomic.Uint64
-
-// Version returns a number that changes whenever any backend's weight,
-// enabled or draining flag, or any address's health changes. A router caches
-// what it derives from that state (a weighted schedule, a hash table) and
-// notices a change with one atomic load per pick. Read Version before the
-// state it guards: a setter stores the state first and then moves Version.
-func Version() uint64 { return version.Load() }
-
 // Backend is one upstream server of one rule. Its identity is (rule, ID,
 // Address); the engine keeps the same *Backend across reloads while that
 // identity is unchanged, so its counters and flags survive.
@@ -45,6 +34,7 @@ type Backend struct {
 
 	bytes []byteCounts // bytes proxied, split by event loop (AddBytesIn)
 
+	sets           sets                            // the Sets b is in: their versions move with b's routing state
 	watchers       atomic.Pointer[[]ActiveWatcher] // told of every change of active
 	weightWatchers atomic.Pointer[[]WeightWatcher] // told of every change of the configured weight
 }
@@ -93,8 +83,20 @@ func (b *Backend) Health() *Health { return b.health.Load() }
 // SetHealth points the backend at another Health (its rule's health check
 // changed on a reload).
 func (b *Backend) SetHealth(h *Health) {
-	if b.health.Swap(h) != h {
-		version.Add(1)
+	watchMu.Lock()
+	old := b.health.Swap(h)
+	if old != h {
+		// b's sets now hear of h's transitions instead of old's.
+		if l := b.sets.Load(); l != nil {
+			for _, s := range *l {
+				removeSet(&old.sets, s)
+				addSet(&h.sets, s)
+			}
+		}
+	}
+	watchMu.Unlock()
+	if old != h {
+		bump(&b.sets)
 	}
 }
 
@@ -114,7 +116,7 @@ func (b *Backend) MaxConnections() int { return int(b.maxConns.Load()) }
 // backend is not Available, so every router skips it. 0 removes the cap.
 func (b *Backend) SetMaxConnections(n int) {
 	if b.maxConns.Swap(int64(n)) != int64(n) {
-		version.Add(1)
+		bump(&b.sets)
 	}
 }
 
@@ -135,7 +137,7 @@ func (b *Backend) SetWeight(w int) {
 				x.WeightChanged(b)
 			}
 		}
-		version.Add(1)
+		bump(&b.sets)
 	}
 }
 
@@ -185,7 +187,7 @@ func (b *Backend) Enabled() bool { return !b.disabled.Load() }
 // SetEnabled enables or disables the backend.
 func (b *Backend) SetEnabled(on bool) {
 	if b.disabled.Swap(!on) != !on {
-		version.Add(1)
+		bump(&b.sets)
 	}
 }
 
@@ -196,7 +198,7 @@ func (b *Backend) Draining() bool { return b.draining.Load() }
 // SetDraining starts or stops draining.
 func (b *Backend) SetDraining(on bool) {
 	if b.draining.Swap(on) != on {
-		version.Add(1)
+		bump(&b.sets)
 	}
 }
 

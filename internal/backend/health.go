@@ -19,6 +19,7 @@ type Health struct {
 	mu       sync.Mutex             // serialises transitions
 	status   atomic.Pointer[Status] // the last transition; nil before any
 	observer atomic.Pointer[Observer]
+	sets     sets // the Sets of the backends sharing h (Set)
 
 	slowStart atomic.Int64 // nanoseconds; 0: no slow start
 	rampStart atomic.Int64 // unix nanoseconds of the down→up being ramped; 0: not ramping
@@ -61,7 +62,7 @@ func (h *Health) Transition(up bool, reason string) (changed bool) {
 		h.rampStart.Store(0)
 	}
 	h.down.Store(!up)
-	version.Add(1)
+	bump(&h.sets)
 	return true
 }
 
@@ -112,12 +113,13 @@ func (h *Health) Ramping() bool {
 	return true
 }
 
-// AdvanceRamp moves Version so that routers caching weights re-read the
-// ramped weight, and reports whether the ramp goes on. The health checker
+// AdvanceRamp moves the version of every Set of h's backends, so that
+// routers caching weights re-read the ramped weight, and reports whether
+// the ramp goes on. The health checker
 // calls it periodically during a slow start, and once after it ends.
 func (h *Health) AdvanceRamp() (ramping bool) {
 	ramping = h.Ramping()
-	version.Add(1)
+	bump(&h.sets)
 	return ramping
 }
 

@@ -13,7 +13,9 @@ func TestHealthTransition(t *testing.T) {
 	if !h.Up() || h.Status() != (Status{Up: true}) {
 		t.Fatalf("new health: up=%v status=%+v", h.Up(), h.Status())
 	}
-	v := Version()
+	set := NewSet([]*Backend{New("r", "a", h.Address, 1, h)})
+	defer set.Close()
+	v := set.Version()
 	before := time.Now()
 	if !h.Transition(false, "connection refused") {
 		t.Fatal("up→down not reported as a change")
@@ -25,8 +27,8 @@ func TestHealthTransition(t *testing.T) {
 	if h.Up() || st.Up || st.Reason != "connection refused" || st.Since.Before(before) {
 		t.Errorf("after down: up=%v %+v", h.Up(), st)
 	}
-	if Version() == v {
-		t.Error("a health transition did not move Version")
+	if set.Version() == v {
+		t.Error("a health transition did not move the version of its backends' set")
 	}
 	if !h.SetUp(true) || !h.Up() || h.Status().Reason != "" {
 		t.Errorf("SetUp(true): up=%v %+v", h.Up(), h.Status())
@@ -41,14 +43,28 @@ func TestBackendAvailableFollowsHealth(t *testing.T) {
 	if a.Available() || b.Available() {
 		t.Fatal("backends sharing a down health are available")
 	}
+	setA, setB := NewSet([]*Backend{a}), NewSet([]*Backend{b})
+	defer setA.Close()
+	defer setB.Close()
 	h2 := &Health{Address: h.Address}
-	v := Version()
+	va, vb := setA.Version(), setB.Version()
 	a.SetHealth(h2)
 	if a.Health() != h2 || !a.Available() || b.Available() {
 		t.Errorf("after SetHealth: a=%v b=%v", a.Available(), b.Available())
 	}
-	if Version() == v {
-		t.Error("SetHealth did not move Version")
+	if setA.Version() == va || setB.Version() != vb {
+		t.Error("SetHealth did not move its backend's set's version alone")
+	}
+	// a's set now follows h2, and no longer h.
+	va, vb = setA.Version(), setB.Version()
+	h.Transition(true, "")
+	if setA.Version() != va || setB.Version() == vb {
+		t.Error("a transition of the old health: want b's set moved, a's not")
+	}
+	va = setA.Version()
+	h2.Transition(false, "x")
+	if setA.Version() == va {
+		t.Error("a transition of the new health did not move a's set")
 	}
 	if c := New("r", "c", "127.0.0.1:2", 1, nil); c.Health() == nil || c.Health().Address != "127.0.0.1:2" {
 		t.Error("New(nil health) has no health of its own")
@@ -123,9 +139,11 @@ func TestSlowStart(t *testing.T) {
 	if b.ConfiguredWeight() != 100 {
 		t.Errorf("ConfiguredWeight = %d", b.ConfiguredWeight())
 	}
-	v := Version()
-	if !h.AdvanceRamp() || Version() == v {
-		t.Error("AdvanceRamp during the ramp: want true and a new Version")
+	set := NewSet([]*Backend{b})
+	defer set.Close()
+	v := set.Version()
+	if !h.AdvanceRamp() || set.Version() == v {
+		t.Error("AdvanceRamp during the ramp: want true and a new set version")
 	}
 
 	// A short slow start ends; the weight is then full and the ramp over.

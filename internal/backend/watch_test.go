@@ -5,9 +5,11 @@ import (
 	"testing"
 )
 
-// Version moves on every change of what routers cache, and only then.
+// A set's version moves on every change of what routers cache, and only then.
 func TestVersionMovesOnChange(t *testing.T) {
 	b := New("r", "a", "127.0.0.1:1", 2, nil)
+	set := NewSet([]*Backend{b, New("r", "b", "127.0.0.1:2", 1, nil)})
+	defer set.Close()
 	for _, tc := range []struct {
 		name   string
 		change func()
@@ -22,11 +24,14 @@ func TestVersionMovesOnChange(t *testing.T) {
 		{"still draining", func() { b.SetDraining(true) }, false},
 		{"down", func() { b.Health().SetUp(false) }, true},
 		{"still down", func() { b.Health().SetUp(false) }, false},
+		{"a connection cap", func() { b.SetMaxConnections(5) }, true},
+		{"the same cap", func() { b.SetMaxConnections(5) }, false},
+		{"another health", func() { b.SetHealth(&Health{Address: b.Address}) }, true},
 		{"a connection", func() { b.Acquire() }, false},
 	} {
-		v := Version()
+		v := set.Version()
 		tc.change()
-		if moved := Version() != v; moved != tc.moves {
+		if moved := set.Version() != v; moved != tc.moves {
 			t.Errorf("%s: Version moved %v, want %v", tc.name, moved, tc.moves)
 		}
 	}
@@ -92,5 +97,50 @@ func TestWatchActiveConcurrent(t *testing.T) {
 	wg.Wait()
 	if len(w.seen) != 8000 || b.Active() != 0 {
 		t.Fatalf("watcher told %d times, active %d; want 8000 and 0", len(w.seen), b.Active())
+	}
+}
+
+// TestSetVersionsIndependent: a change to the backends of one set does not
+// move another set's version (one rule's change leaves other rules' router
+// tables alone), except through a Health both sets' backends share; a closed
+// set no longer moves.
+func TestSetVersionsIndependent(t *testing.T) {
+	shared := &Health{Address: "127.0.0.1:3"}
+	a1, a2 := New("a", "1", "127.0.0.1:1", 1, nil), New("a", "s", shared.Address, 1, shared)
+	b1, b2 := New("b", "1", "127.0.0.1:2", 1, nil), New("b", "s", shared.Address, 1, shared)
+	setA, setB := NewSet([]*Backend{a1, a2}), NewSet([]*Backend{b1, b2})
+	defer setB.Close()
+	for _, change := range []func(){
+		func() { a1.SetWeight(7) },
+		func() { a1.SetEnabled(false) },
+		func() { a1.SetDraining(true) },
+		func() { a1.SetMaxConnections(3) },
+		func() { a1.Health().SetUp(false) },
+		func() { a1.SetHealth(&Health{Address: a1.Address}) },
+		func() { a1.Health().SetUp(false) },
+	} {
+		va, vb := setA.Version(), setB.Version()
+		change()
+		if setA.Version() == va {
+			t.Fatal("a change in set A did not move A's version")
+		}
+		if setB.Version() != vb {
+			t.Fatal("a change in set A moved set B's version")
+		}
+	}
+	va, vb := setA.Version(), setB.Version()
+	shared.SetUp(false)
+	if setA.Version() == va || setB.Version() == vb {
+		t.Error("a transition of a shared health did not move both sets")
+	}
+	setA.Close()
+	va = setA.Version()
+	a1.SetWeight(9)
+	shared.SetUp(true)
+	if setA.Version() != va {
+		t.Error("a closed set's version moved")
+	}
+	if l := a1.sets.Load(); l != nil {
+		t.Errorf("a closed set is still registered with its backend: %d sets", len(*l))
 	}
 }

@@ -291,7 +291,6 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			MaxResponses:   r.MaxResponses,
 			MaxSessions:    r.MaxSessions,
 			Match:          compileMatcher(r.Matcher),
-			Needs:          routerNeeds(spec),
 			Listen:         listenOptions(cfg, r),
 			SendProxy:      proxyVersion(r.ProxyProtocol),
 		}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
-	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
 // compileMatcher turns a validated config matcher into the data path's.
@@ -100,14 +99,6 @@ func proxyVersion(s string) int {
 		return 1
 	case "v2":
 		return 2
-	}
-	return 0
-}
-
-// routerNeeds is what the route's router needs the listener to peek at.
-func routerNeeds(spec config.RouterSpec) proxy.Need {
-	if router.NeedsSNI(spec.Plugin, spec.Config) {
-		return proxy.NeedTLS
 	}
 	return 0
 }

@@ -256,8 +256,9 @@ func (m *Monitor) transition(up bool, reason, detection string) {
 	}
 }
 
-// ramp moves backend.Version in steps while a slow start runs, so that
-// routers caching weights follow the ramp. m.mu is held.
+// ramp moves the routing-state version of the address's backends
+// (Health.AdvanceRamp) in steps while a slow start runs, so that routers
+// caching weights follow the ramp. m.mu is held.
 func (m *Monitor) ramp() {
 	m.ramping = true
 	step := max(m.check.SlowStart/20, 10*time.Millisecond)

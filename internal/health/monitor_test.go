@@ -319,20 +319,22 @@ func TestLiveUDPSilence(t *testing.T) {
 }
 
 // TestSlowStartRamp: coming back up with slow_start ramps the weight and
-// moves backend.Version while it does.
+// moves the version of its backends' Set while it does.
 func TestSlowStartRamp(t *testing.T) {
 	m, _ := machine(t, 1, 1)
 	m.check.SlowStart = 200 * time.Millisecond
 	m.Start()
 	defer m.Stop()
 	b := backend.New("r", "a", m.check.Address, 1000, m.h)
+	set := backend.NewSet([]*backend.Backend{b})
+	defer set.Close()
 	m.record(errCheck)
 	m.record(nil)
 	if w := b.Weight(); w > 500 {
 		t.Errorf("weight %d right after coming up, want a small one", w)
 	}
-	v := backend.Version()
-	harness.Eventually(t, "the ramp to move Version", func() bool { return backend.Version() != v })
+	v := set.Version()
+	harness.Eventually(t, "the ramp to move the set's version", func() bool { return set.Version() != v })
 	harness.Eventually(t, "full weight", func() bool { return b.Weight() == 1000 })
 	harness.Eventually(t, "the ramp goroutine to end", func() bool {
 		m.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/peek"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 	"github.com/pires/go-proxyproto"
 )
 
@@ -24,12 +25,24 @@ type routeTable struct {
 func newRouteTable(routes []*Route) *routeTable {
 	t := &routeTable{routes: routes}
 	for _, r := range routes {
-		t.need |= r.Needs
+		t.need |= peekNeed(router.NeedsOf(r.Router))
 		if r.Match != nil {
 			t.need |= r.Match.Needs()
 		}
 	}
 	return t
+}
+
+// peekNeed is what the listener must peek at for a router's needs.
+func peekNeed(n router.Needs) Need {
+	var need Need
+	if n&(router.NeedSNI|router.NeedALPN) != 0 {
+		need |= NeedTLS
+	}
+	if n&router.NeedHost != 0 {
+		need |= NeedHTTP
+	}
+	return need
 }
 
 // ListenOptions are a listener's settings for what happens before routing.

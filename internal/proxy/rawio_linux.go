@@ -157,12 +157,22 @@ func connectTo(fd int, ap netip.AddrPort) unix.Errno {
 
 // localAddr is a socket's own address.
 func localAddr(fd int) net.Addr {
+	ap, ok := localAddrPort(fd)
+	if !ok {
+		return &net.TCPAddr{}
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
+// localAddrPort is a socket's local address (getsockname), without
+// allocating.
+func localAddrPort(fd int) (netip.AddrPort, bool) {
 	var sa unix.RawSockaddrInet6
 	n := uint32(unsafe.Sizeof(sa))
 	if _, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n))); e != 0 {
-		return &net.TCPAddr{}
+		return netip.AddrPort{}, false
 	}
-	return net.TCPAddrFromAddrPort(sockaddrAddrPort(&sa))
+	return sockaddrAddrPort(&sa), true
 }
 
 // acceptPending reports whether a connection waits in a listening

@@ -38,7 +38,6 @@ type Route struct {
 
 	// Matching and access (see match.go, access.go, inspect.go).
 	Match     Matcher       // nil: every connection
-	Needs     Need          // what the route's router needs peeked (hash_key = "sni")
 	Access    *Access       // nil: no access control
 	Listen    ListenOptions // the same on every route of a listener
 	SendProxy int           // write a PROXY v1 or v2 header to the backend; 0: none

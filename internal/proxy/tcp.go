@@ -18,6 +18,7 @@ type TCPListener struct {
 	srv    *Server
 	fd     int
 	addr   net.Addr
+	local  netip.AddrPort // addr, for router.Request
 	routes atomic.Pointer[routeTable]
 	closed atomic.Bool
 }
@@ -41,7 +42,7 @@ func (s *Server) ListenTCP(addr string, routes []*Route) (*TCPListener, error) {
 	// Accepted sockets inherit TCP_NODELAY from the listening socket, so
 	// setting it here once spares a setsockopt per connection.
 	setNoDelay(fd)
-	l := &TCPListener{srv: s, fd: fd, addr: bound}
+	l := &TCPListener{srv: s, fd: fd, addr: bound, local: addrPort(bound)}
 	l.SetRoutes(routes)
 	s.mu.Lock()
 	if s.closing.Load() {

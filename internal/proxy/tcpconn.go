@@ -255,7 +255,12 @@ func (c *lconn) routed(rt *Route) {
 		return
 	}
 	c.release = release
-	c.req = router.Request{Client: c.ci.Client, SNI: c.ci.SNI}
+	c.req = router.Request{Client: c.ci.Client, Local: c.l.local, SNI: c.ci.SNI, ALPN: c.ci.ALPN, Host: c.ci.Host}
+	if c.l.local.Addr().IsUnspecified() && router.NeedsOf(rt.Router)&router.NeedLocal != 0 {
+		if ap, ok := localAddrPort(c.cfd); ok {
+			c.req.Local = ap
+		}
+	}
 	c.dial()
 }
 

@@ -106,9 +106,10 @@ type udpShard struct {
 	ln     *UDPListener
 	srv    *Server
 	conn   *net.UDPConn
-	idx    int // the shard's number in the listener
-	fd     int // conn's descriptor, used by the loop only
-	family int // AF_INET or AF_INET6 (dual-stack for a wildcard bind)
+	idx    int            // the shard's number in the listener
+	fd     int            // conn's descriptor, used by the loop only
+	family int            // AF_INET or AF_INET6 (dual-stack for a wildcard bind)
+	local  netip.AddrPort // conn's address, for router.Request
 
 	epollLoop // its socket and session sockets; parked on between turns
 
@@ -226,6 +227,7 @@ func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDP
 	l.routes.Store(&routes)
 	for i, c := range conns {
 		sh := &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1, done: make(chan struct{}),
+			local:       c.LocalAddr().(*net.UDPAddr).AddrPort(),
 			maxDatagram: opt.maxDatagram, batch: opt.batch,
 			sessions:  map[netip.AddrPort]*udpSession{},
 			waiting:   map[netip.AddrPort]*udpWaiting{},
@@ -875,6 +877,7 @@ func (l *udpShard) connectBackend(rt *Route, client netip.AddrPort, avoid []*bac
 		req := &l.req
 		req.Reset()
 		req.Client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		req.Local = l.local
 		if pass == 0 {
 			for _, b := range avoid {
 				req.Tried(b)

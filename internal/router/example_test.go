@@ -1,6 +1,6 @@
 package router
 
-// The worked example of docs/routers.md "Writing a router plugin": as a real
+// The second worked example of docs/routers.md "Writing a router": as a real
 // plugin this would be internal/router/first_available.go, word for word.
 
 import "github.com/dynamic-proxy/dynamic-proxy/internal/backend"

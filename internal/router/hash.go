@@ -43,13 +43,15 @@ func init() {
 			p.Errorf("bounded_load", "want 0 (off) or a factor from 1 to 100 (1.25: no backend above 1.25 × its share of the mean load), got %v", bound)
 			bound = 0
 		}
-		return newHash(backends, hashKeys[key], bound), nil
+		r := newHash(backends, hashKeys[key], bound)
+		r.needs = hashKeyNeeds[key]
+		return r, nil
 	})
 }
 
 // hashKeys are the values hash_key takes: each hashes one property of the
-// request. A key from the TLS server name (SNI) is one more entry here, fed
-// by a field of Request.
+// request. A key from another field of Request is one more entry here (and
+// in hashKeyNeeds when the proxy must peek for it).
 var hashKeys = map[string]func(*Request) uint64{
 	"client_ip": func(r *Request) uint64 {
 		return hashAddr(r.Client.Addr(), 0, false)
@@ -71,11 +73,11 @@ var hashKeys = map[string]func(*Request) uint64{
 	},
 }
 
-// NeedsSNI reports whether a router built with these settings hashes by the
-// TLS server name, so the proxy must peek at the ClientHello.
-func NeedsSNI(plugin string, config map[string]any) bool {
-	return plugin == "hash" && config["hash_key"] == "sni"
-}
+// hashKeyNeeds is what each hash_key needs the proxy to peek at.
+var hashKeyNeeds = map[string]Needs{"sni": NeedSNI}
+
+// Needs tells the proxy to peek at the ClientHello for hash_key = "sni".
+func (r *hashRouter) Needs() Needs { return r.needs }
 
 func hashKeyNames() []string {
 	names := make([]string, 0, len(hashKeys))
@@ -158,9 +160,11 @@ const hashProbes = 32
 type hashRouter struct {
 	backends []*backend.Backend
 	key      func(*Request) uint64
+	needs    Needs        // what the key needs peeked
 	bound    float64      // bounded_load; 0: off
 	load     *activeTotal // Σ Active of backends, when bound > 0
 	tables   *maglevTables
+	set      *backend.Set             // the backends' routing-state version (bounded_load)
 	usable   atomic.Pointer[usableAt] // Σ weight of the available backends (bounded_load)
 }
 
@@ -184,7 +188,7 @@ type maglevTable struct {
 	slots   []uint32 // slot → index into backends
 }
 
-// usableAt is the usable weight as of a backend.Version.
+// usableAt is the usable weight as of a version of the router's Set.
 type usableAt struct {
 	version uint64
 	weight  int64
@@ -205,6 +209,7 @@ func newHash(backends []*backend.Backend, key func(*Request) uint64, bound float
 	mt.rebuild()
 	r := &hashRouter{backends: backends, key: key, bound: bound, tables: mt}
 	if bound > 0 {
+		r.set = watchSet(r, backends)
 		r.load = newActiveTotal(r, backends)
 	}
 	if len(backends) > 0 {
@@ -245,11 +250,11 @@ func (mt *maglevTables) rebuild() {
 func hashWeight(b *backend.Backend) int64 { return int64(max(b.ConfiguredWeight(), 1)) }
 
 // usableWeight is Σ weight of the available backends, for bounded_load. It
-// is summed again when backend.Version moved (health, enabled, draining
+// is summed again when the set's version moved (health, enabled, draining
 // change without telling the routers), with one load per backend and no
 // lock, and published for the picks that follow.
 func (r *hashRouter) usableWeight(t *maglevTable) int64 {
-	v := backend.Version()
+	v := r.set.Version()
 	if u := r.usable.Load(); u != nil && u.version == v {
 		return u.weight
 	}

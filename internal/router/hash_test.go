@@ -388,8 +388,11 @@ func TestHashBySNI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !NeedsSNI("hash", map[string]any{"hash_key": "sni"}) || NeedsSNI("hash", map[string]any{}) {
-		t.Fatal("NeedsSNI wrong")
+	if NeedsOf(r) != NeedSNI {
+		t.Fatalf("hash_key = sni needs %v, want NeedSNI", NeedsOf(r))
+	}
+	if plain, err := New("hash", nil, bs); err != nil || NeedsOf(plain) != 0 {
+		t.Fatalf("hash_key = client_ip needs %v (%v), want nothing", NeedsOf(plain), err)
 	}
 	seen := map[*backend.Backend]bool{}
 	for n := 0; n < 50; n++ {

@@ -23,16 +23,17 @@ func init() {
 // Release, via backend.WatchActive), which updates one leaf and its
 // ancestors: O(log n). A pick reads the root and finds the first equally
 // loaded backend after the last pick: O(log n). Weights and availability
-// are re-read when backend.Version moves.
+// are re-read when the backends' Set version moves.
 type leastConn struct {
 	t *lcTree // all state lives here: the watchers must not reach leastConn itself
 }
 
 type lcTree struct {
 	backends []*backend.Backend
+	set      *backend.Set
 
 	mu      sync.Mutex
-	version uint64  // backend.Version the weights were read at
+	version uint64  // set version the weights were read at
 	active  []int64 // per backend, as last told
 	weight  []int64 // per backend; 0: unavailable
 	size    int     // leaves: a power of two ≥ len(backends)
@@ -75,8 +76,9 @@ func newLeastConn(backends []*backend.Backend) *leastConn {
 		leaves[i] = lcLeaf{t: t, i: i}
 		return &leaves[i]
 	})
+	t.set = watchSet(r, backends)
 	t.mu.Lock()
-	t.rebuild(backend.Version())
+	t.rebuild(t.set.Version())
 	t.mu.Unlock()
 	return r
 }
@@ -159,7 +161,7 @@ func (t *lcTree) firstFrom(k, lo, hi, from int, best int32) int32 {
 func (r *leastConn) Pick(req *Request) (*backend.Backend, error) {
 	t := r.t
 	t.mu.Lock()
-	if v := backend.Version(); v != t.version {
+	if v := t.set.Version(); v != t.version {
 		t.rebuild(v)
 	}
 	best := int32(-1)

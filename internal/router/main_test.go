@@ -89,4 +89,5 @@ var allPlugins = []struct {
 	{"least_connections", "least_connections", nil},
 	{"random", "random", nil},
 	{"random_p2c", "random", map[string]any{"choices": int64(2)}},
+	{"host_hash", "host_hash", nil}, // the worked example, example_host_test.go
 }

@@ -20,11 +20,12 @@ func init() {
 }
 
 // random draws from an alias table (Walker's alias method, Vose's
-// construction) of the available backends' weights, rebuilt when
-// backend.Version moves: a draw is one call to math/rand/v2's per-thread
+// construction) of the available backends' weights, rebuilt when their
+// Set's version moves: a draw is one call to math/rand/v2's per-thread
 // generator and two array reads, O(1) however many backends, with no lock.
 type random struct {
 	backends []*backend.Backend
+	set      *backend.Set
 	choices  int
 
 	mu    sync.Mutex // serialises rebuilds
@@ -53,16 +54,17 @@ const rejections = 4
 func newRandom(backends []*backend.Backend, choices int) *random {
 	r := &random{backends: backends, choices: choices}
 	t := &randTable{weights: make([]int64, len(backends))}
-	t.version.Store(^backend.Version()) // differs: the first pick builds
+	r.set = watchSet(r, backends)
+	t.version.Store(^r.set.Version()) // differs: the first pick builds
 	r.table.Store(t)
 	r.current()
 	return r
 }
 
-// current returns the table as of backend.Version.
+// current returns the table as of the set's version.
 func (r *random) current() *randTable {
 	t := r.table.Load()
-	v := backend.Version()
+	v := r.set.Version()
 	if t.version.Load() == v {
 		return t
 	}

@@ -13,7 +13,8 @@
 // A pick does not visit every backend (only fallbacks do: a retry, or most
 // backends down). What a router derives from weights and
 // availability (a schedule, an alias table, a Maglev table) it caches and
-// rebuilds when backend.Version moves — one atomic load per pick tells it —
+// rebuilds when the version of its backends' backend.Set moves — one atomic
+// load per pick tells it, and a change to another rule's backends does not —
 // and what it needs to know about load (least_connections, bounded_load) the
 // backends tell it on Acquire and Release (backend.WatchActive).
 package router
@@ -39,15 +40,56 @@ type Router interface {
 	Pick(req *Request) (*backend.Backend, error)
 }
 
-// Request describes the connection being routed.
+// Request describes the connection being routed: what the proxy knows of it.
+// SNI, ALPN and Host are filled only when the proxy peeked at the client's
+// first bytes, which it does when a matcher of the listener or the router
+// asks for them (see Needer); they are empty otherwise, and when the client
+// sent no such thing. A router must not keep ALPN past Pick.
 type Request struct {
 	// Client is the client's address (the real one when a PROXY header gave it).
 	Client netip.AddrPort
-	// SNI is the TLS server name when the proxy peeked at a ClientHello
-	// (for hash_key = "sni"); "" otherwise.
+	// Local is the address the client connected to: the listener's address,
+	// and the connection's own local address (getsockname) when the listener
+	// is bound to a wildcard address and the router needs NeedLocal. For UDP
+	// it is always the listener's address.
+	Local netip.AddrPort
+	// SNI is the TLS server name of the ClientHello, lower case (NeedSNI).
 	SNI string
+	// ALPN is the protocols the ClientHello offers, in its order (NeedALPN).
+	ALPN []string
+	// Host is the HTTP/1.x Host header, lower case, without the port
+	// (NeedHost).
+	Host string
 
 	tried []*backend.Backend // backends already dialled for this connection
+}
+
+// Needs says what a router needs the proxy to find out about a connection
+// before it picks; the zero value is nothing beyond Client and Local.
+type Needs uint8
+
+const (
+	NeedSNI   Needs = 1 << iota // Request.SNI: peek at the TLS ClientHello
+	NeedALPN                    // Request.ALPN: peek at the TLS ClientHello
+	NeedHost                    // Request.Host: peek at the HTTP request head
+	NeedLocal                   // Request.Local exact on a wildcard TCP listener
+)
+
+// Needer is implemented by a router that needs more than the client's
+// address. The proxy asks once per route table, when the router is
+// published, and peeks (bounded by peek_timeout) only for listeners where a
+// matcher or a router needs it. Peeking costs a goroutine and a read per
+// connection, so a router should need only what its settings use.
+type Needer interface {
+	Needs() Needs
+}
+
+// NeedsOf returns what r needs (0 when r is not a Needer).
+func NeedsOf(r Router) Needs {
+	if n, ok := r.(Needer); ok {
+		return n.Needs()
+	}
+	return 0
 }
 
 // Usable reports whether b is available and was not already tried for this
@@ -70,8 +112,8 @@ func (r *Request) Tried(b *backend.Backend) { r.tried = append(r.tried, b) }
 
 // Reset clears the request for reuse.
 func (r *Request) Reset() {
-	r.Client = netip.AddrPort{}
-	r.SNI = ""
+	r.Client, r.Local = netip.AddrPort{}, netip.AddrPort{}
+	r.SNI, r.ALPN, r.Host = "", nil, ""
 	r.tried = r.tried[:0]
 }
 

@@ -65,3 +65,15 @@ func newActiveTotal[T any](owner *T, backends []*backend.Backend) *activeTotal {
 	}
 	return t
 }
+
+// watchSet returns the routing-state version of backends (backend.Set) for
+// owner's lifetime: the set is closed when owner is garbage collected, so a
+// router a reload replaced stops costing the backends' setters anything.
+// The caller keeps the set where the backends' watchers cannot reach owner.
+func watchSet[T any](owner *T, backends []*backend.Backend) *backend.Set {
+	s := backend.NewSet(backends)
+	if len(backends) > 0 {
+		runtime.AddCleanup(owner, func(s *backend.Set) { s.Close() }, s)
+	}
+	return s
+}

@@ -32,14 +32,15 @@ func init() {
 // such group is a rotation; a pick compares the groups' heads only. The
 // result is the nginx sequence exactly (the tests compare the two).
 //
-// The groups are rebuilt when backend.Version shows that a weight or an
+// The groups are rebuilt when the backends' Set version shows that a weight or an
 // availability changed (a weight change applies from the next pick); the
 // state is a few fields under one mutex held for the few compares of a pick.
 type smoothWeighted struct {
 	backends []*backend.Backend
+	set      *backend.Set
 
 	mu      sync.Mutex
-	version uint64      // backend.Version the groups were checked at
+	version uint64      // set version the groups were checked at
 	weights []int64     // weight of each backend the groups hold; 0 = unavailable then
 	groups  []swrrGroup // the available backends by weight
 	total   int64       // Σ weight of the available backends: one cycle
@@ -62,8 +63,9 @@ func newSmoothWeighted(backends []*backend.Backend) *smoothWeighted {
 		backends: backends,
 		weights:  make([]int64, len(backends)),
 	}
+	r.set = watchSet(r, backends)
 	r.mu.Lock()
-	r.refresh(backend.Version())
+	r.refresh(r.set.Version())
 	r.mu.Unlock()
 	return r
 }
@@ -109,7 +111,7 @@ func (r *smoothWeighted) refresh(v uint64) {
 
 func (r *smoothWeighted) Pick(req *Request) (*backend.Backend, error) {
 	r.mu.Lock()
-	if v := backend.Version(); v != r.version {
+	if v := r.set.Version(); v != r.version {
 		r.refresh(v)
 	}
 	if r.total == 0 {
