@@ -2,7 +2,6 @@ package backend
 
 import (
 	"slices"
-	"sync"
 	"sync/atomic"
 )
 
@@ -14,11 +13,14 @@ import (
 // another rule's backends leaves it alone.
 //
 // A Set is registered with its members (and their Health) from NewSet until
-// Close; a router closes its Set when it is garbage collected.
+// Close; a router closes its Set when it is garbage collected. Close only
+// marks it: the members drop closed sets when a new set registers with them,
+// so that Close, which runs as a GC cleanup at any moment, never allocates
+// or takes a lock under a measured hot path.
 type Set struct {
 	version  atomic.Uint64
 	backends []*Backend
-	once     sync.Once
+	closed   atomic.Bool
 }
 
 // NewSet registers a set of backends (nil or empty: a set that never moves).
@@ -37,17 +39,9 @@ func NewSet(backends []*Backend) *Set {
 // it guards: a setter stores the state first and then moves the version.
 func (s *Set) Version() uint64 { return s.version.Load() }
 
-// Close unregisters the set from its backends; its version stops moving.
-func (s *Set) Close() {
-	s.once.Do(func() {
-		watchMu.Lock()
-		defer watchMu.Unlock()
-		for _, b := range s.backends {
-			removeSet(&b.sets, s)
-			removeSet(&b.health.Load().sets, s)
-		}
-	})
-}
+// Close unregisters the set from its backends (lazily, see Set); its
+// version stops moving.
+func (s *Set) Close() { s.closed.Store(true) }
 
 // sets is a list of sets, replaced whole under watchMu and read with one
 // atomic load. A set appears once per member (or per member's Health) that
@@ -57,7 +51,11 @@ type sets = atomic.Pointer[[]*Set]
 func addSet(p *sets, s *Set) {
 	var l []*Set
 	if old := p.Load(); old != nil {
-		l = append(l, *old...)
+		for _, o := range *old {
+			if !o.closed.Load() {
+				l = append(l, o)
+			}
+		}
 	}
 	l = append(l, s)
 	p.Store(&l)
@@ -84,7 +82,9 @@ func removeSet(p *sets, s *Set) {
 func bump(p *sets) {
 	if l := p.Load(); l != nil {
 		for _, s := range *l {
-			s.version.Add(1)
+			if !s.closed.Load() {
+				s.version.Add(1)
+			}
 		}
 	}
 }

@@ -140,7 +140,24 @@ func TestSetVersionsIndependent(t *testing.T) {
 	if setA.Version() != va {
 		t.Error("a closed set's version moved")
 	}
-	if l := a1.sets.Load(); l != nil {
-		t.Errorf("a closed set is still registered with its backend: %d sets", len(*l))
+	// The closed set is dropped from a1 when the next set registers with it.
+	setC := NewSet([]*Backend{a1})
+	defer setC.Close()
+	if l := a1.sets.Load(); l == nil || len(*l) != 1 || (*l)[0] != setC {
+		t.Errorf("a1's sets after a new one registered: %v; want only the new one", l)
+	}
+}
+
+// TestSetCloseDoesNotAllocate: Close runs as a GC cleanup, at any moment,
+// also inside a measured hot path: it must not allocate.
+func TestSetCloseDoesNotAllocate(t *testing.T) {
+	bs := []*Backend{New("r", "a", "127.0.0.1:1", 1, nil), New("r", "b", "127.0.0.1:2", 1, nil)}
+	sets := make([]*Set, 200)
+	for i := range sets {
+		sets[i] = NewSet(bs)
+	}
+	i := 0
+	if n := testing.AllocsPerRun(100, func() { sets[i].Close(); i++ }); n != 0 {
+		t.Errorf("Close: %.1f allocations, want 0", n)
 	}
 }
