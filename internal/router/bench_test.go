@@ -17,17 +17,31 @@ func TestPickDoesNotAllocate(t *testing.T) {
 				r := mustNew(t, p.plugin, p.config, bs)
 				var req Request
 				i := 0
-				allocs := testing.AllocsPerRun(1000, func() {
-					req.Reset()
-					i++
-					req.Client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(i >> 16), byte(i >> 8), byte(i)}), uint16(i))
-					b, err := r.Pick(&req)
-					if err != nil {
-						t.Fatal(err)
+				// AllocsPerRun counts the whole process's allocations, and the
+				// GC cleanups of routers that earlier subtests left behind
+				// (their watchers unregistering) may run during one
+				// measurement. A pick that allocates does so in every run, so
+				// the fewest of three runs is the pick's own count.
+				allocs := -1.0
+				for range 3 {
+					n := testing.AllocsPerRun(1000, func() {
+						req.Reset()
+						i++
+						req.Client = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(i >> 16), byte(i >> 8), byte(i)}), uint16(i))
+						b, err := r.Pick(&req)
+						if err != nil {
+							t.Fatal(err)
+						}
+						b.Acquire()
+						b.Release()
+					})
+					if allocs < 0 || n < allocs {
+						allocs = n
 					}
-					b.Acquire()
-					b.Release()
-				})
+					if allocs == 0 {
+						break
+					}
+				}
 				if allocs != 0 {
 					t.Fatalf("%.1f allocations per pick, want 0", allocs)
 				}
