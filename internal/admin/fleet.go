@@ -158,9 +158,10 @@ func (h *Handler) register(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	nerr := config.CheckName("backend id", id)
 	switch aerr := config.CheckBackendAddress(body.Address); {
-	case config.CheckName("backend id", id) != nil:
-		writeError(w, http.StatusBadRequest, "%v", config.CheckName("backend id", id))
+	case nerr != nil:
+		writeError(w, http.StatusBadRequest, "%v", nerr)
 		return
 	case aerr != nil:
 		writeError(w, http.StatusBadRequest, "address: %v", aerr)

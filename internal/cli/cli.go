@@ -125,17 +125,11 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	return serve(cfg, &o, log, lv)
 }
 
-// checkLogFlags checks --log-level and --log-format (empty: not given).
+// checkLogFlags checks --log-level and --log-format (empty: not given) the
+// way the logger will take them.
 func checkLogFlags(level, format string) error {
-	if level != "" {
-		if err := logging.SetLevel(new(slog.LevelVar), level); err != nil {
-			return fmt.Errorf("--log-level: %w", err)
-		}
-	}
-	if format != "" && format != "text" && format != "json" {
-		return fmt.Errorf("--log-format must be text or json, got %q", format)
-	}
-	return nil
+	_, _, err := logging.New(io.Discard, level, format)
+	return err
 }
 
 // validate is --validate: the checks start-up and every reload run

@@ -14,13 +14,7 @@ import (
 // Load reads, decodes and validates the config file at path. On failure the
 // error is an *Errors listing every problem found (or, for an unreadable file,
 // an error naming it).
-func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("cannot read config: %w", err)
-	}
-	return Parse(path, data)
-}
+func Load(path string) (*Config, error) { return load(path, rulesUnlessFollowing) }
 
 // Parse decodes and validates a config document; name is used in messages.
 func Parse(name string, data []byte) (*Config, error) {
@@ -30,12 +24,14 @@ func Parse(name string, data []byte) (*Config, error) {
 // LoadFollower is Load for an instance told to take its config from Redis
 // (--config-from-redis), whatever the file's [redis] watch_config says: its
 // file may then have no rule.
-func LoadFollower(path string) (*Config, error) {
+func LoadFollower(path string) (*Config, error) { return load(path, rulesOptional) }
+
+func load(path string, rules rulesNeed) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read config: %w", err)
 	}
-	return parse(path, data, nil, rulesOptional)
+	return parse(path, data, nil, rules)
 }
 
 // rulesNeed says when a config without an enabled rule is refused.

@@ -110,11 +110,11 @@ func (c *Config) validate(e *Errors) {
 func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared listenerAgreement) {
 	r := &c.Rules[i]
 	path := fmt.Sprintf("rules[%d]", i)
-	switch {
+	switch nerr := CheckName("rule name", r.Name); {
 	case r.Name == "":
 		e.add(path+".name", "missing: every rule needs a unique name")
-	case CheckName("rule name", r.Name) != nil:
-		e.addf(path+".name", "%v", CheckName("rule name", r.Name))
+	case nerr != nil:
+		e.addf(path+".name", "%v", nerr)
 		r.Name = shortName(r.Name) // the other messages about this rule name it
 	case names[r.Name] > 0:
 		e.addf(path+".name", "duplicate rule name %q (also rules[%d])", r.Name, names[r.Name]-1)
@@ -139,11 +139,11 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared lis
 	for j := range r.Backends {
 		b := &r.Backends[j]
 		bp := fmt.Sprintf("%s.backends[%d]", path, j)
-		switch {
+		switch nerr := CheckName("backend id", b.ID); {
 		case b.ID == "":
 			e.add(bp+".id", "missing: every backend needs an id unique within its rule")
-		case CheckName("backend id", b.ID) != nil:
-			e.addf(bp+".id", "%v", CheckName("backend id", b.ID))
+		case nerr != nil:
+			e.addf(bp+".id", "%v", nerr)
 			b.ID = shortName(b.ID)
 		case ids[b.ID] > 0:
 			e.addf(bp+".id", "duplicate backend id %q in rule %q (also backends[%d])", b.ID, r.Name, ids[b.ID]-1)

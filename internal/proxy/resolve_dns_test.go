@@ -92,17 +92,7 @@ func TestTCPRealDNS(t *testing.T) {
 			return addrs, err
 		}})
 	addr := listen(t, s, newRoute(t, "dns", "svc.test:"+port))
-	seen := map[string]int{}
-	for range 4 * len(ips) * s.Workers() {
-		c := dial(t, addr)
-		seen[readLine(t, c)]++
-		c.Close()
-	}
-	for _, ip := range ips {
-		if seen[ip] == 0 {
-			t.Errorf("address %s took no connection: %v", ip, seen)
-		}
-	}
+	checkEveryAddressUsed(t, s, addr, ips)
 	cmd.Process.Kill()
 	<-exited
 	clock.add(time.Hour)

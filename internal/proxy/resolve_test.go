@@ -123,17 +123,7 @@ func TestTCPResolvedAddressesAllUsed(t *testing.T) {
 	f.set("svc.test", ips...)
 	withResolver(s, f)
 	addr := listen(t, s, newRoute(t, "names", "svc.test:"+port))
-	seen := map[string]int{}
-	for range 4 * len(ips) * s.Workers() {
-		c := dial(t, addr)
-		seen[readLine(t, c)]++
-		c.Close()
-	}
-	for _, ip := range ips {
-		if seen[ip] == 0 {
-			t.Errorf("address %s took no connection: %v", ip, seen)
-		}
-	}
+	checkEveryAddressUsed(t, s, addr, ips)
 	if n := f.count("svc.test"); n != 1 {
 		t.Errorf("%d lookups, want 1 (cached)", n)
 	}
@@ -310,4 +300,22 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// checkEveryAddressUsed makes connections through addr, four per address
+// per event loop, and checks that each of ips (the backends answer with
+// their address) took at least one.
+func checkEveryAddressUsed(t *testing.T, s *Server, addr string, ips []string) {
+	t.Helper()
+	seen := map[string]int{}
+	for range 4 * len(ips) * s.Workers() {
+		c := dial(t, addr)
+		seen[readLine(t, c)]++
+		c.Close()
+	}
+	for _, ip := range ips {
+		if seen[ip] == 0 {
+			t.Errorf("address %s took no connection: %v", ip, seen)
+		}
+	}
 }
