@@ -93,6 +93,11 @@ func Unterminated(data []byte) bool {
 	return len(data) > 0 && data[len(data)-1] != '\n' && !Blank(data)
 }
 
+// MinSize is the length of the shortest config that can be valid, one rule
+// and nothing else (with [redis] a rule may have no backend): a file with
+// less is still being written.
+const MinSize = len(`rules=[{name="a"}]`)
+
 // Blank reports whether data holds no TOML at all: only white space and
 // comments. The file watch takes such a file as one not written yet.
 func Blank(data []byte) bool {

@@ -5,6 +5,7 @@
 package reload
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"log/slog"
 	"os"
@@ -49,6 +50,8 @@ func unfinished(data []byte) string {
 	switch {
 	case config.Blank(data):
 		return "is empty"
+	case len(bytes.TrimSpace(data)) < config.MinSize:
+		return "is shorter than any config"
 	case config.Unterminated(data):
 		return "does not end with a newline"
 	}

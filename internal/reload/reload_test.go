@@ -64,7 +64,7 @@ func TestReloadSkipsRepeatedInvalidContent(t *testing.T) {
 	if _, v := eng.Config(); v != 1 {
 		t.Fatalf("unchanged content reloaded: version %d", v)
 	}
-	os.WriteFile(path, []byte("[server\n"), 0o644)
+	os.WriteFile(path, []byte("[server\ntcp_bind = \"127.0.0.1:0\"\n"), 0o644) // a syntax error, longer than config.MinSize
 	if _, err := r.Reload("file", true); err == nil {
 		t.Fatal("invalid content applied")
 	}
@@ -192,11 +192,25 @@ func TestWatchIgnoresNeighbours(t *testing.T) {
 }
 
 // TestWatchWaitsForTheWriteToSettle: a file written in pieces is reloaded
-// once, on its whole content, never on a part of it.
+// once, on its whole content, never on a part of it, also when the rest
+// arrives after the burst's quiet period (here: during the first read, as
+// a slow writer's next piece would).
 func TestWatchWaitsForTheWriteToSettle(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "config.toml")
 	os.WriteFile(path, []byte("old"), 0o644)
+	half, whole := strings.Repeat("a", 500), strings.Repeat("a", 500)+strings.Repeat("b", 500)
+	reads := 0
+	settleRead = func(data []byte) {
+		reads++
+		if reads == 1 {
+			if string(data) != half {
+				t.Errorf("first read %d bytes, want the first piece's %d", len(data), len(half))
+			}
+			os.WriteFile(path, []byte(whole), 0o644) // the writer's second piece
+		}
+	}
+	defer func() { settleRead = nil }()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	fired := make(chan string, 16)
@@ -206,17 +220,9 @@ func TestWatchWaitsForTheWriteToSettle(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
+	if err := os.WriteFile(path, []byte(half), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	whole := ""
-	for i := range 10 {
-		piece := strings.Repeat(string(rune('a'+i)), 100)
-		f.WriteString(piece)
-		whole += piece
-	}
-	f.Close()
 	select {
 	case content := <-fired:
 		if content != whole {
@@ -270,6 +276,14 @@ func TestReloadBlankFile(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "config file is empty"); n != 1 {
 		t.Fatalf("%d 'empty' lines for three blank writes in a row; want 1:\n%s", n, logs.String())
+	}
+	// Shorter than any config can be: not written yet either.
+	os.WriteFile(path, []byte("[[rules]]\n"), 0o644)
+	if _, err := r.Reload("file", true); err != nil {
+		t.Fatalf("a file shorter than any config from the watch: %v", err)
+	}
+	if !strings.Contains(logs.String(), "config file is shorter than any config") {
+		t.Fatalf("no line for the short file:\n%s", logs.String())
 	}
 	// Cut short mid-line, as a full disk leaves it: not written yet either.
 	os.WriteFile(path, []byte(strings.TrimSuffix(good, "\n")[:len(good)-8]), 0o644)

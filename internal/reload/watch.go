@@ -19,6 +19,10 @@ const DefaultDebounce = 200 * time.Millisecond
 // watch receives and whether it concerns the config file.
 var eventSeen func(name string, relevant bool)
 
+// settleRead, when set (by tests, before Watch), is told of every read the
+// watch makes to see whether the file has settled.
+var settleRead func(data []byte)
+
 // maxLinkHops bounds how many symlinks Watch follows from the config path.
 const maxLinkHops = 8
 
@@ -47,7 +51,7 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 		return err
 	}
 	names, dirs := watchedNames(abs)
-	seen := eventSeen
+	seen, reread := eventSeen, settleRead
 	for d := range dirs {
 		if err := w.Add(d); err != nil {
 			w.Close()
@@ -90,6 +94,9 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 					continue
 				}
 				data, err := os.ReadFile(abs)
+				if err == nil && reread != nil {
+					reread(data)
+				}
 				if err == nil && (!read || !bytes.Equal(data, last)) {
 					last, read = data, true // read once more after a quiet period
 					timer.Reset(debounce)
