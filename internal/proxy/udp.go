@@ -806,8 +806,12 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 			s.ooblen = putPktinfo(s.oob[:], l.family, local, ifindex)
 		}
 	}
-	if rt.SendProxy == 2 && prev != nil {
-		s.proxyHdr = prev.proxyHdr
+	if rt.SendProxy == 2 { // the PROXY v2 header sent before each datagram
+		if prev != nil && prev.proxyHdr != nil {
+			s.proxyHdr = prev.proxyHdr
+		} else if i >= 0 {
+			s.proxyHdr = l.proxyHeader(client, l.b.oob[i][:l.b.clen[i]])
+		}
 	}
 	b, fd, err := l.connectBackend(rt, client, s.tried)
 	if err == errResolving {
@@ -816,9 +820,6 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		var p []byte
 		if i >= 0 {
 			p = l.b.bufs[i][:l.b.hs[i].Len]
-			if rt.SendProxy == 2 {
-				s.proxyHdr = l.proxyHeader(client, l.b.oob[i][:l.b.clen[i]])
-			}
 		}
 		l.hold(s, p)
 		return nil
@@ -846,13 +847,6 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	}
 	s.b, s.fd = b, fd
 	b.Acquire()
-	if rt.SendProxy == 2 {
-		if prev != nil && prev.proxyHdr != nil {
-			s.proxyHdr = prev.proxyHdr
-		} else if i >= 0 {
-			s.proxyHdr = l.proxyHeader(client, l.b.oob[i][:l.b.clen[i]])
-		}
-	}
 	if prev != nil {
 		l.remove(prev)
 	}
@@ -934,11 +928,9 @@ func (l *udpShard) dial(b *backend.Backend) (int, error) {
 		return l.dialAddr(tg.Addr)
 	}
 	rsv := l.srv.resolver
-	res, ok := rsv.Lookup(tg.Host, nil)
+	res, ok := rsv.Lookup(tg.Host, l.lookupDone) // the shard's own callback: nothing to build on a hit
 	if !ok {
-		if res, ok = rsv.Lookup(tg.Host, l.lookupDone); !ok {
-			return -1, errResolving
-		}
+		return -1, errResolving
 	}
 	if res.Err != nil {
 		return -1, res.Err

@@ -134,15 +134,6 @@ func (r *Resolver) Lookup(host string, done func(Result)) (res Result, ok bool) 
 	return Result{}, false
 }
 
-// Forget drops host from the cache (its backends are gone).
-func (r *Resolver) Forget(host string) {
-	r.mu.Lock()
-	if e := r.entries[host]; e != nil && !e.inflight {
-		delete(r.entries, host)
-	}
-	r.mu.Unlock()
-}
-
 // evict makes room for one more entry: expired answers go first, then any
 // answer not being looked up. Called with r.mu held.
 func (r *Resolver) evict(now time.Time) {
