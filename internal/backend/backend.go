@@ -150,35 +150,7 @@ type WeightWatcher interface {
 // WatchWeight adds w to the watchers of b's configured weight and returns
 // a function that removes it again.
 func (b *Backend) WatchWeight(w WeightWatcher) (stop func()) {
-	watchMu.Lock()
-	defer watchMu.Unlock()
-	var ws []WeightWatcher
-	if old := b.weightWatchers.Load(); old != nil {
-		ws = append(ws, *old...)
-	}
-	ws = append(ws, w)
-	b.weightWatchers.Store(&ws)
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			watchMu.Lock()
-			defer watchMu.Unlock()
-			var rest []WeightWatcher
-			removed := false
-			for _, x := range *b.weightWatchers.Load() {
-				if !removed && x == w {
-					removed = true
-					continue
-				}
-				rest = append(rest, x)
-			}
-			if len(rest) == 0 {
-				b.weightWatchers.Store(nil)
-				return
-			}
-			b.weightWatchers.Store(&rest)
-		})
-	}
+	return addWatcher(&b.weightWatchers, w)
 }
 
 // Enabled reports whether the backend is enabled.
@@ -244,26 +216,34 @@ var watchMu sync.Mutex // serialises changes to any backend's watcher list
 // function that removes it again. Watching costs Acquire and Release one
 // call per watcher; a backend nobody watches pays one atomic load.
 func (b *Backend) WatchActive(w ActiveWatcher) (stop func()) {
+	return addWatcher(&b.watchers, w)
+}
+
+// addWatcher adds w to the watcher list at p (a new list, under watchMu:
+// readers load it without a lock) and returns the function that removes it
+// again, once.
+func addWatcher[W comparable](p *atomic.Pointer[[]W], w W) (stop func()) {
 	watchMu.Lock()
 	defer watchMu.Unlock()
-	var ws []ActiveWatcher
-	if old := b.watchers.Load(); old != nil {
+	var ws []W
+	if old := p.Load(); old != nil {
 		ws = append(ws, *old...)
 	}
 	ws = append(ws, w)
-	b.watchers.Store(&ws)
+	p.Store(&ws)
 	var once sync.Once
-	return func() { once.Do(func() { b.unwatch(w) }) }
+	return func() { once.Do(func() { removeWatcher(p, w) }) }
 }
 
-func (b *Backend) unwatch(w ActiveWatcher) {
+// removeWatcher takes the first w out of the watcher list at p.
+func removeWatcher[W comparable](p *atomic.Pointer[[]W], w W) {
 	watchMu.Lock()
 	defer watchMu.Unlock()
-	old := b.watchers.Load()
+	old := p.Load()
 	if old == nil {
 		return
 	}
-	ws := make([]ActiveWatcher, 0, len(*old))
+	ws := make([]W, 0, len(*old))
 	removed := false
 	for _, x := range *old {
 		if !removed && x == w {
@@ -273,10 +253,10 @@ func (b *Backend) unwatch(w ActiveWatcher) {
 		ws = append(ws, x)
 	}
 	if len(ws) == 0 {
-		b.watchers.Store(nil)
+		p.Store(nil)
 		return
 	}
-	b.watchers.Store(&ws)
+	p.Store(&ws)
 }
 
 // Watchers is the number of active-count watchers of b.

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"math"
 	"net/netip"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -212,17 +211,7 @@ func newHash(backends []*backend.Backend, key func(*Request) uint64, bound float
 		r.set = watchSet(r, backends)
 		r.load = newActiveTotal(r, backends)
 	}
-	if len(backends) > 0 {
-		stops := make([]func(), len(backends))
-		for i, b := range backends {
-			stops[i] = b.WatchWeight(mt)
-		}
-		runtime.AddCleanup(r, func(stops []func()) {
-			for _, stop := range stops {
-				stop()
-			}
-		}, stops)
-	}
+	watchFor(r, backends, func(_ int, b *backend.Backend) func() { return b.WatchWeight(mt) })
 	return r
 }
 

@@ -14,12 +14,18 @@ import (
 // anything once the last connection using it is gone. The watchers must not
 // reach owner, or it would never be collected.
 func watchActive[T any](owner *T, backends []*backend.Backend, watcher func(i int) backend.ActiveWatcher) {
+	watchFor(owner, backends, func(i int, b *backend.Backend) func() { return b.WatchActive(watcher(i)) })
+}
+
+// watchFor calls watch for every backend and the stop functions it returns
+// when owner is garbage collected.
+func watchFor[T any](owner *T, backends []*backend.Backend, watch func(i int, b *backend.Backend) (stop func())) {
 	if len(backends) == 0 {
 		return
 	}
 	stops := make([]func(), len(backends))
 	for i, b := range backends {
-		stops[i] = b.WatchActive(watcher(i))
+		stops[i] = watch(i, b)
 	}
 	runtime.AddCleanup(owner, func(stops []func()) {
 		for _, stop := range stops {
