@@ -32,8 +32,10 @@ import (
 //     clients wait in the listen backlog until connections close. A new
 //     UDP client's datagram is dropped. A burst that would take a new
 //     splice pipe is copied through the loop's buffer instead.
-//   - Each of the three is counted (DescriptorStats.Refused) and the
-//     episode is logged once, like running out of descriptors.
+//   - Each of the three is counted (DescriptorStats.Refused). A paused
+//     accept or a dropped UDP datagram also starts an episode logged once,
+//     like running out of descriptors; a burst copied instead of spliced
+//     is only counted (nobody was refused).
 
 // Kinds of refusal at the budget (DescriptorStats.Refused).
 const (

@@ -113,7 +113,7 @@ type udpShard struct {
 
 	epollLoop // its socket and session sockets; parked on between turns
 
-	pendingMu  sync.Mutex
+	ctlMu      sync.Mutex
 	ctl        []closeRequest // CloseBackendConns requests
 	lookedUp   atomic.Bool    // a host name lookup the shard waits for finished
 	lookupDone func(resolve.Result)
@@ -1311,9 +1311,9 @@ func (l *UDPListener) closeBackend(b *backend.Backend) int {
 
 func (l *udpShard) closeBackend(b *backend.Backend) int {
 	req := closeRequest{b: b, reply: make(chan int, 1)}
-	l.pendingMu.Lock()
+	l.ctlMu.Lock()
 	l.ctl = append(l.ctl, req)
-	l.pendingMu.Unlock()
+	l.ctlMu.Unlock()
 	l.wake()
 	select {
 	case n := <-req.reply:
@@ -1324,10 +1324,10 @@ func (l *udpShard) closeBackend(b *backend.Backend) int {
 }
 
 func (l *udpShard) applyCloses() {
-	l.pendingMu.Lock()
+	l.ctlMu.Lock()
 	reqs := l.ctl
 	l.ctl = nil
-	l.pendingMu.Unlock()
+	l.ctlMu.Unlock()
 	for _, req := range reqs {
 		n := 0
 		for _, s := range l.sessions {
