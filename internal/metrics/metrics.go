@@ -141,7 +141,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 			Name: "backend_requests_total", Help: "Attempts to reach a backend: TCP connects, UDP datagrams sent; result success, error or timeout."},
 			[]string{"rule", "backend", "result"}),
 		beEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
-			Name: "connections_ended_total", Help: "Proxied TCP connections that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream) or closed (by a drain or shutdown)."},
+			Name: "connections_ended_total", Help: "Proxied TCP connections and UDP sessions that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream), backend_refused (UDP: ICMP port unreachable), max_responses (UDP), drained (drain_timeout) or shutdown."},
 			[]string{"rule", "backend", "end"}),
 		beResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
 			Name: "backend_response_seconds", Help: "TCP: time to connect to the backend. UDP: time from a client datagram to the backend's first reply.", Buckets: ResponseBuckets}, rb),
@@ -236,6 +236,7 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 	m.mu.Unlock()
 	rule, proto := rt.Name, rt.Protocol
 	o := &routeObserver{
+		tcp:          proto == "tcp",
 		connActive:   m.connActive.WithLabelValues(rule, proto),
 		connTotal:    m.connTotal.WithLabelValues(rule, proto),
 		connDuration: m.connDuration.WithLabelValues(rule, proto),
@@ -263,12 +264,9 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 			response:  m.beResponse.WithLabelValues(rule, b.ID),
 			selection: m.selections.WithLabelValues(rule, rt.RouterName, rt.Plugin, b.ID),
 		}
-		if proto == "tcp" {
-			bo := o.backends[b]
-			bo.ended = make(map[string]prometheus.Counter, len(proxy.Ends))
-			for _, end := range proxy.Ends {
-				bo.ended[end] = m.beEnded.WithLabelValues(rule, b.ID, end)
-			}
+		bo := o.backends[b]
+		for _, end := range proxy.EndsOf(proto) {
+			bo.ended[end] = m.beEnded.WithLabelValues(rule, b.ID, end.String())
 		}
 		m.healthChecks.WithLabelValues(rule, b.ID, CheckSuccess)
 		m.healthChecks.WithLabelValues(rule, b.ID, CheckFailure)
@@ -329,8 +327,8 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 		for _, res := range []string{ResultSuccess, ResultError, ResultTimeout} {
 			m.beRequests.DeleteLabelValues(rule, id, res)
 		}
-		for _, end := range proxy.Ends {
-			m.beEnded.DeleteLabelValues(rule, id, end)
+		for end := proxy.End(0); end < proxy.NumEnds; end++ {
+			m.beEnded.DeleteLabelValues(rule, id, end.String())
 		}
 		m.beResponse.DeleteLabelValues(rule, id)
 		m.healthChecks.DeleteLabelValues(rule, id, CheckSuccess)
@@ -385,6 +383,7 @@ var errNoBackend = router.ErrNoBackend
 
 // routeObserver is one route's proxy.Observer: every child resolved once.
 type routeObserver struct {
+	tcp          bool // a TCP rule: a connection is a request
 	connActive   prometheus.Gauge
 	connTotal    prometheus.Counter
 	connDuration prometheus.Observer
@@ -402,24 +401,35 @@ type routeObserver struct {
 
 type backendObserver struct {
 	success, failed, timeout prometheus.Counter
-	ended                    map[string]prometheus.Counter // TCP: by proxy.Ends; read-only once built
+	ended                    [proxy.NumEnds]prometheus.Counter // by proxy.EndsOf the rule's protocol; nil for the others
 	response                 prometheus.Observer
 	selection                prometheus.Counter
 }
 
-var (
-	_ proxy.Observer    = (*routeObserver)(nil)
-	_ proxy.EndObserver = (*routeObserver)(nil)
-)
+var _ proxy.Observer = (*routeObserver)(nil)
 
 func (o *routeObserver) ConnOpened() {
 	o.connTotal.Inc()
 	o.connActive.Inc()
 }
 
-func (o *routeObserver) ConnClosed(d time.Duration) {
+// ConnClosed ends a connection or session; one proxied over TCP is also a
+// request (a UDP session's requests are its datagrams).
+func (o *routeObserver) ConnClosed(b *backend.Backend, end proxy.End, d time.Duration, in, out int64) {
 	o.connActive.Dec()
 	o.connDuration.Observe(d.Seconds())
+	if b == nil {
+		return
+	}
+	if bo := o.backends[b]; bo != nil && end < proxy.NumEnds && bo.ended[end] != nil {
+		bo.ended[end].Inc()
+	}
+	if o.tcp {
+		o.requests.Inc()
+		o.reqDuration.Observe(d.Seconds())
+		o.reqSize.Observe(float64(in))
+		o.respSize.Observe(float64(out))
+	}
 }
 
 func (o *routeObserver) Rejected(r proxy.Reason) {
@@ -460,22 +470,6 @@ func (o *routeObserver) Connected(b *backend.Backend, d time.Duration, err error
 
 func (o *routeObserver) BytesIn(n int64)  { o.bytesIn.Add(float64(n)) }
 func (o *routeObserver) BytesOut(n int64) { o.bytesOut.Add(float64(n)) }
-
-func (o *routeObserver) RequestDone(_ *backend.Backend, d time.Duration, in, out int64) {
-	o.requests.Inc()
-	o.reqDuration.Observe(d.Seconds())
-	o.reqSize.Observe(float64(in))
-	o.respSize.Observe(float64(out))
-}
-
-// Ended counts how a proxied TCP connection to b ended (proxy.EndObserver).
-func (o *routeObserver) Ended(b *backend.Backend, end string) {
-	if bo := o.backends[b]; bo != nil {
-		if c := bo.ended[end]; c != nil {
-			c.Inc()
-		}
-	}
-}
 
 func (o *routeObserver) Datagram(b *backend.Backend, n int, err error) {
 	bo := o.backends[b]

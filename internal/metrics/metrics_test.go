@@ -99,13 +99,12 @@ func TestObserverCountsTCP(t *testing.T) {
 		o.Connected(b1, 2*time.Millisecond, nil)
 		o.BytesIn(n)
 		o.BytesOut(2 * n)
-		o.RequestDone(b1, 3*time.Second, n, 2*n)
-		o.ConnClosed(3 * time.Second)
+		o.ConnClosed(b1, proxy.EndEOF, 3*time.Second, n, 2*n)
 	}
 	o.ConnOpened()
 	o.PickFailed(router.NoBackend(2))
 	o.Rejected(proxy.ReasonNoBackend)
-	o.ConnClosed(0)
+	o.ConnClosed(nil, proxy.EndNoBackend, 0, 0, 0)
 	o.PickFailed(errors.New("boom"))
 	o.ConnOpened() // still open
 
@@ -153,7 +152,7 @@ func TestObserverCountsUDP(t *testing.T) {
 	o.Datagram(b, 10, errors.New("sendmsg: no buffer space"))
 	o.Reply(b, 500, 5*time.Millisecond)
 	o.Reply(b, 300, 0)
-	o.ConnClosed(time.Second)
+	o.ConnClosed(b, proxy.EndIdleTimeout, time.Second, 0, 0)
 	expect(t, values(t, reg), map[string]float64{
 		`dynamic_proxy_requests_total{protocol=udp,rule=dns}`:                      2,
 		`dynamic_proxy_request_size_bytes_count{protocol=udp,rule=dns}`:            2,
@@ -222,7 +221,7 @@ func TestRetainDropsRemovedSeries(t *testing.T) {
 	stable := route("stable", "tcp", "round_robin", "round_robin", keep)
 	so := m.Observer(stable)
 	so.ConnOpened()
-	so.ConnClosed(time.Second)
+	so.ConnClosed(keep, proxy.EndEOF, time.Second, 0, 0)
 	count := func() int {
 		mfs, err := reg.Gather()
 		if err != nil {
@@ -407,8 +406,7 @@ func BenchmarkObserverConnection(b *testing.B) {
 		o.Connected(be, time.Millisecond, nil)
 		o.BytesIn(100)
 		o.BytesOut(1000)
-		o.RequestDone(be, time.Second, 100, 1000)
-		o.ConnClosed(time.Second)
+		o.ConnClosed(be, proxy.EndEOF, time.Second, 100, 1000)
 	}
 }
 
@@ -438,7 +436,7 @@ func TestRetainNothingLeavesNoRouteSeries(t *testing.T) {
 		o.ConnOpened()
 		o.Picked(b1)
 		o.Connected(b1, time.Millisecond, nil)
-		o.RequestDone(b1, time.Second, 10, 20)
+		o.ConnClosed(b1, proxy.EndEOF, time.Second, 10, 20)
 		o.BytesIn(10)
 		o.Rejected(proxy.ReasonNoBackend)
 		routes = append(routes, rt)

@@ -24,20 +24,22 @@ func TestEndReasonBlamesTheRightSide(t *testing.T) {
 	pipeW := dstError{os.NewSyscallError("splice", syscall.EPIPE)}
 	for _, tc := range []struct {
 		up, down error
+		cut      End
 		want     string
 	}{
-		{nil, nil, "eof"},
-		{reset, nil, "client_error"},    // reading the client failed
-		{nil, reset, "backend_error"},   // reading the backend failed
-		{pipeW, nil, "backend_error"},   // writing to the backend failed
-		{nil, pipeW, "client_error"},    // writing to the client failed
-		{pipeW, reset, "backend_error"}, // the backend reset: both copies see it
-		{reset, pipeW, "client_error"},  // the client reset: both copies see it
-		{net.ErrClosed, nil, "closed"},  // closed by the proxy
-		{dstError{os.ErrDeadlineExceeded}, nil, "idle_timeout"},
-		{nil, os.ErrDeadlineExceeded, "idle_timeout"},
+		{nil, nil, EndEOF, "eof"},
+		{reset, nil, EndEOF, "client_error"},    // reading the client failed
+		{nil, reset, EndEOF, "backend_error"},   // reading the backend failed
+		{pipeW, nil, EndEOF, "backend_error"},   // writing to the backend failed
+		{nil, pipeW, EndEOF, "client_error"},    // writing to the client failed
+		{pipeW, reset, EndEOF, "backend_error"}, // the backend reset: both copies see it
+		{reset, pipeW, EndEOF, "client_error"},  // the client reset: both copies see it
+		{net.ErrClosed, nil, EndDrained, "drained"},
+		{net.ErrClosed, nil, EndShutdown, "shutdown"},
+		{dstError{os.ErrDeadlineExceeded}, nil, EndEOF, "idle_timeout"},
+		{nil, os.ErrDeadlineExceeded, EndEOF, "idle_timeout"},
 	} {
-		if got := endReason(tc.up, tc.down); got != tc.want {
+		if got := endReason(tc.up, tc.down, tc.cut).String(); got != tc.want {
 			t.Errorf("endReason(%v, %v) = %s, want %s", tc.up, tc.down, got, tc.want)
 		}
 	}

@@ -21,8 +21,12 @@ type Observer interface {
 	// ConnOpened: a client connection (UDP: session) was accepted for the
 	// route. Every ConnOpened is followed by one ConnClosed.
 	ConnOpened()
-	// ConnClosed: it ended after d.
-	ConnClosed(d time.Duration)
+	// ConnClosed: it ended after d (from accept), how end says. b is the
+	// backend it was proxied to, nil when it reached none (it was
+	// Rejected); a TCP connection moved in bytes client to backend and out
+	// bytes back (already counted by BytesIn and BytesOut), a UDP session
+	// passes 0 for both (its datagrams are counted one by one).
+	ConnClosed(b *backend.Backend, end End, d time.Duration, in, out int64)
 	// Rejected: a connection or datagram was dropped without reaching a
 	// backend, for reason r.
 	Rejected(r Reason)
@@ -38,10 +42,6 @@ type Observer interface {
 	// (in) and backend to client (out).
 	BytesIn(n int64)
 	BytesOut(n int64)
-	// RequestDone: a proxied TCP connection to b ended after d (from
-	// accept), having moved in bytes client to backend and out bytes back.
-	// Its bytes were already counted by BytesIn and BytesOut.
-	RequestDone(b *backend.Backend, d time.Duration, in, out int64)
 
 	// Datagram: a client datagram of n bytes was forwarded to b (err nil)
 	// or failed to be sent (err set). It is a request and counts its bytes.
@@ -51,19 +51,6 @@ type Observer interface {
 	// to (0 when it is not the first reply to one). It counts its bytes.
 	Reply(b *backend.Backend, n int, rtt time.Duration)
 }
-
-// EndObserver is an optional extension of Observer: Ended tells how a
-// proxied TCP connection to b ended, once per RequestDone. end is one of
-// Ends.
-type EndObserver interface {
-	Ended(b *backend.Backend, end string)
-}
-
-// Ends are the ways a proxied TCP connection ends, as the access log's end
-// field and EndObserver say: eof (both sides finished), idle_timeout,
-// client_error or backend_error (that side reset or failed, e.g. a backend
-// reset mid-stream), closed (closed by the proxy: a drain or a shutdown).
-var Ends = []string{"eof", "idle_timeout", "client_error", "backend_error", "closed"}
 
 // UnroutedObserver counts what arrives on a listener but matches no rule,
 // so it has no route (and no Observer) to be counted on.
@@ -113,6 +100,16 @@ func (r Reason) String() string {
 		return reasonNames[r]
 	}
 	return "unknown"
+}
+
+// refuseNew counts a connection or session refused before it reached a
+// backend: opened, rejected for r and closed at once.
+func refuseNew(o Observer, r Reason) {
+	if o != nil {
+		o.ConnOpened()
+		o.Rejected(r)
+		o.ConnClosed(nil, EndNoBackend, 0, 0, 0)
+	}
 }
 
 // SetUnroutedObserver installs o (nil removes it).

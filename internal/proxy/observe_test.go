@@ -27,6 +27,7 @@ type recObserver struct {
 	reqIn, reqOut                 int64
 	changed                       chan struct{}
 	datagrams, replies, replyRTTs int
+	ends                          []End // of the connections that reached a backend
 }
 
 func newRecObserver() *recObserver {
@@ -41,9 +42,19 @@ func (o *recObserver) note(f func()) {
 }
 
 func (o *recObserver) ConnOpened()              { o.note(func() { o.opened++ }) }
-func (o *recObserver) ConnClosed(time.Duration) { o.note(func() { o.closed++ }) }
-func (o *recObserver) Rejected(r Reason)        { o.note(func() { o.rejected[r]++ }) }
-func (o *recObserver) Picked(*backend.Backend)  { o.note(func() { o.picked++ }) }
+func (o *recObserver) ConnClosed(b *backend.Backend, end End, _ time.Duration, in, out int64) {
+	o.note(func() {
+		o.closed++
+		if b != nil {
+			o.ends = append(o.ends, end)
+			o.requests++
+			o.reqIn += in
+			o.reqOut += out
+		}
+	})
+}
+func (o *recObserver) Rejected(r Reason)       { o.note(func() { o.rejected[r]++ }) }
+func (o *recObserver) Picked(*backend.Backend) { o.note(func() { o.picked++ }) }
 func (o *recObserver) PickFailed(err error) {
 	o.note(func() { o.pickFailed = append(o.pickFailed, err) })
 }
@@ -62,9 +73,6 @@ func (o *recObserver) Reply(_ *backend.Backend, _ int, rtt time.Duration) {
 }
 func (o *recObserver) Connected(b *backend.Backend, _ time.Duration, err error) {
 	o.note(func() { o.connected[b] = append(o.connected[b], err) })
-}
-func (o *recObserver) RequestDone(_ *backend.Backend, _ time.Duration, in, out int64) {
-	o.note(func() { o.requests++; o.reqIn += in; o.reqOut += out })
 }
 
 // waitFor waits until cond holds (checked under the lock after each event).
@@ -262,5 +270,28 @@ func TestReasonNames(t *testing.T) {
 	}
 	if NumReasons.String() != "unknown" {
 		t.Error("out-of-range reason")
+	}
+}
+
+// TestEndNames: every end has its own name, and each protocol's ends are
+// named ends that a connection with a backend can have.
+func TestEndNames(t *testing.T) {
+	seen := map[string]bool{}
+	for e := End(0); e < NumEnds; e++ {
+		s := e.String()
+		if s == "" || s == "unknown" || seen[s] {
+			t.Errorf("end %d: %q", e, s)
+		}
+		seen[s] = true
+	}
+	if NumEnds.String() != "unknown" {
+		t.Error("out-of-range end")
+	}
+	for _, p := range []string{"tcp", "udp"} {
+		for _, e := range EndsOf(p) {
+			if e >= NumEnds || e == EndNoBackend {
+				t.Errorf("%s: end %v", p, e)
+			}
+		}
 	}
 }

@@ -145,7 +145,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		for _, lp := range loops {
 			lp.call(func() {
 				n += lp.nconns
-				lp.each((*lconn).forceClose)
+				lp.each(func(c *lconn) { c.forceClose(EndShutdown) })
 			})
 		}
 		s.mu.Lock()
@@ -175,7 +175,7 @@ func (s *Server) CloseBackendConns(b *backend.Backend) int {
 		lp.call(func() {
 			lp.each(func(c *lconn) {
 				if c.be == b {
-					c.forceClose()
+					c.forceClose(EndDrained)
 					n++
 				}
 			})

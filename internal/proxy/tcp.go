@@ -121,25 +121,27 @@ type dstError struct{ error }
 
 func (e dstError) Unwrap() error { return e.error }
 
-func endReason(upErr, downErr error) string {
+// endReason says how a relayed connection ended from its two directions'
+// errors; cut is the end a drain or a shutdown forced (EndEOF: none).
+func endReason(upErr, downErr error, cut End) End {
+	if cut != EndEOF {
+		return cut
+	}
 	for _, e := range []struct {
 		err        error
-		side, peer string // whose fault an error reading (side) or writing (peer) is
-	}{{upErr, "client", "backend"}, {downErr, "backend", "client"}} {
+		side, peer End // whose fault an error reading (side) or writing (peer) is
+	}{{upErr, EndClientError, EndBackendError}, {downErr, EndBackendError, EndClientError}} {
 		switch {
 		case e.err == nil, errors.Is(e.err, net.ErrClosed):
 		case errors.Is(e.err, os.ErrDeadlineExceeded):
-			return "idle_timeout"
+			return EndIdleTimeout
 		case errors.As(e.err, new(dstError)):
-			return e.peer + "_error"
+			return e.peer
 		default:
-			return e.side + "_error"
+			return e.side
 		}
 	}
-	if upErr != nil || downErr != nil {
-		return "closed"
-	}
-	return "eof"
+	return EndEOF
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

@@ -543,7 +543,9 @@ func TestShutdownDrains(t *testing.T) {
 func TestShutdownTimeoutCuts(t *testing.T) {
 	be := startBackend(t, sink)
 	s, logs := newTestServer(t)
-	c := dial(t, listen(t, s, newRoute(t, "cut", be.addr)))
+	rt := newRoute(t, "cut", be.addr)
+	rt.AccessLog = true
+	c := dial(t, listen(t, s, rt))
 	be.waitAccepted(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -554,6 +556,35 @@ func TestShutdownTimeoutCuts(t *testing.T) {
 	rec := logs.wait(t, "shutdown warning", msgIs("shutdown timeout: closing connections still open"))
 	if rec.attrs["connections"] != int64(1) {
 		t.Errorf("connections = %v, want 1", rec.attrs["connections"])
+	}
+	if rec := logs.wait(t, "access log", msgIs("connection closed")); rec.attrs["end"] != "shutdown" {
+		t.Errorf("end = %v, want shutdown", rec.attrs["end"])
+	}
+}
+
+// TestCloseBackendConnsDrained: the connections CloseBackendConns cuts (a
+// removed backend's drain_timeout) end as drained, in the access log and
+// for the observer.
+func TestCloseBackendConnsDrained(t *testing.T) {
+	be := startBackend(t, sink)
+	s, logs := newTestServer(t)
+	rt := newRoute(t, "gone", be.addr)
+	rt.AccessLog = true
+	o := newRecObserver()
+	rt.Observer = o
+	c := dial(t, listen(t, s, rt))
+	be.waitAccepted(t, 1)
+	o.waitFor(t, "the connection relayed", func() bool { return len(o.connected[rt.Backends[0]]) == 1 })
+	if n := s.CloseBackendConns(rt.Backends[0]); n != 1 {
+		t.Fatalf("CloseBackendConns = %d, want 1", n)
+	}
+	waitClosed(t, c)
+	if rec := logs.wait(t, "access log", msgIs("connection closed")); rec.attrs["end"] != "drained" {
+		t.Errorf("end = %v, want drained", rec.attrs["end"])
+	}
+	o.waitFor(t, "the observer told", func() bool { return len(o.ends) == 1 })
+	if o.ends[0] != EndDrained {
+		t.Errorf("observer end = %v, want drained", o.ends[0])
 	}
 }
 

@@ -45,6 +45,7 @@ type lconn struct {
 
 	state  uint8
 	forced bool // closed by drain or shutdown while routing or dialling
+	cut    End  // why forceClose ended it (EndEOF: it was not forced)
 
 	start   time.Time
 	ci      ConnInfo
@@ -248,7 +249,7 @@ func (c *lconn) routed(rt *Route) {
 		s.Stats.Rejected.Add(1)
 		if o != nil {
 			o.Rejected(reason)
-			o.ConnClosed(time.Since(c.start))
+			o.ConnClosed(nil, EndNoBackend, time.Since(c.start), 0, 0)
 		}
 		s.log.Debug("connection refused by access control", "rule", rt.Name, "client", c.ci.Client.String(), "reason", reason)
 		c.drop(true)
@@ -542,13 +543,13 @@ func (c *lconn) noBackend(err error) {
 		} else {
 			o.Rejected(ReasonConnectFailed)
 		}
-		o.ConnClosed(time.Since(c.start))
+		o.ConnClosed(nil, EndNoBackend, time.Since(c.start), 0, 0)
 	}
 	if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
 		s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.ci.Client.String(), "err", err, "suppressed", suppressed)
 	}
 	if rt.AccessLog { // every closed connection, including this one
-		c.logClosed(nil, time.Since(c.start), "no_backend")
+		c.logClosed(nil, time.Since(c.start), EndNoBackend)
 	}
 	c.drop(true)
 }
@@ -565,7 +566,7 @@ func (c *lconn) abandonDial() {
 	}
 	c.release()
 	if o := c.rt.Observer; o != nil {
-		o.ConnClosed(time.Since(c.start))
+		o.ConnClosed(nil, c.cut, time.Since(c.start), 0, 0)
 	}
 	c.drop(false)
 }
@@ -606,8 +607,10 @@ func (c *lconn) closeFd(backend, reset bool) {
 	*fd = -1
 }
 
-// forceClose ends the connection now (drain_timeout over, shutdown timeout).
-func (c *lconn) forceClose() {
+// forceClose ends the connection now: its backend's drain_timeout is over
+// (EndDrained) or the shutdown timeout (EndShutdown).
+func (c *lconn) forceClose(end End) {
+	c.cut = end
 	switch c.state {
 	case stInspect:
 		c.forced = true
@@ -1019,13 +1022,9 @@ func (c *lconn) finish(reset bool) {
 	}
 	b.Release()
 	c.release()
-	how, took := endReason(c.upErr, c.downErr), time.Since(c.start)
+	how, took := endReason(c.upErr, c.downErr, c.cut), time.Since(c.start)
 	if o := rt.Observer; o != nil {
-		o.RequestDone(b, took, c.up.n, c.down.n)
-		if eo, ok := o.(EndObserver); ok {
-			eo.Ended(b, how)
-		}
-		o.ConnClosed(took)
+		o.ConnClosed(b, how, took, c.up.n, c.down.n)
 	}
 	if rt.AccessLog {
 		c.logClosed(b, took, how)
@@ -1035,12 +1034,12 @@ func (c *lconn) finish(reset bool) {
 
 // logClosed writes the access log line of a connection that ended after
 // took; b is nil when it reached no backend.
-func (c *lconn) logClosed(b *backend.Backend, took time.Duration, end string) {
+func (c *lconn) logClosed(b *backend.Backend, took time.Duration, end End) {
 	id, addr := "", ""
 	if b != nil {
 		id, addr = b.ID, b.Address
 	}
 	c.lp.srv.log.Info("connection closed", "rule", c.rt.Name, "client", c.ci.Client.String(),
 		"backend", id, "backend_addr", addr, "bytes_in", c.up.n, "bytes_out", c.down.n,
-		"duration", took.Round(time.Microsecond), "end", end)
+		"duration", took.Round(time.Microsecond), "end", end.String())
 }

@@ -299,11 +299,8 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 		}
 		if max := s.maxConns.Load(); !s.admitConn(max) {
 			s.Stats.Rejected.Add(1)
-			if rs := l.Routes(); len(rs) > 0 && rs[0].Observer != nil {
-				o := rs[0].Observer
-				o.ConnOpened()
-				o.Rejected(ReasonMaxConnections)
-				o.ConnClosed(0)
+			if rs := l.Routes(); len(rs) > 0 {
+				refuseNew(rs[0].Observer, ReasonMaxConnections)
 			}
 			resetClose(fd)
 			s.log.Debug("connection rejected: max_connections reached", "listener", l.addr.String(), "max_connections", max)

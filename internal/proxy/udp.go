@@ -75,12 +75,8 @@ type UDPStats struct {
 	DroppedSendError   atomic.Int64 // a send failed (socket buffer full, unreachable…)
 	DroppedMaxResponse atomic.Int64 // backend datagrams after max_responses
 
-	// Sessions ended, by reason.
-	EndedTimeout      atomic.Int64 // session_timeout without traffic
-	EndedMaxResponses atomic.Int64 // max_responses replies delivered
-	EndedRefused      atomic.Int64 // the backend answered ICMP port unreachable
-	EndedError        atomic.Int64 // another backend socket error
-	EndedShutdown     atomic.Int64 // shutdown_timeout or drain_timeout cut it
+	// Ended counts the sessions that ended, by how (EndsOf("udp")).
+	Ended [NumEnds]atomic.Int64
 }
 
 // UDPListener serves UDP routes on one address. It runs one event loop
@@ -197,7 +193,6 @@ const (
 	maxWaitingEach  = 8       // of which one client's
 	socketBuffer    = 4 << 20 // SO_RCVBUF/SO_SNDBUF asked for (the kernel caps it at rmem_max/wmem_max)
 	defaultTimeout  = 30 * time.Second
-	tombstoneReason = "refused"
 )
 
 // ListenUDP binds addr and starts serving datagrams with routes (replaced
@@ -704,7 +699,7 @@ func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
 			s.obs.Datagram(s.b, len(p), e)
 		}
 		if e != unix.EAGAIN && e != unix.ENOBUFS {
-			l.end(s, "backend_error")
+			l.end(s, EndBackendError)
 		}
 	}
 }
@@ -747,11 +742,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		return nil
 	case l.ln.closed.Load():
 		l.st.shutdown++
-		if o := routes[0].Observer; o != nil {
-			o.ConnOpened()
-			o.Rejected(ReasonShutdown)
-			o.ConnClosed(0)
-		}
+		refuseNew(routes[0].Observer, ReasonShutdown)
 		return nil
 	}
 	rt := firstMatch(routes, &ConnInfo{Client: client})
@@ -763,11 +754,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	release, reason := rt.Access.Admit(client.Addr())
 	if reason != ReasonNone {
 		l.st.denied++
-		if o := rt.Observer; o != nil {
-			o.ConnOpened()
-			o.Rejected(reason)
-			o.ConnClosed(0)
-		}
+		refuseNew(rt.Observer, reason)
 		return nil
 	}
 	// Reserve a place among the listener's sessions (all shards share
@@ -776,11 +763,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		l.ln.live.Add(-1)
 		release()
 		l.st.maxSess++
-		if o := rt.Observer; o != nil {
-			o.ConnOpened()
-			o.Rejected(ReasonMaxConnections)
-			o.ConnClosed(0)
-		}
+		refuseNew(rt.Observer, ReasonMaxConnections)
 		if ok, suppressed := l.srv.udpLimitLog.allow(time.Second); ok {
 			l.srv.log.Warn("udp max_sessions reached; dropping datagrams from new clients",
 				"rule", rt.Name, "max_sessions", rt.MaxSessions, "suppressed", suppressed)
@@ -837,7 +820,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 			} else {
 				s.obs.Rejected(ReasonConnectFailed)
 			}
-			s.obs.ConnClosed(0)
+			s.obs.ConnClosed(nil, EndNoBackend, 0, 0, 0)
 		}
 		if ok, suppressed := l.srv.noBackendLog.allow(time.Second); ok {
 			l.srv.log.Warn("no backend for a new udp session; dropping", "rule", rt.Name,
@@ -1004,7 +987,7 @@ func (l *udpShard) readBackend(fd int) {
 		default:
 			l.srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
 				"backend", s.b.ID, "client", s.client.String(), "err", e.Error())
-			l.end(s, "backend_error")
+			l.end(s, EndBackendError)
 			return
 		}
 		budget -= n
@@ -1056,7 +1039,7 @@ func (l *udpShard) readBackend(fd int) {
 		}
 		l.touch(s)
 		if s.repliesDone() {
-			l.end(s, "max_responses")
+			l.end(s, EndMaxResponses)
 			return
 		}
 		if n < k {
@@ -1135,7 +1118,7 @@ func (l *udpShard) unlink(s *udpSession) {
 
 // closeSocket releases the session's socket and backend; the session
 // itself may live on as a tombstone.
-func (l *udpShard) closeSocket(s *udpSession, reason string) {
+func (l *udpShard) closeSocket(s *udpSession, end End) {
 	if s.fd < 0 {
 		return
 	}
@@ -1156,27 +1139,15 @@ func (l *udpShard) closeSocket(s *udpSession, reason string) {
 		}
 		l.srv.UDP.Sessions.Add(-1)
 	}
-	st := &l.srv.UDP
-	switch reason {
-	case "timeout":
-		st.EndedTimeout.Add(1)
-	case "max_responses":
-		st.EndedMaxResponses.Add(1)
-	case tombstoneReason:
-		st.EndedRefused.Add(1)
-	case "backend_error":
-		st.EndedError.Add(1)
-	case "shutdown", "drain_timeout":
-		st.EndedShutdown.Add(1)
-	}
+	l.srv.UDP.Ended[end].Add(1)
 	if s.obs != nil {
-		s.obs.ConnClosed(time.Duration(l.now - s.start))
+		s.obs.ConnClosed(s.b, end, time.Duration(l.now-s.start), 0, 0)
 	}
 	if s.route.AccessLog {
 		l.srv.log.Info("udp session closed", "rule", s.route.Name, "client", s.client.String(),
 			"backend", s.b.ID, "backend_addr", s.b.Address,
 			"datagrams_in", s.inN, "datagrams_out", s.outN, "bytes_in", s.inB, "bytes_out", s.outB,
-			"duration", time.Duration(l.now-s.start).Round(time.Microsecond), "end", reason)
+			"duration", time.Duration(l.now-s.start).Round(time.Microsecond), "end", end.String())
 	}
 }
 
@@ -1193,8 +1164,8 @@ func (l *udpShard) remove(s *udpSession) {
 }
 
 // end ends a session.
-func (l *udpShard) end(s *udpSession, reason string) {
-	l.closeSocket(s, reason)
+func (l *udpShard) end(s *udpSession, end End) {
+	l.closeSocket(s, end)
 	l.remove(s)
 }
 
@@ -1205,7 +1176,7 @@ func (l *udpShard) refused(s *udpSession) {
 	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "rule", s.route.Name,
 		"backend", s.b.ID, "client", s.client.String())
 	s.b.Health().ReportDial(errRefused)
-	l.closeSocket(s, tombstoneReason)
+	l.closeSocket(s, EndBackendRefused)
 	if l.ln.closed.Load() {
 		l.remove(s)
 	}
@@ -1215,7 +1186,7 @@ func (l *udpShard) refused(s *udpSession) {
 func (l *udpShard) sweep() {
 	t := int64(l.timeout)
 	for s := l.head; s != nil && l.now-s.last >= t; s = l.head {
-		l.end(s, "timeout")
+		l.end(s, EndIdleTimeout)
 	}
 }
 
@@ -1241,10 +1212,10 @@ func (l *udpShard) endAll() {
 	l.now = time.Now().UnixNano()
 	l.flush()
 	for s := l.head; s != nil; s = l.head {
-		l.end(s, "shutdown")
+		l.end(s, EndShutdown)
 	}
 	for _, s := range l.sessions {
-		l.end(s, "shutdown")
+		l.end(s, EndShutdown)
 	}
 	l.publishStats()
 }
@@ -1332,7 +1303,7 @@ func (l *udpShard) applyCloses() {
 		n := 0
 		for _, s := range l.sessions {
 			if s.b == req.b && s.fd >= 0 {
-				l.end(s, "drain_timeout")
+				l.end(s, EndDrained)
 				n++
 			}
 		}

@@ -147,16 +147,16 @@ func TestUDPSessionTimeout(t *testing.T) {
 
 	start := time.Now() // the session's last activity is later than this
 	mustRoundTrip(t, c, []byte("one"), []byte("one"))
-	rec := sink.wait(t, "of a session ending by timeout", udpSessionEnded("timeout"))
+	rec := sink.wait(t, "of a session ending by timeout", udpSessionEnded("idle_timeout"))
 	if idle := time.Since(start); idle < 200*time.Millisecond {
 		t.Errorf("session ended after %v idle, before its 200ms session_timeout", idle)
 	}
 	if rec.attrs["datagrams_in"] != int64(1) || rec.attrs["datagrams_out"] != int64(1) || rec.attrs["backend"] != "b0" {
 		t.Errorf("access log %v", rec.attrs)
 	}
-	if l.Sessions() != 0 || s.UDP.EndedTimeout.Load() != 1 || rt.Backends[0].Active() != 0 {
+	if l.Sessions() != 0 || s.UDP.Ended[EndIdleTimeout].Load() != 1 || rt.Backends[0].Active() != 0 {
 		t.Errorf("after expiry: sessions %d, ended by timeout %d, backend active %d; want 0, 1, 0",
-			l.Sessions(), s.UDP.EndedTimeout.Load(), rt.Backends[0].Active())
+			l.Sessions(), s.UDP.Ended[EndIdleTimeout].Load(), rt.Backends[0].Active())
 	}
 	// The client's next datagram opens a new session (a new backend socket).
 	mustRoundTrip(t, c, []byte("two"), []byte("two"))
@@ -303,7 +303,7 @@ func TestUDPDNSShaped(t *testing.T) {
 	if got := openFds(t); got != base {
 		t.Errorf("descriptors: %d, want the %d before the queries", got, base)
 	}
-	if got := s.UDP.EndedMaxResponses.Load(); got != queries {
+	if got := s.UDP.Ended[EndMaxResponses].Load(); got != queries {
 		t.Errorf("sessions ended by max_responses: %d, want %d", got, queries)
 	}
 }
@@ -353,7 +353,7 @@ func TestUDPDeadBackend(t *testing.T) {
 	if _, err := a.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	rec := sink.wait(t, "of the session on the dead backend ending", udpSessionEnded("refused"))
+	rec := sink.wait(t, "of the session on the dead backend ending", udpSessionEnded("backend_refused"))
 	if rec.attrs["backend"] != "b0" {
 		t.Fatalf("refused session was on %v, want b0", rec.attrs["backend"])
 	}
@@ -364,7 +364,7 @@ func TestUDPDeadBackend(t *testing.T) {
 	// a's next session must still avoid it.
 	mustRoundTrip(t, b, []byte("b"), []byte("live:b"))
 	mustRoundTrip(t, a, []byte("a"), []byte("live:a"))
-	if got := s.UDP.EndedRefused.Load(); got != 1 {
+	if got := s.UDP.Ended[EndBackendRefused].Load(); got != 1 {
 		t.Errorf("sessions ended by refusal: %d, want 1", got)
 	}
 }
@@ -380,7 +380,7 @@ func TestUDPAllBackendsDead(t *testing.T) {
 		if _, err := c.Write([]byte("x")); err != nil {
 			t.Fatal(err)
 		}
-		harness.Eventually(t, fmt.Sprintf("refusal %d", i), func() bool { return s.UDP.EndedRefused.Load() >= int64(i) })
+		harness.Eventually(t, fmt.Sprintf("refusal %d", i), func() bool { return s.UDP.Ended[EndBackendRefused].Load() >= int64(i) })
 	}
 	if l.Sessions() != 0 || rt.Backends[0].Active() != 0 {
 		t.Errorf("sessions %d, backend active %d; want 0, 0", l.Sessions(), rt.Backends[0].Active())
@@ -566,8 +566,8 @@ func TestUDPShutdownDrains(t *testing.T) {
 	case <-time.After(deadline):
 		t.Fatal("shutdown did not return after the last session expired")
 	}
-	if s.UDP.EndedMaxResponses.Load() != 1 || l.Sessions() != 0 {
-		t.Errorf("sessions ended by max_responses %d, open %d; want 1, 0", s.UDP.EndedMaxResponses.Load(), l.Sessions())
+	if s.UDP.Ended[EndMaxResponses].Load() != 1 || l.Sessions() != 0 {
+		t.Errorf("sessions ended by max_responses %d, open %d; want 1, 0", s.UDP.Ended[EndMaxResponses].Load(), l.Sessions())
 	}
 	// The port is released.
 	pc, err := net.ListenPacket("udp", l.Addr().String())
@@ -590,8 +590,8 @@ func TestUDPShutdownTimeout(t *testing.T) {
 	if err := s.Shutdown(ctx); err == nil {
 		t.Fatal("shutdown returned nil with a session open")
 	}
-	if s.UDP.EndedShutdown.Load() != 1 || l.Sessions() != 0 {
-		t.Errorf("sessions cut %d, open %d; want 1, 0", s.UDP.EndedShutdown.Load(), l.Sessions())
+	if s.UDP.Ended[EndShutdown].Load() != 1 || l.Sessions() != 0 {
+		t.Errorf("sessions cut %d, open %d; want 1, 0", s.UDP.Ended[EndShutdown].Load(), l.Sessions())
 	}
 }
 
@@ -665,7 +665,7 @@ func TestUDPCloseBackendConns(t *testing.T) {
 	if n := s.CloseBackendConns(rt.Backends[0]); n != 1 {
 		t.Fatalf("CloseBackendConns closed %d, want 1", n)
 	}
-	rec := sink.wait(t, "of the drained session", udpSessionEnded("drain_timeout"))
+	rec := sink.wait(t, "of the drained session", udpSessionEnded("drained"))
 	if rec.attrs["backend"] != "b0" || l.Sessions() != 1 || rt.Backends[0].Active() != 0 {
 		t.Errorf("ended %v; sessions %d, b0 active %d; want b0, 1, 0", rec.attrs["backend"], l.Sessions(), rt.Backends[0].Active())
 	}

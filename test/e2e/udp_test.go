@@ -187,7 +187,7 @@ address = %q
 		t.Errorf("dns session log: %s", line)
 	}
 	// Idle game sessions end after their 1s session_timeout.
-	p.WaitLog("udp session closed", "rule=game", "end=timeout")
+	p.WaitLog("udp session closed", "rule=game", "end=idle_timeout")
 }
 
 // TestUDPBinaryDescriptors opens 2,000 sessions through the binary and
