@@ -41,7 +41,7 @@ func (o *recObserver) note(f func()) {
 	o.changed <- struct{}{}
 }
 
-func (o *recObserver) ConnOpened()              { o.note(func() { o.opened++ }) }
+func (o *recObserver) ConnOpened() { o.note(func() { o.opened++ }) }
 func (o *recObserver) ConnClosed(b *backend.Backend, end End, _ time.Duration, in, out int64) {
 	o.note(func() {
 		o.closed++
