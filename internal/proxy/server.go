@@ -55,8 +55,6 @@ type Listener interface {
 	Close()
 }
 
-var _ Listener = (*TCPListener)(nil)
-
 // Stats are the server's counters.
 type Stats struct {
 	Active, Accepted, Rejected, NoRoute, NoBackend atomic.Int64
@@ -71,10 +69,10 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[Listener]struct{}
-	loops     []*tcpLoop                // the TCP event loops (tcploop.go), started with the first TCP listener
-	udp       map[*UDPListener]struct{} // until their sessions have ended
-	closing   atomic.Bool               // set under mu (listeners check it there); the loops read it without
-	wg        sync.WaitGroup            // one per open TCP listener, TCP connection and UDP shard
+	closing   atomic.Bool    // set under mu (listeners check it there); the loops read it without
+	wg        sync.WaitGroup // one per open TCP listener, TCP connection and UDP shard
+
+	epollState // the epoll engine's loops and UDP listeners (Linux; guarded by mu)
 
 	workersOnce sync.Once
 	workers     int // Workers, fixed at its first call
@@ -92,12 +90,39 @@ type Server struct {
 
 // NewServer returns a server that logs to log.
 func NewServer(log *slog.Logger) *Server {
-	return &Server{
+	s := &Server{
 		log:       log,
 		resolver:  resolve.Default(),
 		listeners: map[Listener]struct{}{},
-		udp:       map[*UDPListener]struct{}{},
 	}
+	s.initEpoll()
+	return s
+}
+
+// ListenTCP binds addr and starts accepting. Routes must be set with
+// SetRoutes; until then connections are closed as unmatched.
+func (s *Server) ListenTCP(addr string, routes []*Route) (Listener, error) {
+	l, err := s.listenTCPEpoll(addr, routes)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// ListenUDP binds addr and starts serving datagrams with routes (replaced
+// later with SetRoutes).
+func (s *Server) ListenUDP(addr string, routes []*Route) (Listener, error) {
+	l, err := s.listenUDPEpoll(addr, routes, udpOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// udpOptions change a listener's buffers, for tests and benchmarks.
+type udpOptions struct {
+	maxDatagram int // bytes per message buffer; 0: maxDatagram
+	batch       int // messages per recvmmsg/sendmmsg; 0: batchSize
 }
 
 // Workers is the number of event loops the server runs: TCP loops, and
@@ -129,7 +154,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for l := range s.listeners {
 		ls = append(ls, l)
 	}
-	loops := s.loops
 	s.mu.Unlock()
 	s.stopFDWatch() // none starts once closing is set
 	for _, l := range ls {
@@ -141,47 +165,43 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		n := 0
-		for _, lp := range loops {
-			lp.call(func() {
-				n += lp.nconns
-				lp.each(func(c *lconn) { c.forceClose(EndShutdown) })
-			})
-		}
-		s.mu.Lock()
-		for l := range s.udp {
-			n += l.forceClose()
-		}
-		s.mu.Unlock()
+		n := s.cutEpoll()
 		s.log.Warn("shutdown timeout: closing connections still open", "connections", n)
 		<-done
 		err = ctx.Err()
 	}
-	for _, lp := range loops {
-		lp.post(func() { lp.stop = true })
-		<-lp.done
-	}
+	s.stopEpoll()
 	return err
 }
 
 // CloseBackendConns closes every connection proxied to b (a backend a reload
 // removed, once its drain_timeout is over) and returns how many.
 func (s *Server) CloseBackendConns(b *backend.Backend) int {
-	n := s.closeUDPSessions(b)
-	s.mu.Lock()
-	loops := s.loops
-	s.mu.Unlock()
-	for _, lp := range loops {
-		lp.call(func() {
-			lp.each(func(c *lconn) {
-				if c.be == b {
-					c.forceClose(EndDrained)
-					n++
-				}
-			})
-		})
-	}
-	return n
+	return s.closeBackendEpoll(b)
+}
+
+// UDPStats are the UDP counters of a Server, over all its UDP listeners.
+type UDPStats struct {
+	Sessions      atomic.Int64 // sessions open now
+	SessionsTotal atomic.Int64 // sessions ever opened
+
+	DatagramsIn  atomic.Int64 // client → backend, forwarded
+	DatagramsOut atomic.Int64 // backend → client, delivered
+	BytesIn      atomic.Int64
+	BytesOut     atomic.Int64
+
+	// Datagrams dropped, by reason.
+	DroppedMaxSessions atomic.Int64 // a new client beyond max_sessions
+	DroppedOversize    atomic.Int64 // larger than the buffer or the path (EMSGSIZE)
+	DroppedNoRoute     atomic.Int64 // no rule of the listener matched the client
+	DroppedDenied      atomic.Int64 // refused by the rule's access control (allow/deny, per-IP limits)
+	DroppedNoBackend   atomic.Int64 // no usable backend for a new session
+	DroppedShutdown    atomic.Int64 // a new client while the listener drains
+	DroppedSendError   atomic.Int64 // a send failed (socket buffer full, unreachable…)
+	DroppedMaxResponse atomic.Int64 // backend datagrams after max_responses
+
+	// Ended counts the sessions that ended, by how (EndsOf("udp")).
+	Ended [NumEnds]atomic.Int64
 }
 
 // rateLimit lets a repeated log line through at most once per interval and

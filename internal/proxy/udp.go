@@ -1,3 +1,5 @@
+//go:build linux
+
 package proxy
 
 import (
@@ -54,30 +56,6 @@ import (
 // errRefused is what passive health checking is told when a backend answers
 // a session's datagram with ICMP port unreachable.
 var errRefused = fmt.Errorf("udp: %w (ICMP port unreachable)", unix.ECONNREFUSED)
-
-// UDPStats are the UDP counters of a Server, over all its UDP listeners.
-type UDPStats struct {
-	Sessions      atomic.Int64 // sessions open now
-	SessionsTotal atomic.Int64 // sessions ever opened
-
-	DatagramsIn  atomic.Int64 // client → backend, forwarded
-	DatagramsOut atomic.Int64 // backend → client, delivered
-	BytesIn      atomic.Int64
-	BytesOut     atomic.Int64
-
-	// Datagrams dropped, by reason.
-	DroppedMaxSessions atomic.Int64 // a new client beyond max_sessions
-	DroppedOversize    atomic.Int64 // larger than the buffer or the path (EMSGSIZE)
-	DroppedNoRoute     atomic.Int64 // no rule of the listener matched the client
-	DroppedDenied      atomic.Int64 // refused by the rule's access control (allow/deny, per-IP limits)
-	DroppedNoBackend   atomic.Int64 // no usable backend for a new session
-	DroppedShutdown    atomic.Int64 // a new client while the listener drains
-	DroppedSendError   atomic.Int64 // a send failed (socket buffer full, unreachable…)
-	DroppedMaxResponse atomic.Int64 // backend datagrams after max_responses
-
-	// Ended counts the sessions that ended, by how (EndsOf("udp")).
-	Ended [NumEnds]atomic.Int64
-}
 
 // UDPListener serves UDP routes on one address. It runs one event loop
 // (a shard) per CPU (GOMAXPROCS), each on its own socket bound to the
@@ -195,19 +173,8 @@ const (
 	defaultTimeout  = 30 * time.Second
 )
 
-// ListenUDP binds addr and starts serving datagrams with routes (replaced
-// later with SetRoutes).
-func (s *Server) ListenUDP(addr string, routes []*Route) (*UDPListener, error) {
-	return s.listenUDP(addr, routes, udpOptions{})
-}
-
-// udpOptions change a listener's buffers, for tests and benchmarks.
-type udpOptions struct {
-	maxDatagram int // bytes per message buffer; 0: maxDatagram
-	batch       int // messages per recvmmsg/sendmmsg; 0: batchSize
-}
-
-func (s *Server) listenUDP(addr string, routes []*Route, opt udpOptions) (l *UDPListener, err error) {
+// listenUDPEpoll binds addr and starts the listener's shards.
+func (s *Server) listenUDPEpoll(addr string, routes []*Route, opt udpOptions) (l *UDPListener, err error) {
 	if opt.maxDatagram == 0 {
 		opt.maxDatagram = maxDatagram
 	}

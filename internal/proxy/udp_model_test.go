@@ -122,7 +122,7 @@ func BenchmarkSessionCost(b *testing.B) {
 		rt := newUDPRoute(b, "cost", be)
 		rt.MaxSessions = 0
 		for b.Loop() {
-			l, err := s.ListenUDP("127.0.0.1:0", []*Route{rt})
+			l, err := s.listenUDPEpoll("127.0.0.1:0", []*Route{rt}, udpOptions{})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -415,7 +415,7 @@ func TestUDPOversize(t *testing.T) {
 		}
 		return echoReply(p)
 	})
-	l, err := s.listenUDP("127.0.0.1:0", []*Route{newUDPRoute(t, "small", be.addr)}, udpOptions{maxDatagram: 1024})
+	l, err := s.listenUDPEpoll("127.0.0.1:0", []*Route{newUDPRoute(t, "small", be.addr)}, udpOptions{maxDatagram: 1024})
 	if err != nil {
 		t.Fatal(err)
 	}

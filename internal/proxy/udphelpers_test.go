@@ -109,7 +109,7 @@ func newUDPRoute(t testing.TB, name string, addrs ...string) *Route {
 // listenUDPTest binds a UDP listener on 127.0.0.1 serving routes.
 func listenUDPTest(t testing.TB, s *Server, routes ...*Route) *UDPListener {
 	t.Helper()
-	l, err := s.ListenUDP("127.0.0.1:0", routes)
+	l, err := s.listenUDPEpoll("127.0.0.1:0", routes, udpOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,24 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"errors"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+)
+
+// The epoll engine runs on Linux only; elsewhere it has no state and no
+// connections.
+type epollState struct{}
+
+var errNoEpoll = errors.New("the epoll engine runs on Linux only")
+
+func (s *Server) initEpoll()                                        {}
+func (s *Server) cutEpoll() int                                     { return 0 }
+func (s *Server) stopEpoll()                                        {}
+func (s *Server) closeBackendEpoll(*backend.Backend) int            { return 0 }
+func (s *Server) listenTCPEpoll(string, []*Route) (Listener, error) { return nil, errNoEpoll }
+func (s *Server) listenUDPEpoll(string, []*Route, udpOptions) (Listener, error) {
+	return nil, errNoEpoll
+}
