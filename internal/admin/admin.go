@@ -6,6 +6,7 @@
 //	POST /api/v1/rules/{rule}/backends/{id}/disable  no new connections
 //	PUT  /api/v1/rules/{rule}/backends/{id}/weight   {"weight": N}
 //	POST /api/v1/reload                              reload the config file (422 + problems when invalid)
+//	POST /api/v1/reload?dry_run=true                 what reloading would change; body: a config to try instead of the file
 //	GET  /healthz, /readyz                           alive; config loaded and listeners bound
 //	GET  /                                           the status page (assets embedded)
 //	     /debug/pprof/                               Go's profiler, when [admin] pprof = true
@@ -34,6 +35,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -50,6 +52,10 @@ type Options struct {
 	// (reload.Reloader.Reload with trigger "api") and returns what it
 	// changed; nil answers 503.
 	Reload func() (engine.Change, error)
+	// Preview returns what reloading would change, changing nothing:
+	// for the config data, or for the config file when data is nil
+	// (reload.Reloader.Preview); nil answers 503 to a dry run.
+	Preview func(data []byte) (engine.Change, error)
 	// Fleet is the store the instances of a fleet share ([redis]); nil
 	// without it: the fleet endpoints answer 404 (fleet.go).
 	Fleet Fleet
@@ -310,6 +316,10 @@ type problemJSON struct {
 }
 
 func (h *Handler) reload(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("dry_run") == "true" {
+		h.preview(w, r)
+		return
+	}
 	if h.o.Reload == nil {
 		writeError(w, http.StatusServiceUnavailable, "reload is not available")
 		return
@@ -321,6 +331,41 @@ func (h *Handler) reload(w http.ResponseWriter, r *http.Request) {
 			"changes": ch.String(), "change": ch})
 		return
 	}
+	h.writeConfigError(w, err, "still serving the previous config")
+}
+
+// preview answers a dry-run reload: the plan for the config in the body,
+// or for the config file when the body is empty.
+func (h *Handler) preview(w http.ResponseWriter, r *http.Request) {
+	if h.o.Preview == nil {
+		writeError(w, http.StatusServiceUnavailable, "a dry-run reload is not available")
+		return
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "the config is over %d bytes", MaxBodyBytes)
+		return
+	}
+	if len(data) == 0 {
+		data = nil
+	}
+	ch, err := h.o.Preview(data)
+	if err == nil {
+		_, v := h.o.Engine.Config()
+		writeJSON(w, http.StatusOK, map[string]any{"status": "plan", "config_version": v,
+			"changes": ch.String(), "change": ch})
+		return
+	}
+	if errors.Is(err, reload.ErrPreviewMerged) {
+		writeError(w, http.StatusConflict, "%v", err)
+		return
+	}
+	h.writeConfigError(w, err, "nothing was changed")
+}
+
+// writeConfigError answers a config that failed to load or plan: 422 with
+// its problems, 500 when it could not be read. outcome says what serves.
+func (h *Handler) writeConfigError(w http.ResponseWriter, err error, outcome string) {
 	var cerrs *config.Errors
 	if errors.As(err, &cerrs) {
 		ps := make([]problemJSON, len(cerrs.Problems))
@@ -328,7 +373,7 @@ func (h *Handler) reload(w http.ResponseWriter, r *http.Request) {
 			ps[i] = problemJSON{File: p.File, Line: p.Line, Path: p.Path, Message: p.Msg}
 		}
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
-			"error":    fmt.Sprintf("the config has %d problem(s); still serving the previous config", len(ps)),
+			"error":    fmt.Sprintf("the config has %d problem(s); %s", len(ps), outcome),
 			"problems": ps,
 		})
 		return
@@ -341,7 +386,7 @@ func (h *Handler) reload(w http.ResponseWriter, r *http.Request) {
 	// Valid, but it could not be applied (a listener would not bind, a
 	// host name does not resolve): still the config's fault.
 	writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
-		"error":    "the config could not be applied; still serving the previous config: " + err.Error(),
+		"error":    "the config could not be applied; " + outcome + ": " + err.Error(),
 		"problems": []problemJSON{{File: h.configFile(), Message: err.Error()}},
 	})
 }

@@ -33,6 +33,10 @@ Usage:
 Flags:
   -c, --config FILE       config file (default "config.toml")
       --validate          check the config, print a summary and exit (1 when invalid)
+      --diff              with --validate: also ask the running instance (its
+                          admin API) what reloading this file would change
+      --admin ADDR        the running instance's admin address for --diff
+                          (default: the config's [admin] bind)
       --log-level LEVEL   debug, info, warn or error (overrides [logging] level)
       --log-format FMT    text or json (overrides [logging] format)
       --version-info      print version, commit, build date, Go version and platform
@@ -46,6 +50,8 @@ SIGHUP reloads the config file.
 type options struct {
 	config    string
 	validate  bool
+	diff      bool   // --validate --diff: preview against the running instance (diff.go)
+	admin     string // --admin: its admin address
 	logLevel  string
 	logFormat string
 	version   bool
@@ -66,6 +72,8 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.config, "c", "config.toml", "")
 	fs.StringVar(&o.config, "config", "config.toml", "")
 	fs.BoolVar(&o.validate, "validate", false, "")
+	fs.BoolVar(&o.diff, "diff", false, "")
+	fs.StringVar(&o.admin, "admin", "", "")
 	fs.StringVar(&o.logLevel, "log-level", "", "")
 	fs.StringVar(&o.logFormat, "log-format", "", "")
 	fs.BoolVar(&o.version, "version-info", false, "")
@@ -92,6 +100,10 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, version.Get())
 		return 0
 	}
+	if (o.diff || o.admin != "") && !o.validate {
+		fmt.Fprintln(stderr, "dynamic-proxy: --diff and --admin go with --validate (see --help)")
+		return 2
+	}
 
 	load := config.Load
 	if o.fromRedis {
@@ -108,7 +120,11 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if o.validate {
-		return validate(cfg, stdout, stderr)
+		code := validate(cfg, stdout, stderr)
+		if code == 0 && o.diff {
+			code = diff(cfg, o.admin, stdout, stderr)
+		}
+		return code
 	}
 	level, format := cfg.Logging.Level, cfg.Logging.Format
 	if o.logLevel != "" {

@@ -86,6 +86,13 @@ func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, log *s
 				}
 				return rl.Reload("api", false)
 			},
+			Preview: func(data []byte) (engine.Change, error) {
+				rl := o.reload.Load()
+				if rl == nil {
+					return engine.Change{}, errors.New("not started yet")
+				}
+				return rl.Preview(data)
+			},
 		})
 		addr, err := o.serve("admin", ac.Bind, h)
 		if err != nil {

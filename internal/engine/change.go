@@ -29,6 +29,11 @@ type Change struct {
 	// DrainingConnections is how many connections were open on the removed
 	// backends when the plan was made: they run on, draining.
 	DrainingConnections int64 `json:"draining_connections,omitempty"`
+	// Connections is how many connections (TCP) and sessions (UDP) were
+	// open, when the plan was made, on what a change touches, by the
+	// change's item: "rule web", "backend web/b1", "listener tcp
+	// 127.0.0.1:8000". Items with none open are left out.
+	Connections map[string]int64 `json:"connections,omitempty"`
 }
 
 // Empty reports whether nothing changed.

@@ -331,9 +331,52 @@ func (e *Engine) planChange(p *plan) {
 	}
 	sort.Strings(ch.ListenersOpened)
 	sort.Strings(ch.ListenersClosed)
+	e.countTouched(ch)
 	if p.reload {
 		ch.RestartNeeded = config.RestartNeeded(e.cfg, p.file)
 	}
+}
+
+// countTouched fills ch.Connections from the running routes: the open
+// connections of each rule removed or changed, of each backend removed,
+// re-weighted or re-checked, and of each listener closed.
+func (e *Engine) countTouched(ch *Change) {
+	byRule := map[string]int64{}
+	byBackend := map[string]int64{}
+	byListener := map[string]int64{}
+	for _, rt := range e.routes {
+		var n int64
+		for _, b := range rt.Backends {
+			a := b.Active()
+			byBackend[rt.Name+"/"+b.ID] = a
+			n += a
+		}
+		byRule[rt.Name] = n
+	}
+	if e.cfg != nil {
+		for i := range e.cfg.Rules {
+			r := &e.cfg.Rules[i]
+			if r.Enabled {
+				byListener[listenKey(r.Protocol, e.cfg.Listener(r))] += byRule[r.Name]
+			}
+		}
+	}
+	add := func(kind string, names []string, counts map[string]int64) {
+		for _, name := range names {
+			if n := counts[name]; n > 0 {
+				if ch.Connections == nil {
+					ch.Connections = map[string]int64{}
+				}
+				ch.Connections[kind+" "+name] = n
+			}
+		}
+	}
+	add("rule", ch.RulesRemoved, byRule)
+	add("rule", ch.RulesChanged, byRule)
+	add("backend", ch.BackendsRemoved, byBackend)
+	add("backend", ch.BackendsReweighted, byBackend)
+	add("backend", ch.BackendsRechecked, byBackend)
+	add("listener", ch.ListenersClosed, byListener)
 }
 
 // ruleChanges compares the rules of the running file old (nil: none) and

@@ -7,6 +7,7 @@ package reload
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"log/slog"
 	"os"
 	"sync"
@@ -125,4 +126,35 @@ func (r *Reloader) Reload(trigger string, onlyIfChanged bool) (engine.Change, er
 		r.Applied(cfg)
 	}
 	return ch, nil
+}
+
+// ErrPreviewMerged: the instance merges its rules from Redis, so a config
+// sent to it cannot be previewed as it would apply.
+var ErrPreviewMerged = errors.New("this instance merges its rules from Redis: it previews only its own config file (send no config)")
+
+// Preview parses a config as Reload would — data is its content, nil reads
+// the config file — and returns what applying it would change now, with
+// the error applying it would meet short of binding listeners. It changes
+// nothing (engine.Plan) and logs nothing.
+func (r *Reloader) Preview(data []byte) (engine.Change, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var cfg *config.Config
+	var err error
+	switch {
+	case data == nil && r.Load != nil:
+		cfg, err = r.Load(r.Path)
+	case r.Load != nil:
+		return engine.Change{}, ErrPreviewMerged
+	case data == nil:
+		if data, err = os.ReadFile(r.Path); err == nil {
+			cfg, err = config.Parse(r.Path, data)
+		}
+	default:
+		cfg, err = config.Parse(r.Path, data)
+	}
+	if err != nil {
+		return engine.Change{}, err
+	}
+	return r.Engine.Plan(cfg)
 }
