@@ -3,6 +3,7 @@ package reload
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -324,5 +325,35 @@ func TestReloadReportsThePlan(t *testing.T) {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no %q in the log:\n%s", want, logs.String())
 		}
+	}
+}
+
+// TestPreviewChangesNothing: a preview of the file or of given content
+// reports the plan and leaves the engine, the log and the next reload as
+// they were; an instance merging from Redis refuses given content.
+func TestPreviewChangesNothing(t *testing.T) {
+	r, eng, path, logs := startReloader(t)
+	logs.Reset() // start-up's lines
+	next := good + "weight = 4\n"
+	ch, err := r.Preview([]byte(next))
+	if err != nil || strings.Join(ch.BackendsReweighted, ",") != "r/a" {
+		t.Fatalf("preview of content: %+v %v", ch, err)
+	}
+	if ch, err := r.Preview(nil); err != nil || !ch.Empty() {
+		t.Fatalf("preview of the running file: %+v %v", ch, err)
+	}
+	if _, v := eng.Config(); v != 1 || logs.Len() != 0 {
+		t.Fatalf("a preview changed the engine (version %d) or logged:\n%s", v, logs.String())
+	}
+	if _, err := r.Preview([]byte("[server]\nnope = 1\n")); err == nil {
+		t.Error("an invalid config previewed")
+	}
+	os.WriteFile(path, []byte(next), 0o644)
+	if ch, err := r.Reload("file", true); err != nil || strings.Join(ch.BackendsReweighted, ",") != "r/a" {
+		t.Errorf("the reload after the previews: %+v %v", ch, err)
+	}
+	r.Load = config.Load
+	if _, err := r.Preview([]byte(next)); !errors.Is(err, ErrPreviewMerged) {
+		t.Errorf("content previewed on a merging instance: %v", err)
 	}
 }
