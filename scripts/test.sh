@@ -57,7 +57,7 @@ go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/dynamic-proxy-test.log
 FUZZTIME=${FUZZTIME:-8s}
 if [ "$FUZZTIME" != "0" ]; then
 	for target in "FuzzParse ./internal/config" "FuzzClientHello ./internal/peek" \
-		"FuzzHTTPHost ./internal/peek" "FuzzQUICInitial ./internal/peek" "FuzzReadProxyHeader ./internal/proxy"; do
+		"FuzzHTTPHost ./internal/peek" "FuzzQUICInitial ./internal/peek" "FuzzQuestion ./internal/dnsmsg" "FuzzReadProxyHeader ./internal/proxy"; do
 		set -- $target
 		echo "== fuzz $1 ($FUZZTIME)"
 		go test -run '^$' -fuzz "^$1\$" -fuzztime "$FUZZTIME" "$2"

@@ -49,6 +49,11 @@ type HealthCheck struct {
 	// With none, a TCP check passes once connected (and Send written) and a
 	// UDP check passes on any reply. Default "".
 	ExpectRegex string `toml:"expect_regex"`
+	// DNSQuery makes the check a real DNS query for this name (type A; NS
+	// for the root "."), over the rule's protocol (TCP: length-prefixed): it
+	// passes on an answer with the query's id and question whose rcode is
+	// not SERVFAIL. Instead of send and expect. Default "": no DNS check.
+	DNSQuery string `toml:"dns_query"`
 	// PassiveFailures is how many dials of real traffic must fail in a row,
 	// within PassiveWindow, to mark a backend down at once. 0 turns passive
 	// detection off. Default 3, range 0–1000.
@@ -82,6 +87,7 @@ type HealthCheckOverride struct {
 	Expect          *string   `toml:"expect"`
 	ExpectHex       *string   `toml:"expect_hex"`
 	ExpectRegex     *string   `toml:"expect_regex"`
+	DNSQuery        *string   `toml:"dns_query"`
 	PassiveFailures *int      `toml:"passive_failures"`
 	PassiveWindow   *Duration `toml:"passive_window"`
 	PassiveCooldown *Duration `toml:"passive_cooldown"`
@@ -143,6 +149,25 @@ func (h *HealthCheck) ExpectBytes() []byte {
 
 // Passive reports whether passive detection is on.
 func (h *HealthCheck) Passive() bool { return h.PassiveFailures > 0 }
+
+// checkDNSName says what is wrong with a name a DNS check may ask for:
+// dot-separated labels of 1 to 63 bytes, at most 253 bytes in all ("." is
+// the root).
+func checkDNSName(name string) error {
+	n := strings.TrimSuffix(name, ".")
+	if n == "" {
+		return nil // the root
+	}
+	if len(n) > 253 {
+		return fmt.Errorf("a DNS name has at most 253 bytes, got %d", len(n))
+	}
+	for _, l := range strings.Split(n, ".") {
+		if l == "" || len(l) > 63 {
+			return fmt.Errorf("invalid DNS name %q: each label has 1 to 63 bytes", name)
+		}
+	}
+	return nil
+}
 
 func decodeHex(s string) ([]byte, error) {
 	return hex.DecodeString(strings.Join(strings.Fields(s), ""))
@@ -233,6 +258,14 @@ func (h *HealthCheck) problems() []healthProblem {
 			add(fmt.Sprintf("invalid regular expression %q: %v", h.ExpectRegex, err), "expect_regex")
 		}
 	}
+	if h.DNSQuery != "" {
+		if len(h.SendBytes()) > 0 || len(expects) > 0 {
+			add("a dns_query check sends its own query and judges the answer: set dns_query, or send/expect, not both", "dns_query")
+		}
+		if err := checkDNSName(h.DNSQuery); err != nil {
+			add(err.Error(), "dns_query")
+		}
+	}
 	if h.PassiveFailures < 0 || h.PassiveFailures > MaxPassiveFailures {
 		add(fmt.Sprintf("must be from 0 (off) to %d, got %d", MaxPassiveFailures, h.PassiveFailures), "passive_failures")
 	}
@@ -272,7 +305,7 @@ func (c *Config) resolveHealth(e *Errors) {
 		if r.Protocol != "udp" || !r.Health.Enabled || !r.Enabled && r.HealthCheck == nil {
 			continue
 		}
-		send := len(r.Health.SendBytes()) > 0
+		send := len(r.Health.SendBytes()) > 0 || r.Health.DNSQuery != ""
 		expect := r.Health.Expect != "" || r.Health.ExpectHex != "" || r.Health.ExpectRegex != ""
 		switch {
 		case !send && expect:
@@ -297,6 +330,8 @@ func (h *HealthCheck) Summary(protocol string) string {
 	if h.Enabled {
 		kind := "tcp connect"
 		switch {
+		case h.DNSQuery != "":
+			kind = fmt.Sprintf("%s dns query %q", protocol, h.DNSQuery)
 		case protocol == "udp":
 			kind = "udp send/expect"
 		case len(h.SendBytes()) > 0 || h.Expect != "" || h.ExpectHex != "" || h.ExpectRegex != "":

@@ -156,6 +156,10 @@ address = "127.0.0.1:5353"
 			[]string{"health_check.rise: must be from 1 to 100 (passed checks in a row that mark a backend up), got 0"}},
 		{"tiny interval", tcp("[health_check]\ninterval = \"1ms\"\ntimeout = \"500us\"\n"),
 			[]string{"health_check.interval: must be at least 10ms, got 1ms"}},
+		{"dns_query with send", tcp("[health_check]\ndns_query = \"a.test\"\nsend = \"x\"\n"),
+			[]string{"h.toml:2: health_check.dns_query: a dns_query check sends its own query and judges the answer: set dns_query, or send/expect, not both"}},
+		{"bad dns_query", tcp("[health_check]\ndns_query = \"a..test\"\n"),
+			[]string{`health_check.dns_query: invalid DNS name "a..test": each label has 1 to 63 bytes`}},
 		{"port out of range", tcp("[health_check]\nport = 70000\n"),
 			[]string{"health_check.port: must be from 1 to 65535, or 0 for the traffic port; got 70000"}},
 		{"send and send_hex", tcp("[health_check]\nsend = \"a\"\nsend_hex = \"61\"\n"),
@@ -244,6 +248,14 @@ address = "127.0.0.1:5353"
 		t.Errorf("UDP rule with send: %+v, warnings %v", h, cfg.Warnings)
 	}
 
+	cfg, err = Parse("u.toml", []byte(strings.Replace(rule, "%s", "[rules.health_check]\ndns_query = \"example.test\"\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := cfg.Rules[0].Health; !h.Enabled || h.DNSQuery != "example.test" || len(cfg.Warnings) != 0 {
+		t.Errorf("UDP rule with a dns_query check: %+v, warnings %v", h, cfg.Warnings)
+	}
+
 	cfg, err = Parse("u.toml", []byte(strings.Replace(rule, "%s", "[rules.health_check]\nenabled = false\n", 1)))
 	if err != nil {
 		t.Fatal(err)
@@ -267,6 +279,7 @@ func TestHealthCheckSummary(t *testing.T) {
 		},
 			"tcp send/expect on port 9100 every 2s (timeout 1s, down after 3 failures, up after 2 passes); slow start 30s"},
 		{"udp", func(h *HealthCheck) { h.Send, h.PassiveFailures = "x", 0 }, "udp send/expect every 2s (timeout 1s, down after 3 failures, up after 2 passes)"},
+		{"udp", func(h *HealthCheck) { h.DNSQuery, h.PassiveFailures = ".", 0 }, `udp dns query "." every 2s (timeout 1s, down after 3 failures, up after 2 passes)`},
 		{"tcp", func(h *HealthCheck) { h.Enabled = false }, "passive: down after 3 dial failures within 10s, back after 30s"},
 		{"tcp", func(h *HealthCheck) { h.Enabled, h.PassiveFailures = false, 0 }, "off"},
 	} {

@@ -42,6 +42,7 @@ type Check struct {
 	Send            []byte
 	Expect          []byte         // the reply must start with this (nil: no prefix)
 	ExpectRegex     *regexp.Regexp // or match this (nil: no regex)
+	DNSQuery        string         // ask a DNS query for this name instead (dns.go); "": none
 	PassiveFailures int            // 0: no passive detection
 	PassiveWindow   time.Duration
 	PassiveCooldown time.Duration
@@ -63,6 +64,7 @@ func Compile(protocol, address string, hc config.HealthCheck) (*Check, error) {
 		Rise:            hc.Rise,
 		Send:            hc.SendBytes(),
 		Expect:          hc.ExpectBytes(),
+		DNSQuery:        hc.DNSQuery,
 		PassiveFailures: hc.PassiveFailures,
 		PassiveWindow:   hc.PassiveWindow.D(),
 		PassiveCooldown: hc.PassiveCooldown.D(),
@@ -88,15 +90,19 @@ func Compile(protocol, address string, hc config.HealthCheck) (*Check, error) {
 			return nil, fmt.Errorf("health check of %s: need 0 < timeout (%v) < interval (%v)", address, c.Timeout, c.Interval)
 		case c.Retries < 1 || c.Rise < 1:
 			return nil, fmt.Errorf("health check of %s: retries (%d) and rise (%d) must be at least 1", address, c.Retries, c.Rise)
-		case protocol == "udp" && len(c.Send) == 0:
+		case protocol == "udp" && len(c.Send) == 0 && c.DNSQuery == "":
 			return nil, fmt.Errorf("health check of %s: a UDP check needs send", address)
 		}
 	}
 	return c, nil
 }
 
-// Kind names the check for logs: "tcp connect", "tcp send/expect", "udp send/expect".
+// Kind names the check for logs: "tcp connect", "tcp send/expect", "udp
+// send/expect", "udp dns".
 func (c *Check) Kind() string {
+	if c.DNSQuery != "" {
+		return c.Protocol + " dns"
+	}
 	if c.Protocol == "udp" {
 		return "udp send/expect"
 	}
@@ -139,13 +145,16 @@ func (c *Check) Probe(ctx context.Context) error {
 	} else {
 		defer conn.Close()
 	}
-	if c.Protocol == "tcp" && len(c.Send) == 0 && !c.expects() {
+	if c.Protocol == "tcp" && len(c.Send) == 0 && !c.expects() && c.DNSQuery == "" {
 		return nil // connect check
 	}
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if c.DNSQuery != "" {
+		return c.probeDNS(conn)
+	}
 	if len(c.Send) > 0 {
 		if _, err := conn.Write(c.Send); err != nil {
 			return err

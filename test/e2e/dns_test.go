@@ -193,3 +193,78 @@ func TestDNSThroughTheProxyWithDig(t *testing.T) {
 		}
 	}
 }
+
+// TestDNSHealthCheck: a dns_query check asks each backend a real DNS
+// query: dnsmasq passes; a UDP port that answers anything but DNS, and one
+// that answers nothing, are marked down.
+func TestDNSHealthCheck(t *testing.T) {
+	dns := startDnsmasq(t)
+	junk, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { junk.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := junk.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			junk.WriteTo([]byte("not dns"), from)
+		}
+	}()
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+udp_bind = "127.0.0.1:%d"
+[[rules]]
+name = "dns"
+protocol = "udp"
+max_responses = 1
+[rules.health_check]
+dns_query = "example.test"
+interval = "100ms"
+timeout = "50ms"
+retries = 1
+rise = 1
+[[rules.backends]]
+id = "dnsmasq"
+address = %q
+[[rules.backends]]
+id = "junk"
+address = %q
+[[rules.backends]]
+id = "silent"
+address = %q
+`, port, dns, junk.LocalAddr(), silent.LocalAddr())))
+	harness.WaitMetrics(t, p.MetricsURL(), "dnsmasq up, junk and silent down", func(m harness.Metrics) bool {
+		up := func(id string) float64 {
+			return m.Value("dynamic_proxy_backend_up", harness.Labels{"rule": "dns", "backend": id})
+		}
+		return up("dnsmasq") == 1 && up("junk") == 0 && up("silent") == 0
+	})
+	p.WaitLog("backend down", "backends=[dns/junk]", "not a DNS answer", "udp dns checks")
+	for i := range 20 { // only dnsmasq answers now
+		c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(dnsQuery(uint16(i), "example.test", 1))
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		c.Close()
+		if err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		if err := checkAnswer(buf[:n], uint16(i)); err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+	}
+}

@@ -192,22 +192,27 @@ address = %q
 
 // TestUDPBinaryDescriptors opens 2,000 sessions through the binary and
 // checks that its descriptor count returns to the baseline once they
-// expire.
+// expire. The sessions live 60 s while they are counted (however slow the
+// machine); a reload then shortens session_timeout to 1 s, which applies to
+// open sessions too.
 func TestUDPBinaryDescriptors(t *testing.T) {
 	be := StartUDPEcho(t, "e")
 	port := harness.FreePort(t)
-	cfg := harness.WriteConfig(t, fmt.Sprintf(`
+	config := func(timeout string) string {
+		return fmt.Sprintf(`
 [server]
 udp_bind = "127.0.0.1:%d"
 watch_config = false # no inotify descriptor opening after the baseline
 [[rules]]
 name = "u"
 protocol = "udp"
-session_timeout = "1s"
+session_timeout = %q
 [[rules.backends]]
 id = "e"
 address = %q
-`, port, be.Addr))
+`, port, timeout, be.Addr)
+	}
+	cfg := harness.WriteConfig(t, config("60s"))
 	p := Start(t, cfg)
 	pid := p.Cmd.Process.Pid
 	base := fdCount(t, pid)
@@ -241,6 +246,11 @@ address = %q
 	for _, c := range conns {
 		c.Close()
 	}
+	if err := os.WriteFile(cfg, []byte(config("1s")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Cmd.Process.Signal(syscall.SIGHUP)
+	p.WaitLog("config reloaded")
 	harness.Eventually(t, "descriptors back to the baseline after the sessions expired", func() error {
 		if got := fdCount(t, pid); got != base {
 			return fmt.Errorf("descriptors %d, want the baseline %d: %v (baseline %v)", got, base, fdList(pid), baseList)
