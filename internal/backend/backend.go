@@ -20,6 +20,9 @@ type Backend struct {
 	Rule    string
 	ID      string
 	Address string
+	// Source is the DNS name (a rule's [[rules.discovery]]) the backend
+	// came from; "" for one from the file, the admin API or the fleet.
+	Source string
 
 	target Target // Address parsed once, for the data path
 
