@@ -276,6 +276,15 @@ func TestDiscoveryAddedAddressGetsTraffic(t *testing.T) {
 	}
 	loop := startClientLoop(addr)
 	harness.Eventually(t, "the loop reaching a and b", func() bool { return loop.seen2("a", "b") })
+	totals := func() map[string]int64 {
+		out := map[string]int64{}
+		for _, b := range adminStatus(t, p).Rules[0].Backends {
+			out[b.ID] = b.Total
+		}
+		return out
+	}
+	aID := fmt.Sprintf("web.test:127.0.0.2:%d", port)
+	before := totals()
 	added := time.Now()
 	dns.SetHosts(t, webHosts3, "web.test", port, fmt.Sprintf("127.0.0.2:%d", port), fmt.Sprintf("127.0.0.3:%d", port), fmt.Sprintf("127.0.0.4:%d", port))
 	harness.Eventually(t, "the added address c to get traffic", func() bool { return loop.seen2("c") })
@@ -285,6 +294,52 @@ func TestDiscoveryAddedAddressGetsTraffic(t *testing.T) {
 	seen := loop.finish(t)
 	t.Logf("c got its first connection %s after its record was added (TTL 1 s); loop: %v", took.Round(time.Millisecond), seen)
 	p.WaitLog("discovery: backends changed", "backends_added=[web/web.test:127.0.0.4:")
+	// a stayed: the same backend, its counter carried on rather than reset.
+	if after := totals(); before[aID] == 0 || after[aID] < before[aID] {
+		t.Fatalf("backend a's total connections %d before the change, %d after: not kept", before[aID], after[aID])
+	}
+}
+
+// TestBackupBackendTakesOverAndGivesBack: a static backend with backup =
+// true gets no connection while the primary is up, takes them when it is
+// killed and gives them back when it returns, a client loop seeing no
+// error throughout.
+func TestBackupBackendTakesOverAndGivesBack(t *testing.T) {
+	primary := StartEcho(t, "primary")
+	spare := StartEcho(t, "spare")
+	listen := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[health_check]
+interval = "200ms"
+timeout = "150ms"
+retries = 1
+rise = 1
+[[rules]]
+name = "web"
+[[rules.backends]]
+id = "primary"
+address = %q
+[[rules.backends]]
+id = "spare"
+address = %q
+backup = true
+`, listen, primary.Addr, spare.Addr)))
+	addr := fmt.Sprintf("127.0.0.1:%d", listen)
+	if got := greetings(t, addr, 10); got["primary"] != 10 {
+		t.Fatalf("with the primary up, 10 connections went %v", got)
+	}
+	loop := startClientLoop(addr)
+	primary.Close()
+	p.WaitLog("backend down", primary.Addr)
+	loop.reset()
+	harness.Eventually(t, "the backup to take over", func() bool { return loop.lastAll("spare") })
+	primary = StartEchoOn(t, "primary", primary.Addr)
+	p.WaitLog("backend up", primary.Addr)
+	loop.reset()
+	harness.Eventually(t, "the primary to take its connections back", func() bool { return loop.lastAll("primary") })
+	t.Logf("client loop through failover to the backup and back: %v", loop.finish(t))
 }
 
 func (l *clientLoop) seen2(names ...string) bool {
@@ -386,6 +441,7 @@ type statusDoc struct {
 			ID     string `json:"id"`
 			Source string `json:"source"`
 			Tier   int    `json:"tier"`
+			Total  int64  `json:"total_connections"`
 		} `json:"backends"`
 		Discovery []struct {
 			Name      string   `json:"name"`
