@@ -47,7 +47,9 @@ type Manager struct {
 // goroutine, holding no lock of the manager's) whenever the answer in
 // effect of a name changes.
 func NewManager(log *slog.Logger, changed func()) *Manager {
-	return &Manager{log: log, changed: changed, sys: SystemResolver, ws: map[Key]*Watcher{}}
+	// The system's resolver is read once: a key must not change under a
+	// watcher because /etc/resolv.conf did.
+	return &Manager{log: log, changed: changed, sys: sync.OnceValue(SystemResolver), ws: map[Key]*Watcher{}}
 }
 
 // SetObserver installs the metrics observer.
