@@ -567,3 +567,45 @@ func TestValidateShowsDiscovery(t *testing.T) {
 		t.Errorf("no warning for the name without records:\n%s", errOut)
 	}
 }
+
+// TestDiscoveryHashIsTheSameOnTwoInstances: two proxies that see the same
+// answer (whatever order its records come in) build the same Maglev
+// table, so every client address goes to the same backend through either.
+func TestDiscoveryHashIsTheSameOnTwoInstances(t *testing.T) {
+	port := freePortOnAll(t)
+	echoesOn(t, port, "a", "b", "c")
+	dns := startDNS(t, webHosts3)
+	var addrs []string
+	for range 2 {
+		listen := harness.FreePort(t)
+		p := Start(t, harness.WriteConfig(t, discoveryConfig(listen, "hash",
+			fmt.Sprintf("name = \"web.test:%d\"\nresolver = %q\nmin_ttl = \"1s\"", port, dns.Addr))))
+		harness.Eventually(t, "every discovered backend up", func() bool { return p.Count("backend up", "passed its first") >= 3 })
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", listen))
+	}
+	seen := map[string]int{}
+	for i := 10; i < 60; i++ {
+		var got [2]string
+		for j, addr := range addrs {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(i))}, Timeout: harness.Deadline}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(harness.Deadline))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[j] = line
+		}
+		if got[0] != got[1] {
+			t.Fatalf("client 127.0.1.%d: %q through one instance, %q through the other", i, got[0], got[1])
+		}
+		seen[got[0]]++
+	}
+	if len(seen) != 3 {
+		t.Fatalf("50 client addresses hashed onto %v, want all three backends used", seen)
+	}
+}
