@@ -1,11 +1,13 @@
 package admin
 
 import (
+	"fmt"
 	"net/http"
 	"sort"
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/discovery"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
 )
 
@@ -54,6 +56,72 @@ type RuleJSON struct {
 	Router   string        `json:"router"`
 	Plugin   string        `json:"plugin"`
 	Backends []BackendJSON `json:"backends"`
+	// Discovery is the rule's DNS names ([[rules.discovery]]) and what
+	// they answered last.
+	Discovery []DiscoveryJSON `json:"discovery,omitempty"`
+}
+
+// DiscoveryJSON is one DNS name a rule takes backends from.
+type DiscoveryJSON struct {
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	Resolver string `json:"resolver"`
+	// State is "waiting" (no answer yet), "ok", "stale" (the last
+	// refresh failed: the last good answer serves) or "empty_pending" (an
+	// empty answer within empty_grace: the last good answer serves).
+	State     string   `json:"state"`
+	Endpoints []string `json:"endpoints"` // the answer in effect: "ip:port", SRV ones with " weight=W priority=P"
+	// AnsweredAtUnixMs is when the answer in effect was last confirmed;
+	// AgeSeconds how long ago.
+	AnsweredAtUnixMs     int64   `json:"answered_at_unix_ms,omitempty"`
+	AgeSeconds           float64 `json:"age_seconds"`
+	TTLSeconds           float64 `json:"ttl_seconds"`
+	Rcode                string  `json:"rcode,omitempty"`
+	NextRefreshUnixMs    int64   `json:"next_refresh_unix_ms,omitempty"`
+	NextRefreshInSeconds float64 `json:"next_refresh_in_seconds"`
+	LastError            string  `json:"last_error,omitempty"`
+	FailingSinceUnixMs   int64   `json:"failing_since_unix_ms,omitempty"`
+	EmptySinceUnixMs     int64   `json:"empty_since_unix_ms,omitempty"`
+	Refreshes            int64   `json:"refreshes"`
+	Failures             int64   `json:"failures"`
+}
+
+func discoveryJSON(d discovery.Status, now time.Time) DiscoveryJSON {
+	st := d.State
+	j := DiscoveryJSON{Name: d.Name, Type: d.Type, Resolver: d.Server, Endpoints: make([]string, 0, len(st.Applied)),
+		TTLSeconds: st.TTL.Seconds(), Rcode: st.Rcode, LastError: st.LastError, Refreshes: st.Refreshes, Failures: st.Failures}
+	for _, ep := range st.Applied {
+		s := ep.Addr.String()
+		if d.Type == "srv" {
+			s += fmt.Sprintf(" weight=%d priority=%d", ep.Weight, ep.Priority)
+		}
+		j.Endpoints = append(j.Endpoints, s)
+	}
+	switch {
+	case !st.Answered:
+		j.State = "waiting"
+	case st.LastError != "":
+		j.State = "stale"
+	case !st.EmptySince.IsZero():
+		j.State = "empty_pending"
+	default:
+		j.State = "ok"
+	}
+	if !st.AnsweredAt.IsZero() {
+		j.AnsweredAtUnixMs = st.AnsweredAt.UnixMilli()
+		j.AgeSeconds = now.Sub(st.AnsweredAt).Seconds()
+	}
+	if !st.Next.IsZero() {
+		j.NextRefreshUnixMs = st.Next.UnixMilli()
+		j.NextRefreshInSeconds = max(st.Next.Sub(now).Seconds(), 0)
+	}
+	if !st.ErrorSince.IsZero() {
+		j.FailingSinceUnixMs = st.ErrorSince.UnixMilli()
+	}
+	if !st.EmptySince.IsZero() {
+		j.EmptySinceUnixMs = st.EmptySince.UnixMilli()
+	}
+	return j
 }
 
 // BackendJSON is one backend's live state.
@@ -72,6 +140,12 @@ type BackendJSON struct {
 	BytesIn          int64  `json:"bytes_in"`  // client to backend
 	BytesOut         int64  `json:"bytes_out"` // backend to client
 	HealthSinceUnixS int64  `json:"health_since_unix,omitempty"`
+	// Tier is the backend's priority tier (0 first; 65536: backup):
+	// routers pick from the best tier with a usable backend.
+	Tier int `json:"tier"`
+	// Source is the DNS name the backend was discovered from; absent for
+	// one from the config file, the API or the fleet.
+	Source string `json:"source,omitempty"`
 }
 
 func backendJSON(b *backend.Backend) BackendJSON {
@@ -82,6 +156,7 @@ func backendJSON(b *backend.Backend) BackendJSON {
 		ID: b.ID, Address: b.Address, Weight: b.ConfiguredWeight(), EffectiveWeight: b.Weight(),
 		Enabled: b.Enabled(), Healthy: h.Up(), HealthReason: st.Reason, Draining: b.Draining(),
 		Available: b.Available(), ActiveConns: b.Active(), TotalConns: b.Total(), BytesIn: in, BytesOut: out,
+		Tier: b.Tier(), Source: b.Source,
 	}
 	if !st.Since.IsZero() {
 		j.HealthSinceUnixS = st.Since.Unix()
@@ -108,9 +183,13 @@ func (h *Handler) Status() StatusJSON {
 	st.Connections = ConnsJSON{Active: srv.Stats.Active.Load(), Accepted: srv.Stats.Accepted.Load(),
 		Rejected: srv.Stats.Rejected.Load(), Sessions: srv.UDP.Sessions.Load()}
 	byListener := map[[2]string][]string{}
+	disc := map[string][]DiscoveryJSON{}
+	for _, d := range e.Discovery() {
+		disc[d.Rule] = append(disc[d.Rule], discoveryJSON(d, now))
+	}
 	for _, r := range e.Rules() {
 		rj := RuleJSON{Name: r.Name, Protocol: r.Protocol, Enabled: r.Enabled, Listener: r.Listener,
-			Router: r.Router, Plugin: r.Plugin, Backends: make([]BackendJSON, 0, len(r.Backends))}
+			Router: r.Router, Plugin: r.Plugin, Backends: make([]BackendJSON, 0, len(r.Backends)), Discovery: disc[r.Name]}
 		for _, b := range r.Backends {
 			rj.Backends = append(rj.Backends, backendJSON(b))
 		}

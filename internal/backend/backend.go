@@ -20,6 +20,9 @@ type Backend struct {
 	Rule    string
 	ID      string
 	Address string
+	// Source is the DNS name (a rule's [[rules.discovery]]) the backend
+	// came from; "" for one from the file, the admin API or the fleet.
+	Source string
 
 	target Target // Address parsed once, for the data path
 
@@ -27,6 +30,7 @@ type Backend struct {
 	weight   atomic.Int32
 	disabled atomic.Bool
 	draining atomic.Bool
+	tier     atomic.Int32 // priority tier, lower first (shown; routers take theirs when built)
 
 	active   atomic.Int64 // connections (or UDP sessions) open now
 	maxConns atomic.Int64 // 0: no limit
@@ -152,6 +156,14 @@ type WeightWatcher interface {
 func (b *Backend) WatchWeight(w WeightWatcher) (stop func()) {
 	return addWatcher(&b.weightWatchers, w)
 }
+
+// Tier is the backend's priority tier (0 first) as last set.
+func (b *Backend) Tier() int { return int(b.tier.Load()) }
+
+// SetTier records the backend's priority tier. Routers group backends by
+// tier when they are built (router.NewTiered), so a change reaches the
+// picks through a rebuilt router.
+func (b *Backend) SetTier(t int) { b.tier.Store(int32(t)) }
 
 // Enabled reports whether the backend is enabled.
 func (b *Backend) Enabled() bool { return !b.disabled.Load() }

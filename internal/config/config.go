@@ -128,7 +128,10 @@ type Rule struct {
 	Enabled  bool      `toml:"enabled"`  // Default true.
 	Router   string    `toml:"router"`   // a [routers.NAME] or a builtin plugin name. Default "round_robin".
 	Backends []Backend `toml:"backends"`
-	Matcher  *Matcher  `toml:"matcher"` // nil: served on tcp_bind / udp_bind itself, matching every connection
+	// Discovery is [[rules.discovery]]: backends taken from DNS names
+	// (discovery.go), next to or instead of Backends. Default [].
+	Discovery []Discovery `toml:"discovery"`
+	Matcher   *Matcher    `toml:"matcher"` // nil: served on tcp_bind / udp_bind itself, matching every connection
 	// ProxyProtocol writes a PROXY protocol header ("v1" or "v2"; UDP: "v2")
 	// to the backend so it sees the real client. Default "": none.
 	ProxyProtocol string `toml:"proxy_protocol"`
@@ -176,6 +179,30 @@ type Backend struct {
 	// sessions) from this rule; at the cap every router skips it.
 	// Default 0: no limit.
 	MaxConnections int `toml:"max_connections"`
+	// Priority is the backend's tier, 0–65535, lower first (SRV's order):
+	// routers pick from the best tier with a usable backend. Default 0.
+	Priority int `toml:"priority"`
+	// Backup puts the backend in a last tier, after every priority: it
+	// gets connections only when no other backend is usable (HAProxy's and
+	// nginx's backup). Not with priority. Default false.
+	Backup bool `toml:"backup"`
+
+	// Source is the [[rules.discovery]] name that gave the backend ("" for
+	// one from the file or the fleet); set by the engine.
+	Source string `toml:"-"`
+}
+
+// BackupTier is the tier of a backend with backup = true: after every
+// priority a config or an SRV record can give.
+const BackupTier = 65536
+
+// Tier is the backend's effective priority: Priority, or BackupTier for a
+// backup.
+func (b *Backend) Tier() int {
+	if b.Backup {
+		return BackupTier
+	}
+	return b.Priority
 }
 
 // Defaults.

@@ -24,6 +24,8 @@ name = "r"
 [[rules.backends]]
 id = "b"
 address = "127.0.0.1:9001"
+[[rules.discovery]]
+name = "web.test:80"
 `
 
 // TestDefaultsAsDocumented reads the doc comment of every field of every
@@ -239,6 +241,15 @@ func TestDefaultsLiteral(t *testing.T) {
 		{"rules[0].matcher", cfg.Rules[0].Matcher == nil, true},
 		{"rules[0].backends[0].weight", cfg.Rules[0].Backends[0].Weight, 1},
 		{"rules[0].backends[0].enabled", cfg.Rules[0].Backends[0].Enabled, true},
+		{"rules[0].backends[0].priority", cfg.Rules[0].Backends[0].Priority, 0},
+		{"rules[0].backends[0].backup", cfg.Rules[0].Backends[0].Backup, false},
+		{"rules[0].discovery[0].type", cfg.Rules[0].Discovery[0].Type, "a"},
+		{"rules[0].discovery[0].resolver", cfg.Rules[0].Discovery[0].Resolver, ""},
+		{"rules[0].discovery[0].min_ttl", cfg.Rules[0].Discovery[0].MinTTL.D(), 5 * time.Second},
+		{"rules[0].discovery[0].max_ttl", cfg.Rules[0].Discovery[0].MaxTTL.D(), 5 * time.Minute},
+		{"rules[0].discovery[0].timeout", cfg.Rules[0].Discovery[0].Timeout.D(), 2 * time.Second},
+		{"rules[0].discovery[0].empty_grace", cfg.Rules[0].Discovery[0].EmptyGrace.D(), 30 * time.Second},
+		{"rules[0].discovery[0].weight", cfg.Rules[0].Discovery[0].Weight, 1},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

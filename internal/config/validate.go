@@ -132,9 +132,10 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared lis
 			r.Router, r.Router, strings.Join(router.Plugins(), ", "))
 	}
 	c.validateMatch(e, i, shared)
-	if len(r.Backends) == 0 && c.Redis == nil { // with [redis], backends may all be registered at runtime
-		e.add(path+".backends", "a rule needs at least one backend ([[rules.backends]])")
+	if len(r.Backends) == 0 && len(r.Discovery) == 0 && c.Redis == nil { // with [redis], backends may all be registered at runtime
+		e.add(path+".backends", "a rule needs at least one backend ([[rules.backends]] or [[rules.discovery]])")
 	}
+	validateDiscovery(e, r, path) // discovery.go
 	ids := map[string]int{}
 	for j := range r.Backends {
 		b := &r.Backends[j]
@@ -158,6 +159,7 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared lis
 		if b.Weight < 1 || b.Weight > MaxWeight {
 			e.addf(bp+".weight", "must be from 1 to %d, got %d", MaxWeight, b.Weight)
 		}
+		checkTier(e, bp, b.Priority, b.Backup)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/discovery"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/health"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
@@ -46,6 +47,8 @@ type Engine struct {
 	metrics  Metrics                // nil: metrics off (status.go)
 	observed bool                   // e.routes hold observers of e.metrics (SetMetrics clears it)
 	fleet    fleetState             // dynamic state shared through Redis (dynamic.go)
+	disc     *discovery.Manager     // backends from DNS names (discover.go)
+	discLog  map[string]bool        // discovery merge problems logged, so each is logged once
 }
 
 type backendKey struct{ rule, id, address string }
@@ -60,7 +63,7 @@ type builtRouter struct {
 // that a slow log output drops their records instead of stalling them.
 func New(log *slog.Logger) *Engine {
 	async := logging.NewAsync(log.Handler(), 0)
-	return &Engine{
+	e := &Engine{
 		log:      log,
 		loopLog:  async,
 		srv:      proxy.NewServer(slog.New(async)),
@@ -69,6 +72,8 @@ func New(log *slog.Logger) *Engine {
 		checks:   health.NewRegistry(log),
 		routers:  map[string]builtRouter{},
 	}
+	e.disc = discovery.NewManager(log, e.rediscover)
+	return e
 }
 
 // Server is the proxy server the engine drives.
@@ -138,6 +143,7 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) (Change, 
 	p, err := e.plan(file, dyn, reload)
 	if p != nil {
 		e.logFleetProblems(p.problems) // whether or not the plan commits
+		e.logDiscoveryProblems(p.discProblems)
 	}
 	if err != nil {
 		return Change{}, err
@@ -153,11 +159,12 @@ func (e *Engine) apply(file *config.Config, dyn *Dynamic, reload bool) (Change, 
 // the routes, backends, routers and listener tables it makes (reusing
 // state by identity), what commit must set on kept state, and the change.
 type plan struct {
-	file, cfg *config.Config // cfg: file with the dynamic backends merged in
-	dyn       *Dynamic
-	reload    bool
-	accepted  []string // dyn's backends merged in: "rule/id@address"
-	problems  []string // merge problems, logged once each
+	file, cfg    *config.Config // cfg: file with the dynamic backends merged in
+	dyn          *Dynamic
+	reload       bool
+	accepted     []string // dyn's backends merged in: "rule/id@address"
+	problems     []string // merge problems, logged once each
+	discProblems []string // discovered backends left out, logged once each
 
 	backends map[backendKey]*backend.Backend
 	routers  map[string]builtRouter
@@ -169,6 +176,7 @@ type plan struct {
 	swaps    []healthSwap // kept backends whose health check changed
 	flags    []flagSet    // kept backends whose flags change
 	limits   []limitSet   // kept backends whose max_connections changes
+	tiers    []limitSet   // kept backends whose priority tier changes
 	opened   []string     // listeners bind opened, in file order
 
 	change Change
@@ -201,7 +209,8 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 		}
 	}
 	cfg, accepted, problems := e.merge(file, dyn)
-	p := &plan{file: file, cfg: cfg, dyn: dyn, reload: reload, accepted: accepted, problems: problems,
+	cfg, discProblems := e.mergeDiscovered(cfg) // discover.go
+	p := &plan{file: file, cfg: cfg, dyn: dyn, reload: reload, accepted: accepted, problems: problems, discProblems: discProblems,
 		backends: map[backendKey]*backend.Backend{},
 		routers:  map[string]builtRouter{},
 		access:   map[string]accessState{},
@@ -231,7 +240,9 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			p.order = append(p.order, addr)
 		}
 		bs := make([]*backend.Backend, len(r.Backends))
+		tiers := make([]int, len(r.Backends))
 		for j, bc := range r.Backends {
+			tiers[j] = bc.Tier()
 			k := backendKey{r.Name, bc.ID, bc.Address}
 			name := r.Name + "/" + bc.ID
 			h, err := p.checks.Health(r.Protocol, bc.Address, r.Health, name)
@@ -241,8 +252,16 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			b, ok := e.backends[k]
 			if !ok {
 				b = backend.New(r.Name, bc.ID, bc.Address, bc.Weight, h)
+				b.Source = bc.Source
+				b.SetTier(bc.Tier())
+				if bc.Source != "" {
+					p.checks.AwaitFirstCheck(h) // a discovered backend takes traffic once its first check passes
+				}
 				ch.BackendsAdded = append(ch.BackendsAdded, name)
-			} else if b.Health() != h {
+			} else if b.Tier() != bc.Tier() {
+				p.tiers = append(p.tiers, limitSet{b, bc.Tier()})
+			}
+			if ok && b.Health() != h {
 				p.swaps = append(p.swaps, healthSwap{b, h})
 				ch.BackendsRechecked = append(ch.BackendsRechecked, name)
 			}
@@ -266,10 +285,10 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			bs[j] = b
 		}
 		spec, _ := cfg.RouterSpecFor(r.Router)
-		sig := routerSignature(spec, bs)
+		sig := routerSignature(spec, bs, tiers)
 		br, ok := e.routers[r.Name]
 		if !ok || br.signature != sig {
-			rt, err := router.New(spec.Plugin, spec.Config, bs)
+			rt, err := router.NewTiered(spec.Plugin, spec.Config, bs, tiers)
 			if err != nil {
 				return p, fmt.Errorf("rule %q: router %q: %w", r.Name, r.Router, err)
 			}
@@ -497,6 +516,9 @@ func (e *Engine) commit(p *plan) {
 	for _, l := range p.limits {
 		l.b.SetMaxConnections(l.n)
 	}
+	for _, t := range p.tiers {
+		t.b.SetTier(t.n)
+	}
 	e.access = p.access
 	for _, s := range p.flags {
 		s.f.applyTo(s.b)
@@ -505,7 +527,8 @@ func (e *Engine) commit(p *plan) {
 	for _, s := range p.swaps {
 		s.b.SetHealth(s.h)
 	}
-	p.checks.Commit() // start new health checks, stop unused ones
+	p.checks.Commit()                   // start new health checks, stop unused ones
+	e.disc.Sync(discoverySpecs(p.file)) // start and stop watching DNS names (discover.go)
 	e.routes, e.observed = p.routes, true
 	if e.metrics != nil {
 		e.metrics.Retain(p.routes)
@@ -538,6 +561,7 @@ func (e *Engine) Checks() *health.Registry { return e.checks }
 // Shutdown stops health checks, stops accepting and drains connections
 // until ctx ends.
 func (e *Engine) Shutdown(ctx context.Context) error {
+	e.disc.Close()
 	e.checks.Close()
 	err := e.srv.Shutdown(ctx)
 	e.loopLog.Flush(time.Second) // the loops' last records, unless the output is stuck
@@ -558,11 +582,11 @@ func sameSeries(a, b *proxy.Route) bool {
 	return true
 }
 
-func routerSignature(spec config.RouterSpec, bs []*backend.Backend) string {
+func routerSignature(spec config.RouterSpec, bs []*backend.Backend, tiers []int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s|%v|", spec.Plugin, sortedMap(spec.Config))
-	for _, be := range bs {
-		fmt.Fprintf(&b, "%p,", be)
+	for i, be := range bs {
+		fmt.Fprintf(&b, "%p/%d,", be, tiers[i])
 	}
 	return b.String()
 }

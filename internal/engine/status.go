@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/discovery"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 )
 
@@ -31,6 +32,9 @@ func (e *Engine) SetMetrics(m Metrics) {
 	}
 	if ss, ok := m.(interface{ SetServer(*proxy.Server) }); ok {
 		ss.SetServer(e.srv) // the descriptor budget's metrics
+	}
+	if do, ok := m.(discovery.Observer); ok {
+		e.disc.SetObserver(do)
 	}
 	if hc, ok := m.(interface {
 		HealthChecked(h *backend.Health, ok bool)

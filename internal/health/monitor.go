@@ -43,6 +43,7 @@ type Monitor struct {
 	pStreak  int       // dials failed in a row (passive)
 	pStart   time.Time // when the current run of dial failures began
 	ramping  bool      // a slow-start ramp goroutine runs
+	awaiting bool      // new and held down until its first check passes (AwaitFirstCheck)
 	pFailing atomic.Bool
 
 	onResult func(err error)                    // test hook: after each active check is recorded
@@ -107,7 +108,13 @@ func (m *Monitor) Stop() {
 
 func (m *Monitor) run() {
 	defer m.wg.Done()
-	due := time.Now().Add(m.check.offset())
+	m.mu.Lock()
+	offset := m.check.offset()
+	if m.awaiting {
+		offset = 0 // a backend waiting for its first check gets it at once
+	}
+	m.mu.Unlock()
+	due := time.Now().Add(offset)
 	t := time.NewTimer(time.Until(due))
 	defer t.Stop()
 	for {
@@ -157,6 +164,11 @@ func (m *Monitor) recordLocked(err error) {
 	if err == nil {
 		m.fails = 0
 		m.passes++
+		if m.awaiting {
+			m.awaiting = false
+			m.transition(true, fmt.Sprintf("passed its first %s check", m.check.Kind()), "active")
+			return
+		}
 		if !m.h.Up() && m.passes >= m.check.Rise {
 			m.transition(true, fmt.Sprintf("passed %d %s checks in a row", m.passes, m.check.Kind()), "active")
 		}

@@ -103,6 +103,25 @@ func (u *Update) Health(protocol, address string, hc config.HealthCheck, name st
 	return m.h, nil
 }
 
+// AwaitFirstCheck holds the backend health h (from Health) down until its
+// first active check passes, that check running at once, when h's
+// monitor is new in this update and runs active checks: a backend that
+// discovery adds takes traffic only once it answers. A monitor already
+// running keeps its state.
+func (u *Update) AwaitFirstCheck(h *backend.Health) {
+	for k, m := range u.mons {
+		if m.h != h || !u.fresh[k] || !m.check.Active {
+			continue
+		}
+		m.mu.Lock()
+		if !m.started && m.h.Up() {
+			m.awaiting = true
+			m.h.Transition(false, "new: awaiting its first health check")
+		}
+		m.mu.Unlock()
+	}
+}
+
 func (u *Update) running(protocol, address string) *Monitor {
 	if u.byAddr == nil {
 		u.byAddr = map[string]*Monitor{}

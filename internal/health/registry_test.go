@@ -1,6 +1,7 @@
 package health
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -153,4 +154,33 @@ func TestRegistryCompileError(t *testing.T) {
 	if _, err := r.Begin().Health("tcp", "127.0.0.1:1", hc, "web/a"); err == nil {
 		t.Fatal("a bad check compiled")
 	}
+}
+
+// TestAwaitFirstCheck: a new monitor told to await its first check starts
+// down and comes up on its first pass, at once (not after rise passes, not
+// at its place in an hour-long interval); a running monitor is left alone.
+func TestAwaitFirstCheck(t *testing.T) {
+	log, _ := newLog()
+	r := NewRegistry(log)
+	defer r.Close()
+	srv := startTCP(t, func(c net.Conn, _ int64) { c.Close() })
+	hc := testHC(time.Hour)
+	hc.Rise = 5
+	u := r.Begin()
+	m := mustHealth(t, u, "tcp", srv.addr, hc, "r/new")
+	u.AwaitFirstCheck(m.h)
+	if m.h.Up() || m.h.Status().Reason != "new: awaiting its first health check" {
+		t.Fatalf("awaiting: up %v, %+v", m.h.Up(), m.h.Status())
+	}
+	u.Commit()
+	harness.Eventually(t, "the first check to bring it up", m.h.Up)
+
+	// The same address in the next update: the running monitor keeps its state.
+	u2 := r.Begin()
+	m2 := mustHealth(t, u2, "tcp", srv.addr, hc, "r/new")
+	u2.AwaitFirstCheck(m2.h)
+	if m2 != m || !m2.h.Up() {
+		t.Fatal("a running monitor was held down again")
+	}
+	u2.Commit()
 }

@@ -85,7 +85,8 @@ type Metrics struct {
 	reloads    *prometheus.CounterVec // result
 	lastReload prometheus.Gauge
 
-	server serverCollector // the descriptor budget (state.go)
+	server    serverCollector     // the descriptor budget (state.go)
+	discovery discoveryCollectors // DNS discovery (discovery.go)
 
 	mu      sync.Mutex // serialises Observer's bookkeeping and Retain
 	made    labelKeys  // label combinations Observer resolved since the last Retain
@@ -175,6 +176,8 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
 		m.beRequests, m.beEnded, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
 		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server}
+	m.discovery = newDiscoveryCollectors()
+	cs = append(cs, m.discovery.collectors()...)
 	if withRuntime {
 		cs = append(cs, newGoCollector(), newProcessCollector())
 	}

@@ -60,7 +60,13 @@ type EchoServer struct {
 // StartEcho starts an echo backend on 127.0.0.1 named name.
 func StartEcho(t testing.TB, name string) *EchoServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return StartEchoOn(t, name, "127.0.0.1:0")
+}
+
+// StartEchoOn starts an echo backend named name listening on addr.
+func StartEchoOn(t testing.TB, name, addr string) *EchoServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

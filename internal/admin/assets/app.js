@@ -215,10 +215,33 @@
     refs.actions = el("td", { class: "actions" });
     refs.tr = el("tr", { "data-rule": rule, "data-backend": b.id },
       el("td", {}, refs.state),
-      el("td", {}, el("div", { class: "backend-id", text: b.id }), el("div", { class: "muted mono", text: b.address })),
+      el("td", {}, el("div", { class: "backend-id", text: b.id }), el("div", { class: "muted mono", text: b.address }),
+        b.source || b.tier ? el("div", { class: "muted origin", "data-field": "origin", text: origin(b) }) : null),
       el("td", { class: "num" }, weightCell(rule, b, refs), el("span", { class: "share", title: "share of the rule's weight" }, refs.share)),
       refs.active, refs.total, refs.rin, refs.rout, refs.traffic, refs.actions);
     return refs;
+  }
+
+  // Where a backend came from and its priority tier, when either is not the default.
+  function origin(b) {
+    const parts = [];
+    if (b.source) parts.push("from DNS " + b.source);
+    if (b.tier === 65536) parts.push("backup");
+    else if (b.tier) parts.push("tier " + b.tier);
+    return parts.join(" · ");
+  }
+
+  // One line per DNS name of the rule: its state, answer, age and next refresh.
+  function discoveryLine(d) {
+    const head = `DNS ${d.type} ${d.name} @${d.resolver}`;
+    const what = { waiting: "waiting for a first answer", ok: "ok", stale: "lookup failing: last good answer serves", empty_pending: "empty answer: last good answer serves until empty_grace" }[d.state] || d.state;
+    let text = `${head} · ${what} · ${d.endpoints.length} endpoint${d.endpoints.length === 1 ? "" : "s"}`;
+    if (d.answered_at_unix_ms) text += ` · answer ${duration(d.age_seconds)} old`;
+    text += ` · next refresh in ${duration(d.next_refresh_in_seconds)}`;
+    if (d.last_error) text += ` · ${d.last_error}`;
+    const line = el("div", { class: "discovery muted mono " + d.state, "data-name": d.name, "data-state": d.state, text });
+    line.title = d.endpoints.join("\n");
+    return line;
   }
 
   function actionButtons(rule, b) {
@@ -275,13 +298,14 @@
         el("th", { class: "num", text: "In /s" }), el("th", { class: "num", text: "Out /s" }),
         el("th", { class: "num", text: "Traffic in / out" }), el("th", { class: "num", text: "" }))),
       tbody);
-    card.el = el("article", { class: "rule" + (r.enabled ? "" : " disabled"), "data-rule": r.name }, head, r.backends.length ? table : null);
+    card.disc = el("div", { class: "discoveries" });
+    card.el = el("article", { class: "rule" + (r.enabled ? "" : " disabled"), "data-rule": r.name }, head, card.disc, r.backends.length ? table : null);
     return card;
   }
 
   // A card is rebuilt only when its shape changes, so an open weight editor
   // survives the refresh.
-  const signature = (r) => JSON.stringify([r.protocol, r.enabled, r.listener, r.router, r.plugin, r.backends.map((b) => [b.id, b.address])]);
+  const signature = (r) => JSON.stringify([r.protocol, r.enabled, r.listener, r.router, r.plugin, r.backends.map((b) => [b.id, b.address, b.tier, b.source])]);
 
   function render(st) {
     const now = st.now_unix_ms / 1000;
@@ -367,6 +391,7 @@
       if (hist.length > HISTORY) hist.shift();
       state.history.set(r.name, hist);
       card.spark.replaceChildren(sparkline(hist));
+      card.disc.replaceChildren(...(r.discovery || []).map(discoveryLine));
     }
     for (const [name, card] of state.cards) {
       if (!seen.has(name)) { card.el.remove(); state.cards.delete(name); }
