@@ -121,7 +121,7 @@ func (s *Server) ListenUDP(addr string, routes []*Route) (Listener, error) {
 
 // udpOptions change a listener's buffers, for tests and benchmarks.
 type udpOptions struct {
-	maxDatagram int // bytes per message buffer; 0: maxDatagram
+	maxDatagram int // bytes per message buffer; 0: the largest datagram
 	batch       int // messages per recvmmsg/sendmmsg; 0: batchSize
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 )
 
 var _ Listener = (*TCPListener)(nil)
@@ -42,7 +44,7 @@ func (s *Server) listenTCPEpoll(addr string, routes []*Route) (*TCPListener, err
 	}
 	// Accepted sockets inherit TCP_NODELAY from the listening socket, so
 	// setting it here once spares a setsockopt per connection.
-	setNoDelay(fd)
+	eventloop.SetNoDelay(fd)
 	l := &TCPListener{srv: s, fd: fd, addr: bound, local: addrPort(bound)}
 	l.SetRoutes(routes)
 	s.mu.Lock()
@@ -62,7 +64,7 @@ func (s *Server) listenTCPEpoll(addr string, routes []*Route) (*TCPListener, err
 	loops := s.loops
 	s.mu.Unlock()
 	for _, lp := range loops {
-		lp.post(func() { lp.addListener(l) })
+		lp.Post(func() { lp.addListener(l) })
 	}
 	return l, nil
 }
@@ -87,7 +89,7 @@ func (l *TCPListener) Close() {
 	loops := s.loops
 	s.mu.Unlock()
 	for _, lp := range loops {
-		lp.call(func() { lp.removeListener(l) })
+		lp.Call(func() { lp.removeListener(l) })
 	}
 	unix.Close(l.fd) // no loop has it any more
 	s.wg.Done()

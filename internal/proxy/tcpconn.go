@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
@@ -72,9 +73,8 @@ type lconn struct {
 	idle           int64 // idle_timeout in ns; 0: none
 	last           int64 // unix ns of the last byte moved
 
-	due        int64 // timer (timerHeap)
-	hidx       int
-	prev, next *lconn // the loop's list
+	timer      eventloop.Timer[*lconn] // its one deadline at a time: connect, dial retry or idle
+	prev, next *lconn                  // the loop's list
 }
 
 const (
@@ -92,7 +92,7 @@ type ldir struct {
 	pend   []byte  // read but not yet written to the destination
 	pbuf   *[]byte // pend's pooled buffer, nil when pend is not pooled
 	skip   int     // bytes at the front of pend not counted as traffic (PROXY header)
-	pipe   *pipe
+	pipe   *eventloop.Pipe
 	inPipe int  // bytes in pipe not yet spliced to the destination
 	bulk   bool // the last read filled the buffer: splice
 	eof    bool // the source ended
@@ -161,7 +161,7 @@ func (c *lconn) inspect(table *routeTable) {
 		nc, err := net.FileConn(f) // a duplicate; the original goes
 		f.Close()
 		if err != nil {
-			lp.post(func() { c.inspected(-1, nil, ci, nil, err) })
+			lp.Post(func() { c.inspected(-1, nil, ci, nil, err) })
 			return
 		}
 		tc := nc.(*net.TCPConn)
@@ -179,8 +179,17 @@ func (c *lconn) inspect(table *routeTable) {
 			tc.SetLinger(0)
 		}
 		tc.Close()
-		lp.post(func() { c.inspected(fd, rt, ci, first, err) })
+		lp.Post(func() { c.inspected(fd, rt, ci, first, err) })
 	}()
+}
+
+// localAddr is a socket's own address.
+func localAddr(fd int) net.Addr {
+	ap, ok := eventloop.LocalAddrPort(fd)
+	if !ok {
+		return &net.TCPAddr{}
+	}
+	return net.TCPAddrFromAddrPort(ap)
 }
 
 // dupSocket duplicates a net socket's descriptor, which then outlives the
@@ -207,7 +216,7 @@ func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err erro
 	c.ci = ci
 	if c.forced {
 		if fd >= 0 {
-			rawClose(fd)
+			eventloop.Close(fd)
 		}
 		c.drop(false)
 		return
@@ -260,7 +269,7 @@ func (c *lconn) routed(rt *Route) {
 	c.release = release
 	c.req = router.Request{Client: c.ci.Client, Local: c.l.local, SNI: c.ci.SNI, ALPN: c.ci.ALPN, Host: c.ci.Host}
 	if c.l.local.Addr().IsUnspecified() && router.NeedsOf(rt.Router)&router.NeedLocal != 0 {
-		if ap, ok := localAddrPort(c.cfd); ok {
+		if ap, ok := eventloop.LocalAddrPort(c.cfd); ok {
 			c.req.Local = ap
 		}
 	}
@@ -318,7 +327,7 @@ func (c *lconn) resolve(host string) bool {
 	res, ok := rsv.Lookup(host, nil)
 	if !ok {
 		lp := c.lp
-		res, ok = rsv.Lookup(host, func(res resolve.Result) { lp.post(func() { c.resolved(res) }) })
+		res, ok = rsv.Lookup(host, func(res resolve.Result) { lp.Post(func() { c.resolved(res) }) })
 		if !ok {
 			c.state = stResolve
 			return true
@@ -385,7 +394,7 @@ func (c *lconn) connectFailed(err error) {
 	if c.bfd >= 0 {
 		c.closeFd(true, false)
 	}
-	c.lp.timers.remove(c)
+	c.lp.timers.Stop(&c.timer)
 	if c.nextAddr() {
 		if c.tryAddrs() {
 			return
@@ -402,11 +411,11 @@ func (c *lconn) connectFailed(err error) {
 // nil when the connect is under way, done, or waiting out a resource
 // backoff.
 func (c *lconn) connect() error {
-	fd, e := tcpSocket(c.ap)
+	fd, e := eventloop.TCPSocket(c.ap)
 	call := "socket"
 	if e == 0 {
 		call = "connect"
-		e = connectTo(fd, c.ap)
+		e = eventloop.Connect(fd, c.ap, resolve.ScopeID(c.ap.Addr()))
 	}
 	switch e {
 	case 0, unix.EINPROGRESS:
@@ -423,12 +432,12 @@ func (c *lconn) connect() error {
 			if c.ak > 0 {
 				t0 = time.Now()
 			}
-			c.lp.timers.set(c, t0.Add(c.rt.ConnectTimeout).UnixNano())
+			c.lp.timers.Set(&c.timer, t0.Add(c.rt.ConnectTimeout).UnixNano())
 		}
 		return nil
 	}
 	if fd >= 0 {
-		rawClose(fd)
+		eventloop.Close(fd)
 	}
 	err := c.dialError(os.NewSyscallError(call, e))
 	if resourceError(err) {
@@ -456,7 +465,7 @@ func (c *lconn) resourceWait(err error) {
 		return
 	}
 	c.state = stDialWait
-	c.lp.timers.set(c, time.Now().Add(c.backoff).UnixNano())
+	c.lp.timers.Set(&c.timer, time.Now().Add(c.backoff).UnixNano())
 }
 
 // dialFailed accounts for a failed dial of c.be and forgets it.
@@ -465,7 +474,7 @@ func (c *lconn) dialFailed(err error) {
 	if c.bfd >= 0 {
 		c.closeFd(true, false)
 	}
-	c.lp.timers.remove(c)
+	c.lp.timers.Stop(&c.timer)
 	if o := rt.Observer; o != nil {
 		o.Connected(b, time.Since(c.dialT0), err)
 	}
@@ -500,7 +509,7 @@ func (c *lconn) anotherLeft() bool {
 // connected: the backend accepted; start relaying.
 func (c *lconn) connected() {
 	rt, b := c.rt, c.be
-	c.lp.timers.remove(c)
+	c.lp.timers.Stop(&c.timer)
 	o := rt.Observer
 	if o != nil {
 		o.Connected(b, time.Since(c.dialT0), nil)
@@ -525,7 +534,7 @@ func (c *lconn) connected() {
 	c.lp.own(c.cfd, fdOwner{c: c})
 	if c.idle = int64(rt.IdleTimeout); c.idle > 0 {
 		c.last = c.lp.now
-		c.lp.timers.set(c, c.last+c.idle)
+		c.lp.timers.Set(&c.timer, c.last+c.idle)
 	}
 	if c.up.pending() && !c.flush(&c.up) {
 		return
@@ -585,7 +594,7 @@ func (c *lconn) drop(reset bool) {
 
 func (c *lconn) untrack() {
 	lp := c.lp
-	lp.timers.remove(c)
+	lp.timers.Stop(&c.timer)
 	lp.unlink(c)
 	lp.srv.Stats.Active.Add(-1)
 	lp.srv.wg.Done()
@@ -602,9 +611,9 @@ func (c *lconn) closeFd(backend, reset bool) {
 	}
 	c.lp.disown(*fd)
 	if reset { // (closing also leaves the epoll set)
-		resetClose(*fd)
+		eventloop.ResetClose(*fd)
 	} else {
-		rawClose(*fd)
+		eventloop.Close(*fd)
 	}
 	*fd = -1
 }
@@ -638,7 +647,7 @@ func (c *lconn) timeout() {
 		c.connectFailed(c.dialError(os.ErrDeadlineExceeded))
 	case stRelay:
 		if next := c.last + c.idle; next > c.lp.now {
-			c.lp.timers.set(c, next) // bytes moved meanwhile
+			c.lp.timers.Set(&c.timer, next) // bytes moved meanwhile
 			return
 		}
 		c.upErr = os.ErrDeadlineExceeded
@@ -678,7 +687,7 @@ func (c *lconn) event(backend bool, ev uint32) {
 
 // connectDone: the backend socket became writable or failed while connecting.
 func (c *lconn) connectDone() {
-	if e := soError(c.bfd); e != 0 {
+	if e := eventloop.SoError(c.bfd); e != 0 {
 		c.connectFailed(c.dialError(os.NewSyscallError("connect", e)))
 		return
 	}
@@ -714,7 +723,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 			continue
 		}
 		buf := lp.buf[:size]
-		n, err := rawRecv(src, buf)
+		n, err := eventloop.Recv(src, buf)
 		if err == unix.EINTR {
 			continue
 		}
@@ -768,7 +777,7 @@ func (c *lconn) spliceIn(d *ldir, src, dst, size int) (more, ok bool) {
 		}
 		d.pipe = p
 	}
-	in, err := rawSplice(src, d.pipe.w, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	in, err := eventloop.Splice(src, d.pipe.W, eventloop.PipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	switch {
 	case err == unix.EINTR:
 		return true, true
@@ -798,7 +807,7 @@ func (c *lconn) spliceIn(d *ldir, src, dst, size int) (more, ok bool) {
 // connection ended.
 func (c *lconn) flushPipe(d *ldir, dst int) bool {
 	for d.inPipe > 0 {
-		out, err := rawSplice(d.pipe.r, dst, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		out, err := eventloop.Splice(d.pipe.R, dst, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		if err == unix.EINTR {
 			continue
 		}
@@ -882,9 +891,9 @@ func (c *lconn) sourceEnded(d *ldir) bool {
 	if !d.shut {
 		d.shut = true
 		if d == &c.up {
-			shutdownWR(c.bfd)
+			eventloop.ShutdownWR(c.bfd)
 		} else {
-			shutdownWR(c.cfd)
+			eventloop.ShutdownWR(c.cfd)
 		}
 	}
 	if c.up.shut && c.down.shut {
@@ -934,7 +943,7 @@ func (c *lconn) fail(d *ldir, err error) {
 // would block) or an error.
 func writeSome(fd int, b []byte) (int, error) {
 	for {
-		w, err := rawSend(fd, b)
+		w, err := eventloop.Send(fd, b)
 		switch err {
 		case nil:
 			return w, nil
@@ -982,7 +991,7 @@ func (c *lconn) setMask(backend bool, m uint32) {
 		// being level-triggered, report it again on every wait. A hang-up
 		// comes with the peer's FIN while unread data may remain.
 		if *reg {
-			_ = c.lp.control(unix.EPOLL_CTL_DEL, fd, 0)
+			_ = c.lp.Control(unix.EPOLL_CTL_DEL, fd, 0)
 			*reg, *mask = false, 0
 		}
 		return
@@ -991,7 +1000,7 @@ func (c *lconn) setMask(backend bool, m uint32) {
 	if !*reg {
 		op = unix.EPOLL_CTL_ADD
 	}
-	if err := c.lp.control(op, fd, m); err != nil {
+	if err := c.lp.Control(op, fd, m); err != nil {
 		c.lp.srv.log.Error("epoll_ctl failed", "err", err)
 		return
 	}
@@ -1011,7 +1020,7 @@ func (c *lconn) finish(reset bool) {
 			if d.inPipe == 0 {
 				putPipe(d.pipe)
 			} else {
-				d.pipe.close()
+				closePipe(d.pipe)
 			}
 			d.pipe = nil
 		}

@@ -3,12 +3,12 @@
 package proxy
 
 import (
-	"container/heap"
 	"os"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 )
 
 // The TCP event loops.
@@ -38,7 +38,7 @@ import (
 // EPOLLEXCLUSIVE, so a new connection wakes one loop, which accepts it and
 // keeps it for its whole life. Only the loop touches a connection, its
 // descriptors and its timers; other goroutines ask it to act by posting a
-// function (post) and waking it through an eventfd. A descriptor is closed
+// function (eventloop.Loop.Post), which wakes it through an eventfd. A descriptor is closed
 // only by the loop that owns it, after it left the loop's tables, so a
 // recycled descriptor number can never be taken for an older socket.
 //
@@ -48,25 +48,19 @@ import (
 // peek_timeout through the net package, then takes it back for the rest.
 
 type tcpLoop struct {
-	epollLoop
-	srv *Server
-	idx int // the loop's number, 0 to Workers-1
-
-	mu      sync.Mutex
-	cmds    []func()
-	running []func() // cmds being run (swapped with cmds)
-	stopped bool     // no more posts are run
+	eventloop.Loop // the epoll set, the posted functions, the timer deadline
+	srv            *Server
+	idx            int // the loop's number, 0 to Workers-1
 
 	fds    []fdOwner // by descriptor number
 	conns  *lconn    // every connection of the loop (a circular list's head, nil: none)
 	nconns int
-	timers timerHeap
+	timers eventloop.Heap[*lconn]
 	now    int64 // unix nanoseconds at the start of this turn
 	buf    []byte
 	lsns   []*loopListener
 	rot    uint32 // rotation over a resolved backend's addresses (lconn.useAddrs)
 	stop   bool   // the server is shut down: leave once every connection ended
-	done   chan struct{}
 }
 
 // fdOwner is what a descriptor in a loop's epoll set is.
@@ -89,8 +83,8 @@ type loopListener struct {
 const maxLoopEvents = 256 // epoll events per turn
 
 func newTCPLoop(s *Server, idx int) (*tcpLoop, error) {
-	lp := &tcpLoop{srv: s, idx: idx, done: make(chan struct{})}
-	if err := lp.openEpoll("tcp-epoll", maxLoopEvents); err != nil {
+	lp := &tcpLoop{srv: s, idx: idx}
+	if err := lp.Open("tcp-epoll", maxLoopEvents); err != nil {
 		return nil, err
 	}
 	return lp, nil
@@ -107,7 +101,7 @@ func (s *Server) startLoops() error {
 		lp, err := newTCPLoop(s, i)
 		if err != nil {
 			for _, l := range loops {
-				l.closeEpoll()
+				l.Close()
 			}
 			return err
 		}
@@ -120,53 +114,19 @@ func (s *Server) startLoops() error {
 	return nil
 }
 
-// post runs f in the loop. It reports false when the loop is gone.
-func (lp *tcpLoop) post(f func()) bool {
-	lp.mu.Lock()
-	if lp.stopped {
-		lp.mu.Unlock()
-		return false
-	}
-	lp.cmds = append(lp.cmds, f)
-	wake := len(lp.cmds) == 1
-	lp.mu.Unlock()
-	if wake {
-		lp.wake()
-	}
-	return true
-}
-
-// call runs f in the loop and waits for it; false when the loop is gone.
-func (lp *tcpLoop) call(f func()) bool {
-	done := make(chan struct{})
-	if !lp.post(func() { f(); close(done) }) {
-		return false
-	}
-	<-done
-	return true
-}
-
 func (lp *tcpLoop) run() {
-	defer func() {
-		lp.mu.Lock()
-		lp.stopped = true
-		lp.mu.Unlock()
-		lp.closeEpoll()
-		close(lp.done)
-	}()
+	defer lp.Exit()
 	for {
-		err := lp.wait()
+		err := lp.Wait()
 		lp.now = time.Now().UnixNano()
 		if err != nil {
 			lp.srv.log.Error("tcp event loop stopped", "err", err)
 			return
 		}
-		for i := 0; i < lp.nev; i++ {
-			ev := lp.events[i]
+		for _, ev := range lp.Events() {
 			fd := int(ev.Fd)
-			if fd == lp.evfd {
-				lp.woken()
-				lp.runCmds()
+			if fd == lp.WakeFD() {
+				lp.RunPosted()
 				continue
 			}
 			if fd >= len(lp.fds) {
@@ -185,22 +145,6 @@ func (lp *tcpLoop) run() {
 		}
 		lp.arm()
 	}
-}
-
-func (lp *tcpLoop) runCmds() {
-	lp.mu.Lock()
-	cmds := lp.cmds
-	lp.cmds, lp.running = lp.running[:0], nil
-	lp.mu.Unlock()
-	for i, f := range cmds {
-		f()
-		cmds[i] = nil
-	}
-	lp.mu.Lock()
-	if lp.running == nil {
-		lp.running = cmds[:0]
-	}
-	lp.mu.Unlock()
 }
 
 // own records what descriptor fd is in this loop.
@@ -229,7 +173,7 @@ func (lp *tcpLoop) addListener(l *TCPListener) {
 }
 
 func (lp *tcpLoop) listen(ll *loopListener) {
-	if err := lp.control(unix.EPOLL_CTL_ADD, ll.fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
+	if err := lp.Control(unix.EPOLL_CTL_ADD, ll.fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
 		lp.srv.log.Error("listener not added to the event loop", "listener", ll.l.addr.String(), "err", err)
 		return
 	}
@@ -244,7 +188,7 @@ func (lp *tcpLoop) removeListener(l *TCPListener) {
 			continue
 		}
 		if ll.on {
-			_ = lp.control(unix.EPOLL_CTL_DEL, ll.fd, 0)
+			_ = lp.Control(unix.EPOLL_CTL_DEL, ll.fd, 0)
 		}
 		lp.disown(ll.fd)
 		lp.lsns = append(lp.lsns[:i], lp.lsns[i+1:]...)
@@ -261,14 +205,14 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			// The data path is at its descriptor budget (fdbudget.go):
 			// the clients wait in the backlog, as on EMFILE. (Unless
 			// another loop took the connection that woke this one.)
-			if acceptPending(ll.fd) {
+			if eventloop.AcceptPending(ll.fd) {
 				s.refuse(RefusedAccept, l.addr.String())
 				lp.pause(ll)
 			}
 			return
 		}
 		var sa unix.RawSockaddrInet6
-		fd, err := accept4(ll.fd, &sa)
+		fd, err := eventloop.Accept4(ll.fd, &sa)
 		if err != 0 {
 			switch err {
 			case unix.EAGAIN:
@@ -296,7 +240,7 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 		ll.backoff = 0
 		s.Stats.Accepted.Add(1)
 		if s.closing.Load() {
-			rawClose(fd)
+			eventloop.Close(fd)
 			continue
 		}
 		if max := s.maxConns.Load(); !s.admitConn(max) {
@@ -304,13 +248,14 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			if rs := l.Routes(); len(rs) > 0 {
 				refuseNew(rs[0].Observer, ReasonMaxConnections)
 			}
-			resetClose(fd)
+			eventloop.ResetClose(fd)
 			s.log.Debug("connection rejected: max_connections reached", "listener", l.addr.String(), "max_connections", max)
 			continue
 		}
 		s.wg.Add(1) // (TCP_NODELAY comes from the listening socket: ListenTCP)
-		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, start: time.Now(), hidx: -1}
-		c.ci.Client = sockaddrAddrPort(&sa)
+		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, start: time.Now()}
+		c.timer.Owner = c
+		c.ci.Client = eventloop.SockaddrAddrPort(&sa)
 		lp.link(c)
 		c.begin()
 	}
@@ -321,7 +266,7 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 func (lp *tcpLoop) pause(ll *loopListener) {
 	ll.backoff = nextBackoff(ll.backoff)
 	if ll.on {
-		_ = lp.control(unix.EPOLL_CTL_DEL, ll.fd, 0)
+		_ = lp.Control(unix.EPOLL_CTL_DEL, ll.fd, 0)
 		ll.on = false
 	}
 	ll.retry = lp.now + int64(ll.backoff)
@@ -379,9 +324,11 @@ func (lp *tcpLoop) each(f func(*lconn)) {
 // expire fires the timers that are due: connection deadlines and listeners
 // waiting out an accept backoff.
 func (lp *tcpLoop) expire() {
-	for len(lp.timers) > 0 && lp.timers[0].due <= lp.now {
-		c := lp.timers[0]
-		lp.timers.remove(c)
+	for {
+		c, ok := lp.timers.PopDue(lp.now)
+		if !ok {
+			break
+		}
 		c.timeout()
 	}
 	for _, ll := range lp.lsns {
@@ -396,60 +343,15 @@ func (lp *tcpLoop) expire() {
 
 // arm sets the epoll descriptor's read deadline to the next timer.
 func (lp *tcpLoop) arm() {
-	var next int64
-	if len(lp.timers) > 0 {
-		next = lp.timers[0].due
-	}
+	next, _ := lp.timers.Next()
 	for _, ll := range lp.lsns {
 		if ll.retry != 0 && (next == 0 || ll.retry < next) {
 			next = ll.retry
 		}
 	}
-	if next != lp.armed {
-		lp.setDeadline(next)
+	if next != lp.Armed() {
+		lp.SetDeadline(next)
 	}
-}
-
-// timerHeap is a min-heap (container/heap) of connections by due time;
-// each connection has at most one deadline at a time (connect, dial retry
-// or idle), and knows its place in the heap (hidx, -1: none).
-type timerHeap []*lconn
-
-func (h *timerHeap) set(c *lconn, due int64) {
-	c.due = due
-	if c.hidx >= 0 {
-		heap.Fix(h, c.hidx)
-		return
-	}
-	heap.Push(h, c)
-}
-
-func (h *timerHeap) remove(c *lconn) {
-	if c.hidx >= 0 {
-		heap.Remove(h, c.hidx)
-	}
-}
-
-func (h timerHeap) Len() int           { return len(h) }
-func (h timerHeap) Less(i, j int) bool { return h[i].due < h[j].due }
-func (h timerHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].hidx, h[j].hidx = i, j
-}
-
-func (h *timerHeap) Push(x any) {
-	c := x.(*lconn)
-	c.hidx = len(*h)
-	*h = append(*h, c)
-}
-
-func (h *timerHeap) Pop() any {
-	old := *h
-	c := old[len(old)-1]
-	old[len(old)-1] = nil
-	*h = old[:len(old)-1]
-	c.hidx = -1
-	return c
 }
 
 // TCPLoops is the number of TCP event loops running (0 before the first

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
@@ -85,14 +86,12 @@ type udpShard struct {
 	family int            // AF_INET or AF_INET6 (dual-stack for a wildcard bind)
 	local  netip.AddrPort // conn's address, for router.Request
 
-	epollLoop // its socket and session sockets; parked on between turns
+	eventloop.Loop // its socket and session sockets, parked on between turns; work posted to it
 
-	ctlMu      sync.Mutex
-	ctl        []closeRequest // CloseBackendConns requests
-	lookedUp   atomic.Bool    // a host name lookup the shard waits for finished
-	lookupDone func(resolve.Result)
+	lookupDone func(resolve.Result) // posts replayWaiting: a lookup the shard waits for finished
+	replay     func()               // replayWaiting, bound once
 
-	maxDatagram int // receive buffer per message; maxDatagram except in tests
+	maxDatagram int // receive buffer per message; eventloop.MaxDatagram except in tests
 	batch       int // messages per batch; batchSize except in benchmarks
 
 	// Owned by the loop goroutine.
@@ -111,7 +110,6 @@ type udpShard struct {
 	b          batch
 	acked      bool
 	st         localStats
-	done       chan struct{} // closed when the loop has exited
 }
 
 var _ Listener = (*UDPListener)(nil)
@@ -142,18 +140,15 @@ type udpSession struct {
 	inList, counted, removed bool
 }
 
-// batch is the listener's reusable message arena: n buffers of maxDatagram
-// bytes with their headers, addresses and control buffers.
+// batch is the shard's reusable message arena (eventloop.Batch: buffers of
+// maxDatagram bytes with their headers, addresses and control buffers) and
+// what the shard keeps of each message.
 type batch struct {
-	hs    []unix.Mmsghdr
-	iov   []unix.Iovec
-	bufs  [][]byte
-	names []unix.RawSockaddrInet6
-	oob   [][oobSize]byte
-	nlen  []uint32      // client phase: each message's address length…
-	clen  []int         // …and control length, as received
-	sess  []*udpSession // reply phase: the session each message is for
-	n     int           // reply phase: messages queued
+	eventloop.Batch
+	nlen []uint32      // client phase: each message's address length…
+	clen []int         // …and control length, as received
+	sess []*udpSession // reply phase: the session each message is for
+	n    int           // reply phase: messages queued
 }
 
 // localStats are counted by the loop and added to the Server's once per turn.
@@ -176,7 +171,7 @@ const (
 // listenUDPEpoll binds addr and starts the listener's shards.
 func (s *Server) listenUDPEpoll(addr string, routes []*Route, opt udpOptions) (l *UDPListener, err error) {
 	if opt.maxDatagram == 0 {
-		opt.maxDatagram = maxDatagram
+		opt.maxDatagram = eventloop.MaxDatagram
 	}
 	if opt.batch == 0 {
 		opt.batch = batchSize
@@ -188,15 +183,15 @@ func (s *Server) listenUDPEpoll(addr string, routes []*Route, opt udpOptions) (l
 	l = &UDPListener{srv: s, done: make(chan struct{})}
 	l.routes.Store(&routes)
 	for i, c := range conns {
-		sh := &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1, done: make(chan struct{}),
+		sh := &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1,
 			local:       c.LocalAddr().(*net.UDPAddr).AddrPort(),
 			maxDatagram: opt.maxDatagram, batch: opt.batch,
-			sessions:  map[netip.AddrPort]*udpSession{},
-			waiting:   map[netip.AddrPort]*udpWaiting{},
-			timeout:   defaultTimeout,
-			epollLoop: epollLoop{epfd: -1, evfd: -1}, // closeFds is safe before init
+			sessions: map[netip.AddrPort]*udpSession{},
+			waiting:  map[netip.AddrPort]*udpWaiting{},
+			timeout:  defaultTimeout,
 		}
-		sh.lookupDone = func(resolve.Result) { sh.lookedUp.Store(true); sh.wake() }
+		sh.replay = sh.replayWaiting
+		sh.lookupDone = func(resolve.Result) { sh.Post(sh.replay) }
 		l.shards = append(l.shards, sh)
 	}
 	defer func() {
@@ -314,10 +309,10 @@ func (l *udpShard) init() error {
 	_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
 	_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
 
-	if err := l.openEpoll("udp-epoll", maxEvents); err != nil {
+	if err := l.Open("udp-epoll", maxEvents); err != nil {
 		return err
 	}
-	if err := l.control(unix.EPOLL_CTL_ADD, l.fd, unix.EPOLLIN); err != nil {
+	if err := l.Control(unix.EPOLL_CTL_ADD, l.fd, unix.EPOLLIN); err != nil {
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	l.b.init(l.maxDatagram, l.batch)
@@ -325,21 +320,10 @@ func (l *udpShard) init() error {
 }
 
 func (b *batch) init(size, n int) {
-	b.hs = make([]unix.Mmsghdr, n)
-	b.iov = make([]unix.Iovec, n)
-	b.bufs = make([][]byte, n)
-	b.names = make([]unix.RawSockaddrInet6, n)
-	b.oob = make([][oobSize]byte, n)
+	b.Init(size, n)
 	b.sess = make([]*udpSession, n)
 	b.nlen = make([]uint32, n)
 	b.clen = make([]int, n)
-	arena := make([]byte, n*size)
-	for i := range b.hs {
-		b.bufs[i] = arena[i*size : (i+1)*size : (i+1)*size]
-		b.iov[i].Base = &b.bufs[i][0]
-		b.hs[i].Hdr.Iov = &b.iov[i]
-		b.hs[i].Hdr.SetIovlen(1)
-	}
 }
 
 // Addr is the bound address.
@@ -384,7 +368,7 @@ func (l *UDPListener) forceClose() int {
 
 func (l *UDPListener) wake() {
 	for _, sh := range l.shards {
-		sh.wake()
+		sh.Wake()
 	}
 }
 
@@ -392,9 +376,9 @@ func (l *udpShard) run() {
 	s := l.srv
 	defer func() {
 		l.endAll()
-		l.closeFds()
+		l.Exit() // the epoll set; posts are no longer run
+		l.conn.Close()
 		l.ack() // after the socket is released
-		close(l.done)
 		if l.ln.running.Add(-1) == 0 {
 			s.mu.Lock()
 			delete(s.udp, l.ln)
@@ -405,24 +389,19 @@ func (l *udpShard) run() {
 		s.wg.Done()
 	}()
 	for {
-		err := l.wait()
+		err := l.Wait()
 		l.now = time.Now().UnixNano()
 		if err != nil {
 			s.log.Error("udp listener stopped", "listener", l.conn.LocalAddr().String(), "err", err)
 			return
 		}
 		l.refreshRoutes()
-		for i := 0; i < l.nev; i++ {
-			ev := &l.events[i]
+		for _, ev := range l.Events() {
 			switch fd := int(ev.Fd); fd {
 			case l.fd:
 				l.readClients()
-			case l.evfd:
-				l.woken()
-				if l.lookedUp.Swap(false) {
-					l.replayWaiting()
-				}
-				l.applyCloses()
+			case l.WakeFD():
+				l.RunPosted()
 			default:
 				l.readBackend(fd)
 			}
@@ -467,8 +446,8 @@ func (l *udpShard) refreshRoutes() {
 	}
 	l.lastRoutes = p
 	if rs := *p; len(rs) > 0 && rs[0].SessionTimeout > 0 {
-		if rs[0].SessionTimeout < l.timeout && l.armed > 0 {
-			l.armed = 0 // expiries came earlier: re-arm
+		if rs[0].SessionTimeout < l.timeout && l.Armed() > 0 {
+			l.Rearm() // expiries came earlier
 		}
 		l.timeout = rs[0].SessionTimeout
 	}
@@ -478,16 +457,16 @@ func (l *udpShard) refreshRoutes() {
 func (l *udpShard) readClients() {
 	b := &l.b
 	l.flush() // replies queued earlier in this turn share the arena
-	for i := range b.hs {
-		h := &b.hs[i].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+	for i := range b.Hdrs {
+		h := &b.Hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&b.Names[i]))
 		h.Namelen = unix.SizeofSockaddrInet6
-		h.Control = &b.oob[i][0]
-		h.SetControllen(oobSize)
+		h.Control = &b.OOB[i][0]
+		h.SetControllen(eventloop.OOBSize)
 		h.Flags = 0
-		b.iov[i].SetLen(l.maxDatagram)
+		b.Iov[i].SetLen(l.maxDatagram)
 	}
-	n, e := recvmmsg(l.fd, b.hs)
+	n, e := eventloop.Recvmmsg(l.fd, b.Hdrs)
 	if e != 0 {
 		if e != unix.EAGAIN && e != unix.EINTR {
 			if ok, suppressed := l.srv.udpRecvLog.allow(time.Second); ok {
@@ -497,7 +476,7 @@ func (l *udpShard) readClients() {
 		return
 	}
 	for i := 0; i < n; i++ {
-		b.nlen[i], b.clen[i] = b.hs[i].Hdr.Namelen, int(b.hs[i].Hdr.Controllen)
+		b.nlen[i], b.clen[i] = b.Hdrs[i].Hdr.Namelen, int(b.Hdrs[i].Hdr.Controllen)
 	}
 	// Consecutive datagrams of one client (a client that sends several at
 	// once) go to its backend in one sendmmsg.
@@ -517,11 +496,11 @@ func (l *udpShard) readClients() {
 // need be; nil when the datagram is dropped.
 func (l *udpShard) sessionFor(i int) *udpSession {
 	b := &l.b
-	if b.hs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+	if b.Hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
 		l.st.oversize++
 		return nil
 	}
-	client := sockaddrAddrPort(&b.names[i])
+	client := eventloop.SockaddrAddrPort(&b.Names[i])
 	if !client.IsValid() { // not an IPv4 or IPv6 source: nothing to answer
 		l.st.sendErr++
 		return nil
@@ -529,7 +508,7 @@ func (l *udpShard) sessionFor(i int) *udpSession {
 	s := l.sessions[client]
 	if s == nil && len(l.waiting) > 0 {
 		if w := l.waiting[client]; w != nil { // its session waits for a lookup: keep the order
-			l.hold(w.s, b.bufs[i][:b.hs[i].Len])
+			l.hold(w.s, b.Bufs[i][:b.Hdrs[i].Len])
 			return nil
 		}
 	}
@@ -608,28 +587,28 @@ func (l *udpShard) forwardRun(s *udpSession, from, to int) {
 	case to-from == 1, s.proxyHdr != nil: // a PROXY header goes before each datagram: one by one
 		for i := from; i < to; i++ {
 			if cur := l.sessionFor(i); cur != nil {
-				l.forward(cur, b.bufs[i][:b.hs[i].Len], true)
+				l.forward(cur, b.Bufs[i][:b.Hdrs[i].Len], true)
 			}
 		}
 		return
 	}
 	for i := from; i < to; i++ {
-		h := &b.hs[i].Hdr
+		h := &b.Hdrs[i].Hdr
 		h.Name, h.Namelen, h.Control = nil, 0, nil
 		h.SetControllen(0)
-		b.iov[i].SetLen(int(b.hs[i].Len))
+		b.Iov[i].SetLen(int(b.Hdrs[i].Len))
 	}
-	n, e := sendmmsg(s.fd, b.hs[from:to])
+	n, e := eventloop.Sendmmsg(s.fd, b.Hdrs[from:to])
 	if e != 0 {
 		n = 0
 	}
 	for i := from; i < from+n; i++ {
-		l.forwarded(s, int(b.iov[i].Len))
+		l.forwarded(s, int(b.Iov[i].Len))
 	}
 	// What was not sent goes one by one, which handles each error (and a
 	// refusal, after which the rest opens a new session).
 	for i := from + n; i < to; i++ {
-		p := b.bufs[i][:b.iov[i].Len]
+		p := b.Bufs[i][:b.Iov[i].Len]
 		if cur := l.sessionFor(i); cur != nil {
 			l.forward(cur, p, true)
 		}
@@ -641,9 +620,9 @@ func (l *udpShard) forwardRun(s *udpSession, from, to int) {
 func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
 	var e unix.Errno
 	if s.proxyHdr != nil {
-		e = sendWithHeader(s.fd, s.proxyHdr, p)
+		e = eventloop.SendWithHeader(s.fd, s.proxyHdr, p)
 	} else {
-		e = send(s.fd, p)
+		e = eventloop.SendDatagram(s.fd, p)
 	}
 	switch e {
 	case 0:
@@ -751,16 +730,16 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 			s.tried = append(s.tried, prev.b)
 		}
 	} else {
-		s.sa, s.salen = l.b.names[i], l.b.nlen[i]
-		if local, ifindex, ok := parsePktinfo(l.b.oob[i][:l.b.clen[i]]); ok {
-			s.ooblen = putPktinfo(s.oob[:], l.family, local, ifindex)
+		s.sa, s.salen = l.b.Names[i], l.b.nlen[i]
+		if local, ifindex, ok := eventloop.ParsePktinfo(l.b.OOB[i][:l.b.clen[i]]); ok {
+			s.ooblen = eventloop.PutPktinfo(s.oob[:], l.family, local, ifindex)
 		}
 	}
 	if rt.SendProxy == 2 { // the PROXY v2 header sent before each datagram
 		if prev != nil && prev.proxyHdr != nil {
 			s.proxyHdr = prev.proxyHdr
 		} else if i >= 0 {
-			s.proxyHdr = l.proxyHeader(client, l.b.oob[i][:l.b.clen[i]])
+			s.proxyHdr = l.proxyHeader(client, l.b.OOB[i][:l.b.clen[i]])
 		}
 	}
 	b, fd, err := l.connectBackend(rt, client, s.tried)
@@ -769,7 +748,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		release()
 		var p []byte
 		if i >= 0 {
-			p = l.b.bufs[i][:l.b.hs[i].Len]
+			p = l.b.Bufs[i][:l.b.Hdrs[i].Len]
 		}
 		l.hold(s, p)
 		return nil
@@ -902,22 +881,22 @@ func (l *udpShard) dial(b *backend.Backend) (int, error) {
 // dialAddr opens a non-blocking UDP socket connected to ra and adds it to
 // the epoll set.
 func (l *udpShard) dialAddr(ra netip.AddrPort) (int, error) {
-	family := addrFamily(ra)
+	family := eventloop.AddrFamily(ra)
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
 	}
 	var sa unix.RawSockaddrInet6
-	n := putSockaddr(&sa, family, ra)
+	n := eventloop.PutSockaddr(&sa, family, ra)
 	sa.Scope_id = resolve.ScopeID(ra.Addr())
 	// A UDP connect only sets the peer: like the rest of a session's
 	// socket calls it never blocks, so it is a raw system call.
 	if _, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(n)); e != 0 {
-		rawClose(fd)
+		eventloop.Close(fd)
 		return -1, os.NewSyscallError("connect", e)
 	}
-	if err := l.control(unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN); err != nil {
-		rawClose(fd)
+	if err := l.Control(unix.EPOLL_CTL_ADD, fd, unix.EPOLLIN); err != nil {
+		eventloop.Close(fd)
 		return -1, os.NewSyscallError("epoll_ctl", err)
 	}
 	return fd, nil
@@ -932,18 +911,18 @@ func (l *udpShard) readBackend(fd int) {
 	s := l.byFd[fd]
 	b := &l.b
 	for budget := perSessionBurst; budget > 0 && s.fd >= 0; {
-		if b.n == len(b.hs) {
+		if b.n == len(b.Hdrs) {
 			l.flush()
 		}
-		k := min(len(b.hs)-b.n, budget)
-		hs := b.hs[b.n : b.n+k]
+		k := min(len(b.Hdrs)-b.n, budget)
+		hs := b.Hdrs[b.n : b.n+k]
 		for i := range hs {
 			h := &hs[i].Hdr
 			h.Name, h.Namelen, h.Control, h.Flags = nil, 0, nil, 0
 			h.SetControllen(0)
-			b.iov[b.n+i].SetLen(l.maxDatagram)
+			b.Iov[b.n+i].SetLen(l.maxDatagram)
 		}
-		n, e := recvmmsg(s.fd, hs)
+		n, e := eventloop.Recvmmsg(s.fd, hs)
 		switch e {
 		case 0:
 		case unix.EAGAIN, unix.EINTR:
@@ -961,7 +940,7 @@ func (l *udpShard) readBackend(fd int) {
 		base := b.n
 		for i := 0; i < n; i++ {
 			src := base + i
-			if b.hs[src].Hdr.Flags&unix.MSG_TRUNC != 0 {
+			if b.Hdrs[src].Hdr.Flags&unix.MSG_TRUNC != 0 {
 				l.st.oversize++
 				continue
 			}
@@ -969,7 +948,7 @@ func (l *udpShard) readBackend(fd int) {
 				l.st.maxResp++
 				continue
 			}
-			size := b.hs[src].Len
+			size := b.Hdrs[src].Len
 			s.responses++
 			s.outN++
 			s.outB += int64(size)
@@ -990,17 +969,17 @@ func (l *udpShard) readBackend(fd int) {
 			// message of this read was dropped.
 			d := b.n
 			if d != src {
-				b.iov[d], b.iov[src] = b.iov[src], b.iov[d]
-				b.bufs[d], b.bufs[src] = b.bufs[src], b.bufs[d]
+				b.Iov[d], b.Iov[src] = b.Iov[src], b.Iov[d]
+				b.Bufs[d], b.Bufs[src] = b.Bufs[src], b.Bufs[d]
 			}
-			h := &b.hs[d].Hdr
+			h := &b.Hdrs[d].Hdr
 			h.Name = (*byte)(unsafe.Pointer(&s.sa))
 			h.Namelen = s.salen
 			if s.ooblen > 0 {
 				h.Control = &s.oob[0]
 			}
 			h.SetControllen(s.ooblen)
-			b.iov[d].SetLen(int(size))
+			b.Iov[d].SetLen(int(size))
 			b.sess[d] = s
 			b.n++
 		}
@@ -1020,7 +999,7 @@ func (l *udpShard) readBackend(fd int) {
 func (l *udpShard) flush() {
 	b := &l.b
 	for off := 0; off < b.n; {
-		n, e := sendmmsg(l.fd, b.hs[off:b.n])
+		n, e := eventloop.Sendmmsg(l.fd, b.Hdrs[off:b.n])
 		if e != 0 {
 			if e == unix.EINTR {
 				continue
@@ -1037,7 +1016,7 @@ func (l *udpShard) flush() {
 		}
 		for i := off; i < off+n; i++ {
 			l.st.out++
-			l.st.outB += int64(b.iov[i].Len)
+			l.st.outB += int64(b.Iov[i].Len)
 		}
 		off += n
 	}
@@ -1090,7 +1069,7 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 		return
 	}
 	l.byFd[s.fd] = nil
-	rawClose(s.fd) // also leaves the epoll set
+	eventloop.Close(s.fd) // also leaves the epoll set
 	s.fd = -1
 	s.b.Release()
 	if s.release != nil {
@@ -1162,16 +1141,16 @@ func (l *udpShard) sweep() {
 // sweeps nothing and re-arms).
 func (l *udpShard) arm() {
 	if l.head == nil {
-		if l.armed != 0 {
-			l.setDeadline(0)
+		if l.Armed() != 0 {
+			l.SetDeadline(0)
 		}
 		return
 	}
 	next := l.head.last + int64(l.timeout)
-	if l.armed > 0 && l.armed <= next {
+	if a := l.Armed(); a > 0 && a <= next {
 		return
 	}
-	l.setDeadline(next)
+	l.SetDeadline(next)
 }
 
 // endAll ends every session (the loop is exiting).
@@ -1187,9 +1166,9 @@ func (l *udpShard) endAll() {
 	l.publishStats()
 }
 
-// closeFds releases the listener's descriptors.
+// closeFds releases the shard's descriptors (its loop never ran).
 func (l *udpShard) closeFds() {
-	l.closeEpoll()
+	l.Close()
 	l.conn.Close()
 }
 
@@ -1214,12 +1193,6 @@ func (l *udpShard) publishStats() {
 	add(&u.DroppedShutdown, &st.shutdown)
 	add(&u.DroppedSendError, &st.sendErr)
 	add(&u.DroppedMaxResponse, &st.maxResp)
-}
-
-// closeRequest asks the loop to end the sessions on a backend.
-type closeRequest struct {
-	b     *backend.Backend
-	reply chan int
 }
 
 // closeUDPSessions ends every UDP session on b (a backend a reload removed,
@@ -1247,35 +1220,19 @@ func (l *UDPListener) closeBackend(b *backend.Backend) int {
 	return n
 }
 
+// closeBackend ends the shard's sessions on b, in its loop, and returns how
+// many there were (0 once the loop has exited: it ended them all).
 func (l *udpShard) closeBackend(b *backend.Backend) int {
-	req := closeRequest{b: b, reply: make(chan int, 1)}
-	l.ctlMu.Lock()
-	l.ctl = append(l.ctl, req)
-	l.ctlMu.Unlock()
-	l.wake()
-	select {
-	case n := <-req.reply:
-		return n
-	case <-l.done:
-		return 0
-	}
-}
-
-func (l *udpShard) applyCloses() {
-	l.ctlMu.Lock()
-	reqs := l.ctl
-	l.ctl = nil
-	l.ctlMu.Unlock()
-	for _, req := range reqs {
-		n := 0
+	n := 0
+	l.Call(func() {
 		for _, s := range l.sessions {
-			if s.b == req.b && s.fd >= 0 {
+			if s.b == b && s.fd >= 0 {
 				l.end(s, EndDrained)
 				n++
 			}
 		}
-		req.reply <- n
-	}
+	})
+	return n
 }
 
 // proxyHeader is the PROXY protocol v2 header (transport DGRAM) telling the
@@ -1286,7 +1243,7 @@ func (l *udpShard) proxyHeader(client netip.AddrPort, oob []byte) []byte {
 	if a, ok := l.ln.Addr().(*net.UDPAddr); ok {
 		local = a.AddrPort()
 	}
-	if dst, _, ok := parsePktinfo(oob); ok {
+	if dst, _, ok := eventloop.ParsePktinfo(oob); ok {
 		local = netip.AddrPortFrom(dst, local.Port())
 	}
 	h := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(client), net.UDPAddrFromAddrPort(local))

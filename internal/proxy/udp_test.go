@@ -629,28 +629,6 @@ func TestUDPReload(t *testing.T) {
 	mustRoundTrip(t, b, []byte("b"), []byte("two:b"))
 }
 
-func TestPktinfoRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		family int
-		addr   string
-	}{{2, "127.0.0.5"}, {10, "::ffff:127.0.0.5"}, {10, "fe80::1"}, {10, "2001:db8::1"}} {
-		local := netip.MustParseAddr(tc.addr)
-		var oob [64]byte
-		n := putPktinfo(oob[:], tc.family, local, 7)
-		got, ifindex, ok := parsePktinfo(oob[:n])
-		want := local
-		if tc.family == 2 {
-			want = local.Unmap()
-		}
-		if !ok || got != want {
-			t.Errorf("%s: parsed %v ok=%v, want %v", tc.addr, got, ok, want)
-		}
-		if wantIf := uint32(0); local.IsLinkLocalUnicast() && ifindex != 7 || !local.IsLinkLocalUnicast() && ifindex != wantIf {
-			t.Errorf("%s: ifindex %d", tc.addr, ifindex)
-		}
-	}
-}
-
 // TestUDPCloseBackendConns: drain_timeout's CloseBackendConns ends the UDP
 // sessions on the removed backend, and only those.
 func TestUDPCloseBackendConns(t *testing.T) {
