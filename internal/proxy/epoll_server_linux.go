@@ -5,7 +5,7 @@ import "github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 // epollState is what a Server keeps of the epoll engine: its TCP loops and
 // its UDP listeners. Guarded by the Server's mu.
 type epollState struct {
-	loops []*tcpLoop                // the TCP event loops (tcploop.go), started with the first TCP listener
+	loops []*tcpLoop                // the TCP event loops (tcp_loop_linux.go), started with the first TCP listener
 	udp   map[*UDPListener]struct{} // until their sessions have ended
 }
 

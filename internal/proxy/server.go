@@ -42,7 +42,7 @@ type Route struct {
 	Listen    ListenOptions // the same on every route of a listener
 	SendProxy int           // write a PROXY v1 or v2 header to the backend; 0: none
 
-	// UDP only (see udp.go).
+	// UDP only (see udp_listener_linux.go).
 	SessionTimeout time.Duration // idle time before a session ends; > 0
 	MaxResponses   int           // end a session after this many replies; 0: unlimited
 	MaxSessions    int           // concurrent sessions; 0: no limit

@@ -3,10 +3,7 @@
 package proxy
 
 import (
-	"os"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 )
@@ -23,7 +20,7 @@ import (
 // no thread is blocked while idle (and loops can outnumber the Ps that
 // internal/procs leaves the runtime at a light load). A connection costs
 // no goroutine, no Go netpoller registration and no buffer while idle: its
-// state is one lconn (tcpconn.go).
+// state is one lconn (tcp_conn_linux.go).
 //
 // Why not a goroutine per connection, as the net package invites: under a
 // connection churn that design spends more CPU per connection than HAProxy
@@ -68,16 +65,6 @@ type fdOwner struct {
 	ln      *loopListener
 	c       *lconn
 	backend bool // c's backend socket (else its client socket)
-}
-
-// loopListener is a TCPListener's state in one loop.
-type loopListener struct {
-	l       *TCPListener
-	fd      int
-	on      bool  // in the epoll set
-	retry   int64 // when to put it back after an accept failure (0: not waiting)
-	backoff time.Duration
-	failing bool
 }
 
 const maxLoopEvents = 256 // epoll events per turn
@@ -162,114 +149,6 @@ func (lp *tcpLoop) disown(fd int) {
 	if fd >= 0 && fd < len(lp.fds) {
 		lp.fds[fd] = fdOwner{}
 	}
-}
-
-// addListener puts l's listening socket in the loop.
-func (lp *tcpLoop) addListener(l *TCPListener) {
-	ll := &loopListener{l: l, fd: l.fd}
-	lp.lsns = append(lp.lsns, ll)
-	lp.own(l.fd, fdOwner{ln: ll})
-	lp.listen(ll)
-}
-
-func (lp *tcpLoop) listen(ll *loopListener) {
-	if err := lp.Control(unix.EPOLL_CTL_ADD, ll.fd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
-		lp.srv.log.Error("listener not added to the event loop", "listener", ll.l.addr.String(), "err", err)
-		return
-	}
-	ll.on = true
-}
-
-// removeListener takes l's listening socket out of the loop (before it is
-// closed).
-func (lp *tcpLoop) removeListener(l *TCPListener) {
-	for i, ll := range lp.lsns {
-		if ll.l != l {
-			continue
-		}
-		if ll.on {
-			_ = lp.Control(unix.EPOLL_CTL_DEL, ll.fd, 0)
-		}
-		lp.disown(ll.fd)
-		lp.lsns = append(lp.lsns[:i], lp.lsns[i+1:]...)
-		return
-	}
-}
-
-// accept takes the connections waiting on a listener, a bounded number per
-// turn so that one busy listener does not starve the loop's connections.
-func (lp *tcpLoop) accept(ll *loopListener) {
-	s, l := lp.srv, ll.l
-	for range 16 {
-		if !s.fdRoom(2) {
-			// The data path is at its descriptor budget (fdbudget.go):
-			// the clients wait in the backlog, as on EMFILE. (Unless
-			// another loop took the connection that woke this one.)
-			if eventloop.AcceptPending(ll.fd) {
-				s.refuse(RefusedAccept, l.addr.String())
-				lp.pause(ll)
-			}
-			return
-		}
-		var sa unix.RawSockaddrInet6
-		fd, err := eventloop.Accept4(ll.fd, &sa)
-		if err != 0 {
-			switch err {
-			case unix.EAGAIN:
-				return
-			case unix.EINTR, unix.ECONNABORTED:
-				continue
-			}
-			// EMFILE, ENFILE, ENOBUFS…: leave the listener out of the epoll
-			// set for a backoff instead of spinning, and say so once per
-			// episode (exhaust.go), not once per attempt.
-			serr := os.NewSyscallError("accept4", err)
-			if resourceError(serr) {
-				s.exhaust.failed(s.log, false, l.addr.String(), serr)
-			} else if !ll.failing {
-				s.log.Error("accept failed; backing off until it succeeds", "listener", l.addr.String(), "err", serr)
-				ll.failing = true
-			}
-			lp.pause(ll)
-			return
-		}
-		if ll.failing {
-			s.log.Info("accept recovered", "listener", l.addr.String())
-			ll.failing = false
-		}
-		ll.backoff = 0
-		s.Stats.Accepted.Add(1)
-		if s.closing.Load() {
-			eventloop.Close(fd)
-			continue
-		}
-		if max := s.maxConns.Load(); !s.admitConn(max) {
-			s.Stats.Rejected.Add(1)
-			if rs := l.Routes(); len(rs) > 0 {
-				refuseNew(rs[0].Observer, ReasonMaxConnections)
-			}
-			eventloop.ResetClose(fd)
-			s.log.Debug("connection rejected: max_connections reached", "listener", l.addr.String(), "max_connections", max)
-			continue
-		}
-		s.wg.Add(1) // (TCP_NODELAY comes from the listening socket: ListenTCP)
-		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, start: time.Now()}
-		c.timer.Owner = c
-		c.ci.Client = eventloop.SockaddrAddrPort(&sa)
-		lp.link(c)
-		c.begin()
-	}
-}
-
-// pause takes a listener out of the epoll set for a backoff that doubles
-// from 5 ms to 1 s while accepting keeps failing.
-func (lp *tcpLoop) pause(ll *loopListener) {
-	ll.backoff = nextBackoff(ll.backoff)
-	if ll.on {
-		_ = lp.Control(unix.EPOLL_CTL_DEL, ll.fd, 0)
-		ll.on = false
-	}
-	ll.retry = lp.now + int64(ll.backoff)
 }
 
 // link adds c to the loop's connections.
