@@ -87,12 +87,12 @@ func (c *lconn) begin() {
 	table := l.routes.Load()
 	if len(table.routes) == 0 {
 		s.Stats.NoRoute.Add(1)
-		s.observeUnrouted("tcp", ReasonNoRule)
+		s.observeUnrouted("tcp", table.opts.Observer, ReasonNoRule)
 		s.log.Debug("no rule matches connection; closing", "listener", l.addr.String(), "client", c.ci.Client.String())
 		c.drop(false)
 		return
 	}
-	if table.routes[0].Listen.AcceptProxy || table.need != 0 {
+	if table.opts.AcceptProxy || table.need != 0 {
 		c.inspect(table)
 		return
 	}

@@ -110,7 +110,7 @@ func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err erro
 func (c *lconn) unrouted(reason Reason, err error) {
 	s := c.lp.srv
 	s.Stats.NoRoute.Add(1)
-	s.observeUnrouted("tcp", reason)
+	s.observeUnrouted("tcp", c.l.routes.Load().opts.Observer, reason)
 	s.log.Debug("connection closed before routing", "listener", c.l.addr.String(), "client", c.ci.Client.String(), "reason", reason, "err", err)
 	c.drop(true)
 }

@@ -36,7 +36,7 @@ type TCPListener struct {
 }
 
 // listenTCPEpoll binds addr and starts accepting in the TCP event loops.
-func (s *Server) listenTCPEpoll(addr string, routes []*Route) (*TCPListener, error) {
+func (s *Server) listenTCPEpoll(addr string, t Table) (*TCPListener, error) {
 	// The net package binds (address forms, IPv6, SO_REUSEADDR, the
 	// backlog); the loops then own a duplicate of the socket, which the
 	// runtime poller does not know of.
@@ -54,7 +54,7 @@ func (s *Server) listenTCPEpoll(addr string, routes []*Route) (*TCPListener, err
 	// setting it here once spares a setsockopt per connection.
 	eventloop.SetNoDelay(fd)
 	l := &TCPListener{srv: s, fd: fd, addr: bound, local: addrPort(bound)}
-	l.SetRoutes(routes)
+	l.SetTable(t)
 	s.mu.Lock()
 	if s.closing.Load() {
 		s.mu.Unlock()
@@ -80,10 +80,10 @@ func (s *Server) listenTCPEpoll(addr string, routes []*Route) (*TCPListener, err
 // Addr is the bound address.
 func (l *TCPListener) Addr() net.Addr { return l.addr }
 
-// SetRoutes publishes a new route table for new connections.
-func (l *TCPListener) SetRoutes(routes []*Route) { l.routes.Store(newRouteTable(routes)) }
+// SetTable publishes a new table for new connections.
+func (l *TCPListener) SetTable(t Table) { l.routes.Store(newRouteTable(t)) }
 
-// Routes returns the current route table.
+// Routes returns the current table's routes.
 func (l *TCPListener) Routes() []*Route { return l.routes.Load().routes }
 
 // Close stops accepting. Connections already accepted run on.
@@ -190,12 +190,15 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 		s.Stats.Accepted.Add(1)
 		if s.closing.Load() {
 			eventloop.Close(fd)
+			if o := l.routes.Load().opts.Observer; o != nil {
+				o.Rejected(ReasonShutdown)
+			}
 			continue
 		}
 		if max := s.maxConns.Load(); !s.admitConn(max) {
 			s.Stats.Rejected.Add(1)
-			if rs := l.Routes(); len(rs) > 0 {
-				refuseNew(rs[0].Observer, ReasonMaxConnections)
+			if o := l.routes.Load().opts.Observer; o != nil { // the server's limit: no rule's
+				o.Rejected(ReasonMaxConnections)
 			}
 			eventloop.ResetClose(fd)
 			s.log.Debug("connection rejected: max_connections reached", "listener", l.addr.String(), "max_connections", max)
@@ -237,4 +240,10 @@ func dupSocket(sc syscall.Conn) (int, error) {
 		return -1, os.NewSyscallError("fcntl", err)
 	}
 	return fd, nil
+}
+
+// Table returns the current table.
+func (l *TCPListener) Table() Table {
+	t := l.routes.Load()
+	return Table{Options: t.opts, Routes: t.routes}
 }

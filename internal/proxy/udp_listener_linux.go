@@ -60,7 +60,7 @@ import (
 type UDPListener struct {
 	srv    *Server
 	shards []*udpShard
-	routes atomic.Pointer[[]*Route]
+	table  atomic.Pointer[Table]
 
 	closed  atomic.Bool  // Close: no new sessions; exit when the last ends
 	forced  atomic.Bool  // end every session now
@@ -98,7 +98,7 @@ type udpShard struct {
 	openN      atomic.Int64 // open, readable from other goroutines
 	now        int64        // unix nanoseconds, once per loop turn
 	timeout    time.Duration
-	lastRoutes *[]*Route
+	lastTable  *Table
 	req        router.Request
 	waiting    map[netip.AddrPort]*udpWaiting // new clients whose backend's host name is being looked up
 	nwaiting   int                            // datagrams held in waiting
@@ -137,7 +137,7 @@ const (
 )
 
 // listenUDPEpoll binds addr and starts the listener's shards.
-func (s *Server) listenUDPEpoll(addr string, routes []*Route, opt udpOptions) (l *UDPListener, err error) {
+func (s *Server) listenUDPEpoll(addr string, t Table, opt udpOptions) (l *UDPListener, err error) {
 	if opt.maxDatagram == 0 {
 		opt.maxDatagram = eventloop.MaxDatagram
 	}
@@ -149,7 +149,7 @@ func (s *Server) listenUDPEpoll(addr string, routes []*Route, opt udpOptions) (l
 		return nil, err
 	}
 	l = &UDPListener{srv: s, done: make(chan struct{})}
-	l.routes.Store(&routes)
+	l.table.Store(&t)
 	for i, c := range conns {
 		sh := &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1,
 			local:       c.LocalAddr().(*net.UDPAddr).AddrPort(),
@@ -297,15 +297,19 @@ func (b *batch) init(size, n int) {
 // Addr is the bound address.
 func (l *UDPListener) Addr() net.Addr { return l.shards[0].conn.LocalAddr() }
 
-// SetRoutes publishes a new route table: new sessions use its first route,
-// and its session_timeout applies to every session of the listener.
-func (l *UDPListener) SetRoutes(routes []*Route) {
-	l.routes.Store(&routes)
+// SetTable publishes a new table: new sessions take the first of its routes
+// that matches, and its session timeout applies to every session of the
+// listener.
+func (l *UDPListener) SetTable(t Table) {
+	l.table.Store(&t)
 	l.wake()
 }
 
-// Routes returns the current route table.
-func (l *UDPListener) Routes() []*Route { return *l.routes.Load() }
+// Routes returns the current table's routes.
+func (l *UDPListener) Routes() []*Route { return l.table.Load().Routes }
+
+// Table returns the current table.
+func (l *UDPListener) Table() Table { return *l.table.Load() }
 
 // Sessions is the number of sessions open on this listener now.
 func (l *UDPListener) Sessions() int64 { return l.live.Load() }
@@ -363,7 +367,7 @@ func (l *udpShard) run() {
 			s.log.Error("udp listener stopped", "listener", l.conn.LocalAddr().String(), "err", err)
 			return
 		}
-		l.refreshRoutes()
+		l.refreshTable()
 		for _, ev := range l.Events() {
 			switch fd := int(ev.Fd); fd {
 			case l.fd:
@@ -406,18 +410,18 @@ func (l *udpShard) ack() {
 	}
 }
 
-// refreshRoutes picks up a new route table: its session_timeout.
-func (l *udpShard) refreshRoutes() {
-	p := l.ln.routes.Load()
-	if p == l.lastRoutes {
+// refreshTable picks up a new table: the listener's session_timeout.
+func (l *udpShard) refreshTable() {
+	p := l.ln.table.Load()
+	if p == l.lastTable {
 		return
 	}
-	l.lastRoutes = p
-	if rs := *p; len(rs) > 0 && rs[0].SessionTimeout > 0 {
-		if rs[0].SessionTimeout < l.timeout && l.Armed() > 0 {
+	l.lastTable = p
+	if t := p.Options.SessionTimeout; t > 0 {
+		if t < l.timeout && l.Armed() > 0 {
 			l.Rearm() // expiries came earlier
 		}
-		l.timeout = rs[0].SessionTimeout
+		l.timeout = t
 	}
 }
 

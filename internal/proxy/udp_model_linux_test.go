@@ -124,7 +124,7 @@ func BenchmarkSessionCost(b *testing.B) {
 		rt := newUDPRoute(b, "cost", be)
 		rt.MaxSessions = 0
 		for b.Loop() {
-			l, err := s.listenUDPEpoll("127.0.0.1:0", []*Route{rt}, udpOptions{})
+			l, err := s.listenUDPEpoll("127.0.0.1:0", Table{Routes: []*Route{rt}}, udpOptions{})
 			if err != nil {
 				b.Fatal(err)
 			}

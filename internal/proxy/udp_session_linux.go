@@ -244,21 +244,24 @@ func (l *udpShard) forwarded(s *udpSession, n int) {
 // client's tombstone, if any: the backends that refused it are not picked
 // again while others are usable.
 func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *udpSession {
-	routes := *l.ln.routes.Load()
+	table := l.ln.table.Load()
+	routes, lo := table.Routes, table.Options.Observer
 	switch {
 	case len(routes) == 0:
 		l.st.noRoute++
-		l.srv.observeUnrouted("udp", ReasonNoRule)
+		l.srv.observeUnrouted("udp", lo, ReasonNoRule)
 		return nil
 	case l.ln.closed.Load():
 		l.st.shutdown++
-		refuseNew(routes[0].Observer, ReasonShutdown)
+		if lo != nil { // the listener's closing: no rule's
+			lo.Rejected(ReasonShutdown)
+		}
 		return nil
 	}
 	rt := firstMatch(routes, &ConnInfo{Client: client})
 	if rt == nil { // no source/any matcher of the listener's rules matched
 		l.st.noRoute++
-		l.srv.observeUnrouted("udp", ReasonNoRule)
+		l.srv.observeUnrouted("udp", lo, ReasonNoRule)
 		return nil
 	}
 	release, reason := rt.Access.Admit(client.Addr())
