@@ -2,6 +2,12 @@
 // (match a route, pick a backend, dial, copy both ways), connection tracking
 // and graceful shutdown.
 //
+// The portable files hold the policy every engine shares: the Server,
+// tables and routes, matching, access control, inspection, observers and
+// how a connection ended. The epoll engine is the *_linux.go files (tcp_*
+// for TCP, udp_* for UDP), built on internal/eventloop; docs/architecture.md
+// ("The data path in layers") says which file does what.
+//
 // The engine gives each listener an immutable Table (its options and routes,
 // listener.go) with SetTable; the accept path loads it with one atomic read
 // per connection, so a reload switches tables without touching the
