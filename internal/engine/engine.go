@@ -12,9 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"reflect"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -100,13 +102,13 @@ func (e *Engine) Listeners() map[string]proxy.Listener {
 // listenKey names a listener by protocol and configured address.
 func listenKey(protocol, addr string) string { return protocol + " " + addr }
 
-func (e *Engine) listen(key string, routes []*proxy.Route) (proxy.Listener, error) {
+func (e *Engine) listen(key string, t proxy.Table) (proxy.Listener, error) {
 	protocol, addr, _ := strings.Cut(key, " ")
 	switch protocol {
 	case "tcp":
-		return e.srv.ListenTCP(addr, routes)
+		return e.srv.ListenTCP(addr, t)
 	case "udp":
-		return e.srv.ListenUDP(addr, routes)
+		return e.srv.ListenUDP(addr, t)
 	default:
 		return nil, fmt.Errorf("protocol %q is not supported yet", protocol)
 	}
@@ -169,9 +171,10 @@ type plan struct {
 	backends map[backendKey]*backend.Backend
 	routers  map[string]builtRouter
 	access   map[string]accessState
-	tables   map[string][]*proxy.Route // listenKey -> routes in file order
-	order    []string                  // listenKeys in file order
-	routes   []*proxy.Route            // to publish, in file order
+	tables   map[string][]*proxy.Route      // listenKey -> routes in file order
+	options  map[string]proxy.ListenOptions // listenKey -> the listener's own settings
+	order    []string                       // listenKeys in file order
+	routes   []*proxy.Route                 // to publish, in file order
 	checks   *health.Update
 	swaps    []healthSwap // kept backends whose health check changed
 	flags    []flagSet    // kept backends whose flags change
@@ -197,6 +200,11 @@ type limitSet struct {
 	n int
 }
 
+// table is the table of listener addr (a listenKey).
+func (p *plan) table(addr string) proxy.Table {
+	return proxy.Table{Options: p.options[addr], Routes: p.tables[addr]}
+}
+
 // plan builds file (with dyn) against the running state. It has no side
 // effect on the engine: nothing is bound, started, published or counted,
 // and dropping the plan leaves everything as it was. New backends get
@@ -215,6 +223,7 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 		routers:  map[string]builtRouter{},
 		access:   map[string]accessState{},
 		tables:   map[string][]*proxy.Route{},
+		options:  map[string]proxy.ListenOptions{},
 		checks:   e.checks.Begin(),
 	}
 	// A runtime change (admin API: drain, enable, disable, weight) to a
@@ -238,6 +247,11 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 		if _, ok := p.tables[addr]; !ok {
 			p.tables[addr] = nil
 			p.order = append(p.order, addr)
+			// The first enabled rule on a listener gives its settings: the
+			// config has the rules agree on those read before routing
+			// (accept_proxy_protocol, trusted_proxies), and the first
+			// rule's session_timeout is the listener's.
+			p.options[addr] = listenOptions(cfg, r)
 		}
 		bs := make([]*backend.Backend, len(r.Backends))
 		tiers := make([]int, len(r.Backends))
@@ -306,11 +320,9 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			IdleTimeout:    cfg.Server.IdleTimeout.D(),
 			BufferSize:     cfg.Server.BufferSize,
 			AccessLog:      cfg.Logging.AccessLog,
-			SessionTimeout: r.SessionTimeout.D(),
 			MaxResponses:   r.MaxResponses,
 			MaxSessions:    r.MaxSessions,
 			Match:          compileMatcher(r.Matcher),
-			Listen:         listenOptions(cfg, r),
 			SendProxy:      proxyVersion(r.ProxyProtocol),
 		}
 		var accessCfg config.Access
@@ -461,12 +473,20 @@ func (e *Engine) bind(p *plan) error {
 			}
 			rt.Observer = e.metrics.Observer(rt)
 		}
+		if lm, ok := e.metrics.(ListenerMetrics); ok {
+			for _, addr := range p.order {
+				protocol, address, _ := strings.Cut(addr, " ")
+				o := p.options[addr]
+				o.Observer = lm.ListenerObserver(protocol, address)
+				p.options[addr] = o
+			}
+		}
 	}
 	for _, addr := range p.order {
 		if _, ok := e.lns[addr]; ok {
 			continue
 		}
-		l, err := e.listen(addr, p.tables[addr])
+		l, err := e.listen(addr, p.table(addr))
 		if err != nil {
 			for _, a := range p.opened {
 				e.lns[a].Close()
@@ -474,6 +494,9 @@ func (e *Engine) bind(p *plan) error {
 			}
 			if e.metrics != nil {
 				e.metrics.Retain(e.routes) // drop the series of routes built for nothing
+				if lm, ok := e.metrics.(ListenerMetrics); ok {
+					lm.RetainListeners(slices.Collect(maps.Keys(e.lns))) // and of listeners
+				}
 			}
 			return fmt.Errorf("listen %s: %w", addr, unwrapOp(err))
 		}
@@ -490,7 +513,7 @@ func (e *Engine) bind(p *plan) error {
 func (e *Engine) commit(p *plan) {
 	cfg := p.cfg
 	for _, addr := range p.order {
-		e.lns[addr].SetRoutes(p.tables[addr])
+		e.lns[addr].SetTable(p.table(addr))
 	}
 	var closed []string
 	for addr, l := range e.lns {
@@ -532,6 +555,9 @@ func (e *Engine) commit(p *plan) {
 	e.routes, e.observed = p.routes, true
 	if e.metrics != nil {
 		e.metrics.Retain(p.routes)
+		if lm, ok := e.metrics.(ListenerMetrics); ok {
+			lm.RetainListeners(p.order)
+		}
 	}
 	dp := DescriptorPlan(cfg, e.srv.Workers()) // (descriptors.go)
 	e.srv.SetMaxConnections(dp.Capped)

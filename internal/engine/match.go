@@ -85,12 +85,18 @@ type accessState struct {
 	acl      *proxy.Access
 }
 
+// listenOptions are the settings of r's listener, r being its first
+// enabled rule.
 func listenOptions(cfg *config.Config, r *config.Rule) proxy.ListenOptions {
-	return proxy.ListenOptions{
+	o := proxy.ListenOptions{
 		AcceptProxy: r.AcceptProxyProtocol,
 		Trusted:     prefixes(r.TrustedProxies),
 		PeekTimeout: cfg.Server.PeekTimeout.D(),
 	}
+	if r.Protocol == "udp" {
+		o.SessionTimeout = r.SessionTimeout.D()
+	}
+	return o
 }
 
 func proxyVersion(s string) int {

@@ -20,6 +20,18 @@ type Metrics interface {
 	Retain(routes []*proxy.Route)
 }
 
+// ListenerMetrics is what the engine uses, when its Metrics has it, to
+// count per listener what no rule takes (internal/metrics implements it).
+type ListenerMetrics interface {
+	// ListenerObserver returns the observer of a listener ("tcp" or "udp",
+	// its configured address), the same one for the same listener.
+	ListenerObserver(protocol, address string) proxy.ListenerObserver
+	// RetainListeners is told the listeners (listen keys: "tcp
+	// 127.0.0.1:8000") in use after every Apply; the series of others are
+	// dropped.
+	RetainListeners(keys []string)
+}
+
 // SetMetrics makes every route built from now on count into m. Call it
 // before the first Apply; nil (the default) leaves metrics off.
 func (e *Engine) SetMetrics(m Metrics) {

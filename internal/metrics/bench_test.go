@@ -68,7 +68,7 @@ func benchConnections(b *testing.B, metricsOn bool) {
 		m.Retain([]*proxy.Route{rt})
 	}
 	srv := proxy.NewServer(slog.New(slog.DiscardHandler))
-	pl, err := srv.ListenTCP("127.0.0.1:0", []*proxy.Route{rt})
+	pl, err := srv.ListenTCP("127.0.0.1:0", proxy.Table{Routes: []*proxy.Route{rt}})
 	if err != nil {
 		b.Fatal(err)
 	}

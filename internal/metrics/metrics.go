@@ -67,6 +67,7 @@ type Metrics struct {
 	connTotal    *prometheus.CounterVec   // rule, protocol
 	connDuration *prometheus.HistogramVec // rule, protocol
 	connRejected *prometheus.CounterVec   // rule, protocol, reason
+	lnRejected   *prometheus.CounterVec   // listener, protocol, reason (listener.go)
 
 	requests    *prometheus.CounterVec   // rule, protocol
 	reqDuration *prometheus.HistogramVec // rule, protocol
@@ -88,9 +89,10 @@ type Metrics struct {
 	server    serverCollector     // the descriptor budget (state.go)
 	discovery discoveryCollectors // DNS discovery (discovery.go)
 
-	mu      sync.Mutex // serialises Observer's bookkeeping and Retain
-	made    labelKeys  // label combinations Observer resolved since the last Retain
-	current atomic.Pointer[snapshot]
+	mu        sync.Mutex                   // serialises Observer's bookkeeping and Retain, and guards listeners
+	listeners map[string]*listenerObserver // by listen key ("tcp 127.0.0.1:8000")
+	made      labelKeys                    // label combinations Observer resolved since the last Retain
+	current   atomic.Pointer[snapshot]
 }
 
 // snapshot is what Retain was last given, for the scrape-time collector and
@@ -125,6 +127,9 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		connRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "connections_rejected_total", Help: "Connections or datagrams dropped without reaching a backend, by reason."},
 			[]string{"rule", "protocol", "reason"}),
+		lnRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "listener_rejected_total", Help: "Connections or datagrams a listener refused before any of its rules took them (server max_connections, shutdown, no matching rule, a PROXY header or client problem), by reason."},
+			[]string{"listener", "protocol", "reason"}),
 
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "requests_total", Help: "Requests proxied: TCP connections that reached a backend (counted when they end), UDP datagrams from clients."}, rp),
@@ -172,7 +177,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		Name: "log_records_dropped_total", Help: "Log records the event loops dropped because the log output did not keep up (its queue was full)."},
 		func() float64 { return float64(logging.Dropped()) })
 
-	cs := []prometheus.Collector{logDropped, m.connActive, m.connTotal, m.connDuration, m.connRejected,
+	cs := []prometheus.Collector{logDropped, m.connActive, m.connTotal, m.connDuration, m.connRejected, m.lnRejected,
 		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
 		m.beRequests, m.beEnded, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
 		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server}

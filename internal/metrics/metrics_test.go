@@ -364,7 +364,7 @@ func TestDescriptorMetrics(t *testing.T) {
 	if _, ok := v[`dynamic_proxy_descriptor_reserve{}`]; ok {
 		t.Error("a reserve reported before the limit was read (no listener yet)")
 	}
-	l, err := s.ListenTCP("127.0.0.1:0", nil) // reads the limit and counts
+	l, err := s.ListenTCP("127.0.0.1:0", proxy.Table{}) // reads the limit and counts
 	if err != nil {
 		t.Fatal(err)
 	}

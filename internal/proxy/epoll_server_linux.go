@@ -5,7 +5,7 @@ import "github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 // epollState is what a Server keeps of the epoll engine: its TCP loops and
 // its UDP listeners. Guarded by the Server's mu.
 type epollState struct {
-	loops []*tcpLoop                // the TCP event loops (tcploop.go), started with the first TCP listener
+	loops []*tcpLoop                // the TCP event loops (tcp_loop_linux.go), started with the first TCP listener
 	udp   map[*UDPListener]struct{} // until their sessions have ended
 }
 
@@ -19,7 +19,7 @@ func (s *Server) cutEpoll() int {
 	s.mu.Unlock()
 	n := 0
 	for _, lp := range loops {
-		lp.call(func() {
+		lp.Call(func() {
 			n += lp.nconns
 			lp.each(func(c *lconn) { c.forceClose(EndShutdown) })
 		})
@@ -38,8 +38,8 @@ func (s *Server) stopEpoll() {
 	loops := s.loops
 	s.mu.Unlock()
 	for _, lp := range loops {
-		lp.post(func() { lp.stop = true })
-		<-lp.done
+		lp.Post(func() { lp.stop = true })
+		<-lp.Exited()
 	}
 }
 
@@ -50,7 +50,7 @@ func (s *Server) closeBackendEpoll(b *backend.Backend) int {
 	loops := s.loops
 	s.mu.Unlock()
 	for _, lp := range loops {
-		lp.call(func() {
+		lp.Call(func() {
 			lp.each(func(c *lconn) {
 				if c.be == b {
 					c.forceClose(EndDrained)

@@ -14,11 +14,11 @@ type epollState struct{}
 
 var errNoEpoll = errors.New("the epoll engine runs on Linux only")
 
-func (s *Server) initEpoll()                                        {}
-func (s *Server) cutEpoll() int                                     { return 0 }
-func (s *Server) stopEpoll()                                        {}
-func (s *Server) closeBackendEpoll(*backend.Backend) int            { return 0 }
-func (s *Server) listenTCPEpoll(string, []*Route) (Listener, error) { return nil, errNoEpoll }
-func (s *Server) listenUDPEpoll(string, []*Route, udpOptions) (Listener, error) {
+func (s *Server) initEpoll()                                     {}
+func (s *Server) cutEpoll() int                                  { return 0 }
+func (s *Server) stopEpoll()                                     {}
+func (s *Server) closeBackendEpoll(*backend.Backend) int         { return 0 }
+func (s *Server) listenTCPEpoll(string, Table) (Listener, error) { return nil, errNoEpoll }
+func (s *Server) listenUDPEpoll(string, Table, udpOptions) (Listener, error) {
 	return nil, errNoEpoll
 }

@@ -69,7 +69,7 @@ type descriptors struct {
 	done    chan struct{}
 }
 
-// splicePipes counts the pipe ends of the pool (splice_linux.go), which is
+// splicePipes counts the pipe ends of the pool (tcp_relay_linux.go), which is
 // shared by every Server of the process.
 var splicePipes atomic.Int64
 

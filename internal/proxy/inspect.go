@@ -14,17 +14,18 @@ import (
 	"github.com/pires/go-proxyproto"
 )
 
-// routeTable is a TCP listener's routes as published by SetRoutes, with
-// what their matchers and routers need peeked, worked out once per table
+// routeTable is a TCP listener's Table as published by SetTable, with
+// what its matchers and routers need peeked, worked out once per table
 // rather than once per connection.
 type routeTable struct {
+	opts   ListenOptions
 	routes []*Route
 	need   Need
 }
 
-func newRouteTable(routes []*Route) *routeTable {
-	t := &routeTable{routes: routes}
-	for _, r := range routes {
+func newRouteTable(tb Table) *routeTable {
+	t := &routeTable{opts: tb.Options, routes: tb.Routes}
+	for _, r := range tb.Routes {
 		t.need |= peekNeed(router.NeedsOf(r.Router))
 		if r.Match != nil {
 			t.need |= r.Match.Needs()
@@ -45,18 +46,6 @@ func peekNeed(n router.Needs) Need {
 	return need
 }
 
-// ListenOptions are a listener's settings for what happens before routing.
-// The engine gives every route of one listener the same ListenOptions.
-type ListenOptions struct {
-	// AcceptProxy reads a PROXY protocol (v1 or v2) header first and uses
-	// its source as the client address. The peer must be in Trusted.
-	AcceptProxy bool
-	Trusted     []netip.Prefix
-	// PeekTimeout bounds the wait for a PROXY header and for the first bytes
-	// the matchers need (TLS ClientHello, HTTP request head).
-	PeekTimeout time.Duration
-}
-
 // Errors of inspection, counted as rejection reasons.
 var (
 	ErrUntrustedProxy = errors.New("PROXY header from an untrusted peer")
@@ -75,7 +64,7 @@ func inspect(c *net.TCPConn, table *routeTable) (*Route, ConnInfo, []byte, error
 	if len(routes) == 0 {
 		return nil, ci, nil, nil
 	}
-	opts := routes[0].Listen
+	opts := table.opts
 	if !opts.AcceptProxy && need == 0 {
 		return firstMatch(routes, &ci), ci, nil, nil
 	}

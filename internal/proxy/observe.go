@@ -58,6 +58,15 @@ type UnroutedObserver interface {
 	Unrouted(protocol string, r Reason)
 }
 
+// ListenerObserver counts, for one listener, the connections and
+// datagrams refused before any of its rules took them: server-wide
+// max_connections, shutdown, no matching rule, or a PROXY header or client
+// problem met before routing. Called on the event loops, like Observer: it
+// must be quick and never block.
+type ListenerObserver interface {
+	Rejected(r Reason)
+}
+
 // Reason says why a connection or datagram was not proxied. Its String is
 // the reason label of dynamic_proxy_connections_rejected_total.
 type Reason uint8
@@ -121,8 +130,13 @@ func (s *Server) SetUnroutedObserver(o UnroutedObserver) {
 	s.unrouted.Store(&o)
 }
 
-func (s *Server) observeUnrouted(protocol string, r Reason) {
+// observeUnrouted counts traffic refused before a rule took it, on the
+// server's UnroutedObserver and on the listener's (lo, nil: none).
+func (s *Server) observeUnrouted(protocol string, lo ListenerObserver, r Reason) {
 	if o := s.unrouted.Load(); o != nil {
 		(*o).Unrouted(protocol, r)
+	}
+	if lo != nil {
+		lo.Rejected(r)
 	}
 }

@@ -2,9 +2,16 @@
 // (match a route, pick a backend, dial, copy both ways), connection tracking
 // and graceful shutdown.
 //
-// The engine gives each listener an immutable []*Route with SetRoutes; the
-// accept path loads it with one atomic read per connection, so a reload
-// switches routes without touching the listening socket.
+// The portable files hold the policy every engine shares: the Server,
+// tables and routes, matching, access control, inspection, observers and
+// how a connection ended. The epoll engine is the *_linux.go files (tcp_*
+// for TCP, udp_* for UDP), built on internal/eventloop; docs/architecture.md
+// ("The data path in layers") says which file does what.
+//
+// The engine gives each listener an immutable Table (its options and routes,
+// listener.go) with SetTable; the accept path loads it with one atomic read
+// per connection, so a reload switches tables without touching the
+// listening socket.
 package proxy
 
 import (
@@ -37,21 +44,20 @@ type Route struct {
 	Observer       Observer // metrics hooks (observe.go); nil: metrics off
 
 	// Matching and access (see match.go, access.go, inspect.go).
-	Match     Matcher       // nil: every connection
-	Access    *Access       // nil: no access control
-	Listen    ListenOptions // the same on every route of a listener
-	SendProxy int           // write a PROXY v1 or v2 header to the backend; 0: none
+	Match     Matcher // nil: every connection
+	Access    *Access // nil: no access control
+	SendProxy int     // write a PROXY v1 or v2 header to the backend; 0: none
 
-	// UDP only (see udp.go).
-	SessionTimeout time.Duration // idle time before a session ends; > 0
-	MaxResponses   int           // end a session after this many replies; 0: unlimited
-	MaxSessions    int           // concurrent sessions; 0: no limit
+	// UDP only (see udp_listener_linux.go); the session timeout is the
+	// listener's (ListenOptions).
+	MaxResponses int // end a session after this many replies; 0: unlimited
+	MaxSessions  int // concurrent sessions; 0: no limit
 }
 
-// Listener is a bound TCP or UDP listener whose routes can be swapped.
+// Listener is a bound TCP or UDP listener whose table can be swapped.
 type Listener interface {
 	Addr() net.Addr
-	SetRoutes([]*Route)
+	SetTable(Table)
 	Close()
 }
 
@@ -99,20 +105,20 @@ func NewServer(log *slog.Logger) *Server {
 	return s
 }
 
-// ListenTCP binds addr and starts accepting. Routes must be set with
-// SetRoutes; until then connections are closed as unmatched.
-func (s *Server) ListenTCP(addr string, routes []*Route) (Listener, error) {
-	l, err := s.listenTCPEpoll(addr, routes)
+// ListenTCP binds addr and starts accepting with table t (replaced later
+// with SetTable); without routes connections are closed as unmatched.
+func (s *Server) ListenTCP(addr string, t Table) (Listener, error) {
+	l, err := s.listenTCPEpoll(addr, t)
 	if err != nil {
 		return nil, err
 	}
 	return l, nil
 }
 
-// ListenUDP binds addr and starts serving datagrams with routes (replaced
-// later with SetRoutes).
-func (s *Server) ListenUDP(addr string, routes []*Route) (Listener, error) {
-	l, err := s.listenUDPEpoll(addr, routes, udpOptions{})
+// ListenUDP binds addr and starts serving datagrams with table t (replaced
+// later with SetTable).
+func (s *Server) ListenUDP(addr string, t Table) (Listener, error) {
+	l, err := s.listenUDPEpoll(addr, t, udpOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +127,7 @@ func (s *Server) ListenUDP(addr string, routes []*Route) (Listener, error) {
 
 // udpOptions change a listener's buffers, for tests and benchmarks.
 type udpOptions struct {
-	maxDatagram int // bytes per message buffer; 0: maxDatagram
+	maxDatagram int // bytes per message buffer; 0: the largest datagram
 	batch       int // messages per recvmmsg/sendmmsg; 0: batchSize
 }
 

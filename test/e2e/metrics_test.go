@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"fmt"
@@ -238,6 +239,7 @@ var mxFamilyTypes = map[string]dto.MetricType{
 	"descriptor_reserve":                           dto.MetricType_GAUGE,
 	"descriptor_budget_refusals_total":             dto.MetricType_COUNTER,
 	"log_records_dropped_total":                    dto.MetricType_COUNTER,
+	"listener_rejected_total":                      dto.MetricType_COUNTER,
 }
 
 // TestMetricsEveryFamily checks that every family is exported with its
@@ -332,6 +334,52 @@ address = %q
 		if strings.Contains(v, cport) || v == client || v == host {
 			t.Errorf("a label value names the client: %q", v)
 		}
+	}
+}
+
+// TestMetricsListenerRejections: a connection refused by the server's
+// max_connections belongs to no rule: on a listener with two rules it is
+// counted on listener_rejected_total of the listener, and on neither rule.
+func TestMetricsListenerRejections(t *testing.T) {
+	e := StartEcho(t, "lr")
+	port := harness.FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = %q
+max_connections = 1
+[[rules]]
+name = "first"
+[rules.matcher]
+type = "source"
+cidrs = ["127.0.0.0/8"]
+[[rules.backends]]
+id = "e1"
+address = %q
+[[rules]]
+name = "second"
+[[rules.backends]]
+id = "e2"
+address = %q
+`, addr, e.Addr, e.Addr)))
+	url := p.MetricsURL()
+	held := dialT(t, addr)
+	defer held.Close()
+	readLine(t, bufio.NewReader(held))
+	if _, err := harness.Greeting(addr); err == nil {
+		t.Fatal("a connection beyond max_connections got a greeting")
+	}
+	ln := map[string]string{"listener": addr, "protocol": "tcp", "reason": "max_connections"}
+	f := harness.WaitMetrics(t, url, "the refusal on the listener", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_listener_rejected_total", ln) == 1
+	})
+	for _, rule := range []string{"first", "second"} {
+		if n := f.Value("dynamic_proxy_connections_rejected_total", map[string]string{"rule": rule, "reason": "max_connections"}); n != 0 {
+			t.Errorf("rule %s counted %v max_connections rejections", rule, n)
+		}
+	}
+	if n := f.Value("dynamic_proxy_connections_total", map[string]string{"rule": "first"}); n != 1 {
+		t.Errorf("rule first counted %v connections, want 1 (the held one)", n)
 	}
 }
 

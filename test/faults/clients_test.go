@@ -88,8 +88,8 @@ func echoOnce(addr, greeting string, n int) (net.Conn, error) {
 // more than max_connections (2,040) allows.
 // Must hold:
 //   - "port listener": the 40 are served (greeting and a 4 KiB echo); the
-//     2,041st is refused at once and counted as
-//     connections_rejected_total{reason="max_connections"}; idle_timeout
+//     2,041st is refused at once and counted on its listener,
+//     listener_rejected_total{reason="max_connections"}; idle_timeout
 //     (4 s) closes all 2,000 idle ones, none before it, each logged with
 //     end=idle_timeout; then new clients are served again and the proxy's
 //     descriptors are back to the baseline.
@@ -143,8 +143,11 @@ func TestSlowloris(t *testing.T) {
 		}
 		refusedIn := time.Since(start)
 		harness.Eventually(t, "the refusal counted", func() bool {
-			return harness.Scrape(t, url).Value("dynamic_proxy_connections_rejected_total", harness.Labels{"protocol": "tcp", "reason": "max_connections", "rule": "web"}) == 1
+			return harness.Scrape(t, url).Value("dynamic_proxy_listener_rejected_total", harness.Labels{"protocol": "tcp", "reason": "max_connections"}) == 1
 		})
+		if n := harness.Scrape(t, url).Value("dynamic_proxy_connections_rejected_total", harness.Labels{"reason": "max_connections", "rule": "web"}); n > 0 {
+			t.Errorf("the rule counted %v max_connections refusals: the limit is the server's", n)
+		}
 		for _, c := range served {
 			c.Close()
 		}

@@ -103,13 +103,19 @@ func newUDPRoute(t testing.TB, name string, addrs ...string) *Route {
 		t.Fatal(err)
 	}
 	return &Route{Name: name, Protocol: "udp", RouterName: "round_robin", Router: r, Backends: bs,
-		ConnectTimeout: 30 * time.Second, SessionTimeout: 30 * time.Second, MaxSessions: 10000}
+		ConnectTimeout: 30 * time.Second, MaxSessions: 10000}
 }
 
 // listenUDPTest binds a UDP listener on 127.0.0.1 serving routes.
 func listenUDPTest(t testing.TB, s *Server, routes ...*Route) *UDPListener {
 	t.Helper()
-	l, err := s.listenUDPEpoll("127.0.0.1:0", routes, udpOptions{})
+	return listenUDPTable(t, s, Table{Routes: routes})
+}
+
+// listenUDPTable binds a UDP listener on 127.0.0.1 serving tb.
+func listenUDPTable(t testing.TB, s *Server, tb Table) *UDPListener {
+	t.Helper()
+	l, err := s.listenUDPEpoll("127.0.0.1:0", tb, udpOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

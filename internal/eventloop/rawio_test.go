@@ -1,6 +1,9 @@
-package proxy
+//go:build linux
+
+package eventloop
 
 import (
+	"net"
 	"runtime"
 	"testing"
 	"unsafe"
@@ -45,7 +48,7 @@ func TestSendRaisesNoSIGPIPE(t *testing.T) {
 	unix.Close(fds[1])
 
 	// The control: write(2) raises it, so the check below can see one.
-	if _, err := rawWrite(fds[0], []byte("x")); err != unix.EPIPE {
+	if _, err := RawWrite(fds[0], []byte("x")); err != unix.EPIPE {
 		t.Fatalf("write to a closed peer: %v, want EPIPE", err)
 	}
 	if !pending() {
@@ -56,11 +59,38 @@ func TestSendRaisesNoSIGPIPE(t *testing.T) {
 		t.Fatal("the pending SIGPIPE was not consumed")
 	}
 
-	if _, err := rawSend(fds[0], []byte("x")); err != unix.EPIPE {
+	if _, err := Send(fds[0], []byte("x")); err != unix.EPIPE {
 		t.Fatalf("send to a closed peer: %v, want EPIPE", err)
 	}
 	if pending() {
 		take()
 		t.Fatal("send to a closed peer raised SIGPIPE")
+	}
+}
+
+// TestLocalAddrPort: the getsockname behind router.Request.Local on a
+// wildcard listener gives a connection's own local address.
+func TestLocalAddrPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, err := c.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, ok := LocalAddrPort(int(f.Fd()))
+	if want := c.LocalAddr().(*net.TCPAddr).AddrPort(); !ok || got != want {
+		t.Errorf("LocalAddrPort = %v, %v; want %v", got, ok, want)
+	}
+	if _, ok := LocalAddrPort(-1); ok {
+		t.Error("LocalAddrPort of no socket reported an address")
 	}
 }

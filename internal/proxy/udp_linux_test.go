@@ -140,9 +140,8 @@ func TestUDPSessionTimeout(t *testing.T) {
 	s, sink := newTestServer(t)
 	be := startUDPBackend(t, echoReply)
 	rt := newUDPRoute(t, "timeout", be.addr)
-	rt.SessionTimeout = 200 * time.Millisecond
 	rt.AccessLog = true
-	l := listenUDPTest(t, s, rt)
+	l := listenUDPTable(t, s, Table{Options: ListenOptions{SessionTimeout: 200 * time.Millisecond}, Routes: []*Route{rt}})
 	c := udpClient(t, l.Addr())
 
 	start := time.Now() // the session's last activity is later than this
@@ -172,8 +171,7 @@ func TestUDPTrafficKeepsSessionOpen(t *testing.T) {
 	s, _ := newTestServer(t)
 	be := startUDPBackend(t, echoReply)
 	rt := newUDPRoute(t, "keep", be.addr)
-	rt.SessionTimeout = time.Second
-	l := listenUDPTest(t, s, rt)
+	l := listenUDPTable(t, s, Table{Options: ListenOptions{SessionTimeout: time.Second}, Routes: []*Route{rt}})
 	c := udpClient(t, l.Addr())
 	end := time.Now().Add(2500 * time.Millisecond) // two and a half timeouts
 	for i := 0; time.Now().Before(end); i++ {
@@ -330,7 +328,7 @@ func TestUDPMaxSessions(t *testing.T) {
 	// A reload that raises the limit lets the third client in.
 	rt2 := *rt
 	rt2.MaxSessions = 3
-	l.SetRoutes([]*Route{&rt2})
+	l.SetTable(Table{Routes: []*Route{&rt2}})
 	mustRoundTrip(t, c, []byte("c2"), []byte("c2"))
 	if l.Sessions() != 3 {
 		t.Errorf("sessions %d, want 3", l.Sessions())
@@ -415,7 +413,7 @@ func TestUDPOversize(t *testing.T) {
 		}
 		return echoReply(p)
 	})
-	l, err := s.listenUDPEpoll("127.0.0.1:0", []*Route{newUDPRoute(t, "small", be.addr)}, udpOptions{maxDatagram: 1024})
+	l, err := s.listenUDPEpoll("127.0.0.1:0", Table{Routes: []*Route{newUDPRoute(t, "small", be.addr)}}, udpOptions{maxDatagram: 1024})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,9 +511,7 @@ func TestUDPDescriptorsReleased(t *testing.T) {
 	}
 	t.Logf("%d open sessions: %.0f bytes of Go memory each, %d goroutines", total, perSession, now.goroutines-mem.goroutines)
 	// A reload that shortens session_timeout applies to open sessions too.
-	short := *rt
-	short.SessionTimeout = 50 * time.Millisecond
-	l.SetRoutes([]*Route{&short})
+	l.SetTable(Table{Options: ListenOptions{SessionTimeout: 50 * time.Millisecond}, Routes: []*Route{rt}})
 	harness.Eventually(t, "every session to expire", func() bool { return l.Sessions() == 0 })
 	if got := openFds(t); got != base {
 		t.Errorf("descriptors after expiry: %d, want the baseline %d", got, base)
@@ -602,7 +598,7 @@ func TestUDPCloseReleasesPort(t *testing.T) {
 	l := listenUDPTest(t, s, newUDPRoute(t, "x", "127.0.0.1:9"))
 	addr := l.Addr().String()
 	l.Close()
-	l2, err := s.ListenUDP(addr, nil)
+	l2, err := s.ListenUDP(addr, Table{})
 	if err != nil {
 		t.Fatalf("rebinding a closed listener's address: %v", err)
 	}
@@ -617,38 +613,16 @@ func TestUDPReload(t *testing.T) {
 	l := listenUDPTest(t, s, newUDPRoute(t, "r", one.addr))
 	a := udpClient(t, l.Addr())
 	mustRoundTrip(t, a, []byte("a"), []byte("one:a"))
-	l.SetRoutes([]*Route{newUDPRoute(t, "r", two.addr)})
+	l.SetTable(Table{Routes: []*Route{newUDPRoute(t, "r", two.addr)}})
 	mustRoundTrip(t, a, []byte("a"), []byte("one:a"))
 	b := udpClient(t, l.Addr())
 	mustRoundTrip(t, b, []byte("b"), []byte("two:b"))
 	// With no routes at all, a new client is dropped and counted.
-	l.SetRoutes(nil)
+	l.SetTable(Table{})
 	c := udpClient(t, l.Addr())
 	c.Write([]byte("c"))
 	harness.Eventually(t, "a datagram without a route to be counted", func() bool { return s.UDP.DroppedNoRoute.Load() == 1 })
 	mustRoundTrip(t, b, []byte("b"), []byte("two:b"))
-}
-
-func TestPktinfoRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		family int
-		addr   string
-	}{{2, "127.0.0.5"}, {10, "::ffff:127.0.0.5"}, {10, "fe80::1"}, {10, "2001:db8::1"}} {
-		local := netip.MustParseAddr(tc.addr)
-		var oob [64]byte
-		n := putPktinfo(oob[:], tc.family, local, 7)
-		got, ifindex, ok := parsePktinfo(oob[:n])
-		want := local
-		if tc.family == 2 {
-			want = local.Unmap()
-		}
-		if !ok || got != want {
-			t.Errorf("%s: parsed %v ok=%v, want %v", tc.addr, got, ok, want)
-		}
-		if wantIf := uint32(0); local.IsLinkLocalUnicast() && ifindex != 7 || !local.IsLinkLocalUnicast() && ifindex != wantIf {
-			t.Errorf("%s: ifindex %d", tc.addr, ifindex)
-		}
-	}
 }
 
 // TestUDPCloseBackendConns: drain_timeout's CloseBackendConns ends the UDP
@@ -712,7 +686,7 @@ func TestUDPShards(t *testing.T) {
 			}
 		}
 	}
-	if _, err := s.ListenUDP(l.Addr().String(), nil); err == nil || !errors.Is(err, unix.EADDRINUSE) {
+	if _, err := s.ListenUDP(l.Addr().String(), Table{}); err == nil || !errors.Is(err, unix.EADDRINUSE) {
 		t.Errorf("a second listener on %v: %v, want address already in use", l.Addr(), err)
 	}
 	if pc, err := net.ListenPacket("udp", l.Addr().String()); err == nil {

@@ -134,7 +134,13 @@ func newRoute(t testing.TB, name string, addrs ...string) *Route {
 // listen binds a listener on 127.0.0.1 serving routes and returns its address.
 func listen(t testing.TB, s *Server, routes ...*Route) string {
 	t.Helper()
-	l, err := s.ListenTCP("127.0.0.1:0", routes)
+	return listenTable(t, s, Table{Routes: routes})
+}
+
+// listenTable binds a listener on 127.0.0.1 serving tb and returns its address.
+func listenTable(t testing.TB, s *Server, tb Table) string {
+	t.Helper()
+	l, err := s.ListenTCP("127.0.0.1:0", tb)
 	if err != nil {
 		t.Fatal(err)
 	}

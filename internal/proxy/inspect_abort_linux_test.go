@@ -15,8 +15,8 @@ func TestShutdownAbortsInspection(t *testing.T) {
 	be := startBackend(t, echo)
 	s, _ := newTestServer(t)
 	rt := newRoute(t, "insp", be.addr)
-	rt.Listen = ListenOptions{AcceptProxy: true, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, PeekTimeout: time.Hour}
-	addr := listen(t, s, rt)
+	opts := ListenOptions{AcceptProxy: true, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, PeekTimeout: time.Hour}
+	addr := listenTable(t, s, Table{Options: opts, Routes: []*Route{rt}})
 	c := dial(t, addr) // sends nothing
 	defer c.Close()
 	harness.Eventually(t, "the connection to be accepted", func() bool { return s.Active() == 1 })

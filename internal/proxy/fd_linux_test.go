@@ -36,9 +36,7 @@ func fdCounts(t testing.TB) (sockets, pipeEnds int) {
 }
 
 func pooledPipes() int {
-	pipes.Lock()
-	defer pipes.Unlock()
-	return len(pipes.free)
+	return pipes.Free()
 }
 
 // TestIdleConnectionHoldsTwoDescriptors opens N proxied connections and
@@ -91,8 +89,8 @@ func TestIdleConnectionHoldsTwoDescriptors(t *testing.T) {
 	if d := sock2 - sock0; d != 4*n {
 		t.Errorf("after traffic, %d connections hold %d sockets, want %d", n, d, 4*n)
 	}
-	if pool2 > maxFreePipes {
-		t.Errorf("free pool holds %d pipes, more than its cap %d", pool2, maxFreePipes)
+	if pool2 > pipes.Max {
+		t.Errorf("free pool holds %d pipes, more than its cap %d", pool2, pipes.Max)
 	}
 	t.Logf("%d connections: +%d sockets, +%d pipe ends (all %d pooled pipes, shared by every connection)",
 		n, sock2-sock0, pipe2-pipe0, pool2)

@@ -97,7 +97,7 @@ func (o *recObserver) waitFor(t *testing.T, what string, cond func() bool) {
 func obsServer(t *testing.T, rt *Route) (*Server, string) {
 	t.Helper()
 	srv := NewServer(slog.New(slog.DiscardHandler))
-	l, err := srv.ListenTCP("127.0.0.1:0", []*Route{rt})
+	l, err := srv.ListenTCP("127.0.0.1:0", Table{Routes: []*Route{rt}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,10 +217,18 @@ func TestObserverRejections(t *testing.T) {
 	}
 	defer held.Close()
 	o.waitFor(t, "the held connection", func() bool { return o.requests == 0 && len(o.connected[b]) == 1 })
+	rejected := srv.Stats.Rejected.Load()
 	greet()
-	o.waitFor(t, "max_connections", func() bool { return o.rejected[ReasonMaxConnections] == 1 })
+	harness.Eventually(t, "the refused connection counted", func() bool { return srv.Stats.Rejected.Load() == rejected+1 })
 	held.Close()
-	o.waitFor(t, "everything closed", func() bool { return o.opened == o.closed && o.opened == 3 })
+	// max_connections is the server's, no rule's: the rule's observer does
+	// not count it (the listener's does: TestMaxConnectionsCountedOnListener).
+	o.waitFor(t, "everything closed", func() bool { return o.opened == o.closed && o.opened == 2 })
+	o.mu.Lock()
+	if o.rejected[ReasonMaxConnections] != 0 {
+		t.Errorf("the rule counted %d max_connections rejections", o.rejected[ReasonMaxConnections])
+	}
+	o.mu.Unlock()
 
 	// connect_failed: the only backend refuses.
 	srv.SetMaxConnections(0)

@@ -1,4 +1,6 @@
-package proxy
+//go:build linux
+
+package eventloop
 
 import (
 	"encoding/binary"
@@ -9,30 +11,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The socket layer of the UDP proxy: recvmmsg/sendmmsg over reused headers,
-// sockaddr and IP_PKTINFO/IPV6_PKTINFO encoding, all without allocating.
+// The datagram layer of the UDP loops: recvmmsg/sendmmsg over reused
+// headers (Batch), sockaddr and IP_PKTINFO/IPV6_PKTINFO encoding, all
+// without allocating.
 //
 // golang.org/x/net/ipv4's ReadBatch/WriteBatch wrap the same system calls,
 // but return every source address as a freshly allocated *net.UDPAddr (two
 // allocations per datagram, measured in BenchmarkXNetReadBatch), so the
-// listener calls them itself.
+// UDP loops call them themselves.
 
-// maxDatagram is the largest UDP payload there is: 65,535 minus the 8-byte
+// MaxDatagram is the largest UDP payload there is: 65,535 minus the 8-byte
 // UDP header (IPv4 allows 65,507 once its own header is counted, IPv6
 // 65,527). A buffer this size never truncates a datagram.
-const maxDatagram = 65535
+const MaxDatagram = 65535
 
-// oobSize is the control buffer of one message: room for IP_PKTINFO (32
+// OOBSize is the control buffer of one message: room for IP_PKTINFO (32
 // bytes) or IPV6_PKTINFO (40) and anything unexpected next to it.
-const oobSize = 64
+const OOBSize = 64
 
 // The loop's datagram calls never block (MSG_DONTWAIT on non-blocking
-// sockets), so they are raw system calls: see rawio_linux.go for what the
+// sockets), so they are raw system calls: see rawio.go for what the
 // runtime's blocking-syscall protocol would cost on every one.
 
-// recvmmsg reads up to len(hs) datagrams without blocking. It returns 0 and
+// Recvmmsg reads up to len(hs) datagrams without blocking. It returns 0 and
 // EAGAIN when none is waiting.
-func recvmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
+func Recvmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
 	n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])),
 		uintptr(len(hs)), unix.MSG_DONTWAIT, 0, 0)
 	runtime.KeepAlive(hs)
@@ -42,9 +45,9 @@ func recvmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
 	return int(n), 0
 }
 
-// sendmmsg sends up to len(hs) datagrams without blocking and returns how
+// Sendmmsg sends up to len(hs) datagrams without blocking and returns how
 // many went; an error is about hs[n].
-func sendmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
+func Sendmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
 	n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hs[0])),
 		uintptr(len(hs)), unix.MSG_DONTWAIT, 0, 0)
 	runtime.KeepAlive(hs)
@@ -54,9 +57,9 @@ func sendmmsg(fd int, hs []unix.Mmsghdr) (int, unix.Errno) {
 	return int(n), 0
 }
 
-// send writes one datagram on a connected socket. Unlike write(2), send
+// SendDatagram writes one datagram on a connected socket. Unlike write(2), send
 // with a zero length does send an empty datagram.
-func send(fd int, p []byte) unix.Errno {
+func SendDatagram(fd int, p []byte) unix.Errno {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
@@ -66,9 +69,9 @@ func send(fd int, p []byte) unix.Errno {
 	return e
 }
 
-// sockaddrAddrPort decodes a sockaddr_in or sockaddr_in6. An IPv6 zone is
+// SockaddrAddrPort decodes a sockaddr_in or sockaddr_in6. An IPv6 zone is
 // not kept (the raw sockaddr, which has it, is what replies are sent to).
-func sockaddrAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+func SockaddrAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	switch sa.Family {
 	case unix.AF_INET:
 		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
@@ -79,18 +82,18 @@ func sockaddrAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// addrFamily is the socket family that reaches ap: AF_INET for an IPv4 or
+// AddrFamily is the socket family that reaches ap: AF_INET for an IPv4 or
 // IPv4-mapped address, AF_INET6 otherwise.
-func addrFamily(ap netip.AddrPort) int {
+func AddrFamily(ap netip.AddrPort) int {
 	if ap.Addr().Unmap().Is4() {
 		return unix.AF_INET
 	}
 	return unix.AF_INET6
 }
 
-// putSockaddr encodes ap into sa for a socket of the given family (an IPv4
+// PutSockaddr encodes ap into sa for a socket of the given family (an IPv4
 // address on an AF_INET6 socket becomes IPv4-mapped) and returns its length.
-func putSockaddr(sa *unix.RawSockaddrInet6, family int, ap netip.AddrPort) uint32 {
+func PutSockaddr(sa *unix.RawSockaddrInet6, family int, ap netip.AddrPort) uint32 {
 	*sa = unix.RawSockaddrInet6{}
 	if family == unix.AF_INET {
 		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
@@ -116,12 +119,12 @@ func htons(p uint16) uint16 {
 	return v
 }
 
-// parsePktinfo finds the local address a datagram was sent to in its
+// ParsePktinfo finds the local address a datagram was sent to in its
 // control messages: IP_PKTINFO's ipi_spec_dst (the address to answer from,
 // also for broadcasts) or IPV6_PKTINFO's address (and its interface, which
 // a link-local address needs). ok is false when there is none, or when
 // the address cannot be a source (multicast).
-func parsePktinfo(oob []byte) (local netip.Addr, ifindex uint32, ok bool) {
+func ParsePktinfo(oob []byte) (local netip.Addr, ifindex uint32, ok bool) {
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 		l := int(h.Len)
@@ -148,11 +151,11 @@ func parsePktinfo(oob []byte) (local netip.Addr, ifindex uint32, ok bool) {
 	return netip.Addr{}, 0, false
 }
 
-// putPktinfo encodes the control message that makes a reply leave from
+// PutPktinfo encodes the control message that makes a reply leave from
 // local, for a socket of the given family, into oob and returns its
 // length. The interface is left to routing except for link-local
 // addresses, which are only meaningful on the interface they came in on.
-func putPktinfo(oob []byte, family int, local netip.Addr, ifindex uint32) int {
+func PutPktinfo(oob []byte, family int, local netip.Addr, ifindex uint32) int {
 	clear(oob)
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 	data := oob[unix.CmsgLen(0):]
@@ -173,10 +176,10 @@ func putPktinfo(oob []byte, family int, local netip.Addr, ifindex uint32) int {
 	return unix.CmsgSpace(unix.SizeofInet6Pktinfo)
 }
 
-// sendWithHeader sends hdr and p as one datagram (a PROXY v2 header before
+// SendWithHeader sends hdr and p as one datagram (a PROXY v2 header before
 // the payload) without copying them together: sendmsg(2) with two iovecs,
 // as a raw system call like the loop's other socket calls.
-func sendWithHeader(fd int, hdr, p []byte) unix.Errno {
+func SendWithHeader(fd int, hdr, p []byte) unix.Errno {
 	var iov [2]unix.Iovec
 	iov[0].Base = unsafe.SliceData(hdr)
 	iov[0].SetLen(len(hdr))
@@ -193,4 +196,32 @@ func sendWithHeader(fd int, hdr, p []byte) unix.Errno {
 	runtime.KeepAlive(hdr)
 	runtime.KeepAlive(p)
 	return e
+}
+
+// Batch is a loop's reusable message arena: n buffers of a fixed size with
+// their headers, source addresses and control buffers, allocated once.
+// Each Hdrs[i] points at Iov[i], which points at Bufs[i]; the caller sets
+// the address, control and lengths for each call.
+type Batch struct {
+	Hdrs  []unix.Mmsghdr
+	Iov   []unix.Iovec
+	Bufs  [][]byte
+	Names []unix.RawSockaddrInet6
+	OOB   [][OOBSize]byte
+}
+
+// Init allocates n messages of size bytes.
+func (b *Batch) Init(size, n int) {
+	b.Hdrs = make([]unix.Mmsghdr, n)
+	b.Iov = make([]unix.Iovec, n)
+	b.Bufs = make([][]byte, n)
+	b.Names = make([]unix.RawSockaddrInet6, n)
+	b.OOB = make([][OOBSize]byte, n)
+	arena := make([]byte, n*size)
+	for i := range b.Hdrs {
+		b.Bufs[i] = arena[i*size : (i+1)*size : (i+1)*size]
+		b.Iov[i].Base = &b.Bufs[i][0]
+		b.Hdrs[i].Hdr.Iov = &b.Iov[i]
+		b.Hdrs[i].Hdr.SetIovlen(1)
+	}
 }

@@ -96,7 +96,7 @@ func BenchmarkUDPStream(b *testing.B) {
 
 func benchStream(b *testing.B, batch int) {
 	s, _ := newTestServer(b)
-	l, err := s.listenUDPEpoll("127.0.0.1:0", []*Route{newUDPRoute(b, "bench", startRawEcho(b))}, udpOptions{batch: batch})
+	l, err := s.listenUDPEpoll("127.0.0.1:0", Table{Routes: []*Route{newUDPRoute(b, "bench", startRawEcho(b))}}, udpOptions{batch: batch})
 	if err != nil {
 		b.Fatal(err)
 	}

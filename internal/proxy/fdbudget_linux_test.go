@@ -25,12 +25,8 @@ func fakeLimit(s *Server, lim int64) *atomic.Int64 {
 // drainPipePool closes the pooled splice pipes earlier tests left, which
 // count against every budget of the process.
 func drainPipePool() {
-	pipes.Lock()
-	free := pipes.free
-	pipes.free = nil
-	pipes.Unlock()
-	for _, p := range free {
-		p.close()
+	for p := pipes.Get(); p != nil; p = pipes.Get() {
+		closePipe(p)
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 )
 
 // Measurements behind the UDP design (docs/notes/udp.md records the figures):
@@ -76,13 +78,13 @@ func BenchmarkRecvmmsgBatch(b *testing.B) {
 			s.Write(p)
 		}
 		for got := 0; got < batchSize; {
-			hs := bt.hs[:batchSize-got]
+			hs := bt.Hdrs[:batchSize-got]
 			for i := range hs {
-				hs[i].Hdr.Name = (*byte)(unsafe.Pointer(&bt.names[i]))
+				hs[i].Hdr.Name = (*byte)(unsafe.Pointer(&bt.Names[i]))
 				hs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
-				bt.iov[i].SetLen(2048)
+				bt.Iov[i].SetLen(2048)
 			}
-			n, e := recvmmsg(fd, hs)
+			n, e := eventloop.Recvmmsg(fd, hs)
 			if e == unix.EAGAIN {
 				continue
 			}
@@ -90,7 +92,7 @@ func BenchmarkRecvmmsgBatch(b *testing.B) {
 				b.Fatal(e)
 			}
 			for i := 0; i < n; i++ {
-				_ = sockaddrAddrPort(&bt.names[i])
+				_ = eventloop.SockaddrAddrPort(&bt.Names[i])
 			}
 			got += n
 		}
@@ -122,7 +124,7 @@ func BenchmarkSessionCost(b *testing.B) {
 		rt := newUDPRoute(b, "cost", be)
 		rt.MaxSessions = 0
 		for b.Loop() {
-			l, err := s.listenUDPEpoll("127.0.0.1:0", []*Route{rt}, udpOptions{})
+			l, err := s.listenUDPEpoll("127.0.0.1:0", Table{Routes: []*Route{rt}}, udpOptions{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -156,7 +158,7 @@ func BenchmarkSessionCost(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			be := startRawEcho(b)
-			var pool = sync.Pool{New: func() any { p := make([]byte, maxDatagram); return &p }}
+			var pool = sync.Pool{New: func() any { p := make([]byte, eventloop.MaxDatagram); return &p }}
 			for b.Loop() {
 				before := memNow()
 				conns := make([]*net.UDPConn, n)
@@ -196,7 +198,7 @@ func BenchmarkSessionCost(b *testing.B) {
 //
 //go:noinline
 func readOwnBuffer(c *net.UDPConn) {
-	buf := make([]byte, maxDatagram)
+	buf := make([]byte, eventloop.MaxDatagram)
 	for {
 		if _, err := c.Read(buf); err != nil {
 			return

@@ -124,22 +124,3 @@ func TestRouterNeedsNothing(t *testing.T) {
 		t.Errorf("a router needing nothing got Host %q, Local %v, Client %v", req.Host, req.Local, req.Client)
 	}
 }
-
-// TestLocalAddrPort: the getsockname behind Request.Local on a wildcard
-// listener (router.NeedLocal) gives a connection's own local address.
-func TestLocalAddrPort(t *testing.T) {
-	be := startBackend(t, sink)
-	c := dial(t, be.addr)
-	fd, err := dupSocket(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rawClose(fd)
-	got, ok := localAddrPort(fd)
-	if want := c.LocalAddr().(interface{ AddrPort() netip.AddrPort }).AddrPort(); !ok || got != want {
-		t.Errorf("localAddrPort = %v, %v; want %v", got, ok, want)
-	}
-	if _, ok := localAddrPort(-1); ok {
-		t.Error("localAddrPort of no socket reported an address")
-	}
-}

@@ -669,7 +669,7 @@ func TestNoDelayBothSides(t *testing.T) {
 	readLine(t, c) // relaying: both sockets are open
 	var seen int
 	for _, lp := range s.loops {
-		lp.call(func() {
+		lp.Call(func() {
 			lp.each(func(lc *lconn) {
 				for _, fd := range []int{lc.cfd, lc.bfd} {
 					seen++

@@ -1,0 +1,469 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+)
+
+// A connection's way to its backend: inspection of the first bytes when a
+// route needs them, the first matching route and its access control, the
+// router's pick, the backend's host name from the resolver, and a
+// non-blocking connect, trying the next address and then the next backend
+// after a failure.
+
+// inspection is a connection's socket while a goroutine inspects it.
+type inspection struct {
+	mu     sync.Mutex
+	nc     *net.TCPConn
+	cancel bool // forceClose: give up
+}
+
+// abort makes the inspecting goroutine give up and report back.
+func (in *inspection) abort() {
+	in.mu.Lock()
+	in.cancel = true
+	if in.nc != nil {
+		in.nc.Close()
+	}
+	in.mu.Unlock()
+}
+
+// inspect hands the client socket to a goroutine that reads what routing
+// needs (inspect.go) with the net package's deadlines, then gives it back.
+// The goroutine also makes the net.Conn (a dup and a runtime poller
+// registration, not raw system calls), so the loop makes none of those.
+func (c *lconn) inspect(table *routeTable) {
+	fd := c.cfd
+	c.cfd = -1 // the goroutine's now; not in the loop's epoll set
+	in := &inspection{}
+	c.insp, c.state = in, stInspect
+	ci := c.ci
+	lp := c.lp
+	go func() {
+		f := os.NewFile(uintptr(fd), "")
+		nc, err := net.FileConn(f) // a duplicate; the original goes
+		f.Close()
+		if err != nil {
+			lp.Post(func() { c.inspected(-1, nil, ci, nil, err) })
+			return
+		}
+		tc := nc.(*net.TCPConn)
+		in.mu.Lock()
+		in.nc = tc
+		if in.cancel {
+			tc.Close()
+		}
+		in.mu.Unlock()
+		rt, ci, first, err := inspect(tc, table)
+		fd := -1
+		if err == nil && rt != nil {
+			fd, err = dupSocket(tc)
+		} else {
+			tc.SetLinger(0)
+		}
+		tc.Close()
+		lp.Post(func() { c.inspected(fd, rt, ci, first, err) })
+	}()
+}
+
+// inspected takes the connection back from the inspecting goroutine.
+func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err error) {
+	c.insp = nil
+	c.ci = ci
+	if c.forced {
+		if fd >= 0 {
+			eventloop.Close(fd)
+		}
+		c.drop(false)
+		return
+	}
+	if err != nil || rt == nil {
+		reason := ReasonNoRule
+		switch {
+		case errors.Is(err, ErrUntrustedProxy):
+			reason = ReasonUntrustedProxy
+		case errors.Is(err, ErrBadProxyHeader):
+			reason = ReasonBadProxyHeader
+		case err != nil:
+			reason = ReasonClientError
+		}
+		c.unrouted(reason, err)
+		return
+	}
+	c.cfd, c.first = fd, first
+	c.routed(rt)
+}
+
+// unrouted ends a connection no route takes.
+func (c *lconn) unrouted(reason Reason, err error) {
+	s := c.lp.srv
+	s.Stats.NoRoute.Add(1)
+	s.observeUnrouted("tcp", c.l.routes.Load().opts.Observer, reason)
+	s.log.Debug("connection closed before routing", "listener", c.l.addr.String(), "client", c.ci.Client.String(), "reason", reason, "err", err)
+	c.drop(true)
+}
+
+// routed admits the connection to rt and starts dialling.
+func (c *lconn) routed(rt *Route) {
+	s := c.lp.srv
+	c.rt = rt
+	o := rt.Observer
+	if o != nil {
+		o.ConnOpened()
+	}
+	release, reason := rt.Access.Admit(c.ci.Client.Addr())
+	if reason != ReasonNone {
+		s.Stats.Rejected.Add(1)
+		if o != nil {
+			o.Rejected(reason)
+			o.ConnClosed(nil, EndNoBackend, time.Since(c.start), 0, 0)
+		}
+		s.log.Debug("connection refused by access control", "rule", rt.Name, "client", c.ci.Client.String(), "reason", reason)
+		c.drop(true)
+		return
+	}
+	c.release = release
+	c.req = router.Request{Client: c.ci.Client, Local: c.l.local, SNI: c.ci.SNI, ALPN: c.ci.ALPN, Host: c.ci.Host}
+	if c.l.local.Addr().IsUnspecified() && router.NeedsOf(rt.Router)&router.NeedLocal != 0 {
+		if ap, ok := eventloop.LocalAddrPort(c.cfd); ok {
+			c.req.Local = ap
+		}
+	}
+	c.dial()
+}
+
+// dial picks a backend and connects to it; a failed dial tries the next one
+// the router offers, at most once per backend.
+func (c *lconn) dial() {
+	rt := c.rt
+	o := rt.Observer
+	for c.tries < len(rt.Backends) {
+		c.tries++
+		b, err := rt.Router.Pick(&c.req)
+		if err != nil {
+			if c.lastErr != nil {
+				err = c.lastErr
+			} else if o != nil {
+				o.PickFailed(err)
+			}
+			c.noBackend(err)
+			return
+		}
+		if o != nil {
+			o.Picked(b)
+		}
+		b.Acquire()
+		c.be, c.backoff = b, 0
+		c.dialT0 = time.Now()
+		tg := b.Target()
+		if !tg.Addr.IsValid() {
+			if c.resolve(tg.Host) {
+				return
+			}
+			continue
+		}
+		c.addrs, c.ak = nil, 0
+		c.ap = tg.Addr
+		if c.tryAddrs() {
+			return
+		}
+	}
+	if c.lastErr == nil {
+		c.lastErr = router.NoBackend(len(rt.Backends))
+	}
+	c.noBackend(c.lastErr)
+}
+
+// resolve finds the addresses of the backend's host name (internal/resolve): from
+// the cache at once, or by a lookup off the loop, after which the
+// connection carries on in resolved. It reports false when the backend
+// failed and was accounted for: the caller tries another.
+func (c *lconn) resolve(host string) bool {
+	rsv := c.lp.srv.resolver
+	res, ok := rsv.Lookup(host, nil)
+	if !ok {
+		lp := c.lp
+		res, ok = rsv.Lookup(host, func(res resolve.Result) { lp.Post(func() { c.resolved(res) }) })
+		if !ok {
+			c.state = stResolve
+			return true
+		}
+	}
+	return c.useAddrs(res)
+}
+
+func (c *lconn) resolved(res resolve.Result) {
+	if c.forced {
+		c.abandonDial()
+		return
+	}
+	if !c.useAddrs(res) {
+		c.dial()
+	}
+}
+
+// useAddrs connects to the backend's resolved addresses in turn, starting
+// at the next in the loop's rotation so that every address takes its share.
+func (c *lconn) useAddrs(res resolve.Result) bool {
+	if res.Err != nil {
+		c.dialFailed(&net.OpError{Op: "dial", Net: "tcp", Err: res.Err})
+		return false
+	}
+	n := len(res.Addrs)
+	c.addrs, c.ak = res.Addrs, 0
+	c.astart = int(c.lp.rot % uint32(n))
+	c.lp.rot++
+	c.ap = netip.AddrPortFrom(c.addrs[c.astart], c.be.Target().Port)
+	return c.tryAddrs()
+}
+
+// tryAddrs connects to the backend's current address, and to its next ones
+// while a connect fails at once. It reports false when every address failed
+// and the backend's failure was accounted for.
+func (c *lconn) tryAddrs() bool {
+	for {
+		err := c.connect()
+		if err == nil {
+			return true
+		}
+		if !c.nextAddr() {
+			c.dialFailed(err)
+			return false
+		}
+	}
+}
+
+// nextAddr moves on to the backend's next address; false when it has none.
+func (c *lconn) nextAddr() bool {
+	if c.ak+1 >= len(c.addrs) {
+		return false
+	}
+	c.ak++
+	c.ap = netip.AddrPortFrom(c.addrs[(c.astart+c.ak)%len(c.addrs)], c.be.Target().Port)
+	return true
+}
+
+// connectFailed: the connect to c.ap failed after it started (refused,
+// unreachable, timed out). The backend's next address is tried before the
+// backend counts as failed.
+func (c *lconn) connectFailed(err error) {
+	if c.bfd >= 0 {
+		c.closeFd(true, false)
+	}
+	c.lp.timers.Stop(&c.timer)
+	if c.nextAddr() {
+		if c.tryAddrs() {
+			return
+		}
+		c.dial()
+		return
+	}
+	c.dialFailed(err)
+	c.dial()
+}
+
+// connect starts a non-blocking connect to c.ap. It returns the error of a
+// connect that failed at once (its socket closed, nothing accounted for);
+// nil when the connect is under way, done, or waiting out a resource
+// backoff.
+func (c *lconn) connect() error {
+	fd, e := eventloop.TCPSocket(c.ap)
+	call := "socket"
+	if e == 0 {
+		call = "connect"
+		e = eventloop.Connect(fd, c.ap, resolve.ScopeID(c.ap.Addr()))
+	}
+	switch e {
+	case 0, unix.EINPROGRESS:
+		c.bfd = fd
+		c.lp.own(fd, fdOwner{c: c, backend: true})
+		c.setMask(true, unix.EPOLLOUT)
+		if e == 0 {
+			c.connected()
+			return nil
+		}
+		c.state = stConnecting
+		if c.rt.ConnectTimeout > 0 {
+			t0 := c.dialT0 // each address has connect_timeout
+			if c.ak > 0 {
+				t0 = time.Now()
+			}
+			c.lp.timers.Set(&c.timer, t0.Add(c.rt.ConnectTimeout).UnixNano())
+		}
+		return nil
+	}
+	if fd >= 0 {
+		eventloop.Close(fd)
+	}
+	err := c.dialError(os.NewSyscallError(call, e))
+	if resourceError(err) {
+		c.resourceWait(err)
+		return nil
+	}
+	return err
+}
+
+func (c *lconn) dialError(err error) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(c.ap), Err: err}
+}
+
+// resourceWait handles a dial that failed for want of descriptors or
+// socket resources here (exhaust.go): not the backend's fault, so the same
+// backend is dialled again after a backoff, until connection_timeout.
+func (c *lconn) resourceWait(err error) {
+	s, rt, b := c.lp.srv, c.rt, c.be
+	s.exhaust.failed(s.log, true, rt.Name+"/"+b.ID, err)
+	c.backoff = nextBackoff(c.backoff)
+	if time.Since(c.dialT0)+c.backoff >= rt.ConnectTimeout {
+		b.Release()
+		c.be = nil
+		c.noBackend(err)
+		return
+	}
+	c.state = stDialWait
+	c.lp.timers.Set(&c.timer, time.Now().Add(c.backoff).UnixNano())
+}
+
+// dialFailed accounts for a failed dial of c.be and forgets it.
+func (c *lconn) dialFailed(err error) {
+	rt, b := c.rt, c.be
+	if c.bfd >= 0 {
+		c.closeFd(true, false)
+	}
+	c.lp.timers.Stop(&c.timer)
+	if o := rt.Observer; o != nil {
+		o.Connected(b, time.Since(c.dialT0), err)
+	}
+	b.Health().ReportDial(err) // passive health detection
+	b.Release()
+	c.be = nil
+	c.req.Tried(b)
+	c.lastErr = err
+	s := c.lp.srv
+	if ok, suppressed := s.dialFailLog.allow(time.Second); ok {
+		next := "no backend left"
+		if c.anotherLeft() {
+			next = "trying another backend"
+		}
+		s.log.Warn("backend dial failed; "+next, "rule", rt.Name, "backend", b.ID, "err", err, "suppressed", suppressed)
+	}
+}
+
+// anotherLeft reports whether dial has another backend to try.
+func (c *lconn) anotherLeft() bool {
+	if c.tries >= len(c.rt.Backends) {
+		return false
+	}
+	for _, b := range c.rt.Backends {
+		if c.req.Usable(b) {
+			return true
+		}
+	}
+	return false
+}
+
+// connectDone: the backend socket became writable or failed while connecting.
+func (c *lconn) connectDone() {
+	if e := eventloop.SoError(c.bfd); e != 0 {
+		c.connectFailed(c.dialError(os.NewSyscallError("connect", e)))
+		return
+	}
+	c.connected()
+}
+
+// connected: the backend accepted; start relaying.
+func (c *lconn) connected() {
+	rt, b := c.rt, c.be
+	c.lp.timers.Stop(&c.timer)
+	o := rt.Observer
+	if o != nil {
+		o.Connected(b, time.Since(c.dialT0), nil)
+	}
+	b.Health().ReportDial(nil)
+	// What precedes the client's stream: a PROXY header when the route
+	// asks for one, then the bytes read while inspecting.
+	if rt.SendProxy != 0 {
+		h, err := proxyHeader(rt.SendProxy, c.ci.Client, localAddr(c.cfd))
+		if err != nil {
+			c.lp.srv.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+			c.upErr = dstError{err}
+			c.finish(true)
+			return
+		}
+		c.up.pend, c.up.skip = append(h, c.first...), len(h)
+	} else if len(c.first) > 0 {
+		c.up.pend = c.first
+	}
+	c.first = nil
+	c.state = stRelay
+	c.lp.own(c.cfd, fdOwner{c: c})
+	if c.idle = int64(rt.IdleTimeout); c.idle > 0 {
+		c.last = c.lp.now
+		c.lp.timers.Set(&c.timer, c.last+c.idle)
+	}
+	if c.up.pending() && !c.flush(&c.up) {
+		return
+	}
+	c.interest()
+}
+
+// noBackend ends a routed connection that reached no backend.
+func (c *lconn) noBackend(err error) {
+	s, rt := c.lp.srv, c.rt
+	c.release()
+	s.Stats.NoBackend.Add(1)
+	o := rt.Observer
+	if o != nil {
+		if errors.Is(err, router.ErrNoBackend) {
+			o.Rejected(ReasonNoBackend)
+		} else {
+			o.Rejected(ReasonConnectFailed)
+		}
+		o.ConnClosed(nil, EndNoBackend, time.Since(c.start), 0, 0)
+	}
+	if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
+		s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.ci.Client.String(), "err", err, "suppressed", suppressed)
+	}
+	if rt.AccessLog { // every closed connection, including this one
+		c.logClosed(nil, time.Since(c.start), EndNoBackend)
+	}
+	c.drop(true)
+}
+
+// abandonDial ends a connection closed by drain or shutdown before it was
+// relayed.
+func (c *lconn) abandonDial() {
+	if c.bfd >= 0 {
+		c.closeFd(true, false)
+	}
+	if c.be != nil {
+		c.be.Release()
+		c.be = nil
+	}
+	c.release()
+	if o := c.rt.Observer; o != nil {
+		o.ConnClosed(nil, c.cut, time.Since(c.start), 0, 0)
+	}
+	c.drop(false)
+}
+
+// localAddr is a socket's own address.
+func localAddr(fd int) net.Addr {
+	ap, ok := eventloop.LocalAddrPort(fd)
+	if !ok {
+		return &net.TCPAddr{}
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}

@@ -1,0 +1,489 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"math/bits"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
+)
+
+// The relay of a connected TCP connection (see lconn for how it moves
+// bytes) and how it closes. Splice pipes come from eventloop's pool,
+// borrowed only while a burst of data flows and counted against the data
+// path's descriptor budget (fdbudget.go); copy buffers from pools by size.
+
+// ldir is one direction of a relayed connection.
+type ldir struct {
+	pend   []byte  // read but not yet written to the destination
+	pbuf   *[]byte // pend's pooled buffer, nil when pend is not pooled
+	skip   int     // bytes at the front of pend not counted as traffic (PROXY header)
+	pipe   *eventloop.Pipe
+	inPipe int  // bytes in pipe not yet spliced to the destination
+	bulk   bool // the last read filled the buffer: splice
+	eof    bool // the source ended
+	shut   bool // the destination was sent a FIN
+	n      int64
+}
+
+func (d *ldir) pending() bool { return len(d.pend) > 0 || d.inPipe > 0 }
+
+// readable: the direction may read its source.
+func (d *ldir) readable() bool { return !d.eof && !d.pending() }
+
+// event handles readiness of one of the connection's sockets.
+func (c *lconn) event(backend bool, ev uint32) {
+	switch c.state {
+	case stConnecting:
+		if backend {
+			c.connectDone()
+		}
+		return
+	case stRelay:
+	default:
+		return
+	}
+	// in reads from this socket, out writes to it.
+	in, out := &c.up, &c.down
+	if backend {
+		in, out = &c.down, &c.up
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && out.pending() {
+		if !c.flush(out) {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 && in.readable() {
+		if !c.pump(in, ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0) {
+			return
+		}
+	}
+	c.interest()
+}
+
+// pump reads d's source and writes to its destination, a bounded number of
+// times per event so that other connections get their turn. hup says the
+// peer's FIN is known to be queued: read on to it rather than wait for
+// another event.
+func (c *lconn) pump(d *ldir, hup bool) bool {
+	src, dst := c.cfd, c.bfd
+	if d == &c.down {
+		src, dst = c.bfd, c.cfd
+	}
+	size := c.rt.BufferSize
+	if size <= 0 {
+		size = defaultBufSize
+	}
+	lp := c.lp
+	if len(lp.buf) < size {
+		lp.buf = make([]byte, size)
+	}
+	for range 8 {
+		if d.bulk {
+			more, ok := c.spliceIn(d, src, dst, size)
+			if !ok {
+				return false
+			}
+			if !more {
+				return true
+			}
+			continue
+		}
+		buf := lp.buf[:size]
+		n, err := eventloop.Recv(src, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return true
+		}
+		if err != nil {
+			c.fail(d, os.NewSyscallError("recvfrom", err))
+			return false
+		}
+		if n == 0 {
+			return c.sourceEnded(d)
+		}
+		c.last = lp.now
+		w, werr := writeSome(dst, buf[:n])
+		if werr != nil {
+			c.fail(d, dstError{os.NewSyscallError("sendto", werr)})
+			return false
+		}
+		c.moved(d, int64(w))
+		if w < n {
+			d.keep(buf[w:n], size)
+			return true
+		}
+		if n == size {
+			d.bulk = true
+			continue
+		}
+		if !hup {
+			return true // a short read: the next wait says when there is more
+		}
+	}
+	return true
+}
+
+// spliceIn moves one pipeful from src to dst. more reports that the source
+// may have more right away; ok false that the connection ended.
+func (c *lconn) spliceIn(d *ldir, src, dst, size int) (more, ok bool) {
+	if d.pipe == nil {
+		p, err := getPipe(c.lp.srv)
+		if err == errPipeBudget { // (fdbudget.go)
+			c.lp.srv.fds.refused[RefusedPipe].Add(1)
+		}
+		if err == errPipeBudget || resourceError(err) {
+			d.bulk = false // copy this burst through the buffer instead
+			return true, true
+		}
+		if err != nil {
+			c.fail(d, err)
+			return false, false
+		}
+		d.pipe = p
+	}
+	in, err := eventloop.Splice(src, d.pipe.W, eventloop.PipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	switch {
+	case err == unix.EINTR:
+		return true, true
+	case err == unix.EAGAIN:
+		d.bulk = false
+		c.putPipe(d)
+		return false, true
+	case err != nil:
+		c.fail(d, os.NewSyscallError("splice", err))
+		return false, false
+	case in == 0:
+		c.putPipe(d)
+		return false, c.sourceEnded(d)
+	}
+	c.last = c.lp.now
+	if in < int64(size) {
+		d.bulk = false
+	}
+	d.inPipe = int(in)
+	if !c.flushPipe(d, dst) {
+		return false, false
+	}
+	return d.inPipe == 0 && d.bulk, true
+}
+
+// flushPipe splices what the pipe holds to dst; it reports false when the
+// connection ended.
+func (c *lconn) flushPipe(d *ldir, dst int) bool {
+	for d.inPipe > 0 {
+		out, err := eventloop.Splice(d.pipe.R, dst, d.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return true // wait for dst to be writable, holding the pipe
+		}
+		if err != nil {
+			c.fail(d, dstError{os.NewSyscallError("splice", err)})
+			return false
+		}
+		d.inPipe -= int(out)
+		c.moved(d, out)
+	}
+	c.putPipe(d)
+	return true
+}
+
+// putPipe gives an empty pipe back to the pool.
+func (c *lconn) putPipe(d *ldir) {
+	if d.pipe != nil && d.inPipe == 0 {
+		putPipe(d.pipe)
+		d.pipe = nil
+	}
+}
+
+// keep saves bytes the destination did not take.
+func (d *ldir) keep(b []byte, size int) {
+	d.pbuf = getBuf(size)
+	d.pend = (*d.pbuf)[:copy(*d.pbuf, b)]
+}
+
+// flush writes what d holds to its destination. It reports false when the
+// connection ended.
+func (c *lconn) flush(d *ldir) bool {
+	dst := c.bfd
+	if d == &c.down {
+		dst = c.cfd
+	}
+	if d.inPipe > 0 {
+		if !c.flushPipe(d, dst) {
+			return false
+		}
+	}
+	for len(d.pend) > 0 {
+		w, err := writeSome(dst, d.pend)
+		if err != nil {
+			c.fail(d, dstError{os.NewSyscallError("sendto", err)})
+			return false
+		}
+		if w == 0 {
+			return true
+		}
+		counted := w
+		if d.skip > 0 {
+			s := min(d.skip, w)
+			d.skip -= s
+			counted -= s
+		}
+		c.moved(d, int64(counted))
+		d.pend = d.pend[w:]
+	}
+	if d.pbuf != nil {
+		putBuf(d.pbuf)
+		d.pbuf = nil
+	}
+	d.pend = nil
+	if d.eof && !d.pending() {
+		return c.sourceEnded(d)
+	}
+	return true
+}
+
+// sourceEnded: d's source sent its FIN. Once d's destination has taken
+// everything it is sent a FIN too; when both directions ended the
+// connection is over.
+func (c *lconn) sourceEnded(d *ldir) bool {
+	d.eof = true
+	if d.pending() {
+		return true
+	}
+	if !d.shut {
+		d.shut = true
+		if d == &c.up {
+			eventloop.ShutdownWR(c.bfd)
+		} else {
+			eventloop.ShutdownWR(c.cfd)
+		}
+	}
+	if c.up.shut && c.down.shut {
+		c.finish(false)
+		return false
+	}
+	return true
+}
+
+// moved accounts n bytes written in direction d: the direction's count,
+// the backend's (this loop's share, for the admin API), the route's
+// metrics, and the activity idle_timeout watches.
+func (c *lconn) moved(d *ldir, n int64) {
+	c.last = c.lp.now
+	if n <= 0 {
+		return
+	}
+	d.n += n
+	o := c.rt.Observer
+	if d == &c.up {
+		c.be.AddBytesIn(c.lp.idx, n)
+		if o != nil {
+			o.BytesIn(n)
+		}
+		return
+	}
+	c.be.AddBytesOut(c.lp.idx, n)
+	if o != nil {
+		o.BytesOut(n)
+	}
+}
+
+// fail ends the connection on an error in direction d: a reset or I/O
+// error on one side is passed on as a reset, so the other peer sees a
+// broken stream as broken (ECONNRESET), never as an orderly end of a
+// truncated one.
+func (c *lconn) fail(d *ldir, err error) {
+	if d == &c.up {
+		c.upErr = err
+	} else {
+		c.downErr = err
+	}
+	c.finish(abortive(err))
+}
+
+// writeSome writes b without blocking: the bytes written (0 when the socket
+// would block) or an error.
+func writeSome(fd int, b []byte) (int, error) {
+	for {
+		w, err := eventloop.Send(fd, b)
+		switch err {
+		case nil:
+			return w, nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return 0, nil
+		}
+		return 0, err
+	}
+}
+
+// interest registers in the epoll set what each socket waits for now: a
+// direction reads its source unless it ended or holds unwritten bytes, and
+// waits for its destination to be writable while it holds some.
+func (c *lconn) interest() {
+	var cm, bm uint32
+	if c.up.readable() {
+		cm |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if c.down.pending() {
+		cm |= unix.EPOLLOUT
+	}
+	if c.down.readable() {
+		bm |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if c.up.pending() {
+		bm |= unix.EPOLLOUT
+	}
+	c.setMask(false, cm)
+	c.setMask(true, bm)
+}
+
+func (c *lconn) setMask(backend bool, m uint32) {
+	fd, reg, mask := c.cfd, &c.creg, &c.cmask
+	if backend {
+		fd, reg, mask = c.bfd, &c.breg, &c.bmask
+	}
+	if *reg && *mask == m {
+		return
+	}
+	if m == 0 {
+		// Out of the set rather than registered for nothing: the set
+		// would still report an error or hang-up of the socket, and
+		// being level-triggered, report it again on every wait. A hang-up
+		// comes with the peer's FIN while unread data may remain.
+		if *reg {
+			_ = c.lp.Control(unix.EPOLL_CTL_DEL, fd, 0)
+			*reg, *mask = false, 0
+		}
+		return
+	}
+	op := unix.EPOLL_CTL_MOD
+	if !*reg {
+		op = unix.EPOLL_CTL_ADD
+	}
+	if err := c.lp.Control(op, fd, m); err != nil {
+		c.lp.srv.log.Error("epoll_ctl failed", "err", err)
+		return
+	}
+	*reg, *mask = true, m
+}
+
+// finish closes a relayed connection and accounts for it.
+func (c *lconn) finish(reset bool) {
+	rt, b := c.rt, c.be
+	c.state = stDone
+	for _, d := range []*ldir{&c.up, &c.down} {
+		if d.pbuf != nil {
+			putBuf(d.pbuf)
+			d.pbuf, d.pend = nil, nil
+		}
+		if d.pipe != nil {
+			if d.inPipe == 0 {
+				putPipe(d.pipe)
+			} else {
+				closePipe(d.pipe)
+			}
+			d.pipe = nil
+		}
+	}
+	if c.cfd >= 0 {
+		c.closeFd(false, reset)
+	}
+	if c.bfd >= 0 {
+		c.closeFd(true, reset)
+	}
+	b.Release()
+	c.release()
+	how, took := endReason(c.upErr, c.downErr, c.cut), time.Since(c.start)
+	if o := rt.Observer; o != nil {
+		o.ConnClosed(b, how, took, c.up.n, c.down.n)
+	}
+	if rt.AccessLog {
+		c.logClosed(b, took, how)
+	}
+	c.untrack()
+}
+
+// logClosed writes the access log line of a connection that ended after
+// took; b is nil when it reached no backend.
+func (c *lconn) logClosed(b *backend.Backend, took time.Duration, end End) {
+	id, addr := "", ""
+	if b != nil {
+		id, addr = b.ID, b.Address
+	}
+	c.lp.srv.log.Info("connection closed", "rule", c.rt.Name, "client", c.ci.Client.String(),
+		"backend", id, "backend_addr", addr, "bytes_in", c.up.n, "bytes_out", c.down.n,
+		"duration", took.Round(time.Microsecond), "end", end.String())
+}
+
+var pipes = eventloop.PipePool{Max: 256}
+
+// errPipeBudget: no free pipe, and a new one would take s's data path
+// beyond its descriptor budget (fdbudget.go).
+var errPipeBudget = errors.New("no splice pipe within the descriptor budget")
+
+// getPipe takes a pipe from the pool, or opens one if s's descriptor
+// budget has room for it.
+func getPipe(s *Server) (*eventloop.Pipe, error) {
+	if p := pipes.Get(); p != nil {
+		return p, nil
+	}
+	if !s.fdRoom(2) {
+		return nil, errPipeBudget
+	}
+	p, err := eventloop.OpenPipe()
+	if err != nil {
+		return nil, err
+	}
+	splicePipes.Add(2) // the descriptor budget (fdbudget.go)
+	return p, nil
+}
+
+// putPipe returns an empty pipe to the pool, or closes it when the pool
+// is full.
+func putPipe(p *eventloop.Pipe) {
+	if !pipes.Put(p) {
+		closePipe(p)
+	}
+}
+
+// closePipe closes a pipe of the pool's.
+func closePipe(p *eventloop.Pipe) {
+	p.Close()
+	splicePipes.Add(-2)
+}
+
+const defaultBufSize = 8192
+
+// bufPools holds copy buffers by size class (powers of two from 1 KiB to
+// 1 MiB), so buffer_size can change on a reload without mixing sizes.
+var bufPools [11]sync.Pool
+
+func sizeClass(size int) int {
+	c := bits.Len(uint(size-1)) - 10
+	return min(max(c, 0), len(bufPools)-1)
+}
+
+func getBuf(size int) *[]byte {
+	c := sizeClass(size)
+	if bp, ok := bufPools[c].Get().(*[]byte); ok && len(*bp) == size {
+		return bp
+	}
+	b := make([]byte, size)
+	return &b
+}
+
+func putBuf(bp *[]byte) { bufPools[sizeClass(len(*bp))].Put(bp) }
