@@ -60,7 +60,7 @@ type regJSON struct {
 // Snapshot reads the whole dynamic state, reaping the registrations that
 // expired.
 func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
-	v, err := s.run(ctx, snapshotScript)
+	v, err := s.write(ctx, true, snapshotScript, s.keys("rules", "config"))
 	if err != nil {
 		return nil, err
 	}

@@ -12,7 +12,12 @@ import (
 const (
 	DefaultResync     = 5 * time.Second
 	DefaultMinBackoff = 100 * time.Millisecond
-	DefaultMaxBackoff = 5 * time.Second
+	// DefaultMaxBackoff is short so that, however long Redis was away,
+	// an instance is back on it (subscribed and resynced) within about
+	// half a second of its return, and the first change made then reaches
+	// it at once. Each attempt is one dial, cheap for Redis even from
+	// hundreds of instances.
+	DefaultMaxBackoff = 500 * time.Millisecond
 	// coalesce is how long a burst of events may gather before one
 	// snapshot is read for all of them.
 	coalesce = 20 * time.Millisecond
@@ -41,7 +46,7 @@ type Syncer struct {
 	// ApplyConfig is handed each newer stored config (WatchConfig only).
 	ApplyConfig func(c *StoredConfig)
 	// MinBackoff and MaxBackoff bound the wait between reconnection
-	// attempts (defaults 100ms and 5s).
+	// attempts (defaults 100ms and 500ms).
 	MinBackoff, MaxBackoff time.Duration
 
 	mu        sync.Mutex
