@@ -13,6 +13,7 @@ package store
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -81,6 +82,14 @@ type Store struct {
 	retry   time.Duration // Options.WriteRetry
 	epoch   string        // proposed when Redis has none
 
+	// Sentinel only: what Switches needs.
+	master, sentinelUser, sentinelPassword string
+	sentinels                              []string
+	tls                                    *tls.Config
+	swOnce                                 sync.Once
+	switches                               chan string
+	closers                                []func() error
+
 	// OnRetry, when set, is told of each failed attempt of a change that
 	// will be tried again, and of the wait before it.
 	OnRetry func(err error, wait time.Duration)
@@ -135,6 +144,7 @@ func Open(o Options) (*Store, error) {
 	switch t.Kind {
 	case config.RedisSentinel:
 		s.addr = fmt.Sprintf("sentinel master %s at %s", t.Master, strings.Join(t.Addrs, ","))
+		s.master, s.sentinels, s.sentinelUser, s.sentinelPassword, s.tls = t.Master, t.Addrs, o.SentinelUsername, o.SentinelPassword, ro.TLSConfig
 		s.rdb = redis.NewFailoverClient(&redis.FailoverOptions{
 			MasterName: t.Master, SentinelAddrs: t.Addrs,
 			SentinelUsername: o.SentinelUsername, SentinelPassword: o.SentinelPassword,
@@ -164,7 +174,12 @@ type quietLogger struct{}
 func (quietLogger) Printf(context.Context, string, ...any) {}
 
 // Close closes the connections.
-func (s *Store) Close() error { return s.rdb.Close() }
+func (s *Store) Close() error {
+	for _, c := range s.closers {
+		c()
+	}
+	return s.rdb.Close()
+}
 
 // Addr says which Redis this is: host:port, "sentinel master M at
 // host:port,...", or "cluster host:port,...".

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -120,6 +121,10 @@ func (y *Syncer) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errSwitched) {
+			backoff = lo
+			continue // subscribe to the new master at once
+		}
 		if wasUp {
 			backoff = lo
 		}
@@ -144,6 +149,20 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 	defer ev.Close()
 	stop := context.AfterFunc(ctx, func() { ev.Close() })
 	defer stop()
+	var switched atomic.Bool
+	if sw := y.Store.Switches(); sw != nil {
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			select {
+			case addr := <-sw:
+				y.log().Info("redis: the sentinels switched the master; subscribing to the new one and resyncing", "master", addr)
+				switched.Store(true)
+				ev.Close()
+			case <-done:
+			}
+		}()
+	}
 	if err := y.sync(ctx, true); err != nil {
 		return false, err
 	}
@@ -161,6 +180,9 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 		}
 		y.mu.Unlock()
 		_, timedOut, err := ev.Next(ctx, wait)
+		if switched.Load() {
+			return true, errSwitched
+		}
 		if err != nil {
 			return true, err
 		}
@@ -169,6 +191,9 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 			deadline := time.Now().Add(5 * coalesce)
 			for time.Now().Before(deadline) {
 				_, idle, err := ev.Next(ctx, coalesce)
+				if switched.Load() {
+					return true, errSwitched
+				}
 				if err != nil {
 					return true, err
 				}
@@ -178,10 +203,16 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 			}
 		}
 		if err := y.sync(ctx, true); err != nil {
+			if switched.Load() {
+				return true, errSwitched
+			}
 			return true, err
 		}
 	}
 }
+
+// errSwitched ends a session when Sentinel switched the master.
+var errSwitched = errors.New("the master was switched")
 
 // sync reads a snapshot (and the stored config when it is newer) and
 // applies what is newer than what was applied; apply false only records it
