@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sort"
@@ -241,14 +242,23 @@ func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, ar
 func (s *Store) write(ctx context.Context, idempotent bool, script *redis.Script, keys []string, args ...any) (any, error) {
 	deadline := time.Now().Add(s.retry)
 	wait := 100 * time.Millisecond
+	unknown := 0 // attempts whose outcome is unknown
 	for {
 		v, err := s.run(ctx, script, keys, args...)
 		if err == nil {
 			return v, nil
 		}
 		notRun := notRun(err)
-		if s.retry <= 0 || !notRun && !idempotent || ctx.Err() != nil || time.Until(deadline) < wait {
-			if !notRun && !isRedisReply(err) {
+		if !notRun && !isRedisReply(err) {
+			unknown++
+		}
+		// An unknown outcome is retried a few times only: past a broken
+		// connection to a master that is going away, the next attempts
+		// see it gone (notRun); the same failure again and again is not a
+		// failover (e.g. plain redis:// to a TLS port).
+		again := notRun || idempotent && unknown <= 2 && transient(err)
+		if s.retry <= 0 || !again || ctx.Err() != nil || time.Until(deadline) < wait {
+			if !idempotent && transient(err) {
 				return nil, fmt.Errorf("redis %s: %w (the change may or may not have been made: look before repeating it)", s.addr, err)
 			}
 			return nil, s.wrap(err)
@@ -272,7 +282,10 @@ func (s *Store) write(ctx context.Context, idempotent bool, script *redis.Script
 // now (a replica, loading, a failover or resharding in progress).
 func notRun(err error) bool {
 	var op *net.OpError
+	var cv *tls.CertificateVerificationError
 	switch {
+	case errors.As(err, &cv):
+		return false // a TLS dial that reached the server and refused it
 	case errors.As(err, &op) && op.Op == "dial", errors.Is(err, syscall.ECONNREFUSED):
 		return true
 	case redis.IsReadOnlyError(err), redis.IsLoadingError(err), redis.IsMasterDownError(err),
@@ -282,6 +295,14 @@ func notRun(err error) bool {
 		return true
 	}
 	return false
+}
+
+// transient reports whether err may be a failover's: a connection that
+// broke or timed out (not a refused certificate, not an error reply).
+func transient(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // isRedisReply reports whether err is an error reply of Redis (the command

@@ -2,7 +2,9 @@ package e2e
 
 // Fleet tests: several dynamic-proxy processes share one real redis-server
 // (started by the test on a free port of 127.0.0.1, with its own temporary
-// directory), and the CLI writes to it.
+// directory), and the CLI writes to it. With DP_TEST_REDIS=cluster the
+// TestFleet* tests run against a Redis Cluster of three masters instead
+// (redistest.Start; scripts/test.sh runs them both ways).
 
 import (
 	"bufio"
@@ -28,8 +30,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
@@ -136,20 +136,19 @@ func TestFleetRegistration(t *testing.T) {
 	}
 
 	// Bad data written by something else: rejected, named, the rest applies.
-	rc := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rc.Close()
+	rc := srv.Client() // one server, or the cluster
 	ctx := context.Background()
-	if err := rc.HSet(ctx, "dynamic-proxy:backends:web", "junk", `{"address": "no port", "weight": 1, "version": 99}`).Err(); err != nil {
+	if err := rc.HSet(ctx, srv.Prefix+"backends:web", "junk", `{"address": "no port", "weight": 1, "version": 99}`).Err(); err != nil {
 		t.Fatal(err)
 	}
 	cli(t, "backend", "add", "--redis", srv.URL(), "--rule", "web", "--id", "x", "--address", x.Addr, "--weight", "2")
 	for _, p := range ps {
-		p.WaitLog("redis: rejected an entry; the rest still applies", "key=dynamic-proxy:backends:web", "field=junk", `invalid address \"no port\"`)
+		p.WaitLog("redis: rejected an entry; the rest still applies", "key="+srv.Prefix+"backends:web", "field=junk", `invalid address \"no port\"`)
 		if got := greetCount(t, p.Addr, 2); got["a"] != 1 || got["x"] != 1 {
 			t.Fatalf("%s: after the bad entry: %v", p.Addr, got)
 		}
 	}
-	rc.HDel(ctx, "dynamic-proxy:backends:web", "junk")
+	rc.HDel(ctx, srv.Prefix+"backends:web", "junk")
 
 	list := cli(t, "backend", "list", "--redis", srv.URL())
 	if !regexp.MustCompile(`web\s+x\s+` + regexp.QuoteMeta(x.Addr) + `\s+2\s+never`).MatchString(list) {

@@ -54,7 +54,6 @@ type Server struct {
 	Nodes []*Server
 	args  []string
 	ready string // the log line that says it accepts connections
-	ca    string // StartTLS: the certificate, to trust
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -90,16 +89,14 @@ func Start(t testing.TB, extra ...string) *Server {
 }
 
 // StartTLS runs redis-server accepting TLS only, with the certificate and
-// key in the given PEM files (clients are not asked for certificates). The
-// certificate must be its own CA (self-signed): a cluster's nodes verify
-// each other with it. Under DP_TEST_REDIS=cluster it starts a cluster.
+// key in the given PEM files (clients are not asked for certificates).
+// Under DP_TEST_REDIS=cluster it skips the test.
 func StartTLS(t testing.TB, certFile, keyFile string, extra ...string) *Server {
 	t.Helper()
-	args := append([]string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no"}, extra...)
 	if ClusterMode() {
-		return startCluster(t, 3, true, certFile, append(args, "--tls-ca-cert-file", certFile, "--tls-cluster", "yes"))
+		t.Skip("DP_TEST_REDIS=cluster: TLS is tested against one server (the default run); the cluster run does not set up a TLS cluster bus")
 	}
-	return start(t, true, args)
+	return start(t, true, append([]string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no"}, extra...))
 }
 
 func start(t testing.TB, tls bool, extra []string) *Server {
@@ -264,24 +261,16 @@ func (s *Server) Restart() {
 // every node reports cluster_state:ok.
 func StartCluster(t testing.TB, n int, extra ...string) *Server {
 	t.Helper()
-	return startCluster(t, n, false, "", extra)
-}
-
-func startCluster(t testing.TB, n int, tls bool, ca string, extra []string) *Server {
-	t.Helper()
-	c := &Server{t: t, TLS: tls, Prefix: "{dynamic-proxy}:", ca: ca}
+	c := &Server{t: t, Prefix: "{dynamic-proxy}:"}
 	args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"}, extra...)
 	create := []string{"--cluster", "create"}
 	for i := 0; i < n; i++ {
-		node := start(t, tls, args)
+		node := start(t, false, args)
 		c.Nodes = append(c.Nodes, node)
 		create = append(create, node.Addr)
 	}
 	c.Port, c.Addr, c.Dir = c.Nodes[0].Port, c.Nodes[0].Addr, c.Nodes[0].Dir
 	create = append(create, "--cluster-replicas", "0", "--cluster-yes")
-	if tls {
-		create = append([]string{"--tls", "--cacert", ca}, create...)
-	}
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
 		t.Fatal("redis-cli not found: install the Debian package redis-tools (scripts/test.sh does)")
@@ -290,10 +279,7 @@ func startCluster(t testing.TB, n int, tls bool, ca string, extra []string) *Ser
 		t.Fatalf("redis-cli %s: %v\n%s", strings.Join(create, " "), err, out)
 	}
 	for _, node := range c.Nodes {
-		info := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(node.Port)}, "cluster", "info")
-		if tls {
-			info = append([]string{"--tls", "--cacert", ca}, info...)
-		}
+		info := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(node.Port), "cluster", "info"}
 		harness.Eventually(t, "cluster_state:ok on "+node.Addr, func() error {
 			out, err := exec.Command(cli, info...).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "cluster_state:ok") {
