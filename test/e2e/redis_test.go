@@ -590,6 +590,16 @@ func TestFleetStartupErrors(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "redis.url") {
 		t.Fatalf("bad redis URL: exit %d %s", code, errOut)
 	}
+	noTag := harness.WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis+cluster://127.0.0.1:1,127.0.0.1:2\"\nkey_prefix = \"fleet:\"\n"+webRule(a))
+	_, errOut, code = Run(t, "--validate", "-c", noTag)
+	if code != 1 || !strings.Contains(errOut, noTag+":5: redis.key_prefix: a cluster needs a {…} hash tag") {
+		t.Fatalf("cluster prefix without a hash tag: exit %d %s", code, errOut)
+	}
+	noMaster := harness.WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis+sentinel://127.0.0.1:1\"\n"+webRule(a))
+	_, errOut, code = Run(t, "--validate", "-c", noMaster)
+	if code != 1 || !strings.Contains(errOut, noMaster+":4: redis.url: missing master name") {
+		t.Fatalf("sentinel URL without a master name: exit %d %s", code, errOut)
+	}
 	_, errOut, code = Run(t, "backend", "list", "-c", noRedis)
 	if code != 1 || !strings.Contains(errOut, "has no [redis] section: add one or give --redis URL") {
 		t.Fatalf("fleet command without Redis settings: exit %d %s", code, errOut)
