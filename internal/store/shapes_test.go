@@ -122,3 +122,44 @@ func TestSentinelStoreFailover(t *testing.T) {
 		}
 	}
 }
+
+// TestSentinelMasterKilled: the master killed, a change made at once is
+// retried (no connection, then the sentinels' new master) until it lands
+// on the replica the sentinels promote; the Syncer follows it there.
+func TestSentinelMasterKilled(t *testing.T) {
+	sn := redistest.StartSentinel(t)
+	sn.WaitPeers()
+	var retries int
+	st, err := Open(Options{URL: sn.URL(), KeyPrefix: "fleet:", ConnectionTimeout: time.Second, CommandTimeout: time.Second,
+		WriteRetry: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.OnRetry = func(error, time.Duration) { retries++ }
+	f := newSyncer(t, sn.URL(), "")
+	if snap, _ := f.y.Start(context.Background()); snap == nil {
+		t.Fatalf("start: %v", f.logs.lines)
+	}
+	f.run(t)
+	f.logs.wait(t, 0, "subscribed and resynced")
+	ctx := context.Background()
+	if _, _, err := st.AddBackend(ctx, "web", "a", "127.0.0.1:9001", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.next(t)
+	old := sn.MasterAddr()
+	sn.Data[0].Kill()
+	if _, _, err := st.AddBackend(ctx, "web", "b", "127.0.0.1:9002", 1, 0); err != nil {
+		t.Fatalf("add while the master is gone: %v", err)
+	}
+	if next := sn.MasterAddr(); next == old || retries == 0 {
+		t.Fatalf("the add landed on %q (was %q) after %d retries", next, old, retries)
+	}
+	t.Logf("the add was retried %d times until the new master took it", retries)
+	for {
+		if snap := f.next(t); strings.Contains(ids(snap.Backends), "web/b@") {
+			break
+		}
+	}
+}

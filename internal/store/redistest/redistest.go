@@ -340,6 +340,21 @@ func StartSentinel(t testing.TB) *Sentinel {
 	return s
 }
 
+// WaitPeers waits until every sentinel knows the two others, which an
+// election (a failover after the master died) needs.
+func (s *Sentinel) WaitPeers() {
+	s.t.Helper()
+	for i, c := range s.sentinelsC {
+		harness.Eventually(s.t, "sentinel "+s.Sentinels[i].Addr+" knows the other sentinels", func() error {
+			sens, err := c.Sentinels(context.Background(), s.Master).Result()
+			if err != nil || len(sens) != len(s.Sentinels)-1 {
+				return fmt.Errorf("other sentinels %v %v", sens, err)
+			}
+			return nil
+		})
+	}
+}
+
 // URL is redis+sentinel://S1,S2,S3/mymaster.
 func (s *Sentinel) URL() string {
 	addrs := make([]string, len(s.Sentinels))
