@@ -22,6 +22,10 @@ type Events struct {
 // Subscribe subscribes to the events channel and waits until Redis
 // confirms, so that no change made after it returns is missed.
 func (s *Store) Subscribe(ctx context.Context) (*Events, error) {
+	// Bounded like a command: finding the master (Sentinel) and dialing
+	// it must not hang a session. The subscription outlives ctx.
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
 	ps := s.rdb.Subscribe(ctx)
 	if err := ps.Subscribe(ctx, s.Channel()); err != nil {
 		ps.Close()
