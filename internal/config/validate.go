@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"net"
-	"net/url"
 	"reflect"
 	"sort"
 	"strconv"
@@ -48,15 +47,6 @@ func (c *Config) validate(e *Errors) {
 	}
 
 	if r := c.Redis; r != nil {
-		u, err := url.Parse(r.URL)
-		switch {
-		case err != nil:
-			e.addf("redis.url", "invalid URL %q: %v", r.URL, err)
-		case u.Scheme != "redis" && u.Scheme != "rediss":
-			e.addf("redis.url", "scheme must be redis:// or rediss://, got %q", r.URL)
-		case u.Host == "":
-			e.addf("redis.url", "missing host in %q", r.URL)
-		}
 		if r.DB < 0 {
 			e.addf("redis.db", "must be 0 or more, got %d", r.DB)
 		}
@@ -69,7 +59,7 @@ func (c *Config) validate(e *Errors) {
 		if r.CommandTimeout <= 0 {
 			e.add("redis.command_timeout", "must be greater than 0")
 		}
-		c.validateRedis(e, u) // fleet.go
+		c.validateRedis(e) // fleet.go: the url, and the keys that depend on it
 	}
 
 	for _, name := range sortedKeysOf(c.Routers) {
