@@ -300,12 +300,8 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			continue
 		}
 		if max := s.maxConns.Load(); !s.admitConn(max) {
-			s.Stats.Rejected.Add(1)
-			if rs := l.Routes(); len(rs) > 0 {
-				refuseNew(rs[0].Observer, ReasonMaxConnections)
-			}
+			s.tcpMaxConnections(l.Routes(), l.addr.String(), max)
 			resetClose(fd)
-			s.log.Debug("connection rejected: max_connections reached", "listener", l.addr.String(), "max_connections", max)
 			continue
 		}
 		s.wg.Add(1) // (TCP_NODELAY comes from the listening socket: ListenTCP)

@@ -17,11 +17,6 @@ import (
 // allocations per datagram, measured in BenchmarkXNetReadBatch), so the
 // listener calls them itself.
 
-// maxDatagram is the largest UDP payload there is: 65,535 minus the 8-byte
-// UDP header (IPv4 allows 65,507 once its own header is counted, IPv6
-// 65,527). A buffer this size never truncates a datagram.
-const maxDatagram = 65535
-
 // oobSize is the control buffer of one message: room for IP_PKTINFO (32
 // bytes) or IPV6_PKTINFO (40) and anything unexpected next to it.
 const oobSize = 64
