@@ -24,15 +24,16 @@ import (
 // a second one, started once the backend answers, that relays backend to
 // client. A direction reads into a buffer of buffer_size bytes and writes
 // what it read at once, so the bytes of a request or a reply are counted as
-// they move; a read that fills the buffer switches the direction to
-// (*net.TCPConn).ReadFrom for the rest of the burst, which the net package
-// runs as splice(2) on Linux (bulk data then is counted per bulkChunk). The
-// net package's deadlines carry idle_timeout and connect_timeout.
+// they move; after a read that fills the buffer, what the socket has queued
+// beyond another buffer's worth goes by (*net.TCPConn).ReadFrom, which the
+// net package runs as splice(2) on Linux, exactly as many bytes as are
+// queued so that no pipe is held while a connection waits. The net
+// package's deadlines carry idle_timeout and connect_timeout.
 
 var _ Listener = (*goTCPListener)(nil)
 
-// bulkChunk is the most a direction moves by ReadFrom before it counts the
-// bytes and looks at its deadline again.
+// bulkChunk is the most a direction moves by one ReadFrom before it counts
+// the bytes.
 const bulkChunk = 1 << 20
 
 type goTCPListener struct {
@@ -509,7 +510,7 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst *net.TCPConn) (err 
 				return dstError{werr}
 			}
 			if r == size {
-				if more, err := c.splice(b, n, src, dst); err != nil || !more {
+				if err := c.splice(b, n, src, dst, size); err != nil {
 					return err
 				}
 			}
@@ -526,36 +527,34 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst *net.TCPConn) (err 
 	}
 }
 
-// splice moves a burst from src to dst by ReadFrom (splice(2) on Linux),
-// bulkChunk at a time, until a chunk comes up short. more false: src ended
-// (dst was sent a FIN).
-func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn) (more bool, err error) {
+// splice moves what src has queued beyond a buffer's worth to dst by
+// ReadFrom (splice(2) on Linux), exactly that many bytes at a time, so that
+// it never waits for more data holding a pipe; false when nothing more is
+// queued (back to reading into the buffer).
+func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, size int) error {
 	idle := int64(c.rt.IdleTimeout)
 	lr := &io.LimitedReader{R: src}
 	for {
-		if idle > 0 {
-			dl := time.Unix(0, c.last.Load()+idle)
-			src.SetReadDeadline(dl)
-			dst.SetWriteDeadline(dl)
+		q := queued(src)
+		if q < size {
+			return nil
 		}
-		lr.N = bulkChunk
+		if idle > 0 {
+			dst.SetWriteDeadline(time.Unix(0, c.last.Load()+idle))
+		}
+		lr.N = int64(min(q, bulkChunk))
 		w, err := dst.ReadFrom(lr)
 		c.moved(b, n, w)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) && (w > 0 || c.stillActive(err)) {
-				dst.SetWriteDeadline(time.Time{})
-				return true, nil // back to reading into the buffer
+			if c.stillActive(err) {
+				continue
 			}
 			// ReadFrom does not say which side failed: a broken pipe is
 			// the destination's, anything else is taken as the source's.
 			if errors.Is(err, syscall.EPIPE) {
-				return false, dstError{err}
+				return dstError{err}
 			}
-			return false, err
-		}
-		if w < bulkChunk {
-			dst.CloseWrite()
-			return false, nil
+			return err
 		}
 	}
 }
