@@ -15,18 +15,7 @@ import (
 func TestEngineChosen(t *testing.T) {
 	a := StartEcho(t, "a")
 	port := harness.FreePort(t)
-	conf := func(engine string) string {
-		return fmt.Sprintf(`
-[server]
-engine = %q
-tcp_bind = "127.0.0.1:%d"
-[[rules]]
-name = "r"
-[[rules.backends]]
-id = "a"
-address = %q
-`, engine, port, a.Addr)
-	}
+	conf := func(engine string) string { return proxyConfig(port, a.Addr, fmt.Sprintf("engine = %q", engine)) }
 	cfg := harness.WriteConfig(t, conf("goroutine"))
 	p := Start(t, cfg)
 	p.WaitLog("connection engine", "engine=goroutine")
@@ -48,9 +37,9 @@ address = %q
 // TestEngineInvalid: an unknown engine is a --validate error with the
 // file and line.
 func TestEngineInvalid(t *testing.T) {
-	cfg := harness.WriteConfig(t, "[server]\nengine = \"threads\"\n[[rules]]\nname = \"r\"\n[[rules.backends]]\nid = \"a\"\naddress = \"127.0.0.1:9\"\n")
+	cfg := harness.WriteConfig(t, proxyConfig(harness.FreePort(t), "127.0.0.1:9", `engine = "threads"`))
 	_, stderr, code := Run(t, "--validate", "-c", cfg)
-	if code != 1 || !strings.Contains(stderr, "config.toml:2") || !strings.Contains(stderr, "server.engine") {
+	if code != 1 || !strings.Contains(stderr, "config.toml:4") || !strings.Contains(stderr, "server.engine") {
 		t.Errorf("--validate of engine = \"threads\": exit %d, stderr:\n%s", code, stderr)
 	}
 }
