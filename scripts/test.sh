@@ -45,6 +45,10 @@ echo "== go vet"
 go vet ./...
 echo "== staticcheck"
 staticcheck ./...
+echo "== cross-builds (darwin, freebsd, windows)"
+for goos in darwin freebsd windows; do
+	GOOS=$goos go build ./...
+done
 
 # --- tests -------------------------------------------------------------------
 echo "== go test -race"
@@ -53,6 +57,11 @@ go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/dynamic-proxy-test.log
 # (redistest.Start gives one under DP_TEST_REDIS=cluster).
 echo "== go test -race: TestFleet* on a Redis Cluster"
 DP_TEST_REDIS=cluster go test -race -count=1 -timeout 10m -run '^TestFleet' ./test/e2e/ 2>&1 | tee -a /tmp/dynamic-proxy-test.log
+
+# The end-to-end suite again on the goroutine engine (the run above used
+# the default: epoll on Linux).
+echo "== go test -race ./test/e2e (engine = goroutine)"
+E2E_ENGINE=goroutine go test -race -count=1 -timeout 20m ./test/e2e/... 2>&1 | tee -a /tmp/dynamic-proxy-test.log
 
 # --- fuzzing, bounded ----------------------------------------------------------
 # Each fuzz target runs briefly on top of its seed corpus (the seeds also run

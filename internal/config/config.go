@@ -81,6 +81,11 @@ type Server struct {
 	// alpn and http_host matchers need. A client silent for this long is
 	// routed by the remaining matchers, or closed. Default 3s.
 	PeekTimeout Duration `toml:"peek_timeout"`
+	// Engine is the connection engine: "epoll" (Linux: event loops over raw
+	// system calls), "goroutine" (every system: goroutines over the net
+	// package) or "auto", epoll on Linux and goroutine elsewhere. Default
+	// "auto". Needs a restart.
+	Engine string `toml:"engine"`
 }
 
 // Logging configures log/slog output.
@@ -247,6 +252,7 @@ func (c *Config) setDefaults() {
 		WatchConfig:       true,
 		AdaptiveThreads:   true,
 		PeekTimeout:       Duration(3 * time.Second),
+		Engine:            "auto",
 	}
 	c.Logging = Logging{Level: "info", Format: "text"}
 	c.Metrics.setDefaults()

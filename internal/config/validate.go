@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"reflect"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +25,15 @@ func (c *Config) validate(e *Errors) {
 	checkBind(e, "server.udp_bind", s.UDPBind)
 	if s.WorkerThreads < 0 || s.WorkerThreads > 4096 {
 		e.addf("server.worker_threads", "must be from 0 (one per CPU) to 4096, got %d", s.WorkerThreads)
+	}
+	switch s.Engine {
+	case "auto", "goroutine":
+	case "epoll":
+		if runtime.GOOS != "linux" {
+			e.addf("server.engine", "the epoll engine runs on Linux only (this is %s); use \"goroutine\" or \"auto\"", runtime.GOOS)
+		}
+	default:
+		e.addf("server.engine", "must be one of auto, epoll, goroutine; got %q", s.Engine)
 	}
 	if s.MaxConnections < 0 {
 		e.addf("server.max_connections", "must be 0 (no limit) or more, got %d", s.MaxConnections)
