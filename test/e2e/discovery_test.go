@@ -171,6 +171,7 @@ func greetings(t *testing.T, addr string, n int) map[string]int {
 // clientLoop connects through addr again and again until stopped, and
 // counts greetings and errors.
 type clientLoop struct {
+	turn   sync.Mutex // held for each connection; paused holds it between two
 	mu     sync.Mutex
 	seen   map[string]int
 	errs   []string
@@ -185,7 +186,9 @@ func startClientLoop(addr string) *clientLoop {
 	go func() {
 		defer close(l.done)
 		for !l.stop.Load() {
+			l.turn.Lock()
 			g, err := harness.Greeting(addr)
+			l.turn.Unlock()
 			l.mu.Lock()
 			if err != nil {
 				l.errs = append(l.errs, err.Error())
@@ -218,6 +221,16 @@ func (l *clientLoop) lastAll(name string) bool {
 		}
 	}
 	return true
+}
+
+// between runs f with no connection of the loop in flight: a backend
+// killed in f cannot reset a connection its kernel accepted and the
+// process never did (closing a listening socket resets those, whatever
+// the proxy does).
+func (l *clientLoop) between(f func()) {
+	l.turn.Lock()
+	defer l.turn.Unlock()
+	f()
 }
 
 func (l *clientLoop) reset() {
@@ -331,7 +344,7 @@ backup = true
 		t.Fatalf("with the primary up, 10 connections went %v", got)
 	}
 	loop := startClientLoop(addr)
-	primary.Close()
+	loop.between(primary.Close)
 	p.WaitLog("backend down", primary.Addr)
 	loop.reset()
 	harness.Eventually(t, "the backup to take over", func() bool { return loop.lastAll("spare") })
@@ -530,7 +543,7 @@ func TestDiscoverySRVPriorityFailover(t *testing.T) {
 		t.Fatalf("backend tiers %v, want the priority 1 record in tier 1", tiers)
 	}
 	loop := startClientLoop(addr)
-	first.Close()
+	loop.between(first.Close)
 	p.WaitLog("backend down", "127.0.0.2:"+portOf(first.Addr))
 	loop.reset()
 	harness.Eventually(t, "the priority 1 backend to take over", func() bool { return loop.lastAll("second") })
