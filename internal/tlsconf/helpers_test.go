@@ -1,12 +1,12 @@
 package tlsconf
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"bufio"
 	"net"
 	"os/exec"
 	"strings"

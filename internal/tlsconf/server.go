@@ -188,9 +188,10 @@ func (st *Staged) Commit() {
 		}
 	} else {
 		if s.tickets == nil {
-			s.tickets = newTicketer(s.base, o.Name, s.src, s.now)
+			s.tickets = newTicketer(s.base, o.Name, s.src, s.now, o.TicketRotation, o.TicketKeys)
+		} else {
+			s.tickets.setPolicy(o.TicketRotation, o.TicketKeys)
 		}
-		s.tickets.setPolicy(o.TicketRotation, o.TicketKeys)
 	}
 	s.current.Store(st.snap)
 }

@@ -47,29 +47,35 @@ type ticketer struct {
 	keys     map[int64][32]byte
 	shared   bool  // the keys in use came from src
 	lastErr  error // of the last refresh from src
-	set      bool  // keys were set on cfg at least once
 
 	kick   chan struct{}
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func newTicketer(cfg *tls.Config, scope string, src TicketKeySource, now func() time.Time) *ticketer {
+// newTicketer sets local keys on cfg at once, so that a new Server issues
+// tickets from its first handshake, and starts the rotation, whose first
+// refresh asks the source.
+func newTicketer(cfg *tls.Config, scope string, src TicketKeySource, now func() time.Time, rotation time.Duration, count int) *ticketer {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &ticketer{cfg: cfg, scope: scope, src: src, now: now, keys: map[int64][32]byte{},
+		rotation: rotation, count: count,
 		kick: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	t.applyLocked(nil, nil) // not shared yet: nobody else can see t
 	go t.loop(ctx)
 	return t
 }
 
-// setPolicy sets the rotation and key count, and refreshes the keys at
-// once with local ones where the source has not answered yet, so that a
-// new Server issues tickets from its first handshake.
+// setPolicy sets the rotation and key count; a change re-keys at once
+// (keys of periods of the old length mean nothing) and asks the source.
 func (t *ticketer) setPolicy(rotation time.Duration, count int) {
 	t.mu.Lock()
 	changed := rotation != t.rotation || count != t.count
-	t.rotation, t.count = rotation, count
-	if changed || !t.set {
+	if changed {
+		if rotation != t.rotation {
+			clear(t.keys)
+		}
+		t.rotation, t.count = rotation, count
 		t.applyLocked(nil, nil)
 	}
 	t.mu.Unlock()
@@ -197,7 +203,6 @@ func (t *ticketer) applyLocked(periods []int64, keys [][32]byte) {
 		}
 	}
 	t.cfg.SetSessionTicketKeys(list)
-	t.set = true
 }
 
 func (t *ticketer) status() (shared bool, err error) {
