@@ -171,6 +171,7 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %d backends; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, len(r.Backends), r.Health.Summary(r.Protocol))
 	}
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
+	printCertificates(cfg, stdout, time.Now()) // (tls.go)
 	names := make([]string, 0, len(cfg.Routers))
 	for n, s := range cfg.Routers {
 		names = append(names, n+" ("+s.Plugin+")")
