@@ -319,3 +319,34 @@ func roundDays(d time.Duration) string {
 	hours := int(d%(24*time.Hour)) / int(time.Hour)
 	return fmt.Sprintf("%dd%dh", days, hours)
 }
+
+// TLSFiles returns every file the rules' TLS settings read (certificates,
+// keys, CAs), resolved, once each: what a file watch must follow, through
+// tlsconf.Watched, so that a changed certificate reloads.
+func (c *Config) TLSFiles() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(fs []string) {
+		for _, f := range fs {
+			if f != "" && !seen[f] {
+				seen[f] = true
+				out = append(out, f)
+			}
+		}
+	}
+	for i := range c.Rules {
+		r := &c.Rules[i]
+		if !r.Enabled {
+			continue
+		}
+		if o, ok := c.ServerTLS(r); ok {
+			add(o.Files())
+		}
+		for j := range r.Backends {
+			if o, ok := c.BackendTLSFor(r, &r.Backends[j]); ok {
+				add(o.Files())
+			}
+		}
+	}
+	return out
+}

@@ -119,6 +119,11 @@ tls = { enabled = false }
 	if _, ok := cfg.BackendTLSFor(r, &r.Backends[2]); ok {
 		t.Error("backend b3 (enabled = false) is dialled with TLS")
 	}
+	files := cfg.TLSFiles()
+	want := []string{f.site.CertFile, f.site.KeyFile, f.other.CertFile, f.other.KeyFile, f.ca.CAFile, f.client.CertFile, f.client.KeyFile}
+	if strings.Join(files, " ") != strings.Join(want, " ") {
+		t.Errorf("TLSFiles = %v, want %v", files, want)
+	}
 	if _, ok := cfg.ServerTLS(&Rule{}); ok {
 		t.Error("a rule without [rules.tls] terminates")
 	}

@@ -86,10 +86,10 @@ func TestTLSMetrics(t *testing.T) {
 	v := values(t, reg)
 	after := time.Now()
 	expect(t, v, map[string]float64{
-		`dynamic_proxy_tls_handshakes_total{result=full,rule=web,version=1.3}`:    1,
-		`dynamic_proxy_tls_handshakes_total{result=resumed,rule=web,version=1.3}`: 1,
-		`dynamic_proxy_tls_handshakes_total{result=full,rule=web,version=1.2}`:    1,
-		`dynamic_proxy_tls_handshakes_total{result=failed,rule=web,version=}`:     1,
+		`dynamic_proxy_tls_handshakes_total{result=full,rule=web,version=1.3}`:     1,
+		`dynamic_proxy_tls_handshakes_total{result=resumed,rule=web,version=1.3}`:  1,
+		`dynamic_proxy_tls_handshakes_total{result=full,rule=web,version=1.2}`:     1,
+		`dynamic_proxy_tls_handshakes_total{result=failed,rule=web,version=}`:      1,
 		`dynamic_proxy_tls_handshake_duration_seconds_count{result=full,rule=web}`: 2,
 	})
 	key := `dynamic_proxy_tls_certificate_expiry_seconds{cert=` + leaf.CertFile + `,rule=web}`
