@@ -117,6 +117,7 @@ type Server struct {
 	mu      sync.Mutex // serialises Prepare/Commit and the options
 	opts    ServerOptions
 	tickets *ticketer // nil when tickets are off
+	closed  bool      // Close ran: no rotation starts again
 }
 
 // snapshot is one complete, immutable server configuration.
@@ -186,7 +187,7 @@ func (st *Staged) Commit() {
 			s.tickets.stop()
 			s.tickets = nil
 		}
-	} else {
+	} else if !s.closed {
 		if s.tickets == nil {
 			s.tickets = newTicketer(s.base, o.Name, s.src, s.now, o.TicketRotation, o.TicketKeys)
 		} else {
@@ -225,6 +226,7 @@ func (s *Server) Files() []string { return s.current.Load().opts.Files() }
 func (s *Server) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	if s.tickets != nil {
 		s.tickets.stop()
 		s.tickets = nil
