@@ -341,8 +341,11 @@ func (snap *snapshot) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate,
 }
 
 func pick(cs []*Cert, hello *tls.ClientHelloInfo) *tls.Certificate {
-	if len(cs) == 0 {
+	switch len(cs) {
+	case 0:
 		return nil
+	case 1:
+		return cs[0].TLS // one choice: crypto/tls says if the client cannot use it
 	}
 	for _, c := range cs {
 		if hello.SupportsCertificate(c.TLS) == nil {
