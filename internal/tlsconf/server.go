@@ -138,15 +138,30 @@ func NewServer(o ServerOptions, tickets TicketKeySource, obs Observer) (*Server,
 }
 
 func newServer(o ServerOptions, tickets TicketKeySource, obs Observer, now func() time.Time) (*Server, error) {
-	s := &Server{obs: obs, now: now, src: tickets}
-	s.base = &tls.Config{GetConfigForClient: s.configForClient}
-	st, err := s.Prepare(o)
+	st, err := prepareServer(o, tickets, obs, now)
 	if err != nil {
 		return nil, err
 	}
 	st.Commit()
-	return s, nil
+	return st.s, nil
 }
+
+// PrepareServer is NewServer in two steps, for the engine's plan and
+// commit: it loads and checks every file and starts nothing; the Server
+// (Staged.Server) serves, and its ticket rotation runs, once the Staged
+// is committed. An uncommitted one is simply dropped.
+func PrepareServer(o ServerOptions, tickets TicketKeySource, obs Observer) (*Staged, error) {
+	return prepareServer(o, tickets, obs, time.Now)
+}
+
+func prepareServer(o ServerOptions, tickets TicketKeySource, obs Observer, now func() time.Time) (*Staged, error) {
+	s := &Server{obs: obs, now: now, src: tickets}
+	s.base = &tls.Config{GetConfigForClient: s.configForClient}
+	return s.Prepare(o)
+}
+
+// Server is the Server the staged configuration is for.
+func (st *Staged) Server() *Server { return st.s }
 
 // Config is the *tls.Config to terminate with (tls.Server(conn, s.Config())).
 // It stays the same across reloads: it hands each handshake the current set.

@@ -417,3 +417,42 @@ func TestHandshakeFailureReported(t *testing.T) {
 		t.Errorf("plain HTTP client: handshake %+v, want a failure", h)
 	}
 }
+
+// TestPrepareThenCommit: a prepared server starts nothing and a refused
+// Prepare of a running one changes nothing; Commit publishes.
+func TestPrepareThenCommit(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, dir, "pc")
+	one := ca.Issue(dir, "one", tlstest.Options{DNSNames: []string{"pc.test"}})
+	two := ca.Issue(dir, "two", tlstest.Options{DNSNames: []string{"pc.test"}})
+	st, err := PrepareServer(ServerOptions{Name: "pc", Certificates: []Pair{{one.CertFile, one.KeyFile}}, SessionTickets: true}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := st.Server()
+	if s.tickets != nil {
+		t.Fatal("an uncommitted server runs its ticket rotation")
+	}
+	st.Commit()
+	defer s.Close()
+	if s.tickets == nil {
+		t.Fatal("a committed server with tickets has no rotation")
+	}
+	next, err := s.Prepare(ServerOptions{Name: "pc", Certificates: []Pair{{two.CertFile, two.KeyFile}}, SessionTickets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Certificates()[0].Serial; got != Serial(one.Cert) {
+		t.Errorf("before Commit the server serves %s, want the old %s", got, Serial(one.Cert))
+	}
+	next.Commit()
+	if got := s.Certificates()[0].Serial; got != Serial(two.Cert) {
+		t.Errorf("after Commit the server serves %s, want %s", got, Serial(two.Cert))
+	}
+	if _, err := s.Prepare(ServerOptions{Name: "pc", Certificates: []Pair{{two.CertFile, one.KeyFile}}}); err == nil {
+		t.Error("a mismatched pair was prepared")
+	}
+	if got := s.Certificates()[0].Serial; got != Serial(two.Cert) {
+		t.Errorf("a refused Prepare changed the served certificate to %s", got)
+	}
+}
