@@ -2,62 +2,14 @@ package tlsconf
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"net"
-	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf/tlstest"
-	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
-
-// sServer runs openssl s_server -www on a free loopback port with args
-// and returns its address once it accepts.
-func sServer(t *testing.T, args ...string) string {
-	t.Helper()
-	needOpenSSL(t)
-	port := harness.FreePort(t)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, "openssl", append([]string{"s_server", "-accept", addr, "-www"}, args...)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		var seen []string
-		for sc.Scan() {
-			seen = append(seen, sc.Text())
-			if strings.HasPrefix(sc.Text(), "ACCEPT") {
-				ready <- ""
-				for sc.Scan() {
-				}
-				return
-			}
-		}
-		ready <- strings.Join(seen, "\n")
-	}()
-	select {
-	case msg := <-ready:
-		if msg != "" {
-			t.Fatalf("openssl s_server did not start:\n%s", msg)
-		}
-	case <-time.After(deadline):
-		t.Fatal("openssl s_server did not start")
-	}
-	return addr
-}
 
 // get dials addr with cfg, asks s_server -www for its page and returns
 // the status line.
@@ -85,8 +37,8 @@ func TestOriginationToOpenSSLServer(t *testing.T) {
 	clients := tlstest.NewCA(t, dir, "clients")
 	srv := ca.Issue(dir, "backend", tlstest.Options{DNSNames: []string{"backend.test"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	client := clients.Issue(dir, "client", tlstest.Options{CommonName: "proxy", Client: true})
-	plain := sServer(t, "-cert", srv.CertFile, "-key", srv.KeyFile)
-	mtls := sServer(t, "-cert", srv.CertFile, "-key", srv.KeyFile, "-Verify", "1", "-CAfile", clients.CAFile)
+	plain := tlstest.SServer(t, "-cert", srv.CertFile, "-key", srv.KeyFile)
+	mtls := tlstest.SServer(t, "-cert", srv.CertFile, "-key", srv.KeyFile, "-Verify", "1", "-CAfile", clients.CAFile)
 
 	for _, c := range []struct {
 		name string
