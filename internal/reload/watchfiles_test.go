@@ -52,7 +52,11 @@ func TestWatchFilesFollowsSecretSwaps(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var events []seen
-	eventSeen = func(name string, relevant bool) { mu.Lock(); events = append(events, seen{name, relevant}); mu.Unlock() }
+	eventSeen = func(name string, relevant bool) {
+		mu.Lock()
+		events = append(events, seen{name, relevant})
+		mu.Unlock()
+	}
 	defer func() { eventSeen = nil }()
 	fired := make(chan struct{}, 8)
 	ctx, cancel := context.WithCancel(context.Background())
