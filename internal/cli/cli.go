@@ -187,7 +187,8 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %d backends; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, len(r.Backends), r.Health.Summary(r.Protocol))
 	}
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
-	discoveryReport(cfg, stdout, stderr) // (discovery.go)
+	discoveryReport(cfg, stdout, stderr)       // (discovery.go)
+	printCertificates(cfg, stdout, time.Now()) // (tls.go)
 	names := make([]string, 0, len(cfg.Routers))
 	for n, s := range cfg.Routers {
 		names = append(names, n+" ("+s.Plugin+")")
