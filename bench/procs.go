@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
 )
 
 // proc is a process the harness started; it is stopped by its PID.
@@ -26,30 +24,13 @@ func start(name, logDir string, argv ...string) (*proc, error) {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	go func() { cmd.Wait(); f.Close() }()
 	return &proc{name: name, cmd: cmd, log: logPath}, nil
-}
-
-// stop sends SIGTERM to the process group, then SIGKILL after 5 s.
-func (p *proc) stop() {
-	if p == nil || p.cmd.Process == nil {
-		return
-	}
-	pid := p.cmd.Process.Pid
-	syscall.Kill(-pid, syscall.SIGTERM)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if syscall.Kill(pid, 0) != nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	syscall.Kill(-pid, syscall.SIGKILL)
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }

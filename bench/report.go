@@ -109,6 +109,8 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 	b.WriteString("`haproxy-splice` (with `option splice-request` and `option splice-response`), `nginx` (stream module)")
 	for _, t := range targets {
 		switch t.name {
+		case "dynamic-proxy-goroutine":
+			b.WriteString(", `dynamic-proxy-goroutine` (the same build with `engine = \"goroutine\"`)")
 		case "dynamic-proxy-nometrics":
 			b.WriteString(", `dynamic-proxy-nometrics` (metrics disabled)")
 		case "dynamic-proxy-fixed":

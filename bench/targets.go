@@ -46,21 +46,25 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 	ts := []*target{
 		{name: "direct", udp: true},
 		{name: "dynamic-proxy", base: 21100, udp: true, setup: func(t *target, dir string) error {
-			return startDP(t, dir, dpBinary, true, true)
+			return startDP(t, dir, dpBinary, true, true, "")
+		}},
+		// The same build on its portable engine, beside the epoll one.
+		{name: "dynamic-proxy-goroutine", base: 21700, udp: true, setup: func(t *target, dir string) error {
+			return startDP(t, dir, dpBinary, true, true, "goroutine")
 		}},
 	}
 	if *flagDPFixed {
 		// The same build with GOMAXPROCS left at the worker threads
 		// (adaptive_threads = false), to measure what the adaptation saves.
 		ts = append(ts, &target{name: "dynamic-proxy-fixed", base: 21600, udp: true, setup: func(t *target, dir string) error {
-			return startDP(t, dir, dpBinary, true, false)
+			return startDP(t, dir, dpBinary, true, false, "")
 		}})
 	}
 	if metricsOffVariant {
 		// Right after dynamic-proxy, so that in most rounds the two run
 		// back to back and their per-round ratio compares like with like.
 		ts = append(ts, &target{name: "dynamic-proxy-nometrics", base: 21500, udp: true, setup: func(t *target, dir string) error {
-			return startDP(t, dir, dpBinary, false, true)
+			return startDP(t, dir, dpBinary, false, true, "")
 		}})
 	}
 	return append(ts,
@@ -69,7 +73,9 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 		&target{name: "nginx", base: 21400, udp: true, setup: startNginx})
 }
 
-func startDP(t *target, dir, bin string, metrics, adaptive bool) error {
+// startDP starts dynamic-proxy for t; engine is its [server] engine ("":
+// the default).
+func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[server]\ntcp_bind = \"127.0.0.1:%d\"\nudp_bind = \"127.0.0.1:%d\"\nmax_connections = 0\nwatch_config = false\n", t.base+9, t.base+9)
 	if *flagWorkers > 0 {
@@ -77,6 +83,9 @@ func startDP(t *target, dir, bin string, metrics, adaptive bool) error {
 	}
 	if !adaptive {
 		b.WriteString("adaptive_threads = false\n")
+	}
+	if engine != "" {
+		fmt.Fprintf(&b, "engine = %q\n", engine)
 	}
 	b.WriteString("[logging]\nlevel = \"warn\"\n")
 	if supportsMetricsSwitch(bin) {

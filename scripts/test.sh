@@ -11,7 +11,7 @@ STATICCHECK_VERSION=v0.8.2
 # --- install what is missing -------------------------------------------------
 # Debian packages the tests use, as package:command. Tests that need one
 # fail (they do not skip) when it is missing, so it is installed here.
-APT_NEEDS=(chromium:chromium redis-server:redis-server openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig)
+APT_NEEDS=(chromium:chromium redis-server:redis-server redis-tools:redis-cli redis-sentinel:redis-sentinel openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig)
 need_apt=()
 for pkg_cmd in "${APT_NEEDS[@]}"; do
 	pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
@@ -45,10 +45,23 @@ echo "== go vet"
 go vet ./...
 echo "== staticcheck"
 staticcheck ./...
+echo "== cross-builds (darwin, freebsd, windows)"
+for goos in darwin freebsd windows; do
+	GOOS=$goos go build ./...
+done
 
 # --- tests -------------------------------------------------------------------
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./... 2>&1 | tee /tmp/dynamic-proxy-test.log
+# The fleet tests again, against a Redis Cluster of three masters
+# (redistest.Start gives one under DP_TEST_REDIS=cluster).
+echo "== go test -race: TestFleet* on a Redis Cluster"
+DP_TEST_REDIS=cluster go test -race -count=1 -timeout 10m -run '^TestFleet' ./test/e2e/ 2>&1 | tee -a /tmp/dynamic-proxy-test.log
+
+# The end-to-end suite again on the goroutine engine (the run above used
+# the default: epoll on Linux).
+echo "== go test -race ./test/e2e (engine = goroutine)"
+E2E_ENGINE=goroutine go test -race -count=1 -timeout 20m ./test/e2e/... 2>&1 | tee -a /tmp/dynamic-proxy-test.log
 
 # --- fuzzing, bounded ----------------------------------------------------------
 # Each fuzz target runs briefly on top of its seed corpus (the seeds also run

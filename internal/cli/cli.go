@@ -233,6 +233,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		return 1
 	}
 	obs.announce()
+	log.Info("connection engine", "engine", eng.Server().Engine().String())
 	for _, r := range cfg.Rules {
 		log.Info("rule", "name", r.Name, "protocol", r.Protocol, "listener", cfg.Listener(&r),
 			"router", r.Router, "backends", len(r.Backends), "enabled", r.Enabled)

@@ -43,11 +43,25 @@ Usage:
                                             clear a backend's shared runtime state
 
 Redis is the [redis] section of the config file (-c, default config.toml), or:
-  --redis URL           redis://[user:password@]host:port[/db] or rediss:// (TLS)
-  --key-prefix PREFIX   (default "dynamic-proxy:", or [redis] key_prefix)
+  --redis URL           redis://[user:password@]host:port[/db]
+                        redis+sentinel://[user:password@]host:port,.../MASTER[/db]
+                        redis+cluster://[user:password@]host:port,...
+                        (rediss… for TLS)
+  --key-prefix PREFIX   (default "dynamic-proxy:", "{dynamic-proxy}:" on a
+                        cluster, or [redis] key_prefix)
+
+A change that Redis shows it did not make (no connection to the master, a
+failover in progress) is retried for up to 15s; one whose outcome is unknown
+(the connection broke after it was sent) is retried only when repeating it is
+harmless (backend add, heartbeat), and otherwise reported as such.
 
 Exit status: 0 done, 1 failed (invalid input, Redis error, not found), 2 usage.
 `
+
+// cliWriteRetry is how long a fleet command retries a change that did not
+// run (store.Options.WriteRetry): longer than a Sentinel failover or a
+// cluster's slot move normally takes.
+const cliWriteRetry = 15 * time.Second
 
 // isFleetCommand reports whether args start a fleet subcommand.
 func isFleetCommand(args []string) bool {
@@ -152,7 +166,11 @@ func (c *fleetCmd) fail(format string, args ...any) int {
 func (c *fleetCmd) open() (*store.Store, error) {
 	var o store.Options
 	if c.redis != "" {
-		o = store.Options{URL: c.redis, KeyPrefix: "dynamic-proxy:", ConnectionTimeout: 5 * time.Second, CommandTimeout: 3 * time.Second}
+		prefix := config.DefaultKeyPrefix
+		if t, err := config.ParseRedisURL(c.redis); err == nil && t.Kind == config.RedisCluster {
+			prefix = config.DefaultClusterKeyPrefix
+		}
+		o = store.Options{URL: c.redis, KeyPrefix: prefix, ConnectionTimeout: 5 * time.Second, CommandTimeout: 3 * time.Second}
 	} else {
 		if c.cfg == nil {
 			cfg, err := config.LoadFollower(c.config) // only its [redis] is needed
@@ -169,7 +187,15 @@ func (c *fleetCmd) open() (*store.Store, error) {
 	if c.prefix != "" {
 		o.KeyPrefix = c.prefix
 	}
-	return store.Open(o)
+	o.WriteRetry = cliWriteRetry
+	st, err := store.Open(o)
+	if err != nil {
+		return nil, err
+	}
+	st.OnRetry = func(err error, wait time.Duration) {
+		fmt.Fprintf(c.stderr, "dynamic-proxy %s: %v; retrying in %v\n", c.name, err, wait)
+	}
+	return st, nil
 }
 
 func ctxTimeout() (context.Context, context.CancelFunc) {

@@ -81,6 +81,11 @@ type Server struct {
 	// alpn and http_host matchers need. A client silent for this long is
 	// routed by the remaining matchers, or closed. Default 3s.
 	PeekTimeout Duration `toml:"peek_timeout"`
+	// Engine is the connection engine: "epoll" (Linux: event loops over raw
+	// system calls), "goroutine" (every system: goroutines over the net
+	// package) or "auto", epoll on Linux and goroutine elsewhere. Default
+	// "auto". Needs a restart.
+	Engine string `toml:"engine"`
 }
 
 // Logging configures log/slog output.
@@ -92,13 +97,26 @@ type Logging struct {
 
 // Redis configures the optional shared data store.
 type Redis struct {
-	URL               string   `toml:"url"`                // redis:// or rediss://. Default "redis://127.0.0.1:6379".
-	Password          string   `toml:"password"`           // Default "".
+	// URL says where the fleet's Redis is and what shape it has:
+	// redis://host:port[/db] (one server), redis+sentinel://s1:26379,
+	// s2:26379/MASTER[/db] (Sentinel), redis+cluster://n1:6379,n2:6379
+	// (Cluster seeds); rediss… for TLS. See ParseRedisURL.
+	// Default "redis://127.0.0.1:6379".
+	URL      string `toml:"url"`
+	Password string `toml:"password"` // the data nodes' password; overrides the URL's. Default "".
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// (redis+sentinel:// only); the URL's user and password are the data
+	// nodes'.
+	SentinelUsername  string   `toml:"sentinel_username"`  // Default "".
+	SentinelPassword  string   `toml:"sentinel_password"`  // Default "".
 	DB                int      `toml:"db"`                 // Default 0.
 	PoolSize          int      `toml:"pool_size"`          // Default 10.
 	ConnectionTimeout Duration `toml:"connection_timeout"` // Default 5s.
 	CommandTimeout    Duration `toml:"command_timeout"`    // Default 3s.
-	KeyPrefix         string   `toml:"key_prefix"`         // Default "dynamic-proxy:".
+	// KeyPrefix starts every key. Default "dynamic-proxy:", and
+	// "{dynamic-proxy}:" for a cluster (whose prefix must hold a {…}
+	// hash tag, so that all of a fleet's keys are in one slot).
+	KeyPrefix string `toml:"key_prefix"`
 	// WatchConfig makes the instance take its config from Redis (the
 	// version stored by "dynamic-proxy config push") instead of this file;
 	// [redis], [admin], [metrics], server.tcp_bind, server.udp_bind and
@@ -225,9 +243,11 @@ const (
 	DefaultIdleTimeout       = 10 * time.Minute
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultRouter            = "round_robin"
-	DefaultSessionTimeout    = 30 * time.Second // UDP rules
-	DefaultMaxSessions       = 10000            // UDP rules, per rule
-	DefaultResyncInterval    = 5 * time.Second  // [redis] resync_interval
+	DefaultSessionTimeout    = 30 * time.Second   // UDP rules
+	DefaultMaxSessions       = 10000              // UDP rules, per rule
+	DefaultResyncInterval    = 5 * time.Second    // [redis] resync_interval
+	DefaultKeyPrefix         = "dynamic-proxy:"   // [redis] key_prefix
+	DefaultClusterKeyPrefix  = "{dynamic-proxy}:" // [redis] key_prefix with redis+cluster://
 )
 
 func (c *Config) setDefaults() {
@@ -242,6 +262,7 @@ func (c *Config) setDefaults() {
 		WatchConfig:       true,
 		AdaptiveThreads:   true,
 		PeekTimeout:       Duration(3 * time.Second),
+		Engine:            "auto",
 	}
 	c.Logging = Logging{Level: "info", Format: "text"}
 	c.Metrics.setDefaults()
@@ -255,7 +276,7 @@ func (r *Redis) setDefaults() {
 		PoolSize:          10,
 		ConnectionTimeout: Duration(5 * time.Second),
 		CommandTimeout:    Duration(3 * time.Second),
-		KeyPrefix:         "dynamic-proxy:",
+		KeyPrefix:         DefaultKeyPrefix,
 		ResyncInterval:    Duration(DefaultResyncInterval),
 	}
 }

@@ -26,6 +26,9 @@ func RestartNeeded(old, next *Config) []string {
 	if old.Server.AdaptiveThreads != next.Server.AdaptiveThreads {
 		keys = append(keys, "server.adaptive_threads")
 	}
+	if old.Server.Engine != next.Server.Engine {
+		keys = append(keys, "server.engine")
+	}
 	if old.Logging.Format != next.Logging.Format {
 		keys = append(keys, "logging.format")
 	}

@@ -15,6 +15,25 @@ func TestRedisFleetKeys(t *testing.T) {
 	if r.WatchConfig || r.CacheFile != "" || r.ResyncInterval.D() != 5*time.Second {
 		t.Fatalf("defaults: %+v", r)
 	}
+	// Sentinel and Cluster URLs.
+	cfg, err = Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis+sentinel://u:pw@127.0.0.1:26379,[::1]:26380/mymaster/3\"\nsentinel_password = \"s\"\n"))
+	if err != nil || cfg.Redis.DB != 3 || cfg.Redis.KeyPrefix != DefaultKeyPrefix {
+		t.Fatalf("sentinel: %+v %v", cfg, err)
+	}
+	tg, err := ParseRedisURL(cfg.Redis.URL)
+	if err != nil || tg.Kind != RedisSentinel || tg.Master != "mymaster" || strings.Join(tg.Addrs, " ") != "127.0.0.1:26379 [::1]:26380" || tg.URL != "redis://u:pw@127.0.0.1:26379/3" {
+		t.Fatalf("sentinel target: %+v %v", tg, err)
+	}
+	cfg, err = Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"rediss+cluster://a:7000,b:7001?dial_timeout=2s\"\n"))
+	if err != nil || cfg.Redis.KeyPrefix != DefaultClusterKeyPrefix {
+		t.Fatalf("cluster: %+v %v", cfg, err)
+	}
+	if tg, err = ParseRedisURL(cfg.Redis.URL); err != nil || tg.Kind != RedisCluster || len(tg.Addrs) != 2 || tg.URL != "rediss://a:7000?dial_timeout=2s" {
+		t.Fatalf("cluster target: %+v %v", tg, err)
+	}
+	if _, err = Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis+cluster://a:7000\"\nkey_prefix = \"{shop}:\"\n")); err != nil {
+		t.Fatal(err)
+	}
 	// The database may come from the URL's path.
 	cfg, err = Parse("x.toml", []byte(oneRule+"[redis]\nurl = \"redis://h:1/4\"\n"))
 	if err != nil || cfg.Redis.DB != 4 {
@@ -27,6 +46,17 @@ func TestRedisFleetKeys(t *testing.T) {
 		{"[redis]\nurl = \"redis://h:1/x\"", `x.toml:2: redis.url: the URL path must be a database number (redis://host:6379/2), got "/x"`},
 		{"[redis]\nkey_prefix = \"my fleet:\"", `redis.key_prefix: must not contain white space, got "my fleet:"`},
 		{"[redis]\nwatch_config = \"yes\"", `redis.watch_config: want true or false`},
+		{"[redis]\nurl = \"http://h:1\"", `x.toml:2: redis.url: scheme must be redis://, rediss://, redis+sentinel://`},
+		{"[redis]\nurl = \"redis://a:1,b:2\"", `redis.url: several hosts in "redis://a:1,b:2": a list of hosts needs redis+sentinel:// or redis+cluster://`},
+		{"[redis]\nurl = \"redis+sentinel://a:1,b:2\"", `redis.url: missing master name in "redis+sentinel://a:1,b:2"`},
+		{"[redis]\nurl = \"redis+sentinel://a:1,b/m\"", `redis.url: address "b" in "redis+sentinel://a:1,b/m": want host:port`},
+		{"[redis]\nurl = \"redis+sentinel://a:1/m/x\"", `redis.url: the URL path must be a database number`},
+		{"[redis]\nurl = \"redis+cluster://a:1,b:70000\"", `address "b:70000" in "redis+cluster://a:1,b:70000": want host:port with a port from 1 to 65535`},
+		{"[redis]\nurl = \"redis+cluster://a:1/3\"", `redis.url: a cluster has database 0 only`},
+		{"[redis]\nurl = \"redis+cluster://a:1\"\ndb = 2", `x.toml:3: redis.db: a cluster has database 0 only, got 2`},
+		{"[redis]\nurl = \"redis+cluster://a:1\"\nkey_prefix = \"fleet:\"", `x.toml:3: redis.key_prefix: a cluster needs a {…} hash tag in the prefix`},
+		{"[redis]\nurl = \"redis+cluster://a:1\"\nkey_prefix = \"{}fleet:\"", `redis.key_prefix: a cluster needs a {…} hash tag`},
+		{"[redis]\nurl = \"redis://a:1\"\nsentinel_password = \"s\"", `x.toml:3: redis.sentinel_password: is for the sentinels of a redis+sentinel:// url, and redis.url "redis://a:1" is a standalone Redis`},
 	} {
 		_, err := Parse("x.toml", []byte(c.toml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {

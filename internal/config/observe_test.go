@@ -116,11 +116,11 @@ func TestThreadChangesNeedRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next, err := Parse("c.toml", []byte("[server]\nworker_threads = 3\nadaptive_threads = false\n"+observeBase))
+	next, err := Parse("c.toml", []byte("[server]\nworker_threads = 3\nadaptive_threads = false\nengine = \"goroutine\"\n"+observeBase))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(RestartNeeded(old, next), ","); got != "server.worker_threads,server.adaptive_threads" {
-		t.Errorf("restart needed for %q, want server.worker_threads,server.adaptive_threads", got)
+	if got := strings.Join(RestartNeeded(old, next), ","); got != "server.worker_threads,server.adaptive_threads,server.engine" {
+		t.Errorf("restart needed for %q, want server.worker_threads,server.adaptive_threads,server.engine", got)
 	}
 }

@@ -3,8 +3,8 @@ package config
 import (
 	"fmt"
 	"net"
-	"net/url"
 	"reflect"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,6 +26,15 @@ func (c *Config) validate(e *Errors) {
 	checkBind(e, "server.udp_bind", s.UDPBind)
 	if s.WorkerThreads < 0 || s.WorkerThreads > 4096 {
 		e.addf("server.worker_threads", "must be from 0 (one per CPU) to 4096, got %d", s.WorkerThreads)
+	}
+	switch s.Engine {
+	case "auto", "goroutine":
+	case "epoll":
+		if runtime.GOOS != "linux" {
+			e.addf("server.engine", "the epoll engine runs on Linux only (this is %s); use \"goroutine\" or \"auto\"", runtime.GOOS)
+		}
+	default:
+		e.addf("server.engine", "must be one of auto, epoll, goroutine; got %q", s.Engine)
 	}
 	if s.MaxConnections < 0 {
 		e.addf("server.max_connections", "must be 0 (no limit) or more, got %d", s.MaxConnections)
@@ -49,15 +58,6 @@ func (c *Config) validate(e *Errors) {
 	}
 
 	if r := c.Redis; r != nil {
-		u, err := url.Parse(r.URL)
-		switch {
-		case err != nil:
-			e.addf("redis.url", "invalid URL %q: %v", r.URL, err)
-		case u.Scheme != "redis" && u.Scheme != "rediss":
-			e.addf("redis.url", "scheme must be redis:// or rediss://, got %q", r.URL)
-		case u.Host == "":
-			e.addf("redis.url", "missing host in %q", r.URL)
-		}
 		if r.DB < 0 {
 			e.addf("redis.db", "must be 0 or more, got %d", r.DB)
 		}
@@ -70,7 +70,7 @@ func (c *Config) validate(e *Errors) {
 		if r.CommandTimeout <= 0 {
 			e.add("redis.command_timeout", "must be greater than 0")
 		}
-		c.validateRedis(e, u) // fleet.go
+		c.validateRedis(e) // fleet.go: the url, and the keys that depend on it
 	}
 
 	for _, name := range sortedKeysOf(c.Routers) {

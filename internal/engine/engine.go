@@ -471,6 +471,15 @@ func (e *Engine) bind(p *plan) error {
 	// event loops, which are one per GOMAXPROCS at that moment
 	// (proxy.Server.Workers, fixed from then on).
 	if e.cfg == nil {
+		// The connection engine too is chosen once, before the first
+		// listener; a reload that changes it says it needs a restart.
+		eng, err := proxy.ParseEngine(p.cfg.Server.Engine)
+		if err == nil {
+			err = e.srv.SetEngine(eng)
+		}
+		if err != nil {
+			return fmt.Errorf("server.engine: %w", err)
+		}
 		if p.cfg.Server.WorkerThreads > 0 {
 			runtime.GOMAXPROCS(p.cfg.Server.WorkerThreads)
 		}

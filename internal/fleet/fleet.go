@@ -22,6 +22,12 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
+// adminWriteRetry is how long a change made through the admin API (a
+// drain...) is retried while Redis shows it did not run (a Sentinel
+// failover in progress): long enough for a failover, short enough for an
+// HTTP request.
+const adminWriteRetry = 5 * time.Second
+
 // Follower follows Redis for a serving instance with a [redis] section.
 // It is also the store the admin API shares runtime changes and registers
 // backends through (admin.Fleet).
@@ -50,7 +56,9 @@ func Start(cfg *config.Config, fromRedis bool, eng *engine.Engine, log *slog.Log
 		return nil, cfg, nil
 	}
 	r := cfg.Redis
-	st, err := store.Open(store.OptionsFrom(r))
+	o := store.OptionsFrom(r)
+	o.WriteRetry = adminWriteRetry
+	st, err := store.Open(o)
 	if err != nil {
 		return nil, nil, err
 	}

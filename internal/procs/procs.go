@@ -25,8 +25,6 @@ import (
 	"os"
 	"runtime"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -215,12 +213,3 @@ func parseIdle(line []byte) time.Duration {
 
 // userHZ is the unit of /proc/stat's times (USER_HZ, 100 on Linux).
 const userHZ = 100
-
-// processCPU is the CPU time (user and system) the process used so far.
-func processCPU() time.Duration {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}

@@ -106,7 +106,10 @@ func backendsOnLoopbacks(t *testing.T, ips ...string) string {
 				if err != nil {
 					return
 				}
-				go greetEcho(ip)(c.(*net.TCPConn))
+				go func() {
+					greetEcho(ip)(c.(*net.TCPConn))
+					c.Close() // not left to the garbage collector: later tests count sockets
+				}()
 			}
 		}()
 	}

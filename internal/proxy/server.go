@@ -87,6 +87,7 @@ type Server struct {
 	wg        sync.WaitGroup // one per open TCP listener, TCP connection and UDP shard
 
 	epollState // the epoll engine's loops and UDP listeners (Linux; guarded by mu)
+	goState    // the goroutine engine's connections and UDP listeners (go_server.go)
 
 	workersOnce sync.Once
 	workers     int // Workers, fixed at its first call
@@ -110,12 +111,16 @@ func NewServer(log *slog.Logger) *Server {
 		listeners: map[Listener]struct{}{},
 	}
 	s.initEpoll()
+	s.initGo()
 	return s
 }
 
 // ListenTCP binds addr and starts accepting with table t (replaced later
 // with SetTable); without routes connections are closed as unmatched.
 func (s *Server) ListenTCP(addr string, t Table) (Listener, error) {
+	if s.goroutineEngine() {
+		return s.listenTCPGo(addr, t)
+	}
 	l, err := s.listenTCPEpoll(addr, t)
 	if err != nil {
 		return nil, err
@@ -126,6 +131,9 @@ func (s *Server) ListenTCP(addr string, t Table) (Listener, error) {
 // ListenUDP binds addr and starts serving datagrams with table t (replaced
 // later with SetTable).
 func (s *Server) ListenUDP(addr string, t Table) (Listener, error) {
+	if s.goroutineEngine() {
+		return s.listenUDPGo(addr, t)
+	}
 	l, err := s.listenUDPEpoll(addr, t, udpOptions{})
 	if err != nil {
 		return nil, err
@@ -179,7 +187,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		n := s.cutEpoll()
+		n := s.cutEpoll() + s.cutGo()
 		s.log.Warn("shutdown timeout: closing connections still open", "connections", n)
 		<-done
 		err = ctx.Err()
@@ -191,7 +199,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // CloseBackendConns closes every connection proxied to b (a backend a reload
 // removed, once its drain_timeout is over) and returns how many.
 func (s *Server) CloseBackendConns(b *backend.Backend) int {
-	return s.closeBackendEpoll(b)
+	return s.closeBackendEpoll(b) + s.closeBackendGo(b)
 }
 
 // UDPStats are the UDP counters of a Server, over all its UDP listeners.
@@ -237,3 +245,7 @@ func (r *rateLimit) allow(every time.Duration) (bool, int64) {
 }
 
 var errShutdown = errors.New("shutdown")
+
+// defaultBufSize is buffer_size's default: the bytes a burst is first read
+// into, by either engine.
+const defaultBufSize = 8192

@@ -86,9 +86,7 @@ func (c *lconn) begin() {
 	s, l := c.lp.srv, c.l
 	table := l.routes.Load()
 	if len(table.routes) == 0 {
-		s.Stats.NoRoute.Add(1)
-		s.observeUnrouted("tcp", table.opts.Observer, ReasonNoRule)
-		s.log.Debug("no rule matches connection; closing", "listener", l.addr.String(), "client", c.ci.Client.String())
+		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ci.Client)
 		c.drop(false)
 		return
 	}

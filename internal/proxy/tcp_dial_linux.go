@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -90,16 +89,7 @@ func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err erro
 		return
 	}
 	if err != nil || rt == nil {
-		reason := ReasonNoRule
-		switch {
-		case errors.Is(err, ErrUntrustedProxy):
-			reason = ReasonUntrustedProxy
-		case errors.Is(err, ErrBadProxyHeader):
-			reason = ReasonBadProxyHeader
-		case err != nil:
-			reason = ReasonClientError
-		}
-		c.unrouted(reason, err)
+		c.unrouted(inspectReason(err), err)
 		return
 	}
 	c.cfd, c.first = fd, first
@@ -108,39 +98,20 @@ func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err erro
 
 // unrouted ends a connection no route takes.
 func (c *lconn) unrouted(reason Reason, err error) {
-	s := c.lp.srv
-	s.Stats.NoRoute.Add(1)
-	s.observeUnrouted("tcp", c.l.routes.Load().opts.Observer, reason)
-	s.log.Debug("connection closed before routing", "listener", c.l.addr.String(), "client", c.ci.Client.String(), "reason", reason, "err", err)
+	c.lp.srv.tcpUnrouted(c.l.addr.String(), c.l.routes.Load().opts.Observer, c.ci.Client, reason, err)
 	c.drop(true)
 }
 
 // routed admits the connection to rt and starts dialling.
 func (c *lconn) routed(rt *Route) {
-	s := c.lp.srv
 	c.rt = rt
-	o := rt.Observer
-	if o != nil {
-		o.ConnOpened()
-	}
-	release, reason := rt.Access.Admit(c.ci.Client.Addr())
-	if reason != ReasonNone {
-		s.Stats.Rejected.Add(1)
-		if o != nil {
-			o.Rejected(reason)
-			o.ConnClosed(nil, EndNoBackend, time.Since(c.start), 0, 0)
-		}
-		s.log.Debug("connection refused by access control", "rule", rt.Name, "client", c.ci.Client.String(), "reason", reason)
+	release, ok := c.lp.srv.admitTCP(rt, c.ci.Client, c.start)
+	if !ok {
 		c.drop(true)
 		return
 	}
 	c.release = release
-	c.req = router.Request{Client: c.ci.Client, Local: c.l.local, SNI: c.ci.SNI, ALPN: c.ci.ALPN, Host: c.ci.Host}
-	if c.l.local.Addr().IsUnspecified() && router.NeedsOf(rt.Router)&router.NeedLocal != 0 {
-		if ap, ok := eventloop.LocalAddrPort(c.cfd); ok {
-			c.req.Local = ap
-		}
-	}
+	c.req = tcpRequest(rt, &c.ci, c.l.local, func() (netip.AddrPort, bool) { return eventloop.LocalAddrPort(c.cfd) })
 	c.dial()
 }
 
@@ -338,40 +309,14 @@ func (c *lconn) resourceWait(err error) {
 
 // dialFailed accounts for a failed dial of c.be and forgets it.
 func (c *lconn) dialFailed(err error) {
-	rt, b := c.rt, c.be
 	if c.bfd >= 0 {
 		c.closeFd(true, false)
 	}
 	c.lp.timers.Stop(&c.timer)
-	if o := rt.Observer; o != nil {
-		o.Connected(b, time.Since(c.dialT0), err)
-	}
-	b.Health().ReportDial(err) // passive health detection
-	b.Release()
+	b := c.be
 	c.be = nil
-	c.req.Tried(b)
 	c.lastErr = err
-	s := c.lp.srv
-	if ok, suppressed := s.dialFailLog.allow(time.Second); ok {
-		next := "no backend left"
-		if c.anotherLeft() {
-			next = "trying another backend"
-		}
-		s.log.Warn("backend dial failed; "+next, "rule", rt.Name, "backend", b.ID, "err", err, "suppressed", suppressed)
-	}
-}
-
-// anotherLeft reports whether dial has another backend to try.
-func (c *lconn) anotherLeft() bool {
-	if c.tries >= len(c.rt.Backends) {
-		return false
-	}
-	for _, b := range c.rt.Backends {
-		if c.req.Usable(b) {
-			return true
-		}
-	}
-	return false
+	c.lp.srv.tcpDialFailed(c.rt, &c.req, c.tries, b, c.dialT0, err)
 }
 
 // connectDone: the backend socket became writable or failed while connecting.
@@ -387,24 +332,20 @@ func (c *lconn) connectDone() {
 func (c *lconn) connected() {
 	rt, b := c.rt, c.be
 	c.lp.timers.Stop(&c.timer)
-	o := rt.Observer
-	if o != nil {
-		o.Connected(b, time.Since(c.dialT0), nil)
-	}
-	b.Health().ReportDial(nil)
-	// What precedes the client's stream: a PROXY header when the route
-	// asks for one, then the bytes read while inspecting.
+	tcpConnected(rt, b, c.dialT0)
+	var local net.Addr
 	if rt.SendProxy != 0 {
-		h, err := proxyHeader(rt.SendProxy, c.ci.Client, localAddr(c.cfd))
-		if err != nil {
-			c.lp.srv.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
-			c.upErr = dstError{err}
-			c.finish(true)
-			return
-		}
-		c.up.pend, c.up.skip = append(h, c.first...), len(h)
-	} else if len(c.first) > 0 {
-		c.up.pend = c.first
+		local = localAddr(c.cfd)
+	}
+	pend, skip, err := tcpPreamble(rt, c.ci.Client, local, c.first)
+	if err != nil {
+		c.lp.srv.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+		c.upErr = dstError{err}
+		c.finish(true)
+		return
+	}
+	if len(pend) > 0 {
+		c.up.pend, c.up.skip = pend, skip
 	}
 	c.first = nil
 	c.state = stRelay
@@ -421,24 +362,8 @@ func (c *lconn) connected() {
 
 // noBackend ends a routed connection that reached no backend.
 func (c *lconn) noBackend(err error) {
-	s, rt := c.lp.srv, c.rt
 	c.release()
-	s.Stats.NoBackend.Add(1)
-	o := rt.Observer
-	if o != nil {
-		if errors.Is(err, router.ErrNoBackend) {
-			o.Rejected(ReasonNoBackend)
-		} else {
-			o.Rejected(ReasonConnectFailed)
-		}
-		o.ConnClosed(nil, EndNoBackend, time.Since(c.start), 0, 0)
-	}
-	if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
-		s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", c.ci.Client.String(), "err", err, "suppressed", suppressed)
-	}
-	if rt.AccessLog { // every closed connection, including this one
-		c.logClosed(nil, time.Since(c.start), EndNoBackend)
-	}
+	c.lp.srv.tcpNoBackend(c.rt, c.ci.Client, c.start, err)
 	c.drop(true)
 }
 

@@ -196,12 +196,8 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			continue
 		}
 		if max := s.maxConns.Load(); !s.admitConn(max) {
-			s.Stats.Rejected.Add(1)
-			if o := l.routes.Load().opts.Observer; o != nil { // the server's limit: no rule's
-				o.Rejected(ReasonMaxConnections)
-			}
+			s.tcpMaxConnections(l.routes.Load().opts.Observer, l.addr.String(), max)
 			eventloop.ResetClose(fd)
-			s.log.Debug("connection rejected: max_connections reached", "listener", l.addr.String(), "max_connections", max)
 			continue
 		}
 		s.wg.Add(1) // (TCP_NODELAY comes from the listening socket: ListenTCP)

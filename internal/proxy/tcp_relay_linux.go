@@ -4,14 +4,10 @@ package proxy
 
 import (
 	"errors"
-	"math/bits"
 	"os"
-	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 )
 
@@ -405,28 +401,8 @@ func (c *lconn) finish(reset bool) {
 	if c.bfd >= 0 {
 		c.closeFd(true, reset)
 	}
-	b.Release()
-	c.release()
-	how, took := endReason(c.upErr, c.downErr, c.cut), time.Since(c.start)
-	if o := rt.Observer; o != nil {
-		o.ConnClosed(b, how, took, c.up.n, c.down.n)
-	}
-	if rt.AccessLog {
-		c.logClosed(b, took, how)
-	}
+	c.lp.srv.tcpFinished(rt, b, c.ci.Client, c.start, c.release, c.upErr, c.downErr, c.cut, c.up.n, c.down.n)
 	c.untrack()
-}
-
-// logClosed writes the access log line of a connection that ended after
-// took; b is nil when it reached no backend.
-func (c *lconn) logClosed(b *backend.Backend, took time.Duration, end End) {
-	id, addr := "", ""
-	if b != nil {
-		id, addr = b.ID, b.Address
-	}
-	c.lp.srv.log.Info("connection closed", "rule", c.rt.Name, "client", c.ci.Client.String(),
-		"backend", id, "backend_addr", addr, "bytes_in", c.up.n, "bytes_out", c.down.n,
-		"duration", took.Round(time.Microsecond), "end", end.String())
 }
 
 var pipes = eventloop.PipePool{Max: 256}
@@ -465,25 +441,3 @@ func closePipe(p *eventloop.Pipe) {
 	p.Close()
 	splicePipes.Add(-2)
 }
-
-const defaultBufSize = 8192
-
-// bufPools holds copy buffers by size class (powers of two from 1 KiB to
-// 1 MiB), so buffer_size can change on a reload without mixing sizes.
-var bufPools [11]sync.Pool
-
-func sizeClass(size int) int {
-	c := bits.Len(uint(size-1)) - 10
-	return min(max(c, 0), len(bufPools)-1)
-}
-
-func getBuf(size int) *[]byte {
-	c := sizeClass(size)
-	if bp, ok := bufPools[c].Get().(*[]byte); ok && len(*bp) == size {
-		return bp
-	}
-	b := make([]byte, size)
-	return &b
-}
-
-func putBuf(bp *[]byte) { bufPools[sizeClass(len(*bp))].Put(bp) }

@@ -99,12 +99,21 @@ func (s *logSink) count(match func(logRec) bool) int {
 
 func msgIs(msg string) func(logRec) bool { return func(r logRec) bool { return r.msg == msg } }
 
+// testEngine is the engine newTestServer's servers run (0: the default);
+// TestGoroutineEngine sets it around the tests it runs again.
+var testEngine Engine
+
 // newTestServer returns a Server whose log is captured. It is shut down when
 // the test ends, which also waits for every connection handler.
 func newTestServer(t testing.TB) (*Server, *logSink) {
 	t.Helper()
 	sink := &logSink{notify: make(chan struct{})}
 	s := NewServer(slog.New(sinkHandler{s: sink}))
+	if testEngine != 0 {
+		if err := s.SetEngine(testEngine); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), deadline)
 		defer cancel()

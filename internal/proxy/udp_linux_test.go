@@ -501,12 +501,13 @@ func TestUDPDescriptorsReleased(t *testing.T) {
 	if got := openFds(t); got != base+total {
 		t.Errorf("descriptors with %d sessions open: %d, want baseline %d + one each", total, got, base)
 	}
-	// A session costs no goroutine and well under 4 KiB of Go memory (the
-	// bound leaves room for the test's own bookkeeping): no goroutine
-	// stack, no buffer of its own.
+	// A session of the epoll engine costs no goroutine and well under 4 KiB
+	// of Go memory (the bound leaves room for the test's own bookkeeping):
+	// no goroutine stack, no buffer of its own. (The goroutine engine's
+	// session has both, by design: it is only logged.)
 	now := memNow()
 	perSession := float64(int64(now.heap+now.stack)-int64(mem.heap+mem.stack)) / total
-	if perSession > 4096 || now.goroutines > mem.goroutines {
+	if testEngine != EngineGoroutine && (perSession > 4096 || now.goroutines > mem.goroutines) {
 		t.Errorf("%d sessions cost %.0f bytes each and %d goroutines", total, perSession, now.goroutines-mem.goroutines)
 	}
 	t.Logf("%d open sessions: %.0f bytes of Go memory each, %d goroutines", total, perSession, now.goroutines-mem.goroutines)
@@ -546,7 +547,7 @@ func TestUDPShutdownDrains(t *testing.T) {
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	harness.Eventually(t, "the listener to close", func() bool { return l.closed.Load() })
+	harness.Eventually(t, "the listener to close", func() bool { return l.isClosed() })
 	// A new client gets nothing…
 	if _, err := late.Write([]byte("late")); err != nil {
 		t.Fatal(err)
@@ -653,7 +654,7 @@ func TestUDPCloseBackendConns(t *testing.T) {
 func TestUDPShards(t *testing.T) {
 	s, _ := newTestServer(t)
 	be := startUDPBackend(t, echoReply)
-	l := listenUDPTest(t, s, newUDPRoute(t, "shards", be.addr))
+	l := listenUDPTest(t, s, newUDPRoute(t, "shards", be.addr)).(*UDPListener)
 	if got, want := len(l.shards), s.shardCount(); got != want {
 		t.Fatalf("%d shards, want %d", got, want)
 	}

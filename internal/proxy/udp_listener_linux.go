@@ -100,9 +100,8 @@ type udpShard struct {
 	timeout    time.Duration
 	lastTable  *Table
 	req        router.Request
-	waiting    map[netip.AddrPort]*udpWaiting // new clients whose backend's host name is being looked up
-	nwaiting   int                            // datagrams held in waiting
-	rot        uint32                         // rotation over a resolved backend's addresses
+	held       udpHeld[*udpSession] // new clients whose backend's host name is being looked up
+	rot        uint32               // rotation over a resolved backend's addresses
 	b          batch
 	acked      bool
 	st         localStats
@@ -127,13 +126,9 @@ type localStats struct {
 }
 
 const (
-	batchSize       = 32      // messages per recvmmsg/sendmmsg
-	perSessionBurst = 8       // replies read from one backend socket per turn
-	maxEvents       = 256     // epoll events per turn
-	maxWaiting      = 1024    // datagrams held for new sessions waiting for a lookup, per shard
-	maxWaitingEach  = 8       // of which one client's
-	socketBuffer    = 4 << 20 // SO_RCVBUF/SO_SNDBUF asked for (the kernel caps it at rmem_max/wmem_max)
-	defaultTimeout  = 30 * time.Second
+	batchSize       = 32  // messages per recvmmsg/sendmmsg
+	perSessionBurst = 8   // replies read from one backend socket per turn
+	maxEvents       = 256 // epoll events per turn
 )
 
 // listenUDPEpoll binds addr and starts the listener's shards.
@@ -155,7 +150,6 @@ func (s *Server) listenUDPEpoll(addr string, t Table, opt udpOptions) (l *UDPLis
 			local:       c.LocalAddr().(*net.UDPAddr).AddrPort(),
 			maxDatagram: opt.maxDatagram, batch: opt.batch,
 			sessions: map[netip.AddrPort]*udpSession{},
-			waiting:  map[netip.AddrPort]*udpWaiting{},
 			timeout:  defaultTimeout,
 		}
 		sh.replay = sh.replayWaiting

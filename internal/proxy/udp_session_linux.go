@@ -3,8 +3,6 @@
 package proxy
 
 import (
-	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -12,23 +10,17 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
-	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
 // UDP sessions: opening one for a new client (route, access, max_sessions,
 // the router's pick, a connected socket to the backend, or a wait for the
 // backend's host name), forwarding its datagrams, reading its replies into
 // the shard's batch, and ending it.
-
-// errRefused is what passive health checking is told when a backend answers
-// a session's datagram with ICMP port unreachable.
-var errRefused = fmt.Errorf("udp: %w (ICMP port unreachable)", unix.ECONNREFUSED)
 
 // udpSession is one client's session. Its fields are the loop's alone.
 type udpSession struct {
@@ -48,10 +40,7 @@ type udpSession struct {
 	proxyHdr                 []byte   // PROXY v2 header sent before each datagram (proxy_protocol = "v2")
 	start                    int64
 	last                     int64
-	request                  int64 // when the client datagram not yet answered was forwarded; 0: none
-	responses                int
-	answered                 bool // a reply came: reported to passive health once
-	inN, outN, inB, outB     int64
+	udpCounts                // datagrams, replies (udppath.go)
 	prev, next               *udpSession
 	inList, counted, removed bool
 }
@@ -70,8 +59,8 @@ func (l *udpShard) sessionFor(i int) *udpSession {
 		return nil
 	}
 	s := l.sessions[client]
-	if s == nil && len(l.waiting) > 0 {
-		if w := l.waiting[client]; w != nil { // its session waits for a lookup: keep the order
+	if s == nil {
+		if w := l.held.waiting(client); w != nil { // its session waits for a lookup: keep the order
 			l.hold(w.s, b.Bufs[i][:b.Hdrs[i].Len])
 			return nil
 		}
@@ -82,63 +71,34 @@ func (l *udpShard) sessionFor(i int) *udpSession {
 	return s
 }
 
-// udpWaiting is a new client whose session waits for its backend's host
-// name to be looked up, with the datagrams it sent meanwhile.
-type udpWaiting struct {
-	s      *udpSession // the client's addresses, the backends it may not use, its PROXY header
-	dgrams [][]byte
-}
-
 // hold keeps a copy of datagram p (nil: none) of s's client until the
 // lookup its session waits for is done; beyond the shard's bounds the
 // datagram is dropped.
 func (l *udpShard) hold(s *udpSession, p []byte) {
-	w := l.waiting[s.client]
-	if w == nil {
-		w = &udpWaiting{s: s}
-		l.waiting[s.client] = w
-	}
-	if p == nil {
-		return
-	}
-	if l.nwaiting >= maxWaiting || len(w.dgrams) >= maxWaitingEach {
+	if !l.held.hold(s.client, s, p) {
 		l.st.noBackend++
-		return
 	}
-	w.dgrams = append(w.dgrams, slices.Clone(p))
-	l.nwaiting++
 }
 
 // replayWaiting opens the sessions that waited for a lookup (one finished;
 // those still looked up wait on) and forwards what their clients sent.
 func (l *udpShard) replayWaiting() {
-	if len(l.waiting) == 0 {
-		return
-	}
-	ws := l.waiting
-	l.waiting, l.nwaiting = map[netip.AddrPort]*udpWaiting{}, 0
-	for client, w := range ws {
+	l.st.noBackend += int64(l.held.replay(func(client netip.AddrPort, ws *udpSession) (func([]byte) bool, bool) {
 		s := l.sessions[client]
 		if s == nil || s.fd < 0 {
-			s = l.newSession(client, w.s, -1)
+			s = l.newSession(client, ws, -1)
 		}
 		if s == nil {
-			if nw := l.waiting[client]; nw != nil { // still waiting: keep its datagrams
-				for _, p := range w.dgrams {
-					l.hold(nw.s, p)
-				}
-			} else {
-				l.st.noBackend += int64(len(w.dgrams))
-			}
-			continue
+			return nil, false
 		}
-		for _, p := range w.dgrams {
+		return func(p []byte) bool {
 			if s.fd < 0 {
-				break
+				return false
 			}
 			l.forward(s, p, false)
-		}
-	}
+			return true
+		}, true
+	}))
 }
 
 // forwardRun sends messages [from, to) of the batch, all for session s, to
@@ -218,24 +178,13 @@ func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
 // max_responses per datagram the client sent (nginx's proxy_responses), so
 // a client that sends two queries before the first answer (glibc's A and
 // AAAA) gets both answers.
-func (s *udpSession) repliesDone() bool {
-	limit := int64(s.route.MaxResponses)
-	return limit > 0 && int64(s.responses) >= limit*s.inN
-}
+func (s *udpSession) repliesDone() bool { return s.udpCounts.repliesDone(s.route.MaxResponses) }
 
 // forwarded counts a datagram of n bytes sent to s's backend.
 func (l *udpShard) forwarded(s *udpSession, n int) {
-	s.inN++
-	s.inB += int64(n)
+	s.udpCounts.forwarded(s.b, s.obs, l.idx, n, l.now)
 	l.st.in++
 	l.st.inB += int64(n)
-	s.b.AddBytesIn(l.idx, int64(n))
-	if s.obs != nil {
-		s.obs.Datagram(s.b, n, nil)
-	}
-	if s.request == 0 {
-		s.request = l.now
-	}
 	l.touch(s)
 }
 
@@ -244,49 +193,20 @@ func (l *udpShard) forwarded(s *udpSession, n int) {
 // client's tombstone, if any: the backends that refused it are not picked
 // again while others are usable.
 func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *udpSession {
-	table := l.ln.table.Load()
-	routes, lo := table.Routes, table.Options.Observer
-	switch {
-	case len(routes) == 0:
+	// All shards share the listener's live count (max_sessions); the place
+	// reserved is given back if the session does not open.
+	rt, release, why := l.srv.admitUDP(l.ln.table.Load(), l.ln.closed.Load(), client, &l.ln.live)
+	switch why {
+	case udpNoRoute:
 		l.st.noRoute++
-		l.srv.observeUnrouted("udp", lo, ReasonNoRule)
-		return nil
-	case l.ln.closed.Load():
+	case udpShutdown:
 		l.st.shutdown++
-		if lo != nil { // the listener's closing: no rule's
-			lo.Rejected(ReasonShutdown)
-		}
-		return nil
-	}
-	rt := firstMatch(routes, &ConnInfo{Client: client})
-	if rt == nil { // no source/any matcher of the listener's rules matched
-		l.st.noRoute++
-		l.srv.observeUnrouted("udp", lo, ReasonNoRule)
-		return nil
-	}
-	release, reason := rt.Access.Admit(client.Addr())
-	if reason != ReasonNone {
+	case udpDenied:
 		l.st.denied++
-		refuseNew(rt.Observer, reason)
-		return nil
-	}
-	// Reserve a place among the listener's sessions (all shards share
-	// max_sessions); give it back if the session does not open.
-	if n := l.ln.live.Add(1); rt.MaxSessions > 0 && n > int64(rt.MaxSessions) {
-		l.ln.live.Add(-1)
-		release()
+	case udpMaxSessions:
 		l.st.maxSess++
-		refuseNew(rt.Observer, ReasonMaxConnections)
-		if ok, suppressed := l.srv.udpLimitLog.allow(time.Second); ok {
-			l.srv.log.Warn("udp max_sessions reached; dropping datagrams from new clients",
-				"rule", rt.Name, "max_sessions", rt.MaxSessions, "suppressed", suppressed)
-		}
-		return nil
 	}
-	if !l.srv.fdRoom(1) { // at the descriptor budget (fdbudget.go)
-		l.ln.live.Add(-1)
-		release()
-		l.srv.refuse(RefusedUDPSession, rt.Name)
+	if why != udpAdmitted {
 		return nil
 	}
 	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release}
@@ -327,18 +247,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		l.ln.live.Add(-1)
 		release()
 		l.st.noBackend++
-		if s.obs != nil {
-			if errors.Is(err, router.ErrNoBackend) {
-				s.obs.Rejected(ReasonNoBackend)
-			} else {
-				s.obs.Rejected(ReasonConnectFailed)
-			}
-			s.obs.ConnClosed(nil, EndNoBackend, 0, 0, 0)
-		}
-		if ok, suppressed := l.srv.noBackendLog.allow(time.Second); ok {
-			l.srv.log.Warn("no backend for a new udp session; dropping", "rule", rt.Name,
-				"client", client.String(), "err", err, "suppressed", suppressed)
-		}
+		l.srv.udpNoBackend(rt, client, err)
 		return nil
 	}
 	s.b, s.fd = b, fd
@@ -363,56 +272,13 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 // to it, trying the next pick when that fails. Backends in avoid (they
 // refused this client) are skipped while any other is usable.
 func (l *udpShard) connectBackend(rt *Route, client netip.AddrPort, avoid []*backend.Backend) (*backend.Backend, int, error) {
-	for pass := 0; pass < 2; pass++ {
-		req := &l.req
-		req.Reset()
-		req.Client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-		req.Local = l.local
-		if pass == 0 {
-			for _, b := range avoid {
-				req.Tried(b)
-			}
-		}
-		var lastErr error
-		o := rt.Observer
-		for range rt.Backends {
-			b, err := rt.Router.Pick(req)
-			if err != nil {
-				if lastErr == nil {
-					lastErr = err
-					if o != nil && (pass == 1 || len(avoid) == 0) {
-						o.PickFailed(err)
-					}
-				}
-				break
-			}
-			if o != nil {
-				o.Picked(b)
-			}
-			fd, err := l.dial(b)
-			if err == nil {
-				return b, fd, nil
-			}
-			if err == errResolving {
-				return b, -1, err
-			}
-			req.Tried(b)
-			lastErr = fmt.Errorf("backend %q: %w", b.ID, err)
-		}
-		if pass == 0 && len(avoid) > 0 && errors.Is(lastErr, router.ErrNoBackend) {
-			continue // everything usable refused this client: try them again
-		}
-		if lastErr == nil {
-			lastErr = router.NoBackend(len(rt.Backends))
-		}
-		return nil, -1, lastErr
-	}
-	return nil, -1, router.NoBackend(len(rt.Backends))
+	fd := -1
+	b, err := pickUDP(rt, &l.req, client, l.local, avoid, func(b *backend.Backend) (err error) {
+		fd, err = l.dial(b)
+		return err
+	})
+	return b, fd, err
 }
-
-// errResolving: the backend's host name is being looked up; the session
-// opens when the lookup is done (replayWaiting).
-var errResolving = errors.New("udp: resolving the backend's host name")
 
 // dial opens a non-blocking UDP socket connected to b and adds it to the
 // epoll set. A host name's addresses come from the resolver (internal/resolve),
@@ -516,22 +382,7 @@ func (l *udpShard) readBackend(fd int) {
 				continue
 			}
 			size := b.Hdrs[src].Len
-			s.responses++
-			s.outN++
-			s.outB += int64(size)
-			s.b.AddBytesOut(l.idx, int64(size))
-			if s.obs != nil {
-				var rtt time.Duration
-				if s.request != 0 {
-					rtt = max(time.Duration(l.now-s.request), 1)
-				}
-				s.obs.Reply(s.b, int(size), rtt)
-			}
-			s.request = 0
-			if !s.answered {
-				s.answered = true
-				s.b.Health().ReportDial(nil) // passive health: the backend answers
-			}
+			s.replied(s.b, s.obs, l.idx, int(size), l.now)
 			// Queue it in slot b.n, moving its buffer there if an earlier
 			// message of this read was dropped.
 			d := b.n
@@ -620,16 +471,7 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 		}
 		l.srv.UDP.Sessions.Add(-1)
 	}
-	l.srv.UDP.Ended[end].Add(1)
-	if s.obs != nil {
-		s.obs.ConnClosed(s.b, end, time.Duration(l.now-s.start), 0, 0)
-	}
-	if s.route.AccessLog {
-		l.srv.log.Info("udp session closed", "rule", s.route.Name, "client", s.client.String(),
-			"backend", s.b.ID, "backend_addr", s.b.Address,
-			"datagrams_in", s.inN, "datagrams_out", s.outN, "bytes_in", s.inB, "bytes_out", s.outB,
-			"duration", time.Duration(l.now-s.start).Round(time.Microsecond), "end", end.String())
-	}
+	l.srv.udpSessionEnded(s.route, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
 }
 
 // remove forgets s entirely.
@@ -674,10 +516,5 @@ func (l *udpShard) proxyHeader(client netip.AddrPort, oob []byte) []byte {
 	if dst, _, ok := eventloop.ParsePktinfo(oob); ok {
 		local = netip.AddrPortFrom(dst, local.Port())
 	}
-	h := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(client), net.UDPAddrFromAddrPort(local))
-	b, err := h.Format()
-	if err != nil {
-		return nil
-	}
-	return b
+	return udpProxyHeader(client, local)
 }

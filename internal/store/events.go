@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -19,6 +22,10 @@ type Events struct {
 // Subscribe subscribes to the events channel and waits until Redis
 // confirms, so that no change made after it returns is missed.
 func (s *Store) Subscribe(ctx context.Context) (*Events, error) {
+	// Bounded like a command: finding the master (Sentinel) and dialing
+	// it must not hang a session. The subscription outlives ctx.
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
 	ps := s.rdb.Subscribe(ctx)
 	if err := ps.Subscribe(ctx, s.Channel()); err != nil {
 		ps.Close()
@@ -62,3 +69,39 @@ func (e *Events) Next(ctx context.Context, timeout time.Duration) (payload strin
 
 // Close ends the subscription; a Next in progress returns an error.
 func (e *Events) Close() error { return e.ps.Close() }
+
+// Switches returns a channel that receives the new master's address each
+// time the sentinels announce a failover of the master (+switch-master),
+// for a Store on Sentinel; nil otherwise. A subscription on the former
+// master would hear nothing of the changes made on the new one until the
+// sentinels make it a replica (seconds later), so Syncer subscribes again
+// at once. It listens to every sentinel (any one of them may be down); the
+// subscriptions end with Close.
+func (s *Store) Switches() <-chan string {
+	if s.kind != config.RedisSentinel {
+		return nil
+	}
+	s.swOnce.Do(func() {
+		s.switches = make(chan string, 1)
+		for _, addr := range s.sentinels {
+			sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Username: s.sentinelUser, Password: s.sentinelPassword,
+				TLSConfig: s.tls, DialTimeout: s.timeout, Protocol: 2, DisableIdentity: true})
+			ps := sc.Subscribe(context.Background(), "+switch-master")
+			s.closers = append(s.closers, ps.Close, sc.Close)
+			go func() {
+				for m := range ps.Channel() {
+					// "MASTER OLD-IP OLD-PORT NEW-IP NEW-PORT"
+					f := strings.Fields(m.Payload)
+					if len(f) != 5 || f[0] != s.master {
+						continue
+					}
+					select {
+					case s.switches <- net.JoinHostPort(f[3], f[4]):
+					default: // one already waits: the subscriber resubscribes once for both
+					}
+				}
+			}()
+		}
+	})
+	return s.switches
+}

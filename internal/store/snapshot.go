@@ -60,9 +60,11 @@ type regJSON struct {
 // Snapshot reads the whole dynamic state, reaping the registrations that
 // expired.
 func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
-	v, err := s.run(ctx, snapshotScript)
+	// Once, never retried here: Syncer has its own retry loop, and must
+	// not wait at start-up for a Redis that is down.
+	v, err := s.run(ctx, snapshotScript, s.keys("rules", "config"))
 	if err != nil {
-		return nil, err
+		return nil, s.wrap(err)
 	}
 	top, _ := v.([]any)
 	if len(top) != 6 {

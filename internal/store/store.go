@@ -13,13 +13,18 @@ package store
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,11 +35,15 @@ import (
 
 // Options say how to reach Redis; OptionsFrom fills them from [redis].
 type Options struct {
-	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS.
-	// The user name is a Redis 6 ACL user.
+	// URL is a redis.url: redis://[user:password@]host:port[/db],
+	// redis+sentinel://host:port,.../MASTER[/db] or
+	// redis+cluster://host:port,... (rediss… for TLS); see
+	// config.ParseRedisURL. The user name is a Redis 6 ACL user.
 	URL string
 	// Password, when not empty, overrides the URL's password.
 	Password string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels.
+	SentinelUsername, SentinelPassword string
 	// DB, when not 0, overrides the URL's database.
 	DB int
 	// PoolSize is the maximum number of connections (0: go-redis default).
@@ -42,13 +51,19 @@ type Options struct {
 	// ConnectionTimeout bounds a dial; CommandTimeout each command's reply.
 	ConnectionTimeout, CommandTimeout time.Duration
 	// KeyPrefix starts every key, so that several fleets can share a Redis.
+	// A cluster needs a {…} hash tag in it (config.HasHashTag).
 	KeyPrefix string
+	// WriteRetry is how long a change is retried while Redis answers with
+	// an error that shows it was not made (no connection, a failover in
+	// progress: READONLY, LOADING, MASTERDOWN, CLUSTERDOWN, TRYAGAIN); 0:
+	// never. See Store.write.
+	WriteRetry time.Duration
 }
 
 // OptionsFrom returns the options of a [redis] section.
 func OptionsFrom(r *config.Redis) Options {
-	return Options{URL: r.URL, Password: r.Password, DB: r.DB, PoolSize: r.PoolSize,
-		ConnectionTimeout: r.ConnectionTimeout.D(), CommandTimeout: r.CommandTimeout.D(), KeyPrefix: r.KeyPrefix}
+	return Options{URL: r.URL, Password: r.Password, SentinelUsername: r.SentinelUsername, SentinelPassword: r.SentinelPassword,
+		DB: r.DB, PoolSize: r.PoolSize, ConnectionTimeout: r.ConnectionTimeout.D(), CommandTimeout: r.CommandTimeout.D(), KeyPrefix: r.KeyPrefix}
 }
 
 // Errors for errors.Is.
@@ -57,25 +72,41 @@ var (
 	ErrInvalid  = errors.New("invalid")
 )
 
-// Store is a connection pool to one Redis and one key prefix.
+// Store is a connection pool to one Redis (a server, the master a Sentinel
+// set names, or a cluster) and one key prefix.
 type Store struct {
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
+	kind    string // config.RedisStandalone, RedisSentinel or RedisCluster
 	prefix  string
-	addr    string        // host:port, for messages
+	addr    string        // what Redis is, for messages: host:port, "sentinel master M at a,b", "cluster a,b"
 	timeout time.Duration // bound of one operation: dial + command
+	retry   time.Duration // Options.WriteRetry
 	epoch   string        // proposed when Redis has none
+
+	// Sentinel only: what Switches needs.
+	master, sentinelUser, sentinelPassword string
+	sentinels                              []string
+	tls                                    *tls.Config
+	swOnce                                 sync.Once
+	switches                               chan string
+	closers                                []func() error
+
+	// OnRetry, when set, is told of each failed attempt of a change that
+	// will be tried again, and of the wait before it.
+	OnRetry func(err error, wait time.Duration)
 }
 
 var setLogger sync.Once
 
 // Open returns a Store for o. It does not connect: the first command does.
 func Open(o Options) (*Store, error) {
-	ro, err := redis.ParseURL(o.URL)
+	t, err := config.ParseRedisURL(o.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis.url: %w", err)
+	}
+	ro, err := redis.ParseURL(t.URL)
 	if err != nil {
 		return nil, fmt.Errorf("redis.url %q: %w", o.URL, err)
-	}
-	if ro.Network != "tcp" {
-		return nil, fmt.Errorf("redis.url %q: want redis:// or rediss://", o.URL)
 	}
 	if o.Password != "" {
 		ro.Password = o.Password
@@ -92,6 +123,9 @@ func Open(o Options) (*Store, error) {
 	if o.CommandTimeout <= 0 {
 		o.CommandTimeout = 3 * time.Second
 	}
+	if t.Kind == config.RedisCluster && !config.HasHashTag(o.KeyPrefix) {
+		return nil, fmt.Errorf("redis.key_prefix %q: a cluster needs a {…} hash tag in the prefix, so that all of the fleet's keys share one slot (e.g. %q)", o.KeyPrefix, config.DefaultClusterKeyPrefix)
+	}
 	ro.DialTimeout = o.ConnectionTimeout
 	ro.ReadTimeout, ro.WriteTimeout = o.CommandTimeout, o.CommandTimeout
 	ro.ContextTimeoutEnabled = true
@@ -102,8 +136,36 @@ func Open(o Options) (*Store, error) {
 	setLogger.Do(func() { redis.SetLogger(quietLogger{}) })
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
-	return &Store{rdb: redis.NewClient(ro), prefix: o.KeyPrefix, addr: ro.Addr,
-		timeout: o.ConnectionTimeout + o.CommandTimeout, epoch: hex.EncodeToString(b)}, nil
+	s := &Store{kind: t.Kind, prefix: o.KeyPrefix, addr: ro.Addr, timeout: o.ConnectionTimeout + o.CommandTimeout,
+		retry: o.WriteRetry, epoch: hex.EncodeToString(b)}
+	if ro.TLSConfig != nil && t.Kind != config.RedisStandalone {
+		// Each node is verified under its own name, not the first address's.
+		ro.TLSConfig.ServerName = ""
+	}
+	switch t.Kind {
+	case config.RedisSentinel:
+		s.addr = fmt.Sprintf("sentinel master %s at %s", t.Master, strings.Join(t.Addrs, ","))
+		s.master, s.sentinels, s.sentinelUser, s.sentinelPassword, s.tls = t.Master, t.Addrs, o.SentinelUsername, o.SentinelPassword, ro.TLSConfig
+		s.rdb = redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: t.Master, SentinelAddrs: t.Addrs,
+			SentinelUsername: o.SentinelUsername, SentinelPassword: o.SentinelPassword,
+			Username: ro.Username, Password: ro.Password, DB: ro.DB, TLSConfig: ro.TLSConfig,
+			Protocol: ro.Protocol, DisableIdentity: true, PoolSize: ro.PoolSize,
+			MaxRetries: ro.MaxRetries, DialTimeout: ro.DialTimeout, ReadTimeout: ro.ReadTimeout, WriteTimeout: ro.WriteTimeout,
+			ContextTimeoutEnabled: true,
+		})
+	case config.RedisCluster:
+		s.addr = "cluster " + strings.Join(t.Addrs, ",")
+		s.rdb = redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: t.Addrs, Username: ro.Username, Password: ro.Password, TLSConfig: ro.TLSConfig,
+			Protocol: ro.Protocol, DisableIdentity: true, PoolSize: ro.PoolSize,
+			MaxRetries: ro.MaxRetries, DialTimeout: ro.DialTimeout, ReadTimeout: ro.ReadTimeout, WriteTimeout: ro.WriteTimeout,
+			ContextTimeoutEnabled: true, MaintNotificationsConfig: ro.MaintNotificationsConfig,
+		})
+	default:
+		s.rdb = redis.NewClient(ro)
+	}
+	return s, nil
 }
 
 // quietLogger drops go-redis's own log lines (pool and reconnect chatter):
@@ -113,10 +175,19 @@ type quietLogger struct{}
 func (quietLogger) Printf(context.Context, string, ...any) {}
 
 // Close closes the connections.
-func (s *Store) Close() error { return s.rdb.Close() }
+func (s *Store) Close() error {
+	for _, c := range s.closers {
+		c()
+	}
+	return s.rdb.Close()
+}
 
-// Addr is the Redis address (host:port).
+// Addr says which Redis this is: host:port, "sentinel master M at
+// host:port,...", or "cluster host:port,...".
 func (s *Store) Addr() string { return s.addr }
+
+// Kind is config.RedisStandalone, RedisSentinel or RedisCluster.
+func (s *Store) Kind() string { return s.kind }
 
 // Prefix is the key prefix.
 func (s *Store) Prefix() string { return s.prefix }
@@ -145,11 +216,100 @@ func (s *Store) wrap(err error) error {
 	return fmt.Errorf("redis %s: %w", s.addr, err)
 }
 
-func (s *Store) run(ctx context.Context, script *redis.Script, args ...any) (any, error) {
+// keys names the keys a script declares: version and epoch (which every
+// script may touch), then names, each under the prefix.
+func (s *Store) keys(names ...string) []string {
+	out := []string{s.Key("version"), s.Key("epoch")}
+	for _, n := range names {
+		out = append(out, s.Key(n))
+	}
+	return out
+}
+
+// run runs a script once.
+func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, args ...any) (any, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	v, err := script.Run(ctx, s.rdb, nil, append([]any{s.prefix, s.epoch}, args...)...).Result()
-	return v, s.wrap(err)
+	return script.Run(ctx, s.rdb, keys, append([]any{s.prefix, s.epoch}, args...)...).Result()
+}
+
+// write runs a script that changes Redis, retrying it for up to
+// Options.WriteRetry while Redis answers with an error that shows the
+// script did not run (no connection to the master, a failover in progress).
+// A script whose outcome is unknown (the connection broke or timed out after
+// it was sent) is retried only when it is idempotent (running it twice is
+// running it once); otherwise the error says the change may have been made.
+func (s *Store) write(ctx context.Context, idempotent bool, script *redis.Script, keys []string, args ...any) (any, error) {
+	deadline := time.Now().Add(s.retry)
+	wait := 100 * time.Millisecond
+	unknown := 0 // attempts whose outcome is unknown
+	for {
+		v, err := s.run(ctx, script, keys, args...)
+		if err == nil {
+			return v, nil
+		}
+		notRun := notRun(err)
+		if !notRun && !isRedisReply(err) {
+			unknown++
+		}
+		// An unknown outcome is retried a few times only: past a broken
+		// connection to a master that is going away, the next attempts
+		// see it gone (notRun); the same failure again and again is not a
+		// failover (e.g. plain redis:// to a TLS port).
+		again := notRun || idempotent && unknown <= 2 && transient(err)
+		if s.retry <= 0 || !again || ctx.Err() != nil || time.Until(deadline) < wait {
+			if !idempotent && transient(err) {
+				return nil, fmt.Errorf("redis %s: %w (the change may or may not have been made: look before repeating it)", s.addr, err)
+			}
+			return nil, s.wrap(err)
+		}
+		if s.OnRetry != nil {
+			s.OnRetry(s.wrap(err), wait)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, s.wrap(err)
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// notRun reports whether err shows that a command was not run: no
+// connection was made, or Redis refused it because it cannot take writes
+// now (a replica, loading, a failover or resharding in progress).
+func notRun(err error) bool {
+	var op *net.OpError
+	var cv *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &cv):
+		return false // a TLS dial that reached the server and refused it
+	case errors.As(err, &op) && op.Op == "dial", errors.Is(err, syscall.ECONNREFUSED):
+		return true
+	case redis.IsReadOnlyError(err), redis.IsLoadingError(err), redis.IsMasterDownError(err),
+		redis.IsClusterDownError(err), redis.IsTryAgainError(err), redis.IsNoReplicasError(err):
+		return true
+	case strings.Contains(err.Error(), "all sentinels specified in configuration are unreachable"):
+		return true
+	}
+	return false
+}
+
+// transient reports whether err may be a failover's: a connection that
+// broke or timed out (not a refused certificate, not an error reply).
+func transient(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// isRedisReply reports whether err is an error reply of Redis (the command
+// was answered), not a failure to get an answer.
+func isRedisReply(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
 }
 
 // Registration is a backend registered in Redis for a rule.
@@ -217,7 +377,7 @@ func (s *Store) AddBackend(ctx context.Context, rule, id, address string, weight
 	if err := CheckRegistration(rule, id, address, weight, ttl); err != nil {
 		return 0, false, err
 	}
-	v, err := s.run(ctx, addScript, rule, id, address, weight, ttl.Milliseconds())
+	v, err := s.write(ctx, true, addScript, s.keys("rules", "backends:"+rule), rule, id, address, weight, ttl.Milliseconds())
 	if err != nil {
 		return 0, false, err
 	}
@@ -233,7 +393,7 @@ func (s *Store) AddBackend(ctx context.Context, rule, id, address string, weight
 // RemoveBackend removes a registration (and its shared state). It returns
 // ErrNotFound when rule has no registered backend id.
 func (s *Store) RemoveBackend(ctx context.Context, rule, id string) (int64, error) {
-	v, err := s.run(ctx, removeScript, rule, id)
+	v, err := s.write(ctx, false, removeScript, s.keys("backends:"+rule, "state:"+rule), rule, id)
 	if err != nil {
 		return 0, err
 	}
@@ -275,7 +435,7 @@ func (s *Store) SetState(ctx context.Context, ch State) (int64, error) {
 		return 0, fmt.Errorf("%w: empty state change", ErrInvalid)
 	}
 	js, _ := json.Marshal(stateJSON{Draining: ch.Draining, Enabled: ch.Enabled, Weight: ch.Weight})
-	v, err := s.run(ctx, stateScript, ch.Rule, ch.ID, string(js))
+	v, err := s.write(ctx, true, stateScript, s.keys("rules", "state:"+ch.Rule), ch.Rule, ch.ID, string(js))
 	if err != nil {
 		return 0, err
 	}
@@ -286,7 +446,7 @@ func (s *Store) SetState(ctx context.Context, ch State) (int64, error) {
 // ResetState deletes the shared state of rule/id: every instance returns
 // the backend to its config values. ErrNotFound when there was none.
 func (s *Store) ResetState(ctx context.Context, rule, id string) (int64, error) {
-	v, err := s.run(ctx, resetScript, rule, id)
+	v, err := s.write(ctx, false, resetScript, s.keys("state:"+rule), rule, id)
 	if err != nil {
 		return 0, err
 	}
@@ -313,7 +473,7 @@ func (c *StoredConfig) Name(prefix string) string {
 // PushConfig stores data (a config already validated by the caller) as the
 // fleet's config and returns its version.
 func (s *Store) PushConfig(ctx context.Context, data []byte, source string) (int64, error) {
-	v, err := s.run(ctx, pushScript, string(data), source)
+	v, err := s.write(ctx, false, pushScript, s.keys("config"), string(data), source)
 	if err != nil {
 		return 0, err
 	}

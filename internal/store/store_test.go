@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
@@ -312,7 +313,7 @@ func TestACLUserFromURL(t *testing.T) {
 	}
 	// A key outside the user's pattern is refused: the user really is fleet.
 	other := open(t, "redis://fleet:s3cret@"+srv.Addr, "other:")
-	if _, _, err := other.AddBackend(ctx, "web", "a", "127.0.0.1:9001", 1, 0); err == nil || !strings.Contains(err.Error(), "can't access") {
+	if _, _, err := other.AddBackend(ctx, "web", "a", "127.0.0.1:9001", 1, 0); err == nil || !strings.Contains(err.Error(), "NOPERM") {
 		t.Fatalf("outside its keys: %v, want an ACL refusal", err)
 	}
 	bad := open(t, "redis://fleet:wrong@"+srv.Addr, "acl:")
@@ -336,7 +337,7 @@ func TestOpenOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	o := s.rdb.Options()
+	o := s.rdb.(*redis.Client).Options()
 	if o.TLSConfig == nil || o.TLSConfig.ServerName != "cache.example" || o.Username != "u" || o.Password != "p" || o.DB != 3 || o.PoolSize != 7 || o.Addr != "cache.example:6390" {
 		t.Fatalf("rediss options: tls %v user %q db %d pool %d addr %s", o.TLSConfig, o.Username, o.DB, o.PoolSize, o.Addr)
 	}
@@ -345,10 +346,30 @@ func TestOpenOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if o := s2.rdb.Options(); o.TLSConfig != nil || o.DB != 4 || o.Addr != "h:6379" {
+	if o := s2.rdb.(*redis.Client).Options(); o.TLSConfig != nil || o.DB != 4 || o.Addr != "h:6379" {
 		t.Fatalf("redis options: tls %v db %d addr %s", o.TLSConfig, o.DB, o.Addr)
 	}
-	for _, bad := range []string{"http://h:1", "redis://h:1/x", "unix:///tmp/r.sock"} {
+	s3, err := Open(Options{URL: "rediss+cluster://u:p@n1:7000,n2:7001", KeyPrefix: "{f}:", PoolSize: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	if o := s3.rdb.(*redis.ClusterClient).Options(); strings.Join(o.Addrs, ",") != "n1:7000,n2:7001" || o.Username != "u" || o.Password != "p" ||
+		o.TLSConfig == nil || o.TLSConfig.ServerName != "" || o.PoolSize != 5 || s3.Kind() != "cluster" || s3.Addr() != "cluster n1:7000,n2:7001" {
+		t.Fatalf("cluster options: %+v, %s", o, s3.Addr())
+	}
+	s4, err := Open(Options{URL: "redis+sentinel://:p@s1:26379,s2:26379/mymaster/2", SentinelPassword: "sp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s4.Close()
+	if o := s4.rdb.(*redis.Client).Options(); o.Password != "p" || o.DB != 2 || s4.Kind() != "sentinel" || s4.Addr() != "sentinel master mymaster at s1:26379,s2:26379" {
+		t.Fatalf("sentinel options: %+v, %s", o, s4.Addr())
+	}
+	if _, err := Open(Options{URL: "redis+cluster://n1:7000", KeyPrefix: "fleet:"}); err == nil || !strings.Contains(err.Error(), "hash tag") {
+		t.Errorf("cluster without a hash tag: %v", err)
+	}
+	for _, bad := range []string{"http://h:1", "redis://h:1/x", "unix:///tmp/r.sock", "redis+sentinel://s:1", "redis://a:1,b:2"} {
 		if _, err := Open(Options{URL: bad}); err == nil {
 			t.Errorf("Open(%q) accepted", bad)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -12,7 +13,12 @@ import (
 const (
 	DefaultResync     = 5 * time.Second
 	DefaultMinBackoff = 100 * time.Millisecond
-	DefaultMaxBackoff = 5 * time.Second
+	// DefaultMaxBackoff is short so that, however long Redis was away,
+	// an instance is back on it (subscribed and resynced) within about
+	// half a second of its return, and the first change made then reaches
+	// it at once. Each attempt is one dial, cheap for Redis even from
+	// hundreds of instances.
+	DefaultMaxBackoff = 500 * time.Millisecond
 	// coalesce is how long a burst of events may gather before one
 	// snapshot is read for all of them.
 	coalesce = 20 * time.Millisecond
@@ -41,7 +47,7 @@ type Syncer struct {
 	// ApplyConfig is handed each newer stored config (WatchConfig only).
 	ApplyConfig func(c *StoredConfig)
 	// MinBackoff and MaxBackoff bound the wait between reconnection
-	// attempts (defaults 100ms and 5s).
+	// attempts (defaults 100ms and 500ms).
 	MinBackoff, MaxBackoff time.Duration
 
 	mu        sync.Mutex
@@ -115,6 +121,10 @@ func (y *Syncer) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errSwitched) {
+			backoff = lo
+			continue // subscribe to the new master at once
+		}
 		if wasUp {
 			backoff = lo
 		}
@@ -139,6 +149,20 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 	defer ev.Close()
 	stop := context.AfterFunc(ctx, func() { ev.Close() })
 	defer stop()
+	var switched atomic.Bool
+	if sw := y.Store.Switches(); sw != nil {
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			select {
+			case addr := <-sw:
+				y.log().Info("redis: the sentinels switched the master; subscribing to the new one and resyncing", "master", addr)
+				switched.Store(true)
+				ev.Close()
+			case <-done:
+			}
+		}()
+	}
 	if err := y.sync(ctx, true); err != nil {
 		return false, err
 	}
@@ -156,6 +180,9 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 		}
 		y.mu.Unlock()
 		_, timedOut, err := ev.Next(ctx, wait)
+		if switched.Load() {
+			return true, errSwitched
+		}
 		if err != nil {
 			return true, err
 		}
@@ -164,6 +191,9 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 			deadline := time.Now().Add(5 * coalesce)
 			for time.Now().Before(deadline) {
 				_, idle, err := ev.Next(ctx, coalesce)
+				if switched.Load() {
+					return true, errSwitched
+				}
 				if err != nil {
 					return true, err
 				}
@@ -173,10 +203,16 @@ func (y *Syncer) session(ctx context.Context) (wasUp bool, err error) {
 			}
 		}
 		if err := y.sync(ctx, true); err != nil {
+			if switched.Load() {
+				return true, errSwitched
+			}
 			return true, err
 		}
 	}
 }
+
+// errSwitched ends a session when Sentinel switched the master.
+var errSwitched = errors.New("the master was switched")
 
 // sync reads a snapshot (and the stored config when it is newer) and
 // applies what is newer than what was applied; apply false only records it

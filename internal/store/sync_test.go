@@ -335,3 +335,47 @@ func TestResyncHealsMissedEvent(t *testing.T) {
 		t.Fatalf("applied %s at version %d", ids(snap.Backends), snap.Version)
 	}
 }
+
+// TestSyncerRetriesOftenAfterLongOutage: with the default backoff, however
+// many attempts an outage takes, the wait between two never grows past
+// DefaultMaxBackoff (500ms), so an instance is back on Redis about half a
+// second after Redis is, and a change made then reaches it at once. (With
+// the earlier 5s cap, the fifth wait was 1.6s and a 4s outage's first
+// change took 2.2s.)
+func TestSyncerRetriesOftenAfterLongOutage(t *testing.T) {
+	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	ctx := context.Background()
+	f := newSyncer(t, srv.URL(), "")
+	f.y.MinBackoff, f.y.MaxBackoff = 0, 0 // the defaults
+	f.y.Start(ctx)
+	f.run(t)
+	f.logs.wait(t, 0, "redis: subscribed and resynced")
+	w := open(t, srv.URL(), "fleet:")
+	if _, _, err := w.AddBackend(ctx, "web", "x", "127.0.0.1:9001", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	f.next(t)
+
+	srv.Kill()
+	var waits []string
+	at := 0
+	for len(waits) < 6 {
+		var line string
+		line, at = f.logs.wait(t, at, "redis: ", "unreachable", "retry_in=")
+		waits = append(waits, line[strings.Index(line, "retry_in=")+len("retry_in="):])
+	}
+	if got := strings.Join(waits, " "); !strings.HasPrefix(got, "100ms 200ms 400ms 500ms 500ms 500ms") {
+		t.Fatalf("waits between attempts while Redis is down: %s, want 100ms 200ms 400ms then 500ms each", got)
+	}
+	srv.Restart()
+	start := time.Now()
+	if _, _, err := w.AddBackend(ctx, "web", "late", "127.0.0.1:9002", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if s := f.next(t); strings.Contains(ids(s.Backends), "web/late@") {
+			break
+		}
+	}
+	t.Logf("the first change after an outage of %d attempts reached the syncer %v after it was made", len(waits), time.Since(start))
+}

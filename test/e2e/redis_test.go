@@ -2,7 +2,9 @@ package e2e
 
 // Fleet tests: several dynamic-proxy processes share one real redis-server
 // (started by the test on a free port of 127.0.0.1, with its own temporary
-// directory), and the CLI writes to it.
+// directory), and the CLI writes to it. With DP_TEST_REDIS=cluster the
+// TestFleet* tests run against a Redis Cluster of three masters instead
+// (redistest.Start; scripts/test.sh runs them both ways).
 
 import (
 	"bufio"
@@ -28,8 +30,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
@@ -136,20 +136,19 @@ func TestFleetRegistration(t *testing.T) {
 	}
 
 	// Bad data written by something else: rejected, named, the rest applies.
-	rc := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rc.Close()
+	rc := srv.Client() // one server, or the cluster
 	ctx := context.Background()
-	if err := rc.HSet(ctx, "dynamic-proxy:backends:web", "junk", `{"address": "no port", "weight": 1, "version": 99}`).Err(); err != nil {
+	if err := rc.HSet(ctx, srv.Prefix+"backends:web", "junk", `{"address": "no port", "weight": 1, "version": 99}`).Err(); err != nil {
 		t.Fatal(err)
 	}
 	cli(t, "backend", "add", "--redis", srv.URL(), "--rule", "web", "--id", "x", "--address", x.Addr, "--weight", "2")
 	for _, p := range ps {
-		p.WaitLog("redis: rejected an entry; the rest still applies", "key=dynamic-proxy:backends:web", "field=junk", `invalid address \"no port\"`)
+		p.WaitLog("redis: rejected an entry; the rest still applies", "key="+srv.Prefix+"backends:web", "field=junk", `invalid address \"no port\"`)
 		if got := greetCount(t, p.Addr, 2); got["a"] != 1 || got["x"] != 1 {
 			t.Fatalf("%s: after the bad entry: %v", p.Addr, got)
 		}
 	}
-	rc.HDel(ctx, "dynamic-proxy:backends:web", "junk")
+	rc.HDel(ctx, srv.Prefix+"backends:web", "junk")
 
 	list := cli(t, "backend", "list", "--redis", srv.URL())
 	if !regexp.MustCompile(`web\s+x\s+` + regexp.QuoteMeta(x.Addr) + `\s+2\s+never`).MatchString(list) {
@@ -590,6 +589,16 @@ func TestFleetStartupErrors(t *testing.T) {
 	_, errOut, code = Run(t, "-c", badURL)
 	if code != 1 || !strings.Contains(errOut, "redis.url") {
 		t.Fatalf("bad redis URL: exit %d %s", code, errOut)
+	}
+	noTag := harness.WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis+cluster://127.0.0.1:1,127.0.0.1:2\"\nkey_prefix = \"fleet:\"\n"+webRule(a))
+	_, errOut, code = Run(t, "--validate", "-c", noTag)
+	if code != 1 || !strings.Contains(errOut, noTag+":5: redis.key_prefix: a cluster needs a {…} hash tag") {
+		t.Fatalf("cluster prefix without a hash tag: exit %d %s", code, errOut)
+	}
+	noMaster := harness.WriteConfig(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n[redis]\nurl = \"redis+sentinel://127.0.0.1:1\"\n"+webRule(a))
+	_, errOut, code = Run(t, "--validate", "-c", noMaster)
+	if code != 1 || !strings.Contains(errOut, noMaster+":4: redis.url: missing master name") {
+		t.Fatalf("sentinel URL without a master name: exit %d %s", code, errOut)
 	}
 	_, errOut, code = Run(t, "backend", "list", "-c", noRedis)
 	if code != 1 || !strings.Contains(errOut, "has no [redis] section: add one or give --redis URL") {

@@ -224,12 +224,48 @@ func ContainsAll(s string, subs []string) bool {
 var (
 	metricsSection = regexp.MustCompile(`(?m)^\s*\[metrics\]`)
 	adminSection   = regexp.MustCompile(`(?m)^\s*\[admin\]`)
+	serverSection  = regexp.MustCompile(`(?m)^[ \t]*\[server\][^\n]*\n`)
+	engineKey      = regexp.MustCompile(`(?m)^\s*engine\s*=`)
 )
+
+// EngineEnv names the environment variable that chooses the connection
+// engine of every proxy the end-to-end tests start ([server] engine, set by
+// WithFreeObservePorts): scripts/test.sh runs test/e2e once with the default
+// and once with E2E_ENGINE=goroutine.
+const EngineEnv = "E2E_ENGINE"
+
+// Engine is the engine E2E_ENGINE asks for ("": the default).
+func Engine() string { return os.Getenv(EngineEnv) }
+
+// withEngine sets [server] engine to E2E_ENGINE in a config that does not
+// choose one itself.
+func withEngine(toml string) string {
+	e := Engine()
+	if e == "" || engineKey.MatchString(toml) {
+		return toml
+	}
+	line := fmt.Sprintf("engine = %q\n", e)
+	if loc := serverSection.FindStringIndex(toml); loc != nil {
+		// An empty line just before [server] makes room for the key, so
+		// that the lines below keep their numbers (tests check file:line).
+		head := toml[:loc[0]]
+		if h, ok := strings.CutSuffix(head, "\n\n"); ok {
+			head = h + "\n"
+		} else if head == "\n" {
+			head = ""
+		}
+		return head + toml[loc[0]:loc[1]] + line + toml[loc[1]:]
+	}
+	return toml + "\n[server]\n" + line
+}
 
 // WithFreeObservePorts appends [metrics] and [admin] sections binding
 // 127.0.0.1:0 to a config that has none of its own, so that proxies of
 // several tests never collide on the default ports 8070 and 8071.
+//
+// It is also where the tests' configs get E2E_ENGINE's engine (withEngine).
 func WithFreeObservePorts(toml string) string {
+	toml = withEngine(toml)
 	if !metricsSection.MatchString(toml) {
 		toml += "\n[metrics]\nbind = \"127.0.0.1:0\"\n"
 	}
