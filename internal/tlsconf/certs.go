@@ -221,6 +221,13 @@ func Watched(files []string) (names, dirs []string) {
 			continue
 		}
 		ns[abs], ds[filepath.Dir(abs)] = true, true
+		// A directory on the way that is a symlink (certbot's live/, a
+		// versioned directory swapped by a rename) is watched in its parent.
+		for d := filepath.Dir(abs); d != filepath.Dir(d); d = filepath.Dir(d) {
+			if fi, err := os.Lstat(d); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				ns[d], ds[filepath.Dir(d)] = true, true
+			}
+		}
 		p := abs
 		for range 8 {
 			target, err := os.Readlink(p)

@@ -174,12 +174,12 @@ address = %q
 		t.Errorf("a TLS 1.1 client was not refused:\n%s", out)
 	}
 	m := harness.WaitMetrics(t, p.MetricsURL(), "the failed handshake counted", func(m harness.Metrics) bool {
-		return m.Value("dynamic_proxy_tls_handshakes_total", harness.Labels{"rule": "term", "result": "failure"}) >= 1
+		return m.Value("dynamic_proxy_tls_handshakes_total", harness.Labels{"rule": "term", "result": "failed"}) >= 1
 	})
 	if got := plain.accepted.Load(); got != before {
 		t.Errorf("a failed handshake dialled the backend (%d connections, %d before)", got, before)
 	}
-	if m.Value("dynamic_proxy_tls_handshakes_total", harness.Labels{"rule": "term", "result": "success", "version": "1.3"}) < 4 {
+	if m.Value("dynamic_proxy_tls_handshakes_total", harness.Labels{"rule": "term", "result": "full", "version": "1.3"}) < 4 {
 		t.Error("successful TLS 1.3 handshakes not counted")
 	}
 	left := m.Value("dynamic_proxy_tls_certificate_expiry_seconds", harness.Labels{"rule": "term", "cert": api.CertFile})
