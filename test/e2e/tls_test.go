@@ -412,3 +412,41 @@ address = %q
 		t.Error("the session from the first instance did not resume on the second")
 	}
 }
+
+// TestTLSProxyProtocolAfterTermination: a terminating rule with
+// proxy_protocol sends the backend the PROXY header (the client's real
+// address), then the plaintext.
+func TestTLSProxyProtocolAfterTermination(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, dir, "pp")
+	site := ca.Issue(dir, "site", tlstest.Options{DNSNames: []string{"pp.test"}})
+	be := startProxyProtoBackend(t)
+	port := harness.FreePort(t)
+	Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[health_check]
+enabled = false
+[[rules]]
+name = "pp"
+proxy_protocol = "v2"
+[rules.tls]
+certificates = [{ cert = %q, key = %q }]
+[[rules.backends]]
+id = "pp"
+address = %q
+`, port, site.CertFile, site.KeyFile, be)))
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.7")}}
+	c, err := tls.DialWithDialer(d, "tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{ServerName: "pp.test", RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "127.0.0.7 v2\n" {
+		t.Errorf("the backend saw %q (%v), want the client 127.0.0.7 in a v2 header", line, err)
+	}
+}
