@@ -36,6 +36,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -72,6 +73,10 @@ type Options struct {
 	Started time.Time
 	// Log receives one line per change made through the API.
 	Log *slog.Logger
+	// Certificates returns, by rule, the certificates of the rules that
+	// terminate TLS (tlsconf.Server.Certificates), shown by the status
+	// API and page; nil: none.
+	Certificates func() map[string][]tlsconf.Info
 }
 
 // Handler serves the admin API and status page.

@@ -22,6 +22,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -442,5 +443,37 @@ func TestProbesAndPage(t *testing.T) {
 	}
 	if code, _, _ := f.do("GET", "/nothing-here", ""); code != 404 {
 		t.Errorf("unknown page: %d", code)
+	}
+}
+
+// TestStatusCertificates: a rule that terminates TLS lists its
+// certificates with names, serial, expiry and a level: ok, warning under
+// 14 days, critical under 3 or expired.
+func TestStatusCertificates(t *testing.T) {
+	f := newFixture(t, "", false)
+	now := time.Now()
+	infos := []tlsconf.Info{
+		{Cert: "/c/site.pem", Names: []string{"site.test"}, Serial: "0A", NotAfter: now.Add(60 * 24 * time.Hour), Default: true},
+		{Cert: "/c/soon.pem", Names: []string{"soon.test"}, Serial: "0B", NotAfter: now.Add(10 * 24 * time.Hour)},
+		{Cert: "/c/urgent.pem", Names: []string{"*.urgent.test"}, Serial: "0C", NotAfter: now.Add(2 * 24 * time.Hour)},
+		{Cert: "/c/gone.pem", Names: []string{"gone.test"}, Serial: "0D", NotAfter: now.Add(-time.Hour)},
+	}
+	f.srv.Config.Handler = New(Options{Engine: f.eng, Certificates: func() map[string][]tlsconf.Info { return map[string][]tlsconf.Info{"web": infos} }})
+	st := f.status()
+	web := st.Rules[0]
+	if len(web.Certificates) != 4 {
+		t.Fatalf("web certificates: %+v", web.Certificates)
+	}
+	for i, want := range []string{"ok", "warning", "critical", "critical"} {
+		c := web.Certificates[i]
+		if c.Level != want || c.Serial != infos[i].Serial || c.File != infos[i].Cert || !c.NotAfter.Equal(infos[i].NotAfter.Truncate(time.Nanosecond)) {
+			t.Errorf("certificate %d: %+v, want level %s", i, c, want)
+		}
+	}
+	if !web.Certificates[0].Default || web.Certificates[1].Default || web.Certificates[0].DaysLeft < 59 || web.Certificates[3].DaysLeft >= 0 {
+		t.Errorf("default or days left wrong: %+v", web.Certificates)
+	}
+	if len(st.Rules[1].Certificates) != 0 {
+		t.Errorf("a rule without TLS lists certificates: %+v", st.Rules[1].Certificates)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/discovery"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
 )
 
@@ -59,6 +60,9 @@ type RuleJSON struct {
 	// Discovery is the rule's DNS names ([[rules.discovery]]) and what
 	// they answered last.
 	Discovery []DiscoveryJSON `json:"discovery,omitempty"`
+	// Certificates are those the rule serves when it terminates TLS, the
+	// default first (Options.Certificates); absent otherwise.
+	Certificates []CertJSON `json:"certificates,omitempty"`
 }
 
 // DiscoveryJSON is one DNS name a rule takes backends from.
@@ -124,6 +128,37 @@ func discoveryJSON(d discovery.Status, now time.Time) DiscoveryJSON {
 	return j
 }
 
+// CertJSON is one certificate a terminating rule serves.
+type CertJSON struct {
+	File     string    `json:"file"`
+	Names    []string  `json:"names"`
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"not_after"`
+	DaysLeft float64   `json:"days_left"` // negative once expired
+	Default  bool      `json:"default"`   // served without SNI or for an unknown name
+	// Level is "ok", "warning" (under 14 days left: amber on the status
+	// page) or "critical" (under 3 days, or expired: red).
+	Level string `json:"level"`
+}
+
+// Certificate expiry levels of CertJSON.Level.
+const (
+	CertWarningDays  = 14
+	CertCriticalDays = 3
+)
+
+func certJSON(c tlsconf.Info, now time.Time) CertJSON {
+	days := c.NotAfter.Sub(now).Hours() / 24
+	level := "ok"
+	switch {
+	case days < CertCriticalDays:
+		level = "critical"
+	case days < CertWarningDays:
+		level = "warning"
+	}
+	return CertJSON{File: c.Cert, Names: c.Names, Serial: c.Serial, NotAfter: c.NotAfter.UTC(), DaysLeft: days, Default: c.Default, Level: level}
+}
+
 // BackendJSON is one backend's live state.
 type BackendJSON struct {
 	ID               string `json:"id"`
@@ -187,11 +222,20 @@ func (h *Handler) Status() StatusJSON {
 	for _, d := range e.Discovery() {
 		disc[d.Rule] = append(disc[d.Rule], discoveryJSON(d, now))
 	}
+	var certsByRule map[string][]tlsconf.Info
+	if h.o.Certificates != nil {
+		certsByRule = h.o.Certificates()
+	}
 	for _, r := range e.Rules() {
 		rj := RuleJSON{Name: r.Name, Protocol: r.Protocol, Enabled: r.Enabled, Listener: r.Listener,
 			Router: r.Router, Plugin: r.Plugin, Backends: make([]BackendJSON, 0, len(r.Backends)), Discovery: disc[r.Name]}
 		for _, b := range r.Backends {
 			rj.Backends = append(rj.Backends, backendJSON(b))
+		}
+		if certs := certsByRule[r.Name]; len(certs) > 0 {
+			for _, c := range certs {
+				rj.Certificates = append(rj.Certificates, certJSON(c, now))
+			}
 		}
 		st.Rules = append(st.Rules, rj)
 		if r.Listener != "" {

@@ -187,7 +187,8 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %d backends; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, len(r.Backends), r.Health.Summary(r.Protocol))
 	}
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
-	discoveryReport(cfg, stdout, stderr) // (discovery.go)
+	discoveryReport(cfg, stdout, stderr)       // (discovery.go)
+	printCertificates(cfg, stdout, time.Now()) // (tls.go)
 	names := make([]string, 0, len(cfg.Routers))
 	for n, s := range cfg.Routers {
 		names = append(names, n+" ("+s.Plugin+")")
@@ -222,6 +223,11 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		return 1
 	}
 	defer obs.close()
+	var tlsm engine.TLSMetrics
+	if obs.tls != nil {
+		tlsm = obs.tls
+	}
+	eng.SetTLS(fl.TicketKeys(), tlsm) // terminating rules' session tickets shared through Redis (tls.go)
 	if _, err := eng.Apply(cfg); err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1
@@ -258,6 +264,14 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 			log.Warn("cannot watch the config file; reload with SIGHUP", "err", err.Error())
 		} else {
 			log.Info("watching the config file for changes", "config", o.config)
+		}
+	}
+	if cfg.Server.WatchConfig {
+		// Certificates and keys of terminating rules: a change (a renewal, a
+		// secret's symlink swap) is served from the next handshake.
+		files := func() []string { c, _ := eng.Config(); return c.TLSFiles() }
+		if err := reload.WatchFiles(ctx, files, reload.DefaultDebounce, eng.ReloadCertificates); err != nil {
+			log.Warn("cannot watch the certificate files; reload with SIGHUP", "err", err.Error())
 		}
 	}
 	// Logged last, once /readyz says ready and the triggers of a reload are

@@ -28,6 +28,7 @@ import (
 type observe struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics // nil: [metrics] enabled = false
+	tls     *metrics.TLS     // TLS termination's metrics; nil with metrics off
 	servers []*http.Server
 	banner  [][]any // what started, logged once the proxy is up (a failed start says one thing only)
 	ready   atomic.Bool
@@ -53,6 +54,9 @@ func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, log *s
 		if err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
+		if o.tls, err = metrics.NewTLS(reg); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
 		mux := http.NewServeMux()
 		mux.Handle(mc.Path, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -73,12 +77,13 @@ func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, log *s
 	}
 	if ac := cfg.Admin; ac.Bind != "" {
 		h := admin.New(admin.Options{
-			Engine:  eng,
-			Fleet:   fl,
-			Ready:   o.ready.Load,
-			Pprof:   ac.Pprof,
-			Started: started,
-			Log:     log,
+			Engine:       eng,
+			Certificates: eng.Certificates,
+			Fleet:        fl,
+			Ready:        o.ready.Load,
+			Pprof:        ac.Pprof,
+			Started:      started,
+			Log:          log,
 			Reload: func() (engine.Change, error) {
 				rl := o.reload.Load()
 				if rl == nil {

@@ -166,6 +166,12 @@ type Rule struct {
 	// HealthCheck is [rules.health_check]: the keys it sets override
 	// [health_check] for this rule's backends. nil when absent.
 	HealthCheck *HealthCheckOverride `toml:"health_check"`
+	// TLS is [rules.tls]: terminate TLS (TCP rules only; tls.go). nil
+	// when absent: TLS, if any, passes through to the backends.
+	TLS *TLS `toml:"tls"`
+	// BackendTLS is [rules.backend_tls]: TLS to every backend of the rule
+	// (a backend's own tls replaces it). nil when absent: plain TCP.
+	BackendTLS *BackendTLS `toml:"backend_tls"`
 	// Health is the rule's effective health check ([health_check] with the
 	// rule's overrides applied), filled by Load.
 	Health HealthCheck `toml:"-"`
@@ -208,6 +214,10 @@ type Backend struct {
 	// Source is the [[rules.discovery]] name that gave the backend ("" for
 	// one from the file or the fleet); set by the engine.
 	Source string `toml:"-"`
+
+	// TLS is [rules.backends.tls]: TLS to this backend, replacing the
+	// rule's backend_tls (enabled = false: plain TCP). nil when absent.
+	TLS *BackendTLS `toml:"tls"`
 }
 
 // BackupTier is the tier of a backend with backup = true: after every

@@ -21,6 +21,7 @@ const minimal = `
 plugin = "round_robin"
 [[rules]]
 name = "r"
+[rules.backend_tls]
 [[rules.backends]]
 id = "b"
 address = "127.0.0.1:9001"

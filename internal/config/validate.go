@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
@@ -132,6 +133,7 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared lis
 			r.Router, r.Router, strings.Join(router.Plugins(), ", "))
 	}
 	c.validateMatch(e, i, shared)
+	c.validateTLS(e, r, path, time.Now())
 	if len(r.Backends) == 0 && len(r.Discovery) == 0 && c.Redis == nil { // with [redis], backends may all be registered at runtime
 		e.add(path+".backends", "a rule needs at least one backend ([[rules.backends]] or [[rules.discovery]])")
 	}

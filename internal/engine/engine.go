@@ -29,6 +29,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
 // Engine runs one configuration at a time.
@@ -37,20 +38,23 @@ type Engine struct {
 	loopLog *logging.Async // the proxy server's log handler
 	srv     *proxy.Server
 
-	mu       sync.Mutex // serialises Apply and Shutdown
-	cfg      *config.Config
-	version  int
-	lns      map[string]proxy.Listener // by listenKey: "tcp 127.0.0.1:8000"
-	backends map[backendKey]*backend.Backend
-	checks   *health.Registry       // health monitors by (protocol, address, check), shared across rules
-	routers  map[string]builtRouter // by rule name
-	access   map[string]accessState // by rule name: kept while its settings are
-	routes   []*proxy.Route         // published, in file order (status.go)
-	metrics  Metrics                // nil: metrics off (status.go)
-	observed bool                   // e.routes hold observers of e.metrics (SetMetrics clears it)
-	fleet    fleetState             // dynamic state shared through Redis (dynamic.go)
-	disc     *discovery.Manager     // backends from DNS names (discover.go)
-	discLog  map[string]bool        // discovery merge problems logged, so each is logged once
+	mu         sync.Mutex // serialises Apply and Shutdown
+	cfg        *config.Config
+	version    int
+	lns        map[string]proxy.Listener // by listenKey: "tcp 127.0.0.1:8000"
+	backends   map[backendKey]*backend.Backend
+	checks     *health.Registry           // health monitors by (protocol, address, check), shared across rules
+	routers    map[string]builtRouter     // by rule name
+	access     map[string]accessState     // by rule name: kept while its settings are
+	routes     []*proxy.Route             // published, in file order (status.go)
+	metrics    Metrics                    // nil: metrics off (status.go)
+	observed   bool                       // e.routes hold observers of e.metrics (SetMetrics clears it)
+	fleet      fleetState                 // dynamic state shared through Redis (dynamic.go)
+	disc       *discovery.Manager         // backends from DNS names (discover.go)
+	tls        map[string]*tlsconf.Server // terminating rules' servers, by rule name (tls.go)
+	tickets    tlsconf.TicketKeySource    // session ticket keys shared by the fleet; nil: local
+	tlsMetrics TLSMetrics                 // nil: none
+	discLog    map[string]bool            // discovery merge problems logged, so each is logged once
 }
 
 type backendKey struct{ rule, id, address string }
@@ -182,6 +186,8 @@ type plan struct {
 	tiers    []limitSet   // kept backends whose priority tier changes
 	opened   []string     // listeners bind opened, in file order
 
+	tls map[string]*tlsconf.Staged // terminating rules' settings, loaded (tls.go)
+
 	change Change
 }
 
@@ -223,6 +229,7 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 		routers:  map[string]builtRouter{},
 		access:   map[string]accessState{},
 		tables:   map[string][]*proxy.Route{},
+		tls:      map[string]*tlsconf.Staged{},
 		options:  map[string]proxy.ListenOptions{},
 		checks:   e.checks.Begin(),
 	}
@@ -259,7 +266,11 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			tiers[j] = bc.Tier()
 			k := backendKey{r.Name, bc.ID, bc.Address}
 			name := r.Name + "/" + bc.ID
-			h, err := p.checks.Health(r.Protocol, bc.Address, r.Health, name)
+			var tlsOpts *tlsconf.ClientOptions // a backend dialled with TLS is checked with it
+			if o, ok := cfg.BackendTLSFor(r, &r.Backends[j]); ok {
+				tlsOpts = &o
+			}
+			h, err := p.checks.HealthTLS(r.Protocol, bc.Address, r.Health, tlsOpts, name)
 			if err != nil {
 				return p, fmt.Errorf("rule %q: backend %q: %w", r.Name, bc.ID, err)
 			}
@@ -324,6 +335,16 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			MaxSessions:    r.MaxSessions,
 			Match:          compileMatcher(r.Matcher),
 			SendProxy:      proxyVersion(r.ProxyProtocol),
+		}
+		srvTLS, err := e.planTLS(p, cfg, r) // (tls.go)
+		if err != nil {
+			return p, err
+		}
+		if srvTLS != nil {
+			rt.TLS = srvTLS
+		}
+		if rt.BackendTLS, err = backendTLS(cfg, r); err != nil {
+			return p, err
 		}
 		var accessCfg config.Access
 		rt.Access, accessCfg = e.accessFor(cfg, r)
@@ -559,6 +580,7 @@ func (e *Engine) commit(p *plan) {
 	for _, s := range p.swaps {
 		s.b.SetHealth(s.h)
 	}
+	e.commitTLS(p)                      // (tls.go)
 	p.checks.Commit()                   // start new health checks, stop unused ones
 	e.disc.Sync(discoverySpecs(p.file)) // start and stop watching DNS names (discover.go)
 	e.routes, e.observed = p.routes, true

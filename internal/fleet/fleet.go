@@ -19,6 +19,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
 // adminWriteRetry is how long a change made through the admin API (a
@@ -199,4 +200,14 @@ func (f *Follower) Registrations(ctx context.Context) ([]engine.DynamicBackend, 
 		return nil, err
 	}
 	return toDynamic(snap, "redis").Backends, nil
+}
+
+// TicketKeys is the fleet's store as the source of the TLS session ticket
+// keys every instance shares; nil without [redis] (each instance then has
+// its own keys).
+func (f *Follower) TicketKeys() tlsconf.TicketKeySource {
+	if f == nil || f.store == nil {
+		return nil
+	}
+	return f.store
 }

@@ -14,6 +14,7 @@ package health
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
 // Check is one health check, compiled from a rule's effective
@@ -47,6 +49,11 @@ type Check struct {
 	PassiveWindow   time.Duration
 	PassiveCooldown time.Duration
 	SlowStart       time.Duration
+	// TLS, when not nil, makes every check a TLS handshake with the
+	// backend's TLS settings (the traffic's), before any send/expect, so
+	// a passing check proves the handshake works. The files are read at
+	// each check, so a renewed CA or client certificate is used at once.
+	TLS *tlsconf.ClientOptions
 }
 
 // Compile turns a rule's effective settings into a Check of address for
@@ -100,16 +107,23 @@ func Compile(protocol, address string, hc config.HealthCheck) (*Check, error) {
 // Kind names the check for logs: "tcp connect", "tcp send/expect", "udp
 // send/expect", "udp dns".
 func (c *Check) Kind() string {
-	if c.DNSQuery != "" {
-		return c.Protocol + " dns"
-	}
 	if c.Protocol == "udp" {
+		if c.DNSQuery != "" {
+			return "udp dns"
+		}
 		return "udp send/expect"
 	}
-	if len(c.Send) > 0 || c.expects() {
-		return "tcp send/expect"
+	kind := "tcp connect"
+	switch {
+	case c.DNSQuery != "":
+		kind = "tcp dns"
+	case len(c.Send) > 0 || c.expects():
+		kind = "tcp send/expect"
 	}
-	return "tcp connect"
+	if c.TLS != nil {
+		kind += " over tls"
+	}
+	return kind
 }
 
 func (c *Check) expects() bool { return c.Expect != nil || c.ExpectRegex != nil }
@@ -144,6 +158,18 @@ func (c *Check) Probe(ctx context.Context) error {
 		defer func() { tc.SetLinger(0); tc.Close() }()
 	} else {
 		defer conn.Close()
+	}
+	if c.TLS != nil && c.Protocol == "tcp" {
+		cfg, err := tlsconf.ClientConfig(*c.TLS, c.Address, time.Now())
+		if err != nil {
+			return err
+		}
+		cfg.ClientSessionCache = nil // each check proves a full handshake
+		tc := tls.Client(conn, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fmt.Errorf("tls handshake: %w", err)
+		}
+		conn = tc
 	}
 	if c.Protocol == "tcp" && len(c.Send) == 0 && !c.expects() && c.DNSQuery == "" {
 		return nil // connect check

@@ -1,6 +1,7 @@
 package health
 
 import (
+	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
 // Key identifies a monitor: everything a check depends on. Backends with
@@ -16,6 +18,10 @@ type Key struct {
 	Protocol string // "tcp" or "udp"
 	Address  string
 	Check    config.HealthCheck
+	// TLS is the backend's TLS settings as a comparable string ("": plain
+	// TCP): backends of one address with different TLS settings are
+	// checked apart.
+	TLS string
 }
 
 // Registry holds the running monitors of one engine. A reload builds an
@@ -76,7 +82,16 @@ func (r *Registry) Begin() *Update {
 // monitor of the same address (its settings changed on a reload), so a dead
 // backend does not come back just because its check was edited.
 func (u *Update) Health(protocol, address string, hc config.HealthCheck, name string) (*backend.Health, error) {
-	k := Key{protocol, address, hc}
+	return u.HealthTLS(protocol, address, hc, nil, name)
+}
+
+// HealthTLS is Health for a backend dialled with TLS (tlsOpts nil: plain
+// TCP): its checks handshake with the same settings as its traffic.
+func (u *Update) HealthTLS(protocol, address string, hc config.HealthCheck, tlsOpts *tlsconf.ClientOptions, name string) (*backend.Health, error) {
+	k := Key{Protocol: protocol, Address: address, Check: hc}
+	if tlsOpts != nil {
+		k.TLS = fmt.Sprintf("%+v", *tlsOpts)
+	}
 	u.names[k] = append(u.names[k], name)
 	if m, ok := u.mons[k]; ok {
 		return m.h, nil
@@ -88,6 +103,10 @@ func (u *Update) Health(protocol, address string, hc config.HealthCheck, name st
 		c, err := Compile(protocol, address, hc)
 		if err != nil {
 			return nil, err
+		}
+		if tlsOpts != nil {
+			o := *tlsOpts
+			c.TLS = &o
 		}
 		h := &backend.Health{Address: address}
 		if old := u.running(protocol, address); old != nil {

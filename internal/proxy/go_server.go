@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 )
@@ -68,6 +69,7 @@ func ParseEngine(name string) (Engine, error) {
 type goState struct {
 	engine Engine // fixed by the first listener
 
+	tlsRot atomic.Uint32 // address rotation of the TLS connections the epoll engine hands over (tls.go)
 	connMu sync.Mutex
 	conns  map[*goConn]struct{}        // TCP connections from accept to close
 	udpGo  map[*goUDPListener]struct{} // until their sessions have ended

@@ -159,7 +159,7 @@ func (l *goTCPListener) serve() {
 			continue
 		}
 		s.wg.Add(1)
-		gc := &goConn{l: l, c: c, start: time.Now(), idx: int(l.ids.Add(1)) % s.Workers()}
+		gc := &goConn{l: l, srv: s, rot: &l.rot, c: c, start: time.Now(), idx: int(l.ids.Add(1)) % s.Workers()}
 		gc.ci.Client = addrPort(c.RemoteAddr())
 		s.connMu.Lock()
 		s.conns[gc] = struct{}{}
@@ -170,7 +170,9 @@ func (l *goTCPListener) serve() {
 
 // goConn is one proxied TCP connection of the goroutine engine.
 type goConn struct {
-	l     *goTCPListener
+	l     *goTCPListener // nil for a connection the epoll engine handed over (tls.go)
+	srv   *Server
+	rot   *atomic.Uint32 // rotation over a resolved backend's addresses (the listener's)
 	c     *net.TCPConn
 	start time.Time
 	idx   int // AddBytesIn's worker index
@@ -218,7 +220,7 @@ func (c *goConn) forceClose(end End) {
 }
 
 func (c *goConn) untrack() {
-	s := c.l.srv
+	s := c.srv
 	s.connMu.Lock()
 	delete(s.conns, c)
 	s.connMu.Unlock()
@@ -234,7 +236,7 @@ func (c *goConn) reset() {
 
 func (c *goConn) serve() {
 	defer c.untrack()
-	s, l := c.l.srv, c.l
+	s, l := c.srv, c.l
 	table := l.routes.Load()
 	if len(table.routes) == 0 {
 		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ci.Client)
@@ -258,14 +260,30 @@ func (c *goConn) serve() {
 		c.reset()
 		return
 	}
-	req := tcpRequest(rt, &c.ci, l.local, func() (netip.AddrPort, bool) {
+	c.routed(l.local, first, release)
+}
+
+// routed serves a connection admitted to c.rt, whose first bytes (read
+// while inspecting) are first: TLS termination when the route has it,
+// then the dial and the relay.
+func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
+	s, rt := c.srv, c.rt
+	req := tcpRequest(rt, &c.ci, local, func() (netip.AddrPort, bool) {
 		ap := addrPort(c.c.LocalAddr())
 		return ap, ap.IsValid()
 	})
+	var client stream = c.c
+	if rt.TLS != nil {
+		tc, ok := c.terminate(first, release) // (tls.go)
+		if !ok {
+			return
+		}
+		client, first = tc, nil
+	}
 	b, bc, err := c.dial(&req)
 	switch {
 	case bc != nil:
-		c.relay(b, bc, first, release)
+		c.relay(b, client, bc, first, release)
 	case err == nil: // drained or shut down while dialling
 		release()
 		if o := rt.Observer; o != nil {
@@ -289,8 +307,8 @@ func (e errGaveUp) Unwrap() error { return e.error }
 // the router offers, at most once per backend. It returns the backend and
 // its connection; no connection and a nil error mean the connection was
 // forced closed meanwhile.
-func (c *goConn) dial(req *router.Request) (*backend.Backend, *net.TCPConn, error) {
-	s, rt := c.l.srv, c.rt
+func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
+	s, rt := c.srv, c.rt
 	o := rt.Observer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -321,14 +339,24 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, *net.TCPConn, erro
 		c.mu.Unlock()
 		dialT0 := time.Now()
 		bc, err := c.dialBackend(ctx, b, dialT0)
+		var bs stream
+		if bc != nil {
+			c.mu.Lock()
+			c.bc = bc // forceClose closes it, TLS handshake or not
+			c.mu.Unlock()
+			if bs, err = c.originate(ctx, b, bc); err != nil { // (tls.go)
+				bc.Close()
+				bc = nil
+			}
+		}
 		c.mu.Lock()
 		if bc != nil && c.cut == EndEOF {
-			c.bc = bc
 			c.cancel = nil
 			c.mu.Unlock()
 			tcpConnected(rt, b, dialT0)
-			return b, bc, nil
+			return b, bs, nil
 		}
+		c.bc = nil
 		c.be = nil
 		forced := c.cut != EndEOF
 		c.mu.Unlock()
@@ -368,7 +396,7 @@ func (c *goConn) dialBackend(ctx context.Context, b *backend.Backend, dialT0 tim
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: res.Err}
 	}
 	n := uint32(len(res.Addrs))
-	start := c.l.rot.Add(1) - 1
+	start := c.rot.Add(1) - 1
 	var err error
 	for k := range n {
 		ap := netip.AddrPortFrom(res.Addrs[(start+k)%n], tg.Port)
@@ -388,7 +416,7 @@ func (c *goConn) dialBackend(ctx context.Context, b *backend.Backend, dialT0 tim
 // lookup asks the resolver for host's addresses, waiting off any other
 // connection's path when the cache has no answer; false: ctx ended first.
 func (c *goConn) lookup(ctx context.Context, host string) (resolve.Result, bool) {
-	rsv := c.l.srv.resolver
+	rsv := c.srv.resolver
 	if res, ok := rsv.Lookup(host, nil); ok {
 		return res, true
 	}
@@ -408,7 +436,7 @@ func (c *goConn) lookup(ctx context.Context, host string) (resolve.Result, bool)
 // local resources (exhaust.go) dials again after a backoff, until
 // connect_timeout from the backend's first attempt (dialT0).
 func (c *goConn) connect(ctx context.Context, b *backend.Backend, ap netip.AddrPort, dialT0, t0 time.Time) (*net.TCPConn, error) {
-	s, rt := c.l.srv, c.rt
+	s, rt := c.srv, c.rt
 	addr := netip.AddrPortFrom(resolve.NumericZone(ap.Addr()), ap.Port()).String() // no interface lookup for a zone
 	var backoff time.Duration
 	for {
@@ -442,8 +470,8 @@ func (c *goConn) connect(ctx context.Context, b *backend.Backend, ap netip.AddrP
 
 // relay copies both ways until both directions ended, then accounts for
 // the connection.
-func (c *goConn) relay(b *backend.Backend, bc *net.TCPConn, first []byte, release func()) {
-	s, rt := c.l.srv, c.rt
+func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, release func()) {
+	s, rt := c.srv, c.rt
 	c.last.Store(time.Now().UnixNano())
 	var upErr, downErr error
 	pend, skip, err := tcpPreamble(rt, c.ci.Client, c.c.LocalAddr(), first)
@@ -460,13 +488,13 @@ func (c *goConn) relay(b *backend.Backend, bc *net.TCPConn, first []byte, releas
 	} else {
 		done := make(chan struct{})
 		go func() {
-			downErr = c.pipe(b, &c.down, bc, c.c)
+			downErr = c.pipe(b, &c.down, bc, client)
 			close(done)
 		}()
-		upErr = c.pipe(b, &c.up, c.c, bc)
+		upErr = c.pipe(b, &c.up, client, bc)
 		<-done
 	}
-	c.c.Close()
+	client.Close()
 	bc.Close()
 	s.tcpFinished(rt, b, c.ci.Client, c.start, release, upErr, downErr, c.forced(), c.up, c.down)
 }
@@ -474,10 +502,10 @@ func (c *goConn) relay(b *backend.Backend, bc *net.TCPConn, first []byte, releas
 // abort ends both sides after an error in one direction: a reset or an
 // I/O error is passed on as a reset, so the other peer sees a broken
 // stream as broken, never as an orderly end of a truncated one.
-func (c *goConn) abort(bc *net.TCPConn, err error) {
+func (c *goConn) abort(bc stream, err error) {
 	if abortive(err) {
 		c.c.SetLinger(0)
-		bc.SetLinger(0)
+		resetOnClose(bc)
 	}
 	c.c.Close()
 	bc.Close()
@@ -485,7 +513,7 @@ func (c *goConn) abort(bc *net.TCPConn, err error) {
 
 // pipe copies src to dst until src ends (then dst is sent a FIN and pipe
 // returns nil) or fails. n is the direction's byte count.
-func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst *net.TCPConn) (err error) {
+func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error) {
 	bc := dst
 	if n == &c.down {
 		bc = src
@@ -513,8 +541,12 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst *net.TCPConn) (err 
 				return dstError{werr}
 			}
 			if r == size {
-				if err := c.splice(b, n, src, dst, size); err != nil {
-					return err
+				st, sok := src.(*net.TCPConn)
+				dt, dok := dst.(*net.TCPConn)
+				if sok && dok { // splice between plain sockets; TLS is copied
+					if err := c.splice(b, n, st, dt, size); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -565,7 +597,7 @@ func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, siz
 // write writes p to dst; its first skip bytes are not traffic (a PROXY
 // header). A write that blocks past idle_timeout of no traffic either way
 // fails.
-func (c *goConn) write(b *backend.Backend, n *int64, dst *net.TCPConn, p []byte, skip int) (int, error) {
+func (c *goConn) write(b *backend.Backend, n *int64, dst stream, p []byte, skip int) (int, error) {
 	idle := int64(c.rt.IdleTimeout)
 	total := 0
 	for len(p) > 0 {

@@ -97,12 +97,15 @@ const (
 	ReasonBadProxyHeader
 	// ReasonClientError: the client reset or closed before it could be routed.
 	ReasonClientError
+	// ReasonTLSHandshake: the client's TLS handshake with a terminating
+	// rule failed (no backend was dialled).
+	ReasonTLSHandshake
 	// NumReasons is the number of reasons.
 	NumReasons
 )
 
 var reasonNames = [NumReasons]string{"max_connections", "no_rule", "no_backend", "connect_failed", "shutdown",
-	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error"}
+	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake"}
 
 func (r Reason) String() string {
 	if r < NumReasons {

@@ -16,6 +16,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -47,6 +48,13 @@ type Route struct {
 	Match     Matcher // nil: every connection
 	Access    *Access // nil: no access control
 	SendProxy int     // write a PROXY v1 or v2 header to the backend; 0: none
+
+	// TLS (TCP only; see tls.go): terminate the client's TLS with TLS
+	// (nil: pass the bytes through), and dial backend i with TLS
+	// BackendTLS[i] (a nil slice or entry: plain TCP). A route with either
+	// is served by the goroutine engine.
+	TLS        Terminator
+	BackendTLS []*tls.Config
 
 	// UDP only (see udp_listener_linux.go); the session timeout is the
 	// listener's (ListenOptions).

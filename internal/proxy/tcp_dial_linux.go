@@ -110,9 +110,42 @@ func (c *lconn) routed(rt *Route) {
 		c.drop(true)
 		return
 	}
+	if rt.tlsRoute() {
+		c.handOff(release)
+		return
+	}
 	c.release = release
 	c.req = tcpRequest(rt, &c.ci, c.l.local, func() (netip.AddrPort, bool) { return eventloop.LocalAddrPort(c.cfd) })
 	c.dial()
+}
+
+// handOff gives a connection of a TLS route to the goroutine engine
+// (tls.go): the loop forgets it, and a goroutine makes its socket a
+// net.Conn (a dup and a runtime poller registration, off the loop). It
+// stays counted in the Server's Active and wg, now by the goroutine
+// engine.
+func (c *lconn) handOff(release func()) {
+	lp := c.lp
+	s, rt, ci, start, local, fd, first := lp.srv, c.rt, c.ci, c.start, c.l.local, c.cfd, c.first
+	c.cfd, c.first, c.state = -1, nil, stDone
+	lp.timers.Stop(&c.timer)
+	lp.unlink(c)
+	go func() {
+		f := os.NewFile(uintptr(fd), "")
+		nc, err := net.FileConn(f) // a duplicate; the original goes
+		f.Close()
+		if err != nil {
+			release()
+			if o := rt.Observer; o != nil {
+				o.ConnClosed(nil, EndClientError, time.Since(start), 0, 0)
+			}
+			s.log.Debug("tls connection not handed over; closing", "rule", rt.Name, "client", ci.Client.String(), "err", err)
+			s.Stats.Active.Add(-1)
+			s.wg.Done()
+			return
+		}
+		s.adoptTLS(nc.(*net.TCPConn), rt, ci, start, local, &s.tlsRot, first, release)
+	}()
 }
 
 // dial picks a backend and connects to it; a failed dial tries the next one

@@ -20,8 +20,8 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
 
-// stream writes n deterministic pseudo-random bytes (seeded by seed) to w.
-func stream(w io.Writer, seed uint64, n int64) error {
+// writeStream writes n deterministic pseudo-random bytes (seeded by seed) to w.
+func writeStream(w io.Writer, seed uint64, n int64) error {
 	var key [32]byte
 	key[0] = byte(seed)
 	_, err := io.CopyN(w, rand.NewChaCha8(key), n)
@@ -30,7 +30,7 @@ func stream(w io.Writer, seed uint64, n int64) error {
 
 func streamSum(seed uint64, n int64) [32]byte {
 	h := sha256.New()
-	stream(h, seed, n)
+	writeStream(h, seed, n)
 	return [32]byte(h.Sum(nil))
 }
 
@@ -49,7 +49,7 @@ func TestForward10MiBEachWay(t *testing.T) {
 	be := startBackend(t, func(c *net.TCPConn) {
 		werr := make(chan error, 1)
 		go func() {
-			err := stream(c, 2, size)
+			err := writeStream(c, 2, size)
 			c.CloseWrite()
 			werr <- err
 		}()
@@ -69,7 +69,7 @@ func TestForward10MiBEachWay(t *testing.T) {
 
 	werr := make(chan error, 1)
 	go func() {
-		err := stream(c, 1, size)
+		err := writeStream(c, 1, size)
 		c.CloseWrite()
 		werr <- err
 	}()
@@ -107,7 +107,7 @@ func TestHalfClose(t *testing.T) {
 				return
 			}
 			c.Write(h.Sum(nil))
-			stream(c, 3, reply)
+			writeStream(c, 3, reply)
 		})
 		s, _ := newTestServer(t)
 		c := dial(t, listen(t, s, newRoute(t, "hc", be.addr)))
@@ -522,7 +522,7 @@ func TestShutdownDrains(t *testing.T) {
 	})
 	// The connection in flight still works, in both directions.
 	go func() {
-		stream(c, 4, 4<<20)
+		writeStream(c, 4, 4<<20)
 		c.CloseWrite()
 	}()
 	h := sha256.New()

@@ -299,13 +299,28 @@
         el("th", { class: "num", text: "Traffic in / out" }), el("th", { class: "num", text: "" }))),
       tbody);
     card.disc = el("div", { class: "discoveries" });
-    card.el = el("article", { class: "rule" + (r.enabled ? "" : " disabled"), "data-rule": r.name }, head, card.disc, r.backends.length ? table : null);
+    card.el = el("article", { class: "rule" + (r.enabled ? "" : " disabled"), "data-rule": r.name }, head, card.disc, certList(r), r.backends.length ? table : null);
     return card;
+  }
+
+  // The certificates of a rule that terminates TLS: names and expiry,
+  // amber under 14 days left, red under 3 (the API's level).
+  function certList(r) {
+    if (!r.certificates || !r.certificates.length) return null;
+    const list = el("ul", { class: "certs" });
+    for (const c of r.certificates) {
+      const days = Math.floor(c.days_left);
+      const left = c.days_left < 0 ? "expired" : days + (days === 1 ? " day" : " days") + " left";
+      list.append(el("li", { class: "cert mono", "data-level": c.level, "data-serial": c.serial, title: c.file + " · serial " + c.serial },
+        el("span", { class: "cert-names", text: c.names.join(", ") + (c.default ? " (default)" : "") }),
+        el("span", { class: "cert-expiry", text: "expires " + new Date(c.not_after).toLocaleDateString() + " · " + left })));
+    }
+    return list;
   }
 
   // A card is rebuilt only when its shape changes, so an open weight editor
   // survives the refresh.
-  const signature = (r) => JSON.stringify([r.protocol, r.enabled, r.listener, r.router, r.plugin, r.backends.map((b) => [b.id, b.address, b.tier, b.source])]);
+  const signature = (r) => JSON.stringify([r.protocol, r.enabled, r.listener, r.router, r.plugin, r.backends.map((b) => [b.id, b.address, b.tier, b.source]), (r.certificates || []).map((c) => [c.serial, c.level, Math.floor(c.days_left)])]);
 
   function render(st) {
     const now = st.now_unix_ms / 1000;

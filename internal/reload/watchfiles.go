@@ -1,0 +1,81 @@
+package reload
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
+)
+
+// WatchFiles calls fn once the files that files() returns (the TLS
+// certificates, keys and CAs of the running config: config.TLSFiles) have
+// changed and no event has come for debounce, until ctx ends. As Watch
+// does for the config file, it watches their directories, every symlink
+// on the way to each real file and the real files (tlsconf.Watched), so a
+// Kubernetes secret's ..data swap and certbot's live/ links are followed;
+// after each call it asks files() again, since a reload may name other
+// files and a swapped link leads elsewhere.
+//
+// Unlike Watch it does not wait for the content to settle: a certificate
+// and its key are two files, and a reload that reads a half-written pair
+// fails, keeps the old certificates and is retried by the event that
+// completes the write.
+func WatchFiles(ctx context.Context, files func() []string, debounce time.Duration, fn func()) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	dirs := map[string]bool{}
+	watch := func() map[string]bool {
+		ns, ds := tlsconf.Watched(files())
+		for _, d := range ds {
+			if !dirs[d] {
+				if err := w.Add(d); err == nil {
+					dirs[d] = true
+				}
+			}
+		}
+		names := make(map[string]bool, len(ns))
+		for _, n := range ns {
+			names[n] = true
+		}
+		return names
+	}
+	names := watch()
+	seen := eventSeen
+	go func() {
+		defer w.Close()
+		timer := time.NewTimer(time.Hour)
+		timer.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				relevant := names[filepath.Clean(ev.Name)]
+				if seen != nil {
+					seen(ev.Name, relevant)
+				}
+				if relevant {
+					timer.Reset(debounce)
+				}
+			case _, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+				timer.Reset(debounce) // events may have been lost: reload anyway
+			case <-timer.C:
+				fn()
+				names = watch()
+			}
+		}
+	}()
+	return nil
+}
