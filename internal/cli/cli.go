@@ -298,6 +298,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 func shutdown(eng *engine.Engine, sig os.Signal, sigs <-chan os.Signal, log *slog.Logger) int {
 	cfg, _ := eng.Config()
 	timeout := cfg.Server.ShutdownTimeout.D()
+	eng.Server().StopAccepting() // before the line says so
 	log.Info("shutting down: listeners closed, draining connections", "signal", sig.String(),
 		"active", eng.Server().Active(), "udp_sessions", eng.Server().UDP.Sessions.Load(), "shutdown_timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)

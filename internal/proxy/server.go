@@ -165,10 +165,10 @@ func (s *Server) MaxConnections() int64 { return s.maxConns.Load() }
 // Active returns the number of client connections open now.
 func (s *Server) Active() int64 { return s.Stats.Active.Load() }
 
-// Shutdown stops every listener, waits for connections in flight to finish
-// until ctx ends, then closes the rest and waits for them to end. It
-// returns ctx.Err() when connections had to be cut.
-func (s *Server) Shutdown(ctx context.Context) error {
+// StopAccepting closes every listener: no new connection or session is
+// taken from now on (UDP sessions open run on). Shutdown calls it first;
+// calling it before is harmless.
+func (s *Server) StopAccepting() {
 	s.exhaust.stop()
 	s.mu.Lock()
 	s.closing.Store(true)
@@ -181,6 +181,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, l := range ls {
 		l.Close()
 	}
+}
+
+// Shutdown stops every listener, waits for connections in flight to finish
+// until ctx ends, then closes the rest and waits for them to end. It
+// returns ctx.Err() when connections had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.StopAccepting()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	var err error
