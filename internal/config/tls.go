@@ -322,7 +322,7 @@ func roundDays(d time.Duration) string {
 
 // TLSFiles returns every file the rules' TLS settings read (certificates,
 // keys, CAs), resolved, once each: what a file watch must follow, through
-// tlsconf.Watched, so that a changed certificate reloads.
+// reload.WatchFiles, so that a changed certificate reloads.
 func (c *Config) TLSFiles() []string {
 	seen := map[string]bool{}
 	var out []string

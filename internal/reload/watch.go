@@ -119,13 +119,21 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 	return nil
 }
 
-// watchedNames returns the paths whose events concern the config file at
-// path (absolute): the path itself, every symlink on the way to the real
-// file and the directories those links lead through (a ConfigMap's ..data),
+// watchedNames returns the paths whose events concern the file at path
+// (absolute: the config file, a certificate): the path itself, every
+// symlink on the way to the real file — a directory of the path that is
+// one, and the directories the links lead through (a ConfigMap's ..data) —
 // and the real file; and the directories to watch for them.
 func watchedNames(path string) (names, dirs map[string]bool) {
 	names = map[string]bool{path: true}
 	dirs = map[string]bool{filepath.Dir(path): true}
+	// A directory on the way that is a symlink (certbot's live/, a
+	// versioned directory swapped by a rename) is watched in its parent.
+	for d := filepath.Dir(path); d != filepath.Dir(d); d = filepath.Dir(d) {
+		if fi, err := os.Lstat(d); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			names[d], dirs[filepath.Dir(d)] = true, true
+		}
+	}
 	p := path
 	for range maxLinkHops {
 		target, err := os.Readlink(p)

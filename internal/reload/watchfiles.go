@@ -6,15 +6,13 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-
-	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
 
 // WatchFiles calls fn once the files that files() returns (the TLS
 // certificates, keys and CAs of the running config: config.TLSFiles) have
 // changed and no event has come for debounce, until ctx ends. As Watch
 // does for the config file, it watches their directories, every symlink
-// on the way to each real file and the real files (tlsconf.Watched), so a
+// on the way to each real file and the real files (watchedNames), so a
 // Kubernetes secret's ..data swap and certbot's live/ links are followed;
 // after each call it asks files() again, since a reload may name other
 // files and a swapped link leads elsewhere.
@@ -30,17 +28,23 @@ func WatchFiles(ctx context.Context, files func() []string, debounce time.Durati
 	}
 	dirs := map[string]bool{}
 	watch := func() map[string]bool {
-		ns, ds := tlsconf.Watched(files())
-		for _, d := range ds {
-			if !dirs[d] {
-				if err := w.Add(d); err == nil {
-					dirs[d] = true
+		names := map[string]bool{}
+		for _, f := range files() {
+			abs, err := filepath.Abs(f)
+			if err != nil {
+				continue
+			}
+			ns, ds := watchedNames(abs)
+			for n := range ns {
+				names[n] = true
+			}
+			for d := range ds {
+				if !dirs[d] {
+					if err := w.Add(d); err == nil {
+						dirs[d] = true
+					}
 				}
 			}
-		}
-		names := make(map[string]bool, len(ns))
-		for _, n := range ns {
-			names[n] = true
 		}
 		return names
 	}

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -204,58 +203,4 @@ func VersionName(v uint16) string {
 		return ""
 	}
 	return "unknown"
-}
-
-// Watched returns what a file watch must follow for files: each file's
-// absolute path, every symlink on the way to the real file (a Kubernetes
-// secret's name -> ..data/name -> ..2026_01_01/name, certbot's
-// live/NAME/cert.pem -> ../../archive/NAME/certN.pem) and the real file,
-// and the directories holding them. Directories are watched rather than
-// files because a swap replaces the inode. Call it again after a reload:
-// a swapped link may lead elsewhere.
-func Watched(files []string) (names, dirs []string) {
-	ns, ds := map[string]bool{}, map[string]bool{}
-	for _, f := range files {
-		abs, err := filepath.Abs(f)
-		if err != nil {
-			continue
-		}
-		ns[abs], ds[filepath.Dir(abs)] = true, true
-		// A directory on the way that is a symlink (certbot's live/, a
-		// versioned directory swapped by a rename) is watched in its parent.
-		for d := filepath.Dir(abs); d != filepath.Dir(d); d = filepath.Dir(d) {
-			if fi, err := os.Lstat(d); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-				ns[d], ds[filepath.Dir(d)] = true, true
-			}
-		}
-		p := abs
-		for range 8 {
-			target, err := os.Readlink(p)
-			if err != nil {
-				break
-			}
-			if !filepath.IsAbs(target) {
-				target = filepath.Join(filepath.Dir(p), target)
-			}
-			target = filepath.Clean(target)
-			for d := target; d != filepath.Dir(p) && d != filepath.Dir(d); d = filepath.Dir(d) {
-				ns[d] = true
-			}
-			ds[filepath.Dir(target)] = true
-			p = target
-		}
-		if real, err := filepath.EvalSymlinks(abs); err == nil {
-			ns[real], ds[filepath.Dir(real)] = true, true
-		}
-	}
-	return sortedKeys(ns), sortedKeys(ds)
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

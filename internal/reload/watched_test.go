@@ -1,4 +1,4 @@
-package tlsconf
+package reload
 
 import (
 	"os"
@@ -27,14 +27,14 @@ func TestWatchedFollowsCertbotLinks(t *testing.T) {
 	if err := os.Symlink("../../archive/site/fullchain1.pem", link); err != nil {
 		t.Fatal(err)
 	}
-	names, dirs := Watched([]string{link})
+	names, dirs := watchedNames(link)
 	for _, want := range []string{link, filepath.Join(archive, "fullchain1.pem")} {
-		if !contains(names, want) {
+		if !names[want] {
 			t.Errorf("names %v lack %s", names, want)
 		}
 	}
 	for _, want := range []string{live, archive} {
-		if !contains(dirs, want) {
+		if !dirs[want] {
 			t.Errorf("dirs %v lack %s", dirs, want)
 		}
 	}
@@ -45,8 +45,25 @@ func TestWatchedFollowsCertbotLinks(t *testing.T) {
 	if err := os.Rename(tmp, link); err != nil {
 		t.Fatal(err)
 	}
-	names, _ = Watched([]string{link})
-	if !contains(names, filepath.Join(archive, "fullchain2.pem")) || contains(names, filepath.Join(archive, "fullchain1.pem")) {
+	names, _ = watchedNames(link)
+	if !names[filepath.Join(archive, "fullchain2.pem")] || names[filepath.Join(archive, "fullchain1.pem")] {
 		t.Errorf("after the swap names = %v, want fullchain2.pem and not fullchain1.pem", names)
+	}
+}
+
+// TestWatchedFollowsADirectoryLink: a file under a directory symlink
+// (live -> v1, swapped to v2 by a rename) has the link watched in its
+// parent.
+func TestWatchedFollowsADirectoryLink(t *testing.T) {
+	root := t.TempDir()
+	os.Mkdir(filepath.Join(root, "v1"), 0o700)
+	os.WriteFile(filepath.Join(root, "v1", "site.pem"), []byte("x"), 0o600)
+	live := filepath.Join(root, "live")
+	if err := os.Symlink("v1", live); err != nil {
+		t.Fatal(err)
+	}
+	names, dirs := watchedNames(filepath.Join(live, "site.pem"))
+	if !names[live] || !dirs[root] || !names[filepath.Join(root, "v1", "site.pem")] {
+		t.Errorf("names %v dirs %v: want the link %s watched in %s, and the real file", names, dirs, live, root)
 	}
 }
