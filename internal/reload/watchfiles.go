@@ -76,6 +76,10 @@ func WatchFiles(ctx context.Context, files func() []string, debounce time.Durati
 				}
 				timer.Reset(debounce) // events may have been lost: reload anyway
 			case <-timer.C:
+				// Follow the links as they lead now before fn runs, so a
+				// change right after it is seen; and again after, since fn
+				// (a reload) may name other files.
+				names = watch()
 				fn()
 				names = watch()
 			}
