@@ -237,9 +237,12 @@ address = "127.0.0.1:9001"
 }
 
 func TestUnresolvableBackend(t *testing.T) {
+	// The DNS server asked is a loopback port where none listens: the
+	// lookup fails without any traffic leaving the machine.
 	p := writeConfig(t, `
 [server]
 tcp_bind = "127.0.0.1:0"
+resolver = "127.0.0.1:1"
 [[rules]]
 name = "web"
 [[rules.backends]]

@@ -30,6 +30,9 @@ func discoveryReport(cfg *config.Config, stdout, stderr io.Writer) {
 		for _, d := range r.Discovery {
 			server := d.ResolverAddr()
 			if server == "" {
+				server = cfg.Server.ResolverAddr()
+			}
+			if server == "" {
 				if sys == "" {
 					sys = discovery.SystemResolver()
 				}

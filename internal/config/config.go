@@ -86,7 +86,16 @@ type Server struct {
 	// package) or "auto", epoll on Linux and goroutine elsewhere. Default
 	// "auto". Needs a restart.
 	Engine string `toml:"engine"`
+	// Resolver is the DNS server ("ip:port", or "ip" for port 53) that
+	// backend host names are looked up with — by the data path, --validate
+	// and start-up checks — and what a [[rules.discovery]] entry without a
+	// resolver asks. Default "": the system's (/etc/resolv.conf). Needs a
+	// restart.
+	Resolver string `toml:"resolver"`
 }
+
+// ResolverAddr is server.resolver as ip:port ("" when unset).
+func (s *Server) ResolverAddr() string { return dnsServerAddr(s.Resolver) }
 
 // Logging configures log/slog output.
 type Logging struct {

@@ -29,6 +29,9 @@ func RestartNeeded(old, next *Config) []string {
 	if old.Server.Engine != next.Server.Engine {
 		keys = append(keys, "server.engine")
 	}
+	if old.Server.Resolver != next.Server.Resolver {
+		keys = append(keys, "server.resolver")
+	}
 	if old.Logging.Format != next.Logging.Format {
 		keys = append(keys, "logging.format")
 	}

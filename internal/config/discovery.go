@@ -108,14 +108,31 @@ func (d *Discovery) Tier() int {
 }
 
 // ResolverAddr is Resolver as ip:port ("" when unset).
-func (d *Discovery) ResolverAddr() string {
-	if d.Resolver == "" {
+func (d *Discovery) ResolverAddr() string { return dnsServerAddr(d.Resolver) }
+
+// dnsServerAddr is a DNS server given as "ip" or "ip:port", as ip:port.
+func dnsServerAddr(s string) string {
+	if s == "" {
 		return ""
 	}
-	if ip, err := netip.ParseAddr(d.Resolver); err == nil {
+	if ip, err := netip.ParseAddr(s); err == nil {
 		return netip.AddrPortFrom(ip, 53).String()
 	}
-	return d.Resolver
+	return s
+}
+
+// checkDNSServer says what is wrong with a DNS server address, or "".
+func checkDNSServer(s string) string {
+	if s == "" {
+		return ""
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return ""
+	}
+	if ap, err := netip.ParseAddrPort(s); err != nil || ap.Port() == 0 {
+		return fmt.Sprintf(`want "ip:port" or "ip" (port 53) of a DNS server, got %q`, s)
+	}
+	return ""
 }
 
 func checkTier(e *Errors, path string, priority int, backup bool) {
@@ -174,12 +191,8 @@ func validateDiscovery(e *Errors, r *Rule, path string) {
 			e.addf(dp+".name", "%s %q is already discovered by discovery[%d]", d.Type, d.Name, j)
 		}
 		seen[key] = i
-		if d.Resolver != "" {
-			if _, err := netip.ParseAddr(d.Resolver); err != nil {
-				if ap, err := netip.ParseAddrPort(d.Resolver); err != nil || ap.Port() == 0 {
-					e.addf(dp+".resolver", `want "ip:port" or "ip" (port 53) of a DNS server, got %q`, d.Resolver)
-				}
-			}
+		if msg := checkDNSServer(d.Resolver); msg != "" {
+			e.add(dp+".resolver", msg)
 		}
 		if d.MinTTL <= 0 {
 			e.add(dp+".min_ttl", "must be greater than 0")

@@ -36,6 +36,9 @@ func (c *Config) validate(e *Errors) {
 	default:
 		e.addf("server.engine", "must be one of auto, epoll, goroutine; got %q", s.Engine)
 	}
+	if msg := checkDNSServer(s.Resolver); msg != "" {
+		e.add("server.resolver", msg)
+	}
 	if s.MaxConnections < 0 {
 		e.addf("server.max_connections", "must be 0 (no limit) or more, got %d", s.MaxConnections)
 	}

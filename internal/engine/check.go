@@ -9,6 +9,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/health"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 )
 
 // Check runs every check of a loaded config that applying it runs, short of
@@ -33,7 +34,7 @@ func Check(cfg *config.Config) error {
 			}
 			seen[host] = true
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := net.DefaultResolver.LookupHost(ctx, host)
+			_, err := lookupWith(cfg).LookupHost(ctx, host)
 			cancel()
 			if err != nil {
 				errs = append(errs, fmt.Errorf("rule %q: backend %q: host %q does not resolve: %w", r.Name, b.ID, host, unwrapOp(err)))
@@ -41,4 +42,12 @@ func Check(cfg *config.Config) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// lookupWith is the resolver cfg names (server.resolver), or the system's.
+func lookupWith(cfg *config.Config) *net.Resolver {
+	if addr := cfg.Server.ResolverAddr(); addr != "" {
+		return resolve.ServerResolver(addr)
+	}
+	return net.DefaultResolver
 }

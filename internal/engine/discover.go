@@ -27,6 +27,9 @@ func discoverySpecs(cfg *config.Config) []discovery.Spec {
 			continue
 		}
 		for _, d := range r.Discovery {
+			if d.Resolver == "" {
+				d.Resolver = cfg.Server.Resolver // server.resolver is the default
+			}
 			out = append(out, discovery.Spec{Rule: r.Name, D: d})
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 )
 
 // Dynamic is the state a fleet of instances shares through Redis
@@ -152,7 +153,7 @@ func resolvable(addr string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := net.DefaultResolver.LookupHost(ctx, host); err != nil {
+	if _, err := resolve.System().LookupHost(ctx, host); err != nil {
 		return fmt.Errorf("host %q does not resolve: %w", host, unwrapOp(err))
 	}
 	return nil

@@ -28,6 +28,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/health"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
@@ -480,6 +481,8 @@ func (e *Engine) bind(p *plan) error {
 		if err != nil {
 			return fmt.Errorf("server.engine: %w", err)
 		}
+		// So is the DNS server backend host names are looked up with.
+		resolve.SetServer(p.cfg.Server.ResolverAddr())
 		if p.cfg.Server.WorkerThreads > 0 {
 			runtime.GOMAXPROCS(p.cfg.Server.WorkerThreads)
 		}

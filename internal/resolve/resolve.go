@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -185,10 +186,37 @@ func (r *Resolver) run(host string, e *entry) {
 	}
 }
 
-// SystemLookup is the system resolver's lookup (NetLookup of
-// net.DefaultResolver).
+// SystemLookup is the system resolver's lookup (NetLookup of System()).
 func SystemLookup(ctx context.Context, host string) ([]netip.Addr, error) {
-	return NetLookup(net.DefaultResolver)(ctx, host)
+	return NetLookup(System())(ctx, host)
+}
+
+var system atomic.Pointer[net.Resolver]
+
+// System is the resolver backend host names are looked up with:
+// net.DefaultResolver, or the DNS server SetServer named.
+func System() *net.Resolver {
+	if r := system.Load(); r != nil {
+		return r
+	}
+	return net.DefaultResolver
+}
+
+// SetServer makes System ask the DNS server at addr ("ip:port"; "": the
+// system's configuration again), over UDP and, for long answers, TCP.
+func SetServer(addr string) {
+	if addr == "" {
+		system.Store(nil)
+		return
+	}
+	system.Store(ServerResolver(addr))
+}
+
+// ServerResolver is a resolver that asks only the DNS server at addr.
+func ServerResolver(addr string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
 }
 
 // NetLookup is r's lookup: every IPv4 and IPv6 address of host,

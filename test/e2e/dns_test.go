@@ -268,3 +268,20 @@ address = %q
 		}
 	}
 }
+
+// TestServerResolver: server.resolver names the DNS server backend host
+// names are looked up with — here a dnsmasq on loopback answering
+// example.test with 127.0.0.9 — at start-up and on the data path.
+func TestServerResolver(t *testing.T) {
+	dns := startDnsmasq(t)
+	be := StartEchoOn(t, "named", "127.0.0.9:0")
+	port := harness.FreePort(t)
+	Start(t, harness.WriteConfig(t, proxyConfig(port, "example.test:"+portOf(be.Addr), fmt.Sprintf("resolver = %q", dns))))
+	if got, err := harness.Greeting(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || got != "named" {
+		t.Fatalf("through the backend named example.test: %q %v", got, err)
+	}
+	out, errOut, code := Run(t, "--validate", "-c", harness.WriteConfig(t, proxyConfig(port, "example.test:80", `resolver = "127.0.0.1:53:x"`)))
+	if code != 1 || !strings.Contains(errOut, `server.resolver: want "ip:port" or "ip" (port 53) of a DNS server, got "127.0.0.1:53:x"`) {
+		t.Errorf("a bad resolver: exit %d\n%s%s", code, out, errOut)
+	}
+}

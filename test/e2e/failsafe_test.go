@@ -283,10 +283,11 @@ func TestLogBesideTheConfigTriggersNoReload(t *testing.T) {
 func TestValidateIsTheStartGate(t *testing.T) {
 	be := StartEcho(t, "be")
 	huge := strings.Repeat("n", 1<<20)
+	resolver := fmt.Sprintf("resolver = %q", startDnsmasq(t)) // on loopback: knows only example.test
 	refused := []struct {
 		name, config, want string
 	}{
-		{"backend does not resolve", proxyConfig(harness.FreePort(t), "backend.invalid:80", ""), "does not resolve"},
+		{"backend does not resolve", proxyConfig(harness.FreePort(t), "backend.invalid:80", resolver), "does not resolve"},
 		{"no rule", "[server]\ntcp_bind = \"127.0.0.1:0\"\n", "no rule: this config would serve nothing"},
 		{"empty file", "", "no rule: this config would serve nothing"},
 		{"only disabled rules", strings.Replace(proxyConfig(harness.FreePort(t), be.Addr, ""), "name = \"web\"", "name = \"web\"\nenabled = false", 1), "no enabled rule"},

@@ -502,7 +502,9 @@ func TestStartErrors(t *testing.T) {
 		}
 	})
 	t.Run("backend does not resolve", func(t *testing.T) {
-		line := startFails(t, "-c", harness.WriteConfig(t, proxyConfig(harness.FreePort(t), "backend.invalid:80", "")))
+		// Asked of a DNS server on loopback that knows only example.test.
+		resolver := fmt.Sprintf("resolver = %q", startDnsmasq(t))
+		line := startFails(t, "-c", harness.WriteConfig(t, proxyConfig(harness.FreePort(t), "backend.invalid:80", resolver)))
 		if !strings.Contains(line, "backend.invalid") || !strings.Contains(line, "does not resolve") {
 			t.Errorf("error line %q", line)
 		}
