@@ -184,7 +184,11 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "rules: %d\n", len(cfg.Rules))
 	for _, r := range cfg.Rules {
 		spec, _ := cfg.RouterSpecFor(r.Router)
-		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %d backends; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, len(r.Backends), r.Health.Summary(r.Protocol))
+		backends := fmt.Sprintf("%d backends", len(r.Backends))
+		if n := len(r.Discovery); n > 0 {
+			backends += fmt.Sprintf(" and those of %d DNS names (below)", n)
+		}
+		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %s; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, backends, r.Health.Summary(r.Protocol))
 	}
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
 	discoveryReport(cfg, stdout, stderr)       // (discovery.go)

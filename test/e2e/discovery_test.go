@@ -566,6 +566,7 @@ func TestValidateShowsDiscovery(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	for _, want := range []string{
+		"web: tcp, router round_robin (round_robin), 0 backends and those of 2 DNS names (below); health:",
 		"discovery: 2",
 		"web: a web.test:8080 @" + dns.Addr + ": NOERROR, 2 backends, ttl 1s, refresh every 1s",
 		"web.test:127.0.0.2:8080 127.0.0.2:8080 weight 1",
