@@ -20,6 +20,7 @@ import (
 func Check(cfg *config.Config) error {
 	seen := map[string]bool{}
 	var errs []error
+	rsv := lookupWith(cfg)
 	for _, r := range cfg.Rules {
 		if !r.Enabled {
 			continue // binds and resolves nothing
@@ -34,7 +35,7 @@ func Check(cfg *config.Config) error {
 			}
 			seen[host] = true
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := lookupWith(cfg).LookupHost(ctx, host)
+			_, err := rsv.LookupHost(ctx, host)
 			cancel()
 			if err != nil {
 				errs = append(errs, fmt.Errorf("rule %q: backend %q: host %q does not resolve: %w", r.Name, b.ID, host, unwrapOp(err)))

@@ -187,7 +187,7 @@ type plan struct {
 	tiers    []limitSet   // kept backends whose priority tier changes
 	opened   []string     // listeners bind opened, in file order
 
-	tls map[string]*tlsconf.Staged // terminating rules' settings, loaded (tls.go)
+	tls map[string]*tlsconf.Staged // terminating rules' settings, loaded; nil: the running server kept (tls.go)
 
 	change Change
 }

@@ -48,16 +48,23 @@ func (e *Engine) Certificates() map[string][]tlsconf.Info {
 }
 
 // planTLS loads rule r's termination settings (every file read now, so a
-// changed certificate is picked up by any apply) into a staged server that
-// commit publishes; ok is false when r does not terminate TLS.
+// changed certificate is picked up by any reload) into a staged server that
+// commit publishes; nil when r does not terminate TLS. An apply that is not
+// a reload (a DNS answer, the fleet's state) changes no file setting: it
+// keeps the running server without reading anything.
 func (e *Engine) planTLS(p *plan, cfg *config.Config, r *config.Rule) (*tlsconf.Server, error) {
 	o, ok := cfg.ServerTLS(r)
 	if !ok {
 		return nil, nil
 	}
+	s := e.tls[r.Name]
+	if s != nil && !p.reload {
+		p.tls[r.Name] = nil // kept as it is
+		return s, nil
+	}
 	var st *tlsconf.Staged
 	var err error
-	if s := e.tls[r.Name]; s != nil {
+	if s != nil {
 		st, err = s.Prepare(o)
 	} else {
 		var obs tlsconf.Observer
@@ -99,6 +106,10 @@ func backendTLS(cfg *config.Config, r *config.Rule) ([]*tls.Config, error) {
 func (e *Engine) commitTLS(p *plan) {
 	next := make(map[string]*tlsconf.Server, len(p.tls))
 	for rule, st := range p.tls {
+		if st == nil { // kept (planTLS)
+			next[rule] = e.tls[rule]
+			continue
+		}
 		st.Commit()
 		next[rule] = st.Server()
 	}

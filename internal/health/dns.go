@@ -20,7 +20,9 @@ import (
 func (c *Check) probeDNS(conn net.Conn) error {
 	id := uint16(rand.Uint32())
 	q := dnsQuestion(id, c.DNSQuery)
-	reply := make([]byte, 4096)
+	bp := bufPool.Get().(*[]byte) // the probes' reply buffers (check.go)
+	defer bufPool.Put(bp)
+	reply := *bp
 	var n int
 	var err error
 	if c.Protocol == "tcp" {

@@ -126,7 +126,7 @@ func (c *lconn) routed(rt *Route) {
 // engine.
 func (c *lconn) handOff(release func()) {
 	lp := c.lp
-	s, rt, ci, start, local, fd, first := lp.srv, c.rt, c.ci, c.start, c.l.local, c.cfd, c.first
+	s, rt, ci, start, local, fd, first, idx := lp.srv, c.rt, c.ci, c.start, c.l.local, c.cfd, c.first, lp.idx
 	c.cfd, c.first, c.state = -1, nil, stDone
 	lp.timers.Stop(&c.timer)
 	lp.unlink(c)
@@ -144,7 +144,7 @@ func (c *lconn) handOff(release func()) {
 			s.wg.Done()
 			return
 		}
-		s.adoptTLS(nc.(*net.TCPConn), rt, ci, start, local, &s.tlsRot, first, release)
+		s.adoptTLS(nc.(*net.TCPConn), rt, ci, start, local, idx, first, release)
 	}()
 }
 

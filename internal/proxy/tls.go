@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"net"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
@@ -134,9 +133,10 @@ func (c *goConn) originate(ctx context.Context, b *backend.Backend, bc *net.TCPC
 // adoptTLS takes over a connection the epoll engine accepted, routed to rt
 // and admitted (release is its access slot, its observer opened): it is
 // served from here on by the goroutine engine, counted in the Server's
-// Active and wg as before.
-func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, start time.Time, local netip.AddrPort, rot *atomic.Uint32, first []byte, release func()) {
-	gc := &goConn{srv: s, rot: rot, c: nc, start: start, ci: ci, rt: rt, idx: int(rot.Load()) % s.Workers()}
+// Active and wg as before; idx is the accepting loop's, for its byte
+// counts.
+func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, start time.Time, local netip.AddrPort, idx int, first []byte, release func()) {
+	gc := &goConn{srv: s, rot: &s.tlsRot, c: nc, start: start, ci: ci, rt: rt, idx: idx}
 	s.connMu.Lock()
 	s.conns[gc] = struct{}{}
 	s.connMu.Unlock()

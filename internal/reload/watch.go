@@ -2,7 +2,9 @@ package reload
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"time"
@@ -50,13 +52,11 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 	if err != nil {
 		return err
 	}
-	names, dirs := watchedNames(abs)
-	seen, reread := eventSeen, settleRead
-	for d := range dirs {
-		if err := w.Add(d); err != nil {
-			w.Close()
-			return err
-		}
+	set := newWatchSet(w)
+	reread := settleRead
+	if err := set.follow([]string{abs}); err != nil {
+		w.Close()
+		return err
 	}
 	go func() {
 		defer w.Close()
@@ -74,11 +74,7 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 				if !ok {
 					return
 				}
-				relevant := names[filepath.Clean(ev.Name)]
-				if seen != nil {
-					seen(ev.Name, relevant)
-				}
-				if !relevant {
+				if !set.relevant(ev) {
 					continue // a neighbour of the config file
 				}
 				pending, read = true, false
@@ -104,19 +100,59 @@ func Watch(ctx context.Context, path string, debounce time.Duration, fn func()) 
 				}
 				pending, read = false, false
 				fn() // settled, or unreadable: the reloader reports it
-				// A swapped symlink may now lead elsewhere.
-				n, ds := watchedNames(abs)
-				names = n
-				for d := range ds {
-					if !dirs[d] {
-						_ = w.Add(d) // best effort: the config's own directory is watched already
-						dirs[d] = true
-					}
-				}
+				// A swapped symlink may now lead elsewhere (best effort: the
+				// config's own directory is watched already).
+				_ = set.follow([]string{abs})
 			}
 		}
 	}()
 	return nil
+}
+
+// watchSet is what a file watch follows: the names whose events concern
+// its files and the directories watched for them (watchedNames of each).
+type watchSet struct {
+	w     *fsnotify.Watcher
+	names map[string]bool
+	dirs  map[string]bool
+	seen  func(name string, relevant bool) // eventSeen when the watch started
+}
+
+func newWatchSet(w *fsnotify.Watcher) *watchSet {
+	return &watchSet{w: w, dirs: map[string]bool{}, seen: eventSeen}
+}
+
+// follow makes the names those of paths (absolute) as their links lead
+// now, and watches every directory they need that is not watched yet. It
+// returns the first directory that could not be watched.
+func (s *watchSet) follow(paths []string) error {
+	names := map[string]bool{}
+	var first error
+	for _, p := range paths {
+		ns, ds := watchedNames(p)
+		maps.Copy(names, ns)
+		for d := range ds {
+			if s.dirs[d] {
+				continue
+			}
+			if err := s.w.Add(d); err != nil {
+				first = cmp.Or(first, err)
+				continue
+			}
+			s.dirs[d] = true
+		}
+	}
+	s.names = names
+	return first
+}
+
+// relevant reports whether ev concerns a followed file.
+func (s *watchSet) relevant(ev fsnotify.Event) bool {
+	r := s.names[filepath.Clean(ev.Name)]
+	if s.seen != nil {
+		s.seen(ev.Name, r)
+	}
+	return r
 }
 
 // watchedNames returns the paths whose events concern the file at path

@@ -26,30 +26,17 @@ func WatchFiles(ctx context.Context, files func() []string, debounce time.Durati
 	if err != nil {
 		return err
 	}
-	dirs := map[string]bool{}
-	watch := func() map[string]bool {
-		names := map[string]bool{}
+	set := newWatchSet(w)
+	follow := func() {
+		var abs []string
 		for _, f := range files() {
-			abs, err := filepath.Abs(f)
-			if err != nil {
-				continue
-			}
-			ns, ds := watchedNames(abs)
-			for n := range ns {
-				names[n] = true
-			}
-			for d := range ds {
-				if !dirs[d] {
-					if err := w.Add(d); err == nil {
-						dirs[d] = true
-					}
-				}
+			if a, err := filepath.Abs(f); err == nil {
+				abs = append(abs, a)
 			}
 		}
-		return names
+		_ = set.follow(abs) // a directory that cannot be watched is not followed
 	}
-	names := watch()
-	seen := eventSeen
+	follow()
 	go func() {
 		defer w.Close()
 		timer := time.NewTimer(time.Hour)
@@ -63,11 +50,7 @@ func WatchFiles(ctx context.Context, files func() []string, debounce time.Durati
 				if !ok {
 					return
 				}
-				relevant := names[filepath.Clean(ev.Name)]
-				if seen != nil {
-					seen(ev.Name, relevant)
-				}
-				if relevant {
+				if set.relevant(ev) {
 					timer.Reset(debounce)
 				}
 			case _, ok := <-w.Errors:
@@ -79,9 +62,9 @@ func WatchFiles(ctx context.Context, files func() []string, debounce time.Durati
 				// Follow the links as they lead now before fn runs, so a
 				// change right after it is seen; and again after, since fn
 				// (a reload) may name other files.
-				names = watch()
+				follow()
 				fn()
-				names = watch()
+				follow()
 			}
 		}
 	}()
