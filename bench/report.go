@@ -136,7 +136,7 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 		directSt, hasDirect := summarize(res["direct"], head.key)
 		_, peerBest, hasPeer := bestPeer(res, head)
 		for _, t := range targets {
-			if sc.udpOnly && !t.udp || sc.dpOnly && t.name != "dynamic-proxy" {
+			if !sc.runsOn(t) {
 				continue
 			}
 			if e := errs[sc.name][t.name]; len(e) > 0 && len(res[t.name]) == 0 {
