@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -527,6 +528,10 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error)
 	if size <= 0 {
 		size = defaultBufSize
 	}
+	tsrc, fromTLS := src.(*tls.Conn)
+	if _, toTLS := dst.(*tls.Conn); fromTLS || toTLS {
+		size = max(size, tlsRecord) // a whole record per read and per write
+	}
 	bp := getBuf(size)
 	defer putBuf(bp)
 	buf := *bp
@@ -537,7 +542,15 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error)
 		}
 		r, rerr := src.Read(buf)
 		if r > 0 {
-			if _, werr := c.write(b, n, dst, buf[:r], 0); werr != nil {
+			out, gp := buf[:r], (*[]byte)(nil)
+			if fromTLS && rerr == nil {
+				out, gp, rerr = gatherRecords(tsrc, out)
+			}
+			_, werr := c.write(b, n, dst, out, 0)
+			if gp != nil {
+				putBuf(gp)
+			}
+			if werr != nil {
 				return dstError{werr}
 			}
 			if r == size {

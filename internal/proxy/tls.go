@@ -145,3 +145,43 @@ func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, start time.Ti
 		gc.routed(local, first, release)
 	}()
 }
+
+// A terminated stream is read a TLS record at a time: crypto/tls returns
+// at most one record's plaintext per Read.
+const (
+	tlsRecord     = 16 << 10        // the largest record's plaintext
+	tlsRecordWire = tlsRecord + 256 // bounds a record on the wire: header, padding, tag
+	tlsGather     = 256 << 10       // the most one gathered write carries
+)
+
+// gatherRecords follows a record just read from tc (in first) with the
+// records its socket already holds whole, so that a burst reaches the
+// backend in a few large writes instead of one per record. It reads only
+// what the socket's queue proves is there (one record fewer, for a
+// control record such as a key update), so it never waits. bp, when not
+// nil, holds out and goes back to the pool after the write.
+func gatherRecords(tc *tls.Conn, first []byte) (out []byte, bp *[]byte, err error) {
+	var raw *net.TCPConn
+	switch c := tc.NetConn().(type) {
+	case *net.TCPConn:
+		raw = c
+	case *replayConn:
+		raw = c.TCPConn
+	default:
+		return first, nil, nil
+	}
+	k := queued(raw)/tlsRecordWire - 1
+	if k <= 0 {
+		return first, nil, nil
+	}
+	bp = getBuf(tlsGather)
+	out = append((*bp)[:0], first...)
+	for ; k > 0 && len(out)+tlsRecord <= cap(out); k-- {
+		n, rerr := tc.Read(out[len(out):cap(out)])
+		out = out[:len(out)+n]
+		if rerr != nil {
+			return out, bp, rerr
+		}
+	}
+	return out, bp, nil
+}
