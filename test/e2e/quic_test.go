@@ -380,3 +380,50 @@ address = %q
 			m.Value("dynamic_proxy_udp_quic_connection_ids", nil) > 0
 	})
 }
+
+// TestQUICKeysValidated: --validate refuses quic = true on a TCP rule and
+// http_host on a UDP rule with file:line, and takes sni and alpn on a UDP
+// rule.
+func TestQUICKeysValidated(t *testing.T) {
+	bad := harness.WriteConfig(t, `
+[[rules]]
+name = "web"
+quic = true
+[[rules.backends]]
+id = "a"
+address = "127.0.0.1:9"
+
+[[rules]]
+name = "h3"
+protocol = "udp"
+[rules.matcher]
+type = "http_host"
+names = ["a.test"]
+[[rules.backends]]
+id = "b"
+address = "127.0.0.1:9"
+`)
+	_, stderr, code := Run(t, "--validate", "-c", bad)
+	for _, want := range []string{
+		`config.toml:4: rules[0].quic: only UDP rules have sessions: set protocol = "udp" or remove quic (rule "web" is tcp)`,
+		`config.toml:13: rules[1].matcher.type: http_host needs a TCP rule`,
+	} {
+		if code != 1 || !strings.Contains(stderr, want) {
+			t.Errorf("exit %d, want %q in stderr:\n%s", code, want, stderr)
+		}
+	}
+	good := harness.WriteConfig(t, `
+[[rules]]
+name = "h3"
+protocol = "udp"
+quic = true
+[rules.matcher]
+all = [ { type = "sni", names = ["*.a.test"] }, { type = "alpn", protocols = ["h3"] } ]
+[[rules.backends]]
+id = "b"
+address = "127.0.0.1:9"
+`)
+	if _, stderr, code := Run(t, "--validate", "-c", good); code != 0 {
+		t.Errorf("a QUIC rule refused: exit %d\n%s", code, stderr)
+	}
+}
