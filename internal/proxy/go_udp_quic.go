@@ -55,7 +55,7 @@ func (l *goUDPListener) quicNew(client netip.AddrPort, dst netip.Addr, ifidx int
 			return o, true
 		}
 	}
-	if !q.hello {
+	if !q.hello && !q.peeks.peeking(client) { // (a reload may have dropped the sni rules meanwhile)
 		return nil, false
 	}
 	timeout := t.Options.PeekTimeout
@@ -87,7 +87,10 @@ func (l *goUDPListener) quicDecided(pk *quicPeek[*goUDPSession]) *goUDPSession {
 	l.srv.QUIC.Peeks[pk.result].Add(1)
 	ps := pk.s
 	ps.quic = &udpQUIC{sni: pk.hello.sni, alpn: pk.hello.alpn}
-	s := l.newSession(pk.client, ps, ps.dst, ps.ifidx, nil)
+	s := l.sessions[pk.client]
+	if s == nil || s.bc == nil {
+		s = l.newSession(pk.client, ps, ps.dst, ps.ifidx, nil)
+	}
 	if s == nil {
 		if w := l.held.waiting(pk.client); w != nil {
 			for _, d := range pk.dgrams {

@@ -193,6 +193,11 @@ func (ps *quicPeeks[S]) feed(client netip.AddrPort, p []byte, deadline int64, fi
 	return pk, true
 }
 
+// peeking reports whether client's ClientHello is being read.
+func (ps *quicPeeks[S]) peeking(client netip.AddrPort) bool {
+	return len(ps.m) > 0 && ps.m[client] != nil
+}
+
 // done forgets a decided peek (its datagrams stay with it).
 func (ps *quicPeeks[S]) done(pk *quicPeek[S]) {
 	if pk.gone {

@@ -70,7 +70,7 @@ func (l *udpShard) quicNew(client netip.AddrPort, i int) (s *udpSession, handled
 			// (it ended: the client is new)
 		}
 	}
-	if !l.quic.peek {
+	if !l.quic.peek && !l.quic.peeks.peeking(client) { // (a reload may have dropped the sni rules meanwhile)
 		return nil, false
 	}
 	pk, decided := l.quic.peeks.feed(client, p, l.now+l.quic.timeout, func() *udpSession {
@@ -104,7 +104,10 @@ func (l *udpShard) quicDecided(pk *quicPeek[*udpSession], pending int) *udpSessi
 	ps := pk.s
 	ps.quic = &udpQUIC{sni: pk.hello.sni, alpn: pk.hello.alpn}
 	before := l.st
-	s := l.newSession(pk.client, ps, -1)
+	s := l.sessions[pk.client]
+	if s == nil || s.fd < 0 {
+		s = l.newSession(pk.client, ps, -1)
+	}
 	if s == nil {
 		if w := l.held.waiting(pk.client); w != nil {
 			for _, d := range pk.dgrams {

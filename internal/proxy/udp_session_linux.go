@@ -65,7 +65,7 @@ func (l *udpShard) sessionFor(i int) *udpSession {
 			l.hold(w.s, b.Bufs[i][:b.Hdrs[i].Len])
 			return nil
 		}
-		if l.quic.on() { // a QUIC client: a known connection id, or its ClientHello to read
+		if l.quic.on() || l.quic.peeks.peeking(client) { // a QUIC client: a known connection id, or its ClientHello to read
 			if qs, handled := l.quicNew(client, i); handled {
 				return qs
 			}
