@@ -89,6 +89,7 @@ type udpQUIC struct {
 	alpn  []string
 	track bool     // the route has quic = true: learn connection ids
 	cids  []string // ids owned in the listener's table
+	ended bool     // forgotten: learn no more (a reply read as the session ends)
 }
 
 // newQUICState is the QUIC state of a new session of rt whose client was
@@ -284,7 +285,7 @@ func (t *quicCIDs[O]) learn(q *udpQUIC, o O, p []byte, fromServer bool) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(q.cids) >= maxSessionCIDs {
+	if q.ended || len(q.cids) >= maxSessionCIDs {
 		return
 	}
 	for _, c := range q.cids {
@@ -322,7 +323,7 @@ func (t *quicCIDs[O]) forget(q *udpQUIC, o O) {
 			}
 		}
 	}
-	q.cids = nil
+	q.cids, q.ended = nil, true
 	t.mu.Unlock()
 }
 
