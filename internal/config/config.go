@@ -200,6 +200,13 @@ type Rule struct {
 	// client beyond it is dropped and counted, existing sessions are not
 	// affected. 0 means no limit. Default 10000.
 	MaxSessions int `toml:"max_sessions"`
+	// QUIC says the rule's sessions are QUIC connections: the proxy learns
+	// their connection ids from the long headers both sides send, and a
+	// datagram that carries a session's connection id from a new client
+	// address (NAT rebinding, a client changing networks) goes on to that
+	// session's backend instead of opening a new session (docs/udp.md).
+	// Default false.
+	QUIC bool `toml:"quic"`
 }
 
 // Backend is one upstream server of a rule.

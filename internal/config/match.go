@@ -286,8 +286,8 @@ func validateMatcher(e *Errors, path string, m *Matcher, protocol string, top bo
 			e.addf(path+".port", "must be from 1 to 65535, got %d", m.Port)
 		}
 	case "sni", "http_host":
-		if protocol == "udp" {
-			e.addf(path+".type", "%s needs a TCP rule (it reads the client's first bytes)", m.Type)
+		if protocol == "udp" && m.Type == "http_host" {
+			e.add(path+".type", "http_host needs a TCP rule (it reads the HTTP request head); on a UDP rule sni reads a QUIC ClientHello")
 		}
 		if len(m.Names) == 0 {
 			e.add(path+".names", `needs at least one name, e.g. ["example.com", "*.example.com"]`)
@@ -298,9 +298,6 @@ func validateMatcher(e *Errors, path string, m *Matcher, protocol string, top bo
 			}
 		}
 	case "alpn":
-		if protocol == "udp" {
-			e.add(path+".type", "alpn needs a TCP rule (it reads the TLS ClientHello)")
-		}
 		if len(m.Protocols) == 0 {
 			e.add(path+".protocols", `needs at least one protocol, e.g. ["h2", "http/1.1"]`)
 		}

@@ -190,7 +190,7 @@ func (c *Config) requireRule(e *Errors) {
 }
 
 // udpOnlyKeys are the rule keys that only UDP rules take.
-var udpOnlyKeys = []string{"session_timeout", "max_responses", "max_sessions"}
+var udpOnlyKeys = []string{"session_timeout", "max_responses", "max_sessions", "quic"}
 
 // validateUDPSession checks a rule's UDP session settings, and that a TCP
 // rule sets none of them (they would be silently ignored).

@@ -56,6 +56,7 @@ type goUDPListener struct {
 	sessions map[netip.AddrPort]*goUDPSession // open ones and refusals' tombstones
 	held     udpHeld[*goUDPSession]           // new clients waiting for a lookup
 	scratch  []byte                           // a PROXY header and a datagram, under mu
+	quic     goQUIC                           // ClientHellos being read, connection ids (go_udp_quic.go)
 
 	shutOnce sync.Once
 	readers  sync.WaitGroup // the sessions' goroutines
@@ -70,7 +71,8 @@ type goUDPSession struct {
 	ifidx  int
 	route  *Route
 	obs    Observer
-	idx    int // AddBytesIn's worker index
+	quic   *udpQUIC // QUIC: the ClientHello read, connection ids (udp_quic.go); nil: none
+	idx    int      // AddBytesIn's worker index
 	start  time.Time
 	tried  []*backend.Backend // backends that refused this client (tombstone)
 
@@ -105,6 +107,7 @@ func (s *Server) listenUDPGo(addr string, t Table) (*goUDPListener, error) {
 	l := &goUDPListener{srv: s, conn: conn, local: conn.LocalAddr().(*net.UDPAddr).AddrPort(),
 		sessions: map[netip.AddrPort]*goUDPSession{}, done: make(chan struct{})}
 	l.table.Store(&t)
+	l.quic.cids.stats = &s.QUIC
 	if l.local.Addr().IsUnspecified() {
 		l.wantDestinations()
 	}
@@ -293,15 +296,16 @@ func addrOf(ip net.IP) netip.Addr {
 // client sent to.
 func (l *goUDPListener) writeTo(s *goUDPSession, p []byte) error {
 	var err error
+	to := s.replyTo() // a QUIC session's client may move (go_udp_quic.go)
 	switch {
-	case l.p4 != nil && s.dst.IsValid():
-		_, err = l.p4.WriteTo(p, &ipv4.ControlMessage{Src: s.dst.AsSlice(), IfIndex: s.ifidx}, net.UDPAddrFromAddrPort(s.client))
-	case l.p6 != nil && s.dst.IsValid() && !s.dst.Unmap().Is4():
+	case l.p4 != nil && to.dst.IsValid():
+		_, err = l.p4.WriteTo(p, &ipv4.ControlMessage{Src: to.dst.AsSlice(), IfIndex: to.ifidx}, net.UDPAddrFromAddrPort(to.client))
+	case l.p6 != nil && to.dst.IsValid() && !to.dst.Unmap().Is4():
 		// (x/net/ipv6 cannot set an IPv4 source on a dual-stack socket:
 		// IPv4 clients of a [::] bind get the source the system picks.)
-		_, err = l.p6.WriteTo(p, &ipv6.ControlMessage{Src: s.dst.AsSlice(), IfIndex: s.ifidx}, net.UDPAddrFromAddrPort(s.client))
+		_, err = l.p6.WriteTo(p, &ipv6.ControlMessage{Src: to.dst.AsSlice(), IfIndex: to.ifidx}, net.UDPAddrFromAddrPort(to.client))
 	default:
-		_, err = l.conn.WriteToUDPAddrPort(p, s.client)
+		_, err = l.conn.WriteToUDPAddrPort(p, to.client)
 	}
 	return err
 }
@@ -315,6 +319,12 @@ func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx in
 	if s == nil {
 		if w := l.held.waiting(client); w != nil { // its session waits for a lookup: keep the order
 			l.hold(w.s, p)
+			return
+		}
+		if qs, handled := l.quicNew(client, dst, ifidx, p); handled { // a QUIC client (go_udp_quic.go)
+			if qs != nil {
+				l.forward(qs, p, true)
+			}
 			return
 		}
 	}
@@ -333,7 +343,12 @@ func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx in
 // usable. Called with l.mu held.
 func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, dst netip.Addr, ifidx int, p []byte) *goUDPSession {
 	srv := l.srv
-	rt, release, why := srv.admitUDP(l.table.Load(), l.closed.Load(), client, &l.live)
+	var prevQUIC *udpQUIC
+	if prev != nil {
+		prevQUIC = prev.quic
+	}
+	ci := quicConnInfo(client, prevQUIC)
+	rt, release, why := srv.admitUDP(l.table.Load(), l.closed.Load(), &ci, &l.live)
 	switch why {
 	case udpNoRoute:
 		srv.UDP.DroppedNoRoute.Add(1)
@@ -348,7 +363,8 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		return nil
 	}
 	s := &goUDPSession{l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
-		idx: int(l.ids.Add(1)) % srv.Workers(), start: time.Now(), release: release}
+		idx: int(l.ids.Add(1)) % srv.Workers(), start: time.Now(), release: release,
+		quic: newQUICState(rt, prevQUIC)}
 	if prev != nil {
 		s.dst, s.ifidx, s.tried = prev.dst, prev.ifidx, prev.tried
 		if prev.b != nil && !slices.Contains(s.tried, prev.b) { // at most one entry per backend
@@ -471,6 +487,9 @@ func (l *goUDPListener) replayWaiting() {
 // Called with l.mu held.
 func (l *goUDPListener) forward(s *goUDPSession, p []byte, retry bool) {
 	srv := l.srv
+	if s.quic != nil && s.quic.track {
+		l.quic.cids.learn(s.quic, s, p, false)
+	}
 	out := p
 	if s.proxyHdr != nil {
 		l.scratch = append(append(l.scratch[:0], s.proxyHdr...), p...)
@@ -547,7 +566,7 @@ func (s *goUDPSession) readBackend(bc *net.UDPConn) {
 				l.mu.Unlock()
 			default:
 				srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
-					"backend", s.b.ID, "client", s.client.String(), "err", err.Error())
+					"backend", s.b.ID, "client", s.replyTo().client.String(), "err", err.Error())
 				l.end(s, EndBackendError)
 			}
 			return
@@ -560,6 +579,9 @@ func (s *goUDPSession) readBackend(bc *net.UDPConn) {
 		}
 		s.replied(s.b, s.obs, s.idx, n, time.Now().UnixNano())
 		s.mu.Unlock()
+		if s.quic != nil && s.quic.track {
+			l.quic.cids.learn(s.quic, s, buf[:n], true)
+		}
 		s.last.Store(time.Now().UnixNano())
 		if err := l.writeTo(s, buf[:n]); err != nil {
 			if errors.Is(err, syscall.EMSGSIZE) {
@@ -636,6 +658,9 @@ func (l *goUDPListener) closeSocket(s *goUDPSession, end End) {
 		return
 	}
 	srv := l.srv
+	if s.quic != nil {
+		l.quic.cids.forget(s.quic, s)
+	}
 	s.bc.Close()
 	s.bc = nil
 	s.b.Release()

@@ -58,8 +58,9 @@ type Route struct {
 
 	// UDP only (see udp_listener_linux.go); the session timeout is the
 	// listener's (ListenOptions).
-	MaxResponses int // end a session after this many replies; 0: unlimited
-	MaxSessions  int // concurrent sessions; 0: no limit
+	MaxResponses int  // end a session after this many replies; 0: unlimited
+	MaxSessions  int  // concurrent sessions; 0: no limit
+	QUIC         bool // sessions follow their QUIC connection ids across client address changes (udp_quic.go)
 }
 
 // Listener is a bound TCP or UDP listener whose table can be swapped.
@@ -80,6 +81,7 @@ type Server struct {
 	maxConns atomic.Int64
 	Stats    Stats
 	UDP      UDPStats
+	QUIC     QUICStats // QUIC Initial peeking and connection id following (udp_quic.go)
 
 	mu        sync.Mutex
 	listeners map[Listener]struct{}

@@ -68,6 +68,8 @@ type UDPListener struct {
 	acks    sync.WaitGroup
 	running atomic.Int32  // shards whose loop has not exited
 	done    chan struct{} // closed when every shard has exited
+
+	cids quicCIDs[quicOwner] // its QUIC sessions' connection ids, all shards (udp_quic.go)
 }
 
 var _ Listener = (*UDPListener)(nil)
@@ -105,6 +107,7 @@ type udpShard struct {
 	b          batch
 	acked      bool
 	st         localStats
+	quic       shardQUIC // ClientHellos being read; what the table needs (udp_quic_linux.go)
 }
 
 // batch is the shard's reusable message arena (eventloop.Batch: buffers of
@@ -144,6 +147,7 @@ func (s *Server) listenUDPEpoll(addr string, t Table, opt udpOptions) (l *UDPLis
 		return nil, err
 	}
 	l = &UDPListener{srv: s, done: make(chan struct{})}
+	l.cids.stats = &s.QUIC
 	l.table.Store(&t)
 	for i, c := range conns {
 		sh := &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1,
@@ -411,6 +415,7 @@ func (l *udpShard) refreshTable() {
 		return
 	}
 	l.lastTable = p
+	l.quic.refresh(p)
 	if t := p.Options.SessionTimeout; t > 0 {
 		if t < l.timeout && l.Armed() > 0 {
 			l.Rearm() // expiries came earlier
@@ -496,19 +501,25 @@ func (l *udpShard) sweep() {
 	for s := l.head; s != nil && l.now-s.last >= t; s = l.head {
 		l.end(s, EndIdleTimeout)
 	}
+	l.quicExpire()
 }
 
 // arm sets the epoll descriptor's read deadline to the oldest session's
 // expiry, unless an earlier one is set already (then the loop wakes early,
 // sweeps nothing and re-arms).
 func (l *udpShard) arm() {
-	if l.head == nil {
+	next := l.quic.peeks.next() // 0: no ClientHello is being read
+	if l.head != nil {
+		if e := l.head.last + int64(l.timeout); next == 0 || e < next {
+			next = e
+		}
+	}
+	if next == 0 {
 		if l.Armed() != 0 {
 			l.SetDeadline(0)
 		}
 		return
 	}
-	next := l.head.last + int64(l.timeout)
 	if a := l.Armed(); a > 0 && a <= next {
 		return
 	}

@@ -55,13 +55,14 @@ const (
 )
 
 // admitUDP decides on a new client of a listener serving t (closed: the
-// listener drains): its route, access control, a place among the
+// listener drains), of which the matchers see ci (the server name of a
+// QUIC ClientHello: udp_quic.go): its route, access control, a place among the
 // listener's live sessions (max_sessions) and the descriptor budget. When
 // admitted, the caller owns one count of live and release; it gives both
 // back if the session does not open. A refusal is observed and logged here;
 // the caller counts it by kind.
-func (s *Server) admitUDP(t *Table, closed bool, client netip.AddrPort, live *atomic.Int64) (*Route, func(), udpRefusal) {
-	routes, lo := t.Routes, t.Options.Observer
+func (s *Server) admitUDP(t *Table, closed bool, ci *ConnInfo, live *atomic.Int64) (*Route, func(), udpRefusal) {
+	routes, lo, client := t.Routes, t.Options.Observer, ci.Client
 	switch {
 	case len(routes) == 0:
 		s.observeUnrouted("udp", lo, ReasonNoRule)
@@ -72,7 +73,7 @@ func (s *Server) admitUDP(t *Table, closed bool, client netip.AddrPort, live *at
 		}
 		return nil, nil, udpShutdown
 	}
-	rt := firstMatch(routes, &ConnInfo{Client: client})
+	rt := firstMatch(routes, ci)
 	if rt == nil { // no source/any matcher of the listener's rules matched
 		s.observeUnrouted("udp", lo, ReasonNoRule)
 		return nil, nil, udpNoRoute
