@@ -29,6 +29,7 @@ const usage = `dynamic-proxy: an L4 (TCP and UDP) proxy and load balancer
 Usage:
   dynamic-proxy [flags]
   dynamic-proxy config|backend ...   fleet commands (Redis): see dynamic-proxy backend --help
+  dynamic-proxy explain ...          why a connection goes where it goes: see dynamic-proxy explain --help
 
 Flags:
   -c, --config FILE       config file (default "config.toml")
@@ -62,6 +63,9 @@ type options struct {
 func Run(args []string, stdout, stderr io.Writer) int {
 	if isFleetCommand(args) {
 		return runFleet(args, stdout, stderr) // fleet.go
+	}
+	if len(args) > 0 && args[0] == "explain" {
+		return runExplain(args[1:], stdout, stderr) // explain.go
 	}
 	var o options
 	fs := flag.NewFlagSet("dynamic-proxy", flag.ContinueOnError)
