@@ -228,6 +228,8 @@ func TestDefaultsLiteral(t *testing.T) {
 		{"logging.level", cfg.Logging.Level, "info"},
 		{"logging.format", cfg.Logging.Format, "text"},
 		{"logging.access_log", cfg.Logging.AccessLog, false},
+		{"logging.access_log_interval", cfg.Logging.AccessLogInterval.D(), time.Duration(0)},
+		{"logging.access_log_file", cfg.Logging.AccessLogFile, ""},
 		{"redis.url", cfg.Redis.URL, "redis://127.0.0.1:6379"},
 		{"redis.password", cfg.Redis.Password, ""},
 		{"redis.db", cfg.Redis.DB, 0},
