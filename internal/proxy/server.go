@@ -93,6 +93,7 @@ type Server struct {
 	workers     int // Workers, fixed at its first call
 
 	resolver *resolve.Resolver // backend host names, for TCP and UDP
+	alog     accessLog         // where the access log goes, and its progress records (accesslog.go)
 
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
@@ -200,6 +201,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.stopEpoll()
+	s.stopProgress()
 	return err
 }
 

@@ -187,7 +187,7 @@ func (s *Server) logTCPClosed(rt *Route, client netip.AddrPort, b *backend.Backe
 	if b != nil {
 		id, addr = b.ID, b.Address
 	}
-	s.log.Info("connection closed", "rule", rt.Name, "client", client.String(),
+	s.accessLogger().Info("connection closed", "rule", rt.Name, "client", client.String(),
 		"backend", id, "backend_addr", addr, "bytes_in", in, "bytes_out", out,
 		"duration", took.Round(time.Microsecond), "end", end.String())
 }

@@ -1,0 +1,8 @@
+//go:build !linux
+
+package proxy
+
+import "time"
+
+// openEpoll: there is no epoll engine off Linux.
+func (s *Server) openEpoll(time.Time, func(openConn)) {}
