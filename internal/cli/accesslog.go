@@ -47,9 +47,11 @@ func startAccessLog(cfg *config.Config, eng *engine.Engine, format string, lv sl
 	return a, nil
 }
 
-// apply takes a (re)loaded config's interval; the file needs a restart.
+// apply takes a (re)loaded config's interval and explain_sample; the
+// file needs a restart.
 func (a *accessLog) apply(cfg *config.Config) {
 	a.eng.Server().SetAccessLogInterval(cfg.Logging.AccessLogInterval.D())
+	a.eng.Server().SetExplainSample(cfg.Logging.ExplainSample)
 }
 
 // watch reopens the file on each SIGUSR1 until close.

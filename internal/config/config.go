@@ -112,6 +112,10 @@ type Logging struct {
 	// Needs access_log. Needs a restart. Default "": stderr, with the
 	// other records.
 	AccessLogFile string `toml:"access_log_file"`
+	// ExplainSample is the share (0 to 1) of routed TCP connections whose
+	// decision record (rule, router, chosen backend and why, as GET
+	// /api/v1/explain gives it) is logged at debug level. Default 0: none.
+	ExplainSample float64 `toml:"explain_sample"`
 }
 
 // Redis configures the optional shared data store.

@@ -230,6 +230,7 @@ func TestDefaultsLiteral(t *testing.T) {
 		{"logging.access_log", cfg.Logging.AccessLog, false},
 		{"logging.access_log_interval", cfg.Logging.AccessLogInterval.D(), time.Duration(0)},
 		{"logging.access_log_file", cfg.Logging.AccessLogFile, ""},
+		{"logging.explain_sample", cfg.Logging.ExplainSample, 0.0},
 		{"redis.url", cfg.Redis.URL, "redis://127.0.0.1:6379"},
 		{"redis.password", cfg.Redis.Password, ""},
 		{"redis.db", cfg.Redis.DB, 0},

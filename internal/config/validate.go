@@ -62,6 +62,9 @@ func (c *Config) validate(e *Errors) {
 	if d := c.Logging.AccessLogInterval.D(); d != 0 && d < time.Second {
 		e.addf("logging.access_log_interval", "must be 0 (off) or at least 1s, got %s", d)
 	}
+	if x := c.Logging.ExplainSample; x < 0 || x > 1 {
+		e.addf("logging.explain_sample", "must be from 0 (none) to 1 (every connection), got %v", x)
+	}
 	if !c.Logging.AccessLog {
 		if c.Logging.AccessLogInterval != 0 {
 			e.add("logging.access_log_interval", "needs access_log = true (it adds progress records to the access log)")

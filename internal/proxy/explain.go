@@ -1,7 +1,12 @@
 package proxy
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
 	"net/netip"
 	"sort"
 	"strings"
@@ -244,3 +249,45 @@ func (a *Access) explain(ip netip.Addr, now time.Time) AccessDecision {
 	d.By += "; within the per-address limits"
 	return d
 }
+
+// SetExplainSample sets the share (0 to 1) of routed TCP connections whose
+// decision record is logged at debug level before the pick ([logging]
+// explain_sample); 0 turns it off.
+func (s *Server) SetExplainSample(rate float64) {
+	var th uint64
+	switch {
+	case rate >= 1:
+		th = math.MaxUint64
+	case rate > 0:
+		th = uint64(rate * (1 << 63) * 2)
+	}
+	s.explainSample.Store(th)
+}
+
+// sampleDecision logs the decision record of a routed, admitted TCP
+// connection when it is sampled and the log is at debug level: the rule
+// that took it and the router's explanation of the pick about to be made
+// (router.Explain changes nothing, so the pick that follows is the one
+// explained, unless another connection's pick comes between). Off, it
+// costs one atomic load.
+func (s *Server) sampleDecision(rt *Route, req *router.Request) {
+	th := s.explainSample.Load()
+	if th == 0 || (th != math.MaxUint64 && rand.Uint64() >= th) || !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	x := Explanation{Listener: req.Local.String(), Rule: rt.Name,
+		Rules:  []RuleExplanation{{Name: rt.Name, Matched: true, Why: "the first rule of the listener that matches"}},
+		Access: &AccessDecision{Decision: "allow", By: "admitted"}}
+	rd := &RouterDecision{Router: rt.RouterName, Plugin: rt.Plugin, Tiers: router.Tiers(rt.Router), Explanation: router.Explain(rt.Router, req)}
+	x.Router = rd
+	x.Outcome = fmt.Sprintf("rule %q, backend %s", rt.Name, rd.Chosen)
+	s.log.Debug("connection decision", "rule", rt.Name, "client", req.Client.String(), "chosen", rd.Chosen,
+		"reason", rd.Reason, "decision", decisionRecord{&x})
+}
+
+// decisionRecord logs an Explanation as its JSON: nested in a JSON log,
+// one quoted value in a text log.
+type decisionRecord struct{ x *Explanation }
+
+func (d decisionRecord) MarshalJSON() ([]byte, error) { return json.Marshal(d.x) }
+func (d decisionRecord) MarshalText() ([]byte, error) { return json.Marshal(d.x) }

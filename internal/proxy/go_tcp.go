@@ -268,7 +268,7 @@ func (c *goConn) serve() {
 // then the dial and the relay.
 func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	s, rt := c.srv, c.rt
-	req := tcpRequest(rt, &c.ci, local, func() (netip.AddrPort, bool) {
+	req := s.tcpRequest(rt, &c.ci, local, func() (netip.AddrPort, bool) {
 		ap := addrPort(c.c.LocalAddr())
 		return ap, ap.IsValid()
 	})

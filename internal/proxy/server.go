@@ -95,6 +95,8 @@ type Server struct {
 	resolver *resolve.Resolver // backend host names, for TCP and UDP
 	alog     accessLog         // where the access log goes, and its progress records (accesslog.go)
 
+	explainSample atomic.Uint64 // connections whose decision is logged at debug: rand.Uint64() < it (explain.go)
+
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)

@@ -80,13 +80,14 @@ func (s *Server) admitTCP(rt *Route, client netip.AddrPort, start time.Time) (re
 // tcpRequest is what the router sees of a connection; local is the
 // listener's address, getLocal the connection's own (asked only when the
 // listener is bound to a wildcard and the router needs it).
-func tcpRequest(rt *Route, ci *ConnInfo, local netip.AddrPort, getLocal func() (netip.AddrPort, bool)) router.Request {
+func (s *Server) tcpRequest(rt *Route, ci *ConnInfo, local netip.AddrPort, getLocal func() (netip.AddrPort, bool)) router.Request {
 	req := router.Request{Client: ci.Client, Local: local, SNI: ci.SNI, ALPN: ci.ALPN, Host: ci.Host}
 	if local.Addr().IsUnspecified() && router.NeedsOf(rt.Router)&router.NeedLocal != 0 {
 		if ap, ok := getLocal(); ok {
 			req.Local = ap
 		}
 	}
+	s.sampleDecision(rt, &req) // [logging] explain_sample (explain.go)
 	return req
 }
 

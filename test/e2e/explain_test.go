@@ -11,7 +11,7 @@ import (
 
 // TestExplain asks the running instance why: the hash router's key, slot
 // and backend (the same twice, and where a real connection from that
-// client lands), a drained backend skipped, SNI rules where an earlier
+// client lands, and logs that decision at debug), a drained backend skipped, SNI rules where an earlier
 // rule does not match (through the CLI), and an access control deny.
 func TestExplain(t *testing.T) {
 	ha, hb, hc := StartEcho(t, "ha"), StartEcho(t, "hb"), StartEcho(t, "hc")
@@ -19,6 +19,9 @@ func TestExplain(t *testing.T) {
 	cfg := harness.WriteConfig(t, fmt.Sprintf(`
 [server]
 tcp_bind = "127.0.0.1:%d"
+[logging]
+level = "debug"
+explain_sample = 1
 [health_check]
 enabled = false
 [routers.by_ip]
@@ -102,6 +105,9 @@ address = %q
 			t.Fatalf("a connection from 127.0.0.7 reached %q (%v), explained %q", got, err, chosen)
 		}
 	}
+
+	// explain_sample = 1: every real connection logs its decision record.
+	p.WaitLog("connection decision", "rule=hashed", "chosen="+chosen, `\"hash_key\":\"client_ip\"`, fmt.Sprintf(`\"slot\":%v`, r1["slot"]))
 
 	// Drained: skipped for its drain, the key goes on along its probes,
 	// and a real connection follows the new answer.
