@@ -103,8 +103,9 @@ type Logging struct {
 	Format    string `toml:"format"`     // text or json. Default "text".
 	AccessLog bool   `toml:"access_log"` // log every closed connection. Default false.
 	// AccessLogInterval, when set, also logs a progress record of every
-	// TCP connection open longer than it, once per interval, with the
-	// bytes moved so far (Envoy's periodic TCP access log); at least 1s.
+	// TCP connection and UDP session open longer than it, once per
+	// interval, with the bytes moved so far (Envoy's periodic TCP access
+	// log); at least 1s.
 	// Needs access_log. Default 0: off.
 	AccessLogInterval Duration `toml:"access_log_interval"`
 	// AccessLogFile sends the access log records to this file (appended,

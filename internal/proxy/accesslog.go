@@ -17,7 +17,8 @@ import (
 // (SetAccessLogInterval, [logging] access_log_interval) every TCP
 // connection open longer than it also gets a "connection progress" record
 // once per interval, with the bytes moved so far, as Envoy's periodic TCP
-// access logs do.
+// access logs do (and every UDP session a "udp session progress" record,
+// with its datagrams and bytes).
 //
 // The progress records cost the data path nothing: no timer per
 // connection and no per-byte bookkeeping beyond the byte counts the final
@@ -75,14 +76,18 @@ func (s *Server) stopProgress() { s.SetAccessLogInterval(0) }
 // record is written within a quarter interval of when it is due.
 const progressTicks = 4
 
-// openConn is what a progress record says of one open connection.
+// openConn is what a progress record says of one open connection or UDP
+// session.
 type openConn struct {
-	key     any // the connection (*lconn or *goConn)
+	key     any // the connection or session (*lconn, *goConn, *udpSession, *goUDPSession)
 	rt      *Route
 	b       *backend.Backend
 	client  netip.AddrPort
 	start   time.Time
-	in, out int64
+	in, out int64 // bytes
+	udp     bool
+	dIn     int64 // datagrams (UDP)
+	dOut    int64
 }
 
 // progressKey tells connections apart across the goroutine's looks.
@@ -120,6 +125,8 @@ func (s *Server) progressLoop(stop, done chan struct{}) {
 		}
 		s.openEpoll(now.Add(-iv), report)
 		s.openGo(now.Add(-iv), report)
+		s.openUDPEpoll(now.Add(-iv), report)
+		s.openUDPGo(now.Add(-iv), report)
 		reported = seen
 	}
 }
@@ -143,8 +150,39 @@ func (s *Server) openGo(since time.Time, f func(openConn)) {
 	}
 }
 
-// logTCPProgress writes the progress record of a connection open for took.
+// openUDPGo calls f for every open session of the goroutine engine that
+// started before since.
+func (s *Server) openUDPGo(since time.Time, f func(openConn)) {
+	for _, l := range keysOf(&s.mu, s.udpGo) {
+		var open []openConn
+		var sessions []*goUDPSession
+		l.mu.Lock()
+		for _, us := range l.sessions {
+			if us.bc != nil && us.b != nil && us.start.Before(since) {
+				open = append(open, openConn{key: us, rt: us.route, b: us.b, client: us.client, start: us.start, udp: true})
+				sessions = append(sessions, us)
+			}
+		}
+		l.mu.Unlock()
+		for i, us := range sessions {
+			us.mu.Lock()
+			c := us.udpCounts
+			us.mu.Unlock()
+			open[i].in, open[i].out, open[i].dIn, open[i].dOut = c.inB, c.outB, c.inN, c.outN
+			f(open[i])
+		}
+	}
+}
+
+// logTCPProgress writes the progress record of a connection (or UDP
+// session) open for took.
 func (s *Server) logTCPProgress(c openConn, took time.Duration) {
+	if c.udp {
+		s.accessLogger().Info("udp session progress", "rule", c.rt.Name, "client", c.client.String(),
+			"backend", c.b.ID, "backend_addr", c.b.Address, "datagrams_in", c.dIn, "datagrams_out", c.dOut,
+			"bytes_in", c.in, "bytes_out", c.out, "duration", took.Round(time.Microsecond))
+		return
+	}
 	s.accessLogger().Info("connection progress", "rule", c.rt.Name, "client", c.client.String(),
 		"backend", c.b.ID, "backend_addr", c.b.Address, "bytes_in", c.in, "bytes_out", c.out,
 		"duration", took.Round(time.Microsecond))

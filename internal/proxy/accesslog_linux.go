@@ -25,3 +25,32 @@ func (s *Server) openEpoll(since time.Time, f func(openConn)) {
 		}
 	}
 }
+
+// openUDPEpoll calls f for every open session of the epoll engine's UDP
+// listeners that started before since, reading each shard's sessions in
+// its loop.
+func (s *Server) openUDPEpoll(since time.Time, f func(openConn)) {
+	s.mu.Lock()
+	ls := make([]*UDPListener, 0, len(s.udp))
+	for l := range s.udp {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	var open []openConn
+	for _, l := range ls {
+		for _, sh := range l.shards {
+			open = open[:0]
+			sh.Call(func() {
+				for _, us := range sh.sessions {
+					if us.fd >= 0 && us.b != nil && us.start < since.UnixNano() {
+						open = append(open, openConn{key: us, rt: us.route, b: us.b, client: us.client, start: time.Unix(0, us.start),
+							udp: true, in: us.inB, out: us.outB, dIn: us.inN, dOut: us.outN})
+					}
+				}
+			})
+			for _, c := range open {
+				f(c)
+			}
+		}
+	}
+}

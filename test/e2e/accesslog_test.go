@@ -155,3 +155,58 @@ address = %q
 		t.Fatalf("%d access log records on stderr besides the file", n)
 	}
 }
+
+var datagramsInRe = regexp.MustCompile(`datagrams_in=(\d+)`)
+
+// TestAccessLogUDPProgress: a UDP session that lasts over two intervals
+// gets "udp session progress" records with growing datagram counts, on
+// stderr when no access_log_file is set.
+func TestAccessLogUDPProgress(t *testing.T) {
+	u := StartUDPEcho(t, "u")
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+udp_bind = "127.0.0.1:%d"
+[logging]
+access_log = true
+access_log_interval = "1s"
+[health_check]
+enabled = false
+[[rules]]
+name = "game"
+protocol = "udp"
+[[rules.backends]]
+id = "u"
+address = %q
+`, harness.FreePort(t), port, u.Addr)))
+	c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go io.Copy(io.Discard, c)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a datagram every 100 ms until the test ends
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				c.Write([]byte("ping"))
+			}
+		}
+	}()
+	p.WaitLog(`msg="udp session progress"`, "rule=game", "backend=u")
+	first := p.WaitLog(`msg="udp session progress"`)
+	from := p.NumLines()
+	second := p.WaitLogFrom(from, `msg="udp session progress"`)
+	n1, _ := strconv.Atoi(datagramsInRe.FindStringSubmatch(first)[1])
+	n2, _ := strconv.Atoi(datagramsInRe.FindStringSubmatch(second)[1])
+	if n1 <= 0 || n2 <= n1 || !strings.Contains(second, "bytes_in=") {
+		t.Fatalf("progress records do not grow:\n%s\n%s", first, second)
+	}
+}
