@@ -29,7 +29,7 @@ type Explanation struct {
 	// Hash routers: the key, its hash, the first table slot, the table's
 	// size and the slots visited, in probe order, until the pick.
 	HashKey   string   `json:"hash_key,omitempty"`
-	Hash      uint64   `json:"hash,omitempty"`
+	Hash      uint64   `json:"hash,omitempty,string"` // a string in JSON: 64 bits are more than a JavaScript number holds
 	Slot      *uint64  `json:"slot,omitempty"`
 	TableSize uint64   `json:"table_size,omitempty"`
 	Probes    []uint64 `json:"probes,omitempty"`
