@@ -7,6 +7,7 @@
 //	PUT  /api/v1/rules/{rule}/backends/{id}/weight   {"weight": N}
 //	POST /api/v1/reload                              reload the config file (422 + problems when invalid)
 //	POST /api/v1/reload?dry_run=true                 what reloading would change; body: a config to try instead of the file
+//	GET  /api/v1/explain?client=IP:PORT&port=N...     why this backend: the decision for a hypothetical connection (explain.go)
 //	GET  /healthz, /readyz                           alive; config loaded and listeners bound
 //	GET  /                                           the status page (assets embedded)
 //	     /debug/pprof/                               Go's profiler, when [admin] pprof = true
@@ -106,7 +107,8 @@ func New(o Options) *Handler {
 	m.HandleFunc("/api/v1/status", h.methods(map[string]http.HandlerFunc{http.MethodGet: h.status}))
 	m.HandleFunc("/api/v1/reload", h.methods(map[string]http.HandlerFunc{http.MethodPost: h.reload}))
 	m.HandleFunc("/api/v1/rules/{rule}/backends/{id}/{action}", h.backendAction)
-	h.fleetRoutes(m) // registration through Redis (fleet.go)
+	h.fleetRoutes(m)   // registration through Redis (fleet.go)
+	h.explainRoutes(m) // "why this backend?" (explain.go)
 	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint %s (see GET /api/v1/status)", r.URL.Path)
 	})

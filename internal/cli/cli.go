@@ -29,6 +29,7 @@ const usage = `dynamic-proxy: an L4 (TCP and UDP) proxy and load balancer
 Usage:
   dynamic-proxy [flags]
   dynamic-proxy config|backend ...   fleet commands (Redis): see dynamic-proxy backend --help
+  dynamic-proxy explain ...          why a connection goes where it goes: see dynamic-proxy explain --help
 
 Flags:
   -c, --config FILE       config file (default "config.toml")
@@ -44,7 +45,7 @@ Flags:
   -h, --help              show this help
 
 Signals: SIGTERM/SIGINT drain and exit (a second one exits at once),
-SIGHUP reloads the config file.
+SIGHUP reloads the config file, SIGUSR1 reopens [logging] access_log_file.
 `
 
 type options struct {
@@ -62,6 +63,9 @@ type options struct {
 func Run(args []string, stdout, stderr io.Writer) int {
 	if isFleetCommand(args) {
 		return runFleet(args, stdout, stderr) // fleet.go
+	}
+	if len(args) > 0 && args[0] == "explain" {
+		return runExplain(args[1:], stdout, stderr) // explain.go
 	}
 	var o options
 	fs := flag.NewFlagSet("dynamic-proxy", flag.ContinueOnError)
@@ -227,6 +231,16 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		return 1
 	}
 	defer obs.close()
+	format := cfg.Logging.Format
+	if o.logFormat != "" {
+		format = o.logFormat
+	}
+	alog, err := startAccessLog(cfg, eng, format, lv, log) // [logging] access_log_file and _interval (accesslog.go)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	defer alog.close()
 	var tlsm engine.TLSMetrics
 	if obs.tls != nil {
 		tlsm = obs.tls
@@ -247,6 +261,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 			if o.logLevel == "" {
 				_ = logging.SetLevel(lv, cfg.Logging.Level)
 			}
+			alog.apply(cfg)
 		}}
 	if obs.metrics != nil {
 		rl.Result = obs.metrics.ReloadResult

@@ -102,6 +102,21 @@ type Logging struct {
 	Level     string `toml:"level"`      // debug, info, warn, error. Default "info".
 	Format    string `toml:"format"`     // text or json. Default "text".
 	AccessLog bool   `toml:"access_log"` // log every closed connection. Default false.
+	// AccessLogInterval, when set, also logs a progress record of every
+	// TCP connection and UDP session open longer than it, once per
+	// interval, with the bytes moved so far (Envoy's periodic TCP access
+	// log); at least 1s.
+	// Needs access_log. Default 0: off.
+	AccessLogInterval Duration `toml:"access_log_interval"`
+	// AccessLogFile sends the access log records to this file (appended,
+	// created 0644) instead of stderr; SIGUSR1 reopens it, for logrotate.
+	// Needs access_log. Needs a restart. Default "": stderr, with the
+	// other records.
+	AccessLogFile string `toml:"access_log_file"`
+	// ExplainSample is the share (0 to 1) of routed TCP connections whose
+	// decision record (rule, router, chosen backend and why, as GET
+	// /api/v1/explain gives it) is logged at debug level. Default 0: none.
+	ExplainSample float64 `toml:"explain_sample"`
 }
 
 // Redis configures the optional shared data store.

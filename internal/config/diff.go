@@ -35,6 +35,9 @@ func RestartNeeded(old, next *Config) []string {
 	if old.Logging.Format != next.Logging.Format {
 		keys = append(keys, "logging.format")
 	}
+	if old.Logging.AccessLogFile != next.Logging.AccessLogFile {
+		keys = append(keys, "logging.access_log_file")
+	}
 	if old.Server.WatchConfig != next.Server.WatchConfig {
 		keys = append(keys, "server.watch_config")
 	}

@@ -59,6 +59,20 @@ func (c *Config) validate(e *Errors) {
 	default:
 		e.addf("logging.format", "must be text or json; got %q", c.Logging.Format)
 	}
+	if d := c.Logging.AccessLogInterval.D(); d != 0 && d < time.Second {
+		e.addf("logging.access_log_interval", "must be 0 (off) or at least 1s, got %s", d)
+	}
+	if x := c.Logging.ExplainSample; x < 0 || x > 1 {
+		e.addf("logging.explain_sample", "must be from 0 (none) to 1 (every connection), got %v", x)
+	}
+	if !c.Logging.AccessLog {
+		if c.Logging.AccessLogInterval != 0 {
+			e.add("logging.access_log_interval", "needs access_log = true (it adds progress records to the access log)")
+		}
+		if c.Logging.AccessLogFile != "" {
+			e.add("logging.access_log_file", "needs access_log = true (it is where the access log goes)")
+		}
+	}
 
 	if r := c.Redis; r != nil {
 		if r.DB < 0 {

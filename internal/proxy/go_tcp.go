@@ -187,7 +187,7 @@ type goConn struct {
 	cancel context.CancelFunc // ends a dial or lookup in progress
 
 	last     atomic.Int64 // unix ns of the last byte moved either way
-	up, down int64        // bytes moved; each written by its direction's goroutine only
+	up, down atomic.Int64 // bytes moved; each added to by its direction's goroutine, read by the access log's progress records
 }
 
 func (c *goConn) backend() *backend.Backend {
@@ -269,7 +269,7 @@ func (c *goConn) serve() {
 // then the dial and the relay.
 func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	s, rt := c.srv, c.rt
-	req := tcpRequest(rt, &c.ci, local, func() (netip.AddrPort, bool) {
+	req := s.tcpRequest(rt, &c.ci, local, func() (netip.AddrPort, bool) {
 		ap := addrPort(c.c.LocalAddr())
 		return ap, ap.IsValid()
 	})
@@ -497,7 +497,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	}
 	client.Close()
 	bc.Close()
-	s.tcpFinished(rt, b, c.ci.Client, c.start, release, upErr, downErr, c.forced(), c.up, c.down)
+	s.tcpFinished(rt, b, c.ci.Client, c.start, release, upErr, downErr, c.forced(), c.up.Load(), c.down.Load())
 }
 
 // abort ends both sides after an error in one direction: a reset or an
@@ -514,7 +514,7 @@ func (c *goConn) abort(bc stream, err error) {
 
 // pipe copies src to dst until src ends (then dst is sent a FIN and pipe
 // returns nil) or fails. n is the direction's byte count.
-func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error) {
+func (c *goConn) pipe(b *backend.Backend, n *atomic.Int64, src, dst stream) (err error) {
 	bc := dst
 	if n == &c.down {
 		bc = src
@@ -579,7 +579,7 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error)
 // ReadFrom (splice(2) on Linux), exactly that many bytes at a time, so that
 // it never waits for more data holding a pipe; false when nothing more is
 // queued (back to reading into the buffer).
-func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, size int) error {
+func (c *goConn) splice(b *backend.Backend, n *atomic.Int64, src, dst *net.TCPConn, size int) error {
 	idle := int64(c.rt.IdleTimeout)
 	lr := &io.LimitedReader{R: src}
 	for {
@@ -610,7 +610,7 @@ func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, siz
 // write writes p to dst; its first skip bytes are not traffic (a PROXY
 // header). A write that blocks past idle_timeout of no traffic either way
 // fails.
-func (c *goConn) write(b *backend.Backend, n *int64, dst stream, p []byte, skip int) (int, error) {
+func (c *goConn) write(b *backend.Backend, n *atomic.Int64, dst stream, p []byte, skip int) (int, error) {
 	idle := int64(c.rt.IdleTimeout)
 	total := 0
 	for len(p) > 0 {
@@ -646,12 +646,12 @@ func (c *goConn) stillActive(err error) bool {
 
 // moved accounts k bytes written in direction n: the direction's count,
 // the backend's, the route's metrics and the activity idle_timeout watches.
-func (c *goConn) moved(b *backend.Backend, n *int64, k int64) {
+func (c *goConn) moved(b *backend.Backend, n *atomic.Int64, k int64) {
 	if k <= 0 {
 		return
 	}
 	c.last.Store(time.Now().UnixNano())
-	*n += k
+	n.Add(k)
 	o := c.rt.Observer
 	if n == &c.up {
 		b.AddBytesIn(c.idx, k)

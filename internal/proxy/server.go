@@ -95,6 +95,9 @@ type Server struct {
 	workers     int // Workers, fixed at its first call
 
 	resolver *resolve.Resolver // backend host names, for TCP and UDP
+	alog     accessLog         // where the access log goes, and its progress records (accesslog.go)
+
+	explainSample atomic.Uint64 // connections whose decision is logged at debug: rand.Uint64() < it (explain.go)
 
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
@@ -202,6 +205,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.stopEpoll()
+	s.stopProgress()
 	return err
 }
 

@@ -115,7 +115,7 @@ func (c *lconn) routed(rt *Route) {
 		return
 	}
 	c.release = release
-	c.req = tcpRequest(rt, &c.ci, c.l.local, func() (netip.AddrPort, bool) { return eventloop.LocalAddrPort(c.cfd) })
+	c.req = c.lp.srv.tcpRequest(rt, &c.ci, c.l.local, func() (netip.AddrPort, bool) { return eventloop.LocalAddrPort(c.cfd) })
 	c.dial()
 }
 

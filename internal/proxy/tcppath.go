@@ -80,13 +80,14 @@ func (s *Server) admitTCP(rt *Route, client netip.AddrPort, start time.Time) (re
 // tcpRequest is what the router sees of a connection; local is the
 // listener's address, getLocal the connection's own (asked only when the
 // listener is bound to a wildcard and the router needs it).
-func tcpRequest(rt *Route, ci *ConnInfo, local netip.AddrPort, getLocal func() (netip.AddrPort, bool)) router.Request {
+func (s *Server) tcpRequest(rt *Route, ci *ConnInfo, local netip.AddrPort, getLocal func() (netip.AddrPort, bool)) router.Request {
 	req := router.Request{Client: ci.Client, Local: local, SNI: ci.SNI, ALPN: ci.ALPN, Host: ci.Host}
 	if local.Addr().IsUnspecified() && router.NeedsOf(rt.Router)&router.NeedLocal != 0 {
 		if ap, ok := getLocal(); ok {
 			req.Local = ap
 		}
 	}
+	s.sampleDecision(rt, &req) // [logging] explain_sample (explain.go)
 	return req
 }
 
@@ -187,7 +188,7 @@ func (s *Server) logTCPClosed(rt *Route, client netip.AddrPort, b *backend.Backe
 	if b != nil {
 		id, addr = b.ID, b.Address
 	}
-	s.log.Info("connection closed", "rule", rt.Name, "client", client.String(),
+	s.accessLogger().Info("connection closed", "rule", rt.Name, "client", client.String(),
 		"backend", id, "backend_addr", addr, "bytes_in", in, "bytes_out", out,
 		"duration", took.Round(time.Microsecond), "end", end.String())
 }

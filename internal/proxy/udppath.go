@@ -229,7 +229,7 @@ func (s *Server) udpSessionEnded(rt *Route, client netip.AddrPort, b *backend.Ba
 		o.ConnClosed(b, end, took, 0, 0)
 	}
 	if rt.AccessLog {
-		s.log.Info("udp session closed", "rule", rt.Name, "client", client.String(),
+		s.accessLogger().Info("udp session closed", "rule", rt.Name, "client", client.String(),
 			"backend", b.ID, "backend_addr", b.Address,
 			"datagrams_in", c.inN, "datagrams_out", c.outN, "bytes_in", c.inB, "bytes_out", c.outB,
 			"duration", took.Round(time.Microsecond), "end", end.String())
