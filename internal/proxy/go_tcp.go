@@ -159,7 +159,7 @@ func (l *goTCPListener) serve() {
 			continue
 		}
 		s.wg.Add(1)
-		gc := &goConn{l: l, srv: s, rot: &l.rot, c: c, start: time.Now(), idx: int(l.ids.Add(1)) % s.Workers()}
+		gc := &goConn{l: l, srv: s, rot: &l.rot, c: c, ConnIdent: s.newIdent(time.Now()), idx: int(l.ids.Add(1)) % s.Workers()}
 		gc.ci.Client = addrPort(c.RemoteAddr())
 		s.connMu.Lock()
 		s.conns[gc] = struct{}{}
@@ -170,29 +170,23 @@ func (l *goTCPListener) serve() {
 
 // goConn is one proxied TCP connection of the goroutine engine.
 type goConn struct {
-	l     *goTCPListener // nil for a connection the epoll engine handed over (tls.go)
-	srv   *Server
-	rot   *atomic.Uint32 // rotation over a resolved backend's addresses (the listener's)
-	c     *net.TCPConn
-	start time.Time
-	idx   int // AddBytesIn's worker index
-	ci    ConnInfo
-	rt    *Route
+	l         *goTCPListener // nil for a connection the epoll engine handed over (tls.go)
+	srv       *Server
+	rot       *atomic.Uint32 // rotation over a resolved backend's addresses (the listener's)
+	c         *net.TCPConn
+	ConnIdent     // its id and when it was accepted (conns.go)
+	idx       int // AddBytesIn's worker index
 
-	mu     sync.Mutex // guards what forceClose touches
+	mu     sync.Mutex // guards what forceClose and the admin API's list touch
+	ci     ConnInfo   // written under mu, read by its own goroutines without
+	rt     *Route     // written under mu, read by its own goroutines without
 	cut    End        // why forceClose ended it (EndEOF: not forced)
 	be     *backend.Backend
 	bc     *net.TCPConn
 	cancel context.CancelFunc // ends a dial or lookup in progress
 
 	last     atomic.Int64 // unix ns of the last byte moved either way
-	up, down int64        // bytes moved; each written by its direction's goroutine only
-}
-
-func (c *goConn) backend() *backend.Backend {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.be
+	up, down atomic.Int64 // bytes moved; each written by its direction's goroutine only
 }
 
 func (c *goConn) forced() End {
@@ -239,23 +233,27 @@ func (c *goConn) serve() {
 	s, l := c.srv, c.l
 	table := l.routes.Load()
 	if len(table.routes) == 0 {
-		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ci.Client)
+		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ID, c.ci.Client)
 		c.c.Close()
 		return
 	}
 	rt, ci, first, err := inspect(c.c, table)
+	c.mu.Lock()
 	c.ci = ci
+	c.mu.Unlock()
 	if c.forced() != EndEOF {
 		c.c.Close()
 		return
 	}
 	if err != nil || rt == nil {
-		s.tcpUnrouted(l.addr.String(), table.opts.Observer, c.ci.Client, inspectReason(err), err)
+		s.tcpUnrouted(l.addr.String(), table.opts.Observer, c.ID, c.ci.Client, inspectReason(err), err)
 		c.reset()
 		return
 	}
+	c.mu.Lock()
 	c.rt = rt
-	release, ok := s.admitTCP(rt, c.ci.Client, c.start)
+	c.mu.Unlock()
+	release, ok := s.admitTCP(rt, c.ci.Client, c.ConnIdent)
 	if !ok {
 		c.reset()
 		return
@@ -287,12 +285,12 @@ func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	case err == nil: // drained or shut down while dialling
 		release()
 		if o := rt.Observer; o != nil {
-			o.ConnClosed(nil, c.forced(), time.Since(c.start), 0, 0)
+			o.ConnClosed(nil, c.forced(), time.Since(c.Start), 0, 0)
 		}
 		c.c.Close()
 	default:
 		release()
-		s.tcpNoBackend(rt, c.ci.Client, c.start, err)
+		s.tcpNoBackend(rt, c.ci.Client, c.ConnIdent, err)
 		c.reset()
 	}
 }
@@ -371,7 +369,7 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 			b.Release()
 			return nil, nil, err
 		}
-		s.tcpDialFailed(rt, req, tries, b, dialT0, err)
+		s.tcpDialFailed(rt, c.ID, req, tries, b, dialT0, err)
 		lastErr = err
 	}
 	if lastErr == nil {
@@ -476,7 +474,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	var upErr, downErr error
 	pend, skip, err := tcpPreamble(rt, c.ci.Client, c.c.LocalAddr(), first)
 	if err != nil {
-		s.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+		s.log.Debug("writing to the backend failed", "conn", c.ID, "rule", rt.Name, "backend", b.ID, "err", err)
 		upErr = dstError{err}
 	} else if len(pend) > 0 {
 		if _, err := c.write(b, &c.up, bc, pend, skip); err != nil {
@@ -496,7 +494,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	}
 	client.Close()
 	bc.Close()
-	s.tcpFinished(rt, b, c.ci.Client, c.start, release, upErr, downErr, c.forced(), c.up, c.down)
+	s.tcpFinished(rt, b, c.ci.Client, c.ConnIdent, release, upErr, downErr, c.forced(), c.up.Load(), c.down.Load())
 }
 
 // abort ends both sides after an error in one direction: a reset or an
@@ -513,7 +511,7 @@ func (c *goConn) abort(bc stream, err error) {
 
 // pipe copies src to dst until src ends (then dst is sent a FIN and pipe
 // returns nil) or fails. n is the direction's byte count.
-func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error) {
+func (c *goConn) pipe(b *backend.Backend, n *atomic.Int64, src, dst stream) (err error) {
 	bc := dst
 	if n == &c.down {
 		bc = src
@@ -566,7 +564,7 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error)
 // ReadFrom (splice(2) on Linux), exactly that many bytes at a time, so that
 // it never waits for more data holding a pipe; false when nothing more is
 // queued (back to reading into the buffer).
-func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, size int) error {
+func (c *goConn) splice(b *backend.Backend, n *atomic.Int64, src, dst *net.TCPConn, size int) error {
 	idle := int64(c.rt.IdleTimeout)
 	lr := &io.LimitedReader{R: src}
 	for {
@@ -597,7 +595,7 @@ func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, siz
 // write writes p to dst; its first skip bytes are not traffic (a PROXY
 // header). A write that blocks past idle_timeout of no traffic either way
 // fails.
-func (c *goConn) write(b *backend.Backend, n *int64, dst stream, p []byte, skip int) (int, error) {
+func (c *goConn) write(b *backend.Backend, n *atomic.Int64, dst stream, p []byte, skip int) (int, error) {
 	idle := int64(c.rt.IdleTimeout)
 	total := 0
 	for len(p) > 0 {
@@ -633,12 +631,12 @@ func (c *goConn) stillActive(err error) bool {
 
 // moved accounts k bytes written in direction n: the direction's count,
 // the backend's, the route's metrics and the activity idle_timeout watches.
-func (c *goConn) moved(b *backend.Backend, n *int64, k int64) {
+func (c *goConn) moved(b *backend.Backend, n *atomic.Int64, k int64) {
 	if k <= 0 {
 		return
 	}
 	c.last.Store(time.Now().UnixNano())
-	*n += k
+	n.Add(k) // (one writer; atomic for the admin API's list)
 	o := c.rt.Observer
 	if n == &c.up {
 		b.AddBytesIn(c.idx, k)

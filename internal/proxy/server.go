@@ -93,6 +93,7 @@ type Server struct {
 	workers     int // Workers, fixed at its first call
 
 	resolver *resolve.Resolver // backend host names, for TCP and UDP
+	connIDs  atomic.Uint64     // numbers connections and sessions (conns.go)
 
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
@@ -206,7 +207,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // CloseBackendConns closes every connection proxied to b (a backend a reload
 // removed, once its drain_timeout is over) and returns how many.
 func (s *Server) CloseBackendConns(b *backend.Backend) int {
-	return s.closeBackendEpoll(b) + s.closeBackendGo(b)
+	return s.CloseConns(ConnFilter{Of: b}, EndDrained)
 }
 
 // UDPStats are the UDP counters of a Server, over all its UDP listeners.

@@ -24,6 +24,7 @@ import (
 
 // udpSession is one client's session. Its fields are the loop's alone.
 type udpSession struct {
+	id     uint64 // (conns.go)
 	client netip.AddrPort
 	sa     unix.RawSockaddrInet6 // the client's sockaddr as received
 	salen  uint32
@@ -209,7 +210,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	if why != udpAdmitted {
 		return nil
 	}
-	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release}
+	s := &udpSession{id: l.srv.connIDs.Add(1), client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release}
 	if prev != nil {
 		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
 		s.tried = prev.tried
@@ -364,7 +365,7 @@ func (l *udpShard) readBackend(fd int) {
 			l.refused(s)
 			return
 		default:
-			l.srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
+			l.srv.log.Debug("udp backend socket error; ending session", "conn", s.id, "rule", s.route.Name,
 				"backend", s.b.ID, "client", s.client.String(), "err", e.Error())
 			l.end(s, EndBackendError)
 			return
@@ -471,7 +472,7 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 		}
 		l.srv.UDP.Sessions.Add(-1)
 	}
-	l.srv.udpSessionEnded(s.route, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
+	l.srv.udpSessionEnded(s.route, s.id, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
 }
 
 // remove forgets s entirely.
@@ -496,7 +497,7 @@ func (l *udpShard) end(s *udpSession, end End) {
 // stays as a tombstone until session_timeout, so that the client's next
 // datagram opens a session on another backend.
 func (l *udpShard) refused(s *udpSession) {
-	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "rule", s.route.Name,
+	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "conn", s.id, "rule", s.route.Name,
 		"backend", s.b.ID, "client", s.client.String())
 	s.b.Health().ReportDial(errRefused)
 	l.closeSocket(s, EndBackendRefused)
