@@ -176,8 +176,11 @@ func (s *Server) eachConnGo(f *ConnFilter, sink connSink) {
 	if f.Protocol != "udp" {
 		for _, c := range keysOf(&s.connMu, s.conns) {
 			c.mu.Lock()
-			rt, b, ci, bc := c.rt, c.be, c.ci, c.bc
+			rt, b, ci, bc, cut := c.rt, c.be, c.ci, c.bc, c.cut
 			c.mu.Unlock()
+			if cut != EndEOF { // closing: its goroutines are leaving
+				continue
+			}
 			if !f.match("tcp", c.ID, rt, b, ci.Client) || !sink.want(c.ID) {
 				continue
 			}
