@@ -371,7 +371,7 @@ func (c *lconn) setMask(backend bool, m uint32) {
 		op = unix.EPOLL_CTL_ADD
 	}
 	if err := c.lp.Control(op, fd, m); err != nil {
-		c.lp.srv.log.Error("epoll_ctl failed", "err", err)
+		c.lp.srv.log.Error("epoll_ctl failed", "conn", c.ID, "err", err)
 		return
 	}
 	*reg, *mask = true, m
