@@ -191,3 +191,65 @@ func TestOnBackendDownKeep(t *testing.T) {
 		t.Error("keep closed connections")
 	}
 }
+
+// TestOnBackendDownCloseUDP: a UDP backend marked down by its check has its
+// sessions ended (end=backend_down) while the other backend's carry on.
+func TestOnBackendDownCloseUDP(t *testing.T) {
+	u1, u2 := StartUDPEcho(t, "u1"), StartUDPEcho(t, "u2")
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+udp_bind = "127.0.0.1:%d"
+[logging]
+access_log = true
+[health_check]
+interval = "200ms"
+timeout = "100ms"
+retries = 1
+send = "check"
+expect = "u"
+passive_failures = 0
+[[rules]]
+name = "game"
+protocol = "udp"
+router = "round_robin"
+on_backend_down = "close"
+on_backend_down_window = "500ms"
+[[rules.backends]]
+id = "u1"
+address = %q
+[[rules.backends]]
+id = "u2"
+address = %q
+`, port, u1.Addr, u2.Addr)))
+	p.WaitLog("listening", "protocol=udp")
+	adm := mxAdminOf(t, p, "")
+	var on1, on2 []string
+	for i := range 4 {
+		c := dialUDP(t, port)
+		got, err := UDPExchange(c, fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(got, "u1:") {
+			on1 = append(on1, c.LocalAddr().String())
+		} else {
+			on2 = append(on2, c.LocalAddr().String())
+			defer func() { mustExchange(t, c, "after", "u2:after") }()
+		}
+	}
+	if len(on1) != 2 || len(on2) != 2 {
+		t.Fatalf("sessions on u1 %v, on u2 %v", on1, on2)
+	}
+	u1.c.Close()
+	p.WaitLog("backend down", "address="+u1.Addr)
+	harness.Eventually(t, "u1's two sessions ended backend_down", func() bool {
+		return p.Count("udp session closed", "backend=u1", "end=backend_down") == 2
+	})
+	if n, _, _ := cnList(adm, "protocol=udp&backend=u2"); n != 2 {
+		t.Errorf("%d sessions on u2, want 2", n)
+	}
+	if n, _, _ := cnList(adm, "protocol=udp&backend=u1"); n != 0 {
+		t.Errorf("%d sessions on u1, want 0", n)
+	}
+}
