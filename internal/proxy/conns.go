@@ -33,6 +33,21 @@ func (s *Server) newIdent(start time.Time) ConnIdent {
 	return ConnIdent{ID: s.connIDs.Add(1), Start: start}
 }
 
+// LastConnID is the id given last (0: none yet).
+func (s *Server) LastConnID() uint64 { return s.connIDs.Load() }
+
+// SkipConnIDs makes the ids given from now on greater than last: a process
+// taking connections over from another (with their ConnIdent) calls it with
+// the greatest id it took, so that no new connection gets a taken id.
+func (s *Server) SkipConnIDs(last uint64) {
+	for {
+		n := s.connIDs.Load()
+		if n >= last || s.connIDs.CompareAndSwap(n, last) {
+			return
+		}
+	}
+}
+
 // Connection states, as listed.
 const (
 	StateRouting     = "routing"     // accepted, not yet routed

@@ -62,6 +62,12 @@ func TestConnsListAndClose(t *testing.T) {
 	if e.Protocol != "tcp" || e.Backend != "b0" || e.State != StateEstablished || e.BytesIn != 3 || e.BytesOut != 3 || e.Local.String() != addr {
 		t.Errorf("entry %+v", e)
 	}
+	last := s.LastConnID()
+	s.SkipConnIDs(last + 1000)
+	s.SkipConnIDs(last) // never goes back
+	if got := s.newIdent(time.Now()).ID; got != last+1001 {
+		t.Errorf("after SkipConnIDs(%d): id %d", last+1000, got)
+	}
 	if s.Conns(ConnFilter{Rule: "other"}, 0, 10).Total != 0 {
 		t.Error("a filter on another rule selected connections")
 	}
