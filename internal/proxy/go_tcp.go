@@ -178,8 +178,8 @@ type goConn struct {
 	idx       int // AddBytesIn's worker index
 
 	mu     sync.Mutex // guards what forceClose and the admin API's list touch
-	ci     ConnInfo   // written under mu, read by its own goroutines without
-	rt     *Route     // written under mu, read by its own goroutines without
+	ci     ConnInfo   // written under mu (the list reads it); its own goroutines read it without
+	rt     *Route     // likewise
 	cut    End        // why forceClose ended it (EndEOF: not forced)
 	be     *backend.Backend
 	bc     *net.TCPConn
