@@ -253,3 +253,54 @@ address = %q
 		t.Errorf("%d sessions on u1, want 0", n)
 	}
 }
+
+// TestOnBackendDownPassive: with active checks off, passive detection
+// (dials of real traffic refused) marking a backend down closes its open
+// connections too.
+func TestOnBackendDownPassive(t *testing.T) {
+	ea, eb := StartEcho(t, "a"), StartEcho(t, "b")
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[health_check]
+enabled = false
+passive_failures = 2
+passive_cooldown = "1h"
+[[rules]]
+name = "pg"
+router = "round_robin"
+on_backend_down = "close"
+on_backend_down_window = "500ms"
+[[rules.backends]]
+id = "a"
+address = %q
+[[rules.backends]]
+id = "b"
+address = %q
+`, port, ea.Addr, eb.Addr)))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	var onA, onB []*cnClient
+	for len(onA) < 5 || len(onB) < 5 {
+		c := cnDial(t, addr, nil)
+		if c.backend == "a" {
+			onA = append(onA, c)
+		} else {
+			onB = append(onB, c)
+		}
+	}
+	aDone := bdWaitEOF(t, onA)
+	ea.Close()
+	// New connections: those sent to a are refused and retried on b,
+	// until the second refusal marks a down.
+	for p.Count("backend down", "detection=passive") == 0 {
+		if c := cnDial(t, addr, nil); c.backend != "b" {
+			t.Fatalf("a new connection reached %s", c.backend)
+		}
+	}
+	p.WaitLog("on_backend_down: closing the backend's connections", "backend=a", "connections=5")
+	aDone.Wait()
+	for _, c := range onB {
+		c.echo(t, "b stays")
+	}
+}
