@@ -109,6 +109,7 @@ func New(o Options) *Handler {
 	m.HandleFunc("/api/v1/rules/{rule}/backends/{id}/{action}", h.backendAction)
 	h.fleetRoutes(m)   // registration through Redis (fleet.go)
 	h.explainRoutes(m) // "why this backend?" (explain.go)
+	h.connRoutes(m)    // open connections: list and close (conns.go)
 	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint %s (see GET /api/v1/status)", r.URL.Path)
 	})

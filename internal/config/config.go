@@ -196,6 +196,19 @@ type Rule struct {
 	// BackendTLS is [rules.backend_tls]: TLS to every backend of the rule
 	// (a backend's own tls replaces it). nil when absent: plain TCP.
 	BackendTLS *BackendTLS `toml:"backend_tls"`
+	// OnBackendDown is what becomes of a backend's open connections (UDP
+	// sessions) when it is marked down by its active or passive health
+	// check, or removed by a reload, discovery or a registration's expiry:
+	// "keep" lets them run on (a removed backend's until [server]
+	// drain_timeout); "close" closes them, spread over
+	// on_backend_down_window so that their clients do not all reconnect at
+	// one instant (HAProxy's on-marked-down shutdown-sessions). Default
+	// "keep".
+	OnBackendDown string `toml:"on_backend_down"`
+	// OnBackendDownWindow is the time on_backend_down = "close" spreads
+	// its closes over: each connection is closed at a random moment within
+	// it. 0 closes them all at once. Default 2s.
+	OnBackendDownWindow Duration `toml:"on_backend_down_window"`
 	// Health is the rule's effective health check ([health_check] with the
 	// rule's overrides applied), filled by Load.
 	Health HealthCheck `toml:"-"`
@@ -223,6 +236,12 @@ type Rule struct {
 	// Default false.
 	QUIC bool `toml:"quic"`
 }
+
+// The values of a rule's on_backend_down.
+const (
+	OnBackendDownKeep  = "keep"
+	OnBackendDownClose = "close"
+)
 
 // Backend is one upstream server of a rule.
 type Backend struct {
@@ -266,19 +285,20 @@ func (b *Backend) Tier() int {
 
 // Defaults.
 const (
-	DefaultTCPBind           = "0.0.0.0:8080"
-	DefaultUDPBind           = "0.0.0.0:8081"
-	DefaultMaxConnections    = 10000
-	DefaultConnectionTimeout = 10 * time.Second
-	DefaultBufferSize        = 8192
-	DefaultIdleTimeout       = 10 * time.Minute
-	DefaultShutdownTimeout   = 30 * time.Second
-	DefaultRouter            = "round_robin"
-	DefaultSessionTimeout    = 30 * time.Second   // UDP rules
-	DefaultMaxSessions       = 10000              // UDP rules, per rule
-	DefaultResyncInterval    = 5 * time.Second    // [redis] resync_interval
-	DefaultKeyPrefix         = "dynamic-proxy:"   // [redis] key_prefix
-	DefaultClusterKeyPrefix  = "{dynamic-proxy}:" // [redis] key_prefix with redis+cluster://
+	DefaultTCPBind             = "0.0.0.0:8080"
+	DefaultUDPBind             = "0.0.0.0:8081"
+	DefaultMaxConnections      = 10000
+	DefaultConnectionTimeout   = 10 * time.Second
+	DefaultBufferSize          = 8192
+	DefaultIdleTimeout         = 10 * time.Minute
+	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultRouter              = "round_robin"
+	DefaultSessionTimeout      = 30 * time.Second   // UDP rules
+	DefaultMaxSessions         = 10000              // UDP rules, per rule
+	DefaultOnBackendDownWindow = 2 * time.Second    // on_backend_down_window
+	DefaultResyncInterval      = 5 * time.Second    // [redis] resync_interval
+	DefaultKeyPrefix           = "dynamic-proxy:"   // [redis] key_prefix
+	DefaultClusterKeyPrefix    = "{dynamic-proxy}:" // [redis] key_prefix with redis+cluster://
 )
 
 func (c *Config) setDefaults() {
@@ -316,7 +336,8 @@ func (r *RouterSpec) setDefaults() { r.Config = map[string]any{} }
 
 func (r *Rule) setDefaults() {
 	*r = Rule{Protocol: "tcp", Enabled: true, Router: DefaultRouter,
-		SessionTimeout: Duration(DefaultSessionTimeout), MaxSessions: DefaultMaxSessions}
+		SessionTimeout: Duration(DefaultSessionTimeout), MaxSessions: DefaultMaxSessions,
+		OnBackendDown: OnBackendDownKeep, OnBackendDownWindow: Duration(DefaultOnBackendDownWindow)}
 }
 
 func (b *Backend) setDefaults() { *b = Backend{Weight: 1, Enabled: true} }

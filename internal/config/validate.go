@@ -143,6 +143,14 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared lis
 		e.addf(path+".protocol", "must be tcp or udp, got %q", r.Protocol)
 	}
 	validateUDPSession(e, r, path)
+	switch r.OnBackendDown {
+	case OnBackendDownKeep, OnBackendDownClose:
+	default:
+		e.addf(path+".on_backend_down", "must be %q or %q, got %q", OnBackendDownKeep, OnBackendDownClose, r.OnBackendDown)
+	}
+	if w := r.OnBackendDownWindow.D(); w < 0 || w > time.Hour {
+		e.addf(path+".on_backend_down_window", "must be from 0 (all at once) to 1h, got %v", w)
+	}
 	if r.Router == "" {
 		e.add(path+".router", "must not be empty")
 	} else if _, named := c.Routers[r.Router]; !named && !router.Known(r.Router) {

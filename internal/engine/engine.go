@@ -56,6 +56,7 @@ type Engine struct {
 	tickets    tlsconf.TicketKeySource    // session ticket keys shared by the fleet; nil: local
 	tlsMetrics TLSMetrics                 // nil: none
 	discLog    map[string]bool            // discovery merge problems logged, so each is logged once
+	down       downState                  // on_backend_down = "close" (backenddown.go)
 }
 
 type backendKey struct{ rule, id, address string }
@@ -80,6 +81,8 @@ func New(log *slog.Logger) *Engine {
 		routers:  map[string]builtRouter{},
 	}
 	e.disc = discovery.NewManager(log, e.rediscover)
+	e.down.stop = make(chan struct{})
+	e.checks.SetTransitionObserver(e.backendTransition)
 	return e
 }
 
@@ -559,7 +562,10 @@ func (e *Engine) commit(p *plan) {
 	}
 	for k, b := range e.backends {
 		if _, ok := p.backends[k]; !ok {
-			b.SetDraining(true) // removed: no new connections; open ones run on
+			b.SetDraining(true) // removed: no new connections; open ones run on, or close (on_backend_down)
+			if e.removedBackend(b) {
+				continue
+			}
 			if d := cfg.Server.DrainTimeout.D(); d > 0 && b.Active() > 0 {
 				time.AfterFunc(d, func() {
 					if n := e.srv.CloseBackendConns(b); n > 0 {
@@ -584,6 +590,7 @@ func (e *Engine) commit(p *plan) {
 	for _, s := range p.swaps {
 		s.b.SetHealth(s.h)
 	}
+	e.commitDown(p)                     // after the swaps (backenddown.go)
 	e.commitTLS(p)                      // (tls.go)
 	p.checks.Commit()                   // start new health checks, stop unused ones
 	e.disc.Sync(discoverySpecs(p.file)) // start and stop watching DNS names (discover.go)
@@ -624,6 +631,7 @@ func (e *Engine) Checks() *health.Registry { return e.checks }
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.disc.Close()
 	e.checks.Close()
+	e.stopDown()
 	err := e.srv.Shutdown(ctx)
 	e.loopLog.Flush(time.Second) // the loops' last records, unless the output is stuck
 	return err

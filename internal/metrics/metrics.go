@@ -147,7 +147,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 			Name: "backend_requests_total", Help: "Attempts to reach a backend: TCP connects, UDP datagrams sent; result success, error or timeout."},
 			[]string{"rule", "backend", "result"}),
 		beEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
-			Name: "connections_ended_total", Help: "Proxied TCP connections and UDP sessions that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream), backend_refused (UDP: ICMP port unreachable), max_responses (UDP), drained (drain_timeout) or shutdown."},
+			Name: "connections_ended_total", Help: "Proxied TCP connections and UDP sessions that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream), backend_refused (UDP: ICMP port unreachable), max_responses (UDP), drained (drain_timeout), shutdown, closed (admin API) or backend_down (on_backend_down = \"close\")."},
 			[]string{"rule", "backend", "end"}),
 		beResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
 			Name: "backend_response_seconds", Help: "TCP: time to connect to the backend. UDP: time from a client datagram to the backend's first reply.", Buckets: ResponseBuckets}, rb),

@@ -79,7 +79,7 @@ const progressTicks = 4
 // openConn is what a progress record says of one open connection or UDP
 // session.
 type openConn struct {
-	key     any // the connection or session (*lconn, *goConn, *udpSession, *goUDPSession)
+	id      uint64 // the connection's or session's id (conns.go)
 	rt      *Route
 	b       *backend.Backend
 	client  netip.AddrPort
@@ -90,15 +90,9 @@ type openConn struct {
 	dOut    int64
 }
 
-// progressKey tells connections apart across the goroutine's looks.
-type progressKey struct {
-	c     any
-	start time.Time
-}
-
 func (s *Server) progressLoop(stop, done chan struct{}) {
 	defer close(done)
-	reported := map[progressKey]int64{} // intervals reported, by connection
+	reported := map[uint64]int64{} // intervals reported, by connection id
 	for {
 		iv := time.Duration(s.alog.interval.Load())
 		t := time.NewTimer(max(iv/progressTicks, 10*time.Millisecond))
@@ -109,12 +103,12 @@ func (s *Server) progressLoop(stop, done chan struct{}) {
 		case <-t.C:
 		}
 		now := time.Now()
-		seen := make(map[progressKey]int64, len(reported))
+		seen := make(map[uint64]int64, len(reported))
 		report := func(c openConn) {
 			if !c.rt.AccessLog {
 				return
 			}
-			k := progressKey{c.key, c.start}
+			k := c.id
 			n := int64(now.Sub(c.start) / iv)
 			done := reported[k]
 			seen[k] = done
@@ -135,7 +129,7 @@ func (s *Server) progressLoop(stop, done chan struct{}) {
 // that started before since.
 func (s *Server) openGo(since time.Time, f func(openConn)) {
 	for _, c := range keysOf(&s.connMu, s.conns) {
-		if !c.start.Before(since) {
+		if !c.Start.Before(since) {
 			continue
 		}
 		c.mu.Lock()
@@ -146,7 +140,7 @@ func (s *Server) openGo(since time.Time, f func(openConn)) {
 		if b == nil || !relaying {
 			continue
 		}
-		f(openConn{key: c, rt: c.rt, b: b, client: c.ci.Client, start: c.start, in: c.up.Load(), out: c.down.Load()})
+		f(openConn{id: c.ID, rt: c.rt, b: b, client: c.ci.Client, start: c.Start, in: c.up.Load(), out: c.down.Load()})
 	}
 }
 
@@ -159,7 +153,7 @@ func (s *Server) openUDPGo(since time.Time, f func(openConn)) {
 		l.mu.Lock()
 		for _, us := range l.sessions {
 			if us.bc != nil && us.b != nil && us.start.Before(since) {
-				open = append(open, openConn{key: us, rt: us.route, b: us.b, client: us.client, start: us.start, udp: true})
+				open = append(open, openConn{id: us.id, rt: us.route, b: us.b, client: us.client, start: us.start, udp: true})
 				sessions = append(sessions, us)
 			}
 		}
@@ -178,12 +172,12 @@ func (s *Server) openUDPGo(since time.Time, f func(openConn)) {
 // session) open for took.
 func (s *Server) logTCPProgress(c openConn, took time.Duration) {
 	if c.udp {
-		s.accessLogger().Info("udp session progress", "rule", c.rt.Name, "client", c.client.String(),
+		s.accessLogger().Info("udp session progress", "conn", c.id, "rule", c.rt.Name, "client", c.client.String(),
 			"backend", c.b.ID, "backend_addr", c.b.Address, "datagrams_in", c.dIn, "datagrams_out", c.dOut,
 			"bytes_in", c.in, "bytes_out", c.out, "duration", took.Round(time.Microsecond))
 		return
 	}
-	s.accessLogger().Info("connection progress", "rule", c.rt.Name, "client", c.client.String(),
+	s.accessLogger().Info("connection progress", "conn", c.id, "rule", c.rt.Name, "client", c.client.String(),
 		"backend", c.b.ID, "backend_addr", c.b.Address, "bytes_in", c.in, "bytes_out", c.out,
 		"duration", took.Round(time.Microsecond))
 }

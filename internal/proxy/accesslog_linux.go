@@ -15,8 +15,8 @@ func (s *Server) openEpoll(since time.Time, f func(openConn)) {
 		open = open[:0]
 		lp.Call(func() {
 			lp.each(func(c *lconn) {
-				if c.state == stRelay && c.start.Before(since) {
-					open = append(open, openConn{key: c, rt: c.rt, b: c.be, client: c.ci.Client, start: c.start, in: c.up.n, out: c.down.n})
+				if c.state == stRelay && c.Start.Before(since) {
+					open = append(open, openConn{id: c.ID, rt: c.rt, b: c.be, client: c.ci.Client, start: c.Start, in: c.up.n, out: c.down.n})
 				}
 			})
 		})
@@ -43,7 +43,7 @@ func (s *Server) openUDPEpoll(since time.Time, f func(openConn)) {
 			sh.Call(func() {
 				for _, us := range sh.sessions {
 					if us.fd >= 0 && us.b != nil && us.start < since.UnixNano() {
-						open = append(open, openConn{key: us, rt: us.route, b: us.b, client: us.client, start: time.Unix(0, us.start),
+						open = append(open, openConn{id: us.id, rt: us.route, b: us.b, client: us.client, start: time.Unix(0, us.start),
 							udp: true, in: us.inB, out: us.outB, dIn: us.inN, dOut: us.outN})
 					}
 				}

@@ -2,11 +2,7 @@
 
 package proxy
 
-import (
-	"errors"
-
-	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
-)
+import "errors"
 
 // The epoll engine runs on Linux only; elsewhere it has no state and no
 // connections.
@@ -17,7 +13,7 @@ var errNoEpoll = errors.New("the epoll engine runs on Linux only")
 func (s *Server) initEpoll()                                     {}
 func (s *Server) cutEpoll() int                                  { return 0 }
 func (s *Server) stopEpoll()                                     {}
-func (s *Server) closeBackendEpoll(*backend.Backend) int         { return 0 }
+func (s *Server) eachConnEpoll(*ConnFilter, connSink)            {}
 func (s *Server) listenTCPEpoll(string, Table) (Listener, error) { return nil, errNoEpoll }
 func (s *Server) listenUDPEpoll(string, Table, udpOptions) (Listener, error) {
 	return nil, errNoEpoll

@@ -270,7 +270,7 @@ func (s *Server) SetExplainSample(rate float64) {
 // (router.Explain changes nothing, so the pick that follows is the one
 // explained, unless another connection's pick comes between). Off, it
 // costs one atomic load.
-func (s *Server) sampleDecision(rt *Route, req *router.Request) {
+func (s *Server) sampleDecision(id uint64, rt *Route, req *router.Request) {
 	th := s.explainSample.Load()
 	if th == 0 || (th != math.MaxUint64 && rand.Uint64() >= th) || !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
@@ -281,7 +281,7 @@ func (s *Server) sampleDecision(rt *Route, req *router.Request) {
 	rd := &RouterDecision{Router: rt.RouterName, Plugin: rt.Plugin, Tiers: router.Tiers(rt.Router), Explanation: router.Explain(rt.Router, req)}
 	x.Router = rd
 	x.Outcome = fmt.Sprintf("rule %q, backend %s", rt.Name, rd.Chosen)
-	s.log.Debug("connection decision", "rule", rt.Name, "client", req.Client.String(), "chosen", rd.Chosen,
+	s.log.Debug("connection decision", "conn", id, "rule", rt.Name, "client", req.Client.String(), "chosen", rd.Chosen,
 		"reason", rd.Reason, "decision", decisionRecord{&x})
 }
 

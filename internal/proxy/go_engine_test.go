@@ -39,6 +39,7 @@ func TestGoroutineEngine(t *testing.T) {
 		{"ShutdownDrains", TestShutdownDrains},
 		{"ShutdownTimeoutCuts", TestShutdownTimeoutCuts},
 		{"CloseBackendConnsDrained", TestCloseBackendConnsDrained},
+		{"ConnsListAndClose", TestConnsListAndClose},
 		{"MaxConnectionsAcrossListeners", TestMaxConnectionsAcrossListeners},
 		{"BackendHostName", TestBackendHostName},
 		{"ObserverSeesEveryTCPEvent", TestObserverSeesEveryTCPEvent},

@@ -160,7 +160,7 @@ func (l *goTCPListener) serve() {
 			continue
 		}
 		s.wg.Add(1)
-		gc := &goConn{l: l, srv: s, rot: &l.rot, c: c, start: time.Now(), idx: int(l.ids.Add(1)) % s.Workers()}
+		gc := &goConn{l: l, srv: s, rot: &l.rot, c: c, ConnIdent: s.newIdent(time.Now()), idx: int(l.ids.Add(1)) % s.Workers()}
 		gc.ci.Client = addrPort(c.RemoteAddr())
 		s.connMu.Lock()
 		s.conns[gc] = struct{}{}
@@ -171,23 +171,23 @@ func (l *goTCPListener) serve() {
 
 // goConn is one proxied TCP connection of the goroutine engine.
 type goConn struct {
-	l     *goTCPListener // nil for a connection the epoll engine handed over (tls.go)
-	srv   *Server
-	rot   *atomic.Uint32 // rotation over a resolved backend's addresses (the listener's)
-	c     *net.TCPConn
-	start time.Time
-	idx   int // AddBytesIn's worker index
-	ci    ConnInfo
-	rt    *Route
+	l         *goTCPListener // nil for a connection the epoll engine handed over (tls.go)
+	srv       *Server
+	rot       *atomic.Uint32 // rotation over a resolved backend's addresses (the listener's)
+	c         *net.TCPConn
+	ConnIdent     // its id and when it was accepted (conns.go)
+	idx       int // AddBytesIn's worker index
 
-	mu     sync.Mutex // guards what forceClose touches
+	mu     sync.Mutex // guards what forceClose and the admin API's list touch
+	ci     ConnInfo   // written under mu (the list reads it); its own goroutines read it without
+	rt     *Route     // likewise
 	cut    End        // why forceClose ended it (EndEOF: not forced)
 	be     *backend.Backend
 	bc     *net.TCPConn
 	cancel context.CancelFunc // ends a dial or lookup in progress
 
 	last     atomic.Int64 // unix ns of the last byte moved either way
-	up, down atomic.Int64 // bytes moved; each added to by its direction's goroutine, read by the access log's progress records
+	up, down atomic.Int64 // bytes moved; each added to by its direction's goroutine, read by the access log's progress records and the admin API's list
 }
 
 func (c *goConn) backend() *backend.Backend {
@@ -240,23 +240,27 @@ func (c *goConn) serve() {
 	s, l := c.srv, c.l
 	table := l.routes.Load()
 	if len(table.routes) == 0 {
-		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ci.Client)
+		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ID, c.ci.Client)
 		c.c.Close()
 		return
 	}
 	rt, ci, first, err := inspect(c.c, table)
+	c.mu.Lock()
 	c.ci = ci
+	c.mu.Unlock()
 	if c.forced() != EndEOF {
 		c.c.Close()
 		return
 	}
 	if err != nil || rt == nil {
-		s.tcpUnrouted(l.addr.String(), table.opts.Observer, c.ci.Client, inspectReason(err), err)
+		s.tcpUnrouted(l.addr.String(), table.opts.Observer, c.ID, c.ci.Client, inspectReason(err), err)
 		c.reset()
 		return
 	}
+	c.mu.Lock()
 	c.rt = rt
-	release, ok := s.admitTCP(rt, c.ci.Client, c.start)
+	c.mu.Unlock()
+	release, ok := s.admitTCP(rt, c.ci.Client, c.ConnIdent)
 	if !ok {
 		c.reset()
 		return
@@ -269,7 +273,7 @@ func (c *goConn) serve() {
 // then the dial and the relay.
 func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	s, rt := c.srv, c.rt
-	req := s.tcpRequest(rt, &c.ci, local, func() (netip.AddrPort, bool) {
+	req := s.tcpRequest(c.ID, rt, &c.ci, local, func() (netip.AddrPort, bool) {
 		ap := addrPort(c.c.LocalAddr())
 		return ap, ap.IsValid()
 	})
@@ -288,12 +292,12 @@ func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	case err == nil: // drained or shut down while dialling
 		release()
 		if o := rt.Observer; o != nil {
-			o.ConnClosed(nil, c.forced(), time.Since(c.start), 0, 0)
+			o.ConnClosed(nil, c.forced(), time.Since(c.Start), 0, 0)
 		}
 		c.c.Close()
 	default:
 		release()
-		s.tcpNoBackend(rt, c.ci.Client, c.start, err)
+		s.tcpNoBackend(rt, c.ci.Client, c.ConnIdent, err)
 		c.reset()
 	}
 }
@@ -372,7 +376,7 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 			b.Release()
 			return nil, nil, err
 		}
-		s.tcpDialFailed(rt, req, tries, b, dialT0, err)
+		s.tcpDialFailed(rt, c.ID, req, tries, b, dialT0, err)
 		lastErr = err
 	}
 	if lastErr == nil {
@@ -477,7 +481,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	var upErr, downErr error
 	pend, skip, err := tcpPreamble(rt, c.ci.Client, c.c.LocalAddr(), first)
 	if err != nil {
-		s.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+		s.log.Debug("writing to the backend failed", "conn", c.ID, "rule", rt.Name, "backend", b.ID, "err", err)
 		upErr = dstError{err}
 	} else if len(pend) > 0 {
 		if _, err := c.write(b, &c.up, bc, pend, skip); err != nil {
@@ -497,7 +501,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	}
 	client.Close()
 	bc.Close()
-	s.tcpFinished(rt, b, c.ci.Client, c.start, release, upErr, downErr, c.forced(), c.up.Load(), c.down.Load())
+	s.tcpFinished(rt, b, c.ci.Client, c.ConnIdent, release, upErr, downErr, c.forced(), c.up.Load(), c.down.Load())
 }
 
 // abort ends both sides after an error in one direction: a reset or an

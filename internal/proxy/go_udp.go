@@ -65,6 +65,7 @@ type goUDPListener struct {
 
 // goUDPSession is one client's session.
 type goUDPSession struct {
+	id     uint64 // (conns.go)
 	l      *goUDPListener
 	client netip.AddrPort
 	dst    netip.Addr // where the client sent to (wildcard binds), the replies' source
@@ -208,22 +209,6 @@ func (l *goUDPListener) forceClose() int {
 	return n
 }
 
-// closeBackend ends the sessions on b and returns how many there were.
-func (l *goUDPListener) closeBackend(b *backend.Backend) int {
-	l.mu.Lock()
-	var ss []*goUDPSession
-	for _, s := range l.sessions {
-		if s.b == b && s.bc != nil {
-			ss = append(ss, s)
-		}
-	}
-	l.mu.Unlock()
-	for _, s := range ss {
-		l.end(s, EndDrained)
-	}
-	return len(ss)
-}
-
 // serve reads client datagrams until the socket is released.
 func (l *goUDPListener) serve() {
 	srv := l.srv
@@ -362,7 +347,7 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 	if why != udpAdmitted {
 		return nil
 	}
-	s := &goUDPSession{l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
+	s := &goUDPSession{id: srv.connIDs.Add(1), l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
 		idx: int(l.ids.Add(1)) % srv.Workers(), start: time.Now(), release: release,
 		quic: newQUICState(rt, prevQUIC)}
 	if prev != nil {
@@ -565,7 +550,7 @@ func (s *goUDPSession) readBackend(bc *net.UDPConn) {
 				l.refusedLocked(s)
 				l.mu.Unlock()
 			default:
-				srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
+				srv.log.Debug("udp backend socket error; ending session", "conn", s.id, "rule", s.route.Name,
 					"backend", s.b.ID, "client", s.replyTo().client.String(), "err", err.Error())
 				l.end(s, EndBackendError)
 			}
@@ -622,7 +607,7 @@ func (l *goUDPListener) refusedLocked(s *goUDPSession) {
 	if s.bc == nil {
 		return
 	}
-	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "rule", s.route.Name,
+	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "conn", s.id, "rule", s.route.Name,
 		"backend", s.b.ID, "client", s.client.String())
 	s.b.Health().ReportDial(errRefused)
 	l.closeSocket(s, EndBackendRefused)
@@ -678,7 +663,7 @@ func (l *goUDPListener) closeSocket(s *goUDPSession, end End) {
 	s.mu.Lock()
 	c := s.udpCounts
 	s.mu.Unlock()
-	srv.udpSessionEnded(s.route, s.client, s.b, &c, time.Since(s.start), end)
+	srv.udpSessionEnded(s.route, s.id, s.client, s.b, &c, time.Since(s.start), end)
 }
 
 // remove forgets s. Called with l.mu held.

@@ -98,6 +98,7 @@ type Server struct {
 	alog     accessLog         // where the access log goes, and its progress records (accesslog.go)
 
 	explainSample atomic.Uint64 // connections whose decision is logged at debug: rand.Uint64() < it (explain.go)
+	connIDs       atomic.Uint64 // numbers connections and sessions (conns.go)
 
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
@@ -212,7 +213,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // CloseBackendConns closes every connection proxied to b (a backend a reload
 // removed, once its drain_timeout is over) and returns how many.
 func (s *Server) CloseBackendConns(b *backend.Backend) int {
-	return s.closeBackendEpoll(b) + s.closeBackendGo(b)
+	return s.CloseConns(ConnFilter{Of: b}, EndDrained)
 }
 
 // UDPStats are the UDP counters of a Server, over all its UDP listeners.

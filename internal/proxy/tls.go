@@ -103,9 +103,9 @@ func (c *goConn) terminate(first []byte, release func()) (*tls.Conn, bool) {
 	s.Stats.Rejected.Add(1)
 	if o := rt.Observer; o != nil {
 		o.Rejected(ReasonTLSHandshake)
-		o.ConnClosed(nil, EndClientError, time.Since(c.start), 0, 0)
+		o.ConnClosed(nil, EndClientError, time.Since(c.Start), 0, 0)
 	}
-	s.log.Debug("tls handshake failed; closing client", "rule", rt.Name, "client", c.ci.Client.String(), "err", err)
+	s.log.Debug("tls handshake failed; closing client", "conn", c.ID, "rule", rt.Name, "client", c.ci.Client.String(), "err", err)
 	c.reset()
 	return nil, false
 }
@@ -135,8 +135,8 @@ func (c *goConn) originate(ctx context.Context, b *backend.Backend, bc *net.TCPC
 // served from here on by the goroutine engine, counted in the Server's
 // Active and wg as before; idx is the accepting loop's, for its byte
 // counts.
-func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, start time.Time, local netip.AddrPort, idx int, first []byte, release func()) {
-	gc := &goConn{srv: s, rot: &s.tlsRot, c: nc, start: start, ci: ci, rt: rt, idx: idx}
+func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, id ConnIdent, local netip.AddrPort, idx int, first []byte, release func()) {
+	gc := &goConn{srv: s, rot: &s.tlsRot, c: nc, ConnIdent: id, ci: ci, rt: rt, idx: idx}
 	s.connMu.Lock()
 	s.conns[gc] = struct{}{}
 	s.connMu.Unlock()

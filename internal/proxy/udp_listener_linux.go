@@ -17,7 +17,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
@@ -566,44 +565,4 @@ func (l *udpShard) publishStats() {
 	add(&u.DroppedShutdown, &st.shutdown)
 	add(&u.DroppedSendError, &st.sendErr)
 	add(&u.DroppedMaxResponse, &st.maxResp)
-}
-
-// closeUDPSessions ends every UDP session on b (a backend a reload removed,
-// once its drain_timeout is over) and returns how many there were.
-func (s *Server) closeUDPSessions(b *backend.Backend) int {
-	s.mu.Lock()
-	ls := make([]*UDPListener, 0, len(s.udp))
-	for l := range s.udp {
-		ls = append(ls, l)
-	}
-	s.mu.Unlock()
-	n := 0
-	for _, l := range ls {
-		n += l.closeBackend(b)
-	}
-	return n
-}
-
-// closeBackend has the shards end the sessions on b, and waits for them.
-func (l *UDPListener) closeBackend(b *backend.Backend) int {
-	n := 0
-	for _, sh := range l.shards {
-		n += sh.closeBackend(b)
-	}
-	return n
-}
-
-// closeBackend ends the shard's sessions on b, in its loop, and returns how
-// many there were (0 once the loop has exited: it ended them all).
-func (l *udpShard) closeBackend(b *backend.Backend) int {
-	n := 0
-	l.Call(func() {
-		for _, s := range l.sessions {
-			if s.b == b && s.fd >= 0 {
-				l.end(s, EndDrained)
-				n++
-			}
-		}
-	})
-	return n
 }

@@ -24,6 +24,7 @@ import (
 
 // udpSession is one client's session. Its fields are the loop's alone.
 type udpSession struct {
+	id     uint64 // (conns.go)
 	client netip.AddrPort
 	sa     unix.RawSockaddrInet6 // the client's sockaddr as received
 	salen  uint32
@@ -223,7 +224,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	if why != udpAdmitted {
 		return nil
 	}
-	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release,
+	s := &udpSession{id: l.srv.connIDs.Add(1), client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release,
 		quic: newQUICState(rt, prevQUIC)}
 	if prev != nil {
 		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
@@ -379,7 +380,7 @@ func (l *udpShard) readBackend(fd int) {
 			l.refused(s)
 			return
 		default:
-			l.srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
+			l.srv.log.Debug("udp backend socket error; ending session", "conn", s.id, "rule", s.route.Name,
 				"backend", s.b.ID, "client", s.client.String(), "err", e.Error())
 			l.end(s, EndBackendError)
 			return
@@ -492,7 +493,7 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 		}
 		l.srv.UDP.Sessions.Add(-1)
 	}
-	l.srv.udpSessionEnded(s.route, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
+	l.srv.udpSessionEnded(s.route, s.id, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
 }
 
 // remove forgets s entirely.
@@ -517,7 +518,7 @@ func (l *udpShard) end(s *udpSession, end End) {
 // stays as a tombstone until session_timeout, so that the client's next
 // datagram opens a session on another backend.
 func (l *udpShard) refused(s *udpSession) {
-	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "rule", s.route.Name,
+	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "conn", s.id, "rule", s.route.Name,
 		"backend", s.b.ID, "client", s.client.String())
 	s.b.Health().ReportDial(errRefused)
 	l.closeSocket(s, EndBackendRefused)

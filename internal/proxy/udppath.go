@@ -223,13 +223,13 @@ func (c *udpCounts) replied(b *backend.Backend, o Observer, idx, n int, now int6
 // udpSessionEnded accounts for the end of a session of rt that reached b
 // and lasted took; the caller has given its socket, backend and access
 // slot back.
-func (s *Server) udpSessionEnded(rt *Route, client netip.AddrPort, b *backend.Backend, c *udpCounts, took time.Duration, end End) {
+func (s *Server) udpSessionEnded(rt *Route, id uint64, client netip.AddrPort, b *backend.Backend, c *udpCounts, took time.Duration, end End) {
 	s.UDP.Ended[end].Add(1)
 	if o := rt.Observer; o != nil {
 		o.ConnClosed(b, end, took, 0, 0)
 	}
 	if rt.AccessLog {
-		s.accessLogger().Info("udp session closed", "rule", rt.Name, "client", client.String(),
+		s.accessLogger().Info("udp session closed", "conn", id, "rule", rt.Name, "client", client.String(),
 			"backend", b.ID, "backend_addr", b.Address,
 			"datagrams_in", c.inN, "datagrams_out", c.outN, "bytes_in", c.inB, "bytes_out", c.outB,
 			"duration", took.Round(time.Microsecond), "end", end.String())

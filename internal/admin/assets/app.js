@@ -453,6 +453,9 @@
     else setConn("paused", "paused");
   }
 
+  // For the connections view (conns.js).
+  window.dynamicProxy = { api, toast, el, bytes, duration };
+
   document.addEventListener("DOMContentLoaded", () => {
     $("reload-btn").addEventListener("click", reload);
     $("interval").addEventListener("change", () => { schedule(); poll(); });
