@@ -17,6 +17,7 @@ import (
 // so that its defaults are filled in by the decoder.
 const minimal = `
 [redis]
+[acme]
 [routers.rr]
 plugin = "round_robin"
 [[rules]]
