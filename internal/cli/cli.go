@@ -193,6 +193,7 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
 	discoveryReport(cfg, stdout, stderr)       // (discovery.go)
 	printCertificates(cfg, stdout, time.Now()) // (tls.go)
+	printACME(cfg, stdout)                     // (acme.go)
 	names := make([]string, 0, len(cfg.Routers))
 	for n, s := range cfg.Routers {
 		names = append(names, n+" ("+s.Plugin+")")
@@ -221,6 +222,15 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		return 1
 	}
 	defer fl.Close()
+	am, err := startACME(cfg, fl, log) // certificates by ACME (acme.go)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	if am != nil {
+		defer am.Close()
+		eng.SetACME(am)
+	}
 	obs, err := startObserve(cfg, eng, adminFleet(fl), log) // metrics and admin API (observe.go)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
