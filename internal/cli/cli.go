@@ -231,7 +231,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		defer am.Close()
 		eng.SetACME(am)
 	}
-	obs, err := startObserve(cfg, eng, adminFleet(fl), log) // metrics and admin API (observe.go)
+	obs, err := startObserve(cfg, eng, adminFleet(fl), am, log) // metrics and admin API (observe.go)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -264,6 +265,43 @@ func TestACMEOneInstance(t *testing.T) {
 	if n := pb.orders(); n != 2 {
 		t.Errorf("pebble took %d orders; want one per name (2)", n)
 	}
+	// Metrics and the status API show each name: valid until, next renewal.
+	m := harness.Scrape(t, p.MetricsURL())
+	for _, name := range []string{"a.acme.test", "b.acme.test"} {
+		l := harness.Labels{"rule": "web", "name": name}
+		exp, ren := m.Value("dynamic_proxy_acme_certificate_expiry_timestamp_seconds", l), m.Value("dynamic_proxy_acme_renewal_timestamp_seconds", l)
+		if now := float64(time.Now().Unix()); exp < now+86400 || ren <= now || ren >= exp {
+			t.Errorf("%s: expiry %v, renewal %v; want a future expiry after a future renewal", name, exp, ren)
+		}
+		if m.Value("dynamic_proxy_acme_certificate_present", l) != 1 || m.Value("dynamic_proxy_acme_orders_obtained_total", l) != 1 {
+			t.Errorf("%s: present/obtained wrong", name)
+		}
+		if v := m.Value("dynamic_proxy_tls_certificate_expiry_seconds", harness.Labels{"rule": "web", "cert": "acme:" + name}); v < 86400 {
+			t.Errorf("%s: tls_certificate_expiry_seconds = %v", name, v)
+		}
+	}
+	resp, err := http.Get(p.AdminURL() + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Rules []struct {
+			Name string
+			ACME []struct {
+				Name        string     `json:"name"`
+				Serial      string     `json:"serial"`
+				ValidUntil  *time.Time `json:"valid_until"`
+				NextRenewal *time.Time `json:"next_renewal"`
+				LastError   string     `json:"last_error"`
+			} `json:"acme"`
+		} `json:"rules"`
+	}
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if len(st.Rules) != 1 || len(st.Rules[0].ACME) != 2 || st.Rules[0].ACME[0].ValidUntil == nil || st.Rules[0].ACME[0].NextRenewal == nil ||
+		st.Rules[0].ACME[0].Serial == "" || st.Rules[0].ACME[0].LastError != "" {
+		t.Errorf("status API: %+v", st)
+	}
 	// Pebble validated each name by connecting to the rule's port, and the
 	// proxy's handshake answered without dialling the backend.
 	if n := p.Count("acme tls-alpn-01 challenge answered"); n < 2 {
@@ -432,6 +470,9 @@ func TestACMEFleetLockHolderKilled(t *testing.T) {
 		}
 		return false
 	})
+	// Mid-order: pebble has the order, its validation waits at the load
+	// balancer.
+	harness.Eventually(t, "the holder's order at pebble", func() bool { return pb.orders() == 1 })
 	ps[holder].Cmd.Process.Kill()
 	<-ps[holder].Exited()
 	lb.release()
@@ -460,6 +501,9 @@ func TestACMEFleetLockHolderKilled(t *testing.T) {
 	}
 	if took != 1 {
 		t.Errorf("%d survivors obtained the certificate; want one (the other loads it)", took)
+	}
+	if n := pb.orders(); n != 2 {
+		t.Errorf("pebble took %d orders; want 2: the killed holder's, left unfinished, and the one that finished", n)
 	}
 }
 
