@@ -602,3 +602,34 @@ func TestACMERedisDownAtStart(t *testing.T) {
 		t.Errorf("through the cached certificate: %q", line)
 	}
 }
+
+// TestACMEHTTP01: with challenges = ["http-01"] and http_port set, pebble
+// validates by HTTP on that port, which the proxy answers.
+func TestACMEHTTP01(t *testing.T) {
+	dns := startACMEDNS(t, "127.0.0.1")
+	hport := harness.FreePort(t)
+	pb := startPebble(t, dns, harness.FreePort(t), hport, 0)
+	echo := StartEcho(t, "backend")
+	dir := t.TempDir()
+	cfg := harness.WriteConfig(t, acmeProxyConfig(pb, "127.0.0.1", filepath.Join(dir, "acme"), echo, []string{"h.acme.test"}, "",
+		fmt.Sprintf("challenges = [\"http-01\"]\nhttp_port = %d\n", hport)))
+	p := Start(t, cfg, "--log-level", "debug")
+	addr := fmt.Sprintf("127.0.0.1:%d", pb.TLSPort)
+	root, _ := pb.rootFile(dir)
+	harness.Eventually(t, "a pebble certificate by http-01", func() error {
+		if out, ok := acmeSClient(addr, "h.acme.test", root); !ok {
+			return fmt.Errorf("openssl s_client: %s", out)
+		}
+		return nil
+	})
+	if p.Count("acme: http-01 challenge answered") < 1 || p.Count("acme tls-alpn-01 challenge answered") != 0 {
+		t.Errorf("want http-01 answered and no tls-alpn-01: %d, %d", p.Count("acme: http-01 challenge answered"), p.Count("acme tls-alpn-01 challenge answered"))
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/other", hport))
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Errorf("a request that is no challenge: %s", resp.Status)
+		}
+	}
+}
