@@ -95,3 +95,30 @@ acme = ["a.example.com"]
 		t.Errorf("http_port without http-01: %v", err)
 	}
 }
+
+// TestACMERedisWithoutEncryptionKey: with [redis] and no
+// encryption_key_file, --validate warns that private keys are stored in
+// Redis unencrypted; with one, it does not.
+func TestACMERedisWithoutEncryptionKey(t *testing.T) {
+	f := newTLSFixture(t)
+	body := tlsRuleHead + "[rules.tls]\nacme = [\"a.example.com\"]\n" + tlsBackend
+	cfg, err := f.parse(t, "[redis]\n[acme]\n"+body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warned := false
+	for _, w := range cfg.Warnings {
+		warned = warned || strings.Contains(w.String(), "tls.toml:2: acme: no encryption_key_file: the certificates' private keys are stored in Redis unencrypted")
+	}
+	if !warned {
+		t.Errorf("no warning: %v", cfg.Warnings)
+	}
+	os.WriteFile(filepath.Join(f.dir, "fleet.key"), []byte("0123456789abcdef0123\n"), 0o600)
+	cfg, err = f.parse(t, "[redis]\n[acme]\nencryption_key_file = \"fleet.key\"\n"+body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, err := cfg.ACMEEncryptionKey(); err != nil || string(k) != "0123456789abcdef0123" || len(cfg.Warnings) != 0 {
+		t.Errorf("key %q, %v; warnings %v", k, err, cfg.Warnings)
+	}
+}
