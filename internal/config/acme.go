@@ -183,6 +183,13 @@ func (c *Config) validateACME(e *Errors, used bool) {
 	case !http && a.HTTPPort != 0:
 		e.addf("acme.http_port", "is set but challenges has no %q: add it, or remove http_port", ChallengeHTTP)
 	}
+	if l := c.ACMEHTTPListen(); l != "" {
+		for i := range c.Rules {
+			if r := &c.Rules[i]; r.Enabled && r.Protocol == "tcp" && c.Listener(r) == l {
+				e.addf("acme.http_port", "%d is rule %q's listener (%s): HTTP-01 is answered on a port of its own", a.HTTPPort, r.Name, l)
+			}
+		}
+	}
 	if a.Storage == "" {
 		e.add("acme.storage", "must not be empty: the directory certificates are kept in")
 	}

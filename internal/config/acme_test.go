@@ -90,6 +90,10 @@ acme = ["a.example.com"]
 	if got := cfg.ACMEHTTPListen(); got != "127.0.0.1:8080" {
 		t.Errorf("ACMEHTTPListen = %q", got)
 	}
+	_, err = f.parse(t, "[server]\ntcp_bind = \"127.0.0.1:0\"\n[acme]\nchallenges = [\"http-01\"]\nhttp_port = 9443\n"+tlsRuleHead+"[rules.matcher]\ntype = \"port\"\nport = 9443\n[rules.tls]\nacme = [\"a.example.com\"]\n"+tlsBackend)
+	if err == nil || !strings.Contains(err.Error(), `acme.http_port: 9443 is rule "web"'s listener`) {
+		t.Errorf("http_port on a rule's listener: %v", err)
+	}
 	_, err = f.parse(t, "[acme]\nhttp_port = 8080\n"+tlsRuleHead+"[rules.tls]\nacme = [\"a.example.com\"]\n"+tlsBackend)
 	if err == nil || !strings.Contains(err.Error(), `tls.toml:2: acme.http_port: is set but challenges has no "http-01"`) {
 		t.Errorf("http_port without http-01: %v", err)
