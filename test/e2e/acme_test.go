@@ -389,6 +389,8 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() error)
 func acmeFleet(t *testing.T, pb *pebbleServer, redisURL string, n int, names []string, paused bool) ([]*harness.Proxy, []string, *testLB) {
 	t.Helper()
 	echo := StartEcho(t, "backend")
+	keyFile := filepath.Join(t.TempDir(), "fleet.key")
+	os.WriteFile(keyFile, []byte("a fleet secret of more than 16 bytes\n"), 0o600)
 	var ps []*harness.Proxy
 	var addrs []string
 	for i := 0; i < n; i++ {
@@ -398,7 +400,8 @@ func acmeFleet(t *testing.T, pb *pebbleServer, redisURL string, n int, names []s
 	lb := startTestLB(t, fmt.Sprintf("127.0.0.1:%d", pb.TLSPort), addrs, paused)
 	for i := 0; i < n; i++ {
 		host := fmt.Sprintf("127.0.0.%d", i+2)
-		cfg := harness.WriteConfig(t, acmeProxyConfig(pb, host, filepath.Join(t.TempDir(), "acme"), echo, names, redisURL, ""))
+		cfg := harness.WriteConfig(t, acmeProxyConfig(pb, host, filepath.Join(t.TempDir(), "acme"), echo, names, redisURL,
+			fmt.Sprintf("encryption_key_file = %q\n", keyFile)))
 		ps = append(ps, StartNoWait(t, cfg))
 	}
 	for _, p := range ps {
@@ -446,8 +449,30 @@ func TestACMEFleetOneOrderPerName(t *testing.T) {
 	if ordering != len(names) {
 		t.Errorf("%d instances' orders for %d names; want one each", ordering, len(names))
 	}
-	// Private keys are not in Redis as PEM (no encryption key here: they
-	// are, and --validate and the start-up warn; see the unit tests).
+	// In Redis, the certificates are there as they are and every private
+	// key (the certificates' and the account's) is sealed.
+	all, err := srv.Client().HGetAll(t.Context(), "dynamic-proxy:acme").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, crts := 0, 0
+	for k, v := range all {
+		switch {
+		case strings.HasSuffix(k, ".key"):
+			keys++
+			if !strings.HasPrefix(v, "dp-enc1:") || strings.Contains(v, "PRIVATE KEY") {
+				t.Errorf("%s is in Redis unencrypted", k)
+			}
+		case strings.HasSuffix(k, ".crt"):
+			crts++
+			if !strings.Contains(v, "BEGIN CERTIFICATE") {
+				t.Errorf("%s: %q", k, v[:min(len(v), 40)])
+			}
+		}
+	}
+	if keys != len(names)+1 || crts != len(names) {
+		t.Errorf("Redis holds %d keys and %d certificates; want one key per name and the account's, one certificate per name", keys, crts)
+	}
 }
 
 // TestACMEFleetLockHolderKilled: the instance that holds a name's lock is
