@@ -34,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
@@ -78,6 +79,9 @@ type Options struct {
 	// terminate TLS (tlsconf.Server.Certificates), shown by the status
 	// API and page; nil: none.
 	Certificates func() map[string][]tlsconf.Info
+	// ACME returns the state of every name managed by ACME (valid until,
+	// next renewal, last error), shown by the status API and page; nil: none.
+	ACME func() []acme.NameState
 }
 
 // Handler serves the admin API and status page.

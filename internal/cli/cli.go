@@ -197,6 +197,7 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
 	discoveryReport(cfg, stdout, stderr)       // (discovery.go)
 	printCertificates(cfg, stdout, time.Now()) // (tls.go)
+	printACME(cfg, stdout)                     // (acme.go)
 	names := make([]string, 0, len(cfg.Routers))
 	for n, s := range cfg.Routers {
 		names = append(names, n+" ("+s.Plugin+")")
@@ -225,7 +226,16 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		return 1
 	}
 	defer fl.Close()
-	obs, err := startObserve(cfg, eng, adminFleet(fl), log) // metrics and admin API (observe.go)
+	am, err := startACME(cfg, fl, log) // certificates by ACME (acme.go)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	if am != nil {
+		defer am.Close()
+		eng.SetACME(am)
+	}
+	obs, err := startObserve(cfg, eng, adminFleet(fl), am, log) // metrics and admin API (observe.go)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1

@@ -18,6 +18,7 @@ type Config struct {
 	Server  Server                `toml:"server"`
 	Logging Logging               `toml:"logging"`
 	Redis   *Redis                `toml:"redis"`   // nil when the file has no [redis] section
+	ACME    *ACME                 `toml:"acme"`    // [acme] (acme.go); nil when the file has none
 	Routers map[string]RouterSpec `toml:"routers"` // named router instances, [routers.NAME]
 	Rules   []Rule                `toml:"rules"`
 	// Access is [access]: client access control for every rule (a rule's

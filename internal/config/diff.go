@@ -44,6 +44,9 @@ func RestartNeeded(old, next *Config) []string {
 	if !reflect.DeepEqual(old.Redis, next.Redis) { // the fleet connection is made at start-up
 		keys = append(keys, "[redis]")
 	}
+	if !reflect.DeepEqual(old.ACMESettings(), next.ACMESettings()) { // the ACME manager is made at start-up
+		keys = append(keys, "[acme]")
+	}
 	for _, k := range []struct {
 		key        string
 		oldV, newV any

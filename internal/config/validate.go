@@ -121,6 +121,13 @@ func (c *Config) validate(e *Errors) {
 	for i := range c.Rules {
 		c.validateRule(e, i, ruleNames, shared)
 	}
+	acmeOwner := map[string]string{}
+	for i := range c.Rules {
+		if r := &c.Rules[i]; r.TLS != nil && r.Protocol != "udp" && len(r.TLS.ACME) > 0 {
+			c.validateACMENames(e, r.TLS, fmt.Sprintf("rules[%d].tls", i), acmeOwner, r.Name)
+		}
+	}
+	c.validateACME(e, len(acmeOwner) > 0)
 	c.resolveHealth(e)
 	c.warnShadowed(e)
 }

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/discovery"
@@ -54,6 +55,7 @@ type Engine struct {
 	disc       *discovery.Manager         // backends from DNS names (discover.go)
 	tls        map[string]*tlsconf.Server // terminating rules' servers, by rule name (tls.go)
 	tickets    tlsconf.TicketKeySource    // session ticket keys shared by the fleet; nil: local
+	acme       *acme.Manager              // certificates of rules.tls.acme; nil: none (tls.go)
 	tlsMetrics TLSMetrics                 // nil: none
 	discLog    map[string]bool            // discovery merge problems logged, so each is logged once
 	down       downState                  // on_backend_down = "close" (backenddown.go)
@@ -190,7 +192,8 @@ type plan struct {
 	tiers    []limitSet   // kept backends whose priority tier changes
 	opened   []string     // listeners bind opened, in file order
 
-	tls map[string]*tlsconf.Staged // terminating rules' settings, loaded; nil: the running server kept (tls.go)
+	tls  map[string]*tlsconf.Staged // terminating rules' settings, loaded; nil: the running server kept (tls.go)
+	acme map[string]*acme.Rule      // ACME rules' managed certificates; nil map: the running ones kept (tls.go)
 
 	change Change
 }
@@ -236,6 +239,9 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 		tls:      map[string]*tlsconf.Staged{},
 		options:  map[string]proxy.ListenOptions{},
 		checks:   e.checks.Begin(),
+	}
+	if reload {
+		p.acme = map[string]*acme.Rule{}
 	}
 	// A runtime change (admin API: drain, enable, disable, weight) to a
 	// backend lasts until a reload changes that backend's config entry.

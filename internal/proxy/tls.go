@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -98,6 +99,18 @@ func (c *goConn) terminate(first []byte, release func()) (*tls.Conn, bool) {
 	c.mu.Unlock()
 	if err == nil {
 		return tc, true
+	}
+	var chal interface{ ACMEChallenge() bool }
+	if errors.As(err, &chal) && chal.ACMEChallenge() {
+		// An ACME TLS-ALPN-01 validation, answered by the handshake itself:
+		// nothing to relay, no backend to dial.
+		release()
+		if o := rt.Observer; o != nil {
+			o.ConnClosed(nil, EndEOF, time.Since(c.start), 0, 0)
+		}
+		s.log.Debug("acme tls-alpn-01 challenge answered", "rule", rt.Name, "client", c.ci.Client.String())
+		c.c.Close()
+		return nil, false
 	}
 	release()
 	s.Stats.Rejected.Add(1)
