@@ -190,12 +190,6 @@ type goConn struct {
 	up, down atomic.Int64 // bytes moved; each added to by its direction's goroutine, read by the access log's progress records and the admin API's list
 }
 
-func (c *goConn) backend() *backend.Backend {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.be
-}
-
 func (c *goConn) forced() End {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -106,9 +106,9 @@ func (c *goConn) terminate(first []byte, release func()) (*tls.Conn, bool) {
 		// nothing to relay, no backend to dial.
 		release()
 		if o := rt.Observer; o != nil {
-			o.ConnClosed(nil, EndEOF, time.Since(c.start), 0, 0)
+			o.ConnClosed(nil, EndEOF, time.Since(c.Start), 0, 0)
 		}
-		s.log.Debug("acme tls-alpn-01 challenge answered", "rule", rt.Name, "client", c.ci.Client.String())
+		s.log.Debug("acme tls-alpn-01 challenge answered", "conn", c.ID, "rule", rt.Name, "client", c.ci.Client.String())
 		c.c.Close()
 		return nil, false
 	}
