@@ -200,6 +200,12 @@ type Rule struct {
 	// client beyond it is dropped and counted, existing sessions are not
 	// affected. 0 means no limit. Default 10000.
 	MaxSessions int `toml:"max_sessions"`
+	// DNS balances each DNS query on its own (docs/udp.md#dns-aware-balancing):
+	// every client datagram must be a DNS query, it goes to the backend the
+	// router picks for it over a socket the shard shares among clients, and
+	// the reply is matched back by id and question. Rules sharing a listener
+	// must agree; not with max_responses. Default false: sessions.
+	DNS bool `toml:"dns"`
 }
 
 // Backend is one upstream server of a rule.

@@ -334,6 +334,7 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			AccessLog:      cfg.Logging.AccessLog,
 			MaxResponses:   r.MaxResponses,
 			MaxSessions:    r.MaxSessions,
+			DNS:            r.Protocol == "udp" && r.DNS,
 			Match:          compileMatcher(r.Matcher),
 			SendProxy:      proxyVersion(r.ProxyProtocol),
 		}

@@ -56,6 +56,7 @@ type goUDPListener struct {
 	sessions map[netip.AddrPort]*goUDPSession // open ones and refusals' tombstones
 	held     udpHeld[*goUDPSession]           // new clients waiting for a lookup
 	scratch  []byte                           // a PROXY header and a datagram, under mu
+	dns      goDNS                            // a DNS listener's clients and backend sockets (go_udp_dns.go), under mu
 
 	shutOnce sync.Once
 	readers  sync.WaitGroup // the sessions' goroutines
@@ -201,6 +202,9 @@ func (l *goUDPListener) forceClose() int {
 	for _, s := range ss {
 		l.end(s, EndShutdown)
 	}
+	l.mu.Lock()
+	l.dnsEndAll(EndShutdown)
+	l.mu.Unlock()
 	l.shut()
 	return n
 }
@@ -218,7 +222,7 @@ func (l *goUDPListener) closeBackend(b *backend.Backend) int {
 	for _, s := range ss {
 		l.end(s, EndDrained)
 	}
-	return len(ss)
+	return len(ss) + l.dnsCloseBackend(b)
 }
 
 // serve reads client datagrams until the socket is released.
@@ -229,6 +233,7 @@ func (l *goUDPListener) serve() {
 		for _, s := range l.sessions {
 			l.endLocked(s, EndShutdown)
 		}
+		l.dnsEndAll(EndShutdown)
 		l.held = udpHeld[*goUDPSession]{}
 		l.mu.Unlock()
 		l.readers.Wait()
@@ -253,6 +258,10 @@ func (l *goUDPListener) serve() {
 		}
 		if !client.IsValid() {
 			srv.UDP.DroppedSendError.Add(1)
+			continue
+		}
+		if l.table.Load().Options.DNS { // each datagram a query balanced on its own
+			l.dnsDatagram(client, dst, ifidx, buf[:n])
 			continue
 		}
 		l.datagram(client, dst, ifidx, buf[:n])

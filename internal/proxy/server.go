@@ -58,8 +58,9 @@ type Route struct {
 
 	// UDP only (see udp_listener_linux.go); the session timeout is the
 	// listener's (ListenOptions).
-	MaxResponses int // end a session after this many replies; 0: unlimited
-	MaxSessions  int // concurrent sessions; 0: no limit
+	MaxResponses int  // end a session after this many replies; 0: unlimited
+	MaxSessions  int  // concurrent sessions; 0: no limit
+	DNS          bool // dns = true: each query balanced on its own (udp_dns.go); the listener's ListenOptions.DNS says so too
 }
 
 // Listener is a bound TCP or UDP listener whose table can be swapped.
@@ -228,6 +229,12 @@ type UDPStats struct {
 	DroppedShutdown    atomic.Int64 // a new client while the listener drains
 	DroppedSendError   atomic.Int64 // a send failed (socket buffer full, unreachable…)
 	DroppedMaxResponse atomic.Int64 // backend datagrams after max_responses
+
+	// DNS-aware balancing (dns = true listeners, udp_dns.go).
+	DroppedDNSMalformed atomic.Int64 // client datagrams that are not DNS queries
+	DNSUnanswered       atomic.Int64 // queries forgotten after session_timeout without a reply
+	DNSUnmatched        atomic.Int64 // replies that matched no waiting query
+	DNSRewritten        atomic.Int64 // queries sent with another id than their client's (it was taken on the socket)
 
 	// Ended counts the sessions that ended, by how (EndsOf("udp")).
 	Ended [NumEnds]atomic.Int64

@@ -103,6 +103,7 @@ type udpShard struct {
 	held       udpHeld[*udpSession] // new clients whose backend's host name is being looked up
 	rot        uint32               // rotation over a resolved backend's addresses
 	b          batch
+	dns        dnsShard // a DNS listener's clients and backend sockets (udp_dns_linux.go)
 	acked      bool
 	st         localStats
 }
@@ -444,6 +445,10 @@ func (l *udpShard) readClients() {
 	for i := 0; i < n; i++ {
 		b.nlen[i], b.clen[i] = b.Hdrs[i].Hdr.Namelen, int(b.Hdrs[i].Hdr.Controllen)
 	}
+	if l.lastTable.Options.DNS { // each datagram a query balanced on its own
+		l.dnsQueries(n)
+		return
+	}
 	// Consecutive datagrams of one client (a client that sends several at
 	// once) go to its backend in one sendmmsg.
 	var run *udpSession
@@ -496,19 +501,23 @@ func (l *udpShard) sweep() {
 	for s := l.head; s != nil && l.now-s.last >= t; s = l.head {
 		l.end(s, EndIdleTimeout)
 	}
+	l.dnsSweep()
 }
 
 // arm sets the epoll descriptor's read deadline to the oldest session's
 // expiry, unless an earlier one is set already (then the loop wakes early,
 // sweeps nothing and re-arms).
 func (l *udpShard) arm() {
-	if l.head == nil {
+	next := l.dnsNext()
+	if l.head != nil && (next == 0 || l.head.last+int64(l.timeout) < next) {
+		next = l.head.last + int64(l.timeout)
+	}
+	if next == 0 {
 		if l.Armed() != 0 {
 			l.SetDeadline(0)
 		}
 		return
 	}
-	next := l.head.last + int64(l.timeout)
 	if a := l.Armed(); a > 0 && a <= next {
 		return
 	}
@@ -525,6 +534,7 @@ func (l *udpShard) endAll() {
 	for _, s := range l.sessions {
 		l.end(s, EndShutdown)
 	}
+	l.dnsEndAll()
 	l.publishStats()
 }
 
@@ -593,6 +603,7 @@ func (l *udpShard) closeBackend(b *backend.Backend) int {
 				n++
 			}
 		}
+		n += l.dnsCloseBackend(b)
 	})
 	return n
 }
