@@ -222,7 +222,6 @@ func (l *udpShard) dnsRegister(c *dnsClient) {
 	d := &l.dns
 	if d.clients == nil {
 		d.clients = map[netip.AddrPort]*dnsClient{}
-		d.ups = map[*backend.Backend]*dnsUpstream{}
 	}
 	d.clients[c.client] = c
 	l.srv.UDP.Sessions.Add(1)
