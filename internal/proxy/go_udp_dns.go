@@ -133,6 +133,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 			d.clients = map[netip.AddrPort]*goDNSClient{}
 		}
 		d.clients[client] = c
+		srv.UDP.DNSClients.Add(1)
 		srv.UDP.Sessions.Add(1)
 		srv.UDP.SessionsTotal.Add(1)
 	}
@@ -198,6 +199,10 @@ func (l *goUDPListener) dnsUpstreamFor(b *backend.Backend, rt *Route) (*goDNSUps
 	if up := d.ups[b]; up != nil {
 		return up, nil
 	}
+	if !l.srv.fdRoom(1) {
+		l.srv.refuse(RefusedUDPSession, rt.Name)
+		return nil, errDNSBudget
+	}
 	conn, err := l.dial(b)
 	if err != nil {
 		return nil, err
@@ -207,6 +212,7 @@ func (l *goUDPListener) dnsUpstreamFor(b *backend.Backend, rt *Route) (*goDNSUps
 	}
 	up := &goDNSUpstream{b: b, obs: dnsObserver(rt.Observer), conn: conn, last: time.Now().UnixNano()}
 	d.ups[b] = up
+	l.srv.UDP.DNSSockets.Add(1)
 	l.readers.Add(1)
 	go l.dnsRead(up)
 	return up, nil
@@ -289,6 +295,7 @@ func (l *goUDPListener) dnsEnd(c *goDNSClient, end End) {
 		c.release()
 	}
 	srv.UDP.Sessions.Add(-1)
+	srv.UDP.DNSClients.Add(-1)
 	if l.live.Add(-1) == 0 && l.closed.Load() {
 		l.shut() // the last session of a closed listener: release the socket
 	}
@@ -304,6 +311,7 @@ func (l *goUDPListener) dnsCloseUpstream(up *goDNSUpstream) {
 	up.closed = true
 	up.ids.all(func(dnsPending[*goDNSClient]) { up.b.Release() })
 	up.conn.Close()
+	l.srv.UDP.DNSSockets.Add(-1)
 	delete(l.dns.ups, up.b)
 }
 

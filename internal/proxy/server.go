@@ -235,6 +235,8 @@ type UDPStats struct {
 	DNSUnanswered       atomic.Int64 // queries forgotten after session_timeout without a reply
 	DNSUnmatched        atomic.Int64 // replies that matched no waiting query
 	DNSRewritten        atomic.Int64 // queries sent with another id than their client's (it was taken on the socket)
+	DNSClients          atomic.Int64 // open sessions that are DNS clients (counted in Sessions; they hold no socket)
+	DNSSockets          atomic.Int64 // backend sockets of DNS listeners open now
 
 	// Ended counts the sessions that ended, by how (EndsOf("udp")).
 	Ended [NumEnds]atomic.Int64

@@ -34,6 +34,9 @@ const maxDNSPending = 32768
 // errDNSFull: the backend socket has maxDNSPending queries waiting.
 var errDNSFull = errors.New("udp dns: too many queries waiting on the backend socket")
 
+// errDNSBudget: a backend socket would go beyond the descriptor budget.
+var errDNSBudget = errors.New("udp dns: at the descriptor budget")
+
 // DNSObserver is what an Observer also implements to count DNS-aware
 // balancing's own events (internal/metrics does).
 type DNSObserver interface {

@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"errors"
 	"net/netip"
 	"os"
 	"time"
@@ -224,6 +223,7 @@ func (l *udpShard) dnsRegister(c *dnsClient) {
 		d.clients = map[netip.AddrPort]*dnsClient{}
 	}
 	d.clients[c.client] = c
+	l.srv.UDP.DNSClients.Add(1)
 	l.srv.UDP.Sessions.Add(1)
 	l.srv.UDP.SessionsTotal.Add(1)
 }
@@ -236,7 +236,7 @@ func (l *udpShard) dnsUpstreamFor(b *backend.Backend, rt *Route) (*dnsUpstream, 
 	}
 	if !l.srv.fdRoom(1) {
 		l.srv.refuse(RefusedUDPSession, rt.Name)
-		return nil, errors.New("udp dns: at the descriptor budget")
+		return nil, errDNSBudget
 	}
 	fd, err := l.dial(b)
 	if err != nil {
@@ -245,6 +245,7 @@ func (l *udpShard) dnsUpstreamFor(b *backend.Backend, rt *Route) (*dnsUpstream, 
 	if d.ups == nil {
 		d.ups = map[*backend.Backend]*dnsUpstream{}
 	}
+	l.srv.UDP.DNSSockets.Add(1)
 	up := &dnsUpstream{b: b, obs: dnsObserver(rt.Observer), fd: fd, last: l.now}
 	d.ups[b] = up
 	for fd >= len(d.byFd) {
@@ -390,6 +391,7 @@ func (l *udpShard) dnsEnd(c *dnsClient, end End) {
 		c.release()
 	}
 	l.srv.UDP.Sessions.Add(-1)
+	l.srv.UDP.DNSClients.Add(-1)
 	if l.ln.live.Add(-1) == 0 && l.ln.closed.Load() {
 		l.ln.wake()
 	}
@@ -403,6 +405,7 @@ func (l *udpShard) dnsCloseUpstream(up *dnsUpstream) {
 	up.ids.all(func(p dnsPending[*dnsClient]) { up.b.Release() })
 	d.byFd[up.fd] = nil
 	eventloop.Close(up.fd)
+	l.srv.UDP.DNSSockets.Add(-1)
 	delete(d.ups, up.b)
 }
 
