@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -408,4 +410,81 @@ rise = 1`, dns, junk.LocalAddr().String())))
 		}
 		return up("ns1") == 1 && up("ns2") == 0
 	})
+}
+
+// askOnce sends one query for name with id on c and returns the address
+// its answer gives.
+func askOnce(c *net.UDPConn, id uint16, name string) (netip.Addr, error) {
+	if _, err := c.Write(dnsQuery(id, name, 1)); err != nil {
+		return netip.Addr{}, err
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return answerOf(buf[:n], id, name)
+}
+
+// TestDNSModeClientFollowsReload: a client that keeps asking is not held
+// to the backends of its first query: after a reload that replaces the
+// rule's backend, its next query goes to the new one (a session would keep
+// its backend).
+func TestDNSModeClientFollowsReload(t *testing.T) {
+	a, b := startDnsmasqAnswering(t, "127.0.0.31"), startDnsmasqAnswering(t, "127.0.0.32")
+	port := harness.FreePort(t)
+	cfg := func(backend string) string {
+		return strings.Replace(dnsModeConfig(port, "", backend), "[server]", "[server]\nwatch_config = false", 1)
+	}
+	path := harness.WriteConfig(t, cfg(a))
+	p := Start(t, path)
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ip, err := askOnce(c, 1, "one.example.test"); err != nil || ip.String() != "127.0.0.31" {
+		t.Fatalf("before the reload: %v %v", ip, err)
+	}
+	if err := os.WriteFile(path, []byte(cfg(b)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Signal(syscall.SIGHUP)
+	p.WaitLog("config reloaded", "version=2")
+	if ip, err := askOnce(c, 2, "two.example.test"); err != nil || ip.String() != "127.0.0.32" {
+		t.Fatalf("after the reload, the same client: %v %v, want the new backend's 127.0.0.32", ip, err)
+	}
+}
+
+// TestDNSModeDeadBackend: of two backends, one a closed port, the dead one
+// is found by the rule's default health check (a DNS query) and taken out;
+// then every query is answered, by the live one.
+func TestDNSModeDeadBackend(t *testing.T) {
+	dns := startDnsmasqAnswering(t, "127.0.0.41")
+	dead, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.LocalAddr().String()
+	dead.Close() // a closed port: ICMP port unreachable
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, dnsModeConfig(port, `[rules.health_check]
+interval = "200ms"
+timeout = "100ms"
+retries = 1`, dns, deadAddr)))
+	harness.WaitMetrics(t, p.MetricsURL(), "the dead backend down", func(m harness.Metrics) bool {
+		return m.Value("dynamic_proxy_backend_up", harness.Labels{"rule": "dns", "backend": "ns2"}) == 0
+	})
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 50 {
+		id := uint16(i + 1)
+		if ip, err := askOnce(c, id, fmt.Sprintf("d%d.example.test", id)); err != nil || ip.String() != "127.0.0.41" {
+			t.Fatalf("query %d: %v %v", i, ip, err)
+		}
+	}
 }
