@@ -122,3 +122,33 @@ func TestUDPDNSSocketsReleased(t *testing.T) {
 		t.Errorf("%d clients ended by idle_timeout, want %d", got, clients)
 	}
 }
+
+// BenchmarkUDPDNSRoundTrip is BenchmarkUDPRoundTrip through a dns = true
+// listener: one query and its answer at a time, each query parsed, picked,
+// given a place in the backend socket's id table and matched on its way
+// back.
+func BenchmarkUDPDNSRoundTrip(b *testing.B) {
+	s, _ := newTestServer(b)
+	l := listenDNSTest(b, s, time.Minute, startRawDNS(b))
+	c := udpClient(b, l.Addr())
+	q := dnsTestQuery(1, "example")
+	want := bytes.Clone(q)
+	want[2] |= 0x80
+	mustRoundTrip(b, c, q, want)
+	c.SetReadDeadline(time.Now().Add(time.Hour))
+	buf := make([]byte, 2048)
+	var id uint16
+	b.ReportAllocs()
+	for b.Loop() {
+		id++
+		binary.BigEndian.PutUint16(q, id)
+		if _, err := c.Write(q); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	checkNoDrops(b, s)
+}
