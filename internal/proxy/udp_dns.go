@@ -165,7 +165,20 @@ func (t *dnsIDs[C]) add(client C, id uint16, q uint64, now int64) (wire uint16, 
 	t.ents[i] = dnsPending[C]{client: client, id: id, q: q, sent: now}
 	t.slot[wire] = i + 1
 	t.n++
-	if t.qhead > 0 && t.qhead >= len(t.queue)/2 { // reuse the queue's front
+	switch q := len(t.queue) - t.qhead; {
+	case q > 4096 && q > 4*t.n:
+		// Mostly answered queries, kept behind an older one still waiting:
+		// keep the waiting only, so the queue stays a few times the
+		// queries waiting rather than every query of a session_timeout.
+		k := 0
+		for _, s := range t.queue[t.qhead:] {
+			if i := t.slot[s.wire]; i != 0 && t.ents[i-1].sent == s.sent {
+				t.queue[k] = s
+				k++
+			}
+		}
+		t.queue, t.qhead = t.queue[:k], 0
+	case t.qhead > 0 && t.qhead >= len(t.queue)/2: // reuse the queue's front
 		t.queue = t.queue[:copy(t.queue, t.queue[t.qhead:])]
 		t.qhead = 0
 	}

@@ -115,6 +115,25 @@ func TestDNSIDs(t *testing.T) {
 	}
 }
 
+// TestDNSIDsQueueStaysSmall: one query never answered at the front of the
+// queue does not keep every later, answered query in it.
+func TestDNSIDsQueueStaysSmall(t *testing.T) {
+	var ids dnsIDs[int]
+	ids.add(0, 1, 1, 1) // never answered
+	for i := range 100000 {
+		w, _ := ids.add(i, uint16(i), 2, int64(2+i))
+		if _, ok := ids.match(w, 2); !ok {
+			t.Fatal("no match")
+		}
+	}
+	if n := len(ids.queue) - ids.qhead; n > 8192 {
+		t.Errorf("the queue holds %d entries for 1 waiting query", n)
+	}
+	if p, ok := ids.expireOne(1 << 40); !ok || p.client != 0 {
+		t.Errorf("the old query expires: %+v %v", p, ok)
+	}
+}
+
 // FuzzDNSIDs: any sequence of queries, replies and expiries keeps the table
 // consistent: a reply matches only a waiting query, and restores its id.
 func FuzzDNSIDs(f *testing.F) {
