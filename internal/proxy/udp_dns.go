@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"math/bits"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/dnsmsg"
@@ -122,7 +123,7 @@ type dnsSent struct {
 // and is reused: adding and matching allocate nothing in steady state. The
 // zero value is empty and ready. C is the engine's client type.
 type dnsIDs[C any] struct {
-	slot  []int32 // by wire id: index+1 into ents; 0: free. 65,536 entries, made on first use
+	slot  dnsIndex // by wire id: index+1 into ents; 0: free
 	ents  []dnsPending[C]
 	free  []int32   // indexes of ents not in use
 	queue []dnsSent // in send order; entries already answered are skipped
@@ -140,17 +141,14 @@ func (t *dnsIDs[C]) add(client C, id uint16, q uint64, now int64) (wire uint16, 
 	if t.n >= maxDNSPending {
 		return 0, false
 	}
-	if t.slot == nil {
-		t.slot = make([]int32, 1<<16)
-	}
 	wire = id
-	if t.slot[wire] != 0 {
+	if t.slot.get(wire) != 0 {
 		// Taken: search from a moving start, so that rewritten ids do not
 		// crowd together. Fewer than half the ids are ever taken, so the
 		// search is short.
 		t.next += 40503 // odd: every id in turn (a multiplicative-hash step)
 		wire = t.next
-		for t.slot[wire] != 0 {
+		for t.slot.get(wire) != 0 {
 			wire++
 		}
 	}
@@ -163,7 +161,7 @@ func (t *dnsIDs[C]) add(client C, id uint16, q uint64, now int64) (wire uint16, 
 		i = int32(len(t.ents) - 1)
 	}
 	t.ents[i] = dnsPending[C]{client: client, id: id, q: q, sent: now}
-	t.slot[wire] = i + 1
+	t.slot.put(wire, i+1)
 	t.n++
 	switch q := len(t.queue) - t.qhead; {
 	case q > 4096 && q > 4*t.n:
@@ -172,7 +170,7 @@ func (t *dnsIDs[C]) add(client C, id uint16, q uint64, now int64) (wire uint16, 
 		// queries waiting rather than every query of a session_timeout.
 		k := 0
 		for _, s := range t.queue[t.qhead:] {
-			if i := t.slot[s.wire]; i != 0 && t.ents[i-1].sent == s.sent {
+			if i := t.slot.get(s.wire); i != 0 && t.ents[i-1].sent == s.sent {
 				t.queue[k] = s
 				k++
 			}
@@ -188,11 +186,11 @@ func (t *dnsIDs[C]) add(client C, id uint16, q uint64, now int64) (wire uint16, 
 
 // take forgets the query waiting with wire id and returns it.
 func (t *dnsIDs[C]) take(wire uint16) dnsPending[C] {
-	i := t.slot[wire] - 1
+	i := t.slot.get(wire) - 1
 	p := t.ents[i]
 	var zero dnsPending[C]
 	t.ents[i] = zero // drop the client reference
-	t.slot[wire] = 0
+	t.slot.del(wire)
 	t.free = append(t.free, i)
 	t.n--
 	return p
@@ -202,7 +200,10 @@ func (t *dnsIDs[C]) take(wire uint16) dnsPending[C] {
 // has none) answers, and forgets it. A reply whose question differs from
 // the query's answers nothing.
 func (t *dnsIDs[C]) match(wire uint16, q uint64) (dnsPending[C], bool) {
-	if t.n == 0 || t.slot[wire] == 0 || q != 0 && t.ents[t.slot[wire]-1].q != q {
+	if t.n == 0 {
+		return dnsPending[C]{}, false
+	}
+	if i := t.slot.get(wire); i == 0 || q != 0 && t.ents[i-1].q != q {
 		return dnsPending[C]{}, false
 	}
 	return t.take(wire), true
@@ -217,7 +218,7 @@ func (t *dnsIDs[C]) expireOne(before int64) (dnsPending[C], bool) {
 			break
 		}
 		t.qhead++
-		if i := t.slot[s.wire]; i != 0 && t.ents[i-1].sent == s.sent {
+		if i := t.slot.get(s.wire); i != 0 && t.ents[i-1].sent == s.sent {
 			return t.take(s.wire), true
 		}
 	}
@@ -231,7 +232,7 @@ func (t *dnsIDs[C]) expireOne(before int64) (dnsPending[C], bool) {
 func (t *dnsIDs[C]) oldest() int64 {
 	for t.qhead < len(t.queue) {
 		s := t.queue[t.qhead]
-		if i := t.slot[s.wire]; i != 0 && t.ents[i-1].sent == s.sent {
+		if i := t.slot.get(s.wire); i != 0 && t.ents[i-1].sent == s.sent {
 			return s.sent
 		}
 		t.qhead++ // answered: skip it for good
@@ -242,10 +243,89 @@ func (t *dnsIDs[C]) oldest() int64 {
 // all forgets every waiting query, calling f with each (the socket
 // closes).
 func (t *dnsIDs[C]) all(f func(dnsPending[C])) {
-	for wire := range t.slot {
-		if t.slot[wire] != 0 {
-			f(t.take(uint16(wire)))
+	for _, v := range t.slot.vals {
+		if v != 0 {
+			f(t.ents[v-1])
 		}
 	}
+	clear(t.slot.vals)
+	t.slot.n = 0
+	clear(t.ents)
+	t.ents, t.free, t.n = t.ents[:0], t.free[:0], 0
 	t.queue, t.qhead = t.queue[:0], 0
+}
+
+// dnsIndex maps the ids of the queries waiting on a socket to their place:
+// an open-addressing hash table (linear probing, deletion by backward
+// shift) kept at most half full, so it takes a few times the queries
+// waiting rather than 65,536 slots. It grows to the most queries that ever
+// waited at once and is reused: get, put and del allocate nothing then.
+type dnsIndex struct {
+	keys  []uint16
+	vals  []int32 // 0: empty
+	shift uint8   // 32 - log2(len(vals))
+	n     int
+}
+
+func (x *dnsIndex) home(k uint16) int { return int(uint32(k) * 0x9e3779b1 >> x.shift) }
+
+// get returns k's value, 0 when k is not in the table.
+func (x *dnsIndex) get(k uint16) int32 {
+	if x.n == 0 {
+		return 0
+	}
+	m := len(x.vals) - 1
+	for i := x.home(k); ; i = (i + 1) & m {
+		switch {
+		case x.vals[i] == 0:
+			return 0
+		case x.keys[i] == k:
+			return x.vals[i]
+		}
+	}
+}
+
+// put sets k (not in the table) to v (not 0).
+func (x *dnsIndex) put(k uint16, v int32) {
+	if 2*(x.n+1) > len(x.vals) {
+		x.grow()
+	}
+	m := len(x.vals) - 1
+	i := x.home(k)
+	for x.vals[i] != 0 {
+		i = (i + 1) & m
+	}
+	x.keys[i], x.vals[i] = k, v
+	x.n++
+}
+
+// del removes k (in the table).
+func (x *dnsIndex) del(k uint16) {
+	m := len(x.vals) - 1
+	i := x.home(k)
+	for x.keys[i] != k || x.vals[i] == 0 {
+		i = (i + 1) & m
+	}
+	// Move back the entries after i that probing would no longer reach.
+	for j := (i + 1) & m; x.vals[j] != 0; j = (j + 1) & m {
+		h := x.home(x.keys[j])
+		if i <= j && (h <= i || h > j) || i > j && h <= i && h > j {
+			x.keys[i], x.vals[i] = x.keys[j], x.vals[j]
+			i = j
+		}
+	}
+	x.vals[i] = 0
+	x.n--
+}
+
+func (x *dnsIndex) grow() {
+	size := max(2*len(x.vals), 64)
+	old := *x
+	x.keys, x.vals, x.n = make([]uint16, size), make([]int32, size), 0
+	x.shift = uint8(32 - bits.TrailingZeros(uint(size)))
+	for i, v := range old.vals {
+		if v != 0 {
+			x.put(old.keys[i], v)
+		}
+	}
 }

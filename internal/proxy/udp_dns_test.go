@@ -180,7 +180,7 @@ func FuzzDNSIDs(f *testing.F) {
 					}
 				}
 				for w := range live {
-					if ids.slot[w] == 0 {
+					if ids.slot.get(w) == 0 {
 						delete(live, w)
 					}
 				}
@@ -190,4 +190,40 @@ func FuzzDNSIDs(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestDNSIndexAgainstAMap: random puts and deletes keep the hash table
+// equal to a map, across growth and wrapping probe runs.
+func TestDNSIndexAgainstAMap(t *testing.T) {
+	// A small table (wrapping probe runs are frequent) and a larger one.
+	for _, size := range []struct{ keys, most int }{{200, 31}, {3000, 1500}} {
+		var x dnsIndex
+		want := map[uint16]int32{}
+		r := uint32(1)
+		next := func() uint32 { r ^= r << 13; r ^= r >> 17; r ^= r << 5; return r }
+		for step := range 200000 {
+			k := uint16(next() % uint32(size.keys))
+			if v, ok := want[k]; ok {
+				if got := x.get(k); got != v {
+					t.Fatalf("%d keys, step %d: get(%d) = %d, want %d", size.keys, step, k, got, v)
+				}
+				x.del(k)
+				delete(want, k)
+			} else if len(want) < size.most {
+				v := int32(next()%1000 + 1)
+				x.put(k, v)
+				want[k] = v
+			}
+			if x.n != len(want) {
+				t.Fatalf("step %d: %d entries, want %d", step, x.n, len(want))
+			}
+			if step%100 == 0 {
+				for k := range uint16(size.keys) {
+					if v := want[k]; x.get(k) != v {
+						t.Fatalf("%d keys, step %d: get(%d) = %d, want %d", size.keys, step, k, x.get(k), v)
+					}
+				}
+			}
+		}
+	}
 }
