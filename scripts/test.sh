@@ -70,7 +70,7 @@ E2E_ENGINE=goroutine go test -race -count=1 -timeout 20m ./test/e2e/... 2>&1 | t
 FUZZTIME=${FUZZTIME:-8s}
 if [ "$FUZZTIME" != "0" ]; then
 	for target in "FuzzParse ./internal/config" "FuzzClientHello ./internal/peek" \
-		"FuzzHTTPHost ./internal/peek" "FuzzQUICInitial ./internal/peek" "FuzzQUICConnectionIDs ./internal/proxy" "FuzzQuestion ./internal/dnsmsg" "FuzzReadProxyHeader ./internal/proxy"; do
+		"FuzzHTTPHost ./internal/peek" "FuzzQUICInitial ./internal/peek" "FuzzQUICConnectionIDs ./internal/proxy" "FuzzQuestion ./internal/dnsmsg" "FuzzDNSIDs ./internal/proxy" "FuzzReadProxyHeader ./internal/proxy"; do
 		set -- $target
 		echo "== fuzz $1 ($FUZZTIME)"
 		go test -run '^$' -fuzz "^$1\$" -fuzztime "$FUZZTIME" "$2"

@@ -192,7 +192,11 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 		if n := len(r.Discovery); n > 0 {
 			backends += fmt.Sprintf(" and those of %d DNS names (below)", n)
 		}
-		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %s; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, backends, r.Health.Summary(r.Protocol))
+		proto := r.Protocol
+		if r.Protocol == "udp" && r.DNS {
+			proto = "udp dns-aware (each query balanced)"
+		}
+		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %s; health: %s\n", r.Name, proto, r.Router, spec.Plugin, backends, r.Health.Summary(r.Protocol))
 	}
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
 	discoveryReport(cfg, stdout, stderr)       // (discovery.go)

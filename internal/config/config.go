@@ -236,6 +236,12 @@ type Rule struct {
 	// session's backend instead of opening a new session (docs/udp.md).
 	// Default false.
 	QUIC bool `toml:"quic"`
+	// DNS balances each DNS query on its own (docs/udp.md#dns-aware-balancing):
+	// every client datagram must be a DNS query, it goes to the backend the
+	// router picks for it over a socket the shard shares among clients, and
+	// the reply is matched back by id and question. Rules sharing a listener
+	// must agree; not with max_responses. Default false: sessions.
+	DNS bool `toml:"dns"`
 }
 
 // The values of a rule's on_backend_down.

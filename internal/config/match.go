@@ -217,6 +217,14 @@ func (a listenerAgreement) check(e *Errors, c *Config, i int, path string) {
 			seen[1] = i + 1
 		}
 	}
+	if first := &c.Rules[seen[0]-1]; first.DNS != r.DNS {
+		at := path + ".dns"
+		if _, set := e.pos[at]; !set {
+			at = path
+		}
+		e.addf(at, "rules %q and %q share listener %s but disagree on dns (a DNS listener reads every datagram as a query before routing)",
+			first.Name, r.Name, c.Listener(r))
+	}
 	if other != 0 {
 		e.addf(path+".accept_proxy_protocol", "rules %q and %q share listener %s but disagree on accept_proxy_protocol/trusted_proxies (the header is read before routing)",
 			c.Rules[other-1].Name, r.Name, c.Listener(r))

@@ -219,7 +219,7 @@ func (c *Config) requireRule(e *Errors) {
 }
 
 // udpOnlyKeys are the rule keys that only UDP rules take.
-var udpOnlyKeys = []string{"session_timeout", "max_responses", "max_sessions", "quic"}
+var udpOnlyKeys = []string{"session_timeout", "max_responses", "max_sessions", "quic", "dns"}
 
 // validateUDPSession checks a rule's UDP session settings, and that a TCP
 // rule sets none of them (they would be silently ignored).
@@ -240,6 +240,9 @@ func validateUDPSession(e *Errors, r *Rule, path string) {
 	}
 	if r.MaxSessions < 0 {
 		e.addf(path+".max_sessions", "must be 0 (no limit) or more, got %d", r.MaxSessions)
+	}
+	if r.DNS && r.MaxResponses != 0 {
+		e.addf(path+".max_responses", "rule %q has dns = true: each query is answered once, by its own reply; remove max_responses", r.Name)
 	}
 }
 

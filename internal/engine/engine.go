@@ -344,6 +344,7 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			MaxResponses:   r.MaxResponses,
 			MaxSessions:    r.MaxSessions,
 			QUIC:           r.QUIC,
+			DNS:            r.Protocol == "udp" && r.DNS,
 			Match:          compileMatcher(r.Matcher),
 			SendProxy:      proxyVersion(r.ProxyProtocol),
 		}

@@ -2,7 +2,11 @@
 
 package proxy
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+)
 
 // The epoll engine runs on Linux only; elsewhere it has no state and no
 // connections.
@@ -14,6 +18,7 @@ func (s *Server) initEpoll()                                     {}
 func (s *Server) cutEpoll() int                                  { return 0 }
 func (s *Server) stopEpoll()                                     {}
 func (s *Server) eachConnEpoll(*ConnFilter, connSink)            {}
+func (s *Server) closeDNSBackendEpoll(*backend.Backend) int      { return 0 }
 func (s *Server) listenTCPEpoll(string, Table) (Listener, error) { return nil, errNoEpoll }
 func (s *Server) listenUDPEpoll(string, Table, udpOptions) (Listener, error) {
 	return nil, errNoEpoll

@@ -75,6 +75,7 @@ func TestGoroutineEngine(t *testing.T) {
 		{"UDPFirstLookupDoesNotBlock", TestUDPFirstLookupDoesNotBlock},
 		{"UDPResolvedAddressesAllUsed", TestUDPResolvedAddressesAllUsed},
 		{"DescriptorBudgetUDP", TestDescriptorBudgetUDP},
+		{"UDPDNSSocketsReleased", TestUDPDNSSocketsReleased},
 	}
 	testEngine = EngineGoroutine
 	defer func() { testEngine = 0 }()

@@ -57,6 +57,7 @@ type goUDPListener struct {
 	held     udpHeld[*goUDPSession]           // new clients waiting for a lookup
 	scratch  []byte                           // a PROXY header and a datagram, under mu
 	quic     goQUIC                           // ClientHellos being read, connection ids (go_udp_quic.go)
+	dns      goDNS                            // a DNS listener's clients and backend sockets (go_udp_dns.go), under mu
 
 	shutOnce sync.Once
 	readers  sync.WaitGroup // the sessions' goroutines
@@ -205,6 +206,9 @@ func (l *goUDPListener) forceClose() int {
 	for _, s := range ss {
 		l.end(s, EndShutdown)
 	}
+	l.mu.Lock()
+	l.dnsEndAll(EndShutdown)
+	l.mu.Unlock()
 	l.shut()
 	return n
 }
@@ -217,6 +221,7 @@ func (l *goUDPListener) serve() {
 		for _, s := range l.sessions {
 			l.endLocked(s, EndShutdown)
 		}
+		l.dnsEndAll(EndShutdown)
 		l.held = udpHeld[*goUDPSession]{}
 		l.mu.Unlock()
 		l.readers.Wait()
@@ -241,6 +246,10 @@ func (l *goUDPListener) serve() {
 		}
 		if !client.IsValid() {
 			srv.UDP.DroppedSendError.Add(1)
+			continue
+		}
+		if l.table.Load().Options.DNS { // each datagram a query balanced on its own
+			l.dnsDatagram(client, dst, ifidx, buf[:n])
 			continue
 		}
 		l.datagram(client, dst, ifidx, buf[:n])

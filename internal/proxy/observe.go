@@ -100,12 +100,16 @@ const (
 	// ReasonTLSHandshake: the client's TLS handshake with a terminating
 	// rule failed (no backend was dialled).
 	ReasonTLSHandshake
+	// ReasonDNSMalformed: a datagram on a dns = true listener that is not
+	// a DNS query (shorter than a header, a response, no or a malformed
+	// question); it reached no backend.
+	ReasonDNSMalformed
 	// NumReasons is the number of reasons.
 	NumReasons
 )
 
 var reasonNames = [NumReasons]string{"max_connections", "no_rule", "no_backend", "connect_failed", "shutdown",
-	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake"}
+	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake", "dns_malformed"}
 
 func (r Reason) String() string {
 	if r < NumReasons {

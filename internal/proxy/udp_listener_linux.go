@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/resolve"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
@@ -104,6 +105,7 @@ type udpShard struct {
 	held       udpHeld[*udpSession] // new clients whose backend's host name is being looked up
 	rot        uint32               // rotation over a resolved backend's addresses
 	b          batch
+	dns        dnsShard // a DNS listener's clients and backend sockets (udp_dns_linux.go)
 	acked      bool
 	st         localStats
 	quic       shardQUIC // ClientHellos being read; what the table needs (udp_quic_linux.go)
@@ -448,6 +450,10 @@ func (l *udpShard) readClients() {
 	for i := 0; i < n; i++ {
 		b.nlen[i], b.clen[i] = b.Hdrs[i].Hdr.Namelen, int(b.Hdrs[i].Hdr.Controllen)
 	}
+	if l.lastTable.Options.DNS { // each datagram a query balanced on its own
+		l.dnsQueries(n)
+		return
+	}
 	// Consecutive datagrams of one client (a client that sends several at
 	// once) go to its backend in one sendmmsg.
 	var run *udpSession
@@ -501,6 +507,7 @@ func (l *udpShard) sweep() {
 		l.end(s, EndIdleTimeout)
 	}
 	l.quicExpire()
+	l.dnsSweep()
 }
 
 // arm sets the epoll descriptor's read deadline to the oldest session's
@@ -508,6 +515,9 @@ func (l *udpShard) sweep() {
 // sweeps nothing and re-arms).
 func (l *udpShard) arm() {
 	next := l.quic.peeks.next() // 0: no ClientHello is being read
+	if d := l.dnsNext(); d != 0 && (next == 0 || d < next) {
+		next = d
+	}
 	if l.head != nil {
 		if e := l.head.last + int64(l.timeout); next == 0 || e < next {
 			next = e
@@ -535,6 +545,7 @@ func (l *udpShard) endAll() {
 	for _, s := range l.sessions {
 		l.end(s, EndShutdown)
 	}
+	l.dnsEndAll()
 	l.publishStats()
 }
 
@@ -565,4 +576,23 @@ func (l *udpShard) publishStats() {
 	add(&u.DroppedShutdown, &st.shutdown)
 	add(&u.DroppedSendError, &st.sendErr)
 	add(&u.DroppedMaxResponse, &st.maxResp)
+}
+
+// closeDNSBackendEpoll has every shard of the epoll engine's DNS listeners
+// end the clients whose last query went to b and close its socket to b (a
+// backend a reload removed), and returns how many clients there were.
+func (s *Server) closeDNSBackendEpoll(b *backend.Backend) int {
+	s.mu.Lock()
+	ls := make([]*UDPListener, 0, len(s.udp))
+	for l := range s.udp {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, l := range ls {
+		for _, sh := range l.shards {
+			sh.Call(func() { n += sh.dnsCloseBackend(b) })
+		}
+	}
+	return n
 }

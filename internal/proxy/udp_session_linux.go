@@ -355,6 +355,7 @@ func (l *udpShard) dialAddr(ra netip.AddrPort) (int, error) {
 // reply batch.
 func (l *udpShard) readBackend(fd int) {
 	if fd >= len(l.byFd) || l.byFd[fd] == nil {
+		l.dnsReplies(fd) // a DNS listener's backend socket, if it is one
 		return
 	}
 	s := l.byFd[fd]
