@@ -53,6 +53,24 @@ func (m *Matcher) port() int {
 
 // catchAll reports whether the matcher matches every connection of its
 // listener (a port, any, or a list of only those).
+// readsHello reports whether m, or a matcher of its lists, is sni or alpn.
+func (m *Matcher) readsHello() bool {
+	if m.Type == "sni" || m.Type == "alpn" {
+		return true
+	}
+	for i := range m.All {
+		if m.All[i].readsHello() {
+			return true
+		}
+	}
+	for i := range m.Any {
+		if m.Any[i].readsHello() {
+			return true
+		}
+	}
+	return false
+}
+
 func (m *Matcher) catchAll() bool {
 	if m == nil || m.Type == "port" || m.Type == "any" {
 		return true

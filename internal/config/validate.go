@@ -244,6 +244,12 @@ func validateUDPSession(e *Errors, r *Rule, path string) {
 	if r.DNS && r.MaxResponses != 0 {
 		e.addf(path+".max_responses", "rule %q has dns = true: each query is answered once, by its own reply; remove max_responses", r.Name)
 	}
+	if r.DNS && r.QUIC {
+		e.addf(path+".quic", "rule %q has dns = true: its datagrams are DNS queries, not QUIC; set one of dns and quic", r.Name)
+	}
+	if r.DNS && r.Matcher != nil && r.Matcher.readsHello() {
+		e.addf(path+".matcher", "rule %q has dns = true: an sni or alpn matcher reads a QUIC ClientHello, which a DNS query never has", r.Name)
+	}
 }
 
 // warnShadowed warns about an enabled rule that can never match because an
