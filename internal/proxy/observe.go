@@ -100,12 +100,20 @@ const (
 	// ReasonTLSHandshake: the client's TLS handshake with a terminating
 	// rule failed (no backend was dialled).
 	ReasonTLSHandshake
+	// ReasonFleetConnLimited: fleet_max_connections_per_ip reached for the
+	// client across the fleet (or this instance's share of it).
+	ReasonFleetConnLimited
+	// ReasonFleetRateLimited: fleet_connection_rate_per_ip exceeded by the client.
+	ReasonFleetRateLimited
+	// ReasonFleetRuleRateLimited: the rule's fleet_connection_rate exceeded.
+	ReasonFleetRuleRateLimited
 	// NumReasons is the number of reasons.
 	NumReasons
 )
 
 var reasonNames = [NumReasons]string{"max_connections", "no_rule", "no_backend", "connect_failed", "shutdown",
-	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake"}
+	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake",
+	"fleet_conn_limited", "fleet_rate_limited", "fleet_rule_rate_limited"}
 
 func (r Reason) String() string {
 	if r < NumReasons {
