@@ -2,7 +2,7 @@ package proxy
 
 import (
 	"math"
-		"sort"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -312,7 +312,9 @@ func (a *Access) fleetTake(st *clientState) {
 var fleetEpoch = time.Now()
 
 // hasFleet reports whether a has any fleet-wide limit.
-func (a *Access) hasFleet() bool { return a.FleetMaxPerIP > 0 || a.FleetRate > 0 || a.FleetRuleRate > 0 }
+func (a *Access) hasFleet() bool {
+	return a.FleetMaxPerIP > 0 || a.FleetRate > 0 || a.FleetRuleRate > 0
+}
 
 // perClientFleet reports whether a keeps fleet state per client.
 func (a *Access) perClientFleet() bool { return a.FleetMaxPerIP > 0 || a.FleetRate > 0 }
