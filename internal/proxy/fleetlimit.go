@@ -158,7 +158,7 @@ func (f *FleetLimits) Apply(r *FleetRound, err error) {
 		for j < len(r.Items) && r.Items[j].acc == a {
 			j++
 		}
-		a.apply(r.Items[i:j], err == nil)
+		a.apply(r.Items[i:j], err == nil, f.Instances())
 		i = j
 	}
 }
@@ -212,16 +212,17 @@ func (b *fleetBucket) refill(now time.Duration, rate, cap float64) {
 // learn drains what the other instances admitted since the last sync,
 // from the fleet's counter total (which includes our inflight). A counter
 // smaller than expected was recreated (it expired while unused): all of it
-// but ours is new. The debt is bounded by one second of refill, so that a
-// client is never locked out for longer.
-func (b *fleetBucket) learn(total int64, rate float64) (others int64) {
+// but ours is new. The debt is bounded by a second of refill per instance
+// (what n instances can admit between two syncs is far less), so that a
+// counter gone wrong never locks a client out for long.
+func (b *fleetBucket) learn(total int64, rate float64, n int) (others int64) {
 	if b.known {
 		others = total - b.seen - b.inflight
 		if others < 0 {
 			others = total - b.inflight
 		}
 		others = max(others, 0)
-		b.tokens = math.Max(b.tokens-float64(others), -math.Max(rate, 1))
+		b.tokens = math.Max(b.tokens-float64(others), -math.Max(rate, 1)*float64(n))
 	}
 	b.seen, b.known, b.inflight = total, true, 0
 	return others
@@ -357,7 +358,7 @@ func (a *Access) collect(rule string, r *FleetRound, now time.Time) {
 }
 
 // apply takes in a's items of a sync (under a.mu); ok false: it failed.
-func (a *Access) apply(items []FleetItem, ok bool) {
+func (a *Access) apply(items []FleetItem, ok bool, n int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !ok {
@@ -379,7 +380,7 @@ func (a *Access) apply(items []FleetItem, ok bool) {
 	for i := range items {
 		it := &items[i]
 		if it.st == nil {
-			o := a.fl.bucket.learn(it.Total, a.FleetRuleRate)
+			o := a.fl.bucket.learn(it.Total, a.FleetRuleRate, n)
 			a.fl.fleetAdmits += uint64(o) + uint64(max(it.Delta, 0))
 			continue
 		}
@@ -392,7 +393,7 @@ func (a *Access) apply(items []FleetItem, ok bool) {
 			others += it.Others
 		}
 		if it.Delta >= 0 {
-			fc.bucket.learn(it.Total, a.FleetRate)
+			fc.bucket.learn(it.Total, a.FleetRate, n)
 		}
 	}
 	a.fl.othersConns = others
