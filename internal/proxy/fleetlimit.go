@@ -211,17 +211,13 @@ func (b *fleetBucket) refill(now time.Duration, rate, cap float64) {
 
 // learn drains what the other instances admitted since the last sync,
 // from the fleet's counter total (which includes our inflight). A counter
-// smaller than expected was recreated (it expired while unused): all of it
-// but ours is new. The debt is bounded by a second of refill per instance
+// smaller than expected lost data (a failover to a replica that lagged, a
+// flushed Redis): it is the new baseline, charged nothing. The debt is bounded by a second of refill per instance
 // (what n instances can admit between two syncs is far less), so that a
 // counter gone wrong never locks a client out for long.
 func (b *fleetBucket) learn(total int64, rate float64, n int) (others int64) {
 	if b.known {
-		others = total - b.seen - b.inflight
-		if others < 0 {
-			others = total - b.inflight
-		}
-		others = max(others, 0)
+		others = max(total-b.seen-b.inflight, 0)
 		b.tokens = math.Max(b.tokens-float64(others), -math.Max(rate, 1)*float64(n))
 	}
 	b.seen, b.known, b.inflight = total, true, 0
