@@ -190,7 +190,7 @@ func (f *FleetLimits) Stats() []FleetRuleStats {
 // fleetBucket is a token bucket drained by the whole fleet's admissions.
 type fleetBucket struct {
 	tokens   float64
-	last     time.Duration // since FleetLimits.base
+	last     time.Duration // since fleetEpoch; 0: new
 	pending  int64         // admitted here since the last Collect
 	inflight int64         // admitted here, in the sync under way
 	seen     int64         // the fleet's counter at the last sync
@@ -212,9 +212,10 @@ func (b *fleetBucket) refill(now time.Duration, rate, cap float64) {
 // learn drains what the other instances admitted since the last sync,
 // from the fleet's counter total (which includes our inflight). A counter
 // smaller than expected lost data (a failover to a replica that lagged, a
-// flushed Redis): it is the new baseline, charged nothing. The debt is bounded by a second of refill per instance
-// (what n instances can admit between two syncs is far less), so that a
-// counter gone wrong never locks a client out for long.
+// flushed Redis): it is the new baseline, charged nothing. The debt is
+// bounded by a second of refill per instance (what n instances can admit
+// between two syncs is far less), so that a counter gone wrong never locks
+// a client out for long.
 func (b *fleetBucket) learn(total int64, rate float64, n int) (others int64) {
 	if b.known {
 		others = max(total-b.seen-b.inflight, 0)
