@@ -108,10 +108,16 @@ func TestFleetLimitRate(t *testing.T) {
 	}
 	srv.Continue()
 	for i, p := range ps {
-		harness.WaitMetrics(t, p.MetricsURL(), fmt.Sprintf("instance %d synced again", i), func(m harness.Metrics) bool {
+		m := harness.WaitMetrics(t, p.MetricsURL(), fmt.Sprintf("instance %d synced again", i), func(m harness.Metrics) bool {
 			return m.Value("dynamic_proxy_fleet_limits_synced", nil) == 1
 		})
+		if ok, failed := m.Value("dynamic_proxy_fleet_limits_syncs_total", harness.Labels{"result": "success"}),
+			m.Value("dynamic_proxy_fleet_limits_syncs_total", harness.Labels{"result": "failure"}); ok < 1 || failed < 1 {
+			t.Errorf("instance %d: syncs %v good, %v failed; want both across the stop", i, ok, failed)
+		}
 	}
+	ps[0].WaitLog("redis: fleet-wide access limits not synced; each falls back to this instance's share")
+	ps[0].WaitLog("redis: fleet-wide access limits synced again")
 }
 
 // TestFleetLimitConnsInstanceDies: fleet_max_connections_per_ip = 3 with
