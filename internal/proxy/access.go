@@ -74,8 +74,8 @@ func (a *Access) Admit(ip netip.Addr) (release func(), reason Reason) {
 		if a.perClientFleet() {
 			st.fleet = &fleetClient{}
 		}
+		a.sweep() // before the new state is in the map: it would be swept (it has no connection yet)
 		a.clients[ip] = st
-		a.sweep()
 	}
 	if a.MaxPerIP > 0 && st.conns >= a.MaxPerIP {
 		return nil, ReasonPerIPLimit

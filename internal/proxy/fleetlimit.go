@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"math"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -228,9 +229,10 @@ func (b *fleetBucket) learn(total int64, rate float64, n int) (others int64) {
 // fleetClient is a client's part of the fleet limits.
 type fleetClient struct {
 	bucket    fleetBucket
-	others    int  // connections open at the other instances, as last synced
-	sent      int  // conns as last stored in Redis
-	connKnown bool // others is valid (synced since made)
+	others    int    // connections open at the other instances, as last synced
+	sent      int    // conns as last stored in Redis
+	connKnown bool   // others is valid (synced since made)
+	key, rule string // its FleetItem key, made once
 }
 
 // fleetRule is a rule's part of the fleet limits.
@@ -331,6 +333,7 @@ func (a *Access) collect(rule string, r *FleetRound, now time.Time) {
 	if !a.perClientFleet() {
 		return
 	}
+	r.Items = slices.Grow(r.Items, len(a.clients))
 	for ip, st := range a.clients {
 		fc := st.fleet
 		if fc == nil {
@@ -341,7 +344,10 @@ func (a *Access) collect(rule string, r *FleetRound, now time.Time) {
 			b.known, fc.connKnown = false, false // not followed: the local share until it is again
 			continue
 		}
-		it := FleetItem{Key: rule + "/" + ip.String(), Conns: -1, Delta: -1, acc: a, st: st}
+		if fc.key == "" || fc.rule != rule {
+			fc.key, fc.rule = rule+"/"+ip.String(), rule
+		}
+		it := FleetItem{Key: fc.key, Conns: -1, Delta: -1, acc: a, st: st}
 		if a.FleetMaxPerIP > 0 {
 			it.Conns, it.ConnsChanged = st.conns, st.conns != fc.sent
 		}
