@@ -39,24 +39,24 @@ type Engine struct {
 	loopLog *logging.Async // the proxy server's log handler
 	srv     *proxy.Server
 
-	mu          sync.Mutex // serialises Apply and Shutdown
-	cfg         *config.Config
-	version     int
-	lns         map[string]proxy.Listener // by listenKey: "tcp 127.0.0.1:8000"
-	backends    map[backendKey]*backend.Backend
-	checks      *health.Registry           // health monitors by (protocol, address, check), shared across rules
-	routers     map[string]builtRouter     // by rule name
-	access      map[string]accessState     // by rule name: kept while its settings are
-	fleetLimits *proxy.FleetLimits         // the fleet-wide access limits' counts; nil: local (match.go)
-	routes      []*proxy.Route             // published, in file order (status.go)
-	metrics     Metrics                    // nil: metrics off (status.go)
-	observed    bool                       // e.routes hold observers of e.metrics (SetMetrics clears it)
-	fleet       fleetState                 // dynamic state shared through Redis (dynamic.go)
-	disc        *discovery.Manager         // backends from DNS names (discover.go)
-	tls         map[string]*tlsconf.Server // terminating rules' servers, by rule name (tls.go)
-	tickets     tlsconf.TicketKeySource    // session ticket keys shared by the fleet; nil: local
-	tlsMetrics  TLSMetrics                 // nil: none
-	discLog     map[string]bool            // discovery merge problems logged, so each is logged once
+	mu         sync.Mutex // serialises Apply and Shutdown
+	cfg        *config.Config
+	version    int
+	lns        map[string]proxy.Listener // by listenKey: "tcp 127.0.0.1:8000"
+	backends   map[backendKey]*backend.Backend
+	checks     *health.Registry           // health monitors by (protocol, address, check), shared across rules
+	routers    map[string]builtRouter     // by rule name
+	access     map[string]accessState     // by rule name: kept while its settings are
+	fleetLim   *proxy.FleetLimits         // the fleet-wide access limits' counts; nil: local (match.go)
+	routes     []*proxy.Route             // published, in file order (status.go)
+	metrics    Metrics                    // nil: metrics off (status.go)
+	observed   bool                       // e.routes hold observers of e.metrics (SetMetrics clears it)
+	fleet      fleetState                 // dynamic state shared through Redis (dynamic.go)
+	disc       *discovery.Manager         // backends from DNS names (discover.go)
+	tls        map[string]*tlsconf.Server // terminating rules' servers, by rule name (tls.go)
+	tickets    tlsconf.TicketKeySource    // session ticket keys shared by the fleet; nil: local
+	tlsMetrics TLSMetrics                 // nil: none
+	discLog    map[string]bool            // discovery merge problems logged, so each is logged once
 }
 
 type backendKey struct{ rule, id, address string }

@@ -78,7 +78,7 @@ func (e *Engine) accessFor(cfg *config.Config, r *config.Rule) (*proxy.Access, c
 		FleetBurst:     burstOf(a.FleetConnectionBurstPerIP, a.FleetConnectionRatePerIP),
 		FleetRuleRate:  a.FleetConnectionRate,
 		FleetRuleBurst: burstOf(a.FleetConnectionBurst, a.FleetConnectionRate),
-		Fleet:          e.fleetLimits,
+		Fleet:          e.fleetLim,
 	}, a
 }
 
@@ -97,7 +97,7 @@ func burstOf(burst int, rate float64) int {
 func (e *Engine) SetFleetLimits(f *proxy.FleetLimits) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.fleetLimits = f
+	e.fleetLim = f
 	if fm, ok := e.metrics.(interface{ SetFleetLimits(*proxy.FleetLimits) }); ok {
 		fm.SetFleetLimits(f)
 	}
@@ -105,7 +105,7 @@ func (e *Engine) SetFleetLimits(f *proxy.FleetLimits) {
 
 // commitFleetLimits hands the fleet limits the rules that have some.
 func (e *Engine) commitFleetLimits() {
-	if e.fleetLimits == nil {
+	if e.fleetLim == nil {
 		return
 	}
 	rules := map[string]*proxy.Access{}
@@ -114,7 +114,7 @@ func (e *Engine) commitFleetLimits() {
 			rules[name] = s.acl
 		}
 	}
-	e.fleetLimits.SetRules(rules)
+	e.fleetLim.SetRules(rules)
 }
 
 type accessState struct {
