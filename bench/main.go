@@ -82,8 +82,14 @@ type scenario struct {
 	name    string
 	udpOnly bool
 	dpOnly  bool // only dynamic-proxy has the rules it needs
+	tlsOnly bool // only the targets that terminate TLS
 	metrics []metric
 	run     func(t *target) (sample, error)
+}
+
+// runsOn reports whether t takes part in sc.
+func (sc scenario) runsOn(t *target) bool {
+	return !(sc.udpOnly && !t.udp || sc.dpOnly && t.name != "dynamic-proxy" || sc.tlsOnly && !t.tls)
 }
 
 type metric struct {
@@ -214,7 +220,34 @@ func scenarios() []scenario {
 		}
 		return s, nil
 	}
+	tlsRun := func(off int, resume bool) func(t *target) (sample, error) {
+		return func(t *target) (sample, error) {
+			return cpuWrap(t, func() (sample, float64, error) {
+				r, resumed := tlsHandshakes(fmt.Sprintf("127.0.0.1:%d", t.base+off), resume, 16, dur(3*time.Second, 1*time.Second))
+				if r.ops == 0 {
+					return nil, 0, fmt.Errorf("no handshake completed: %v", r.firstErr)
+				}
+				s := sample{"rate": float64(r.ops) / r.elapsed.Seconds(), "p50_ms": ms(r.lat.pct(0.5)),
+					"p99_ms": ms(r.lat.pct(0.99)), "errors": float64(r.errors)}
+				if resume {
+					s["resumed_pct"] = 100 * float64(resumed) / float64(r.ops)
+				}
+				return s, float64(r.ops), nil
+			}, "cpu_us_per_op", 1e6)
+		}
+	}
+	tlsBulk := func(t *target) (sample, error) {
+		return cpuWrap(t, func() (sample, float64, error) {
+			start := time.Now()
+			n, err := tlsBulkSend(fmt.Sprintf("127.0.0.1:%d", t.base+offTLSBulk), dur(4*time.Second, 2*time.Second))
+			if err != nil {
+				return nil, 0, err
+			}
+			return sample{"gbps": float64(n) * 8 / time.Since(start).Seconds() / 1e9}, float64(n) / 1e9, nil
+		}, "cpu_ms_per_gb", 1000)
+	}
 	rt := []metric{{"rate", "ops/s", true}, {"cpu_us_per_op", "proxy CPU µs/op", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
+	hs := []metric{{"rate", "handshakes/s", true}, {"cpu_us_per_op", "proxy CPU µs/handshake", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
 	return []scenario{
 		{name: "bulk-1", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(1)},
 		{name: "bulk-8", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(8)},
@@ -225,6 +258,10 @@ func scenarios() []scenario {
 		{name: "udp-saturation", udpOnly: true, metrics: rt, run: udpRun(0, 16, dur(3*time.Second, 1*time.Second))},
 		{name: "bulk-sni", dpOnly: true, metrics: []metric{{"sni_gbps", "SNI-routed Gbit/s", true}, {"plain_gbps", "plain Gbit/s", true},
 			{"sni_cpu_ms_per_gb", "SNI CPU ms/GB", false}, {"plain_cpu_ms_per_gb", "plain CPU ms/GB", false}}, run: sniBulk},
+		{name: "tls-full-ecdsa", tlsOnly: true, metrics: hs, run: tlsRun(offTLSECDSA, false)},
+		{name: "tls-full-rsa", tlsOnly: true, metrics: hs, run: tlsRun(offTLSRSA, false)},
+		{name: "tls-resumed", tlsOnly: true, metrics: append(hs[:2:2], metric{"resumed_pct", "resumed %", true}, hs[2], hs[3], hs[4]), run: tlsRun(offTLSECDSA, true)},
+		{name: "tls-bulk", tlsOnly: true, metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: tlsBulk},
 		{name: "idle-5000", metrics: []metric{{"fds_per_conn", "fds/conn", false}, {"rss_kb_per_conn", "RSS kB/conn", false}, {"slab_kb_per_conn", "slab kB/conn (whole system)", false}}, run: idle},
 	}
 }
@@ -345,6 +382,9 @@ func run() error {
 		return fmt.Errorf("seeding redis: %w", err)
 	}
 
+	if err := writeBenchCerts(dir); err != nil {
+		return err
+	}
 	targets = allTargets(dp, supportsMetricsSwitch(dp))
 	for _, t := range targets {
 		if t.setup == nil {
@@ -373,7 +413,7 @@ func run() error {
 		for _, sc := range scs {
 			for i := range targets {
 				t := targets[(i+round)%len(targets)] // rotate the order every round
-				if sc.udpOnly && !t.udp || sc.dpOnly && t.name != "dynamic-proxy" {
+				if !sc.runsOn(t) {
 					continue
 				}
 				s, err := sc.run(t)

@@ -22,6 +22,7 @@ type target struct {
 	name  string
 	base  int // front ports: base+1 iperf, base+2 echo (tcp+udp), base+3 redis
 	udp   bool
+	tls   bool // terminates TLS on base+offTLSECDSA, base+offTLSRSA, base+offTLSBulk
 	proc  *proc
 	dir   string
 	setup func(t *target, dir string) error
@@ -45,7 +46,7 @@ func (t *target) pid() int {
 func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 	ts := []*target{
 		{name: "direct", udp: true},
-		{name: "dynamic-proxy", base: 21100, udp: true, setup: func(t *target, dir string) error {
+		{name: "dynamic-proxy", base: 21100, udp: true, tls: true, setup: func(t *target, dir string) error {
 			return startDP(t, dir, dpBinary, true, true, "")
 		}},
 		// The same build on its portable engine, beside the epoll one.
@@ -68,9 +69,9 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 		}})
 	}
 	return append(ts,
-		&target{name: "haproxy", base: 21200, setup: func(t *target, dir string) error { return startHAProxy(t, dir, false) }},
+		&target{name: "haproxy", base: 21200, tls: true, setup: func(t *target, dir string) error { return startHAProxy(t, dir, false) }},
 		&target{name: "haproxy-splice", base: 21300, setup: func(t *target, dir string) error { return startHAProxy(t, dir, true) }},
-		&target{name: "nginx", base: 21400, udp: true, setup: startNginx})
+		&target{name: "nginx", base: 21400, udp: true, tls: true, setup: startNginx})
 }
 
 // startDP starts dynamic-proxy for t; engine is its [server] engine ("":
@@ -105,6 +106,9 @@ func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) 
 	// ClientHello, replays it, then splices (bulk-sni).
 	fmt.Fprintf(&b, "[[rules]]\nname = \"sink_sni\"\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\nall = [ { type = \"port\", port = %d }, { type = \"sni\", names = [\"bench.example\"] } ]\n",
 		portSink, t.base+5)
+	if t.tls {
+		b.WriteString(dpTLSRules(t.base))
+	}
 	cfg := filepath.Join(dir, t.name+".toml")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		return err
@@ -150,6 +154,9 @@ func startHAProxy(t *target, dir string, splice bool) error {
 	}{{"iperf", 1, portIperf}, {"echo", 2, portEcho}, {"redis", 3, portRedis}} {
 		fmt.Fprintf(&b, "\nlisten %s\n  bind 127.0.0.1:%d\n  server s1 127.0.0.1:%d\n", r.name, t.base+r.off, r.backend)
 	}
+	if t.tls {
+		b.WriteString(haproxyTLS(t.base))
+	}
 	cfg := filepath.Join(dir, t.name+".cfg")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		return err
@@ -175,6 +182,9 @@ func startNginx(t *target, dir string) error {
 		off, backend int
 	}{{"", 1, portIperf}, {"", 2, portEcho}, {"", 3, portRedis}, {" udp", 2, portEcho}} {
 		fmt.Fprintf(&b, "  server { listen 127.0.0.1:%d%s; proxy_pass 127.0.0.1:%d; proxy_timeout 10m; }\n", t.base+r.off, r.listen, r.backend)
+	}
+	if t.tls {
+		b.WriteString(nginxTLS(t.base))
 	}
 	b.WriteString("}\n")
 	cfg := filepath.Join(dir, "nginx.conf")

@@ -11,7 +11,7 @@ STATICCHECK_VERSION=v0.8.2
 # --- install what is missing -------------------------------------------------
 # Debian packages the tests use, as package:command. Tests that need one
 # fail (they do not skip) when it is missing, so it is installed here.
-APT_NEEDS=(chromium:chromium redis-server:redis-server redis-tools:redis-cli redis-sentinel:redis-sentinel openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig)
+APT_NEEDS=(chromium:chromium redis-server:redis-server redis-tools:redis-cli redis-sentinel:redis-sentinel openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig pebble:pebble)
 need_apt=()
 for pkg_cmd in "${APT_NEEDS[@]}"; do
 	pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
@@ -70,7 +70,7 @@ E2E_ENGINE=goroutine go test -race -count=1 -timeout 20m ./test/e2e/... 2>&1 | t
 FUZZTIME=${FUZZTIME:-8s}
 if [ "$FUZZTIME" != "0" ]; then
 	for target in "FuzzParse ./internal/config" "FuzzClientHello ./internal/peek" \
-		"FuzzHTTPHost ./internal/peek" "FuzzQUICInitial ./internal/peek" "FuzzQuestion ./internal/dnsmsg" "FuzzReadProxyHeader ./internal/proxy"; do
+		"FuzzHTTPHost ./internal/peek" "FuzzQUICInitial ./internal/peek" "FuzzQUICConnectionIDs ./internal/proxy" "FuzzQuestion ./internal/dnsmsg" "FuzzDNSIDs ./internal/proxy" "FuzzReadProxyHeader ./internal/proxy"; do
 		set -- $target
 		echo "== fuzz $1 ($FUZZTIME)"
 		go test -run '^$' -fuzz "^$1\$" -fuzztime "$FUZZTIME" "$2"

@@ -12,6 +12,10 @@
 //	        the whole run: long sessions, the per-datagram path.
 //	dns     every request from a new socket, answered once (max_responses
 //	        = 1, nginx proxy_responses 1): a session per datagram.
+//	dnsmode -dnsclients sockets, each keeping -dnswindow DNS queries in
+//	        flight (a forwarding resolver's few ports): dynamic-proxy in
+//	        session mode, in DNS mode (dns = true: each query balanced on its
+//	        own, its reply matched by id) and nginx stream, CPU per query.
 //
 // Everything runs on 127.0.0.1; every load loop is bounded by -duration;
 // every process started is stopped by its PID.
@@ -43,7 +47,9 @@ var (
 	flagWindow   = flag.Int("window", 8, "stream: datagrams in flight per client")
 	flagWorkers  = flag.Int("workers", 16, "dns: concurrent one-shot clients")
 	flagSize     = flag.Int("size", 64, "datagram payload bytes")
-	flagScenario = flag.String("scenario", "stream,dns", "scenarios to run")
+	flagDNSCl    = flag.Int("dnsclients", 4, "dnsmode: client sockets")
+	flagDNSWin   = flag.Int("dnswindow", 16, "dnsmode: queries in flight per client")
+	flagScenario = flag.String("scenario", "stream,dns,dnsmode", "scenarios to run")
 	flagTargets  = flag.String("targets", "direct,dynamic-proxy,dynamic-proxy-1loop,nginx,nginx-reuseport", "targets to measure (also: dynamic-proxy-nometrics, [metrics] enabled = false; dynamic-proxy-1loop: worker_threads = 1, one event loop)")
 	flagDP       = flag.String("dp", "", "dynamic-proxy binary (default: build ./cmd/dynamic-proxy)")
 	flagMode     = flag.String("mode", "", "internal: echo")
@@ -63,7 +69,9 @@ func main() {
 }
 
 // echo answers every datagram with itself, 64 at a time with
-// recvmmsg/sendmmsg (golang.org/x/net/ipv4's batch API).
+// recvmmsg/sendmmsg (golang.org/x/net/ipv4's batch API); one of a DNS
+// header's size or more gets the header's QR bit set, so that a DNS query
+// comes back as a response (the dnsmode scenario).
 func echo(addr string) error {
 	c, err := net.ListenPacket("udp4", addr)
 	if err != nil {
@@ -83,6 +91,9 @@ func echo(addr string) error {
 		}
 		for i := 0; i < n; i++ {
 			msgs[i].Buffers[0] = msgs[i].Buffers[0][:msgs[i].N]
+			if msgs[i].N >= 12 {
+				msgs[i].Buffers[0][2] |= 0x80
+			}
 		}
 		for off := 0; off < n; {
 			k, err := pc.WriteBatch(msgs[off:n], 0)
@@ -98,9 +109,10 @@ func echo(addr string) error {
 }
 
 type target struct {
-	name  string
-	port  int // where clients send
-	procs []*os.Process
+	name    string
+	port    int // where clients send
+	procs   []*os.Process
+	dnsPort int // dynamic-proxy: its dns = true rule's port; 0: none
 }
 
 const (
@@ -213,7 +225,20 @@ port = %d
 [[rules.backends]]
 id = "echo"
 address = "127.0.0.1:%d"
-`, v.port, v.port, v.threads, v.metrics, echoPort, v.port+1, echoPort)), 0o644)
+[[rules]]
+name = "dnsmode"
+protocol = "udp"
+dns = true
+max_sessions = 0
+[rules.health_check]
+enabled = false
+[rules.matcher]
+type = "port"
+port = %d
+[[rules.backends]]
+id = "echo"
+address = "127.0.0.1:%d"
+`, v.port, v.port, v.threads, v.metrics, echoPort, v.port+1, echoPort, v.port+2, echoPort)), 0o644)
 			if err != nil {
 				return err
 			}
@@ -221,7 +246,7 @@ address = "127.0.0.1:%d"
 			if err != nil {
 				return err
 			}
-			targets = append(targets, &target{name: v.name, port: v.port, procs: []*os.Process{p}})
+			targets = append(targets, &target{name: v.name, port: v.port, procs: []*os.Process{p}, dnsPort: v.port + 2})
 		}
 	}
 	for _, v := range []struct {
@@ -262,8 +287,8 @@ stream {
 	}
 	// Wait until every target answers.
 	for _, t := range targets {
-		for _, port := range []int{t.port, t.port + 1} {
-			if t.name == "direct" && port != t.port {
+		for _, port := range []int{t.port, t.port + 1, t.dnsPort} {
+			if t.name == "direct" && port != t.port || port == 0 {
 				continue
 			}
 			if err := waitAnswer(port); err != nil {
@@ -287,13 +312,28 @@ stream {
 		case "dns":
 			desc = fmt.Sprintf("dns: %d workers, each request from a new socket, one answer (max_responses = 1 / proxy_responses 1)", *flagWorkers)
 			load = func(port int) (int64, int64) { return dnsLoad(port+1, *flagWorkers, *flagSize, *flagDuration) }
+		case "dnsmode":
+			desc = fmt.Sprintf("dnsmode: %d client sockets x %d DNS queries in flight; dynamic-proxy as a session per client (max_responses = 0, one backend socket per client) and with dns = true (each query balanced and matched by id)", *flagDNSCl, *flagDNSWin)
+			load = func(port int) (int64, int64) {
+				return pipelinedLoad(port, *flagDNSCl, *flagDNSWin, 0, *flagDuration, true)
+			}
 		default:
 			return fmt.Errorf("unknown scenario %q", sc)
 		}
+		ts := targets
+		if sc == "dnsmode" { // each dynamic-proxy twice: session mode and DNS mode
+			ts = nil
+			for _, t := range targets {
+				ts = append(ts, t)
+				if t.dnsPort != 0 {
+					ts = append(ts, &target{name: t.name + " dns=true", port: t.dnsPort, procs: t.procs})
+				}
+			}
+		}
 		results := map[string][]result{}
 		for r := 0; r < *flagRounds; r++ {
-			for i := range targets {
-				t := targets[(i+r)%len(targets)]
+			for i := range ts {
+				t := ts[(i+r)%len(ts)]
 				port := t.port
 				if sc == "dns" && t.name == "direct" {
 					port-- // direct has no second port: the echo itself
@@ -311,7 +351,7 @@ stream {
 				results[t.name] = append(results[t.name], res)
 			}
 		}
-		report(desc, targets, results)
+		report(desc, ts, results)
 	}
 	return nil
 }
@@ -372,6 +412,19 @@ func median(rs []result, f func(result) float64) float64 {
 // received and the datagrams presumed lost (no answer within 200 ms, then
 // resent).
 func streamLoad(port, clients, window, size int, d time.Duration) (int64, int64) {
+	return pipelinedLoad(port, clients, window, size, d, false)
+}
+
+// dnsQueryBench is a DNS query for example.com, type A, with id.
+func dnsQueryBench(p []byte, id uint16) []byte {
+	p = append(p[:0], byte(id>>8), byte(id), 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0)
+	p = append(p, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'c', 'o', 'm', 0)
+	return append(p, 0, 1, 0, 1)
+}
+
+// pipelinedLoad is streamLoad's: with dns, every datagram is a DNS query
+// (size is ignored) with an id of its own.
+func pipelinedLoad(port, clients, window, size int, d time.Duration, dns bool) (int64, int64) {
 	var ok, lost atomic.Int64
 	end := time.Now().Add(d)
 	var wg sync.WaitGroup
@@ -391,11 +444,19 @@ func streamLoad(port, clients, window, size int, d time.Duration) (int64, int64)
 			for j := range out {
 				out[j].Buffers = [][]byte{make([]byte, size)}
 			}
+			var id uint16
+			fresh := func(n int) { // DNS: the next n queries, new ids
+				for j := 0; dns && j < n; j++ {
+					id++
+					out[j].Buffers[0] = dnsQueryBench(out[j].Buffers[0], id)
+				}
+			}
 			in := make([]ipv4.Message, window)
 			for j := range in {
 				in[j].Buffers = [][]byte{make([]byte, 65536)}
 			}
 			send := func(n int) bool {
+				fresh(n)
 				for off := 0; off < n; {
 					k, err := pc.WriteBatch(out[off:n], 0)
 					if err != nil {
@@ -476,7 +537,7 @@ func waitAnswer(port int) error {
 			return err
 		}
 		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		c.Write([]byte("ping"))
+		c.Write(dnsQueryBench(nil, 1)) // a DNS query: a dns = true rule drops anything else
 		_, err = c.Read(make([]byte, 16))
 		c.Close()
 		if err == nil {

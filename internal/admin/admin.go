@@ -7,6 +7,7 @@
 //	PUT  /api/v1/rules/{rule}/backends/{id}/weight   {"weight": N}
 //	POST /api/v1/reload                              reload the config file (422 + problems when invalid)
 //	POST /api/v1/reload?dry_run=true                 what reloading would change; body: a config to try instead of the file
+//	GET  /api/v1/explain?client=IP:PORT&port=N...     why this backend: the decision for a hypothetical connection (explain.go)
 //	GET  /healthz, /readyz                           alive; config loaded and listeners bound
 //	GET  /                                           the status page (assets embedded)
 //	     /debug/pprof/                               Go's profiler, when [admin] pprof = true
@@ -33,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
@@ -77,6 +79,9 @@ type Options struct {
 	// terminate TLS (tlsconf.Server.Certificates), shown by the status
 	// API and page; nil: none.
 	Certificates func() map[string][]tlsconf.Info
+	// ACME returns the state of every name managed by ACME (valid until,
+	// next renewal, last error), shown by the status API and page; nil: none.
+	ACME func() []acme.NameState
 }
 
 // Handler serves the admin API and status page.
@@ -106,7 +111,9 @@ func New(o Options) *Handler {
 	m.HandleFunc("/api/v1/status", h.methods(map[string]http.HandlerFunc{http.MethodGet: h.status}))
 	m.HandleFunc("/api/v1/reload", h.methods(map[string]http.HandlerFunc{http.MethodPost: h.reload}))
 	m.HandleFunc("/api/v1/rules/{rule}/backends/{id}/{action}", h.backendAction)
-	h.fleetRoutes(m) // registration through Redis (fleet.go)
+	h.fleetRoutes(m)   // registration through Redis (fleet.go)
+	h.explainRoutes(m) // "why this backend?" (explain.go)
+	h.connRoutes(m)    // open connections: list and close (conns.go)
 	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint %s (see GET /api/v1/status)", r.URL.Path)
 	})

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/discovery"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
@@ -63,6 +64,36 @@ type RuleJSON struct {
 	// Certificates are those the rule serves when it terminates TLS, the
 	// default first (Options.Certificates); absent otherwise.
 	Certificates []CertJSON `json:"certificates,omitempty"`
+	// ACME is the state of each name the rule gets by ACME
+	// (rules.tls.acme); absent otherwise.
+	ACME []ACMEJSON `json:"acme,omitempty"`
+}
+
+// ACMEJSON is one name managed by ACME.
+type ACMEJSON struct {
+	Name string `json:"name"`
+	// Serial and ValidUntil are the served certificate's; NextRenewal is
+	// about when it will be renewed. Empty while there is none.
+	Serial      string     `json:"serial,omitempty"`
+	ValidUntil  *time.Time `json:"valid_until,omitempty"`
+	NextRenewal *time.Time `json:"next_renewal,omitempty"`
+	Obtaining   bool       `json:"obtaining"` // an order of this instance is under way
+	// LastError is the last failed order's error (cleared by a success),
+	// LastErrorAt when it failed.
+	LastError   string     `json:"last_error,omitempty"`
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
+}
+
+func acmeJSON(s acme.NameState) ACMEJSON {
+	j := ACMEJSON{Name: s.Name, Serial: s.Serial, Obtaining: s.Obtaining, LastError: s.LastError}
+	tp := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		return &t
+	}
+	j.ValidUntil, j.NextRenewal, j.LastErrorAt = tp(s.NotAfter), tp(s.NextRenewal), tp(s.LastErrorAt)
+	return j
 }
 
 // DiscoveryJSON is one DNS name a rule takes backends from.
@@ -226,8 +257,14 @@ func (h *Handler) Status() StatusJSON {
 	if h.o.Certificates != nil {
 		certsByRule = h.o.Certificates()
 	}
+	acmeByRule := map[string][]ACMEJSON{}
+	if h.o.ACME != nil {
+		for _, s := range h.o.ACME() {
+			acmeByRule[s.Rule] = append(acmeByRule[s.Rule], acmeJSON(s))
+		}
+	}
 	for _, r := range e.Rules() {
-		rj := RuleJSON{Name: r.Name, Protocol: r.Protocol, Enabled: r.Enabled, Listener: r.Listener,
+		rj := RuleJSON{ACME: acmeByRule[r.Name], Name: r.Name, Protocol: r.Protocol, Enabled: r.Enabled, Listener: r.Listener,
 			Router: r.Router, Plugin: r.Plugin, Backends: make([]BackendJSON, 0, len(r.Backends)), Discovery: disc[r.Name]}
 		for _, b := range r.Backends {
 			rj.Backends = append(rj.Backends, backendJSON(b))

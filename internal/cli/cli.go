@@ -29,6 +29,7 @@ const usage = `dynamic-proxy: an L4 (TCP and UDP) proxy and load balancer
 Usage:
   dynamic-proxy [flags]
   dynamic-proxy config|backend ...   fleet commands (Redis): see dynamic-proxy backend --help
+  dynamic-proxy explain ...          why a connection goes where it goes: see dynamic-proxy explain --help
 
 Flags:
   -c, --config FILE       config file (default "config.toml")
@@ -44,7 +45,7 @@ Flags:
   -h, --help              show this help
 
 Signals: SIGTERM/SIGINT drain and exit (a second one exits at once),
-SIGHUP reloads the config file.
+SIGHUP reloads the config file, SIGUSR1 reopens [logging] access_log_file.
 `
 
 type options struct {
@@ -62,6 +63,9 @@ type options struct {
 func Run(args []string, stdout, stderr io.Writer) int {
 	if isFleetCommand(args) {
 		return runFleet(args, stdout, stderr) // fleet.go
+	}
+	if len(args) > 0 && args[0] == "explain" {
+		return runExplain(args[1:], stdout, stderr) // explain.go
 	}
 	var o options
 	fs := flag.NewFlagSet("dynamic-proxy", flag.ContinueOnError)
@@ -188,11 +192,16 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 		if n := len(r.Discovery); n > 0 {
 			backends += fmt.Sprintf(" and those of %d DNS names (below)", n)
 		}
-		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %s; health: %s\n", r.Name, r.Protocol, r.Router, spec.Plugin, backends, r.Health.Summary(r.Protocol))
+		proto := r.Protocol
+		if r.Protocol == "udp" && r.DNS {
+			proto = "udp dns-aware (each query balanced)"
+		}
+		fmt.Fprintf(stdout, "  %s: %s, router %s (%s), %s; health: %s\n", r.Name, proto, r.Router, spec.Plugin, backends, r.Health.Summary(r.Protocol))
 	}
 	fmt.Fprintf(stdout, "backends: %d\n", nb)
 	discoveryReport(cfg, stdout, stderr)       // (discovery.go)
 	printCertificates(cfg, stdout, time.Now()) // (tls.go)
+	printACME(cfg, stdout)                     // (acme.go)
 	names := make([]string, 0, len(cfg.Routers))
 	for n, s := range cfg.Routers {
 		names = append(names, n+" ("+s.Plugin+")")
@@ -221,12 +230,31 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		return 1
 	}
 	defer fl.Close()
-	obs, err := startObserve(cfg, eng, adminFleet(fl), log) // metrics and admin API (observe.go)
+	am, err := startACME(cfg, fl, log) // certificates by ACME (acme.go)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	if am != nil {
+		defer am.Close()
+		eng.SetACME(am)
+	}
+	obs, err := startObserve(cfg, eng, adminFleet(fl), am, log) // metrics and admin API (observe.go)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
 	defer obs.close()
+	format := cfg.Logging.Format
+	if o.logFormat != "" {
+		format = o.logFormat
+	}
+	alog, err := startAccessLog(cfg, eng, format, lv, log) // [logging] access_log_file and _interval (accesslog.go)
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	defer alog.close()
 	var tlsm engine.TLSMetrics
 	if obs.tls != nil {
 		tlsm = obs.tls
@@ -247,6 +275,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 			if o.logLevel == "" {
 				_ = logging.SetLevel(lv, cfg.Logging.Level)
 			}
+			alog.apply(cfg)
 		}}
 	if obs.metrics != nil {
 		rl.Result = obs.metrics.ReloadResult

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/admin"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
@@ -45,7 +46,7 @@ func adminFleet(fl *fleet.Follower) admin.Fleet {
 
 // startObserve starts the metrics endpoint and the admin API; fl is the
 // admin API's fleet store (nil without [redis]).
-func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, log *slog.Logger) (*observe, error) {
+func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, am *acme.Manager, log *slog.Logger) (*observe, error) {
 	o := &observe{log: log}
 	started := time.Now()
 	if mc := cfg.Metrics; mc.Enabled {
@@ -56,6 +57,13 @@ func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, log *s
 		}
 		if o.tls, err = metrics.NewTLS(reg); err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		if am != nil {
+			ma, err := metrics.NewACME(reg)
+			if err != nil {
+				return nil, fmt.Errorf("metrics: %w", err)
+			}
+			ma.SetSource(am.State)
 		}
 		mux := http.NewServeMux()
 		mux.Handle(mc.Path, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -79,6 +87,7 @@ func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, log *s
 		h := admin.New(admin.Options{
 			Engine:       eng,
 			Certificates: eng.Certificates,
+			ACME:         acmeState(am),
 			Fleet:        fl,
 			Ready:        o.ready.Load,
 			Pprof:        ac.Pprof,
@@ -189,4 +198,12 @@ func unwrapNetErr(err error) error {
 		return op.Err
 	}
 	return err
+}
+
+// acmeState is the status API's source of the ACME names (nil: none).
+func acmeState(am *acme.Manager) func() []acme.NameState {
+	if am == nil {
+		return nil
+	}
+	return am.State
 }

@@ -18,6 +18,7 @@ type Config struct {
 	Server  Server                `toml:"server"`
 	Logging Logging               `toml:"logging"`
 	Redis   *Redis                `toml:"redis"`   // nil when the file has no [redis] section
+	ACME    *ACME                 `toml:"acme"`    // [acme] (acme.go); nil when the file has none
 	Routers map[string]RouterSpec `toml:"routers"` // named router instances, [routers.NAME]
 	Rules   []Rule                `toml:"rules"`
 	// Access is [access]: client access control for every rule (a rule's
@@ -102,6 +103,21 @@ type Logging struct {
 	Level     string `toml:"level"`      // debug, info, warn, error. Default "info".
 	Format    string `toml:"format"`     // text or json. Default "text".
 	AccessLog bool   `toml:"access_log"` // log every closed connection. Default false.
+	// AccessLogInterval, when set, also logs a progress record of every
+	// TCP connection and UDP session open longer than it, once per
+	// interval, with the bytes moved so far (Envoy's periodic TCP access
+	// log); at least 1s.
+	// Needs access_log. Default 0: off.
+	AccessLogInterval Duration `toml:"access_log_interval"`
+	// AccessLogFile sends the access log records to this file (appended,
+	// created 0644) instead of stderr; SIGUSR1 reopens it, for logrotate.
+	// Needs access_log. Needs a restart. Default "": stderr, with the
+	// other records.
+	AccessLogFile string `toml:"access_log_file"`
+	// ExplainSample is the share (0 to 1) of routed TCP connections whose
+	// decision record (rule, router, chosen backend and why, as GET
+	// /api/v1/explain gives it) is logged at debug level. Default 0: none.
+	ExplainSample float64 `toml:"explain_sample"`
 }
 
 // Redis configures the optional shared data store.
@@ -181,6 +197,19 @@ type Rule struct {
 	// BackendTLS is [rules.backend_tls]: TLS to every backend of the rule
 	// (a backend's own tls replaces it). nil when absent: plain TCP.
 	BackendTLS *BackendTLS `toml:"backend_tls"`
+	// OnBackendDown is what becomes of a backend's open connections (UDP
+	// sessions) when it is marked down by its active or passive health
+	// check, or removed by a reload, discovery or a registration's expiry:
+	// "keep" lets them run on (a removed backend's until [server]
+	// drain_timeout); "close" closes them, spread over
+	// on_backend_down_window so that their clients do not all reconnect at
+	// one instant (HAProxy's on-marked-down shutdown-sessions). Default
+	// "keep".
+	OnBackendDown string `toml:"on_backend_down"`
+	// OnBackendDownWindow is the time on_backend_down = "close" spreads
+	// its closes over: each connection is closed at a random moment within
+	// it. 0 closes them all at once. Default 2s.
+	OnBackendDownWindow Duration `toml:"on_backend_down_window"`
 	// Health is the rule's effective health check ([health_check] with the
 	// rule's overrides applied), filled by Load.
 	Health HealthCheck `toml:"-"`
@@ -200,7 +229,26 @@ type Rule struct {
 	// client beyond it is dropped and counted, existing sessions are not
 	// affected. 0 means no limit. Default 10000.
 	MaxSessions int `toml:"max_sessions"`
+	// QUIC says the rule's sessions are QUIC connections: the proxy learns
+	// their connection ids from the long headers both sides send, and a
+	// datagram that carries a session's connection id from a new client
+	// address (NAT rebinding, a client changing networks) goes on to that
+	// session's backend instead of opening a new session (docs/udp.md).
+	// Default false.
+	QUIC bool `toml:"quic"`
+	// DNS balances each DNS query on its own (docs/udp.md#dns-aware-balancing):
+	// every client datagram must be a DNS query, it goes to the backend the
+	// router picks for it over a socket the shard shares among clients, and
+	// the reply is matched back by id and question. Rules sharing a listener
+	// must agree; not with max_responses. Default false: sessions.
+	DNS bool `toml:"dns"`
 }
+
+// The values of a rule's on_backend_down.
+const (
+	OnBackendDownKeep  = "keep"
+	OnBackendDownClose = "close"
+)
 
 // Backend is one upstream server of a rule.
 type Backend struct {
@@ -244,19 +292,20 @@ func (b *Backend) Tier() int {
 
 // Defaults.
 const (
-	DefaultTCPBind           = "0.0.0.0:8080"
-	DefaultUDPBind           = "0.0.0.0:8081"
-	DefaultMaxConnections    = 10000
-	DefaultConnectionTimeout = 10 * time.Second
-	DefaultBufferSize        = 8192
-	DefaultIdleTimeout       = 10 * time.Minute
-	DefaultShutdownTimeout   = 30 * time.Second
-	DefaultRouter            = "round_robin"
-	DefaultSessionTimeout    = 30 * time.Second   // UDP rules
-	DefaultMaxSessions       = 10000              // UDP rules, per rule
-	DefaultResyncInterval    = 5 * time.Second    // [redis] resync_interval
-	DefaultKeyPrefix         = "dynamic-proxy:"   // [redis] key_prefix
-	DefaultClusterKeyPrefix  = "{dynamic-proxy}:" // [redis] key_prefix with redis+cluster://
+	DefaultTCPBind             = "0.0.0.0:8080"
+	DefaultUDPBind             = "0.0.0.0:8081"
+	DefaultMaxConnections      = 10000
+	DefaultConnectionTimeout   = 10 * time.Second
+	DefaultBufferSize          = 8192
+	DefaultIdleTimeout         = 10 * time.Minute
+	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultRouter              = "round_robin"
+	DefaultSessionTimeout      = 30 * time.Second   // UDP rules
+	DefaultMaxSessions         = 10000              // UDP rules, per rule
+	DefaultOnBackendDownWindow = 2 * time.Second    // on_backend_down_window
+	DefaultResyncInterval      = 5 * time.Second    // [redis] resync_interval
+	DefaultKeyPrefix           = "dynamic-proxy:"   // [redis] key_prefix
+	DefaultClusterKeyPrefix    = "{dynamic-proxy}:" // [redis] key_prefix with redis+cluster://
 )
 
 func (c *Config) setDefaults() {
@@ -294,7 +343,8 @@ func (r *RouterSpec) setDefaults() { r.Config = map[string]any{} }
 
 func (r *Rule) setDefaults() {
 	*r = Rule{Protocol: "tcp", Enabled: true, Router: DefaultRouter,
-		SessionTimeout: Duration(DefaultSessionTimeout), MaxSessions: DefaultMaxSessions}
+		SessionTimeout: Duration(DefaultSessionTimeout), MaxSessions: DefaultMaxSessions,
+		OnBackendDown: OnBackendDownKeep, OnBackendDownWindow: Duration(DefaultOnBackendDownWindow)}
 }
 
 func (b *Backend) setDefaults() { *b = Backend{Weight: 1, Enabled: true} }

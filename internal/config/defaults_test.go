@@ -17,6 +17,7 @@ import (
 // so that its defaults are filled in by the decoder.
 const minimal = `
 [redis]
+[acme]
 [routers.rr]
 plugin = "round_robin"
 [[rules]]
@@ -228,6 +229,9 @@ func TestDefaultsLiteral(t *testing.T) {
 		{"logging.level", cfg.Logging.Level, "info"},
 		{"logging.format", cfg.Logging.Format, "text"},
 		{"logging.access_log", cfg.Logging.AccessLog, false},
+		{"logging.access_log_interval", cfg.Logging.AccessLogInterval.D(), time.Duration(0)},
+		{"logging.access_log_file", cfg.Logging.AccessLogFile, ""},
+		{"logging.explain_sample", cfg.Logging.ExplainSample, 0.0},
 		{"redis.url", cfg.Redis.URL, "redis://127.0.0.1:6379"},
 		{"redis.password", cfg.Redis.Password, ""},
 		{"redis.db", cfg.Redis.DB, 0},
@@ -235,6 +239,14 @@ func TestDefaultsLiteral(t *testing.T) {
 		{"redis.connection_timeout", cfg.Redis.ConnectionTimeout.D(), 5 * time.Second},
 		{"redis.command_timeout", cfg.Redis.CommandTimeout.D(), 3 * time.Second},
 		{"redis.key_prefix", cfg.Redis.KeyPrefix, "dynamic-proxy:"},
+		{"acme.email", cfg.ACME.Email, ""},
+		{"acme.directory", cfg.ACME.Directory, "https://acme-v02.api.letsencrypt.org/directory"},
+		{"acme.ca_root", cfg.ACME.CARoot, ""},
+		{"acme.challenges", strings.Join(cfg.ACME.Challenges, ","), "tls-alpn-01"},
+		{"acme.http_port", cfg.ACME.HTTPPort, 0},
+		{"acme.storage", cfg.ACME.Storage, "acme"},
+		{"acme.encryption_key_file", cfg.ACME.EncryptionKeyFile, ""},
+		{"acme.renew_check_interval", cfg.ACME.RenewCheckInterval.D(), 10 * time.Minute},
 		{"routers.rr.config", len(cfg.Routers["rr"].Config), 0},
 		{"rules[0].protocol", cfg.Rules[0].Protocol, "tcp"},
 		{"rules[0].enabled", cfg.Rules[0].Enabled, true},

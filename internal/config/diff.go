@@ -35,11 +35,17 @@ func RestartNeeded(old, next *Config) []string {
 	if old.Logging.Format != next.Logging.Format {
 		keys = append(keys, "logging.format")
 	}
+	if old.Logging.AccessLogFile != next.Logging.AccessLogFile {
+		keys = append(keys, "logging.access_log_file")
+	}
 	if old.Server.WatchConfig != next.Server.WatchConfig {
 		keys = append(keys, "server.watch_config")
 	}
 	if !reflect.DeepEqual(old.Redis, next.Redis) { // the fleet connection is made at start-up
 		keys = append(keys, "[redis]")
+	}
+	if !reflect.DeepEqual(old.ACMESettings(), next.ACMESettings()) { // the ACME manager is made at start-up
+		keys = append(keys, "[acme]")
 	}
 	for _, k := range []struct {
 		key        string

@@ -108,6 +108,7 @@ const (
 	MaxPassiveFailures     = 1000
 	MaxHealthSend          = 65507 // the largest UDP datagram payload
 	MaxHealthExpect        = 4096  // the bytes of a reply that are read
+	DefaultDNSHealthQuery  = "."   // dns_query of a dns = true rule that sets no check of its own
 )
 
 const healthUDPNeedsSendAdviceText = "set send (or send_hex) in [rules.health_check], or enabled = false"
@@ -301,6 +302,13 @@ func (c *Config) resolveHealth(e *Errors) {
 					}
 				}
 			}
+		}
+		if r.Protocol == "udp" && r.DNS && r.Health.DNSQuery == "" && len(r.Health.SendBytes()) == 0 &&
+			r.Health.Expect == "" && r.Health.ExpectHex == "" && r.Health.ExpectRegex == "" {
+			// A dns = true rule's backends are DNS servers: check them with a
+			// real query (the root's NS), passing on an answer with its id and
+			// question, unless the rule says how to check them.
+			r.Health.DNSQuery = DefaultDNSHealthQuery
 		}
 		if r.Protocol != "udp" || !r.Health.Enabled || !r.Enabled && r.HealthCheck == nil {
 			continue

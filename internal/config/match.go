@@ -289,6 +289,14 @@ func (a listenerAgreement) check(e *Errors, c *Config, i int, path string) {
 			seen[1] = i + 1
 		}
 	}
+	if first := &c.Rules[seen[0]-1]; first.DNS != r.DNS {
+		at := path + ".dns"
+		if _, set := e.pos[at]; !set {
+			at = path
+		}
+		e.addf(at, "rules %q and %q share listener %s but disagree on dns (a DNS listener reads every datagram as a query before routing)",
+			first.Name, r.Name, c.Listener(r))
+	}
 	if other != 0 {
 		e.addf(path+".accept_proxy_protocol", "rules %q and %q share listener %s but disagree on accept_proxy_protocol/trusted_proxies (the header is read before routing)",
 			c.Rules[other-1].Name, r.Name, c.Listener(r))
@@ -358,8 +366,8 @@ func validateMatcher(e *Errors, path string, m *Matcher, protocol string, top bo
 			e.addf(path+".port", "must be from 1 to 65535, got %d", m.Port)
 		}
 	case "sni", "http_host":
-		if protocol == "udp" {
-			e.addf(path+".type", "%s needs a TCP rule (it reads the client's first bytes)", m.Type)
+		if protocol == "udp" && m.Type == "http_host" {
+			e.add(path+".type", "http_host needs a TCP rule (it reads the HTTP request head); on a UDP rule sni reads a QUIC ClientHello")
 		}
 		if len(m.Names) == 0 {
 			e.add(path+".names", `needs at least one name, e.g. ["example.com", "*.example.com"]`)
@@ -370,9 +378,6 @@ func validateMatcher(e *Errors, path string, m *Matcher, protocol string, top bo
 			}
 		}
 	case "alpn":
-		if protocol == "udp" {
-			e.add(path+".type", "alpn needs a TCP rule (it reads the TLS ClientHello)")
-		}
 		if len(m.Protocols) == 0 {
 			e.add(path+".protocols", `needs at least one protocol, e.g. ["h2", "http/1.1"]`)
 		}

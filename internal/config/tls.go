@@ -18,8 +18,12 @@ type TLS struct {
 	// serves the names in its certificate (DNS SANs, exact or *.wildcard;
 	// the Common Name only when it has no SAN), chosen by the client's
 	// SNI. The first is the default, for clients without SNI or with a
-	// name no certificate has. Required: at least one.
+	// name no certificate has. Required: at least one, unless acme is set.
 	Certificates []CertificateFiles `toml:"certificates"`
+	// ACME are DNS names whose certificates are obtained and renewed by
+	// ACME ([acme]) instead of read from files; the first is the default.
+	// Default []: none (certificates then required).
+	ACME []string `toml:"acme"`
 	// MinVersion is the lowest TLS version accepted: "1.0", "1.1", "1.2"
 	// or "1.3". Default "1.2".
 	MinVersion string `toml:"min_version"`
@@ -187,8 +191,12 @@ func (c *Config) validateTLS(e *Errors, r *Rule, path string, now time.Time) {
 }
 
 func (c *Config) validateServerTLS(e *Errors, t *TLS, path string, now time.Time) {
-	if len(t.Certificates) == 0 {
-		e.add(path+".certificates", `missing: at least one certificate, e.g. certificates = [{ cert = "site.pem", key = "site-key.pem" }] (the first is the default)`)
+	switch {
+	case len(t.ACME) > 0 && len(t.Certificates) > 0:
+		e.add(path+".acme", "is set with certificates: a rule gets its certificates from files or from ACME, not both")
+	case len(t.ACME) > 0:
+	case len(t.Certificates) == 0:
+		e.add(path+".certificates", `missing: at least one certificate, e.g. certificates = [{ cert = "site.pem", key = "site-key.pem" }] (the first is the default), or acme = ["site.example.com"]`)
 	}
 	names := map[string]int{}
 	for j, f := range t.Certificates {

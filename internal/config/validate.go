@@ -59,6 +59,20 @@ func (c *Config) validate(e *Errors) {
 	default:
 		e.addf("logging.format", "must be text or json; got %q", c.Logging.Format)
 	}
+	if d := c.Logging.AccessLogInterval.D(); d != 0 && d < time.Second {
+		e.addf("logging.access_log_interval", "must be 0 (off) or at least 1s, got %s", d)
+	}
+	if x := c.Logging.ExplainSample; x < 0 || x > 1 {
+		e.addf("logging.explain_sample", "must be from 0 (none) to 1 (every connection), got %v", x)
+	}
+	if !c.Logging.AccessLog {
+		if c.Logging.AccessLogInterval != 0 {
+			e.add("logging.access_log_interval", "needs access_log = true (it adds progress records to the access log)")
+		}
+		if c.Logging.AccessLogFile != "" {
+			e.add("logging.access_log_file", "needs access_log = true (it is where the access log goes)")
+		}
+	}
 
 	if r := c.Redis; r != nil {
 		if r.DB < 0 {
@@ -107,6 +121,13 @@ func (c *Config) validate(e *Errors) {
 	for i := range c.Rules {
 		c.validateRule(e, i, ruleNames, shared)
 	}
+	acmeOwner := map[string]string{}
+	for i := range c.Rules {
+		if r := &c.Rules[i]; r.TLS != nil && r.Protocol != "udp" && len(r.TLS.ACME) > 0 {
+			c.validateACMENames(e, r.TLS, fmt.Sprintf("rules[%d].tls", i), acmeOwner, r.Name)
+		}
+	}
+	c.validateACME(e, len(acmeOwner) > 0)
 	c.resolveHealth(e)
 	c.warnShadowed(e)
 }
@@ -129,6 +150,14 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared lis
 		e.addf(path+".protocol", "must be tcp or udp, got %q", r.Protocol)
 	}
 	validateUDPSession(e, r, path)
+	switch r.OnBackendDown {
+	case OnBackendDownKeep, OnBackendDownClose:
+	default:
+		e.addf(path+".on_backend_down", "must be %q or %q, got %q", OnBackendDownKeep, OnBackendDownClose, r.OnBackendDown)
+	}
+	if w := r.OnBackendDownWindow.D(); w < 0 || w > time.Hour {
+		e.addf(path+".on_backend_down_window", "must be from 0 (all at once) to 1h, got %v", w)
+	}
 	if r.Router == "" {
 		e.add(path+".router", "must not be empty")
 	} else if _, named := c.Routers[r.Router]; !named && !router.Known(r.Router) {
@@ -190,7 +219,7 @@ func (c *Config) requireRule(e *Errors) {
 }
 
 // udpOnlyKeys are the rule keys that only UDP rules take.
-var udpOnlyKeys = []string{"session_timeout", "max_responses", "max_sessions"}
+var udpOnlyKeys = []string{"session_timeout", "max_responses", "max_sessions", "quic", "dns"}
 
 // validateUDPSession checks a rule's UDP session settings, and that a TCP
 // rule sets none of them (they would be silently ignored).
@@ -211,6 +240,9 @@ func validateUDPSession(e *Errors, r *Rule, path string) {
 	}
 	if r.MaxSessions < 0 {
 		e.addf(path+".max_sessions", "must be 0 (no limit) or more, got %d", r.MaxSessions)
+	}
+	if r.DNS && r.MaxResponses != 0 {
+		e.addf(path+".max_responses", "rule %q has dns = true: each query is answered once, by its own reply; remove max_responses", r.Name)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/discovery"
@@ -55,8 +56,10 @@ type Engine struct {
 	disc       *discovery.Manager         // backends from DNS names (discover.go)
 	tls        map[string]*tlsconf.Server // terminating rules' servers, by rule name (tls.go)
 	tickets    tlsconf.TicketKeySource    // session ticket keys shared by the fleet; nil: local
+	acme       *acme.Manager              // certificates of rules.tls.acme; nil: none (tls.go)
 	tlsMetrics TLSMetrics                 // nil: none
 	discLog    map[string]bool            // discovery merge problems logged, so each is logged once
+	down       downState                  // on_backend_down = "close" (backenddown.go)
 }
 
 type backendKey struct{ rule, id, address string }
@@ -81,6 +84,8 @@ func New(log *slog.Logger) *Engine {
 		routers:  map[string]builtRouter{},
 	}
 	e.disc = discovery.NewManager(log, e.rediscover)
+	e.down.stop = make(chan struct{})
+	e.checks.SetTransitionObserver(e.backendTransition)
 	return e
 }
 
@@ -188,7 +193,8 @@ type plan struct {
 	tiers    []limitSet   // kept backends whose priority tier changes
 	opened   []string     // listeners bind opened, in file order
 
-	tls map[string]*tlsconf.Staged // terminating rules' settings, loaded; nil: the running server kept (tls.go)
+	tls  map[string]*tlsconf.Staged // terminating rules' settings, loaded; nil: the running server kept (tls.go)
+	acme map[string]*acme.Rule      // ACME rules' managed certificates; nil map: the running ones kept (tls.go)
 
 	change Change
 }
@@ -234,6 +240,9 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 		tls:      map[string]*tlsconf.Staged{},
 		options:  map[string]proxy.ListenOptions{},
 		checks:   e.checks.Begin(),
+	}
+	if reload {
+		p.acme = map[string]*acme.Rule{}
 	}
 	// A runtime change (admin API: drain, enable, disable, weight) to a
 	// backend lasts until a reload changes that backend's config entry.
@@ -335,6 +344,8 @@ func (e *Engine) plan(file *config.Config, dyn *Dynamic, reload bool) (*plan, er
 			AccessLog:      cfg.Logging.AccessLog,
 			MaxResponses:   r.MaxResponses,
 			MaxSessions:    r.MaxSessions,
+			QUIC:           r.QUIC,
+			DNS:            r.Protocol == "udp" && r.DNS,
 			Match:          compileMatcher(r.Matcher),
 			SendProxy:      proxyVersion(r.ProxyProtocol),
 		}
@@ -559,7 +570,10 @@ func (e *Engine) commit(p *plan) {
 	}
 	for k, b := range e.backends {
 		if _, ok := p.backends[k]; !ok {
-			b.SetDraining(true) // removed: no new connections; open ones run on
+			b.SetDraining(true) // removed: no new connections; open ones run on, or close (on_backend_down)
+			if e.removedBackend(b) {
+				continue
+			}
 			if d := cfg.Server.DrainTimeout.D(); d > 0 && b.Active() > 0 {
 				time.AfterFunc(d, func() {
 					if n := e.srv.CloseBackendConns(b); n > 0 {
@@ -585,6 +599,7 @@ func (e *Engine) commit(p *plan) {
 	for _, s := range p.swaps {
 		s.b.SetHealth(s.h)
 	}
+	e.commitDown(p)                     // after the swaps (backenddown.go)
 	e.commitTLS(p)                      // (tls.go)
 	p.checks.Commit()                   // start new health checks, stop unused ones
 	e.disc.Sync(discoverySpecs(p.file)) // start and stop watching DNS names (discover.go)
@@ -625,6 +640,7 @@ func (e *Engine) Checks() *health.Registry { return e.checks }
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.disc.Close()
 	e.checks.Close()
+	e.stopDown()
 	err := e.srv.Shutdown(ctx)
 	e.loopLog.Flush(time.Second) // the loops' last records, unless the output is stuck
 	return err

@@ -132,6 +132,7 @@ func listenOptions(cfg *config.Config, r *config.Rule) proxy.ListenOptions {
 	}
 	if r.Protocol == "udp" {
 		o.SessionTimeout = r.SessionTimeout.D()
+		o.DNS = r.DNS
 	}
 	return o
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 )
@@ -24,6 +25,22 @@ func (e *Engine) SetTLS(tickets tlsconf.TicketKeySource, m TLSMetrics) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.tickets, e.tlsMetrics = tickets, m
+}
+
+// SetACME gives the engine the manager of the rules whose certificates
+// come by ACME (rules.tls.acme); nil: such a rule is refused. Call it
+// before the first Apply.
+func (e *Engine) SetACME(m *acme.Manager) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.acme = m
+}
+
+// ACME is the manager set by SetACME (nil: none).
+func (e *Engine) ACME() *acme.Manager {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.acme
 }
 
 // TLSServers returns the terminating servers by rule name.
@@ -61,6 +78,14 @@ func (e *Engine) planTLS(p *plan, cfg *config.Config, r *config.Rule) (*tlsconf.
 	if s != nil && !p.reload {
 		p.tls[r.Name] = nil // kept as it is
 		return s, nil
+	}
+	if len(r.TLS.ACME) > 0 {
+		if e.acme == nil {
+			return nil, fmt.Errorf("rule %q: tls.acme: ACME was not set up at start-up (no rule used it then): restart to use it", r.Name)
+		}
+		ar := e.acme.Rule(r.Name, r.TLS.ACME, cfg.Listener(r))
+		p.acme[r.Name] = ar
+		o.Managed = ar
 	}
 	var st *tlsconf.Staged
 	var err error
@@ -119,6 +144,9 @@ func (e *Engine) commitTLS(p *plan) {
 		}
 	}
 	e.tls = next
+	if e.acme != nil && p.acme != nil {
+		e.acme.Commit(p.acme) // new names ordered or loaded, dropped ones no longer renewed
+	}
 	if e.tlsMetrics != nil {
 		e.tlsMetrics.Retain(next)
 	}

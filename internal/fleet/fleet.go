@@ -223,3 +223,11 @@ func (f *Follower) TicketKeys() tlsconf.TicketKeySource {
 	}
 	return f.store
 }
+
+// Store is the fleet's Redis store; nil without [redis].
+func (f *Follower) Store() *store.Store {
+	if f == nil {
+		return nil
+	}
+	return f.store
+}

@@ -48,6 +48,7 @@ type Monitor struct {
 
 	onResult func(err error)                    // test hook: after each active check is recorded
 	checked  func(h *backend.Health, err error) // metrics (Registry.SetCheckObserver): after each active check
+	changed  func(h *backend.Health, up bool)   // Registry.SetTransitionObserver: after each transition
 	now      func() time.Time                   // the clock of the passive window
 }
 
@@ -263,6 +264,9 @@ func (m *Monitor) transition(up bool, reason, detection string) {
 		attrs = append(attrs, "slow_start", m.check.SlowStart)
 	}
 	m.log.Warn(msg, attrs...)
+	if m.changed != nil {
+		m.changed(m.h, up)
+	}
 	if up && m.check.SlowStart > 0 && m.started && !m.ramping {
 		m.ramp()
 	}

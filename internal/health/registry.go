@@ -34,7 +34,27 @@ type Registry struct {
 	mons   map[Key]*Monitor
 	closed bool
 
-	onCheck atomic.Pointer[func(h *backend.Health, ok bool)] // metrics: told of every active check
+	onCheck      atomic.Pointer[func(h *backend.Health, ok bool)] // metrics: told of every active check
+	onTransition atomic.Pointer[func(h *backend.Health, up bool)] // told of every up/down transition
+}
+
+// SetTransitionObserver installs f (nil removes it): it is called after a
+// monitor marked its Health down or up, by an active check, passive
+// detection or a passive cool-down ending (not when a new monitor takes
+// over a down state). It runs with the monitor's lock held and must be
+// quick.
+func (r *Registry) SetTransitionObserver(f func(h *backend.Health, up bool)) {
+	if f == nil {
+		r.onTransition.Store(nil)
+		return
+	}
+	r.onTransition.Store(&f)
+}
+
+func (r *Registry) transitioned(h *backend.Health, up bool) {
+	if f := r.onTransition.Load(); f != nil {
+		(*f)(h, up)
+	}
 }
 
 // SetCheckObserver installs f (nil removes it): it is called after every
@@ -116,6 +136,7 @@ func (u *Update) HealthTLS(protocol, address string, hc config.HealthCheck, tlsO
 		}
 		m = NewMonitor(c, h, u.r.log)
 		m.checked = u.r.checked
+		m.changed = u.r.transitioned
 		u.fresh[k] = true
 	}
 	u.mons[k] = m

@@ -1,10 +1,14 @@
 package health
 
 import (
+	"fmt"
 	"net"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
@@ -183,4 +187,27 @@ func TestAwaitFirstCheck(t *testing.T) {
 		t.Fatal("a running monitor was held down again")
 	}
 	u2.Commit()
+}
+
+// TestTransitionObserver: the registry's transition observer hears every
+// down and up of its monitors, passive ones included, and nothing else.
+func TestTransitionObserver(t *testing.T) {
+	log, _ := newLog()
+	r := NewRegistry(log)
+	defer r.Close()
+	var got []string
+	r.SetTransitionObserver(func(h *backend.Health, up bool) {
+		got = append(got, fmt.Sprintf("%s:%v", h.Address, up))
+	})
+	u := r.Begin()
+	m := mustHealth(t, u, "tcp", "127.0.0.1:1", testHC(time.Hour), "web/a") // (not committed: no checks run)
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	for range 3 {
+		m.DialResult(refused) // passive: down at the third
+	}
+	m.DialResult(refused) // already down: no transition
+	m.record(nil)         // rise 1: up
+	if want := "127.0.0.1:1:false,127.0.0.1:1:true"; strings.Join(got, ",") != want {
+		t.Fatalf("observed %v, want %s", got, want)
+	}
 }

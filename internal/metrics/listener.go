@@ -11,7 +11,7 @@ import (
 // connections_rejected_total of their rule).
 var listenerReasons = map[string][]proxy.Reason{
 	"tcp": {proxy.ReasonMaxConnections, proxy.ReasonShutdown, proxy.ReasonNoRule, proxy.ReasonUntrustedProxy, proxy.ReasonBadProxyHeader, proxy.ReasonClientError},
-	"udp": {proxy.ReasonShutdown, proxy.ReasonNoRule},
+	"udp": {proxy.ReasonShutdown, proxy.ReasonNoRule, proxy.ReasonDNSMalformed},
 }
 
 // listenerObserver is one listener's proxy.ListenerObserver, with its

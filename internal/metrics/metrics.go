@@ -78,6 +78,7 @@ type Metrics struct {
 	beRequests   *prometheus.CounterVec   // rule, backend, result
 	beEnded      *prometheus.CounterVec   // rule, backend, end
 	beResponse   *prometheus.HistogramVec // rule, backend
+	dnsDropped   *prometheus.CounterVec   // rule, backend, reason (dns = true rules)
 	healthChecks *prometheus.CounterVec   // rule, backend, result
 
 	selections   *prometheus.CounterVec // rule, router, plugin, backend
@@ -148,10 +149,13 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 			Name: "backend_requests_total", Help: "Attempts to reach a backend: TCP connects, UDP datagrams sent; result success, error or timeout."},
 			[]string{"rule", "backend", "result"}),
 		beEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
-			Name: "connections_ended_total", Help: "Proxied TCP connections and UDP sessions that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream), backend_refused (UDP: ICMP port unreachable), max_responses (UDP), drained (drain_timeout) or shutdown."},
+			Name: "connections_ended_total", Help: "Proxied TCP connections and UDP sessions that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream), backend_refused (UDP: ICMP port unreachable), max_responses (UDP), drained (drain_timeout), shutdown, closed (admin API) or backend_down (on_backend_down = \"close\")."},
 			[]string{"rule", "backend", "end"}),
 		beResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
 			Name: "backend_response_seconds", Help: "TCP: time to connect to the backend. UDP: time from a client datagram to the backend's first reply.", Buckets: ResponseBuckets}, rb),
+		dnsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
+			Name: "dns_dropped_total", Help: "Rules with dns = true: queries sent to the backend it never answered within session_timeout (reason unanswered), and replies from it that matched no waiting query (reason unmatched)."},
+			[]string{"rule", "backend", "reason"}),
 		healthChecks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "health_checks_total", Help: "Active health checks of the backend's address, by result (success or failure)."},
 			[]string{"rule", "backend", "result"}),
@@ -180,7 +184,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 
 	cs := []prometheus.Collector{logDropped, m.connActive, m.connTotal, m.connDuration, m.connRejected, m.lnRejected,
 		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
-		m.beRequests, m.beEnded, m.beResponse, m.healthChecks, m.selections, m.routerErrors,
+		m.beRequests, m.beEnded, m.beResponse, m.dnsDropped, m.healthChecks, m.selections, m.routerErrors,
 		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server, &m.fleet}
 	m.discovery = newDiscoveryCollectors()
 	cs = append(cs, m.discovery.collectors()...)
@@ -274,6 +278,10 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 			selection: m.selections.WithLabelValues(rule, rt.RouterName, rt.Plugin, b.ID),
 		}
 		bo := o.backends[b]
+		if rt.DNS {
+			bo.dnsUnanswered = m.dnsDropped.WithLabelValues(rule, b.ID, DNSUnanswered)
+			bo.dnsUnmatched = m.dnsDropped.WithLabelValues(rule, b.ID, DNSUnmatched)
+		}
 		for _, end := range proxy.EndsOf(proto) {
 			bo.ended[end] = m.beEnded.WithLabelValues(rule, b.ID, end.String())
 		}
@@ -340,6 +348,8 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 			m.beEnded.DeleteLabelValues(rule, id, end.String())
 		}
 		m.beResponse.DeleteLabelValues(rule, id)
+		m.dnsDropped.DeleteLabelValues(rule, id, DNSUnanswered)
+		m.dnsDropped.DeleteLabelValues(rule, id, DNSUnmatched)
 		m.healthChecks.DeleteLabelValues(rule, id, CheckSuccess)
 		m.healthChecks.DeleteLabelValues(rule, id, CheckFailure)
 	}
@@ -413,6 +423,28 @@ type backendObserver struct {
 	ended                    [proxy.NumEnds]prometheus.Counter // by proxy.EndsOf the rule's protocol; nil for the others
 	response                 prometheus.Observer
 	selection                prometheus.Counter
+	dnsUnanswered            prometheus.Counter // dns = true rules only
+	dnsUnmatched             prometheus.Counter
+}
+
+// dns_dropped_total's reasons.
+const (
+	DNSUnanswered = "unanswered"
+	DNSUnmatched  = "unmatched"
+)
+
+var _ proxy.DNSObserver = (*routeObserver)(nil)
+
+func (o *routeObserver) DNSUnanswered(b *backend.Backend) {
+	if bo := o.backends[b]; bo != nil && bo.dnsUnanswered != nil {
+		bo.dnsUnanswered.Inc()
+	}
+}
+
+func (o *routeObserver) DNSUnmatched(b *backend.Backend) {
+	if bo := o.backends[b]; bo != nil && bo.dnsUnmatched != nil {
+		bo.dnsUnmatched.Inc()
+	}
 }
 
 var _ proxy.Observer = (*routeObserver)(nil)

@@ -57,6 +57,13 @@ var (
 	fdRefusedDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "descriptor_budget_refusals_total"),
 		"Times the data path was at its descriptor budget: kind tcp_accept (an event loop paused accepting; clients wait in the backlog), udp_session (a new client's datagram dropped), splice_pipe (a burst copied instead of spliced).",
 		[]string{"kind"}, nil)
+	quicPeeksDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "udp_quic_peeks_total"),
+		"New UDP clients whose QUIC ClientHello was read for an sni or alpn matcher, by result: hello (read), not_quic (not a readable QUIC Initial), malformed, timeout (peek_timeout), overflow (too many datagrams held).",
+		[]string{"result"}, nil)
+	quicMigrationsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "udp_quic_migrations_total"),
+		"QUIC sessions (rules with quic = true) whose client address changed and that followed it by connection id.", nil, nil)
+	quicCIDsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "udp_quic_connection_ids"),
+		"QUIC connection ids the UDP listeners know now, each tied to a session.", nil, nil)
 	maxConnsDesc = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", "max_connections"),
 		"The cap on concurrent TCP client connections in force: server.max_connections, or less when the descriptor limit cannot give it; 0: none.", nil, nil)
 )
@@ -71,6 +78,9 @@ func (c *serverCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- fdReserveDesc
 	ch <- fdRefusedDesc
 	ch <- maxConnsDesc
+	ch <- quicPeeksDesc
+	ch <- quicMigrationsDesc
+	ch <- quicCIDsDesc
 }
 
 func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
@@ -88,6 +98,12 @@ func (c *serverCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(fdRefusedDesc, prometheus.CounterValue, float64(n), proxy.RefusedNames[k])
 	}
 	ch <- prometheus.MustNewConstMetric(maxConnsDesc, prometheus.GaugeValue, float64(s.MaxConnections()))
+	q := &s.QUIC
+	for r := range proxy.NumQUICPeekResults {
+		ch <- prometheus.MustNewConstMetric(quicPeeksDesc, prometheus.CounterValue, float64(q.Peeks[r].Load()), r.String())
+	}
+	ch <- prometheus.MustNewConstMetric(quicMigrationsDesc, prometheus.CounterValue, float64(q.Migrations.Load()))
+	ch <- prometheus.MustNewConstMetric(quicCIDsDesc, prometheus.GaugeValue, float64(q.ConnectionIDs.Load()))
 }
 
 // SetServer makes the scrape report s's descriptor budget and connection

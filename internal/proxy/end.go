@@ -28,6 +28,11 @@ const (
 	// EndShutdown: shutdown_timeout ended it (or the listener's last
 	// loop stopped).
 	EndShutdown
+	// EndClosed: closed through the admin API (by id, backend or client).
+	EndClosed
+	// EndBackendDown: its backend was marked down, or removed, and the
+	// rule's on_backend_down is "close".
+	EndBackendDown
 	// EndNoBackend: no backend was reachable (TCP access log; no backend,
 	// so not counted per backend).
 	EndNoBackend
@@ -36,7 +41,7 @@ const (
 )
 
 var endNames = [NumEnds]string{"eof", "idle_timeout", "client_error", "backend_error", "backend_refused",
-	"max_responses", "drained", "shutdown", "no_backend"}
+	"max_responses", "drained", "shutdown", "closed", "backend_down", "no_backend"}
 
 func (e End) String() string {
 	if e < NumEnds {
@@ -50,7 +55,7 @@ func (e End) String() string {
 // connections_ended_total for a rule of that protocol.
 func EndsOf(protocol string) []End {
 	if protocol == "udp" {
-		return []End{EndIdleTimeout, EndBackendError, EndBackendRefused, EndMaxResponses, EndDrained, EndShutdown}
+		return []End{EndIdleTimeout, EndBackendError, EndBackendRefused, EndMaxResponses, EndDrained, EndShutdown, EndClosed, EndBackendDown}
 	}
-	return []End{EndEOF, EndIdleTimeout, EndClientError, EndBackendError, EndDrained, EndShutdown}
+	return []End{EndEOF, EndIdleTimeout, EndClientError, EndBackendError, EndDrained, EndShutdown, EndClosed, EndBackendDown}
 }

@@ -1,6 +1,11 @@
 package proxy
 
-import "github.com/dynamic-proxy/dynamic-proxy/internal/backend"
+import (
+	"net/netip"
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
+)
 
 // epollState is what a Server keeps of the epoll engine: its TCP loops and
 // its UDP listeners. Guarded by the Server's mu.
@@ -43,21 +48,101 @@ func (s *Server) stopEpoll() {
 	}
 }
 
-// closeBackendEpoll closes the epoll engine's connections and sessions to b.
-func (s *Server) closeBackendEpoll(b *backend.Backend) int {
-	n := s.closeUDPSessions(b)
+// eachConnEpoll gives sink the epoll engine's selected connections, each
+// loop's and each UDP shard's read in that loop (conns.go).
+func (s *Server) eachConnEpoll(f *ConnFilter, sink connSink) {
 	s.mu.Lock()
 	loops := s.loops
+	udp := make([]*UDPListener, 0, len(s.udp))
+	for l := range s.udp {
+		udp = append(udp, l)
+	}
 	s.mu.Unlock()
-	for _, lp := range loops {
-		lp.Call(func() {
-			lp.each(func(c *lconn) {
-				if c.be == b {
-					c.forceClose(EndDrained)
-					n++
+	if f.Protocol != "udp" {
+		for _, lp := range loops {
+			lp.Call(func() {
+				if c := lp.conns; c != nil {
+					for {
+						if f.match("tcp", c.ID, c.rt, c.be, c.ci.Client) && sink.want(c.ID) {
+							sink.put(c.entry(), c.closer())
+						}
+						if c = c.next; c == lp.conns {
+							break
+						}
+					}
 				}
 			})
+		}
+	}
+	if f.Protocol != "tcp" {
+		for _, l := range udp {
+			for _, sh := range l.shards {
+				sh.Call(func() {
+					for _, ss := range sh.sessions {
+						if ss.fd >= 0 && f.match("udp", ss.id, ss.route, ss.b, ss.client) && sink.want(ss.id) {
+							sink.put(sh.entry(ss), sh.closer(ss))
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// entry is the connection as listed. Called in its loop.
+func (c *lconn) entry() ConnEntry {
+	local := c.l.local
+	if local.Addr().IsUnspecified() && c.cfd >= 0 {
+		if ap, ok := eventloop.LocalAddrPort(c.cfd); ok {
+			local = ap
+		}
+	}
+	var state string
+	switch c.state {
+	case stRoute:
+		state = StateRouting
+	case stInspect:
+		state = StateInspecting
+	case stResolve:
+		state = StateResolving
+	case stDialWait, stConnecting:
+		state = StateConnecting
+	default:
+		state = StateEstablished
+	}
+	return connEntry("tcp", c.ConnIdent, c.rt, c.be, c.ci.Client, local, c.last, c.up.n, c.down.n, state)
+}
+
+// closer closes the connection from any goroutine, in its loop, unless it
+// ended meanwhile.
+func (c *lconn) closer() func(End) {
+	lp, id := c.lp, c.ID
+	return func(end End) {
+		lp.Post(func() {
+			if c.next != nil && c.ID == id && c.state != stDone {
+				c.forceClose(end)
+			}
 		})
 	}
-	return n
+}
+
+// entry is session ss as listed. Called in the shard's loop.
+func (l *udpShard) entry(ss *udpSession) ConnEntry {
+	local := l.local
+	if dst, _, ok := eventloop.ParsePktinfo(ss.oob[:ss.ooblen]); ok {
+		local = netip.AddrPortFrom(dst, local.Port())
+	}
+	return connEntry("udp", ConnIdent{ID: ss.id, Start: time.Unix(0, ss.start)}, ss.route, ss.b, ss.client, local, ss.last, ss.inB, ss.outB, StateEstablished)
+}
+
+// closer ends session ss from any goroutine, in the shard's loop, unless
+// it ended meanwhile.
+func (l *udpShard) closer(ss *udpSession) func(End) {
+	return func(end End) {
+		l.Post(func() {
+			if !ss.removed && ss.fd >= 0 {
+				l.end(ss, end)
+			}
+		})
+	}
 }

@@ -17,7 +17,8 @@ var errNoEpoll = errors.New("the epoll engine runs on Linux only")
 func (s *Server) initEpoll()                                     {}
 func (s *Server) cutEpoll() int                                  { return 0 }
 func (s *Server) stopEpoll()                                     {}
-func (s *Server) closeBackendEpoll(*backend.Backend) int         { return 0 }
+func (s *Server) eachConnEpoll(*ConnFilter, connSink)            {}
+func (s *Server) closeDNSBackendEpoll(*backend.Backend) int      { return 0 }
 func (s *Server) listenTCPEpoll(string, Table) (Listener, error) { return nil, errNoEpoll }
 func (s *Server) listenUDPEpoll(string, Table, udpOptions) (Listener, error) {
 	return nil, errNoEpoll

@@ -83,9 +83,11 @@ type DescriptorStats struct {
 	Refused  [NumRefused]int64
 }
 
-// dataFDs is the descriptors the data path holds.
+// dataFDs is the descriptors the data path holds (a DNS listener's
+// clients hold none; its backend sockets one each).
 func (s *Server) dataFDs() int64 {
-	return 2*s.Stats.Active.Load() + s.UDP.Sessions.Load() + splicePipes.Load()
+	u := &s.UDP
+	return 2*s.Stats.Active.Load() + u.Sessions.Load() - u.DNSClients.Load() + u.DNSSockets.Load() + splicePipes.Load()
 }
 
 // fdRoom reports whether the data path may take n more descriptors.

@@ -39,6 +39,7 @@ func TestGoroutineEngine(t *testing.T) {
 		{"ShutdownDrains", TestShutdownDrains},
 		{"ShutdownTimeoutCuts", TestShutdownTimeoutCuts},
 		{"CloseBackendConnsDrained", TestCloseBackendConnsDrained},
+		{"ConnsListAndClose", TestConnsListAndClose},
 		{"MaxConnectionsAcrossListeners", TestMaxConnectionsAcrossListeners},
 		{"BackendHostName", TestBackendHostName},
 		{"ObserverSeesEveryTCPEvent", TestObserverSeesEveryTCPEvent},
@@ -74,6 +75,7 @@ func TestGoroutineEngine(t *testing.T) {
 		{"UDPFirstLookupDoesNotBlock", TestUDPFirstLookupDoesNotBlock},
 		{"UDPResolvedAddressesAllUsed", TestUDPResolvedAddressesAllUsed},
 		{"DescriptorBudgetUDP", TestDescriptorBudgetUDP},
+		{"UDPDNSSocketsReleased", TestUDPDNSSocketsReleased},
 	}
 	testEngine = EngineGoroutine
 	defer func() { testEngine = 0 }()

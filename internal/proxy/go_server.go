@@ -3,11 +3,10 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
-
-	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 )
 
 // Engine is the connection engine a Server runs its listeners on.
@@ -171,17 +170,54 @@ func (s *Server) cutGo() int {
 	return n
 }
 
-// closeBackendGo closes the goroutine engine's connections and sessions to b.
-func (s *Server) closeBackendGo(b *backend.Backend) int {
-	n := 0
-	for _, c := range keysOf(&s.connMu, s.conns) {
-		if c.backend() == b {
-			c.forceClose(EndDrained)
-			n++
+// eachConnGo gives sink the goroutine engine's selected connections, read
+// under the locks their goroutines take (conns.go).
+func (s *Server) eachConnGo(f *ConnFilter, sink connSink) {
+	if f.Protocol != "udp" {
+		for _, c := range keysOf(&s.connMu, s.conns) {
+			c.mu.Lock()
+			rt, b, ci, bc, cut := c.rt, c.be, c.ci, c.bc, c.cut
+			c.mu.Unlock()
+			if cut != EndEOF { // closing: its goroutines are leaving
+				continue
+			}
+			if !f.match("tcp", c.ID, rt, b, ci.Client) || !sink.want(c.ID) {
+				continue
+			}
+			state := StateEstablished
+			switch {
+			case rt == nil:
+				state = StateInspecting
+			case bc == nil:
+				state = StateConnecting
+			}
+			local := addrPort(c.c.LocalAddr())
+			sink.put(connEntry("tcp", c.ConnIdent, rt, b, ci.Client, local, c.last.Load(), c.up.Load(), c.down.Load(), state), c.forceClose)
 		}
 	}
-	for _, l := range keysOf(&s.mu, s.udpGo) {
-		n += l.closeBackend(b)
+	if f.Protocol != "tcp" {
+		for _, l := range keysOf(&s.mu, s.udpGo) {
+			l.eachSession(f, sink)
+		}
 	}
-	return n
+}
+
+// eachSession gives sink the listener's selected open sessions.
+func (l *goUDPListener) eachSession(f *ConnFilter, sink connSink) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, ss := range l.sessions {
+		if ss.bc == nil || !f.match("udp", ss.id, ss.route, ss.b, ss.client) || !sink.want(ss.id) {
+			continue
+		}
+		local := l.local
+		if ss.dst.IsValid() {
+			local = netip.AddrPortFrom(ss.dst, local.Port())
+		}
+		ss.mu.Lock()
+		in, out := ss.inB, ss.outB
+		ss.mu.Unlock()
+		sink.put(connEntry("udp", ConnIdent{ID: ss.id, Start: ss.start}, ss.route, ss.b, ss.client, local, ss.last.Load(), in, out, StateEstablished),
+			func(end End) { l.end(ss, end) })
+	}
 }

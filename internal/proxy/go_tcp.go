@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -159,7 +160,7 @@ func (l *goTCPListener) serve() {
 			continue
 		}
 		s.wg.Add(1)
-		gc := &goConn{l: l, srv: s, rot: &l.rot, c: c, start: time.Now(), idx: int(l.ids.Add(1)) % s.Workers()}
+		gc := &goConn{l: l, srv: s, rot: &l.rot, c: c, ConnIdent: s.newIdent(time.Now()), idx: int(l.ids.Add(1)) % s.Workers()}
 		gc.ci.Client = addrPort(c.RemoteAddr())
 		s.connMu.Lock()
 		s.conns[gc] = struct{}{}
@@ -170,29 +171,23 @@ func (l *goTCPListener) serve() {
 
 // goConn is one proxied TCP connection of the goroutine engine.
 type goConn struct {
-	l     *goTCPListener // nil for a connection the epoll engine handed over (tls.go)
-	srv   *Server
-	rot   *atomic.Uint32 // rotation over a resolved backend's addresses (the listener's)
-	c     *net.TCPConn
-	start time.Time
-	idx   int // AddBytesIn's worker index
-	ci    ConnInfo
-	rt    *Route
+	l         *goTCPListener // nil for a connection the epoll engine handed over (tls.go)
+	srv       *Server
+	rot       *atomic.Uint32 // rotation over a resolved backend's addresses (the listener's)
+	c         *net.TCPConn
+	ConnIdent     // its id and when it was accepted (conns.go)
+	idx       int // AddBytesIn's worker index
 
-	mu     sync.Mutex // guards what forceClose touches
+	mu     sync.Mutex // guards what forceClose and the admin API's list touch
+	ci     ConnInfo   // written under mu (the list reads it); its own goroutines read it without
+	rt     *Route     // likewise
 	cut    End        // why forceClose ended it (EndEOF: not forced)
 	be     *backend.Backend
 	bc     *net.TCPConn
 	cancel context.CancelFunc // ends a dial or lookup in progress
 
 	last     atomic.Int64 // unix ns of the last byte moved either way
-	up, down int64        // bytes moved; each written by its direction's goroutine only
-}
-
-func (c *goConn) backend() *backend.Backend {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.be
+	up, down atomic.Int64 // bytes moved; each added to by its direction's goroutine, read by the access log's progress records and the admin API's list
 }
 
 func (c *goConn) forced() End {
@@ -239,23 +234,27 @@ func (c *goConn) serve() {
 	s, l := c.srv, c.l
 	table := l.routes.Load()
 	if len(table.routes) == 0 {
-		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ci.Client)
+		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ID, c.ci.Client)
 		c.c.Close()
 		return
 	}
 	rt, ci, first, err := inspect(c.c, table)
+	c.mu.Lock()
 	c.ci = ci
+	c.mu.Unlock()
 	if c.forced() != EndEOF {
 		c.c.Close()
 		return
 	}
 	if err != nil || rt == nil {
-		s.tcpUnrouted(l.addr.String(), table.opts.Observer, c.ci.Client, inspectReason(err), err)
+		s.tcpUnrouted(l.addr.String(), table.opts.Observer, c.ID, c.ci.Client, inspectReason(err), err)
 		c.reset()
 		return
 	}
+	c.mu.Lock()
 	c.rt = rt
-	release, ok := s.admitTCP(rt, c.ci.Client, c.start)
+	c.mu.Unlock()
+	release, ok := s.admitTCP(rt, c.ci.Client, c.ConnIdent)
 	if !ok {
 		c.reset()
 		return
@@ -268,7 +267,7 @@ func (c *goConn) serve() {
 // then the dial and the relay.
 func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	s, rt := c.srv, c.rt
-	req := tcpRequest(rt, &c.ci, local, func() (netip.AddrPort, bool) {
+	req := s.tcpRequest(c.ID, rt, &c.ci, local, func() (netip.AddrPort, bool) {
 		ap := addrPort(c.c.LocalAddr())
 		return ap, ap.IsValid()
 	})
@@ -287,12 +286,12 @@ func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	case err == nil: // drained or shut down while dialling
 		release()
 		if o := rt.Observer; o != nil {
-			o.ConnClosed(nil, c.forced(), time.Since(c.start), 0, 0)
+			o.ConnClosed(nil, c.forced(), time.Since(c.Start), 0, 0)
 		}
 		c.c.Close()
 	default:
 		release()
-		s.tcpNoBackend(rt, c.ci.Client, c.start, err)
+		s.tcpNoBackend(rt, c.ci.Client, c.ConnIdent, err)
 		c.reset()
 	}
 }
@@ -371,7 +370,7 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 			b.Release()
 			return nil, nil, err
 		}
-		s.tcpDialFailed(rt, req, tries, b, dialT0, err)
+		s.tcpDialFailed(rt, c.ID, req, tries, b, dialT0, err)
 		lastErr = err
 	}
 	if lastErr == nil {
@@ -476,7 +475,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	var upErr, downErr error
 	pend, skip, err := tcpPreamble(rt, c.ci.Client, c.c.LocalAddr(), first)
 	if err != nil {
-		s.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+		s.log.Debug("writing to the backend failed", "conn", c.ID, "rule", rt.Name, "backend", b.ID, "err", err)
 		upErr = dstError{err}
 	} else if len(pend) > 0 {
 		if _, err := c.write(b, &c.up, bc, pend, skip); err != nil {
@@ -496,7 +495,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	}
 	client.Close()
 	bc.Close()
-	s.tcpFinished(rt, b, c.ci.Client, c.start, release, upErr, downErr, c.forced(), c.up, c.down)
+	s.tcpFinished(rt, b, c.ci.Client, c.ConnIdent, release, upErr, downErr, c.forced(), c.up.Load(), c.down.Load())
 }
 
 // abort ends both sides after an error in one direction: a reset or an
@@ -513,7 +512,7 @@ func (c *goConn) abort(bc stream, err error) {
 
 // pipe copies src to dst until src ends (then dst is sent a FIN and pipe
 // returns nil) or fails. n is the direction's byte count.
-func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error) {
+func (c *goConn) pipe(b *backend.Backend, n *atomic.Int64, src, dst stream) (err error) {
 	bc := dst
 	if n == &c.down {
 		bc = src
@@ -527,6 +526,10 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error)
 	if size <= 0 {
 		size = defaultBufSize
 	}
+	tsrc, fromTLS := src.(*tls.Conn)
+	if _, toTLS := dst.(*tls.Conn); fromTLS || toTLS {
+		size = max(size, tlsRecord) // a whole record per read and per write
+	}
 	bp := getBuf(size)
 	defer putBuf(bp)
 	buf := *bp
@@ -537,7 +540,15 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error)
 		}
 		r, rerr := src.Read(buf)
 		if r > 0 {
-			if _, werr := c.write(b, n, dst, buf[:r], 0); werr != nil {
+			out, gp := buf[:r], (*[]byte)(nil)
+			if fromTLS && rerr == nil {
+				out, gp, rerr = gatherRecords(tsrc, out)
+			}
+			_, werr := c.write(b, n, dst, out, 0)
+			if gp != nil {
+				putBuf(gp)
+			}
+			if werr != nil {
 				return dstError{werr}
 			}
 			if r == size {
@@ -566,7 +577,7 @@ func (c *goConn) pipe(b *backend.Backend, n *int64, src, dst stream) (err error)
 // ReadFrom (splice(2) on Linux), exactly that many bytes at a time, so that
 // it never waits for more data holding a pipe; false when nothing more is
 // queued (back to reading into the buffer).
-func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, size int) error {
+func (c *goConn) splice(b *backend.Backend, n *atomic.Int64, src, dst *net.TCPConn, size int) error {
 	idle := int64(c.rt.IdleTimeout)
 	lr := &io.LimitedReader{R: src}
 	for {
@@ -597,7 +608,7 @@ func (c *goConn) splice(b *backend.Backend, n *int64, src, dst *net.TCPConn, siz
 // write writes p to dst; its first skip bytes are not traffic (a PROXY
 // header). A write that blocks past idle_timeout of no traffic either way
 // fails.
-func (c *goConn) write(b *backend.Backend, n *int64, dst stream, p []byte, skip int) (int, error) {
+func (c *goConn) write(b *backend.Backend, n *atomic.Int64, dst stream, p []byte, skip int) (int, error) {
 	idle := int64(c.rt.IdleTimeout)
 	total := 0
 	for len(p) > 0 {
@@ -633,12 +644,12 @@ func (c *goConn) stillActive(err error) bool {
 
 // moved accounts k bytes written in direction n: the direction's count,
 // the backend's, the route's metrics and the activity idle_timeout watches.
-func (c *goConn) moved(b *backend.Backend, n *int64, k int64) {
+func (c *goConn) moved(b *backend.Backend, n *atomic.Int64, k int64) {
 	if k <= 0 {
 		return
 	}
 	c.last.Store(time.Now().UnixNano())
-	*n += k
+	n.Add(k)
 	o := c.rt.Observer
 	if n == &c.up {
 		b.AddBytesIn(c.idx, k)

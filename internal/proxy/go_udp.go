@@ -56,6 +56,8 @@ type goUDPListener struct {
 	sessions map[netip.AddrPort]*goUDPSession // open ones and refusals' tombstones
 	held     udpHeld[*goUDPSession]           // new clients waiting for a lookup
 	scratch  []byte                           // a PROXY header and a datagram, under mu
+	quic     goQUIC                           // ClientHellos being read, connection ids (go_udp_quic.go)
+	dns      goDNS                            // a DNS listener's clients and backend sockets (go_udp_dns.go), under mu
 
 	shutOnce sync.Once
 	readers  sync.WaitGroup // the sessions' goroutines
@@ -64,13 +66,15 @@ type goUDPListener struct {
 
 // goUDPSession is one client's session.
 type goUDPSession struct {
+	id     uint64 // (conns.go)
 	l      *goUDPListener
 	client netip.AddrPort
 	dst    netip.Addr // where the client sent to (wildcard binds), the replies' source
 	ifidx  int
 	route  *Route
 	obs    Observer
-	idx    int // AddBytesIn's worker index
+	quic   *udpQUIC // QUIC: the ClientHello read, connection ids (udp_quic.go); nil: none
+	idx    int      // AddBytesIn's worker index
 	start  time.Time
 	tried  []*backend.Backend // backends that refused this client (tombstone)
 
@@ -105,6 +109,7 @@ func (s *Server) listenUDPGo(addr string, t Table) (*goUDPListener, error) {
 	l := &goUDPListener{srv: s, conn: conn, local: conn.LocalAddr().(*net.UDPAddr).AddrPort(),
 		sessions: map[netip.AddrPort]*goUDPSession{}, done: make(chan struct{})}
 	l.table.Store(&t)
+	l.quic.cids.stats = &s.QUIC
 	if l.local.Addr().IsUnspecified() {
 		l.wantDestinations()
 	}
@@ -201,24 +206,11 @@ func (l *goUDPListener) forceClose() int {
 	for _, s := range ss {
 		l.end(s, EndShutdown)
 	}
+	l.mu.Lock()
+	l.dnsEndAll(EndShutdown)
+	l.mu.Unlock()
 	l.shut()
 	return n
-}
-
-// closeBackend ends the sessions on b and returns how many there were.
-func (l *goUDPListener) closeBackend(b *backend.Backend) int {
-	l.mu.Lock()
-	var ss []*goUDPSession
-	for _, s := range l.sessions {
-		if s.b == b && s.bc != nil {
-			ss = append(ss, s)
-		}
-	}
-	l.mu.Unlock()
-	for _, s := range ss {
-		l.end(s, EndDrained)
-	}
-	return len(ss)
 }
 
 // serve reads client datagrams until the socket is released.
@@ -229,6 +221,7 @@ func (l *goUDPListener) serve() {
 		for _, s := range l.sessions {
 			l.endLocked(s, EndShutdown)
 		}
+		l.dnsEndAll(EndShutdown)
 		l.held = udpHeld[*goUDPSession]{}
 		l.mu.Unlock()
 		l.readers.Wait()
@@ -253,6 +246,10 @@ func (l *goUDPListener) serve() {
 		}
 		if !client.IsValid() {
 			srv.UDP.DroppedSendError.Add(1)
+			continue
+		}
+		if l.table.Load().Options.DNS { // each datagram a query balanced on its own
+			l.dnsDatagram(client, dst, ifidx, buf[:n])
 			continue
 		}
 		l.datagram(client, dst, ifidx, buf[:n])
@@ -293,15 +290,16 @@ func addrOf(ip net.IP) netip.Addr {
 // client sent to.
 func (l *goUDPListener) writeTo(s *goUDPSession, p []byte) error {
 	var err error
+	to := s.replyTo() // a QUIC session's client may move (go_udp_quic.go)
 	switch {
-	case l.p4 != nil && s.dst.IsValid():
-		_, err = l.p4.WriteTo(p, &ipv4.ControlMessage{Src: s.dst.AsSlice(), IfIndex: s.ifidx}, net.UDPAddrFromAddrPort(s.client))
-	case l.p6 != nil && s.dst.IsValid() && !s.dst.Unmap().Is4():
+	case l.p4 != nil && to.dst.IsValid():
+		_, err = l.p4.WriteTo(p, &ipv4.ControlMessage{Src: to.dst.AsSlice(), IfIndex: to.ifidx}, net.UDPAddrFromAddrPort(to.client))
+	case l.p6 != nil && to.dst.IsValid() && !to.dst.Unmap().Is4():
 		// (x/net/ipv6 cannot set an IPv4 source on a dual-stack socket:
 		// IPv4 clients of a [::] bind get the source the system picks.)
-		_, err = l.p6.WriteTo(p, &ipv6.ControlMessage{Src: s.dst.AsSlice(), IfIndex: s.ifidx}, net.UDPAddrFromAddrPort(s.client))
+		_, err = l.p6.WriteTo(p, &ipv6.ControlMessage{Src: to.dst.AsSlice(), IfIndex: to.ifidx}, net.UDPAddrFromAddrPort(to.client))
 	default:
-		_, err = l.conn.WriteToUDPAddrPort(p, s.client)
+		_, err = l.conn.WriteToUDPAddrPort(p, to.client)
 	}
 	return err
 }
@@ -315,6 +313,12 @@ func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx in
 	if s == nil {
 		if w := l.held.waiting(client); w != nil { // its session waits for a lookup: keep the order
 			l.hold(w.s, p)
+			return
+		}
+		if qs, handled := l.quicNew(client, dst, ifidx, p); handled { // a QUIC client (go_udp_quic.go)
+			if qs != nil {
+				l.forward(qs, p, true)
+			}
 			return
 		}
 	}
@@ -333,7 +337,12 @@ func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx in
 // usable. Called with l.mu held.
 func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, dst netip.Addr, ifidx int, p []byte) *goUDPSession {
 	srv := l.srv
-	rt, release, why := srv.admitUDP(l.table.Load(), l.closed.Load(), client, &l.live)
+	var prevQUIC *udpQUIC
+	if prev != nil {
+		prevQUIC = prev.quic
+	}
+	ci := quicConnInfo(client, prevQUIC)
+	rt, release, why := srv.admitUDP(l.table.Load(), l.closed.Load(), &ci, &l.live)
 	switch why {
 	case udpNoRoute:
 		srv.UDP.DroppedNoRoute.Add(1)
@@ -347,8 +356,9 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 	if why != udpAdmitted {
 		return nil
 	}
-	s := &goUDPSession{l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
-		idx: int(l.ids.Add(1)) % srv.Workers(), start: time.Now(), release: release}
+	s := &goUDPSession{id: srv.connIDs.Add(1), l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
+		idx: int(l.ids.Add(1)) % srv.Workers(), start: time.Now(), release: release,
+		quic: newQUICState(rt, prevQUIC)}
 	if prev != nil {
 		s.dst, s.ifidx, s.tried = prev.dst, prev.ifidx, prev.tried
 		if prev.b != nil && !slices.Contains(s.tried, prev.b) { // at most one entry per backend
@@ -471,6 +481,9 @@ func (l *goUDPListener) replayWaiting() {
 // Called with l.mu held.
 func (l *goUDPListener) forward(s *goUDPSession, p []byte, retry bool) {
 	srv := l.srv
+	if s.quic != nil && s.quic.track {
+		l.quic.cids.learn(s.quic, s, p, false)
+	}
 	out := p
 	if s.proxyHdr != nil {
 		l.scratch = append(append(l.scratch[:0], s.proxyHdr...), p...)
@@ -546,8 +559,8 @@ func (s *goUDPSession) readBackend(bc *net.UDPConn) {
 				l.refusedLocked(s)
 				l.mu.Unlock()
 			default:
-				srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
-					"backend", s.b.ID, "client", s.client.String(), "err", err.Error())
+				srv.log.Debug("udp backend socket error; ending session", "conn", s.id, "rule", s.route.Name,
+					"backend", s.b.ID, "client", s.replyTo().client.String(), "err", err.Error())
 				l.end(s, EndBackendError)
 			}
 			return
@@ -560,6 +573,9 @@ func (s *goUDPSession) readBackend(bc *net.UDPConn) {
 		}
 		s.replied(s.b, s.obs, s.idx, n, time.Now().UnixNano())
 		s.mu.Unlock()
+		if s.quic != nil && s.quic.track {
+			l.quic.cids.learn(s.quic, s, buf[:n], true)
+		}
 		s.last.Store(time.Now().UnixNano())
 		if err := l.writeTo(s, buf[:n]); err != nil {
 			if errors.Is(err, syscall.EMSGSIZE) {
@@ -600,7 +616,7 @@ func (l *goUDPListener) refusedLocked(s *goUDPSession) {
 	if s.bc == nil {
 		return
 	}
-	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "rule", s.route.Name,
+	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "conn", s.id, "rule", s.route.Name,
 		"backend", s.b.ID, "client", s.client.String())
 	s.b.Health().ReportDial(errRefused)
 	l.closeSocket(s, EndBackendRefused)
@@ -636,6 +652,9 @@ func (l *goUDPListener) closeSocket(s *goUDPSession, end End) {
 		return
 	}
 	srv := l.srv
+	if s.quic != nil {
+		l.quic.cids.forget(s.quic, s)
+	}
 	s.bc.Close()
 	s.bc = nil
 	s.b.Release()
@@ -653,7 +672,7 @@ func (l *goUDPListener) closeSocket(s *goUDPSession, end End) {
 	s.mu.Lock()
 	c := s.udpCounts
 	s.mu.Unlock()
-	srv.udpSessionEnded(s.route, s.client, s.b, &c, time.Since(s.start), end)
+	srv.udpSessionEnded(s.route, s.id, s.client, s.b, &c, time.Since(s.start), end)
 }
 
 // remove forgets s. Called with l.mu held.

@@ -33,6 +33,10 @@ type ListenOptions struct {
 	// SessionTimeout (UDP) is the idle time after which a session ends;
 	// 0: 30 s.
 	SessionTimeout time.Duration
+	// DNS (UDP) balances each DNS query on its own instead of a session
+	// per client (udp_dns.go); every datagram that is not a DNS query is
+	// dropped. The config has the listener's rules agree on it (dns).
+	DNS bool
 
 	// Observer counts what the listener refuses that belongs to no rule
 	// (observe.go); nil: metrics off.

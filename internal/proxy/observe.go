@@ -100,6 +100,10 @@ const (
 	// ReasonTLSHandshake: the client's TLS handshake with a terminating
 	// rule failed (no backend was dialled).
 	ReasonTLSHandshake
+	// ReasonDNSMalformed: a datagram on a dns = true listener that is not
+	// a DNS query (shorter than a header, a response, no or a malformed
+	// question); it reached no backend.
+	ReasonDNSMalformed
 	// ReasonFleetConnLimited: fleet_max_connections_per_ip reached for the
 	// client across the fleet (or this instance's share of it).
 	ReasonFleetConnLimited
@@ -112,7 +116,7 @@ const (
 )
 
 var reasonNames = [NumReasons]string{"max_connections", "no_rule", "no_backend", "connect_failed", "shutdown",
-	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake",
+	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake", "dns_malformed",
 	"fleet_conn_limited", "fleet_rate_limited", "fleet_rule_rate_limited"}
 
 func (r Reason) String() string {

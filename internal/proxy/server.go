@@ -58,8 +58,10 @@ type Route struct {
 
 	// UDP only (see udp_listener_linux.go); the session timeout is the
 	// listener's (ListenOptions).
-	MaxResponses int // end a session after this many replies; 0: unlimited
-	MaxSessions  int // concurrent sessions; 0: no limit
+	MaxResponses int  // end a session after this many replies; 0: unlimited
+	MaxSessions  int  // concurrent sessions; 0: no limit
+	QUIC         bool // sessions follow their QUIC connection ids across client address changes (udp_quic.go)
+	DNS          bool // dns = true: each query balanced on its own (udp_dns.go); the listener's ListenOptions.DNS says so too
 }
 
 // Listener is a bound TCP or UDP listener whose table can be swapped.
@@ -80,6 +82,7 @@ type Server struct {
 	maxConns atomic.Int64
 	Stats    Stats
 	UDP      UDPStats
+	QUIC     QUICStats // QUIC Initial peeking and connection id following (udp_quic.go)
 
 	mu        sync.Mutex
 	listeners map[Listener]struct{}
@@ -93,6 +96,10 @@ type Server struct {
 	workers     int // Workers, fixed at its first call
 
 	resolver *resolve.Resolver // backend host names, for TCP and UDP
+	alog     accessLog         // where the access log goes, and its progress records (accesslog.go)
+
+	explainSample atomic.Uint64 // connections whose decision is logged at debug: rand.Uint64() < it (explain.go)
+	connIDs       atomic.Uint64 // numbers connections and sessions (conns.go)
 
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
@@ -200,13 +207,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	s.stopEpoll()
+	s.stopProgress()
 	return err
 }
 
 // CloseBackendConns closes every connection proxied to b (a backend a reload
 // removed, once its drain_timeout is over) and returns how many.
 func (s *Server) CloseBackendConns(b *backend.Backend) int {
-	return s.closeBackendEpoll(b) + s.closeBackendGo(b)
+	n := s.CloseConns(ConnFilter{Of: b}, EndDrained)
+	// A DNS listener's clients are not connections of their own; their
+	// sockets to b are closed, and the clients whose last query went there.
+	n += s.closeDNSBackendEpoll(b)
+	for _, l := range keysOf(&s.mu, s.udpGo) {
+		n += l.dnsCloseBackend(b)
+	}
+	return n
 }
 
 // UDPStats are the UDP counters of a Server, over all its UDP listeners.
@@ -228,6 +243,14 @@ type UDPStats struct {
 	DroppedShutdown    atomic.Int64 // a new client while the listener drains
 	DroppedSendError   atomic.Int64 // a send failed (socket buffer full, unreachable…)
 	DroppedMaxResponse atomic.Int64 // backend datagrams after max_responses
+
+	// DNS-aware balancing (dns = true listeners, udp_dns.go).
+	DroppedDNSMalformed atomic.Int64 // client datagrams that are not DNS queries
+	DNSUnanswered       atomic.Int64 // queries forgotten after session_timeout without a reply
+	DNSUnmatched        atomic.Int64 // replies that matched no waiting query
+	DNSRewritten        atomic.Int64 // queries sent with another id than their client's (it was taken on the socket)
+	DNSClients          atomic.Int64 // open sessions that are DNS clients (counted in Sessions; they hold no socket)
+	DNSSockets          atomic.Int64 // backend sockets of DNS listeners open now
 
 	// Ended counts the sessions that ended, by how (EndsOf("udp")).
 	Ended [NumEnds]atomic.Int64

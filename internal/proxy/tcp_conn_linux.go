@@ -44,12 +44,12 @@ type lconn struct {
 	forced bool // closed by drain or shutdown while routing or dialling
 	cut    End  // why forceClose ended it (EndEOF: it was not forced)
 
-	start   time.Time
-	ci      ConnInfo
-	rt      *Route
-	release func()      // access control slot
-	first   []byte      // bytes read while inspecting, for the backend
-	insp    *inspection // while a goroutine inspects the first bytes
+	ConnIdent // its id and when it was accepted (conns.go)
+	ci        ConnInfo
+	rt        *Route
+	release   func()      // access control slot
+	first     []byte      // bytes read while inspecting, for the backend
+	insp      *inspection // while a goroutine inspects the first bytes
 
 	be      *backend.Backend
 	req     router.Request
@@ -86,7 +86,7 @@ func (c *lconn) begin() {
 	s, l := c.lp.srv, c.l
 	table := l.routes.Load()
 	if len(table.routes) == 0 {
-		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ci.Client)
+		s.tcpNoRoutes(l.addr.String(), table.opts.Observer, c.ID, c.ci.Client)
 		c.drop(false)
 		return
 	}

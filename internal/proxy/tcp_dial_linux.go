@@ -98,14 +98,14 @@ func (c *lconn) inspected(fd int, rt *Route, ci ConnInfo, first []byte, err erro
 
 // unrouted ends a connection no route takes.
 func (c *lconn) unrouted(reason Reason, err error) {
-	c.lp.srv.tcpUnrouted(c.l.addr.String(), c.l.routes.Load().opts.Observer, c.ci.Client, reason, err)
+	c.lp.srv.tcpUnrouted(c.l.addr.String(), c.l.routes.Load().opts.Observer, c.ID, c.ci.Client, reason, err)
 	c.drop(true)
 }
 
 // routed admits the connection to rt and starts dialling.
 func (c *lconn) routed(rt *Route) {
 	c.rt = rt
-	release, ok := c.lp.srv.admitTCP(rt, c.ci.Client, c.start)
+	release, ok := c.lp.srv.admitTCP(rt, c.ci.Client, c.ConnIdent)
 	if !ok {
 		c.drop(true)
 		return
@@ -115,7 +115,7 @@ func (c *lconn) routed(rt *Route) {
 		return
 	}
 	c.release = release
-	c.req = tcpRequest(rt, &c.ci, c.l.local, func() (netip.AddrPort, bool) { return eventloop.LocalAddrPort(c.cfd) })
+	c.req = c.lp.srv.tcpRequest(c.ID, rt, &c.ci, c.l.local, func() (netip.AddrPort, bool) { return eventloop.LocalAddrPort(c.cfd) })
 	c.dial()
 }
 
@@ -126,7 +126,7 @@ func (c *lconn) routed(rt *Route) {
 // engine.
 func (c *lconn) handOff(release func()) {
 	lp := c.lp
-	s, rt, ci, start, local, fd, first, idx := lp.srv, c.rt, c.ci, c.start, c.l.local, c.cfd, c.first, lp.idx
+	s, rt, ci, id, local, fd, first, idx := lp.srv, c.rt, c.ci, c.ConnIdent, c.l.local, c.cfd, c.first, lp.idx
 	c.cfd, c.first, c.state = -1, nil, stDone
 	lp.timers.Stop(&c.timer)
 	lp.unlink(c)
@@ -137,14 +137,14 @@ func (c *lconn) handOff(release func()) {
 		if err != nil {
 			release()
 			if o := rt.Observer; o != nil {
-				o.ConnClosed(nil, EndClientError, time.Since(start), 0, 0)
+				o.ConnClosed(nil, EndClientError, time.Since(id.Start), 0, 0)
 			}
-			s.log.Debug("tls connection not handed over; closing", "rule", rt.Name, "client", ci.Client.String(), "err", err)
+			s.log.Debug("tls connection not handed over; closing", "conn", id.ID, "rule", rt.Name, "client", ci.Client.String(), "err", err)
 			s.Stats.Active.Add(-1)
 			s.wg.Done()
 			return
 		}
-		s.adoptTLS(nc.(*net.TCPConn), rt, ci, start, local, idx, first, release)
+		s.adoptTLS(nc.(*net.TCPConn), rt, ci, id, local, idx, first, release)
 	}()
 }
 
@@ -349,7 +349,7 @@ func (c *lconn) dialFailed(err error) {
 	b := c.be
 	c.be = nil
 	c.lastErr = err
-	c.lp.srv.tcpDialFailed(c.rt, &c.req, c.tries, b, c.dialT0, err)
+	c.lp.srv.tcpDialFailed(c.rt, c.ID, &c.req, c.tries, b, c.dialT0, err)
 }
 
 // connectDone: the backend socket became writable or failed while connecting.
@@ -372,7 +372,7 @@ func (c *lconn) connected() {
 	}
 	pend, skip, err := tcpPreamble(rt, c.ci.Client, local, c.first)
 	if err != nil {
-		c.lp.srv.log.Debug("writing to the backend failed", "rule", rt.Name, "backend", b.ID, "err", err)
+		c.lp.srv.log.Debug("writing to the backend failed", "conn", c.ID, "rule", rt.Name, "backend", b.ID, "err", err)
 		c.upErr = dstError{err}
 		c.finish(true)
 		return
@@ -383,8 +383,8 @@ func (c *lconn) connected() {
 	c.first = nil
 	c.state = stRelay
 	c.lp.own(c.cfd, fdOwner{c: c})
+	c.last = c.lp.now // (idle time, and the admin API's)
 	if c.idle = int64(rt.IdleTimeout); c.idle > 0 {
-		c.last = c.lp.now
 		c.lp.timers.Set(&c.timer, c.last+c.idle)
 	}
 	if c.up.pending() && !c.flush(&c.up) {
@@ -396,7 +396,7 @@ func (c *lconn) connected() {
 // noBackend ends a routed connection that reached no backend.
 func (c *lconn) noBackend(err error) {
 	c.release()
-	c.lp.srv.tcpNoBackend(c.rt, c.ci.Client, c.start, err)
+	c.lp.srv.tcpNoBackend(c.rt, c.ci.Client, c.ConnIdent, err)
 	c.drop(true)
 }
 
@@ -412,7 +412,7 @@ func (c *lconn) abandonDial() {
 	}
 	c.release()
 	if o := c.rt.Observer; o != nil {
-		o.ConnClosed(nil, c.cut, time.Since(c.start), 0, 0)
+		o.ConnClosed(nil, c.cut, time.Since(c.Start), 0, 0)
 	}
 	c.drop(false)
 }

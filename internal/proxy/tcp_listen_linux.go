@@ -201,7 +201,7 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			continue
 		}
 		s.wg.Add(1) // (TCP_NODELAY comes from the listening socket: ListenTCP)
-		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, start: time.Now()}
+		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, ConnIdent: s.newIdent(time.Now())}
 		c.timer.Owner = c
 		c.ci.Client = eventloop.SockaddrAddrPort(&sa)
 		lp.link(c)

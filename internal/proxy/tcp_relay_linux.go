@@ -371,7 +371,7 @@ func (c *lconn) setMask(backend bool, m uint32) {
 		op = unix.EPOLL_CTL_ADD
 	}
 	if err := c.lp.Control(op, fd, m); err != nil {
-		c.lp.srv.log.Error("epoll_ctl failed", "err", err)
+		c.lp.srv.log.Error("epoll_ctl failed", "conn", c.ID, "err", err)
 		return
 	}
 	*reg, *mask = true, m
@@ -401,7 +401,7 @@ func (c *lconn) finish(reset bool) {
 	if c.bfd >= 0 {
 		c.closeFd(true, reset)
 	}
-	c.lp.srv.tcpFinished(rt, b, c.ci.Client, c.start, c.release, c.upErr, c.downErr, c.cut, c.up.n, c.down.n)
+	c.lp.srv.tcpFinished(rt, b, c.ci.Client, c.ConnIdent, c.release, c.upErr, c.downErr, c.cut, c.up.n, c.down.n)
 	c.untrack()
 }
 

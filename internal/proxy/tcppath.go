@@ -33,17 +33,17 @@ func inspectReason(err error) Reason {
 
 // tcpUnrouted accounts for a connection no route takes, on the server and
 // on the listener's observer lo.
-func (s *Server) tcpUnrouted(listener string, lo ListenerObserver, client netip.AddrPort, reason Reason, err error) {
+func (s *Server) tcpUnrouted(listener string, lo ListenerObserver, id uint64, client netip.AddrPort, reason Reason, err error) {
 	s.Stats.NoRoute.Add(1)
 	s.observeUnrouted("tcp", lo, reason)
-	s.log.Debug("connection closed before routing", "listener", listener, "client", client.String(), "reason", reason, "err", err)
+	s.log.Debug("connection closed before routing", "conn", id, "listener", listener, "client", client.String(), "reason", reason, "err", err)
 }
 
 // tcpNoRoutes accounts for a connection to a listener that has no route.
-func (s *Server) tcpNoRoutes(listener string, lo ListenerObserver, client netip.AddrPort) {
+func (s *Server) tcpNoRoutes(listener string, lo ListenerObserver, id uint64, client netip.AddrPort) {
 	s.Stats.NoRoute.Add(1)
 	s.observeUnrouted("tcp", lo, ReasonNoRule)
-	s.log.Debug("no rule matches connection; closing", "listener", listener, "client", client.String())
+	s.log.Debug("no rule matches connection; closing", "conn", id, "listener", listener, "client", client.String())
 }
 
 // tcpMaxConnections accounts for a connection refused by the server's
@@ -59,7 +59,7 @@ func (s *Server) tcpMaxConnections(lo ListenerObserver, listener string, max int
 // admitTCP opens a routed connection in rt's metrics and asks its access
 // control. ok false: refused and accounted for; the caller resets the
 // client. Otherwise release must be called when the connection ends.
-func (s *Server) admitTCP(rt *Route, client netip.AddrPort, start time.Time) (release func(), ok bool) {
+func (s *Server) admitTCP(rt *Route, client netip.AddrPort, id ConnIdent) (release func(), ok bool) {
 	o := rt.Observer
 	if o != nil {
 		o.ConnOpened()
@@ -71,29 +71,30 @@ func (s *Server) admitTCP(rt *Route, client netip.AddrPort, start time.Time) (re
 	s.Stats.Rejected.Add(1)
 	if o != nil {
 		o.Rejected(reason)
-		o.ConnClosed(nil, EndNoBackend, time.Since(start), 0, 0)
+		o.ConnClosed(nil, EndNoBackend, time.Since(id.Start), 0, 0)
 	}
-	s.log.Debug("connection refused by access control", "rule", rt.Name, "client", client.String(), "reason", reason)
+	s.log.Debug("connection refused by access control", "conn", id.ID, "rule", rt.Name, "client", client.String(), "reason", reason)
 	return nil, false
 }
 
-// tcpRequest is what the router sees of a connection; local is the
+// tcpRequest is what the router sees of connection id; local is the
 // listener's address, getLocal the connection's own (asked only when the
 // listener is bound to a wildcard and the router needs it).
-func tcpRequest(rt *Route, ci *ConnInfo, local netip.AddrPort, getLocal func() (netip.AddrPort, bool)) router.Request {
+func (s *Server) tcpRequest(id uint64, rt *Route, ci *ConnInfo, local netip.AddrPort, getLocal func() (netip.AddrPort, bool)) router.Request {
 	req := router.Request{Client: ci.Client, Local: local, SNI: ci.SNI, ALPN: ci.ALPN, Host: ci.Host}
 	if local.Addr().IsUnspecified() && router.NeedsOf(rt.Router)&router.NeedLocal != 0 {
 		if ap, ok := getLocal(); ok {
 			req.Local = ap
 		}
 	}
+	s.sampleDecision(id, rt, &req) // [logging] explain_sample (explain.go)
 	return req
 }
 
 // tcpDialFailed accounts for a failed dial of b, which the connection lets
 // go: its metrics, passive health, the router's tried set and a
 // rate-limited warning saying truthfully whether another backend is left.
-func (s *Server) tcpDialFailed(rt *Route, req *router.Request, tries int, b *backend.Backend, dialT0 time.Time, err error) {
+func (s *Server) tcpDialFailed(rt *Route, id uint64, req *router.Request, tries int, b *backend.Backend, dialT0 time.Time, err error) {
 	if o := rt.Observer; o != nil {
 		o.Connected(b, time.Since(dialT0), err)
 	}
@@ -105,7 +106,7 @@ func (s *Server) tcpDialFailed(rt *Route, req *router.Request, tries int, b *bac
 		if anotherLeft(rt, req, tries) {
 			next = "trying another backend"
 		}
-		s.log.Warn("backend dial failed; "+next, "rule", rt.Name, "backend", b.ID, "err", err, "suppressed", suppressed)
+		s.log.Warn("backend dial failed; "+next, "conn", id, "rule", rt.Name, "backend", b.ID, "err", err, "suppressed", suppressed)
 	}
 }
 
@@ -147,9 +148,9 @@ func tcpPreamble(rt *Route, client netip.AddrPort, local net.Addr, first []byte)
 
 // tcpNoBackend accounts for a routed connection that reached no backend;
 // the caller releases its access slot and resets the client.
-func (s *Server) tcpNoBackend(rt *Route, client netip.AddrPort, start time.Time, err error) {
+func (s *Server) tcpNoBackend(rt *Route, client netip.AddrPort, id ConnIdent, err error) {
 	s.Stats.NoBackend.Add(1)
-	took := time.Since(start)
+	took := time.Since(id.Start)
 	if o := rt.Observer; o != nil {
 		if errors.Is(err, router.ErrNoBackend) {
 			o.Rejected(ReasonNoBackend)
@@ -159,35 +160,35 @@ func (s *Server) tcpNoBackend(rt *Route, client netip.AddrPort, start time.Time,
 		o.ConnClosed(nil, EndNoBackend, took, 0, 0)
 	}
 	if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
-		s.log.Warn("no backend reachable; closing client", "rule", rt.Name, "client", client.String(), "err", err, "suppressed", suppressed)
+		s.log.Warn("no backend reachable; closing client", "conn", id.ID, "rule", rt.Name, "client", client.String(), "err", err, "suppressed", suppressed)
 	}
 	if rt.AccessLog { // every closed connection, including this one
-		s.logTCPClosed(rt, client, nil, 0, 0, took, EndNoBackend)
+		s.logTCPClosed(rt, id.ID, client, nil, 0, 0, took, EndNoBackend)
 	}
 }
 
 // tcpFinished accounts for a relayed connection that ended: it gives back
 // the backend and the access slot, and reports how it ended.
-func (s *Server) tcpFinished(rt *Route, b *backend.Backend, client netip.AddrPort, start time.Time, release func(), upErr, downErr error, cut End, in, out int64) {
+func (s *Server) tcpFinished(rt *Route, b *backend.Backend, client netip.AddrPort, id ConnIdent, release func(), upErr, downErr error, cut End, in, out int64) {
 	b.Release()
 	release()
-	how, took := endReason(upErr, downErr, cut), time.Since(start)
+	how, took := endReason(upErr, downErr, cut), time.Since(id.Start)
 	if o := rt.Observer; o != nil {
 		o.ConnClosed(b, how, took, in, out)
 	}
 	if rt.AccessLog {
-		s.logTCPClosed(rt, client, b, in, out, took, how)
+		s.logTCPClosed(rt, id.ID, client, b, in, out, took, how)
 	}
 }
 
 // logTCPClosed writes the access log line of a connection that ended after
 // took; b is nil when it reached no backend.
-func (s *Server) logTCPClosed(rt *Route, client netip.AddrPort, b *backend.Backend, in, out int64, took time.Duration, end End) {
+func (s *Server) logTCPClosed(rt *Route, conn uint64, client netip.AddrPort, b *backend.Backend, in, out int64, took time.Duration, end End) {
 	id, addr := "", ""
 	if b != nil {
 		id, addr = b.ID, b.Address
 	}
-	s.log.Info("connection closed", "rule", rt.Name, "client", client.String(),
+	s.accessLogger().Info("connection closed", "conn", conn, "rule", rt.Name, "client", client.String(),
 		"backend", id, "backend_addr", addr, "bytes_in", in, "bytes_out", out,
 		"duration", took.Round(time.Microsecond), "end", end.String())
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -99,13 +100,25 @@ func (c *goConn) terminate(first []byte, release func()) (*tls.Conn, bool) {
 	if err == nil {
 		return tc, true
 	}
+	var chal interface{ ACMEChallenge() bool }
+	if errors.As(err, &chal) && chal.ACMEChallenge() {
+		// An ACME TLS-ALPN-01 validation, answered by the handshake itself:
+		// nothing to relay, no backend to dial.
+		release()
+		if o := rt.Observer; o != nil {
+			o.ConnClosed(nil, EndEOF, time.Since(c.Start), 0, 0)
+		}
+		s.log.Debug("acme tls-alpn-01 challenge answered", "conn", c.ID, "rule", rt.Name, "client", c.ci.Client.String())
+		c.c.Close()
+		return nil, false
+	}
 	release()
 	s.Stats.Rejected.Add(1)
 	if o := rt.Observer; o != nil {
 		o.Rejected(ReasonTLSHandshake)
-		o.ConnClosed(nil, EndClientError, time.Since(c.start), 0, 0)
+		o.ConnClosed(nil, EndClientError, time.Since(c.Start), 0, 0)
 	}
-	s.log.Debug("tls handshake failed; closing client", "rule", rt.Name, "client", c.ci.Client.String(), "err", err)
+	s.log.Debug("tls handshake failed; closing client", "conn", c.ID, "rule", rt.Name, "client", c.ci.Client.String(), "err", err)
 	c.reset()
 	return nil, false
 }
@@ -135,8 +148,8 @@ func (c *goConn) originate(ctx context.Context, b *backend.Backend, bc *net.TCPC
 // served from here on by the goroutine engine, counted in the Server's
 // Active and wg as before; idx is the accepting loop's, for its byte
 // counts.
-func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, start time.Time, local netip.AddrPort, idx int, first []byte, release func()) {
-	gc := &goConn{srv: s, rot: &s.tlsRot, c: nc, start: start, ci: ci, rt: rt, idx: idx}
+func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, id ConnIdent, local netip.AddrPort, idx int, first []byte, release func()) {
+	gc := &goConn{srv: s, rot: &s.tlsRot, c: nc, ConnIdent: id, ci: ci, rt: rt, idx: idx}
 	s.connMu.Lock()
 	s.conns[gc] = struct{}{}
 	s.connMu.Unlock()
@@ -144,4 +157,44 @@ func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, start time.Ti
 		defer gc.untrack()
 		gc.routed(local, first, release)
 	}()
+}
+
+// A terminated stream is read a TLS record at a time: crypto/tls returns
+// at most one record's plaintext per Read.
+const (
+	tlsRecord     = 16 << 10        // the largest record's plaintext
+	tlsRecordWire = tlsRecord + 256 // bounds a record on the wire: header, padding, tag
+	tlsGather     = 256 << 10       // the most one gathered write carries
+)
+
+// gatherRecords follows a record just read from tc (in first) with the
+// records its socket already holds whole, so that a burst reaches the
+// backend in a few large writes instead of one per record. It reads only
+// what the socket's queue proves is there (one record fewer, for a
+// control record such as a key update), so it never waits. bp, when not
+// nil, holds out and goes back to the pool after the write.
+func gatherRecords(tc *tls.Conn, first []byte) (out []byte, bp *[]byte, err error) {
+	var raw *net.TCPConn
+	switch c := tc.NetConn().(type) {
+	case *net.TCPConn:
+		raw = c
+	case *replayConn:
+		raw = c.TCPConn
+	default:
+		return first, nil, nil
+	}
+	k := queued(raw)/tlsRecordWire - 1
+	if k <= 0 {
+		return first, nil, nil
+	}
+	bp = getBuf(tlsGather)
+	out = append((*bp)[:0], first...)
+	for ; k > 0 && len(out)+tlsRecord <= cap(out); k-- {
+		n, rerr := tc.Read(out[len(out):cap(out)])
+		out = out[:len(out)+n]
+		if rerr != nil {
+			return out, bp, rerr
+		}
+	}
+	return out, bp, nil
 }

@@ -68,6 +68,8 @@ type UDPListener struct {
 	acks    sync.WaitGroup
 	running atomic.Int32  // shards whose loop has not exited
 	done    chan struct{} // closed when every shard has exited
+
+	cids quicCIDs[quicOwner] // its QUIC sessions' connection ids, all shards (udp_quic.go)
 }
 
 var _ Listener = (*UDPListener)(nil)
@@ -103,8 +105,10 @@ type udpShard struct {
 	held       udpHeld[*udpSession] // new clients whose backend's host name is being looked up
 	rot        uint32               // rotation over a resolved backend's addresses
 	b          batch
+	dns        dnsShard // a DNS listener's clients and backend sockets (udp_dns_linux.go)
 	acked      bool
 	st         localStats
+	quic       shardQUIC // ClientHellos being read; what the table needs (udp_quic_linux.go)
 }
 
 // batch is the shard's reusable message arena (eventloop.Batch: buffers of
@@ -144,6 +148,7 @@ func (s *Server) listenUDPEpoll(addr string, t Table, opt udpOptions) (l *UDPLis
 		return nil, err
 	}
 	l = &UDPListener{srv: s, done: make(chan struct{})}
+	l.cids.stats = &s.QUIC
 	l.table.Store(&t)
 	for i, c := range conns {
 		sh := &udpShard{ln: l, srv: s, conn: c, idx: i, fd: -1,
@@ -411,6 +416,7 @@ func (l *udpShard) refreshTable() {
 		return
 	}
 	l.lastTable = p
+	l.quic.refresh(p)
 	if t := p.Options.SessionTimeout; t > 0 {
 		if t < l.timeout && l.Armed() > 0 {
 			l.Rearm() // expiries came earlier
@@ -443,6 +449,10 @@ func (l *udpShard) readClients() {
 	}
 	for i := 0; i < n; i++ {
 		b.nlen[i], b.clen[i] = b.Hdrs[i].Hdr.Namelen, int(b.Hdrs[i].Hdr.Controllen)
+	}
+	if l.lastTable.Options.DNS { // each datagram a query balanced on its own
+		l.dnsQueries(n)
+		return
 	}
 	// Consecutive datagrams of one client (a client that sends several at
 	// once) go to its backend in one sendmmsg.
@@ -496,19 +506,29 @@ func (l *udpShard) sweep() {
 	for s := l.head; s != nil && l.now-s.last >= t; s = l.head {
 		l.end(s, EndIdleTimeout)
 	}
+	l.quicExpire()
+	l.dnsSweep()
 }
 
 // arm sets the epoll descriptor's read deadline to the oldest session's
 // expiry, unless an earlier one is set already (then the loop wakes early,
 // sweeps nothing and re-arms).
 func (l *udpShard) arm() {
-	if l.head == nil {
+	next := l.quic.peeks.next() // 0: no ClientHello is being read
+	if d := l.dnsNext(); d != 0 && (next == 0 || d < next) {
+		next = d
+	}
+	if l.head != nil {
+		if e := l.head.last + int64(l.timeout); next == 0 || e < next {
+			next = e
+		}
+	}
+	if next == 0 {
 		if l.Armed() != 0 {
 			l.SetDeadline(0)
 		}
 		return
 	}
-	next := l.head.last + int64(l.timeout)
 	if a := l.Armed(); a > 0 && a <= next {
 		return
 	}
@@ -525,6 +545,7 @@ func (l *udpShard) endAll() {
 	for _, s := range l.sessions {
 		l.end(s, EndShutdown)
 	}
+	l.dnsEndAll()
 	l.publishStats()
 }
 
@@ -557,9 +578,10 @@ func (l *udpShard) publishStats() {
 	add(&u.DroppedMaxResponse, &st.maxResp)
 }
 
-// closeUDPSessions ends every UDP session on b (a backend a reload removed,
-// once its drain_timeout is over) and returns how many there were.
-func (s *Server) closeUDPSessions(b *backend.Backend) int {
+// closeDNSBackendEpoll has every shard of the epoll engine's DNS listeners
+// end the clients whose last query went to b and close its socket to b (a
+// backend a reload removed), and returns how many clients there were.
+func (s *Server) closeDNSBackendEpoll(b *backend.Backend) int {
 	s.mu.Lock()
 	ls := make([]*UDPListener, 0, len(s.udp))
 	for l := range s.udp {
@@ -568,31 +590,9 @@ func (s *Server) closeUDPSessions(b *backend.Backend) int {
 	s.mu.Unlock()
 	n := 0
 	for _, l := range ls {
-		n += l.closeBackend(b)
-	}
-	return n
-}
-
-// closeBackend has the shards end the sessions on b, and waits for them.
-func (l *UDPListener) closeBackend(b *backend.Backend) int {
-	n := 0
-	for _, sh := range l.shards {
-		n += sh.closeBackend(b)
-	}
-	return n
-}
-
-// closeBackend ends the shard's sessions on b, in its loop, and returns how
-// many there were (0 once the loop has exited: it ended them all).
-func (l *udpShard) closeBackend(b *backend.Backend) int {
-	n := 0
-	l.Call(func() {
-		for _, s := range l.sessions {
-			if s.b == b && s.fd >= 0 {
-				l.end(s, EndDrained)
-				n++
-			}
+		for _, sh := range l.shards {
+			sh.Call(func() { n += sh.dnsCloseBackend(b) })
 		}
-	})
+	}
 	return n
 }

@@ -24,6 +24,7 @@ import (
 
 // udpSession is one client's session. Its fields are the loop's alone.
 type udpSession struct {
+	id     uint64 // (conns.go)
 	client netip.AddrPort
 	sa     unix.RawSockaddrInet6 // the client's sockaddr as received
 	salen  uint32
@@ -36,6 +37,7 @@ type udpSession struct {
 	tried []*backend.Backend // backends that refused this client (tombstone)
 
 	obs                      Observer // the route's metrics hooks; nil: off
+	quic                     *udpQUIC // QUIC: the ClientHello read, connection ids (udp_quic.go); nil: none
 	release                  func()   // the access control slot, given back when the socket closes
 	proxyHdr                 []byte   // PROXY v2 header sent before each datagram (proxy_protocol = "v2")
 	start                    int64
@@ -64,9 +66,17 @@ func (l *udpShard) sessionFor(i int) *udpSession {
 			l.hold(w.s, b.Bufs[i][:b.Hdrs[i].Len])
 			return nil
 		}
+		if l.quic.on() || l.quic.peeks.peeking(client) { // a QUIC client: a known connection id, or its ClientHello to read
+			if qs, handled := l.quicNew(client, i); handled {
+				return qs
+			}
+		}
 	}
 	if s == nil || s.fd < 0 {
 		s = l.newSession(client, s, i)
+	}
+	if s != nil && s.quic != nil && s.quic.track {
+		l.ln.cids.learn(s.quic, quicOwner{l, s}, b.Bufs[i][:b.Hdrs[i].Len], false)
 	}
 	return s
 }
@@ -195,7 +205,12 @@ func (l *udpShard) forwarded(s *udpSession, n int) {
 func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *udpSession {
 	// All shards share the listener's live count (max_sessions); the place
 	// reserved is given back if the session does not open.
-	rt, release, why := l.srv.admitUDP(l.ln.table.Load(), l.ln.closed.Load(), client, &l.ln.live)
+	var prevQUIC *udpQUIC
+	if prev != nil {
+		prevQUIC = prev.quic
+	}
+	ci := quicConnInfo(client, prevQUIC)
+	rt, release, why := l.srv.admitUDP(l.ln.table.Load(), l.ln.closed.Load(), &ci, &l.ln.live)
 	switch why {
 	case udpNoRoute:
 		l.st.noRoute++
@@ -209,7 +224,8 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	if why != udpAdmitted {
 		return nil
 	}
-	s := &udpSession{client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release}
+	s := &udpSession{id: l.srv.connIDs.Add(1), client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release,
+		quic: newQUICState(rt, prevQUIC)}
 	if prev != nil {
 		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
 		s.tried = prev.tried
@@ -339,6 +355,7 @@ func (l *udpShard) dialAddr(ra netip.AddrPort) (int, error) {
 // reply batch.
 func (l *udpShard) readBackend(fd int) {
 	if fd >= len(l.byFd) || l.byFd[fd] == nil {
+		l.dnsReplies(fd) // a DNS listener's backend socket, if it is one
 		return
 	}
 	s := l.byFd[fd]
@@ -364,7 +381,7 @@ func (l *udpShard) readBackend(fd int) {
 			l.refused(s)
 			return
 		default:
-			l.srv.log.Debug("udp backend socket error; ending session", "rule", s.route.Name,
+			l.srv.log.Debug("udp backend socket error; ending session", "conn", s.id, "rule", s.route.Name,
 				"backend", s.b.ID, "client", s.client.String(), "err", e.Error())
 			l.end(s, EndBackendError)
 			return
@@ -382,6 +399,9 @@ func (l *udpShard) readBackend(fd int) {
 				continue
 			}
 			size := b.Hdrs[src].Len
+			if s.quic != nil && s.quic.track {
+				l.ln.cids.learn(s.quic, quicOwner{l, s}, b.Bufs[src][:size], true)
+			}
 			s.replied(s.b, s.obs, l.idx, int(size), l.now)
 			// Queue it in slot b.n, moving its buffer there if an earlier
 			// message of this read was dropped.
@@ -455,6 +475,9 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 		return
 	}
 	l.byFd[s.fd] = nil
+	if s.quic != nil {
+		l.ln.cids.forget(s.quic, quicOwner{l, s})
+	}
 	eventloop.Close(s.fd) // also leaves the epoll set
 	s.fd = -1
 	s.b.Release()
@@ -471,7 +494,7 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 		}
 		l.srv.UDP.Sessions.Add(-1)
 	}
-	l.srv.udpSessionEnded(s.route, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
+	l.srv.udpSessionEnded(s.route, s.id, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
 }
 
 // remove forgets s entirely.
@@ -496,7 +519,7 @@ func (l *udpShard) end(s *udpSession, end End) {
 // stays as a tombstone until session_timeout, so that the client's next
 // datagram opens a session on another backend.
 func (l *udpShard) refused(s *udpSession) {
-	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "rule", s.route.Name,
+	l.srv.log.Debug("udp backend refused (ICMP port unreachable); ending session", "conn", s.id, "rule", s.route.Name,
 		"backend", s.b.ID, "client", s.client.String())
 	s.b.Health().ReportDial(errRefused)
 	l.closeSocket(s, EndBackendRefused)

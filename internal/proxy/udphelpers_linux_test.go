@@ -7,7 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +15,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/backend"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
+	"golang.org/x/sys/unix"
 )
 
 // udpBackend is a UDP server on 127.0.0.1. For every datagram it calls
@@ -230,26 +231,24 @@ func mustRoundTrip(t testing.TB, c *net.UDPConn, p []byte, want []byte) {
 func openFds(t testing.TB) int {
 	t.Helper()
 	// The process's UDP sockets only: a TCP socket of an earlier test that
-	// the garbage collector closes meanwhile must not move the count.
-	udp := map[string]bool{}
-	for _, f := range []string{"/proc/net/udp", "/proc/net/udp6"} {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n")[1:] {
-			if fields := strings.Fields(line); len(fields) > 9 {
-				udp["socket:["+fields[9]+"]"] = true
-			}
-		}
-	}
+	// the garbage collector closes meanwhile must not move the count. Each
+	// descriptor is asked its own type and family: /proc/net/udp is the
+	// whole machine's table, and reading it while other processes open and
+	// close sockets can skip entries.
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
 	for _, e := range ents {
-		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && udp[target] {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE); err != nil || typ != unix.SOCK_DGRAM {
+			continue
+		}
+		if dom, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err == nil && (dom == unix.AF_INET || dom == unix.AF_INET6) {
 			n++
 		}
 	}

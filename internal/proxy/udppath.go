@@ -55,13 +55,14 @@ const (
 )
 
 // admitUDP decides on a new client of a listener serving t (closed: the
-// listener drains): its route, access control, a place among the
+// listener drains), of which the matchers see ci (the server name of a
+// QUIC ClientHello: udp_quic.go): its route, access control, a place among the
 // listener's live sessions (max_sessions) and the descriptor budget. When
 // admitted, the caller owns one count of live and release; it gives both
 // back if the session does not open. A refusal is observed and logged here;
 // the caller counts it by kind.
-func (s *Server) admitUDP(t *Table, closed bool, client netip.AddrPort, live *atomic.Int64) (*Route, func(), udpRefusal) {
-	routes, lo := t.Routes, t.Options.Observer
+func (s *Server) admitUDP(t *Table, closed bool, ci *ConnInfo, live *atomic.Int64) (*Route, func(), udpRefusal) {
+	routes, lo, client := t.Routes, t.Options.Observer, ci.Client
 	switch {
 	case len(routes) == 0:
 		s.observeUnrouted("udp", lo, ReasonNoRule)
@@ -72,7 +73,7 @@ func (s *Server) admitUDP(t *Table, closed bool, client netip.AddrPort, live *at
 		}
 		return nil, nil, udpShutdown
 	}
-	rt := firstMatch(routes, &ConnInfo{Client: client})
+	rt := firstMatch(routes, ci)
 	if rt == nil { // no source/any matcher of the listener's rules matched
 		s.observeUnrouted("udp", lo, ReasonNoRule)
 		return nil, nil, udpNoRoute
@@ -222,13 +223,13 @@ func (c *udpCounts) replied(b *backend.Backend, o Observer, idx, n int, now int6
 // udpSessionEnded accounts for the end of a session of rt that reached b
 // and lasted took; the caller has given its socket, backend and access
 // slot back.
-func (s *Server) udpSessionEnded(rt *Route, client netip.AddrPort, b *backend.Backend, c *udpCounts, took time.Duration, end End) {
+func (s *Server) udpSessionEnded(rt *Route, id uint64, client netip.AddrPort, b *backend.Backend, c *udpCounts, took time.Duration, end End) {
 	s.UDP.Ended[end].Add(1)
 	if o := rt.Observer; o != nil {
 		o.ConnClosed(b, end, took, 0, 0)
 	}
 	if rt.AccessLog {
-		s.log.Info("udp session closed", "rule", rt.Name, "client", client.String(),
+		s.accessLogger().Info("udp session closed", "conn", id, "rule", rt.Name, "client", client.String(),
 			"backend", b.ID, "backend_addr", b.Address,
 			"datagrams_in", c.inN, "datagrams_out", c.outN, "bytes_in", c.inB, "bytes_out", c.outB,
 			"duration", took.Round(time.Microsecond), "end", end.String())

@@ -156,3 +156,22 @@ func BenchmarkScanReference(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkExplain: one dry run per plugin with 10 backends (the admin
+// API's GET /api/v1/explain, and each sampled connection of
+// explain_sample).
+func BenchmarkExplain(b *testing.B) {
+	for _, p := range allPlugins {
+		if p.plugin == "host_hash" {
+			continue
+		}
+		b.Run(p.name, func(b *testing.B) {
+			r := mustNew(b, p.plugin, p.config, newBackends(10, 1, 2, 3))
+			req := Request{Client: netip.MustParseAddrPort("192.0.2.7:5555")}
+			b.ReportAllocs()
+			for b.Loop() {
+				Explain(r, &req)
+			}
+		})
+	}
+}

@@ -44,6 +44,7 @@ func init() {
 		}
 		r := newHash(backends, hashKeys[key], bound)
 		r.needs = hashKeyNeeds[key]
+		r.keyName = key
 		return r, nil
 	})
 }
@@ -159,6 +160,7 @@ const hashProbes = 32
 type hashRouter struct {
 	backends []*backend.Backend
 	key      func(*Request) uint64
+	keyName  string       // hash_key, for Explain
 	needs    Needs        // what the key needs peeked
 	bound    float64      // bounded_load; 0: off
 	load     *activeTotal // Σ Active of backends, when bound > 0

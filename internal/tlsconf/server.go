@@ -60,6 +60,34 @@ type ServerOptions struct {
 	TicketKeys     int
 	// HandshakeTimeout bounds Handshake (0: DefaultHandshakeTimeout).
 	HandshakeTimeout time.Duration
+	// Managed, when not nil, serves the certificates instead of
+	// Certificates (ACME, internal/acme), and answers TLS-ALPN-01
+	// challenges.
+	Managed Managed
+}
+
+// ACMETLS1 is the ALPN protocol of the TLS-ALPN-01 challenge (RFC 8737).
+const ACMETLS1 = "acme-tls/1"
+
+// Managed is a source of certificates that are not files: the ACME
+// manager of one rule. Its methods are called during handshakes.
+type Managed interface {
+	// Certificate returns the certificate for hello: its SNI's when it is
+	// one of the managed names, else the default (the first name's).
+	Certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error)
+	// Challenge returns the TLS-ALPN-01 challenge certificate for hello
+	// (a ClientHello offering only ACMETLS1).
+	Challenge(hello *tls.ClientHelloInfo) (*tls.Certificate, error)
+	// Certificates describes the certificates being served, the default first.
+	Certificates() []Info
+	// Names are the managed names, the default first.
+	Names() []string
+}
+
+// IsChallenge reports whether hello is an ACME TLS-ALPN-01 validation: an
+// SNI and ACMETLS1 as the only protocol offered (RFC 8737 section 3).
+func IsChallenge(hello *tls.ClientHelloInfo) bool {
+	return hello.ServerName != "" && len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == ACMETLS1
 }
 
 func (o *ServerOptions) fill() {
@@ -127,6 +155,7 @@ type snapshot struct {
 	exact  map[string][]*Cert
 	wild   map[string][]*Cert // by the suffix after "*.", e.g. "example.com"
 	config *tls.Config        // returned by GetConfigForClient
+	chal   *tls.Config        // with Managed: returned to TLS-ALPN-01 validations
 }
 
 // NewServer loads every file of o and returns a Server serving them, or
@@ -167,8 +196,12 @@ func (st *Staged) Server() *Server { return st.s }
 // It stays the same across reloads: it hands each handshake the current set.
 func (s *Server) Config() *tls.Config { return s.base }
 
-func (s *Server) configForClient(*tls.ClientHelloInfo) (*tls.Config, error) {
-	return s.current.Load().config, nil
+func (s *Server) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	snap := s.current.Load()
+	if snap.chal != nil && IsChallenge(hello) {
+		return snap.chal, nil
+	}
+	return snap.config, nil
 }
 
 // Staged is a loaded configuration not yet serving: Commit publishes it.
@@ -251,6 +284,9 @@ func (s *Server) Close() {
 // Certificates describes the certificates being served, the default first.
 func (s *Server) Certificates() []Info {
 	snap := s.current.Load()
+	if m := snap.opts.Managed; m != nil {
+		return m.Certificates()
+	}
 	out := make([]Info, len(snap.certs))
 	for i, c := range snap.certs {
 		out[i] = c.Info()
@@ -269,6 +305,11 @@ func (s *Server) Handshake(ctx context.Context, conn net.Conn) (*tls.Conn, error
 	start := time.Now()
 	tc := tls.Server(conn, s.base)
 	err := tc.HandshakeContext(ctx)
+	if err == nil && tc.ConnectionState().NegotiatedProtocol == ACMETLS1 {
+		// Only a validation is offered acme-tls/1 (configForClient): it
+		// has what it came for and carries no traffic (RFC 8737).
+		return nil, ChallengeAnswered{}
+	}
 	if s.obs != nil {
 		var st tls.ConnectionState
 		if err == nil {
@@ -282,8 +323,21 @@ func (s *Server) Handshake(ctx context.Context, conn net.Conn) (*tls.Conn, error
 	return tc, nil
 }
 
+// ChallengeAnswered is Handshake's error when the handshake answered an
+// ACME TLS-ALPN-01 validation: the connection is to be closed, no backend
+// dialled. It is not counted as a handshake.
+type ChallengeAnswered struct{}
+
+func (ChallengeAnswered) Error() string { return "acme tls-alpn-01 challenge answered" }
+
+// ACMEChallenge marks the error for callers that do not import tlsconf.
+func (ChallengeAnswered) ACMEChallenge() bool { return true }
+
 // load reads every file of o into a snapshot.
 func load(o ServerOptions, now time.Time) (*snapshot, error) {
+	if o.Managed != nil {
+		return loadManaged(o)
+	}
 	if len(o.Certificates) == 0 {
 		return nil, errors.New("no certificate: at least one cert/key pair is needed (the first is the default)")
 	}
@@ -335,6 +389,40 @@ func load(o ServerOptions, now time.Time) (*snapshot, error) {
 	}
 	snap.config = cfg
 	return snap, nil
+}
+
+// loadManaged makes the snapshot of a rule whose certificates come from
+// o.Managed. It reads no file: certificates are asked for per handshake,
+// so a renewal is served from the next one.
+func loadManaged(o ServerOptions) (*snapshot, error) {
+	if o.ClientAuth != ClientAuthNone && o.ClientAuth != "" {
+		pool, err := LoadCAPool(o.ClientCA)
+		if err != nil {
+			return nil, err
+		}
+		snap := &snapshot{opts: o}
+		snap.config = managedConfig(o)
+		snap.config.ClientCAs = pool
+		snap.config.ClientAuth = tls.VerifyClientCertIfGiven
+		if o.ClientAuth == ClientAuthRequire {
+			snap.config.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		snap.chal = challengeConfig(o)
+		return snap, nil
+	}
+	return &snapshot{opts: o, config: managedConfig(o), chal: challengeConfig(o)}, nil
+}
+
+func managedConfig(o ServerOptions) *tls.Config {
+	return &tls.Config{GetCertificate: o.Managed.Certificate, MinVersion: o.MinVersion, MaxVersion: o.MaxVersion,
+		NextProtos: o.ALPN, SessionTicketsDisabled: !o.SessionTickets}
+}
+
+// challengeConfig answers a TLS-ALPN-01 validation: the challenge
+// certificate, acme-tls/1 negotiated, no client certificate asked for.
+func challengeConfig(o ServerOptions) *tls.Config {
+	return &tls.Config{GetCertificate: o.Managed.Challenge, MinVersion: tls.VersionTLS12,
+		NextProtos: []string{ACMETLS1}, SessionTicketsDisabled: true}
 }
 
 // certificate picks by SNI: an exact name, else a wildcard one label

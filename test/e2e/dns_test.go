@@ -18,6 +18,13 @@ import (
 // and forwarding nothing, and returns its address once it answers.
 func startDnsmasq(t *testing.T) string {
 	t.Helper()
+	return startDnsmasqAnswering(t, "127.0.0.9")
+}
+
+// startDnsmasqAnswering starts dnsmasq answering every name under
+// example.test with the IPv4 address a (and ::9), and returns its address.
+func startDnsmasqAnswering(t *testing.T, a string) string {
+	t.Helper()
 	bin, err := exec.LookPath("dnsmasq")
 	if err != nil {
 		t.Fatal("dnsmasq (Debian dnsmasq-base) is needed: ", err)
@@ -25,7 +32,7 @@ func startDnsmasq(t *testing.T) string {
 	port := harness.FreePort(t)
 	cmd := exec.Command(bin, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
 		"--listen-address=127.0.0.1", "--bind-interfaces", fmt.Sprintf("--port=%d", port), "--pid-file=",
-		"--user=nobody", "--address=/example.test/127.0.0.9", "--address=/example.test/::9", "--log-facility=-")
+		"--user=nobody", "--address=/example.test/"+a, "--address=/example.test/::9", "--log-facility=-")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

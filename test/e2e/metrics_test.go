@@ -238,6 +238,9 @@ var mxFamilyTypes = map[string]dto.MetricType{
 	"data_path_descriptor_budget":                  dto.MetricType_GAUGE,
 	"descriptor_reserve":                           dto.MetricType_GAUGE,
 	"descriptor_budget_refusals_total":             dto.MetricType_COUNTER,
+	"udp_quic_peeks_total":                         dto.MetricType_COUNTER,
+	"udp_quic_migrations_total":                    dto.MetricType_COUNTER,
+	"udp_quic_connection_ids":                      dto.MetricType_GAUGE,
 	"log_records_dropped_total":                    dto.MetricType_COUNTER,
 	"listener_rejected_total":                      dto.MetricType_COUNTER,
 }

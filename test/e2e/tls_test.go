@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -448,5 +450,64 @@ address = %q
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil || line != "127.0.0.7 v2\n" {
 		t.Errorf("the backend saw %q (%v), want the client 127.0.0.7 in a v2 header", line, err)
+	}
+}
+
+// TestTLSBulkByteExact: 32 MiB each way through a terminated stream, sent
+// in large writes so the proxy gathers several records into one write to
+// the backend, arrive byte-exact.
+func TestTLSBulkByteExact(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, dir, "bulk")
+	site := ca.Issue(dir, "site", tlstest.Options{DNSNames: []string{"bulk.test"}})
+	echo := startCountingEcho(t, "BULK")
+	port := harness.FreePort(t)
+	Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+[health_check]
+enabled = false
+[[rules]]
+name = "bulk"
+[rules.tls]
+certificates = [{ cert = %q, key = %q }]
+[[rules.backends]]
+id = "echo"
+address = %q
+`, port, site.CertFile, site.KeyFile, echo.Addr)))
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	c, greeting := tlsDial(t, fmt.Sprintf("127.0.0.1:%d", port), "bulk.test", pool, nil)
+	defer c.Close()
+	if greeting != "BULK" {
+		t.Fatalf("greeting %q", greeting)
+	}
+	data := make([]byte, 32<<20)
+	chacha := rand.NewChaCha8([32]byte{1})
+	chacha.Read(data)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	werr := make(chan error, 1)
+	go func() {
+		for off := 0; off < len(data); off += 1 << 20 {
+			if _, err := c.Write(data[off : off+1<<20]); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- c.CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the echo: %v after %d bytes", err, len(got))
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("writing: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		i := 0
+		for i < len(got) && i < len(data) && got[i] == data[i] {
+			i++
+		}
+		t.Fatalf("echo differs: %d bytes back of %d, first difference at %d", len(got), len(data), i)
 	}
 }

@@ -299,7 +299,7 @@
         el("th", { class: "num", text: "Traffic in / out" }), el("th", { class: "num", text: "" }))),
       tbody);
     card.disc = el("div", { class: "discoveries" });
-    card.el = el("article", { class: "rule" + (r.enabled ? "" : " disabled"), "data-rule": r.name }, head, card.disc, certList(r), r.backends.length ? table : null);
+    card.el = el("article", { class: "rule" + (r.enabled ? "" : " disabled"), "data-rule": r.name }, head, card.disc, certList(r), acmeList(r), r.backends.length ? table : null);
     return card;
   }
 
@@ -318,9 +318,27 @@
     return list;
   }
 
+  // The names a rule gets by ACME: valid until, next renewal, last error
+  // (red while a name has no certificate or its last order failed).
+  function acmeList(r) {
+    if (!r.acme || !r.acme.length) return null;
+    const list = el("ul", { class: "certs acme" });
+    for (const a of r.acme) {
+      const level = !a.valid_until ? "critical" : a.last_error ? "warning" : "ok";
+      let text = a.valid_until
+        ? "valid until " + new Date(a.valid_until).toLocaleString() + " · renews about " + new Date(a.next_renewal).toLocaleString()
+        : a.obtaining ? "being obtained" : "no certificate yet";
+      if (a.last_error) text += " · last error " + new Date(a.last_error_at).toLocaleString() + ": " + a.last_error;
+      list.append(el("li", { class: "cert mono", "data-level": level, "data-acme": a.name, title: "ACME" + (a.serial ? " · serial " + a.serial : "") },
+        el("span", { class: "cert-names", text: a.name + " (acme)" }),
+        el("span", { class: "cert-expiry", text: text })));
+    }
+    return list;
+  }
+
   // A card is rebuilt only when its shape changes, so an open weight editor
   // survives the refresh.
-  const signature = (r) => JSON.stringify([r.protocol, r.enabled, r.listener, r.router, r.plugin, r.backends.map((b) => [b.id, b.address, b.tier, b.source]), (r.certificates || []).map((c) => [c.serial, c.level, Math.floor(c.days_left)])]);
+  const signature = (r) => JSON.stringify([r.protocol, r.enabled, r.listener, r.router, r.plugin, r.backends.map((b) => [b.id, b.address, b.tier, b.source]), (r.certificates || []).map((c) => [c.serial, c.level, Math.floor(c.days_left)]), (r.acme || []).map((a) => [a.name, a.serial, a.obtaining, a.last_error])]);
 
   function render(st) {
     const now = st.now_unix_ms / 1000;
@@ -452,6 +470,9 @@
     if (ms > 0) state.timer = setInterval(poll, ms);
     else setConn("paused", "paused");
   }
+
+  // For the connections view (conns.js).
+  window.dynamicProxy = { api, toast, el, bytes, duration };
 
   document.addEventListener("DOMContentLoaded", () => {
     $("reload-btn").addEventListener("click", reload);
