@@ -140,3 +140,39 @@ func TestRedisChangeNeedsRestart(t *testing.T) {
 // oneRule makes a [redis] test config valid: a config with no rule serves
 // nothing and is refused.
 const oneRule = "[[rules]]\nname = \"a\"\n"
+
+// TestFleetLimitKeys: the fleet-wide access limits decode into [access]
+// and [rules.access], need [redis], and bad values name file:line.
+func TestFleetLimitKeys(t *testing.T) {
+	const rule = "[[rules]]\nname = \"a\"\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:9\"\n"
+	cfg, err := Parse("f.toml", []byte("[access]\nfleet_connection_rate = 50\n"+rule+
+		"[rules.access]\nfleet_max_connections_per_ip = 4\nfleet_connection_rate_per_ip = 2.5\nfleet_connection_burst_per_ip = 3\nfleet_connection_burst = 7\n"+
+		"[redis]\nurl = \"redis://127.0.0.1:1\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.EffectiveAccess(&cfg.Rules[0])
+	if a.FleetMaxConnectionsPerIP != 4 || a.FleetConnectionRatePerIP != 2.5 || a.FleetConnectionBurstPerIP != 3 ||
+		a.FleetConnectionRate != 50 || a.FleetConnectionBurst != 7 || !a.HasFleetLimits() {
+		t.Fatalf("effective access %+v", a)
+	}
+	_, err = Parse("f.toml", []byte(rule+"[rules.access]\nfleet_connection_rate_per_ip = 5\n"))
+	if err == nil || !strings.Contains(err.Error(), "f.toml:7: rules[0].access.fleet_connection_rate_per_ip: a fleet-wide limit needs a [redis] section") {
+		t.Fatalf("fleet limit without [redis]: %v", err)
+	}
+	_, err = Parse("f.toml", []byte("[access]\nfleet_max_connections_per_ip = 2\n"+rule))
+	if err == nil || !strings.Contains(err.Error(), "f.toml:2: access.fleet_max_connections_per_ip: a fleet-wide limit needs a [redis] section") {
+		t.Fatalf("global fleet limit without [redis]: %v", err)
+	}
+	if _, err := ParseFleet("f.toml", []byte(rule+"[rules.access]\nfleet_connection_rate = 5\n")); err != nil {
+		t.Fatalf("a pushed config is checked as if it had [redis]: %v", err)
+	}
+	_, err = Parse("f.toml", []byte(rule+"[rules.access]\nfleet_connection_rate = -1\nfleet_max_connections_per_ip = -2\nfleet_connection_burst = 2000000\n[redis]\n"))
+	for _, want := range []string{"f.toml:7: rules[0].access.fleet_connection_rate: must be from 0 (no limit) to 1000000 per second, got -1",
+		"f.toml:8: rules[0].access.fleet_max_connections_per_ip: must be 0 (no limit) or more, got -2",
+		"f.toml:9: rules[0].access.fleet_connection_burst: must be from 0 to 1000000, got 2000000"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q in %v", want, err)
+		}
+	}
+}

@@ -101,6 +101,27 @@ type Access struct {
 	ConnectionRatePerIP float64 `toml:"connection_rate_per_ip"`
 	// ConnectionBurstPerIP is the bucket size. Default 0: the rate rounded up (at least 1).
 	ConnectionBurstPerIP int `toml:"connection_burst_per_ip"`
+	// FleetMaxConnectionsPerIP caps concurrent TCP connections (UDP
+	// sessions) per client address across every instance sharing [redis]
+	// (docs/fleet.md, "Fleet-wide access limits"). Needs [redis]. Default 0: no limit.
+	FleetMaxConnectionsPerIP int `toml:"fleet_max_connections_per_ip"`
+	// FleetConnectionRatePerIP is a token bucket of new connections
+	// (sessions) per second per client address across the fleet. Needs
+	// [redis]. Default 0: no limit.
+	FleetConnectionRatePerIP float64 `toml:"fleet_connection_rate_per_ip"`
+	// FleetConnectionBurstPerIP is its bucket size. Default 0: the rate rounded up (at least 1).
+	FleetConnectionBurstPerIP int `toml:"fleet_connection_burst_per_ip"`
+	// FleetConnectionRate is a token bucket of new connections (sessions)
+	// per second to the rule from all clients together, across the fleet
+	// (in [access]: for each rule). Needs [redis]. Default 0: no limit.
+	FleetConnectionRate float64 `toml:"fleet_connection_rate"`
+	// FleetConnectionBurst is its bucket size. Default 0: the rate rounded up (at least 1).
+	FleetConnectionBurst int `toml:"fleet_connection_burst"`
+}
+
+// HasFleetLimits reports whether a sets any fleet-wide limit.
+func (a *Access) HasFleetLimits() bool {
+	return a.FleetMaxConnectionsPerIP > 0 || a.FleetConnectionRatePerIP > 0 || a.FleetConnectionRate > 0
 }
 
 // RuleAccess is a rule's [rules.access]: a nil field is not set and takes
@@ -111,6 +132,12 @@ type RuleAccess struct {
 	MaxConnectionsPerIP  *int      `toml:"max_connections_per_ip"`
 	ConnectionRatePerIP  *float64  `toml:"connection_rate_per_ip"`
 	ConnectionBurstPerIP *int      `toml:"connection_burst_per_ip"`
+
+	FleetMaxConnectionsPerIP  *int     `toml:"fleet_max_connections_per_ip"`
+	FleetConnectionRatePerIP  *float64 `toml:"fleet_connection_rate_per_ip"`
+	FleetConnectionBurstPerIP *int     `toml:"fleet_connection_burst_per_ip"`
+	FleetConnectionRate       *float64 `toml:"fleet_connection_rate"`
+	FleetConnectionBurst      *int     `toml:"fleet_connection_burst"`
 }
 
 // EffectiveAccess is the rule's access control with the global defaults applied.
@@ -131,6 +158,21 @@ func (c *Config) EffectiveAccess(r *Rule) Access {
 		}
 		if o.ConnectionBurstPerIP != nil {
 			a.ConnectionBurstPerIP = *o.ConnectionBurstPerIP
+		}
+		if o.FleetMaxConnectionsPerIP != nil {
+			a.FleetMaxConnectionsPerIP = *o.FleetMaxConnectionsPerIP
+		}
+		if o.FleetConnectionRatePerIP != nil {
+			a.FleetConnectionRatePerIP = *o.FleetConnectionRatePerIP
+		}
+		if o.FleetConnectionBurstPerIP != nil {
+			a.FleetConnectionBurstPerIP = *o.FleetConnectionBurstPerIP
+		}
+		if o.FleetConnectionRate != nil {
+			a.FleetConnectionRate = *o.FleetConnectionRate
+		}
+		if o.FleetConnectionBurst != nil {
+			a.FleetConnectionBurst = *o.FleetConnectionBurst
 		}
 	}
 	return a
@@ -160,7 +202,7 @@ func checkCIDRs(e *Errors, path string, list []string) {
 	}
 }
 
-func (c *Config) validateAccess(e *Errors, path string, a Access) {
+func (c *Config) validateAccess(e *Errors, path string, a Access, hasRedis bool) {
 	checkCIDRs(e, path+".allow", a.Allow)
 	checkCIDRs(e, path+".deny", a.Deny)
 	if a.MaxConnectionsPerIP < 0 {
@@ -171,6 +213,36 @@ func (c *Config) validateAccess(e *Errors, path string, a Access) {
 	}
 	if a.ConnectionBurstPerIP < 0 || a.ConnectionBurstPerIP > 1e6 {
 		e.addf(path+".connection_burst_per_ip", "must be from 0 to 1000000, got %d", a.ConnectionBurstPerIP)
+	}
+	if a.FleetMaxConnectionsPerIP < 0 {
+		e.addf(path+".fleet_max_connections_per_ip", "must be 0 (no limit) or more, got %d", a.FleetMaxConnectionsPerIP)
+	}
+	for _, r := range []struct {
+		key string
+		v   float64
+	}{{"fleet_connection_rate_per_ip", a.FleetConnectionRatePerIP}, {"fleet_connection_rate", a.FleetConnectionRate}} {
+		if r.v < 0 || r.v > 1e6 {
+			e.addf(path+"."+r.key, "must be from 0 (no limit) to 1000000 per second, got %v", r.v)
+		}
+	}
+	for _, b := range []struct {
+		key string
+		v   int
+	}{{"fleet_connection_burst_per_ip", a.FleetConnectionBurstPerIP}, {"fleet_connection_burst", a.FleetConnectionBurst}} {
+		if b.v < 0 || b.v > 1e6 {
+			e.addf(path+"."+b.key, "must be from 0 to 1000000, got %d", b.v)
+		}
+	}
+	if !hasRedis {
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"fleet_max_connections_per_ip", a.FleetMaxConnectionsPerIP > 0}, {"fleet_connection_rate_per_ip", a.FleetConnectionRatePerIP > 0},
+			{"fleet_connection_rate", a.FleetConnectionRate > 0}} {
+			if k.set {
+				e.add(path+"."+k.key, "a fleet-wide limit needs a [redis] section (the instances share their counts through it); use the key without fleet_ for a limit on this instance alone")
+			}
+		}
 	}
 }
 
@@ -201,7 +273,7 @@ func (c *Config) validateMatch(e *Errors, i int, shared listenerAgreement) {
 	}
 	checkCIDRs(e, path+".trusted_proxies", r.TrustedProxies)
 	if r.Access != nil { // only the keys the rule sets; [access] is checked once
-		c.validateAccess(e, path+".access", (&Config{}).EffectiveAccess(r))
+		c.validateAccess(e, path+".access", (&Config{}).EffectiveAccess(r), c.Redis != nil)
 	}
 	for j := range r.Backends {
 		if mc := r.Backends[j].MaxConnections; mc < 0 {

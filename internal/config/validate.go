@@ -115,7 +115,7 @@ func (c *Config) validate(e *Errors) {
 
 	c.validateObserve(e)
 
-	c.validateAccess(e, "access", c.Access)
+	c.validateAccess(e, "access", c.Access, c.Redis != nil)
 	ruleNames := map[string]int{}
 	shared := listenerAgreement{}
 	for i := range c.Rules {

@@ -48,6 +48,7 @@ type Engine struct {
 	checks     *health.Registry           // health monitors by (protocol, address, check), shared across rules
 	routers    map[string]builtRouter     // by rule name
 	access     map[string]accessState     // by rule name: kept while its settings are
+	fleetLim   *proxy.FleetLimits         // the fleet-wide access limits' counts; nil: local (match.go)
 	routes     []*proxy.Route             // published, in file order (status.go)
 	metrics    Metrics                    // nil: metrics off (status.go)
 	observed   bool                       // e.routes hold observers of e.metrics (SetMetrics clears it)
@@ -590,6 +591,7 @@ func (e *Engine) commit(p *plan) {
 		t.b.SetTier(t.n)
 	}
 	e.access = p.access
+	e.commitFleetLimits()
 	for _, s := range p.flags {
 		s.f.applyTo(s.b)
 	}

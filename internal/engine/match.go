@@ -61,23 +61,60 @@ func prefixes(cidrs []string) []netip.Prefix {
 // its per-address counters) when the settings did not change.
 func (e *Engine) accessFor(cfg *config.Config, r *config.Rule) (*proxy.Access, config.Access) {
 	a := cfg.EffectiveAccess(r)
-	if len(a.Allow) == 0 && len(a.Deny) == 0 && a.MaxConnectionsPerIP == 0 && a.ConnectionRatePerIP == 0 {
+	if len(a.Allow) == 0 && len(a.Deny) == 0 && a.MaxConnectionsPerIP == 0 && a.ConnectionRatePerIP == 0 && !a.HasFleetLimits() {
 		return nil, a
 	}
 	if prev, ok := e.access[r.Name]; ok && reflect.DeepEqual(prev.settings, a) {
 		return prev.acl, a
 	}
-	burst := a.ConnectionBurstPerIP
-	if burst == 0 {
-		burst = max(1, int(math.Ceil(a.ConnectionRatePerIP)))
-	}
 	return &proxy.Access{
-		Allow:    prefixes(a.Allow),
-		Deny:     prefixes(a.Deny),
-		MaxPerIP: a.MaxConnectionsPerIP,
-		Rate:     a.ConnectionRatePerIP,
-		Burst:    burst,
+		Allow:          prefixes(a.Allow),
+		Deny:           prefixes(a.Deny),
+		MaxPerIP:       a.MaxConnectionsPerIP,
+		Rate:           a.ConnectionRatePerIP,
+		Burst:          burstOf(a.ConnectionBurstPerIP, a.ConnectionRatePerIP),
+		FleetMaxPerIP:  a.FleetMaxConnectionsPerIP,
+		FleetRate:      a.FleetConnectionRatePerIP,
+		FleetBurst:     burstOf(a.FleetConnectionBurstPerIP, a.FleetConnectionRatePerIP),
+		FleetRuleRate:  a.FleetConnectionRate,
+		FleetRuleBurst: burstOf(a.FleetConnectionBurst, a.FleetConnectionRate),
+		Fleet:          e.fleetLim,
 	}, a
+}
+
+// burstOf is a token bucket's size: burst, or 0 for the rate rounded up
+// (at least 1).
+func burstOf(burst int, rate float64) int {
+	if burst == 0 {
+		return max(1, int(math.Ceil(rate)))
+	}
+	return burst
+}
+
+// SetFleetLimits makes the rules' fleet-wide access limits count through
+// f (internal/fleet syncs it); before the first Apply. Without it they
+// hold on this instance alone.
+func (e *Engine) SetFleetLimits(f *proxy.FleetLimits) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.fleetLim = f
+	if fm, ok := e.metrics.(interface{ SetFleetLimits(*proxy.FleetLimits) }); ok {
+		fm.SetFleetLimits(f)
+	}
+}
+
+// commitFleetLimits hands the fleet limits the rules that have some.
+func (e *Engine) commitFleetLimits() {
+	if e.fleetLim == nil {
+		return
+	}
+	rules := map[string]*proxy.Access{}
+	for name, s := range e.access {
+		if s.settings.HasFleetLimits() {
+			rules[name] = s.acl
+		}
+	}
+	e.fleetLim.SetRules(rules)
 }
 
 type accessState struct {

@@ -45,6 +45,9 @@ func (e *Engine) SetMetrics(m Metrics) {
 	if ss, ok := m.(interface{ SetServer(*proxy.Server) }); ok {
 		ss.SetServer(e.srv) // the descriptor budget's metrics
 	}
+	if fm, ok := m.(interface{ SetFleetLimits(*proxy.FleetLimits) }); ok && e.fleetLim != nil {
+		fm.SetFleetLimits(e.fleetLim)
+	}
 	if do, ok := m.(discovery.Observer); ok {
 		e.disc.SetObserver(do)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
@@ -38,10 +39,14 @@ type Follower struct {
 	eng    *engine.Engine
 	watch  bool // the config comes from Redis
 
-	pushed atomic.Pointer[store.StoredConfig] // the stored config, when watching
-	rl     atomic.Pointer[reload.Reloader]
-	cancel context.CancelFunc
-	done   chan struct{}
+	limits *proxy.FleetLimits // the fleet-wide access limits' counts (limits.go)
+	id     string             // this instance in the limits' keys
+
+	pushed     atomic.Pointer[store.StoredConfig] // the stored config, when watching
+	rl         atomic.Pointer[reload.Reloader]
+	cancel     context.CancelFunc
+	done       chan struct{}
+	limitsDone chan struct{}
 }
 
 // Start connects to Redis (or reads the cache file when Redis is
@@ -72,7 +77,8 @@ func Start(cfg *config.Config, fromRedis bool, eng *engine.Engine, log *slog.Log
 			return nil, nil, err
 		}
 	}
-	f := &Follower{log: log, store: st, eng: eng, watch: r.WatchConfig || fromRedis}
+	f := &Follower{log: log, store: st, eng: eng, watch: r.WatchConfig || fromRedis, limits: proxy.NewFleetLimits(), id: instanceID()}
+	eng.SetFleetLimits(f.limits)
 	f.syncer = &store.Syncer{Store: st, Log: log, CacheFile: cache, Resync: r.ResyncInterval.D(), WatchConfig: f.watch,
 		ApplyState: f.applyState, ApplyConfig: f.applyConfig}
 	snap, sc := f.syncer.Start(context.Background())
@@ -116,9 +122,14 @@ func (f *Follower) Started(ctx context.Context, rl *reload.Reloader) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	f.cancel, f.done = cancel, make(chan struct{})
+	f.limitsDone = make(chan struct{})
 	go func() {
 		defer close(f.done)
 		f.syncer.Run(ctx)
+	}()
+	go func() {
+		defer close(f.limitsDone)
+		f.syncLimits(ctx)
 	}()
 }
 
@@ -130,6 +141,7 @@ func (f *Follower) Close() {
 	if f.cancel != nil {
 		f.cancel()
 		<-f.done
+		<-f.limitsDone
 	}
 	f.store.Close()
 }

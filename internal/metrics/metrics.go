@@ -88,6 +88,7 @@ type Metrics struct {
 	lastReload prometheus.Gauge
 
 	server    serverCollector     // the descriptor budget (state.go)
+	fleet     fleetCollector      // the fleet-wide access limits (fleetlimits.go)
 	discovery discoveryCollectors // DNS discovery (discovery.go)
 
 	mu        sync.Mutex                   // serialises Observer's bookkeeping and Retain, and guards listeners
@@ -184,7 +185,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 	cs := []prometheus.Collector{logDropped, m.connActive, m.connTotal, m.connDuration, m.connRejected, m.lnRejected,
 		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
 		m.beRequests, m.beEnded, m.beResponse, m.dnsDropped, m.healthChecks, m.selections, m.routerErrors,
-		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server}
+		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server, &m.fleet}
 	m.discovery = newDiscoveryCollectors()
 	cs = append(cs, m.discovery.collectors()...)
 	if withRuntime {

@@ -19,18 +19,29 @@ type Access struct {
 	Rate     float64        // new connections per second per address; 0: no limit
 	Burst    int            // bucket size for Rate (≥ 1)
 
+	// The fleet-wide limits (fleetlimit.go), held across the instances
+	// sharing Fleet; 0: none. With a nil Fleet they hold on this instance.
+	FleetMaxPerIP  int     // concurrent connections per address
+	FleetRate      float64 // new connections per second per address
+	FleetBurst     int     // bucket size for FleetRate (≥ 1)
+	FleetRuleRate  float64 // new connections per second to the rule
+	FleetRuleBurst int     // bucket size for FleetRuleRate (≥ 1)
+	Fleet          *FleetLimits
+
 	mu      sync.Mutex
 	clients map[netip.Addr]*clientState
 	sweepAt int
+	fl      fleetRule
 }
 
 type clientState struct {
 	conns int
 	lim   *rate.Limiter
+	fleet *fleetClient // nil without a per-address fleet limit
 }
 
 // Limited reports whether Admit needs per-address state.
-func (a *Access) limited() bool { return a.MaxPerIP > 0 || a.Rate > 0 }
+func (a *Access) limited() bool { return a.MaxPerIP > 0 || a.Rate > 0 || a.perClientFleet() }
 
 // Admit decides on a new connection from ip. When admitted (ReasonNone),
 // release must be called when the connection ends; otherwise reason says
@@ -44,6 +55,9 @@ func (a *Access) Admit(ip netip.Addr) (release func(), reason Reason) {
 		return nil, ReasonDenied
 	}
 	if !a.limited() {
+		if a.FleetRuleRate > 0 {
+			return a.admitRule()
+		}
 		return noop, ReasonNone
 	}
 	a.mu.Lock()
@@ -57,21 +71,48 @@ func (a *Access) Admit(ip netip.Addr) (release func(), reason Reason) {
 		if a.Rate > 0 {
 			st.lim = rate.NewLimiter(rate.Limit(a.Rate), max(a.Burst, 1))
 		}
+		if a.perClientFleet() {
+			st.fleet = &fleetClient{}
+		}
+		a.sweep() // before the new state is in the map: it would be swept (it has no connection yet)
 		a.clients[ip] = st
-		a.sweep()
 	}
 	if a.MaxPerIP > 0 && st.conns >= a.MaxPerIP {
 		return nil, ReasonPerIPLimit
 	}
-	if st.lim != nil && !st.lim.Allow() {
+	now := time.Now()
+	if a.hasFleet() {
+		if r := a.fleetAdmit(st, now); r != ReasonNone {
+			return nil, r
+		}
+	}
+	if st.lim != nil && !st.lim.AllowN(now, 1) {
 		return nil, ReasonRateLimited
 	}
+	if a.hasFleet() {
+		a.fleetTake(st)
+	}
 	st.conns++
+	fleetConns := a.FleetMaxPerIP > 0
 	return func() {
 		a.mu.Lock()
 		st.conns--
+		if fleetConns {
+			a.fl.localConns--
+		}
 		a.mu.Unlock()
 	}, ReasonNone
+}
+
+// admitRule decides for a rule whose only limit is fleet_connection_rate.
+func (a *Access) admitRule() (release func(), reason Reason) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r := a.fleetAdmit(nil, time.Now()); r != ReasonNone {
+		return nil, r
+	}
+	a.fleetTake(nil)
+	return noop, ReasonNone
 }
 
 // sweep forgets addresses with no connection and a full bucket, so the map
@@ -82,8 +123,10 @@ func (a *Access) sweep() {
 		return
 	}
 	now := time.Now()
+	t := now.Sub(fleetEpoch)
 	for ip, st := range a.clients {
-		if st.conns == 0 && (st.lim == nil || st.lim.TokensAt(now) >= float64(st.lim.Burst())) {
+		if st.conns == 0 && (st.lim == nil || st.lim.TokensAt(now) >= float64(st.lim.Burst())) &&
+			(st.fleet == nil || st.fleet.idle(0, a.FleetRate, a.FleetBurst, t)) {
 			delete(a.clients, ip)
 		}
 	}

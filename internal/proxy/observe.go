@@ -104,12 +104,20 @@ const (
 	// a DNS query (shorter than a header, a response, no or a malformed
 	// question); it reached no backend.
 	ReasonDNSMalformed
+	// ReasonFleetConnLimited: fleet_max_connections_per_ip reached for the
+	// client across the fleet (or this instance's share of it).
+	ReasonFleetConnLimited
+	// ReasonFleetRateLimited: fleet_connection_rate_per_ip exceeded by the client.
+	ReasonFleetRateLimited
+	// ReasonFleetRuleRateLimited: the rule's fleet_connection_rate exceeded.
+	ReasonFleetRuleRateLimited
 	// NumReasons is the number of reasons.
 	NumReasons
 )
 
 var reasonNames = [NumReasons]string{"max_connections", "no_rule", "no_backend", "connect_failed", "shutdown",
-	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake", "dns_malformed"}
+	"denied", "per_ip_limit", "rate_limited", "untrusted_proxy", "bad_proxy_header", "client_error", "tls_handshake", "dns_malformed",
+	"fleet_conn_limited", "fleet_rate_limited", "fleet_rule_rate_limited"}
 
 func (r Reason) String() string {
 	if r < NumReasons {
