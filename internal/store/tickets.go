@@ -11,20 +11,20 @@ import (
 
 // ticketScript returns the TLS session ticket key of each period of a
 // rule, storing the caller's proposal for a period that has none (SET NX),
-// so that every instance uses the first instance's key. ARGV: prefix,
-// rule, ttl_ms, then period and proposed hex key pairs. Keys:
-//
-//	P tls-ticket:RULE:PERIOD   64 hex digits, expiring after ttl_ms
+// so that every instance uses the first instance's key. KEYS: one per
+// period, P tls-ticket:RULE:PERIOD (64 hex digits, expiring after ttl_ms);
+// ARGV: ttl_ms, then the proposed hex key of each period in order. The keys
+// are declared, and share the prefix's hash tag, so a Redis Cluster routes
+// the script.
 //
 // They are not part of the versioned state (no INCR, no event): they are
 // read where they are used, by the rotation of each terminating rule.
 var ticketScript = redis.NewScript(`
-local p, rule, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ttl = tonumber(ARGV[1])
 local out = {}
-for i = 4, #ARGV, 2 do
-  local key = p..'tls-ticket:'..rule..':'..ARGV[i]
-  redis.call('SET', key, ARGV[i+1], 'NX', 'PX', ttl)
-  out[#out+1] = redis.call('GET', key)
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i+1], 'NX', 'PX', ttl)
+  out[#out+1] = redis.call('GET', KEYS[i])
 end
 return out
 `)
@@ -36,13 +36,15 @@ func (s *Store) TicketKeys(ctx context.Context, scope string, periods []int64, p
 	if len(periods) != len(proposed) {
 		return nil, fmt.Errorf("ticket keys: %d periods, %d proposals", len(periods), len(proposed))
 	}
-	args := []any{s.prefix, scope, max(ttl.Milliseconds(), 1)}
+	keys := make([]string, len(periods))
+	args := []any{max(ttl.Milliseconds(), 1)}
 	for i, p := range periods {
-		args = append(args, p, hex.EncodeToString(proposed[i][:]))
+		keys[i] = fmt.Sprintf("%stls-ticket:%s:%d", s.prefix, scope, p)
+		args = append(args, hex.EncodeToString(proposed[i][:]))
 	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	v, err := ticketScript.Run(ctx, s.rdb, nil, args...).Result()
+	v, err := ticketScript.Run(ctx, s.rdb, keys, args...).Result()
 	if err != nil {
 		return nil, s.wrap(err)
 	}
@@ -50,14 +52,14 @@ func (s *Store) TicketKeys(ctx context.Context, scope string, periods []int64, p
 	if !ok || len(list) != len(periods) {
 		return nil, fmt.Errorf("redis %s: ticket keys: unexpected reply %v", s.addr, v)
 	}
-	keys := make([][32]byte, len(list))
+	out := make([][32]byte, len(list))
 	for i, x := range list {
 		str, _ := x.(string)
 		b, err := hex.DecodeString(str)
 		if err != nil || len(b) != 32 {
 			return nil, fmt.Errorf("redis %s: ticket key %stls-ticket:%s:%d is not 64 hex digits", s.addr, s.prefix, scope, periods[i])
 		}
-		copy(keys[i][:], b)
+		copy(out[i][:], b)
 	}
-	return keys, nil
+	return out, nil
 }

@@ -16,9 +16,9 @@ import (
 // rule and prefix.
 func TestTicketKeysFirstProposalWins(t *testing.T) {
 	srv := redistest.Start(t)
-	a := open(t, srv.URL(), "fleet:")
-	b := open(t, srv.URL(), "fleet:")
-	other := open(t, srv.URL(), "other:")
+	a := open(t, srv.URL(), "{fleet}:")
+	b := open(t, srv.URL(), "{fleet}:")
+	other := open(t, srv.URL(), "{other}:")
 	ctx := context.Background()
 	k := func(x byte) [32]byte { var k [32]byte; k[0], k[31] = x, x; return k }
 
@@ -38,7 +38,7 @@ func TestTicketKeysFirstProposalWins(t *testing.T) {
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	defer rdb.Close()
-	ttl, err := rdb.PTTL(ctx, "fleet:tls-ticket:web:10").Result()
+	ttl, err := rdb.PTTL(ctx, "{fleet}:tls-ticket:web:10").Result()
 	if err != nil || ttl <= 0 || ttl > time.Hour {
 		t.Errorf("PTTL of a key = %v, %v; want within the hour asked for", ttl, err)
 	}
