@@ -35,6 +35,9 @@ func RestartNeeded(old, next *Config) []string {
 	if old.Logging.Format != next.Logging.Format {
 		keys = append(keys, "logging.format")
 	}
+	if old.Server.UpgradeTimeout != next.Server.UpgradeTimeout {
+		keys = append(keys, "server.upgrade_timeout")
+	}
 	if old.Server.WatchConfig != next.Server.WatchConfig {
 		keys = append(keys, "server.watch_config")
 	}

@@ -94,6 +94,8 @@ type Server struct {
 
 	resolver *resolve.Resolver // backend host names, for TCP and UDP
 
+	inherited *Sockets // listening sockets handed over by an upgrade (inherit.go); guarded by mu
+
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)
