@@ -1,0 +1,465 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
+)
+
+// Binary upgrades (internal/upgrade): the binary the suite built is copied
+// to a temp path and started from there; the test then installs a second
+// build over that path (internal/version.Version set with -X, so the two
+// tell themselves apart) and upgrades with SIGUSR2 or POST /api/v1/upgrade.
+
+var (
+	buildB    sync.Once
+	binaryB   string
+	buildBErr error
+)
+
+// upgradeBuild is the second build, version "upgrade-b" (built once per
+// run, next to the suite's binary).
+func upgradeBuild(t *testing.T) string {
+	t.Helper()
+	buildB.Do(func() {
+		binaryB, buildBErr = harness.BuildVersion(filepath.Dir(binary), "dynamic-proxy-b",
+			os.Getenv("E2E_RACE") != "", "upgrade-b")
+	})
+	if buildBErr != nil {
+		t.Fatal(buildBErr)
+	}
+	return binaryB
+}
+
+// install puts a copy of src at dst the way an operator's install(1) or
+// package manager does: written beside it, then renamed over it (the
+// running process keeps its old file).
+func install(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// installScript puts a shell script at dst in place of the binary.
+func installScript(t *testing.T, dst, script string) {
+	t.Helper()
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startInstalled copies the suite's binary to a temp path and starts it
+// from there on cfg.
+func startInstalled(t *testing.T, cfg string) (*harness.Proxy, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "dynamic-proxy")
+	install(t, binary, path)
+	p := harness.Launch(t, cfg, path, "-c", cfg)
+	p.WaitLog("dynamic-proxy started")
+	return p, path
+}
+
+// processGone reports whether pid has exited (a zombie counts: nobody
+// may be left to reap an upgraded process's old parent).
+func processGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
+}
+
+// killOnCleanup kills pid when the test ends (a process an upgrade started
+// is not the harness's child).
+func killOnCleanup(t *testing.T, pid int) {
+	t.Cleanup(func() {
+		if !processGone(pid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+}
+
+// adminStatus is what the tests read of GET /api/v1/status.
+func adminVersion(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Version string `json:"version"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Version
+}
+
+// postUpgrade calls POST /api/v1/upgrade and returns the status code and
+// the decoded answer.
+func postUpgrade(t *testing.T, base string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(base+"/api/v1/upgrade", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	b, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("upgrade answer %q: %v", b, err)
+	}
+	return resp.StatusCode, m
+}
+
+var newPIDRe = regexp.MustCompile(`new_pid=(\d+)`)
+
+// newPID waits for the n-th (from 1) "the new process serves" line and
+// returns its PID.
+func newPID(t *testing.T, p *harness.Proxy, n int) int {
+	t.Helper()
+	harness.Eventually(t, "the new process to serve", func() bool {
+		return p.Count("upgrade: the new process serves") >= n
+	})
+	var lines []string
+	for _, l := range p.Lines() {
+		if strings.Contains(l, "upgrade: the new process serves") {
+			lines = append(lines, l)
+		}
+	}
+	m := newPIDRe.FindStringSubmatch(lines[n-1])
+	if m == nil {
+		t.Fatalf("no new_pid in %q", lines[n-1])
+	}
+	pid, _ := strconv.Atoi(m[1])
+	return pid
+}
+
+// connectLoop opens a connection every millisecond until stop: each reads
+// the backend's greeting and has a line echoed. It counts the successes
+// and keeps the failures (refused, reset, short, wrong).
+type connectLoop struct {
+	ok     atomic.Int64
+	mu     sync.Mutex
+	errs   []string
+	stop   chan struct{}
+	done   chan struct{}
+	greets string
+}
+
+func startConnectLoop(addr, greeting string) *connectLoop {
+	l := &connectLoop{stop: make(chan struct{}), done: make(chan struct{}), greets: greeting}
+	go func() {
+		defer close(l.done)
+		for i := 0; ; i++ {
+			select {
+			case <-l.stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if err := l.once(addr, i); err != nil {
+				l.mu.Lock()
+				l.errs = append(l.errs, err.Error())
+				l.mu.Unlock()
+			} else {
+				l.ok.Add(1)
+			}
+		}
+	}()
+	return l
+}
+
+func (l *connectLoop) once(addr string, i int) error {
+	c, err := net.DialTimeout("tcp", addr, harness.Deadline)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(harness.Deadline))
+	r := bufio.NewReader(c)
+	g, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	if g != l.greets+"\n" {
+		return fmt.Errorf("greeting %q", g)
+	}
+	msg := fmt.Sprintf("ping %d\n", i)
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	got, err := r.ReadString('\n')
+	if err != nil || got != msg {
+		return fmt.Errorf("echo %q: %v", got, err)
+	}
+	return nil
+}
+
+// waitFor waits until n more connections succeeded.
+func (l *connectLoop) waitFor(t *testing.T, n int64) {
+	t.Helper()
+	from := l.ok.Load()
+	harness.Eventually(t, fmt.Sprintf("%d more connections", n), func() bool { return l.ok.Load() >= from+n })
+}
+
+func (l *connectLoop) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.errs) > 0 {
+		t.Errorf("%d of %d connections failed; first: %v", len(l.errs), int64(len(l.errs))+l.ok.Load(), l.errs[:min(5, len(l.errs))])
+	}
+}
+
+// udpLoop sends a datagram every millisecond from one client socket and
+// counts the replies.
+type udpLoop struct {
+	sent, got atomic.Int64
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+func startUDPLoop(t *testing.T, addr string) *udpLoop {
+	t.Helper()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &udpLoop{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+			l.got.Add(1)
+		}
+	}()
+	go func() {
+		defer close(l.done)
+		defer func() { // the last replies, then the reader leaves
+			harness.Eventually(t, "the last UDP replies", func() bool { return l.got.Load() >= l.sent.Load() })
+			c.Close()
+		}()
+		for i := 0; ; i++ {
+			select {
+			case <-l.stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if _, err := fmt.Fprintf(c, "d%d", i); err == nil {
+				l.sent.Add(1)
+			}
+		}
+	}()
+	return l
+}
+
+func (l *udpLoop) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	<-l.done
+	if l.sent.Load() != l.got.Load() {
+		t.Errorf("UDP: %d datagrams sent, %d replies", l.sent.Load(), l.got.Load())
+	}
+}
+
+func upgradeConfig(t *testing.T, tcpPort, udpPort int, tcpBackend, udpBackend, extra string) string {
+	t.Helper()
+	return harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+udp_bind = "127.0.0.1:%d"
+watch_config = false
+shutdown_timeout = "10s"
+%s
+[[rules]]
+name = "t"
+[[rules.backends]]
+id = "echo"
+address = %q
+
+[[rules]]
+name = "u"
+protocol = "udp"
+[rules.health_check]
+enabled = false
+[[rules.backends]]
+id = "uecho"
+address = %q
+`, tcpPort, udpPort, extra, tcpBackend, udpBackend))
+}
+
+// TestUpgradeConnectsEveryMillisecond upgrades twice, by SIGUSR2 to a new
+// build and by the admin API back to the first, while a client connects
+// every millisecond and another sends a datagram every millisecond: no
+// connection is refused or reset, every datagram is answered, each old
+// process exits and the new one answers with its own version.
+func TestUpgradeConnectsEveryMillisecond(t *testing.T) {
+	b := upgradeBuild(t)
+	echo, uecho := StartEcho(t, "e1"), StartUDPEcho(t, "u1")
+	tcpPort, udpPort := harness.FreePort(t), harness.FreePort(t)
+	cfg := upgradeConfig(t, tcpPort, udpPort, echo.Addr, uecho.Addr, "")
+	p, path := startInstalled(t, cfg)
+	admin := p.AdminURL()
+	if v := adminVersion(t, admin); v != "dev" {
+		t.Fatalf("first process version %q, want dev", v)
+	}
+	loop := startConnectLoop(fmt.Sprintf("127.0.0.1:%d", tcpPort), "e1")
+	udp := startUDPLoop(t, fmt.Sprintf("127.0.0.1:%d", udpPort))
+	loop.waitFor(t, 50)
+
+	install(t, b, path)
+	p.Signal(syscall.SIGUSR2)
+	pidB := newPID(t, p, 1)
+	killOnCleanup(t, pidB)
+	select {
+	case <-p.Gone():
+	case <-time.After(harness.Deadline):
+		t.Fatal("the old process did not exit")
+	}
+	if v := adminVersion(t, admin); v != "upgrade-b" {
+		t.Fatalf("after the upgrade the admin API says version %q, want upgrade-b", v)
+	}
+	loop.waitFor(t, 50)
+
+	// The new process upgrades in turn, through the admin API.
+	install(t, binary, path)
+	code, ans := postUpgrade(t, admin)
+	if code != http.StatusOK || ans["version"] != "dev" {
+		t.Fatalf("POST /api/v1/upgrade: %d %v", code, ans)
+	}
+	pidA := int(ans["pid"].(float64))
+	killOnCleanup(t, pidA)
+	harness.Eventually(t, "the second old process to exit", func() bool { return processGone(pidB) })
+	if v := adminVersion(t, admin); v != "dev" {
+		t.Fatalf("after the second upgrade the admin API says version %q, want dev", v)
+	}
+	loop.waitFor(t, 50)
+	loop.finish(t)
+	udp.finish(t)
+	t.Logf("%d connections, %d datagrams across two upgrades", loop.ok.Load(), udp.sent.Load())
+}
+
+// TestUpgradeFailures: a binary that exits at once, one that never reports
+// ready (server.upgrade_timeout), and a config that does not validate each
+// leave the old process serving with no failed client; a second upgrade
+// while one runs is refused; a good one afterwards succeeds.
+func TestUpgradeFailures(t *testing.T) {
+	b := upgradeBuild(t)
+	echo, uecho := StartEcho(t, "e1"), StartUDPEcho(t, "u1")
+	tcpPort, udpPort := harness.FreePort(t), harness.FreePort(t)
+	cfg := upgradeConfig(t, tcpPort, udpPort, echo.Addr, uecho.Addr, `upgrade_timeout = "2s"`)
+	p, path := startInstalled(t, cfg)
+	admin := p.AdminURL()
+	loop := startConnectLoop(fmt.Sprintf("127.0.0.1:%d", tcpPort), "e1")
+	loop.waitFor(t, 20)
+
+	// A binary that exits at once.
+	installScript(t, path, "exit 3")
+	code, ans := postUpgrade(t, admin)
+	if code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(ans["error"]), "exit status 3") {
+		t.Fatalf("upgrade to a binary that exits: %d %v", code, ans)
+	}
+	p.WaitLog("upgrade failed; this process keeps serving", "exit status 3")
+	loop.waitFor(t, 20)
+
+	// A binary that never reports ready: killed after upgrade_timeout; a
+	// second upgrade meanwhile is refused.
+	installScript(t, path, "exec sleep 60")
+	from := p.NumLines()
+	first := make(chan int, 1)
+	go func() {
+		resp, err := http.Post(admin+"/api/v1/upgrade", "", nil)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	p.WaitLogFrom(from, "upgrade requested")
+	if code, ans := postUpgrade(t, admin); code != http.StatusConflict {
+		t.Fatalf("a second upgrade while one runs: %d %v, want 409", code, ans)
+	}
+	p.WaitLogFrom(from, "upgrade refused", "already running")
+	if code := <-first; code != http.StatusInternalServerError {
+		t.Fatalf("upgrade to a binary that never gets ready: %d", code)
+	}
+	p.WaitLog("upgrade failed; this process keeps serving", "timed out")
+	loop.waitFor(t, 20)
+
+	// The real new build, but the config no longer validates.
+	install(t, b, path)
+	good, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, append(good, []byte("\n[[rules]]\nname = \"t\"\nrouter = \"no_such_router\"\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, ans = postUpgrade(t, admin)
+	if code != http.StatusInternalServerError {
+		t.Fatalf("upgrade with a config that does not validate: %d %v", code, ans)
+	}
+	p.WaitLog("invalid config")
+	loop.waitFor(t, 20)
+	select {
+	case <-p.Gone():
+		t.Fatal("the old process exited after failed upgrades")
+	default:
+	}
+	if v := adminVersion(t, admin); v != "dev" {
+		t.Fatalf("version %q after failed upgrades, want dev", v)
+	}
+
+	// Fixed: the upgrade goes through.
+	if err := os.WriteFile(cfg, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, ans = postUpgrade(t, admin)
+	if code != http.StatusOK {
+		t.Fatalf("upgrade after the fixes: %d %v", code, ans)
+	}
+	killOnCleanup(t, int(ans["pid"].(float64)))
+	select {
+	case <-p.Gone():
+	case <-time.After(harness.Deadline):
+		t.Fatal("the old process did not exit")
+	}
+	loop.waitFor(t, 20)
+	loop.finish(t)
+}
