@@ -313,6 +313,15 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	if err := upg.Ready(); err != nil {
 		log.Warn("upgrade: cannot tell the old process that this one is ready", "err", err.Error())
 	}
+	if upg.Upgraded() {
+		go func() { // the old process's connections, while this one serves
+			n, err := upg.ReceiveConns(eng.Server())
+			if err != nil {
+				log.Warn("upgrade: the connection handover failed; the old process finishes the rest", "took_over", n, "err", err.Error())
+			}
+			log.Info("upgrade: took over from the old process", "old_pid", os.Getppid(), "connections", n)
+		}()
+	}
 
 	for {
 		var h *upgrade.Handover
@@ -343,6 +352,13 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		stop()
 		obs.ready.Store(false)
 		eng.Server().ReleaseListeners()
+		t0 := time.Now()
+		moved, err := h.SendConns(eng.Server()) // the epoll engine's relayed TCP connections
+		if err != nil {
+			log.Warn("upgrade: connection handover", "err", err.Error())
+		}
+		log.Info("upgrade: connections handed over", "connections", moved, "took", time.Since(t0).Round(time.Microsecond),
+			"left_here", eng.Server().Active())
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		go func() { obs.shutdown(ctx); cancel() }()
 		code := shutdown(eng, "upgrade", sigs, log)

@@ -33,7 +33,6 @@ type Upgrader struct {
 	running  atomic.Bool // an upgrade runs (or ran and succeeded: done)
 	done     atomic.Bool // this process has a successor
 	parent   *net.UnixConn
-	readyErr error
 }
 
 var (
@@ -70,7 +69,11 @@ func (u *Upgrader) Upgraded() bool { return u.tf.HasParent() }
 type message struct {
 	Hello    *Result `json:"hello,omitempty"`    // new → old: who asks
 	Listener string  `json:"listener,omitempty"` // old → new: a listener's key, its sockets attached
-	End      bool    `json:"end,omitempty"`      // old → new: no more listeners
+	End      bool    `json:"end,omitempty"`      // old → new: no more listeners (or connections)
+
+	// Once the new process is ready (handover_linux.go):
+	Targets *proxy.Targets    `json:"targets,omitempty"` // new → old: what it can adopt
+	Conn    *proxy.HandedConn `json:"conn,omitempty"`    // old → new: a connection, its client and backend sockets attached
 }
 
 // Inherit is the new process's first step: it asks the old process for
@@ -227,7 +230,7 @@ func serveChild(ln *net.UnixListener, listeners func() (map[string][]*os.File, e
 	var sendErr error
 	for key, fs := range m {
 		if sendErr == nil {
-			sendErr = send(c, message{Listener: key}, fs)
+			sendErr = sendFiles(c, message{Listener: key}, fs)
 		}
 		for _, f := range fs {
 			f.Close()
@@ -288,25 +291,64 @@ func parentOf(pid int) (int, error) {
 // shards: at most 16).
 const maxFDs = 32
 
-func send(c *net.UnixConn, m message, fs []*os.File) error {
+// fdsOf returns the files' descriptors without (*os.File).Fd, which
+// would make them blocking — and with them the sockets, whose open file
+// descriptions both processes share.
+func fdsOf(fs []*os.File) ([]int, error) {
+	fds := make([]int, 0, len(fs))
+	for _, f := range fs {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return nil, err
+		}
+		if err := rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) }); err != nil {
+			return nil, err
+		}
+	}
+	return fds, nil
+}
+
+// sendFiles sends m with the files' descriptors.
+func sendFiles(c *net.UnixConn, m message, fs []*os.File) error {
+	fds, err := fdsOf(fs)
+	if err != nil {
+		return err
+	}
+	return send(c, m, fds)
+}
+
+// send sends m as one packet, with fds in its SCM_RIGHTS.
+func send(c *net.UnixConn, m message, fds []int) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
 	var oob []byte
-	if len(fs) > 0 {
-		fds := make([]int, len(fs))
-		for i, f := range fs {
-			fds[i] = int(f.Fd())
-		}
+	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
 	_, _, err = c.WriteMsgUnix(b, oob, nil)
 	return err
 }
 
+// recv reads one packet into m and returns the descriptors it carried,
+// as files.
 func recv(c *net.UnixConn, m *message) ([]*os.File, error) {
-	buf := make([]byte, 64<<10)
+	fds, err := recvFds(c, m)
+	fs := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		fs[i] = os.NewFile(uintptr(fd), "handover")
+	}
+	return fs, err
+}
+
+// maxPacket bounds a packet: a connection's held bytes (at most
+// proxy.MaxHandedBytes, base64 in JSON) and its identity.
+const maxPacket = 256 << 10
+
+// recvFds reads one packet into m and returns the descriptors it carried.
+func recvFds(c *net.UnixConn, m *message) ([]int, error) {
+	buf := make([]byte, maxPacket)
 	oob := make([]byte, unix.CmsgSpace(maxFDs*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
@@ -315,27 +357,23 @@ func recv(c *net.UnixConn, m *message) ([]*os.File, error) {
 	if n == 0 {
 		return nil, errors.New("the other process closed the handover socket")
 	}
-	var fs []*os.File
+	var fds []int
 	if oobn > 0 {
 		cms, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err != nil {
 			return nil, err
 		}
 		for _, cm := range cms {
-			fds, err := unix.ParseUnixRights(&cm)
-			if err != nil {
-				continue
-			}
-			for _, fd := range fds {
-				fs = append(fs, os.NewFile(uintptr(fd), "handover"))
+			if got, err := unix.ParseUnixRights(&cm); err == nil {
+				fds = append(fds, got...)
 			}
 		}
 	}
 	if err := json.Unmarshal(buf[:n], m); err != nil {
-		for _, f := range fs {
-			f.Close()
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
 		return nil, err
 	}
-	return fs, nil
+	return fds, nil
 }

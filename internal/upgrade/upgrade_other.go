@@ -50,3 +50,9 @@ func (u *Upgrader) Stop() {}
 func (u *Upgrader) Upgrade(func() (map[string][]*os.File, error)) (Result, *Handover, error) {
 	return Result{}, nil, ErrUnsupported
 }
+
+// SendConns moves nothing.
+func (h *Handover) SendConns(*proxy.Server) (int, error) { return 0, nil }
+
+// ReceiveConns adopts nothing.
+func (u *Upgrader) ReceiveConns(*proxy.Server) (int, error) { return 0, nil }
