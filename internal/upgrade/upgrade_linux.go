@@ -28,11 +28,11 @@ const Supported = true
 // Upgrader is the process's side of upgrades: as the new process, what it
 // inherited from the old one; as the old one, the upgrade it runs.
 type Upgrader struct {
-	log      *slog.Logger
-	tf       *tableflip.Upgrader
-	running  atomic.Bool // an upgrade runs (or ran and succeeded: done)
-	done     atomic.Bool // this process has a successor
-	parent   *net.UnixConn
+	log     *slog.Logger
+	tf      *tableflip.Upgrader
+	running atomic.Bool // an upgrade runs (or ran and succeeded: done)
+	done    atomic.Bool // this process has a successor
+	parent  *net.UnixConn
 }
 
 var (
