@@ -79,9 +79,10 @@ func (u *Upgrader) ReceiveConns(srv *proxy.Server) (int, error) {
 		return 0, err
 	}
 	n := 0
+	buf, oob := make([]byte, maxPacket), make([]byte, unix.CmsgSpace(maxFDs*4))
 	for {
 		var m message
-		fds, err := recvFds(c, &m)
+		fds, err := recvInto(c, &m, buf, oob)
 		if err != nil {
 			return n, fmt.Errorf("receiving the connections: %w", err)
 		}

@@ -348,8 +348,11 @@ const maxPacket = 256 << 10
 
 // recvFds reads one packet into m and returns the descriptors it carried.
 func recvFds(c *net.UnixConn, m *message) ([]int, error) {
-	buf := make([]byte, maxPacket)
-	oob := make([]byte, unix.CmsgSpace(maxFDs*4))
+	return recvInto(c, m, make([]byte, maxPacket), make([]byte, unix.CmsgSpace(maxFDs*4)))
+}
+
+// recvInto is recvFds with the caller's buffers.
+func recvInto(c *net.UnixConn, m *message, buf, oob []byte) ([]int, error) {
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return nil, err

@@ -638,3 +638,94 @@ address = %q
 	}
 	t.Logf("50 streams moved; the longest pause any stream saw: %v; %s", maxPause, p.Log()[strings.LastIndex(p.Log(), "connections handed over"):][:120])
 }
+
+// startPlainEcho is StartEcho copying through a buffer: io.Copy between
+// two *net.TCPConn splices through a pipe pair per connection, 3
+// descriptors where the scale test can spare one.
+func startPlainEcho(t *testing.T, name string) *EchoServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &EchoServer{Name: name, Addr: ln.Addr().String(), ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, name+"\n")
+				io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 512))
+			}()
+		}
+	}()
+	t.Cleanup(e.Close)
+	return e
+}
+
+// TestUpgradeHandoverScale measures the handover of UPGRADE_SCALE open
+// connections (docs/BENCHMARKS.md; skipped without it): each is checked to
+// echo on the new process afterwards. The test process holds both ends
+// (client and backend), the proxy two descriptors a connection (each of
+// its processes), so under a 20,000-descriptor limit about 9,000 fit.
+func TestUpgradeHandoverScale(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("UPGRADE_SCALE"))
+	if n == 0 {
+		t.Skip("a measurement: set UPGRADE_SCALE=N connections")
+	}
+	b := upgradeBuild(t)
+	echo := startPlainEcho(t, "e1")
+	tcpPort := harness.FreePort(t)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+watch_config = false
+max_connections = %d
+shutdown_timeout = "60s"
+
+[[rules]]
+name = "t"
+[[rules.backends]]
+id = "echo"
+address = %q
+`, tcpPort, n+10, echo.Addr))
+	p, path := startInstalled(t, cfg)
+	addr := fmt.Sprintf("127.0.0.1:%d", tcpPort)
+	conns := make([]net.Conn, n)
+	readers := make([]*bufio.Reader, n)
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", addr, harness.Deadline)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer c.Close()
+		conns[i], readers[i] = c, bufio.NewReader(c)
+	}
+	for i, c := range conns {
+		c.SetDeadline(time.Now().Add(harness.Deadline))
+		if g, err := readers[i].ReadString('\n'); err != nil || g != "e1\n" {
+			t.Fatalf("connection %d greeting %q: %v", i, g, err)
+		}
+	}
+	install(t, b, path)
+	from := p.NumLines()
+	p.Signal(syscall.SIGUSR2)
+	line := p.WaitLogFrom(from, "upgrade: connections handed over")
+	killOnCleanup(t, newPID(t, p, 1))
+	<-p.Gone()
+	p.WaitLog("upgrade: took over from the old process")
+	for i, c := range conns {
+		c.SetDeadline(time.Now().Add(harness.Deadline))
+		msg := fmt.Sprintf("after %d\n", i)
+		if _, err := io.WriteString(c, msg); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if got, err := readers[i].ReadString('\n'); err != nil || got != msg {
+			t.Fatalf("connection %d echo %q: %v", i, got, err)
+		}
+	}
+	t.Logf("%d connections: %s", n, line)
+}
