@@ -317,9 +317,9 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		go func() { // the old process's connections, while this one serves
 			n, err := upg.ReceiveConns(eng.Server())
 			if err != nil {
-				log.Warn("upgrade: the connection handover failed; the old process finishes the rest", "took_over", n, "err", err.Error())
+				log.Warn("upgrade: the connection handover failed; the old process finishes the rest", "connections", n.Conns, "udp_sessions", n.Sessions, "err", err.Error())
 			}
-			log.Info("upgrade: took over from the old process", "old_pid", os.Getppid(), "connections", n)
+			log.Info("upgrade: took over from the old process", "old_pid", os.Getppid(), "connections", n.Conns, "udp_sessions", n.Sessions)
 		}()
 	}
 
@@ -357,8 +357,8 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		if err != nil {
 			log.Warn("upgrade: connection handover", "err", err.Error())
 		}
-		log.Info("upgrade: connections handed over", "connections", moved, "took", time.Since(t0).Round(time.Microsecond),
-			"left_here", eng.Server().Active())
+		log.Info("upgrade: connections handed over", "connections", moved.Conns, "udp_sessions", moved.Sessions,
+			"took", time.Since(t0).Round(time.Microsecond), "left_here", eng.Server().Active(), "udp_left_here", eng.Server().UDP.Sessions.Load())
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		go func() { obs.shutdown(ctx); cancel() }()
 		code := shutdown(eng, "upgrade", sigs, log)

@@ -85,6 +85,7 @@ func (s *Server) AdoptTargets() Targets {
 		}
 		t[tl.addr.String()] = rules
 	}
+	s.udpTargets(t)
 	return t
 }
 

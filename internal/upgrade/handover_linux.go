@@ -22,18 +22,21 @@ import (
 // handoverDeadline bounds the whole exchange on either side.
 const handoverDeadline = 30 * time.Second
 
-// SendConns hands srv's movable connections to the new process and
-// returns how many moved. The others (and every one if the new process
-// does not answer) finish here.
-func (h *Handover) SendConns(srv *proxy.Server) (int, error) {
+// Moved counts what a handover moved.
+type Moved struct{ Conns, Sessions int }
+
+// SendConns hands srv's movable TCP connections and UDP sessions to the
+// new process and returns how many moved. The others (and every one if
+// the new process does not answer) finish here.
+func (h *Handover) SendConns(srv *proxy.Server) (Moved, error) {
 	c := h.Conn
 	_ = c.SetDeadline(time.Now().Add(handoverDeadline))
 	var m message
 	if _, err := recv(c, &m); err != nil {
-		return 0, fmt.Errorf("the new process did not say what it adopts: %w", err)
+		return Moved{}, fmt.Errorf("the new process did not say what it adopts: %w", err)
 	}
 	if m.Targets == nil {
-		return 0, errors.New("the new process did not say what it adopts")
+		return Moved{}, errors.New("the new process did not say what it adopts")
 	}
 	ds := srv.DetachConns(*m.Targets)
 	moved := 0
@@ -53,21 +56,36 @@ func (h *Handover) SendConns(srv *proxy.Server) (int, error) {
 		unix.Close(d.CFD) // the new process holds them now
 		unix.Close(d.BFD)
 	}
+	if err != nil {
+		return Moved{Conns: moved}, fmt.Errorf("sending the connections (%d of %d sent, the rest reset): %w", moved, len(ds), err)
+	}
+	ss := srv.DetachSessions(*m.Targets)
+	sent := 0
+	for _, d := range ss {
+		if err == nil {
+			if err = send(c, message{Session: &d.HandedSession}, []int{d.FD}); err == nil {
+				sent++
+			}
+		}
+		unix.Close(d.FD)
+	}
 	if err == nil {
 		err = send(c, message{End: true}, nil)
 	}
 	if err != nil {
-		return moved, fmt.Errorf("sending the connections (%d of %d sent, the rest reset): %w", moved, len(ds), err)
+		return Moved{moved, sent}, fmt.Errorf("sending the UDP sessions (%d of %d sent, the rest ended): %w", sent, len(ss), err)
 	}
-	return moved, nil
+	return Moved{moved, sent}, nil
 }
 
 // ReceiveConns, in a new process that is ready, asks the old one for its
-// connections and adopts them into srv; it returns how many it took.
-func (u *Upgrader) ReceiveConns(srv *proxy.Server) (int, error) {
+// connections and sessions and adopts them into srv; it returns how many
+// it took.
+func (u *Upgrader) ReceiveConns(srv *proxy.Server) (Moved, error) {
+	var n Moved
 	c := u.parent
 	if c == nil {
-		return 0, nil
+		return n, nil
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(handoverDeadline))
@@ -76,9 +94,8 @@ func (u *Upgrader) ReceiveConns(srv *proxy.Server) (int, error) {
 		t = proxy.Targets{}
 	}
 	if err := send(c, message{Targets: &t}, nil); err != nil {
-		return 0, err
+		return n, err
 	}
-	n := 0
 	buf, oob := make([]byte, maxPacket), make([]byte, unix.CmsgSpace(maxFDs*4))
 	for {
 		var m message
@@ -89,16 +106,23 @@ func (u *Upgrader) ReceiveConns(srv *proxy.Server) (int, error) {
 		if m.End {
 			return n, nil
 		}
-		if m.Conn == nil || len(fds) != 2 {
+		switch {
+		case m.Conn != nil && len(fds) == 2:
+			if err := srv.AdoptConn(*m.Conn, fds[0], fds[1], n.Conns); err != nil {
+				u.log.Warn("upgrade: a handed-over connection could not be adopted; closed", "client", m.Conn.Client, "err", err.Error())
+				continue
+			}
+			n.Conns++
+		case m.Session != nil && len(fds) == 1:
+			if err := srv.AdoptSession(*m.Session, fds[0]); err != nil {
+				u.log.Warn("upgrade: a handed-over UDP session could not be adopted; ended", "client", m.Session.Client, "err", err.Error())
+				continue
+			}
+			n.Sessions++
+		default:
 			for _, fd := range fds {
 				unix.Close(fd)
 			}
-			continue
 		}
-		if err := srv.AdoptConn(*m.Conn, fds[0], fds[1], n); err != nil {
-			u.log.Warn("upgrade: a handed-over connection could not be adopted; closed", "client", m.Conn.Client, "err", err.Error())
-			continue
-		}
-		n++
 	}
 }

@@ -51,8 +51,11 @@ func (u *Upgrader) Upgrade(func() (map[string][]*os.File, error)) (Result, *Hand
 	return Result{}, nil, ErrUnsupported
 }
 
+// Moved counts what a handover moved.
+type Moved struct{ Conns, Sessions int }
+
 // SendConns moves nothing.
-func (h *Handover) SendConns(*proxy.Server) (int, error) { return 0, nil }
+func (h *Handover) SendConns(*proxy.Server) (Moved, error) { return Moved{}, nil }
 
 // ReceiveConns adopts nothing.
-func (u *Upgrader) ReceiveConns(*proxy.Server) (int, error) { return 0, nil }
+func (u *Upgrader) ReceiveConns(*proxy.Server) (Moved, error) { return Moved{}, nil }
