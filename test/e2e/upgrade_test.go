@@ -252,7 +252,9 @@ type udpLoop struct {
 	done      chan struct{}
 }
 
-func startUDPLoop(t *testing.T, addr string) *udpLoop { return startUDPLoopEvery(t, addr, time.Millisecond) }
+func startUDPLoop(t *testing.T, addr string) *udpLoop {
+	return startUDPLoopEvery(t, addr, time.Millisecond)
+}
 
 // startUDPLoopEvery is startUDPLoop with a datagram every interval.
 func startUDPLoopEvery(t *testing.T, addr string, interval time.Duration) *udpLoop {
