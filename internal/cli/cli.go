@@ -3,6 +3,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -315,11 +316,13 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	}
 	if upg.Upgraded() {
 		go func() { // the old process's connections, while this one serves
-			n, err := upg.ReceiveConns(eng.Server())
+			carried := 0
+			n, err := upg.ReceiveConns(eng.Server(), func(b json.RawMessage) { carried += ups.addCounters(b) })
 			if err != nil {
 				log.Warn("upgrade: the connection handover failed; the old process finishes the rest", "connections", n.Conns, "udp_sessions", n.Sessions, "err", err.Error())
 			}
-			log.Info("upgrade: took over from the old process", "old_pid", os.Getppid(), "connections", n.Conns, "udp_sessions", n.Sessions)
+			log.Info("upgrade: took over from the old process", "old_pid", os.Getppid(), "connections", n.Conns, "udp_sessions", n.Sessions,
+				"counter_series_carried", carried)
 		}()
 	}
 
@@ -353,7 +356,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		obs.ready.Store(false)
 		eng.Server().ReleaseListeners()
 		t0 := time.Now()
-		moved, err := h.SendConns(eng.Server()) // the epoll engine's relayed TCP connections
+		moved, err := h.SendConns(eng.Server(), ups.counterParts) // the epoll engine's relayed TCP connections and UDP sessions, then the counters
 		if err != nil {
 			log.Warn("upgrade: connection handover", "err", err.Error())
 		}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/metrics"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/upgrade"
 )
@@ -77,3 +79,29 @@ func (u *upgrades) listenerFiles() (map[string][]*os.File, error) {
 
 // observeKey names the metrics or admin server's socket for a handover.
 func observeKey(what, addr string) string { return "http " + what + " " + addr }
+
+// counterParts are this process's counters (metrics on) in packets of at
+// most 500 series, for the new process of an upgrade to carry on from.
+func (u *upgrades) counterParts() []any {
+	if u.obs.metrics == nil {
+		return nil
+	}
+	cs := u.obs.metrics.Carry()
+	var parts []any
+	for len(cs) > 0 {
+		n := min(len(cs), 500)
+		parts = append(parts, cs[:n])
+		cs = cs[n:]
+	}
+	return parts
+}
+
+// addCounters adds one packet of the old process's counters to this
+// process's and returns how many series it added to.
+func (u *upgrades) addCounters(b json.RawMessage) int {
+	var cs []metrics.Carried
+	if u.obs.metrics == nil || json.Unmarshal(b, &cs) != nil {
+		return 0
+	}
+	return u.obs.metrics.AddCarried(cs)
+}

@@ -3,6 +3,7 @@
 package upgrade
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -28,7 +29,11 @@ type Moved struct{ Conns, Sessions int }
 // SendConns hands srv's movable TCP connections and UDP sessions to the
 // new process and returns how many moved. The others (and every one if
 // the new process does not answer) finish here.
-func (h *Handover) SendConns(srv *proxy.Server) (Moved, error) {
+//
+// counters, called once everything movable has moved, returns this
+// process's counters in packets' worth (each marshalled to JSON), for the
+// new process to carry on from (nil: none).
+func (h *Handover) SendConns(srv *proxy.Server, counters func() []any) (Moved, error) {
 	c := h.Conn
 	_ = c.SetDeadline(time.Now().Add(handoverDeadline))
 	var m message
@@ -69,11 +74,22 @@ func (h *Handover) SendConns(srv *proxy.Server) (Moved, error) {
 		}
 		unix.Close(d.FD)
 	}
+	if err == nil && counters != nil {
+		for _, part := range counters() {
+			b, merr := json.Marshal(part)
+			if merr != nil {
+				continue
+			}
+			if err = send(c, message{Counters: b}, nil); err != nil {
+				break
+			}
+		}
+	}
 	if err == nil {
 		err = send(c, message{End: true}, nil)
 	}
 	if err != nil {
-		return Moved{moved, sent}, fmt.Errorf("sending the UDP sessions (%d of %d sent, the rest ended): %w", sent, len(ss), err)
+		return Moved{moved, sent}, fmt.Errorf("sending the UDP sessions or counters (%d of %d sent, the rest ended): %w", sent, len(ss), err)
 	}
 	return Moved{moved, sent}, nil
 }
@@ -81,7 +97,9 @@ func (h *Handover) SendConns(srv *proxy.Server) (Moved, error) {
 // ReceiveConns, in a new process that is ready, asks the old one for its
 // connections and sessions and adopts them into srv; it returns how many
 // it took.
-func (u *Upgrader) ReceiveConns(srv *proxy.Server) (Moved, error) {
+//
+// counters receives each packet of the old process's counters.
+func (u *Upgrader) ReceiveConns(srv *proxy.Server, counters func(json.RawMessage)) (Moved, error) {
 	var n Moved
 	c := u.parent
 	if c == nil {
@@ -107,6 +125,10 @@ func (u *Upgrader) ReceiveConns(srv *proxy.Server) (Moved, error) {
 			return n, nil
 		}
 		switch {
+		case m.Counters != nil && len(fds) == 0:
+			if counters != nil {
+				counters(m.Counters)
+			}
 		case m.Conn != nil && len(fds) == 2:
 			if err := srv.AdoptConn(*m.Conn, fds[0], fds[1], n.Conns); err != nil {
 				u.log.Warn("upgrade: a handed-over connection could not be adopted; closed", "client", m.Conn.Client, "err", err.Error())

@@ -72,9 +72,10 @@ type message struct {
 	End      bool    `json:"end,omitempty"`      // old → new: no more listeners (or connections)
 
 	// Once the new process is ready (handover_linux.go):
-	Targets *proxy.Targets       `json:"targets,omitempty"` // new → old: what it can adopt
-	Conn    *proxy.HandedConn    `json:"conn,omitempty"`    // old → new: a connection, its client and backend sockets attached
-	Session *proxy.HandedSession `json:"session,omitempty"` // old → new: a UDP session, its backend socket attached
+	Targets  *proxy.Targets       `json:"targets,omitempty"`  // new → old: what it can adopt
+	Conn     *proxy.HandedConn    `json:"conn,omitempty"`     // old → new: a connection, its client and backend sockets attached
+	Session  *proxy.HandedSession `json:"session,omitempty"`  // old → new: a UDP session, its backend socket attached
+	Counters json.RawMessage      `json:"counters,omitempty"` // old → new: some of its counters' values (after the sessions)
 }
 
 // Inherit is the new process's first step: it asks the old process for

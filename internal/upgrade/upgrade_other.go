@@ -3,6 +3,7 @@
 package upgrade
 
 import (
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -55,7 +56,9 @@ func (u *Upgrader) Upgrade(func() (map[string][]*os.File, error)) (Result, *Hand
 type Moved struct{ Conns, Sessions int }
 
 // SendConns moves nothing.
-func (h *Handover) SendConns(*proxy.Server) (Moved, error) { return Moved{}, nil }
+func (h *Handover) SendConns(*proxy.Server, func() []any) (Moved, error) { return Moved{}, nil }
 
 // ReceiveConns adopts nothing.
-func (u *Upgrader) ReceiveConns(*proxy.Server) (Moved, error) { return Moved{}, nil }
+func (u *Upgrader) ReceiveConns(*proxy.Server, func(json.RawMessage)) (Moved, error) {
+	return Moved{}, nil
+}

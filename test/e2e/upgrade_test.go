@@ -641,6 +641,28 @@ address = %q
 		}
 		maxPause = max(maxPause, time.Duration(s.maxPause.Load()))
 	}
+	// The counters carried on: every connection counted once (by the old
+	// process, which accepted them all), every byte once (by whichever
+	// process moved it).
+	var sent, got int64
+	for _, s := range streams {
+		sent, got = sent+s.sent.Load(), got+s.got.Load()
+	}
+	rule := func(more harness.Labels) harness.Labels {
+		l := harness.Labels{"rule": "t", "protocol": "tcp"}
+		for k, v := range more {
+			l[k] = v
+		}
+		return l
+	}
+	murl := p.MetricsURL()
+	harness.WaitMetrics(t, murl, "the bytes of every stream, counted once", func(m harness.Metrics) bool {
+		return m.Value("dynamic_proxy_bytes_total", rule(harness.Labels{"direction": "in"})) == float64(sent) &&
+			m.Value("dynamic_proxy_bytes_total", rule(harness.Labels{"direction": "out"})) == float64(got+int64(len(streams))*3)
+	})
+	if n := harness.Scrape(t, murl).Value("dynamic_proxy_connections_total", rule(nil)); n != float64(len(streams)) {
+		t.Errorf("connections_total %v after the upgrade, want %d (no reset, no double count)", n, len(streams))
+	}
 	t.Logf("50 streams moved; the longest pause any stream saw: %v; %s", maxPause, p.Log()[strings.LastIndex(p.Log(), "connections handed over"):][:120])
 }
 
