@@ -829,3 +829,64 @@ address = %q
 		l.finish(t)
 	}
 }
+
+// TestUpgradeNotifiesSystemd plays systemd's notify socket: the first
+// process says MAINPID= and READY=1 once it serves, and so does the new
+// process of an upgrade, before the old one exits (so that systemd follows
+// the new main PID rather than seeing its main process end).
+func TestUpgradeNotifiesSystemd(t *testing.T) {
+	b := upgradeBuild(t)
+	sock := filepath.Join(t.TempDir(), "notify")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	read := func() string {
+		t.Helper()
+		buf := make([]byte, 4096)
+		nc.SetReadDeadline(time.Now().Add(harness.Deadline))
+		n, err := nc.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	echo := StartEcho(t, "e1")
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+watch_config = false
+
+[[rules]]
+name = "t"
+[[rules.backends]]
+id = "echo"
+address = %q
+`, harness.FreePort(t), echo.Addr))
+	p, path := startInstalled(t, cfg)
+	if got, want := read(), fmt.Sprintf("MAINPID=%d\nREADY=1\n", p.PID()); got != want {
+		t.Fatalf("first process notified %q, want %q", got, want)
+	}
+	install(t, b, path)
+	p.Signal(syscall.SIGUSR2)
+	pid := newPID(t, p, 1)
+	killOnCleanup(t, pid)
+	<-p.Gone()
+	// Already queued when the old process has exited: read without waiting
+	// (MSG_DONTWAIT; a past read deadline would not even try).
+	buf := make([]byte, 4096)
+	rc, err := nc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, rerr := 0, error(nil)
+	rc.Control(func(fd uintptr) { n, _, rerr = syscall.Recvfrom(int(fd), buf, syscall.MSG_DONTWAIT) })
+	if rerr != nil {
+		t.Fatalf("the new process had not notified when the old one exited: %v", rerr)
+	}
+	if got, want := string(buf[:n]), fmt.Sprintf("MAINPID=%d\nREADY=1\n", pid); got != want {
+		t.Fatalf("new process notified %q, want %q", got, want)
+	}
+}
