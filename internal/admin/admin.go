@@ -39,6 +39,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/upgrade"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -59,6 +60,10 @@ type Options struct {
 	// for the config data, or for the config file when data is nil
 	// (reload.Reloader.Preview); nil answers 503 to a dry run.
 	Preview func(data []byte) (engine.Change, error)
+	// Upgrade replaces the binary (internal/upgrade): it returns once the
+	// new process serves, or with why it did not (this process then keeps
+	// serving); nil answers 503.
+	Upgrade func() (upgrade.Result, error)
 	// Fleet is the store the instances of a fleet share ([redis]); nil
 	// without it: the fleet endpoints answer 404 (fleet.go).
 	Fleet Fleet
@@ -110,6 +115,7 @@ func New(o Options) *Handler {
 	m := h.mux
 	m.HandleFunc("/api/v1/status", h.methods(map[string]http.HandlerFunc{http.MethodGet: h.status}))
 	m.HandleFunc("/api/v1/reload", h.methods(map[string]http.HandlerFunc{http.MethodPost: h.reload}))
+	m.HandleFunc("/api/v1/upgrade", h.methods(map[string]http.HandlerFunc{http.MethodPost: h.upgrade}))
 	m.HandleFunc("/api/v1/rules/{rule}/backends/{id}/{action}", h.backendAction)
 	h.fleetRoutes(m)   // registration through Redis (fleet.go)
 	h.explainRoutes(m) // "why this backend?" (explain.go)
@@ -344,6 +350,28 @@ func (h *Handler) reload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.writeConfigError(w, err, "still serving the previous config")
+}
+
+// upgrade starts a binary upgrade and answers when it is over: 200 with the
+// new process once it serves (this one then hands over and exits), 409
+// while another upgrade runs, 500 with the reason when the new process
+// failed (this one keeps serving), 501 where upgrades are not supported.
+func (h *Handler) upgrade(w http.ResponseWriter, _ *http.Request) {
+	if h.o.Upgrade == nil {
+		writeError(w, http.StatusServiceUnavailable, "upgrade is not available")
+		return
+	}
+	res, err := h.o.Upgrade()
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, map[string]any{"status": "upgraded", "pid": res.PID, "version": res.Version})
+	case errors.Is(err, upgrade.ErrRunning):
+		writeError(w, http.StatusConflict, "%v", err)
+	case !upgrade.Supported:
+		writeError(w, http.StatusNotImplemented, "%v", err)
+	default:
+		writeError(w, http.StatusInternalServerError, "upgrade failed, still serving here: %v", err)
+	}
 }
 
 // preview answers a dry-run reload: the plan for the config in the body,

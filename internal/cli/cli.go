@@ -3,6 +3,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/procs"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/upgrade"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
 )
 
@@ -45,7 +47,9 @@ Flags:
   -h, --help              show this help
 
 Signals: SIGTERM/SIGINT drain and exit (a second one exits at once),
-SIGHUP reloads the config file, SIGUSR1 reopens [logging] access_log_file.
+SIGHUP reloads the config file, SIGUSR1 reopens [logging] access_log_file,
+SIGUSR2 upgrades to the binary now at this one's path (Linux;
+docs/operations.md).
 `
 
 type options struct {
@@ -218,12 +222,32 @@ func validate(cfg *config.Config, stdout, stderr io.Writer) int {
 func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	if upgradeSignal != nil {
+		signal.Notify(sigs, upgradeSignal)
+	}
 	defer signal.Stop(sigs)
 
 	for _, w := range cfg.Warnings {
 		log.Warn("config warning", "problem", w.String())
 	}
 	eng := engine.New(log)
+	// A binary upgrade (upgrade.go): as the new process, take the old
+	// one's listening sockets before anything binds.
+	upg, err := upgrade.New(log, cfg.Server.UpgradeTimeout.D())
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	inherited, err := upg.Inherit()
+	if err != nil {
+		log.Error("cannot start", "err", err.Error())
+		return 1
+	}
+	if upg.Upgraded() {
+		log.Info("upgrade: took over the listening sockets", "listeners", inherited.Len(), "old_pid", os.Getppid())
+	}
+	eng.Server().SetInherited(inherited)
+	ups := &upgrades{upg: upg, eng: eng, log: log, done: make(chan *upgrade.Handover, 1)}
 	fl, cfg, err := fleet.Start(cfg, o.fromRedis, eng, log, levelSetter(lv, o.logLevel)) // [redis] (internal/fleet)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
@@ -239,7 +263,7 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		defer am.Close()
 		eng.SetACME(am)
 	}
-	obs, err := startObserve(cfg, eng, adminFleet(fl), am, log) // metrics and admin API (observe.go)
+	obs, err := startObserve(cfg, eng, adminFleet(fl), am, log, inherited, func() (upgrade.Result, error) { return ups.run("api") }) // metrics and admin API (observe.go)
 	if err != nil {
 		log.Error("cannot start", "err", err.Error())
 		return 1
@@ -264,6 +288,10 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		log.Error("cannot start", "err", err.Error())
 		return 1
 	}
+	if keys := inherited.Close(); len(keys) > 0 {
+		log.Info("upgrade: closed the handed-over sockets the config has no listener for", "listeners", strings.Join(keys, ", "))
+	}
+	ups.obs = obs
 	obs.announce()
 	log.Info("connection engine", "engine", eng.Server().Engine().String())
 	for _, r := range cfg.Rules {
@@ -311,28 +339,74 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 	// in place, so the line means "serving" (the tests wait on it).
 	info := version.Get()
 	log.Info("dynamic-proxy started", "version", info.Version, "config", cfg.File, "pid", os.Getpid())
+	// Serving: tell systemd, and the old process of an upgrade, which
+	// then stops accepting.
+	if err := upg.Ready(); err != nil {
+		log.Warn("upgrade: cannot tell the old process that this one is ready", "err", err.Error())
+	}
+	if upg.Upgraded() {
+		go func() { // the old process's connections, while this one serves
+			carried := 0
+			n, err := upg.ReceiveConns(eng.Server(), func(b json.RawMessage) { carried += ups.addCounters(b) })
+			if err != nil {
+				log.Warn("upgrade: the connection handover failed; the old process finishes the rest", "connections", n.Conns, "udp_sessions", n.Sessions, "err", err.Error())
+			}
+			log.Info("upgrade: took over from the old process", "old_pid", os.Getppid(), "connections", n.Conns, "udp_sessions", n.Sessions,
+				"counter_series_carried", carried)
+		}()
+	}
 
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			rl.Reload("signal", false)
-			continue
+	for {
+		var h *upgrade.Handover
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				rl.Reload("signal", false)
+				continue
+			}
+			if isUpgradeSignal(sig) {
+				go ups.run("signal") // SIGTERM still works while it runs
+				continue
+			}
+			stop()
+			upg.Stop()             // kills a new process that is not ready yet
+			obs.ready.Store(false) // draining: not ready for new traffic
+			code := shutdown(eng, sig.String(), sigs, log)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			obs.shutdown(ctx)
+			cancel()
+			return code
+		case h = <-ups.done:
 		}
+		// Upgraded: the new process serves on the same sockets. Stop
+		// reading them (its admin API answers from now on; a request in
+		// flight here, the upgrade's own, is answered first), then finish
+		// what is open here.
 		stop()
-		obs.ready.Store(false) // draining: not ready for new traffic
-		code := shutdown(eng, sig, sigs, log)
+		obs.ready.Store(false)
+		eng.Server().ReleaseListeners()
+		t0 := time.Now()
+		moved, err := h.SendConns(eng.Server(), ups.counterParts) // the epoll engine's relayed TCP connections and UDP sessions, then the counters
+		if err != nil {
+			log.Warn("upgrade: connection handover", "err", err.Error())
+		}
+		log.Info("upgrade: connections handed over", "connections", moved.Conns, "udp_sessions", moved.Sessions,
+			"took", time.Since(t0).Round(time.Microsecond), "left_here", eng.Server().Active(), "udp_left_here", eng.Server().UDP.Sessions.Load())
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		obs.shutdown(ctx)
-		cancel()
+		go func() { obs.shutdown(ctx); cancel() }()
+		code := shutdown(eng, "upgrade", sigs, log)
+		h.Close()
 		return code
 	}
-	return 0
 }
 
-func shutdown(eng *engine.Engine, sig os.Signal, sigs <-chan os.Signal, log *slog.Logger) int {
+// shutdown drains: why is the signal, or "upgrade" once a new process
+// took the listeners.
+func shutdown(eng *engine.Engine, why string, sigs <-chan os.Signal, log *slog.Logger) int {
 	cfg, _ := eng.Config()
 	timeout := cfg.Server.ShutdownTimeout.D()
 	eng.Server().StopAccepting() // before the line says so
-	log.Info("shutting down: listeners closed, draining connections", "signal", sig.String(),
+	log.Info("shutting down: listeners closed, draining connections", "signal", why,
 		"active", eng.Server().Active(), "udp_sessions", eng.Server().UDP.Sessions.Load(), "shutdown_timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -347,7 +421,7 @@ func shutdown(eng *engine.Engine, sig os.Signal, sigs <-chan os.Signal, log *slo
 			log.Info("shutdown complete")
 			return 0
 		case s := <-sigs:
-			if s == syscall.SIGHUP {
+			if s == syscall.SIGHUP || isUpgradeSignal(s) {
 				continue
 			}
 			log.Warn("second signal: exiting now", "signal", s.String(), "active", eng.Server().Active())

@@ -20,7 +20,9 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/fleet"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/metrics"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/upgrade"
 )
 
 // observe runs the metrics endpoint and the admin API: both are bound
@@ -34,6 +36,9 @@ type observe struct {
 	banner  [][]any // what started, logged once the proxy is up (a failed start says one thing only)
 	ready   atomic.Bool
 	reload  atomic.Pointer[reload.Reloader]
+	lns     map[string]net.Listener // by handover key (observeKey), for an upgrade
+	in      *proxy.Sockets          // sockets an upgrade handed over (nil: none)
+	upgrade func() (upgrade.Result, error)
 }
 
 // adminFleet is the admin API's fleet store: fl, or nil without [redis].
@@ -46,8 +51,12 @@ func adminFleet(fl *fleet.Follower) admin.Fleet {
 
 // startObserve starts the metrics endpoint and the admin API; fl is the
 // admin API's fleet store (nil without [redis]).
-func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, am *acme.Manager, log *slog.Logger) (*observe, error) {
-	o := &observe{log: log}
+//
+// in holds the sockets an upgrade handed over, taken instead of binding;
+// upgrade runs one (nil: the endpoint answers 503).
+func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, am *acme.Manager, log *slog.Logger,
+	in *proxy.Sockets, upgrade func() (upgrade.Result, error)) (*observe, error) {
+	o := &observe{log: log, lns: map[string]net.Listener{}, in: in, upgrade: upgrade}
 	started := time.Now()
 	if mc := cfg.Metrics; mc.Enabled {
 		reg := prometheus.NewRegistry()
@@ -100,6 +109,7 @@ func startObserve(cfg *config.Config, eng *engine.Engine, fl admin.Fleet, am *ac
 				}
 				return rl.Reload("api", false)
 			},
+			Upgrade: o.upgrade,
 			Preview: func(data []byte) (engine.Change, error) {
 				rl := o.reload.Load()
 				if rl == nil {
@@ -136,7 +146,8 @@ func readOnly(h http.Handler) http.Handler {
 // the background. A failed bind names the key to change: the defaults are
 // fixed ports, which another program may hold on a first run.
 func (o *observe) serve(what, addr string, h http.Handler) (string, error) {
-	ln, err := net.Listen("tcp", addr)
+	key := observeKey(what, addr)
+	ln, err := proxy.ListenTCPKey(o.in, key, addr) // or the socket an upgrade handed over
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return "", fmt.Errorf("%s.bind %s: address already in use; set [%s] bind to another address, or 127.0.0.1:0 for any free port",
@@ -153,6 +164,7 @@ func (o *observe) serve(what, addr string, h http.Handler) (string, error) {
 		ErrorLog:          slog.NewLogLogger(o.log.Handler(), slog.LevelDebug),
 	}
 	o.servers = append(o.servers, srv)
+	o.lns[key] = ln
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			o.log.Error(what+" server stopped", "err", err.Error())

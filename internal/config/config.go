@@ -70,6 +70,10 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for connections in flight
 	// before closing them. Default 30s.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// UpgradeTimeout is how long a binary upgrade (SIGUSR2, POST
+	// /api/v1/upgrade) waits for the new process to report ready before it
+	// kills it and keeps serving here. Default 1m. Read at start-up only.
+	UpgradeTimeout Duration `toml:"upgrade_timeout"`
 	// DrainTimeout is how long connections to a backend that a reload
 	// removed may run on before they are closed. 0 (the default) lets them
 	// run until they end.
@@ -299,6 +303,7 @@ const (
 	DefaultBufferSize          = 8192
 	DefaultIdleTimeout         = 10 * time.Minute
 	DefaultShutdownTimeout     = 30 * time.Second
+	DefaultUpgradeTimeout      = time.Minute
 	DefaultRouter              = "round_robin"
 	DefaultSessionTimeout      = 30 * time.Second   // UDP rules
 	DefaultMaxSessions         = 10000              // UDP rules, per rule
@@ -317,6 +322,7 @@ func (c *Config) setDefaults() {
 		BufferSize:        DefaultBufferSize,
 		IdleTimeout:       Duration(DefaultIdleTimeout),
 		ShutdownTimeout:   Duration(DefaultShutdownTimeout),
+		UpgradeTimeout:    Duration(DefaultUpgradeTimeout),
 		WatchConfig:       true,
 		AdaptiveThreads:   true,
 		PeekTimeout:       Duration(3 * time.Second),

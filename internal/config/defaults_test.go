@@ -226,6 +226,7 @@ func TestDefaultsLiteral(t *testing.T) {
 		{"server.buffer_size", s.BufferSize, 8192},
 		{"server.idle_timeout", s.IdleTimeout.D(), 10 * time.Minute},
 		{"server.shutdown_timeout", s.ShutdownTimeout.D(), 30 * time.Second},
+		{"server.upgrade_timeout", s.UpgradeTimeout.D(), time.Minute},
 		{"logging.level", cfg.Logging.Level, "info"},
 		{"logging.format", cfg.Logging.Format, "text"},
 		{"logging.access_log", cfg.Logging.AccessLog, false},

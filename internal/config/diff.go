@@ -38,6 +38,9 @@ func RestartNeeded(old, next *Config) []string {
 	if old.Logging.AccessLogFile != next.Logging.AccessLogFile {
 		keys = append(keys, "logging.access_log_file")
 	}
+	if old.Server.UpgradeTimeout != next.Server.UpgradeTimeout {
+		keys = append(keys, "server.upgrade_timeout")
+	}
 	if old.Server.WatchConfig != next.Server.WatchConfig {
 		keys = append(keys, "server.watch_config")
 	}

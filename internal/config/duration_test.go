@@ -54,6 +54,7 @@ func TestDurationKeys(t *testing.T) {
 		{"server", "connection_timeout", func(c *Config) Duration { return c.Server.ConnectionTimeout }},
 		{"server", "idle_timeout", func(c *Config) Duration { return c.Server.IdleTimeout }},
 		{"server", "shutdown_timeout", func(c *Config) Duration { return c.Server.ShutdownTimeout }},
+		{"server", "upgrade_timeout", func(c *Config) Duration { return c.Server.UpgradeTimeout }},
 		{"redis", "connection_timeout", func(c *Config) Duration { return c.Redis.ConnectionTimeout }},
 		{"redis", "command_timeout", func(c *Config) Duration { return c.Redis.CommandTimeout }},
 	}

@@ -53,7 +53,7 @@ type goTCPListener struct {
 
 // listenTCPGo binds addr and starts accepting on a goroutine.
 func (s *Server) listenTCPGo(addr string, t Table) (*goTCPListener, error) {
-	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
+	ln, err := s.listenTCP(addr) // or the socket an upgrade handed over (inherit.go)
 	if err != nil {
 		return nil, err
 	}

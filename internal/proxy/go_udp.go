@@ -60,6 +60,8 @@ type goUDPListener struct {
 	dns      goDNS                            // a DNS listener's clients and backend sockets (go_udp_dns.go), under mu
 
 	shutOnce sync.Once
+	shutC    chan struct{}  // closed by shut
+	released atomic.Bool    // the socket is another process's now: not read (handover_linux.go)
 	readers  sync.WaitGroup // the sessions' goroutines
 	done     chan struct{}  // the listener's goroutine has left
 }
@@ -101,13 +103,23 @@ func (s *Server) listenUDPGo(addr string, t Table) (*goUDPListener, error) {
 	if host, _, err := net.SplitHostPort(addr); err == nil && host == "0.0.0.0" {
 		network = "udp4"
 	}
-	pc, err := net.ListenPacket(network, addr)
-	if err != nil {
+	var conn *net.UDPConn
+	if in, err := s.inheritedUDP(addr); err != nil { // handed over by an upgrade (inherit.go)
 		return nil, err
+	} else if len(in) > 0 {
+		conn = in[0]
+		for _, c := range in[1:] { // from an epoll-engine process: its shards' SO_REUSEPORT sockets
+			c.Close()
+		}
+	} else {
+		pc, err := net.ListenPacket(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		conn = pc.(*net.UDPConn)
 	}
-	conn := pc.(*net.UDPConn)
 	l := &goUDPListener{srv: s, conn: conn, local: conn.LocalAddr().(*net.UDPAddr).AddrPort(),
-		sessions: map[netip.AddrPort]*goUDPSession{}, done: make(chan struct{})}
+		sessions: map[netip.AddrPort]*goUDPSession{}, done: make(chan struct{}), shutC: make(chan struct{})}
 	l.table.Store(&t)
 	l.quic.cids.stats = &s.QUIC
 	if l.local.Addr().IsUnspecified() {
@@ -191,7 +203,7 @@ func (l *goUDPListener) Close() {
 }
 
 // shut releases the socket: the listener's goroutine leaves.
-func (l *goUDPListener) shut() { l.shutOnce.Do(func() { l.conn.Close() }) }
+func (l *goUDPListener) shut() { l.shutOnce.Do(func() { close(l.shutC); l.conn.Close() }) }
 
 // forceClose ends every session now and returns how many there were.
 func (l *goUDPListener) forceClose() int {
@@ -237,6 +249,12 @@ func (l *goUDPListener) serve() {
 		n, client, dst, ifidx, err := l.read(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if l.released.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				// Handed over: the new process reads the socket; the
+				// sessions open here still reply through it until they end.
+				<-l.shutC
 				return
 			}
 			if ok, suppressed := srv.udpRecvLog.allow(time.Second); ok {

@@ -101,6 +101,8 @@ type Server struct {
 	explainSample atomic.Uint64 // connections whose decision is logged at debug: rand.Uint64() < it (explain.go)
 	connIDs       atomic.Uint64 // numbers connections and sessions (conns.go)
 
+	inherited *Sockets // listening sockets handed over by an upgrade (inherit.go); guarded by mu
+
 	noBackendLog rateLimit
 	dialFailLog  rateLimit
 	exhaust      exhaustion                       // out of descriptors: one log line per episode (exhaust.go)

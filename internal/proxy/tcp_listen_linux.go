@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"os"
@@ -40,7 +39,7 @@ func (s *Server) listenTCPEpoll(addr string, t Table) (*TCPListener, error) {
 	// The net package binds (address forms, IPv6, SO_REUSEADDR, the
 	// backlog); the loops then own a duplicate of the socket, which the
 	// runtime poller does not know of.
-	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
+	ln, err := s.listenTCP(addr) // or the socket an upgrade handed over (inherit.go)
 	if err != nil {
 		return nil, err
 	}

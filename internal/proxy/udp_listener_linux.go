@@ -107,6 +107,7 @@ type udpShard struct {
 	b          batch
 	dns        dnsShard // a DNS listener's clients and backend sockets (udp_dns_linux.go)
 	acked      bool
+	released   bool // the socket is another process's now: not read (handover_linux.go)
 	st         localStats
 	quic       shardQUIC // ClientHellos being read; what the table needs (udp_quic_linux.go)
 }
@@ -143,7 +144,13 @@ func (s *Server) listenUDPEpoll(addr string, t Table, opt udpOptions) (l *UDPLis
 	if opt.batch == 0 {
 		opt.batch = batchSize
 	}
-	conns, err := bindUDP(addr, s.shardCount())
+	// The sockets an upgrade handed over keep their number of shards: a
+	// socket leaving or joining the SO_REUSEPORT group would move clients
+	// between sockets (inherit.go).
+	conns, err := s.inheritedUDP(addr)
+	if err == nil && conns == nil {
+		conns, err = bindUDP(addr, s.shardCount())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -370,7 +377,9 @@ func (l *udpShard) run() {
 		for _, ev := range l.Events() {
 			switch fd := int(ev.Fd); fd {
 			case l.fd:
-				l.readClients()
+				if !l.released {
+					l.readClients()
+				}
 			case l.WakeFD():
 				l.RunPosted()
 			default:

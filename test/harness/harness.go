@@ -45,10 +45,19 @@ func Main(m *testing.M, suite, raceEnv string, binary *string) {
 // Build compiles cmd/dynamic-proxy (from a suite two levels below the
 // module root) into dir, with -race when race is set, and returns its path.
 func Build(dir string, race bool) (string, error) {
-	bin := filepath.Join(dir, "dynamic-proxy")
+	return BuildVersion(dir, "dynamic-proxy", race, "")
+}
+
+// BuildVersion is Build into dir/name with internal/version.Version set
+// to version by -ldflags -X (as the Makefile's LDFLAGS do; "": not set).
+func BuildVersion(dir, name string, race bool, version string) (string, error) {
+	bin := filepath.Join(dir, name)
 	args := []string{"build", "-o", bin}
 	if race {
 		args = append(args, "-race")
+	}
+	if version != "" {
+		args = append(args, "-ldflags", "-X github.com/dynamic-proxy/dynamic-proxy/internal/version.Version="+version)
 	}
 	build := exec.Command("go", append(args, "../../cmd/dynamic-proxy")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
@@ -64,7 +73,8 @@ type Proxy struct {
 	mu     sync.Mutex
 	lines  []string
 	notify chan struct{}
-	exited chan struct{}
+	gone   chan struct{} // the process exited
+	exited chan struct{} // the process exited and its log was read to the end
 	err    error
 }
 
@@ -75,16 +85,28 @@ type Proxy struct {
 func Launch(t testing.TB, configPath string, argv ...string) *Proxy {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	stderr, err := cmd.StderrPipe()
+	// A pipe of our own rather than StderrPipe, which is closed when the
+	// process exits: the process a binary upgrade starts inherits the
+	// write end and logs on after the one started here has exited.
+	stderr, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdout = cmd.Stderr
-	p := &Proxy{t: t, Cmd: cmd, Config: configPath, notify: make(chan struct{}), exited: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = w, w
+	p := &Proxy{t: t, Cmd: cmd, Config: configPath, notify: make(chan struct{}),
+		gone: make(chan struct{}), exited: make(chan struct{})}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		stderr.Close()
 		t.Fatal(err)
 	}
 	go func() {
+		p.err = cmd.Wait()
+		close(p.gone)
+	}()
+	go func() {
+		defer stderr.Close()
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -94,14 +116,20 @@ func Launch(t testing.TB, configPath string, argv ...string) *Proxy {
 			p.notify = make(chan struct{})
 			p.mu.Unlock()
 		}
-		p.err = cmd.Wait()
+		<-p.gone
 		close(p.exited)
 	}()
 	t.Cleanup(func() {
 		select {
-		case <-p.exited:
+		case <-p.gone:
 		default:
 			cmd.Process.Kill()
+			<-p.gone
+		}
+		select {
+		case <-p.exited:
+		case <-time.After(Deadline): // a process it started still holds the log
+			stderr.Close()
 			<-p.exited
 		}
 		if t.Failed() {
@@ -118,7 +146,12 @@ func Launch(t testing.TB, configPath string, argv ...string) *Proxy {
 // PID is the proxy's process id.
 func (p *Proxy) PID() int { return p.Cmd.Process.Pid }
 
-// Exited is closed when the process has exited.
+// Gone is closed when the process has exited (its log may still be read
+// from a process it started: see Exited).
+func (p *Proxy) Gone() <-chan struct{} { return p.gone }
+
+// Exited is closed when the process has exited and its log was read to
+// the end (the processes it started, by an upgrade, have exited too).
 func (p *Proxy) Exited() <-chan struct{} { return p.exited }
 
 // Log returns everything the process logged so far.
