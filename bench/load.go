@@ -262,6 +262,12 @@ func bulkSend(addr string, prefix []byte, d time.Duration) (int64, error) {
 	if _, err := c.Write(prefix); err != nil {
 		return 0, err
 	}
+	return writeFor(c, d), nil
+}
+
+// writeFor writes to c in 256 KiB chunks for d and returns the bytes
+// written.
+func writeFor(c net.Conn, d time.Duration) int64 {
 	chunk := make([]byte, 256<<10)
 	var total int64
 	end := time.Now().Add(d)
@@ -273,5 +279,5 @@ func bulkSend(addr string, prefix []byte, d time.Duration) (int64, error) {
 			break
 		}
 	}
-	return total, nil
+	return total
 }

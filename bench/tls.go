@@ -89,15 +89,19 @@ func writeBenchCerts(dir string) error {
 	return nil
 }
 
+// tlsFronts are the TLS fronts every TLS target has: a port offset, the
+// backend and the certificate.
+var tlsFronts = []struct {
+	name         string
+	off, backend int
+	kind         string
+}{{"tls_ecdsa", offTLSECDSA, portEcho, "ecdsa"}, {"tls_rsa", offTLSRSA, portEcho, "rsa"}, {"tls_bulk", offTLSBulk, portSink, "ecdsa"}}
+
 // The TLS fronts of each proxy, as config text.
 
 func dpTLSRules(base int) string {
 	var s string
-	for _, r := range []struct {
-		name         string
-		off, backend int
-		kind         string
-	}{{"tls_ecdsa", offTLSECDSA, portEcho, "ecdsa"}, {"tls_rsa", offTLSRSA, portEcho, "rsa"}, {"tls_bulk", offTLSBulk, portSink, "ecdsa"}} {
+	for _, r := range tlsFronts {
 		c := benchCerts[r.kind]
 		s += fmt.Sprintf("[[rules]]\nname = %q\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\ntype = \"port\"\nport = %d\n[rules.tls]\ncertificates = [ { cert = %q, key = %q } ]\n",
 			r.name, r.backend, base+r.off, c.cert, c.key)
@@ -107,11 +111,7 @@ func dpTLSRules(base int) string {
 
 func haproxyTLS(base int) string {
 	var s string
-	for _, r := range []struct {
-		name         string
-		off, backend int
-		kind         string
-	}{{"tls_ecdsa", offTLSECDSA, portEcho, "ecdsa"}, {"tls_rsa", offTLSRSA, portEcho, "rsa"}, {"tls_bulk", offTLSBulk, portSink, "ecdsa"}} {
+	for _, r := range tlsFronts {
 		s += fmt.Sprintf("\nlisten %s\n  bind 127.0.0.1:%d ssl crt %s\n  server s1 127.0.0.1:%d\n", r.name, base+r.off, benchCerts[r.kind].combined, r.backend)
 	}
 	return s
@@ -119,10 +119,7 @@ func haproxyTLS(base int) string {
 
 func nginxTLS(base int) string {
 	var s string
-	for _, r := range []struct {
-		off, backend int
-		kind         string
-	}{{offTLSECDSA, portEcho, "ecdsa"}, {offTLSRSA, portEcho, "rsa"}, {offTLSBulk, portSink, "ecdsa"}} {
+	for _, r := range tlsFronts {
 		c := benchCerts[r.kind]
 		s += fmt.Sprintf("  server { listen 127.0.0.1:%d ssl; ssl_certificate %s; ssl_certificate_key %s; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL%d:10m; proxy_pass 127.0.0.1:%d; proxy_timeout 10m; }\n",
 			base+r.off, c.cert, c.key, r.off, r.backend)
@@ -198,16 +195,5 @@ func tlsBulkSend(addr string, d time.Duration) (int64, error) {
 	if err := c.Handshake(); err != nil {
 		return 0, err
 	}
-	chunk := make([]byte, 256<<10)
-	var total int64
-	end := time.Now().Add(d)
-	c.SetDeadline(end)
-	for time.Now().Before(end) {
-		n, err := c.Write(chunk)
-		total += int64(n)
-		if err != nil {
-			break
-		}
-	}
-	return total, nil
+	return writeFor(c, d), nil
 }
