@@ -21,6 +21,7 @@ import (
 	"github.com/dynamic-proxy/dynamic-proxy/internal/fleet"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/logging"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/procs"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/proxy"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/reload"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/upgrade"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/version"
@@ -392,6 +393,16 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		}
 		log.Info("upgrade: connections handed over", "connections", moved.Conns, "udp_sessions", moved.Sessions,
 			"took", time.Since(t0).Round(time.Microsecond), "left_here", eng.Server().Active(), "udp_left_here", eng.Server().UDP.Sessions.Load())
+		if moved.Gone != nil { // what the new config has no rule or backend for drains as a reload would drain it
+			cur, _ := eng.Config()
+			drain := cur.Server.DrainTimeout.D()
+			t := time.AfterFunc(drain, func() {
+				if n := eng.Server().CloseConns(proxy.ConnFilter{Gone: moved.Gone}, proxy.EndDrained); n > 0 {
+					log.Info("upgrade: drain_timeout over for connections the new config has no backend for; closed", "connections", n, "drain_timeout", drain)
+				}
+			})
+			defer t.Stop()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		go func() { obs.shutdown(ctx); cancel() }()
 		code := shutdown(eng, "upgrade", sigs, log)

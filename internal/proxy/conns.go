@@ -80,6 +80,10 @@ type ConnFilter struct {
 	Backend  string           // a backend id; "": any
 	Of       *backend.Backend // this very backend; nil: any
 	Client   netip.Prefix     // the client's address within; invalid: any
+	// Gone, when set, selects only routed connections whose rule and
+	// backend (id, address) it says are gone: those the new process of an
+	// upgrade does not have.
+	Gone func(rule, id, addr string) bool
 }
 
 // match reports whether a connection of protocol, with id, routed by rt
@@ -90,7 +94,8 @@ func (f *ConnFilter) match(protocol string, id uint64, rt *Route, b *backend.Bac
 		f.Protocol != "" && f.Protocol != protocol,
 		f.Rule != "" && (rt == nil || rt.Name != f.Rule),
 		f.Backend != "" && (b == nil || b.ID != f.Backend),
-		f.Of != nil && b != f.Of:
+		f.Of != nil && b != f.Of,
+		f.Gone != nil && (rt == nil || b == nil || !f.Gone(rt.Name, b.ID, b.Address)):
 		return false
 	case f.Client.IsValid():
 		return f.Client.Contains(client.Addr().Unmap()) || f.Client.Contains(client.Addr())

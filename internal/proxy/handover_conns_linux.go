@@ -90,6 +90,17 @@ func (s *Server) AdoptTargets() Targets {
 	return t
 }
 
+// Lacks reports whether no listener of t has rule with backend id at addr:
+// a connection on it has nowhere to go in the new process.
+func (t Targets) Lacks(rule, id, addr string) bool {
+	for l := range t {
+		if t.has(l, rule, id, addr) {
+			return false
+		}
+	}
+	return true
+}
+
 func (t Targets) has(listener, rule, id, addr string) bool {
 	for _, b := range t[listener][rule] {
 		if b == id+"\x00"+addr {

@@ -23,8 +23,13 @@ import (
 // handoverDeadline bounds the whole exchange on either side.
 const handoverDeadline = 30 * time.Second
 
-// Moved counts what a handover moved.
-type Moved struct{ Conns, Sessions int }
+// Moved counts what a handover moved. Gone, when the new process said what
+// it adopts, tells a rule and backend it does not have (proxy.ConnFilter's
+// Gone): the connections on them stay here and are drained.
+type Moved struct {
+	Conns, Sessions int
+	Gone            func(rule, id, addr string) bool
+}
 
 // SendConns hands srv's movable TCP connections and UDP sessions to the
 // new process and returns how many moved. The others (and every one if
@@ -42,6 +47,10 @@ func (h *Handover) SendConns(srv *proxy.Server, counters func() []any) (Moved, e
 	}
 	if m.Targets == nil {
 		return Moved{}, errors.New("the new process did not say what it adopts")
+	}
+	var gone func(rule, id, addr string) bool
+	if t := *m.Targets; t != nil { // nil: a goroutine-engine process, which adopts nothing but has its rules
+		gone = t.Lacks
 	}
 	ds := srv.DetachConns(*m.Targets)
 	moved := 0
@@ -62,7 +71,7 @@ func (h *Handover) SendConns(srv *proxy.Server, counters func() []any) (Moved, e
 		unix.Close(d.BFD)
 	}
 	if err != nil {
-		return Moved{Conns: moved}, fmt.Errorf("sending the connections (%d of %d sent, the rest reset): %w", moved, len(ds), err)
+		return Moved{Conns: moved, Gone: gone}, fmt.Errorf("sending the connections (%d of %d sent, the rest reset): %w", moved, len(ds), err)
 	}
 	ss := srv.DetachSessions(*m.Targets)
 	sent := 0
@@ -89,9 +98,9 @@ func (h *Handover) SendConns(srv *proxy.Server, counters func() []any) (Moved, e
 		err = send(c, message{End: true}, nil)
 	}
 	if err != nil {
-		return Moved{moved, sent}, fmt.Errorf("sending the UDP sessions or counters (%d of %d sent, the rest ended): %w", sent, len(ss), err)
+		return Moved{moved, sent, gone}, fmt.Errorf("sending the UDP sessions or counters (%d of %d sent, the rest ended): %w", sent, len(ss), err)
 	}
-	return Moved{moved, sent}, nil
+	return Moved{moved, sent, gone}, nil
 }
 
 // ReceiveConns, in a new process that is ready, asks the old one for its

@@ -53,7 +53,10 @@ func (u *Upgrader) Upgrade(func() (map[string][]*os.File, error)) (Result, *Hand
 }
 
 // Moved counts what a handover moved.
-type Moved struct{ Conns, Sessions int }
+type Moved struct {
+	Conns, Sessions int
+	Gone            func(rule, id, addr string) bool
+}
 
 // SendConns moves nothing.
 func (h *Handover) SendConns(*proxy.Server, func() []any) (Moved, error) { return Moved{}, nil }

@@ -890,3 +890,84 @@ address = %q
 		t.Fatalf("new process notified %q, want %q", got, want)
 	}
 }
+
+// TestUpgradeDrainsGoneBackends: a stream on a rule the new config no
+// longer has stays in the old process and is closed at drain_timeout, as a
+// reload would close it, not at the minute of shutdown_timeout; a stream on
+// a rule both configs have moves and goes on.
+func TestUpgradeDrainsGoneBackends(t *testing.T) {
+	if harness.Engine() == "goroutine" {
+		t.Skip("the goroutine engine hands over listeners only: its connections finish in the old process (docs/operations.md)")
+	}
+	b := upgradeBuild(t)
+	keep, gone := StartEcho(t, "keep"), StartEcho(t, "gone")
+	tcpPort, gonePort := harness.FreePort(t), harness.FreePort(t)
+	goneRule := fmt.Sprintf(`
+[[rules]]
+name = "gone"
+[rules.matcher]
+type = "port"
+port = %d
+[[rules.backends]]
+id = "gone"
+address = %q
+`, gonePort, gone.Addr)
+	cfg := harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+watch_config = false
+shutdown_timeout = "60s"
+drain_timeout = "1s"
+[health_check]
+enabled = false
+
+[[rules]]
+name = "keep"
+[[rules.backends]]
+id = "keep"
+address = %q
+`, tcpPort, keep.Addr)+goneRule)
+	p, path := startInstalled(t, cfg)
+	ks := startStream(t, fmt.Sprintf("127.0.0.1:%d", tcpPort), "keep", 1)
+	gs := startStream(t, fmt.Sprintf("127.0.0.1:%d", gonePort), "gone", 2)
+	harness.Eventually(t, "both streams echo", func() bool { return ks.got.Load() >= 640 && gs.got.Load() >= 640 })
+
+	text, err := os.ReadFile(cfg) // the same observe ports, without the rule
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(text), goneRule, "", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install(t, b, path)
+	from := p.NumLines()
+	p.Signal(syscall.SIGUSR2)
+	p.WaitLogFrom(from, "upgrade: the new process serves")
+	killOnCleanup(t, newPID(t, p, 1))
+	p.WaitLogFrom(from, "upgrade: connections handed over", "connections=1", "left_here=1")
+	p.WaitLogFrom(from, "drain_timeout over", "connections=1", "drain_timeout=1s")
+	select {
+	case <-gs.done: // the old process closed it
+	case <-time.After(harness.Deadline):
+		t.Fatal("the stream on the rule the new config lacks was not closed")
+	}
+	select {
+	case <-p.Gone():
+	case <-time.After(harness.Deadline):
+		t.Fatal("the old process did not exit once its last connection was drained")
+	}
+	mark := ks.got.Load()
+	harness.Eventually(t, "the kept stream to go on in the new process", func() bool {
+		if e := ks.err.Load(); e != nil {
+			t.Fatalf("kept stream: %v", *e)
+		}
+		return ks.got.Load() >= mark+16<<10
+	})
+	close(ks.stop)
+	harness.Eventually(t, "the last echoes", func() bool { return ks.got.Load() == ks.sent.Load() || ks.err.Load() != nil })
+	ks.c.Close()
+	<-ks.done
+	if e := ks.err.Load(); e != nil {
+		t.Errorf("kept stream: %v", *e)
+	}
+}
