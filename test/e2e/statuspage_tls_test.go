@@ -9,6 +9,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/acme"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/admin"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
@@ -50,8 +51,13 @@ address = "127.0.0.1:1"
 		{Cert: "/c/soon.pem", Names: []string{"soon.test"}, Serial: "0B", NotAfter: now.Add(10 * 24 * time.Hour)},
 		{Cert: "/c/urgent.pem", Names: []string{"urgent.test"}, Serial: "0C", NotAfter: now.Add(2 * 24 * time.Hour)},
 	}
+	names := []acme.NameState{
+		{Rule: "web", Name: "a.acme.test", Serial: "1A", NotAfter: now.Add(80 * 24 * time.Hour), NextRenewal: now.Add(50 * 24 * time.Hour)},
+		{Rule: "web", Name: "b.acme.test", Obtaining: true, LastError: "order refused: rate limited", LastErrorAt: now.Add(-time.Minute)},
+	}
 	srv := httptest.NewServer(admin.New(admin.Options{Engine: eng,
-		Certificates: func() map[string][]tlsconf.Info { return map[string][]tlsconf.Info{"web": certs} }}))
+		Certificates: func() map[string][]tlsconf.Info { return map[string][]tlsconf.Info{"web": certs} },
+		ACME:         func() []acme.NameState { return names }}))
 	defer srv.Close()
 
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
@@ -78,7 +84,7 @@ address = "127.0.0.1:1"
 	color := func(serial string) string {
 		return eval(`getComputedStyle(document.querySelector('li.cert[data-serial="` + serial + `"]')).color`)
 	}
-	if got := eval(`Array.from(document.querySelectorAll('article[data-rule="web"] li.cert')).map(e => e.dataset.level).join(",")`); got != "ok,warning,critical" {
+	if got := eval(`Array.from(document.querySelectorAll('article[data-rule="web"] li.cert[data-serial]')).map(e => e.dataset.level).join(",")`); got != "ok,warning,critical" {
 		t.Errorf("levels shown: %q", got)
 	}
 	if got := eval(`document.querySelector('li.cert[data-serial="0A"] .cert-names').textContent`); got != "site.test, *.site.test (default)" {
@@ -86,6 +92,17 @@ address = "127.0.0.1:1"
 	}
 	if got := eval(`document.querySelector('li.cert[data-serial="0C"] .cert-expiry').textContent`); got == "" || !containsAll(got, "expires", "1 day left") {
 		t.Errorf("expiry shown: %q", got)
+	}
+	// The names managed by ACME: valid until and next renewal, or being
+	// obtained with the last error.
+	if got := eval(`Array.from(document.querySelectorAll('article[data-rule="web"] li.cert[data-acme]')).map(e => e.dataset.acme + "=" + e.dataset.level).join(",")`); got != "a.acme.test=ok,b.acme.test=critical" {
+		t.Errorf("ACME names shown: %q", got)
+	}
+	if got := eval(`document.querySelector('li.cert[data-acme="a.acme.test"] .cert-expiry').textContent`); !containsAll(got, "valid until", "renews about") {
+		t.Errorf("ACME state shown for a.acme.test: %q", got)
+	}
+	if got := eval(`document.querySelector('li.cert[data-acme="b.acme.test"] .cert-expiry').textContent`); !containsAll(got, "being obtained", "last error", "rate limited") {
+		t.Errorf("ACME state shown for b.acme.test: %q", got)
 	}
 	ok, warn, bad := color("0A"), color("0B"), color("0C")
 	if warn != "rgb(217, 119, 6)" || bad != "rgb(220, 38, 38)" || ok == warn || ok == bad {
