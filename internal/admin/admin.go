@@ -325,8 +325,9 @@ func readWeight(w http.ResponseWriter, r *http.Request) (int, bool) {
 	return *body.Weight, true
 }
 
-// problemJSON is one config problem of a failed reload.
-type problemJSON struct {
+// ProblemJSON is one config problem of a failed reload or preview, as the
+// API answers it (the CLI's --diff reads it too).
+type ProblemJSON struct {
 	File    string `json:"file,omitempty"`
 	Line    int    `json:"line,omitempty"`
 	Path    string `json:"path,omitempty"`
@@ -408,9 +409,9 @@ func (h *Handler) preview(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) writeConfigError(w http.ResponseWriter, err error, outcome string) {
 	var cerrs *config.Errors
 	if errors.As(err, &cerrs) {
-		ps := make([]problemJSON, len(cerrs.Problems))
+		ps := make([]ProblemJSON, len(cerrs.Problems))
 		for i, p := range cerrs.Problems {
-			ps[i] = problemJSON{File: p.File, Line: p.Line, Path: p.Path, Message: p.Msg}
+			ps[i] = ProblemJSON{File: p.File, Line: p.Line, Path: p.Path, Message: p.Msg}
 		}
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
 			"error":    fmt.Sprintf("the config has %d problem(s); %s", len(ps), outcome),
@@ -427,7 +428,7 @@ func (h *Handler) writeConfigError(w http.ResponseWriter, err error, outcome str
 	// host name does not resolve): still the config's fault.
 	writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
 		"error":    "the config could not be applied; " + outcome + ": " + err.Error(),
-		"problems": []problemJSON{{File: h.configFile(), Message: err.Error()}},
+		"problems": []ProblemJSON{{File: h.configFile(), Message: err.Error()}},
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dynamic-proxy/dynamic-proxy/internal/admin"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/config"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/engine"
 )
@@ -18,15 +19,15 @@ import (
 // instance's admin API as a dry-run reload and prints the plan the engine
 // would apply, with the open connections each change touches. It exits 1
 // when the instance refuses the config or cannot be asked.
-func diff(cfg *config.Config, admin string, stdout, stderr io.Writer) int {
-	if admin == "" {
-		admin = cfg.Admin.Bind
+func diff(cfg *config.Config, addr string, stdout, stderr io.Writer) int {
+	if addr == "" {
+		addr = cfg.Admin.Bind
 	}
-	if admin == "" {
+	if addr == "" {
 		fmt.Fprintln(stderr, "dynamic-proxy: --diff needs the running instance's admin address: [admin] bind is off; give --admin ADDR")
 		return 1
 	}
-	url := "http://" + admin + "/api/v1/reload?dry_run=true"
+	url := "http://" + addr + "/api/v1/reload?dry_run=true"
 	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(cfg.Raw))
 	if err != nil {
 		fmt.Fprintf(stderr, "dynamic-proxy: --diff: %v\n", err)
@@ -37,23 +38,18 @@ func diff(cfg *config.Config, admin string, stdout, stderr io.Writer) int {
 	}
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
-		fmt.Fprintf(stderr, "dynamic-proxy: --diff: cannot ask the running instance at %s: %v\n", admin, err)
+		fmt.Fprintf(stderr, "dynamic-proxy: --diff: cannot ask the running instance at %s: %v\n", addr, err)
 		return 1
 	}
 	defer resp.Body.Close()
 	var body struct {
-		Error         string         `json:"error"`
-		ConfigVersion int            `json:"config_version"`
-		Change        *engine.Change `json:"change"`
-		Problems      []struct {
-			File    string `json:"file"`
-			Line    int    `json:"line"`
-			Path    string `json:"path"`
-			Message string `json:"message"`
-		} `json:"problems"`
+		Error         string              `json:"error"`
+		ConfigVersion int                 `json:"config_version"`
+		Change        *engine.Change      `json:"change"`
+		Problems      []admin.ProblemJSON `json:"problems"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&body); err != nil {
-		fmt.Fprintf(stderr, "dynamic-proxy: --diff: %s answered %s, not a plan: %v\n", admin, resp.Status, err)
+		fmt.Fprintf(stderr, "dynamic-proxy: --diff: %s answered %s, not a plan: %v\n", addr, resp.Status, err)
 		return 1
 	}
 	if resp.StatusCode != http.StatusOK || body.Change == nil {
@@ -63,7 +59,7 @@ func diff(cfg *config.Config, admin string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	printPlan(stdout, admin, body.ConfigVersion, *body.Change)
+	printPlan(stdout, addr, body.ConfigVersion, *body.Change)
 	return 0
 }
 
