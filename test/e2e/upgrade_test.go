@@ -478,6 +478,7 @@ type upStream struct {
 	err        atomic.Pointer[error]
 	maxPause   atomic.Int64 // ns
 	stop, done chan struct{}
+	wdone      chan struct{} // the writer returned: sent is final
 }
 
 func streamByte(id int, i int64) byte { return byte(int64(id)*31 + i*7 + i>>8) }
@@ -493,13 +494,14 @@ func startStream(t *testing.T, addr, greeting string, id int) *upStream {
 	if g, err := r.ReadString('\n'); err != nil || g != greeting+"\n" {
 		t.Fatalf("stream %d greeting %q: %v", id, g, err)
 	}
-	s := &upStream{c: c, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &upStream{c: c, stop: make(chan struct{}), done: make(chan struct{}), wdone: make(chan struct{})}
 	fail := func(err error) {
 		if s.err.Load() == nil {
 			s.err.Store(&err)
 		}
 	}
 	go func() { // the writer: 64 bytes a millisecond
+		defer close(s.wdone)
 		buf := make([]byte, 64)
 		for {
 			select {
@@ -633,6 +635,7 @@ address = %q
 	var maxPause time.Duration
 	for i, s := range streams {
 		close(s.stop)
+		<-s.wdone
 		harness.Eventually(t, "the last echoes", func() bool { return s.got.Load() == s.sent.Load() || s.err.Load() != nil })
 		s.c.Close()
 		<-s.done
@@ -964,6 +967,7 @@ address = %q
 		return ks.got.Load() >= mark+16<<10
 	})
 	close(ks.stop)
+	<-ks.wdone
 	harness.Eventually(t, "the last echoes", func() bool { return ks.got.Load() == ks.sent.Load() || ks.err.Load() != nil })
 	ks.c.Close()
 	<-ks.done
