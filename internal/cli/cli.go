@@ -393,9 +393,10 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		}
 		log.Info("upgrade: connections handed over", "connections", moved.Conns, "udp_sessions", moved.Sessions,
 			"took", time.Since(t0).Round(time.Microsecond), "left_here", eng.Server().Active(), "udp_left_here", eng.Server().UDP.Sessions.Load())
-		if moved.Gone != nil { // what the new config has no rule or backend for drains as a reload would drain it
-			cur, _ := eng.Config()
-			drain := cur.Server.DrainTimeout.D()
+		cur, _ := eng.Config()
+		// What the new config has no rule or backend for drains as a reload
+		// would drain it (drain_timeout 0: it runs until it ends).
+		if drain := cur.Server.DrainTimeout.D(); moved.Gone != nil && drain > 0 {
 			t := time.AfterFunc(drain, func() {
 				if n := eng.Server().CloseConns(proxy.ConnFilter{Gone: moved.Gone}, proxy.EndDrained); n > 0 {
 					log.Info("upgrade: drain_timeout over for connections the new config has no backend for; closed", "connections", n, "drain_timeout", drain)

@@ -49,7 +49,9 @@ func (h *Handover) SendConns(srv *proxy.Server, counters func() []any) (Moved, e
 		return Moved{}, errors.New("the new process did not say what it adopts")
 	}
 	var gone func(rule, id, addr string) bool
-	if t := *m.Targets; t != nil { // nil: a goroutine-engine process, which adopts nothing but has its rules
+	// Empty: a goroutine-engine process, which adopts nothing but may have
+	// every rule; nothing is taken as gone then.
+	if t := *m.Targets; len(t) > 0 {
 		gone = t.Lacks
 	}
 	ds := srv.DetachConns(*m.Targets)
