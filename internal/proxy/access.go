@@ -80,8 +80,12 @@ func (a *Access) Admit(ip netip.Addr) (release func(), reason Reason) {
 	if a.MaxPerIP > 0 && st.conns >= a.MaxPerIP {
 		return nil, ReasonPerIPLimit
 	}
-	now := time.Now()
-	if a.hasFleet() {
+	fleet := a.hasFleet()
+	var now time.Time // read only when a rate or fleet limit needs it
+	if fleet || st.lim != nil {
+		now = time.Now()
+	}
+	if fleet {
 		if r := a.fleetAdmit(st, now); r != ReasonNone {
 			return nil, r
 		}
@@ -89,7 +93,7 @@ func (a *Access) Admit(ip netip.Addr) (release func(), reason Reason) {
 	if st.lim != nil && !st.lim.AllowN(now, 1) {
 		return nil, ReasonRateLimited
 	}
-	if a.hasFleet() {
+	if fleet {
 		a.fleetTake(st)
 	}
 	st.conns++

@@ -271,14 +271,22 @@ func (s *Server) SetExplainSample(rate float64) {
 // explained, unless another connection's pick comes between). Off, it
 // costs one atomic load.
 func (s *Server) sampleDecision(id uint64, rt *Route, req *router.Request) {
-	th := s.explainSample.Load()
-	if th == 0 || (th != math.MaxUint64 && rand.Uint64() >= th) || !s.log.Enabled(context.Background(), slog.LevelDebug) {
+	if th := s.explainSample.Load(); th != 0 {
+		// A copy: router.Explain keeps its *Request, and req itself must
+		// not escape to the heap on every connection for the sake of this.
+		s.logDecision(id, rt, *req, th)
+	}
+}
+
+// logDecision is sampleDecision with sampling on (th the threshold).
+func (s *Server) logDecision(id uint64, rt *Route, req router.Request, th uint64) {
+	if (th != math.MaxUint64 && rand.Uint64() >= th) || !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
 	x := Explanation{Listener: req.Local.String(), Rule: rt.Name,
 		Rules:  []RuleExplanation{{Name: rt.Name, Matched: true, Why: "the first rule of the listener that matches"}},
 		Access: &AccessDecision{Decision: "allow", By: "admitted"}}
-	rd := &RouterDecision{Router: rt.RouterName, Plugin: rt.Plugin, Tiers: router.Tiers(rt.Router), Explanation: router.Explain(rt.Router, req)}
+	rd := &RouterDecision{Router: rt.RouterName, Plugin: rt.Plugin, Tiers: router.Tiers(rt.Router), Explanation: router.Explain(rt.Router, &req)}
 	x.Router = rd
 	x.Outcome = fmt.Sprintf("rule %q, backend %s", rt.Name, rd.Chosen)
 	s.log.Debug("connection decision", "conn", id, "rule", rt.Name, "client", req.Client.String(), "chosen", rd.Chosen,

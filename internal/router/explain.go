@@ -2,7 +2,6 @@ package router
 
 import (
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 
@@ -159,26 +158,6 @@ func (r *hashRouter) Explain(req *Request) Explanation {
 	slot := h % m
 	x.Hash, x.Slot, x.TableSize = h, &slot, m
 	step := fmix64(h^0x9e3779b97f4a7c15)%(m-1) + 1
-	usable := int64(-1) // Σ usable weight, summed once if bounded_load asks
-	under := func(b *backend.Backend) bool {
-		if r.bound == 0 {
-			return true
-		}
-		if usable < 0 {
-			usable = 0
-			for i, c := range r.backends {
-				if c.Available() {
-					usable += t.weights[i]
-				}
-			}
-		}
-		if usable <= 0 {
-			return true
-		}
-		total := max(r.load.sum.Load(), 0)
-		limit := math.Ceil(r.bound * float64(total+1) * float64(hashWeight(b)) / float64(usable))
-		return float64(b.Active()+1) <= limit
-	}
 	mark := func(b *backend.Backend, why string) {
 		for i := range x.Candidates {
 			if r.backends[i] == b && x.Candidates[i].Skipped == "" {
@@ -192,7 +171,7 @@ func (r *hashRouter) Explain(req *Request) Explanation {
 		x.Probes = append(x.Probes, s)
 		b := r.backends[t.slots[s]]
 		if req.Usable(b) {
-			if under(b) {
+			if r.underBound(t, b) {
 				x.Reason = fmt.Sprintf("hash of %s → slot %d of %d", r.keyName, slot, m)
 				if k > 0 {
 					x.Reason += fmt.Sprintf("; probe %d of its sequence (the slots before hold unusable backends)", k+1)
@@ -215,7 +194,7 @@ func (r *hashRouter) Explain(req *Request) Explanation {
 	for k := uint64(0); k < n; k++ {
 		b := r.backends[order[(start+k)%n]]
 		if req.Usable(b) {
-			if under(b) {
+			if r.underBound(t, b) {
 				x.Reason = fmt.Sprintf("hash of %s → slot %d of %d; all %d probes unusable, so the fixed-order scan from %d", r.keyName, slot, m, hashProbes, start)
 				x.chose(b, len(r.backends))
 				return x
