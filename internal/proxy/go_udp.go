@@ -361,17 +361,8 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 	}
 	ci := quicConnInfo(client, prevQUIC)
 	rt, release, why := srv.admitUDP(l.table.Load(), l.closed.Load(), &ci, &l.live)
-	switch why {
-	case udpNoRoute:
-		srv.UDP.DroppedNoRoute.Add(1)
-	case udpShutdown:
-		srv.UDP.DroppedShutdown.Add(1)
-	case udpDenied:
-		srv.UDP.DroppedDenied.Add(1)
-	case udpMaxSessions:
-		srv.UDP.DroppedMaxSessions.Add(1)
-	}
 	if why != udpAdmitted {
+		srv.UDP.countRefusal(why)
 		return nil
 	}
 	s := &goUDPSession{id: srv.connIDs.Add(1), l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,

@@ -151,17 +151,8 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 func (l *goUDPListener) dnsNewClient(t *Table, client netip.AddrPort, dst netip.Addr, ifidx int) *goDNSClient {
 	srv := l.srv
 	rt, release, why := srv.admitUDP(t, l.closed.Load(), &ConnInfo{Client: client}, &l.live)
-	switch why {
-	case udpNoRoute:
-		srv.UDP.DroppedNoRoute.Add(1)
-	case udpShutdown:
-		srv.UDP.DroppedShutdown.Add(1)
-	case udpDenied:
-		srv.UDP.DroppedDenied.Add(1)
-	case udpMaxSessions:
-		srv.UDP.DroppedMaxSessions.Add(1)
-	}
 	if why != udpAdmitted {
+		srv.UDP.countRefusal(why)
 		return nil
 	}
 	c := &goDNSClient{table: t, release: release,

@@ -167,17 +167,8 @@ func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 // is message i; nil when it is refused (counted).
 func (l *udpShard) dnsNewClient(client netip.AddrPort, i int) *dnsClient {
 	rt, release, why := l.srv.admitUDP(l.lastTable, l.ln.closed.Load(), &ConnInfo{Client: client}, &l.ln.live)
-	switch why {
-	case udpNoRoute:
-		l.st.noRoute++
-	case udpShutdown:
-		l.st.shutdown++
-	case udpDenied:
-		l.st.denied++
-	case udpMaxSessions:
-		l.st.maxSess++
-	}
 	if why != udpAdmitted {
+		l.st.countRefusal(why)
 		return nil
 	}
 	c := &dnsClient{id: l.srv.connIDs.Add(1), client: client, route: rt, table: l.lastTable, obs: rt.Observer, release: release, start: l.now,

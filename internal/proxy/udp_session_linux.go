@@ -211,17 +211,8 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	}
 	ci := quicConnInfo(client, prevQUIC)
 	rt, release, why := l.srv.admitUDP(l.ln.table.Load(), l.ln.closed.Load(), &ci, &l.ln.live)
-	switch why {
-	case udpNoRoute:
-		l.st.noRoute++
-	case udpShutdown:
-		l.st.shutdown++
-	case udpDenied:
-		l.st.denied++
-	case udpMaxSessions:
-		l.st.maxSess++
-	}
 	if why != udpAdmitted {
+		l.st.countRefusal(why)
 		return nil
 	}
 	s := &udpSession{id: l.srv.connIDs.Add(1), client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release,
