@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -257,17 +256,8 @@ func (l *udpShard) dnsReplies(fd int) {
 	up := d.byFd[fd]
 	b := &l.b
 	for budget := batchSize; budget > 0; {
-		if b.n == len(b.Hdrs) {
-			l.flush()
-		}
-		k := min(len(b.Hdrs)-b.n, budget)
-		hs := b.Hdrs[b.n : b.n+k]
-		for i := range hs {
-			h := &hs[i].Hdr
-			h.Name, h.Namelen, h.Control, h.Flags = nil, 0, nil, 0
-			h.SetControllen(0)
-			b.Iov[b.n+i].SetLen(l.maxDatagram)
-		}
+		hs := l.replySlots(budget)
+		k := len(hs)
 		n, e := eventloop.Recvmmsg(up.fd, hs)
 		switch e {
 		case 0:
@@ -313,22 +303,7 @@ func (l *udpShard) dnsReplies(fd int) {
 			c.request = p.sent // the round trip of this query
 			c.replied(up.b, c.obs, l.idx, size, l.now)
 			l.dnsTouch(c)
-			// Queue it in slot b.n, moving its buffer there if an earlier
-			// message of this read was dropped.
-			dst := b.n
-			if dst != src {
-				b.Iov[dst], b.Iov[src] = b.Iov[src], b.Iov[dst]
-				b.Bufs[dst], b.Bufs[src] = b.Bufs[src], b.Bufs[dst]
-			}
-			h := &b.Hdrs[dst].Hdr
-			h.Name = (*byte)(unsafe.Pointer(&c.sa))
-			h.Namelen = c.salen
-			if c.ooblen > 0 {
-				h.Control = &c.oob[0]
-			}
-			h.SetControllen(c.ooblen)
-			b.Iov[dst].SetLen(size)
-			b.n++
+			b.queueReply(src, size, &c.sa, c.salen, c.oob[:c.ooblen])
 		}
 		if n < k {
 			return // drained
