@@ -349,6 +349,15 @@ func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx in
 	l.forward(s, p, true)
 }
 
+// localFor is the listener's address a client's datagram came to: dst (its
+// pktinfo destination, when known) at the listener's port.
+func (l *goUDPListener) localFor(dst netip.Addr) netip.AddrPort {
+	if dst.IsValid() {
+		return netip.AddrPortFrom(dst, l.local.Port())
+	}
+	return l.local
+}
+
 // newSession opens a session for client, whose datagram p (nil: a replay)
 // came to dst. prev is the client's tombstone or waiting session, if any:
 // the backends that refused it are not picked again while others are
@@ -378,11 +387,7 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		if prev != nil && prev.proxyHdr != nil {
 			s.proxyHdr = prev.proxyHdr
 		} else {
-			local := l.local
-			if s.dst.IsValid() {
-				local = netip.AddrPortFrom(s.dst, local.Port())
-			}
-			s.proxyHdr = udpProxyHeader(client, local)
+			s.proxyHdr = udpProxyHeader(client, l.localFor(s.dst))
 		}
 	}
 	var bc *net.UDPConn

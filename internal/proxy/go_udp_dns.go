@@ -159,11 +159,7 @@ func (l *goUDPListener) dnsNewClient(t *Table, client netip.AddrPort, dst netip.
 		sess: goUDPSession{id: srv.connIDs.Add(1), l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
 			idx: int(l.ids.Add(1)) % srv.Workers(), start: time.Now()}}
 	if rt.SendProxy == 2 {
-		local := l.local
-		if dst.IsValid() {
-			local = netip.AddrPortFrom(dst, local.Port())
-		}
-		c.sess.proxyHdr = udpProxyHeader(client, local)
+		c.sess.proxyHdr = udpProxyHeader(client, l.localFor(dst))
 	}
 	if c.sess.obs != nil {
 		c.sess.obs.ConnOpened()
