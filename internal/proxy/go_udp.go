@@ -322,6 +322,22 @@ func (l *goUDPListener) writeTo(s *goUDPSession, p []byte) error {
 	return err
 }
 
+// deliver sends reply p to s's client (writeTo) and counts it, delivered
+// or dropped.
+func (l *goUDPListener) deliver(s *goUDPSession, p []byte) {
+	u := &l.srv.UDP
+	if err := l.writeTo(s, p); err != nil {
+		if errors.Is(err, syscall.EMSGSIZE) {
+			u.DroppedOversize.Add(1)
+		} else {
+			u.DroppedSendError.Add(1)
+		}
+		return
+	}
+	u.DatagramsOut.Add(1)
+	u.BytesOut.Add(int64(len(p)))
+}
+
 // datagram forwards a client datagram to the client's session, opening it
 // if need be.
 func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx int, p []byte) {
@@ -591,16 +607,7 @@ func (s *goUDPSession) readBackend(bc *net.UDPConn) {
 			l.quic.cids.learn(s.quic, s, buf[:n], true)
 		}
 		s.last.Store(time.Now().UnixNano())
-		if err := l.writeTo(s, buf[:n]); err != nil {
-			if errors.Is(err, syscall.EMSGSIZE) {
-				srv.UDP.DroppedOversize.Add(1)
-			} else {
-				srv.UDP.DroppedSendError.Add(1)
-			}
-		} else {
-			srv.UDP.DatagramsOut.Add(1)
-			srv.UDP.BytesOut.Add(int64(n))
-		}
+		l.deliver(s, buf[:n])
 		if s.route.MaxResponses > 0 && l.endIfAnswered(s) {
 			return
 		}

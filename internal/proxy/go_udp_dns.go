@@ -257,16 +257,7 @@ func (l *goUDPListener) dnsRead(up *goDNSUpstream) {
 		c.last = now
 		l.mu.Unlock()
 		dnsmsg.SetID(buf[:n], p.id)
-		if err := l.writeTo(&c.sess, buf[:n]); err != nil {
-			if errors.Is(err, syscall.EMSGSIZE) {
-				srv.UDP.DroppedOversize.Add(1)
-			} else {
-				srv.UDP.DroppedSendError.Add(1)
-			}
-		} else {
-			srv.UDP.DatagramsOut.Add(1)
-			srv.UDP.BytesOut.Add(int64(n))
-		}
+		l.deliver(&c.sess, buf[:n])
 	}
 }
 
