@@ -53,10 +53,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 	srv := l.srv
 	id, q, ok := parseDNSQuery(p)
 	if !ok {
-		srv.UDP.DroppedDNSMalformed.Add(1)
-		if lo := l.table.Load().Options.Observer; lo != nil {
-			lo.Rejected(ReasonDNSMalformed)
-		}
+		srv.dnsMalformed(l.table.Load())
 		return
 	}
 	l.mu.Lock()

@@ -82,10 +82,7 @@ func (l *udpShard) dnsQueries(n int) {
 func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 	id, q, ok := parseDNSQuery(p)
 	if !ok {
-		l.srv.UDP.DroppedDNSMalformed.Add(1)
-		if lo := l.lastTable.Options.Observer; lo != nil {
-			lo.Rejected(ReasonDNSMalformed)
-		}
+		l.srv.dnsMalformed(l.lastTable)
 		return
 	}
 	d := &l.dns
