@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -210,10 +209,7 @@ func (l *goUDPListener) eachSession(f *ConnFilter, sink connSink) {
 		if ss.bc == nil || !f.match("udp", ss.id, ss.route, ss.b, ss.client) || !sink.want(ss.id) {
 			continue
 		}
-		local := l.local
-		if ss.dst.IsValid() {
-			local = netip.AddrPortFrom(ss.dst, local.Port())
-		}
+		local := l.localFor(ss.dst)
 		ss.mu.Lock()
 		in, out := ss.inB, ss.outB
 		ss.mu.Unlock()

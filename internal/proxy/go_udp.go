@@ -322,6 +322,22 @@ func (l *goUDPListener) writeTo(s *goUDPSession, p []byte) error {
 	return err
 }
 
+// deliver sends reply p to s's client (writeTo) and counts it, delivered
+// or dropped.
+func (l *goUDPListener) deliver(s *goUDPSession, p []byte) {
+	u := &l.srv.UDP
+	if err := l.writeTo(s, p); err != nil {
+		if errors.Is(err, syscall.EMSGSIZE) {
+			u.DroppedOversize.Add(1)
+		} else {
+			u.DroppedSendError.Add(1)
+		}
+		return
+	}
+	u.DatagramsOut.Add(1)
+	u.BytesOut.Add(int64(len(p)))
+}
+
 // datagram forwards a client datagram to the client's session, opening it
 // if need be.
 func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx int, p []byte) {
@@ -349,6 +365,15 @@ func (l *goUDPListener) datagram(client netip.AddrPort, dst netip.Addr, ifidx in
 	l.forward(s, p, true)
 }
 
+// localFor is the listener's address a client's datagram came to: dst (its
+// pktinfo destination, when known) at the listener's port.
+func (l *goUDPListener) localFor(dst netip.Addr) netip.AddrPort {
+	if dst.IsValid() {
+		return netip.AddrPortFrom(dst, l.local.Port())
+	}
+	return l.local
+}
+
 // newSession opens a session for client, whose datagram p (nil: a replay)
 // came to dst. prev is the client's tombstone or waiting session, if any:
 // the backends that refused it are not picked again while others are
@@ -361,17 +386,8 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 	}
 	ci := quicConnInfo(client, prevQUIC)
 	rt, release, why := srv.admitUDP(l.table.Load(), l.closed.Load(), &ci, &l.live)
-	switch why {
-	case udpNoRoute:
-		srv.UDP.DroppedNoRoute.Add(1)
-	case udpShutdown:
-		srv.UDP.DroppedShutdown.Add(1)
-	case udpDenied:
-		srv.UDP.DroppedDenied.Add(1)
-	case udpMaxSessions:
-		srv.UDP.DroppedMaxSessions.Add(1)
-	}
 	if why != udpAdmitted {
+		srv.UDP.countRefusal(why)
 		return nil
 	}
 	s := &goUDPSession{id: srv.connIDs.Add(1), l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
@@ -387,11 +403,7 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		if prev != nil && prev.proxyHdr != nil {
 			s.proxyHdr = prev.proxyHdr
 		} else {
-			local := l.local
-			if s.dst.IsValid() {
-				local = netip.AddrPortFrom(s.dst, local.Port())
-			}
-			s.proxyHdr = udpProxyHeader(client, local)
+			s.proxyHdr = udpProxyHeader(client, l.localFor(s.dst))
 		}
 	}
 	var bc *net.UDPConn
@@ -595,16 +607,7 @@ func (s *goUDPSession) readBackend(bc *net.UDPConn) {
 			l.quic.cids.learn(s.quic, s, buf[:n], true)
 		}
 		s.last.Store(time.Now().UnixNano())
-		if err := l.writeTo(s, buf[:n]); err != nil {
-			if errors.Is(err, syscall.EMSGSIZE) {
-				srv.UDP.DroppedOversize.Add(1)
-			} else {
-				srv.UDP.DroppedSendError.Add(1)
-			}
-		} else {
-			srv.UDP.DatagramsOut.Add(1)
-			srv.UDP.BytesOut.Add(int64(n))
-		}
+		l.deliver(s, buf[:n])
 		if s.route.MaxResponses > 0 && l.endIfAnswered(s) {
 			return
 		}

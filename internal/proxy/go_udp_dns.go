@@ -53,10 +53,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 	srv := l.srv
 	id, q, ok := parseDNSQuery(p)
 	if !ok {
-		srv.UDP.DroppedDNSMalformed.Add(1)
-		if lo := l.table.Load().Options.Observer; lo != nil {
-			lo.Rejected(ReasonDNSMalformed)
-		}
+		srv.dnsMalformed(l.table.Load())
 		return
 	}
 	l.mu.Lock()
@@ -151,28 +148,15 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 func (l *goUDPListener) dnsNewClient(t *Table, client netip.AddrPort, dst netip.Addr, ifidx int) *goDNSClient {
 	srv := l.srv
 	rt, release, why := srv.admitUDP(t, l.closed.Load(), &ConnInfo{Client: client}, &l.live)
-	switch why {
-	case udpNoRoute:
-		srv.UDP.DroppedNoRoute.Add(1)
-	case udpShutdown:
-		srv.UDP.DroppedShutdown.Add(1)
-	case udpDenied:
-		srv.UDP.DroppedDenied.Add(1)
-	case udpMaxSessions:
-		srv.UDP.DroppedMaxSessions.Add(1)
-	}
 	if why != udpAdmitted {
+		srv.UDP.countRefusal(why)
 		return nil
 	}
 	c := &goDNSClient{table: t, release: release,
 		sess: goUDPSession{id: srv.connIDs.Add(1), l: l, client: client, dst: dst, ifidx: ifidx, route: rt, obs: rt.Observer,
 			idx: int(l.ids.Add(1)) % srv.Workers(), start: time.Now()}}
 	if rt.SendProxy == 2 {
-		local := l.local
-		if dst.IsValid() {
-			local = netip.AddrPortFrom(dst, local.Port())
-		}
-		c.sess.proxyHdr = udpProxyHeader(client, local)
+		c.sess.proxyHdr = udpProxyHeader(client, l.localFor(dst))
 	}
 	if c.sess.obs != nil {
 		c.sess.obs.ConnOpened()
@@ -270,16 +254,7 @@ func (l *goUDPListener) dnsRead(up *goDNSUpstream) {
 		c.last = now
 		l.mu.Unlock()
 		dnsmsg.SetID(buf[:n], p.id)
-		if err := l.writeTo(&c.sess, buf[:n]); err != nil {
-			if errors.Is(err, syscall.EMSGSIZE) {
-				srv.UDP.DroppedOversize.Add(1)
-			} else {
-				srv.UDP.DroppedSendError.Add(1)
-			}
-		} else {
-			srv.UDP.DatagramsOut.Add(1)
-			srv.UDP.BytesOut.Add(int64(n))
-		}
+		l.deliver(&c.sess, buf[:n])
 	}
 }
 

@@ -55,6 +55,15 @@ func dnsObserver(o Observer) DNSObserver {
 	return d
 }
 
+// dnsMalformed counts and observes a client datagram of a DNS listener
+// serving t that is not a DNS query (parseDNSQuery).
+func (s *Server) dnsMalformed(t *Table) {
+	s.UDP.DroppedDNSMalformed.Add(1)
+	if lo := t.Options.Observer; lo != nil {
+		lo.Rejected(ReasonDNSMalformed)
+	}
+}
+
 // parseDNSQuery reads client datagram p as a DNS query: its id and its
 // question's hash. ok is false when p is not one (shorter than a header, a
 // response, no question or a malformed one).

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -83,10 +82,7 @@ func (l *udpShard) dnsQueries(n int) {
 func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 	id, q, ok := parseDNSQuery(p)
 	if !ok {
-		l.srv.UDP.DroppedDNSMalformed.Add(1)
-		if lo := l.lastTable.Options.Observer; lo != nil {
-			lo.Rejected(ReasonDNSMalformed)
-		}
+		l.srv.dnsMalformed(l.lastTable)
 		return
 	}
 	d := &l.dns
@@ -167,17 +163,8 @@ func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 // is message i; nil when it is refused (counted).
 func (l *udpShard) dnsNewClient(client netip.AddrPort, i int) *dnsClient {
 	rt, release, why := l.srv.admitUDP(l.lastTable, l.ln.closed.Load(), &ConnInfo{Client: client}, &l.ln.live)
-	switch why {
-	case udpNoRoute:
-		l.st.noRoute++
-	case udpShutdown:
-		l.st.shutdown++
-	case udpDenied:
-		l.st.denied++
-	case udpMaxSessions:
-		l.st.maxSess++
-	}
 	if why != udpAdmitted {
+		l.st.countRefusal(why)
 		return nil
 	}
 	c := &dnsClient{id: l.srv.connIDs.Add(1), client: client, route: rt, table: l.lastTable, obs: rt.Observer, release: release, start: l.now,
@@ -266,17 +253,8 @@ func (l *udpShard) dnsReplies(fd int) {
 	up := d.byFd[fd]
 	b := &l.b
 	for budget := batchSize; budget > 0; {
-		if b.n == len(b.Hdrs) {
-			l.flush()
-		}
-		k := min(len(b.Hdrs)-b.n, budget)
-		hs := b.Hdrs[b.n : b.n+k]
-		for i := range hs {
-			h := &hs[i].Hdr
-			h.Name, h.Namelen, h.Control, h.Flags = nil, 0, nil, 0
-			h.SetControllen(0)
-			b.Iov[b.n+i].SetLen(l.maxDatagram)
-		}
+		hs := l.replySlots(budget)
+		k := len(hs)
 		n, e := eventloop.Recvmmsg(up.fd, hs)
 		switch e {
 		case 0:
@@ -322,22 +300,7 @@ func (l *udpShard) dnsReplies(fd int) {
 			c.request = p.sent // the round trip of this query
 			c.replied(up.b, c.obs, l.idx, size, l.now)
 			l.dnsTouch(c)
-			// Queue it in slot b.n, moving its buffer there if an earlier
-			// message of this read was dropped.
-			dst := b.n
-			if dst != src {
-				b.Iov[dst], b.Iov[src] = b.Iov[src], b.Iov[dst]
-				b.Bufs[dst], b.Bufs[src] = b.Bufs[src], b.Bufs[dst]
-			}
-			h := &b.Hdrs[dst].Hdr
-			h.Name = (*byte)(unsafe.Pointer(&c.sa))
-			h.Namelen = c.salen
-			if c.ooblen > 0 {
-				h.Control = &c.oob[0]
-			}
-			h.SetControllen(c.ooblen)
-			b.Iov[dst].SetLen(size)
-			b.n++
+			b.queueReply(src, size, &c.sa, c.salen, c.oob[:c.ooblen])
 		}
 		if n < k {
 			return // drained

@@ -130,6 +130,21 @@ type localStats struct {
 	maxResp                                                          int64
 }
 
+// countRefusal counts a new client admitUDP refused, by why (udpBudget is
+// counted by refuse).
+func (st *localStats) countRefusal(why udpRefusal) {
+	switch why {
+	case udpNoRoute:
+		st.noRoute++
+	case udpShutdown:
+		st.shutdown++
+	case udpDenied:
+		st.denied++
+	case udpMaxSessions:
+		st.maxSess++
+	}
+}
+
 const (
 	batchSize       = 32  // messages per recvmmsg/sendmmsg
 	perSessionBurst = 8   // replies read from one backend socket per turn

@@ -211,17 +211,8 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	}
 	ci := quicConnInfo(client, prevQUIC)
 	rt, release, why := l.srv.admitUDP(l.ln.table.Load(), l.ln.closed.Load(), &ci, &l.ln.live)
-	switch why {
-	case udpNoRoute:
-		l.st.noRoute++
-	case udpShutdown:
-		l.st.shutdown++
-	case udpDenied:
-		l.st.denied++
-	case udpMaxSessions:
-		l.st.maxSess++
-	}
 	if why != udpAdmitted {
+		l.st.countRefusal(why)
 		return nil
 	}
 	s := &udpSession{id: l.srv.connIDs.Add(1), client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release,
@@ -361,17 +352,8 @@ func (l *udpShard) readBackend(fd int) {
 	s := l.byFd[fd]
 	b := &l.b
 	for budget := perSessionBurst; budget > 0 && s.fd >= 0; {
-		if b.n == len(b.Hdrs) {
-			l.flush()
-		}
-		k := min(len(b.Hdrs)-b.n, budget)
-		hs := b.Hdrs[b.n : b.n+k]
-		for i := range hs {
-			h := &hs[i].Hdr
-			h.Name, h.Namelen, h.Control, h.Flags = nil, 0, nil, 0
-			h.SetControllen(0)
-			b.Iov[b.n+i].SetLen(l.maxDatagram)
-		}
+		hs := l.replySlots(budget)
+		k := len(hs)
 		n, e := eventloop.Recvmmsg(s.fd, hs)
 		switch e {
 		case 0:
@@ -403,23 +385,7 @@ func (l *udpShard) readBackend(fd int) {
 				l.ln.cids.learn(s.quic, quicOwner{l, s}, b.Bufs[src][:size], true)
 			}
 			s.replied(s.b, s.obs, l.idx, int(size), l.now)
-			// Queue it in slot b.n, moving its buffer there if an earlier
-			// message of this read was dropped.
-			d := b.n
-			if d != src {
-				b.Iov[d], b.Iov[src] = b.Iov[src], b.Iov[d]
-				b.Bufs[d], b.Bufs[src] = b.Bufs[src], b.Bufs[d]
-			}
-			h := &b.Hdrs[d].Hdr
-			h.Name = (*byte)(unsafe.Pointer(&s.sa))
-			h.Namelen = s.salen
-			if s.ooblen > 0 {
-				h.Control = &s.oob[0]
-			}
-			h.SetControllen(s.ooblen)
-			b.Iov[d].SetLen(int(size))
-			b.sess[d] = s
-			b.n++
+			b.sess[b.queueReply(src, int(size), &s.sa, s.salen, s.oob[:s.ooblen])] = s
 		}
 		l.touch(s)
 		if s.repliesDone() {
@@ -540,4 +506,44 @@ func (l *udpShard) proxyHeader(client netip.AddrPort, oob []byte) []byte {
 		local = netip.AddrPortFrom(dst, local.Port())
 	}
 	return udpProxyHeader(client, local)
+}
+
+// replySlots readies the reply batch's free slots, at most budget of them
+// (flushing the batch first when it is full), for a recvmmsg of replies and
+// returns their headers.
+func (l *udpShard) replySlots(budget int) []unix.Mmsghdr {
+	b := &l.b
+	if b.n == len(b.Hdrs) {
+		l.flush()
+	}
+	hs := b.Hdrs[b.n : b.n+min(len(b.Hdrs)-b.n, budget)]
+	for i := range hs {
+		h := &hs[i].Hdr
+		h.Name, h.Namelen, h.Control, h.Flags = nil, 0, nil, 0
+		h.SetControllen(0)
+		b.Iov[b.n+i].SetLen(l.maxDatagram)
+	}
+	return hs
+}
+
+// queueReply queues message src of a read of replies (readied by
+// replySlots), size bytes, to the client at sa with the pktinfo control
+// message oob, in slot b.n, moving its buffer there if an earlier message
+// of the read was dropped. It returns the slot.
+func (b *batch) queueReply(src, size int, sa *unix.RawSockaddrInet6, salen uint32, oob []byte) int {
+	d := b.n
+	if d != src {
+		b.Iov[d], b.Iov[src] = b.Iov[src], b.Iov[d]
+		b.Bufs[d], b.Bufs[src] = b.Bufs[src], b.Bufs[d]
+	}
+	h := &b.Hdrs[d].Hdr
+	h.Name = (*byte)(unsafe.Pointer(sa))
+	h.Namelen = salen
+	if len(oob) > 0 {
+		h.Control = &oob[0]
+	}
+	h.SetControllen(len(oob))
+	b.Iov[d].SetLen(size)
+	b.n++
+	return d
 }

@@ -54,6 +54,21 @@ const (
 	udpBudget                 // the descriptor budget (counted by refuse)
 )
 
+// countRefusal counts a new client admitUDP refused, by why (udpBudget is
+// counted by refuse).
+func (u *UDPStats) countRefusal(why udpRefusal) {
+	switch why {
+	case udpNoRoute:
+		u.DroppedNoRoute.Add(1)
+	case udpShutdown:
+		u.DroppedShutdown.Add(1)
+	case udpDenied:
+		u.DroppedDenied.Add(1)
+	case udpMaxSessions:
+		u.DroppedMaxSessions.Add(1)
+	}
+}
+
 // admitUDP decides on a new client of a listener serving t (closed: the
 // listener drains), of which the matchers see ci (the server name of a
 // QUIC ClientHello: udp_quic.go): its route, access control, a place among the
