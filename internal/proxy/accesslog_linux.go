@@ -30,12 +30,7 @@ func (s *Server) openEpoll(since time.Time, f func(openConn)) {
 // listeners that started before since, reading each shard's sessions in
 // its loop.
 func (s *Server) openUDPEpoll(since time.Time, f func(openConn)) {
-	s.mu.Lock()
-	ls := make([]*UDPListener, 0, len(s.udp))
-	for l := range s.udp {
-		ls = append(ls, l)
-	}
-	s.mu.Unlock()
+	ls := keysOf(&s.mu, s.udp)
 	var open []openConn
 	for _, l := range ls {
 		for _, sh := range l.shards {

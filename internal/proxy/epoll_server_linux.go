@@ -53,11 +53,8 @@ func (s *Server) stopEpoll() {
 func (s *Server) eachConnEpoll(f *ConnFilter, sink connSink) {
 	s.mu.Lock()
 	loops := s.loops
-	udp := make([]*UDPListener, 0, len(s.udp))
-	for l := range s.udp {
-		udp = append(udp, l)
-	}
 	s.mu.Unlock()
+	udp := keysOf(&s.mu, s.udp)
 	if f.Protocol != "udp" {
 		for _, lp := range loops {
 			lp.Call(func() {

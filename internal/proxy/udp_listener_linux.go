@@ -606,12 +606,7 @@ func (l *udpShard) publishStats() {
 // end the clients whose last query went to b and close its socket to b (a
 // backend a reload removed), and returns how many clients there were.
 func (s *Server) closeDNSBackendEpoll(b *backend.Backend) int {
-	s.mu.Lock()
-	ls := make([]*UDPListener, 0, len(s.udp))
-	for l := range s.udp {
-		ls = append(ls, l)
-	}
-	s.mu.Unlock()
+	ls := keysOf(&s.mu, s.udp)
 	n := 0
 	for _, l := range ls {
 		for _, sh := range l.shards {
