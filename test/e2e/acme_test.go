@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
-	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf/tlstest"
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
@@ -196,7 +195,7 @@ func acmeSerial(addr, name string, roots *x509.CertPool) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	return tlsconf.Serial(c.ConnectionState().PeerCertificates[0]), nil
+	return servedSerial(c), nil
 }
 
 // TestACMEOneInstance: a rule with acme and two names gets both
