@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,8 +11,7 @@ import (
 // the storage and each rule's names; with [redis] and no encryption key
 // it warns.
 func TestValidatePrintsACME(t *testing.T) {
-	dir := t.TempDir()
-	conf := `[server]
+	p := writeConfig(t, `[server]
 tcp_bind = "127.0.0.1:0"
 [redis]
 url = "redis://127.0.0.1:1"
@@ -27,15 +25,7 @@ acme = ["a.example.com", "b.example.com"]
 [[rules.backends]]
 id = "b1"
 address = "127.0.0.1:9001"
-[metrics]
-bind = "127.0.0.1:0"
-[admin]
-bind = "127.0.0.1:0"
-`
-	p := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(p, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`)
 	code, out, errOut := run("--validate", "-c", p)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
@@ -43,7 +33,7 @@ bind = "127.0.0.1:0"
 	for _, want := range []string{
 		"acme: directory https://acme-v02.api.letsencrypt.org/directory (Let's Encrypt production, the default)\n",
 		"  challenges: [tls-alpn-01]\n",
-		"  storage: redis, local copy " + filepath.Join(dir, "acme") + "; private keys unencrypted (no encryption_key_file)\n",
+		"  storage: redis, local copy " + filepath.Join(filepath.Dir(p), "acme") + "; private keys unencrypted (no encryption_key_file)\n",
 		"  web: [a.example.com b.example.com] (tls-alpn-01 on 127.0.0.1:8443)\n",
 	} {
 		if !strings.Contains(out, want) {

@@ -527,9 +527,16 @@ func (c *goConn) pipe(b *backend.Backend, n *atomic.Int64, src, dst stream) (err
 		size = defaultBufSize
 	}
 	tsrc, fromTLS := src.(*tls.Conn)
+	var tlsRaw *net.TCPConn // the socket under a TLS src, for gatherRecords
+	if fromTLS {
+		tlsRaw = tlsSocket(tsrc)
+	}
 	if _, toTLS := dst.(*tls.Conn); fromTLS || toTLS {
 		size = max(size, tlsRecord) // a whole record per read and per write
 	}
+	st, sok := src.(*net.TCPConn)
+	dt, dok := dst.(*net.TCPConn)
+	spliceable := sok && dok // splice between plain sockets; TLS is copied
 	bp := getBuf(size)
 	defer putBuf(bp)
 	buf := *bp
@@ -542,7 +549,7 @@ func (c *goConn) pipe(b *backend.Backend, n *atomic.Int64, src, dst stream) (err
 		if r > 0 {
 			out, gp := buf[:r], (*[]byte)(nil)
 			if fromTLS && rerr == nil {
-				out, gp, rerr = gatherRecords(tsrc, out)
+				out, gp, rerr = gatherRecords(tsrc, tlsRaw, out)
 			}
 			_, werr := c.write(b, n, dst, out, 0)
 			if gp != nil {
@@ -551,13 +558,9 @@ func (c *goConn) pipe(b *backend.Backend, n *atomic.Int64, src, dst stream) (err
 			if werr != nil {
 				return dstError{werr}
 			}
-			if r == size {
-				st, sok := src.(*net.TCPConn)
-				dt, dok := dst.(*net.TCPConn)
-				if sok && dok { // splice between plain sockets; TLS is copied
-					if err := c.splice(b, n, st, dt, size); err != nil {
-						return err
-					}
+			if r == size && spliceable {
+				if err := c.splice(b, n, st, dt, size); err != nil {
+					return err
 				}
 			}
 		}

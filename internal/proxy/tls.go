@@ -167,20 +167,27 @@ const (
 	tlsGather     = 256 << 10       // the most one gathered write carries
 )
 
-// gatherRecords follows a record just read from tc (in first) with the
-// records its socket already holds whole, so that a burst reaches the
-// backend in a few large writes instead of one per record. It reads only
-// what the socket's queue proves is there (one record fewer, for a
-// control record such as a key update), so it never waits. bp, when not
-// nil, holds out and goes back to the pool after the write.
-func gatherRecords(tc *tls.Conn, first []byte) (out []byte, bp *[]byte, err error) {
-	var raw *net.TCPConn
+// tlsSocket is the TCP socket under tc (a replayed client socket's too);
+// nil when it has none.
+func tlsSocket(tc *tls.Conn) *net.TCPConn {
 	switch c := tc.NetConn().(type) {
 	case *net.TCPConn:
-		raw = c
+		return c
 	case *replayConn:
-		raw = c.TCPConn
-	default:
+		return c.TCPConn
+	}
+	return nil
+}
+
+// gatherRecords follows a record just read from tc (in first) with the
+// records its socket raw (tlsSocket(tc); nil: no gathering) already holds
+// whole, so that a burst reaches the backend in a few large writes instead
+// of one per record. It reads only what the socket's queue proves is there
+// (one record fewer, for a control record such as a key update), so it
+// never waits. bp, when not nil, holds out and goes back to the pool after
+// the write.
+func gatherRecords(tc *tls.Conn, raw *net.TCPConn, first []byte) (out []byte, bp *[]byte, err error) {
+	if raw == nil {
 		return first, nil, nil
 	}
 	k := queued(raw)/tlsRecordWire - 1

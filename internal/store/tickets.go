@@ -57,7 +57,7 @@ func (s *Store) TicketKeys(ctx context.Context, scope string, periods []int64, p
 		str, _ := x.(string)
 		b, err := hex.DecodeString(str)
 		if err != nil || len(b) != 32 {
-			return nil, fmt.Errorf("redis %s: ticket key %stls-ticket:%s:%d is not 64 hex digits", s.addr, s.prefix, scope, periods[i])
+			return nil, fmt.Errorf("redis %s: ticket key %s is not 64 hex digits", s.addr, keys[i])
 		}
 		copy(out[i][:], b)
 	}

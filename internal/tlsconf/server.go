@@ -369,23 +369,8 @@ func load(o ServerOptions, now time.Time) (*snapshot, error) {
 		NextProtos:             o.ALPN,
 		SessionTicketsDisabled: !o.SessionTickets,
 	}
-	switch o.ClientAuth {
-	case ClientAuthNone:
-	case ClientAuthRequest, ClientAuthRequire:
-		if o.ClientCA == "" {
-			return nil, fmt.Errorf("client_auth %q needs a client_ca file to verify client certificates with", o.ClientAuth)
-		}
-		pool, err := LoadCAPool(o.ClientCA)
-		if err != nil {
-			return nil, err
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.VerifyClientCertIfGiven
-		if o.ClientAuth == ClientAuthRequire {
-			cfg.ClientAuth = tls.RequireAndVerifyClientCert
-		}
-	default:
-		return nil, fmt.Errorf("unknown client_auth %q (known: none, request, require)", o.ClientAuth)
+	if err := clientAuth(cfg, o); err != nil {
+		return nil, err
 	}
 	snap.config = cfg
 	return snap, nil
@@ -395,22 +380,35 @@ func load(o ServerOptions, now time.Time) (*snapshot, error) {
 // o.Managed. It reads no file: certificates are asked for per handshake,
 // so a renewal is served from the next one.
 func loadManaged(o ServerOptions) (*snapshot, error) {
-	if o.ClientAuth != ClientAuthNone && o.ClientAuth != "" {
+	snap := &snapshot{opts: o, config: managedConfig(o), chal: challengeConfig(o)}
+	if err := clientAuth(snap.config, o); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// clientAuth sets cfg to ask for client certificates as o.ClientAuth says,
+// verified against o.ClientCA.
+func clientAuth(cfg *tls.Config, o ServerOptions) error {
+	switch o.ClientAuth {
+	case ClientAuthNone:
+	case ClientAuthRequest, ClientAuthRequire:
+		if o.ClientCA == "" {
+			return fmt.Errorf("client_auth %q needs a client_ca file to verify client certificates with", o.ClientAuth)
+		}
 		pool, err := LoadCAPool(o.ClientCA)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		snap := &snapshot{opts: o}
-		snap.config = managedConfig(o)
-		snap.config.ClientCAs = pool
-		snap.config.ClientAuth = tls.VerifyClientCertIfGiven
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
 		if o.ClientAuth == ClientAuthRequire {
-			snap.config.ClientAuth = tls.RequireAndVerifyClientCert
+			cfg.ClientAuth = tls.RequireAndVerifyClientCert
 		}
-		snap.chal = challengeConfig(o)
-		return snap, nil
+	default:
+		return fmt.Errorf("unknown client_auth %q (known: none, request, require)", o.ClientAuth)
 	}
-	return &snapshot{opts: o, config: managedConfig(o), chal: challengeConfig(o)}, nil
+	return nil
 }
 
 func managedConfig(o ServerOptions) *tls.Config {

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
-	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf"
 	"github.com/dynamic-proxy/dynamic-proxy/internal/tlsconf/tlstest"
 	"github.com/dynamic-proxy/dynamic-proxy/test/harness"
 )
@@ -138,35 +137,7 @@ func startPebble(t *testing.T, dns string, tlsPort, httpPort int, validity time.
 // startACMEDNS runs dnsmasq answering every name under acme.test with ip.
 func startACMEDNS(t *testing.T, ip string) string {
 	t.Helper()
-	bin, err := exec.LookPath("dnsmasq")
-	if err != nil {
-		t.Fatal("dnsmasq (Debian dnsmasq-base) is needed: ", err)
-	}
-	port := harness.FreePort(t)
-	cmd := exec.Command(bin, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-		"--listen-address=127.0.0.1", "--bind-interfaces", fmt.Sprintf("--port=%d", port), "--pid-file=",
-		"--user=nobody", "--address=/acme.test/"+ip, "--log-facility=-")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	harness.Eventually(t, "dnsmasq to answer", func() error {
-		c, err := net.Dial("udp", addr)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-		c.Write(dnsQuery(1, "a.acme.test", 1))
-		buf := make([]byte, 512)
-		n, err := c.Read(buf)
-		if err != nil {
-			return err
-		}
-		return checkAnswer(buf[:n], 1)
-	})
-	return addr
+	return runDnsmasq(t, "a.acme.test", "/acme.test/"+ip)
 }
 
 // acmeProxyConfig is an instance serving rule "web" (names, by ACME from
@@ -224,7 +195,7 @@ func acmeSerial(addr, name string, roots *x509.CertPool) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	return tlsconf.Serial(c.ConnectionState().PeerCertificates[0]), nil
+	return servedSerial(c), nil
 }
 
 // TestACMEOneInstance: a rule with acme and two names gets both

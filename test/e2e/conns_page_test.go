@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
 
@@ -59,37 +56,8 @@ address = %q
 	u := dialUDP(t, udpPort)
 	mustExchange(t, u, "ping", "u1:ping")
 
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chrome), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-extensions", true), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 900))
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(allocCtx)
-	defer cancelTab()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancelTimeout()
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	var consoleMu sync.Mutex
-	var console []string
-	cctx, stopConsole := context.WithCancel(ctx)
-	messages := chromedp.Console(cctx)
-	consoleDone := make(chan struct{})
-	go func() {
-		defer close(consoleDone)
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			consoleMu.Lock()
-			console = append(console, fmt.Sprintf("%s: %s", m.Type, m.Text))
-			consoleMu.Unlock()
-		}
-	}()
-	defer func() { stopConsole(); <-consoleDone }()
+	br := startBrowser(t, chrome)
+	ctx := br.ctx
 
 	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
@@ -173,9 +141,7 @@ address = %q
 		chromedp.Click(chromedp.CSS("#cf-apply")))
 	waitRows("what is left", "tcp/web/a,udp/game/u1")
 
-	consoleMu.Lock()
-	defer consoleMu.Unlock()
-	for _, m := range console {
+	for _, m := range br.Console() {
 		if strings.HasPrefix(m, "error") || strings.HasPrefix(m, "exception") || strings.Contains(m, "Content Security Policy") {
 			t.Errorf("page console: %s", m)
 		}

@@ -25,14 +25,26 @@ func startDnsmasq(t *testing.T) string {
 // example.test with the IPv4 address a (and ::9), and returns its address.
 func startDnsmasqAnswering(t *testing.T, a string) string {
 	t.Helper()
+	return runDnsmasq(t, "example.test", "/example.test/"+a, "/example.test/::9")
+}
+
+// runDnsmasq runs dnsmasq on a free loopback port with one --address= per
+// entry of addresses (as "/domain/ip") and forwarding nothing, and returns
+// its address once it answers an A query for probe.
+func runDnsmasq(t *testing.T, probe string, addresses ...string) string {
+	t.Helper()
 	bin, err := exec.LookPath("dnsmasq")
 	if err != nil {
 		t.Fatal("dnsmasq (Debian dnsmasq-base) is needed: ", err)
 	}
 	port := harness.FreePort(t)
-	cmd := exec.Command(bin, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+	args := []string{"--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
 		"--listen-address=127.0.0.1", "--bind-interfaces", fmt.Sprintf("--port=%d", port), "--pid-file=",
-		"--user=nobody", "--address=/example.test/"+a, "--address=/example.test/::9", "--log-facility=-")
+		"--user=nobody"}
+	for _, a := range addresses {
+		args = append(args, "--address="+a)
+	}
+	cmd := exec.Command(bin, append(args, "--log-facility=-")...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +57,7 @@ func startDnsmasqAnswering(t *testing.T, a string) string {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-		c.Write(dnsQuery(1, "example.test", 1))
+		c.Write(dnsQuery(1, probe, 1))
 		buf := make([]byte, 512)
 		n, err := c.Read(buf)
 		if err != nil {

@@ -89,6 +89,63 @@ func mxChromium(t *testing.T) string {
 	return ""
 }
 
+// browser is a headless Chromium tab, closed when the test ends, and what
+// its pages log to the console.
+type browser struct {
+	ctx     context.Context
+	mu      sync.Mutex
+	console []string
+}
+
+// startBrowser starts chrome (mxChromium) headless in a 1400x900 window,
+// with the options extra added, and a tab that gives up after 2 minutes;
+// it collects what the tab's pages log (Console).
+func startBrowser(t *testing.T, chrome string, extra ...chromedp.ExecAllocatorOption) *browser {
+	t.Helper()
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chrome), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-extensions", true),
+	}
+	opts = append(opts, extra...)
+	opts = append(opts, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 900))
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancelTab := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancelTab)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 2*time.Minute)
+	t.Cleanup(cancelTimeout)
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	b := &browser{ctx: ctx}
+	cctx, stopConsole := context.WithCancel(ctx)
+	messages := chromedp.Console(cctx)
+	consoleDone := make(chan struct{})
+	go func() {
+		defer close(consoleDone)
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.console = append(b.console, fmt.Sprintf("%s: %s", m.Type, m.Text))
+			b.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { stopConsole(); <-consoleDone })
+	return b
+}
+
+// Console is what the pages logged so far, "type: text" a message.
+func (b *browser) Console() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.console...)
+}
+
 func TestStatusPageInChromium(t *testing.T) {
 	chrome := mxChromium(t)
 	ea, eb, ec := StartEcho(t, "web-1"), StartEcho(t, "web-2"), StartEcho(t, "api-1")
@@ -141,50 +198,9 @@ address = %q
 	defer wg.Wait()
 	defer close(stop)
 
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chrome),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("force-color-profile", "srgb"),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1400, 900),
-	)
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(allocCtx)
-	defer cancelTab()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancelTimeout()
-
 	// Start the browser and collect what the page logs.
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	var consoleMu sync.Mutex
-	var console []string
-	cctx, stopConsole := context.WithCancel(ctx)
-	messages := chromedp.Console(cctx)
-	consoleDone := make(chan struct{})
-	go func() {
-		defer close(consoleDone)
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			consoleMu.Lock()
-			console = append(console, fmt.Sprintf("%s: %s", m.Type, m.Text))
-			consoleMu.Unlock()
-		}
-	}()
-	defer func() { stopConsole(); <-consoleDone }()
+	br := startBrowser(t, chrome, chromedp.Flag("force-color-profile", "srgb"), chromedp.Flag("hide-scrollbars", true))
+	ctx := br.ctx
 
 	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
@@ -281,9 +297,7 @@ address = %q
 
 	// No script error and no CSP violation (the 401 that asked for the
 	// token is expected).
-	consoleMu.Lock()
-	defer consoleMu.Unlock()
-	for _, m := range console {
+	for _, m := range br.Console() {
 		if strings.Contains(m, "401") {
 			continue
 		}

@@ -557,6 +557,26 @@ func startStream(t *testing.T, addr, greeting string, id int) *upStream {
 	return s
 }
 
+// upgradeServing installs binary b at path and upgrades p to it (SIGUSR2):
+// once the new process serves, the old one must exit within 2s.
+func upgradeServing(t *testing.T, p *harness.Proxy, b, path string) {
+	t.Helper()
+	install(t, b, path)
+	from := p.NumLines()
+	p.Signal(syscall.SIGUSR2)
+	p.WaitLogFrom(from, "upgrade: the new process serves")
+	ready := time.Now()
+	killOnCleanup(t, newPID(t, p, 1))
+	select {
+	case <-p.Gone():
+	case <-time.After(harness.Deadline):
+		t.Fatal("the old process did not exit")
+	}
+	if took := time.Since(ready); took > 2*time.Second {
+		t.Errorf("the old process exited %v after the new one was ready, want within 2s", took)
+	}
+}
+
 // TestUpgradeMovesStreams: 50 TCP streams echo a checked byte sequence in
 // both directions, a write a millisecond, across an upgrade to a new
 // build. The old process hands them over and exits within 2 s of the new
@@ -598,20 +618,7 @@ address = %q
 		return true
 	})
 
-	install(t, b, path)
-	from := p.NumLines()
-	p.Signal(syscall.SIGUSR2)
-	p.WaitLogFrom(from, "upgrade: the new process serves")
-	ready := time.Now()
-	killOnCleanup(t, newPID(t, p, 1))
-	select {
-	case <-p.Gone():
-	case <-time.After(harness.Deadline):
-		t.Fatal("the old process did not exit")
-	}
-	if took := time.Since(ready); took > 2*time.Second {
-		t.Errorf("the old process exited %v after the new one was ready, want within 2s", took)
-	}
+	upgradeServing(t, p, b, path)
 	p.WaitLog("upgrade: took over from the old process", "connections=50")
 	if v := adminVersion(t, admin); v != "upgrade-b" {
 		t.Fatalf("version %q after the upgrade, want upgrade-b", v)
@@ -801,20 +808,7 @@ address = %q
 		}
 		return true
 	})
-	install(t, b, path)
-	from := p.NumLines()
-	p.Signal(syscall.SIGUSR2)
-	p.WaitLogFrom(from, "upgrade: the new process serves")
-	ready := time.Now()
-	killOnCleanup(t, newPID(t, p, 1))
-	select {
-	case <-p.Gone():
-	case <-time.After(harness.Deadline):
-		t.Fatal("the old process did not exit")
-	}
-	if took := time.Since(ready); took > 2*time.Second {
-		t.Errorf("the old process exited %v after the new one was ready, want within 2s", took)
-	}
+	upgradeServing(t, p, b, path)
 	p.WaitLog("upgrade: took over from the old process", "udp_sessions=100")
 	marks := make([]int64, len(loops))
 	for i, l := range loops {
