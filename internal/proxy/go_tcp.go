@@ -548,7 +548,9 @@ func (c *goConn) pipe(b *backend.Backend, n *atomic.Int64, src, dst stream) (err
 		r, rerr := src.Read(buf)
 		if r > 0 {
 			out, gp := buf[:r], (*[]byte)(nil)
-			if fromTLS && rerr == nil {
+			// Only a whole record hints at a burst: a short one (interactive
+			// traffic) is written as it is, with no queue check.
+			if fromTLS && rerr == nil && r == tlsRecord {
 				out, gp, rerr = gatherRecords(tsrc, tlsRaw, out)
 			}
 			_, werr := c.write(b, n, dst, out, 0)
