@@ -10,7 +10,7 @@ import (
 // refusals that belong to no rule (rule-level ones stay on
 // connections_rejected_total of their rule).
 var listenerReasons = map[string][]proxy.Reason{
-	"tcp": {proxy.ReasonMaxConnections, proxy.ReasonShutdown, proxy.ReasonNoRule, proxy.ReasonUntrustedProxy, proxy.ReasonBadProxyHeader, proxy.ReasonClientError},
+	"tcp": {proxy.ReasonMaxConnections, proxy.ReasonNoRule, proxy.ReasonUntrustedProxy, proxy.ReasonBadProxyHeader, proxy.ReasonClientError},
 	"udp": {proxy.ReasonShutdown, proxy.ReasonNoRule, proxy.ReasonDNSMalformed},
 }
 

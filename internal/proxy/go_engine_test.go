@@ -36,6 +36,7 @@ func TestGoroutineEngine(t *testing.T) {
 		{"ResetClosesBoth", TestResetClosesBoth},
 		{"NoRouteClosed", TestNoRouteClosed},
 		{"FirstRouteWins", TestFirstRouteWins},
+		{"StopAcceptingDropsNoClient", TestStopAcceptingDropsNoClient},
 		{"ShutdownDrains", TestShutdownDrains},
 		{"ShutdownTimeoutCuts", TestShutdownTimeoutCuts},
 		{"CloseBackendConnsDrained", TestCloseBackendConnsDrained},

@@ -146,13 +146,9 @@ func (l *goTCPListener) serve() {
 		}
 		backoff = 0
 		s.Stats.Accepted.Add(1)
-		if s.closing.Load() {
-			c.Close()
-			if o := l.routes.Load().opts.Observer; o != nil {
-				o.Rejected(ReasonShutdown)
-			}
-			continue
-		}
+		// A client accepted as closing began (the listener's Close has
+		// not reached its socket yet) is served, not dropped: the
+		// listener's count in wg keeps Shutdown waiting for it.
 		if max := s.maxConns.Load(); !s.admitConn(max) {
 			s.tcpMaxConnections(l.routes.Load().opts.Observer, where, max)
 			c.SetLinger(0)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -492,6 +494,62 @@ func TestFirstRouteWins(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		if got := readLine(t, dial(t, addr)); got != "a" {
 			t.Fatalf("served by %q, want the first route's backend", got)
+		}
+	}
+}
+
+// TestStopAcceptingDropsNoClient: clients dial without pause while the
+// listener stops accepting (as at shutdown, or when an upgrade's new
+// process takes the socket). Each is served (it gets the backend's
+// greeting), refused, or reset by the kernel with the backlog; none is
+// accepted only to be closed, which its client would see as a clean EOF.
+func TestStopAcceptingDropsNoClient(t *testing.T) {
+	be := startBackend(t, greetEcho("hi"))
+	for round := range 20 {
+		s, _ := newTestServer(t)
+		addr := listen(t, s, newRoute(t, "r", be.addr))
+		var served, dropped atomic.Int64
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := net.DialTimeout("tcp", addr, deadline)
+					if err != nil {
+						continue // refused: the listener is gone
+					}
+					// A client the kernel took as the socket closed hears
+					// nothing more; a byte sent draws its reset at once
+					// (and when the write fails, it took the reset).
+					if _, err := c.Write([]byte("x")); err != nil {
+						c.Close()
+						continue
+					}
+					c.SetReadDeadline(time.Now().Add(deadline))
+					g, err := bufio.NewReader(c).ReadString('\n')
+					c.Close()
+					switch {
+					case err == nil && g == "hi\n":
+						served.Add(1)
+					case errors.Is(err, io.EOF):
+						dropped.Add(1)
+					}
+				}
+			}()
+		}
+		harness.Eventually(t, "clients served", func() bool { return served.Load() >= 20 })
+		s.StopAccepting()
+		close(stop)
+		wg.Wait()
+		if n := dropped.Load(); n > 0 {
+			t.Fatalf("round %d: %d clients accepted and closed unserved (EOF before the greeting)", round, n)
 		}
 	}
 }

@@ -149,6 +149,14 @@ func (lp *tcpLoop) removeListener(l *TCPListener) {
 func (lp *tcpLoop) accept(ll *loopListener) {
 	s, l := lp.srv, ll.l
 	for range 16 {
+		if s.closing.Load() {
+			// The listener is being closed (shutdown, or an upgrade whose
+			// new process shares the socket): leave the clients in the
+			// backlog for whoever still serves it rather than accept them
+			// here only to close them. Its removal from the loop follows.
+			lp.pause(ll)
+			return
+		}
 		if !s.fdRoom(2) {
 			// The data path is at its descriptor budget (fdbudget.go):
 			// the clients wait in the backlog, as on EMFILE. (Unless
@@ -187,13 +195,8 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 		}
 		ll.backoff = 0
 		s.Stats.Accepted.Add(1)
-		if s.closing.Load() {
-			eventloop.Close(fd)
-			if o := l.routes.Load().opts.Observer; o != nil {
-				o.Rejected(ReasonShutdown)
-			}
-			continue
-		}
+		// A client accepted as closing began is served: the listener's
+		// count in wg (until Close) keeps Shutdown waiting for it.
 		if max := s.maxConns.Load(); !s.admitConn(max) {
 			s.tcpMaxConnections(l.routes.Load().opts.Observer, l.addr.String(), max)
 			eventloop.ResetClose(fd)
