@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,4 +91,35 @@ func benchConnections(b *testing.B, metricsOn bool) {
 		}
 		c.Close()
 	}
+}
+
+// BenchmarkBytesCounterShared is what a route's bytes_total costs the data
+// path per add when both event loops write it at once (one cache line
+// bouncing between the cores); BenchmarkBytesCounterSharded is the same
+// with one padded counter per loop, as the backends' byte counts are kept.
+//
+//	go test ./internal/metrics -run - -bench BytesCounter -cpu 2 -count 5
+func BenchmarkBytesCounterShared(b *testing.B) {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "bytes_total"})
+	b.SetParallelism(1) // one goroutine per P: the two loops
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c.Add(100)
+		}
+	})
+}
+
+func BenchmarkBytesCounterSharded(b *testing.B) {
+	var shards [2]struct {
+		n atomic.Uint64
+		_ [56]byte
+	}
+	var next atomic.Int32
+	b.SetParallelism(1)
+	b.RunParallel(func(pb *testing.PB) {
+		s := &shards[next.Add(1)&1]
+		for pb.Next() {
+			s.n.Add(100)
+		}
+	})
 }
