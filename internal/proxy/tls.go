@@ -144,19 +144,17 @@ func (c *goConn) originate(ctx context.Context, b *backend.Backend, bc *net.TCPC
 }
 
 // adoptTLS takes over a connection the epoll engine accepted, routed to rt
-// and admitted (release is its access slot, its observer opened): it is
-// served from here on by the goroutine engine, counted in the Server's
-// Active and wg as before; idx is the accepting loop's, for its byte
-// counts.
+// and admitted (release is its access slot, its observer opened) and
+// serves it on the calling goroutine (the hand-off's, tcp_dial_linux.go),
+// as the goroutine engine does, counted in the Server's Active and wg as
+// before; idx is the accepting loop's, for its byte counts.
 func (s *Server) adoptTLS(nc *net.TCPConn, rt *Route, ci ConnInfo, id ConnIdent, local netip.AddrPort, idx int, first []byte, release func()) {
 	gc := &goConn{srv: s, rot: &s.tlsRot, c: nc, ConnIdent: id, ci: ci, rt: rt, idx: idx}
 	s.connMu.Lock()
 	s.conns[gc] = struct{}{}
 	s.connMu.Unlock()
-	go func() {
-		defer gc.untrack()
-		gc.routed(local, first, release)
-	}()
+	defer gc.untrack()
+	gc.routed(local, first, release)
 }
 
 // A terminated stream is read a TLS record at a time: crypto/tls returns
