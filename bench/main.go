@@ -34,7 +34,7 @@ var (
 	flagOut     = flag.String("out", "docs/BENCHMARKS.md", "report file")
 	flagQuick   = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
 	flagOnly    = flag.String("only", "", "comma-separated scenarios to run (default all)")
-	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn / udp (TCP connection churn or UDP echo round trips alone, for profiling: -target, -rate, -for)")
+	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn / udp / tls (TCP connection churn, UDP echo round trips, or full TLS handshakes by 8 closed-loop clients alone, for profiling: -target, -rate, -for)")
 	flagTarget  = flag.String("target", "", "churn mode: address to load")
 	flagRate    = flag.Int("rate", 4000, "churn mode: connections per second (0: closed loop)")
 	flagFor     = flag.Duration("for", 10*time.Second, "churn mode: how long")
@@ -51,10 +51,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, sinkServe(*flagListen))
 		os.Exit(1)
 	}
-	if *flagMode == "churn" || *flagMode == "udp" {
+	if *flagMode == "churn" || *flagMode == "udp" || *flagMode == "tls" {
 		load := churn
-		if *flagMode == "udp" {
+		switch *flagMode {
+		case "udp":
 			load = udpLoad
+		case "tls": // as tls-full-ecdsa's clients, to a TLS-terminating target
+			load = func(addr string, _, _ int, d time.Duration) loadResult {
+				r, _ := tlsHandshakes(addr, false, 8, d)
+				return r
+			}
 		}
 		r := load(*flagTarget, *flagRate, 64, *flagFor)
 		fmt.Printf("%d operations in %v (%.0f/s), %d errors (first: %v), p50 %v p99 %v\n", r.ops, r.elapsed.Round(time.Millisecond),
