@@ -165,11 +165,30 @@ func (c *Check) Probe(ctx context.Context) error {
 			return err
 		}
 		cfg.ClientSessionCache = nil // each check proves a full handshake
+		asked := false               // the backend asked for a client certificate
+		certs := cfg.Certificates
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			asked = true
+			if len(certs) > 0 {
+				return &certs[0], nil
+			}
+			return &tls.Certificate{}, nil // none: the backend decides
+		}
+		t0 := time.Now()
 		tc := tls.Client(conn, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return fmt.Errorf("tls handshake: %w", err)
 		}
 		conn = tc
+		if asked && tc.ConnectionState().Version == tls.VersionTLS13 {
+			first, err := confirmClientCert(ctx, tc, time.Since(t0))
+			if err != nil {
+				return err
+			}
+			if len(first) > 0 {
+				conn = &replayConn{Conn: tc, first: first}
+			}
+		}
 	}
 	if c.Protocol == "tcp" && len(c.Send) == 0 && !c.expects() && c.DNSQuery == "" {
 		return nil // connect check
@@ -221,6 +240,44 @@ func (c *Check) Probe(ctx context.Context) error {
 			return c.readErr(err, buf[:got])
 		}
 	}
+}
+
+// confirmClientCert waits, after a TLS 1.3 handshake in which the backend
+// asked for a client certificate, for the backend's verdict on it: in TLS
+// 1.3 the client's side of the handshake is done before the server has
+// read the certificate, and a refusal comes as an alert after it. The wait
+// is twice the handshake (at least 100 ms, at most the check's timeout): an
+// alert fails the check; silence, an orderly close or data pass it. Data a
+// backend sent first is returned, for the check's expect to read.
+func confirmClientCert(ctx context.Context, tc *tls.Conn, handshake time.Duration) ([]byte, error) {
+	deadline := time.Now().Add(max(2*handshake, 100*time.Millisecond))
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	tc.SetReadDeadline(deadline)
+	defer tc.SetReadDeadline(time.Time{})
+	b := make([]byte, 512)
+	n, err := tc.Read(b)
+	var oe *net.OpError
+	if n == 0 && errors.As(err, &oe) && oe.Op == "remote error" {
+		return nil, fmt.Errorf("tls handshake: the backend refused the client certificate: %w", err)
+	}
+	return b[:n], nil
+}
+
+// replayConn reads first before what its Conn reads.
+type replayConn struct {
+	net.Conn
+	first []byte
+}
+
+func (r *replayConn) Read(p []byte) (int, error) {
+	if len(r.first) > 0 {
+		n := copy(p, r.first)
+		r.first = r.first[n:]
+		return n, nil
+	}
+	return r.Conn.Read(p)
 }
 
 // decided reports whether the reply so far already passes (ok) or can no

@@ -16,7 +16,9 @@ import (
 // the same settings against a real openssl s_server: it passes with the
 // right CA, fails with the wrong one or the wrong name, and sends and
 // expects through the TLS connection (with a client certificate where the
-// backend requires one).
+// backend requires one); a backend that refuses the client certificate
+// fails even a connect check, although TLS 1.3 ends the client's side of
+// the handshake before the refusal.
 func TestProbeOverTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca := tlstest.NewCA(t, dir, "hc")
@@ -24,8 +26,9 @@ func TestProbeOverTLS(t *testing.T) {
 	clients := tlstest.NewCA(t, dir, "clients")
 	srv := ca.Issue(dir, "be", tlstest.Options{DNSNames: []string{"be.test"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	client := clients.Issue(dir, "client", tlstest.Options{CommonName: "proxy", Client: true})
+	stranger := other.Issue(dir, "stranger", tlstest.Options{CommonName: "stranger", Client: true})
 	plain := tlstest.SServer(t, "-cert", srv.CertFile, "-key", srv.KeyFile)
-	mtls := tlstest.SServer(t, "-cert", srv.CertFile, "-key", srv.KeyFile, "-Verify", "1", "-CAfile", clients.CAFile)
+	mtls := tlstest.SServer(t, "-cert", srv.CertFile, "-key", srv.KeyFile, "-Verify", "1", "-verify_return_error", "-CAfile", clients.CAFile)
 
 	hc := config.HealthCheck{Enabled: true, Interval: config.Duration(10 * time.Second), Timeout: config.Duration(5 * time.Second), Retries: 1, Rise: 1}
 	get := hc
@@ -43,6 +46,12 @@ func TestProbeOverTLS(t *testing.T) {
 		{"send/expect through TLS", plain, get, tlsconf.ClientOptions{CA: ca.CAFile, ServerName: "be.test"}, ""},
 		{"mTLS with a client certificate", mtls, get, tlsconf.ClientOptions{CA: ca.CAFile, Cert: client.CertFile, Key: client.KeyFile}, ""},
 		{"mTLS without one", mtls, get, tlsconf.ClientOptions{CA: ca.CAFile}, "certificate"},
+		// A connect check has no exchange to fail: in TLS 1.3 the refusal
+		// comes as an alert after the client's side of the handshake.
+		{"mTLS connect check with a client certificate", mtls, hc, tlsconf.ClientOptions{CA: ca.CAFile, Cert: client.CertFile, Key: client.KeyFile}, ""},
+		{"mTLS connect check without one", mtls, hc, tlsconf.ClientOptions{CA: ca.CAFile}, "refused the client certificate"},
+		{"mTLS connect check with an untrusted one", mtls, hc, tlsconf.ClientOptions{CA: ca.CAFile, Cert: stranger.CertFile, Key: stranger.KeyFile}, "refused the client certificate"},
+		{"mTLS send/expect with an untrusted one", mtls, get, tlsconf.ClientOptions{CA: ca.CAFile, Cert: stranger.CertFile, Key: stranger.KeyFile}, "refused the client certificate"},
 		{"plain TCP check of a TLS backend expecting HTTP", plain, get, tlsconf.ClientOptions{}, "skip"},
 	} {
 		chk, err := Compile("tcp", c.addr, c.hc)

@@ -511,3 +511,85 @@ address = %q
 		t.Fatalf("echo differs: %d bytes back of %d, first difference at %d", len(got), len(data), i)
 	}
 }
+
+// TestTLSHealthCheckClientCertificate: a TLS 1.3 backend that requires a
+// client certificate (openssl s_server -Verify) refuses it only after the
+// client's side of the handshake; the plain connect check of a rule that
+// dials it without a certificate, or with one from another CA, still marks
+// it down, while the rule with the right certificate keeps it up and is
+// served.
+func TestTLSHealthCheckClientCertificate(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, dir, "backends")
+	other := tlstest.NewCA(t, dir, "other")
+	beCert := ca.Issue(dir, "db", tlstest.Options{DNSNames: []string{"db.internal"}})
+	proxyClient := ca.Issue(dir, "proxy", tlstest.Options{CommonName: "proxy", Client: true})
+	stranger := other.Issue(dir, "stranger", tlstest.Options{CommonName: "stranger", Client: true})
+	backend := tlstest.SServer(t, "-cert", beCert.CertFile, "-key", beCert.KeyFile, "-tls1_3", "-Verify", "1", "-verify_return_error", "-CAfile", ca.CAFile)
+	ports := []int{harness.FreePort(t), harness.FreePort(t), harness.FreePort(t)}
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[health_check]
+enabled = true
+interval = "1s"
+timeout = "900ms"
+retries = 1
+rise = 1
+[[rules]]
+name = "good"
+[rules.matcher]
+type = "port"
+port = %[1]d
+[rules.backend_tls]
+ca = %[4]q
+server_name = "db.internal"
+cert = %[5]q
+key = %[6]q
+[[rules.backends]]
+id = "db1"
+address = %[9]q
+[[rules]]
+name = "none"
+[rules.matcher]
+type = "port"
+port = %[2]d
+[rules.backend_tls]
+ca = %[4]q
+server_name = "db.internal"
+[[rules.backends]]
+id = "db1"
+address = %[9]q
+[[rules]]
+name = "stranger"
+[rules.matcher]
+type = "port"
+port = %[3]d
+[rules.backend_tls]
+ca = %[4]q
+server_name = "db.internal"
+cert = %[7]q
+key = %[8]q
+[[rules.backends]]
+id = "db1"
+address = %[9]q
+`, ports[0], ports[1], ports[2], ca.CAFile, proxyClient.CertFile, proxyClient.KeyFile, stranger.CertFile, stranger.KeyFile, backend)))
+	p.WaitLog("backend down", "none/db1", "refused the client certificate")
+	p.WaitLog("backend down", "stranger/db1", "refused the client certificate")
+	good := map[string]string{"rule": "good", "backend": "db1"}
+	harness.WaitMetrics(t, p.MetricsURL(), "the rule with the right certificate passing its checks", func(f harness.Metrics) bool {
+		return f.Value("dynamic_proxy_backend_up", good) == 1 &&
+			f.Value("dynamic_proxy_health_checks_total", map[string]string{"rule": "good", "backend": "db1", "result": "success"}) >= 2
+	})
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", ports[0]), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.0 200 ok") {
+		t.Errorf("through the rule with the right client certificate: %q %v", line, err)
+	}
+	if n := p.Count("backend down", "good/db1"); n != 0 {
+		t.Errorf("the backend was marked down for the rule with the right certificate:\n%s", p.Log())
+	}
+}
