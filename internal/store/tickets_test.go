@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/dynamic-proxy/dynamic-proxy/internal/store/redistest"
 )
 
@@ -36,8 +34,7 @@ func TestTicketKeysFirstProposalWins(t *testing.T) {
 	if got, _ := other.TicketKeys(ctx, "web", []int64{10}, [][32]byte{k(8)}, time.Hour); got[0] != k(8) {
 		t.Errorf("another prefix shares the key of period 10: %v", got)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	defer rdb.Close()
+	rdb := srv.Client() // a cluster's client, when DP_TEST_REDIS=cluster
 	ttl, err := rdb.PTTL(ctx, "{fleet}:tls-ticket:web:10").Result()
 	if err != nil || ttl <= 0 || ttl > time.Hour {
 		t.Errorf("PTTL of a key = %v, %v; want within the hour asked for", ttl, err)
