@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -72,7 +73,8 @@ func (a *Access) Admit(ip netip.Addr) (release func(), reason Reason) {
 			st.lim = rate.NewLimiter(rate.Limit(a.Rate), max(a.Burst, 1))
 		}
 		if a.perClientFleet() {
-			st.fleet = &fleetClient{}
+			st.fleet = &fleetClient{ip: ip}
+			a.fl.all = append(a.fl.all, st) // what a sync walks (fleetlimit.go)
 		}
 		a.sweep() // before the new state is in the map: it would be swept (it has no connection yet)
 		a.clients[ip] = st
@@ -132,9 +134,15 @@ func (a *Access) sweep() {
 		if st.conns == 0 && (st.lim == nil || st.lim.TokensAt(now) >= float64(st.lim.Burst())) &&
 			(st.fleet == nil || st.fleet.idle(0, a.FleetRate, a.FleetBurst, t)) {
 			delete(a.clients, ip)
+			if st.fleet != nil {
+				st.fleet.gone = true // the next sync drops it from fl.all
+			}
 		}
 	}
 	a.sweepAt = len(a.clients)
+	if !a.fl.walking { // a sync walking fl.all drops the forgotten itself
+		a.fl.all = slices.DeleteFunc(a.fl.all, func(st *clientState) bool { return st.fleet.gone })
+	}
 }
 
 func noop() {}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"math"
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
@@ -233,6 +234,8 @@ type fleetClient struct {
 	sent      int    // conns as last stored in Redis
 	connKnown bool   // others is valid (synced since made)
 	key, rule string // its FleetItem key, made once
+	ip        netip.Addr
+	gone      bool // forgotten by the sweep: out of fl.all at the next sync
 }
 
 // fleetRule is a rule's part of the fleet limits.
@@ -242,7 +245,18 @@ type fleetRule struct {
 	othersConns int         // and at the other instances, as last synced
 	localAdmits uint64
 	fleetAdmits uint64
+
+	// Every client with fleet state, in the order they came: what a sync
+	// walks, a chunk per hold of the lock (a map cannot be walked in
+	// pieces). Admit appends; the sync drops the ones the sweep forgot.
+	all     []*clientState
+	walking bool // a sync is walking all (the sweep leaves it alone then)
 }
+
+// fleetChunk is how many clients a sync handles per hold of the rule's
+// lock: a round over many clients never keeps the rule's new connections
+// waiting for more than one chunk.
+const fleetChunk = 1024
 
 // fleetShare is limit's share for this instance: limit / instances when
 // the fleet view cannot be used, else limit.
@@ -319,10 +333,13 @@ func (a *Access) hasFleet() bool {
 // perClientFleet reports whether a keeps fleet state per client.
 func (a *Access) perClientFleet() bool { return a.FleetMaxPerIP > 0 || a.FleetRate > 0 }
 
-// collect adds a's items to r (under a.mu).
+// collect adds a's items to r, holding a.mu for one fleetChunk of clients
+// at a time: a sync never keeps the rule's new connections waiting for
+// long, whatever the number of clients. It walks fl.all in place, dropping
+// the clients the sweep forgot; clients that arrive meanwhile are appended
+// to it and walked too.
 func (a *Access) collect(rule string, r *FleetRound, now time.Time) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	t := now.Sub(fleetEpoch)
 	if a.FleetRate > 0 || a.FleetRuleRate > 0 {
 		b := &a.fl.bucket
@@ -331,39 +348,75 @@ func (a *Access) collect(rule string, r *FleetRound, now time.Time) {
 		b.pending = 0
 	}
 	if !a.perClientFleet() {
+		a.mu.Unlock()
 		return
 	}
-	r.Items = slices.Grow(r.Items, len(a.clients))
-	for ip, st := range a.clients {
-		fc := st.fleet
-		if fc == nil {
-			continue
+	n := len(a.fl.all)
+	a.fl.walking = true
+	a.mu.Unlock()
+	r.Items = slices.Grow(r.Items, n) // megabytes at 100,000 clients: not under the lock
+	a.mu.Lock()
+	w := 0 // fl.all[:w] is kept
+	for k := 0; ; {
+		all := a.fl.all
+		end := min(k+fleetChunk, len(all))
+		for ; k < end; k++ {
+			st := all[k]
+			fc := st.fleet
+			if fc.gone {
+				continue
+			}
+			all[w] = st
+			w++
+			b := &fc.bucket
+			if fc.idle(st.conns, a.FleetRate, a.FleetBurst, t) {
+				b.known, fc.connKnown = false, false // not followed: the local share until it is again
+				continue
+			}
+			if fc.key == "" || fc.rule != rule {
+				fc.key, fc.rule = rule+"/"+fc.ip.String(), rule
+			}
+			it := FleetItem{Key: fc.key, Conns: -1, Delta: -1, acc: a, st: st}
+			if a.FleetMaxPerIP > 0 {
+				it.Conns, it.ConnsChanged = st.conns, st.conns != fc.sent
+			}
+			if a.FleetRate > 0 {
+				it.Delta = b.pending
+				b.inflight += b.pending
+				b.pending = 0
+			}
+			r.Items = append(r.Items, it)
 		}
-		b := &fc.bucket
-		if fc.idle(st.conns, a.FleetRate, a.FleetBurst, t) {
-			b.known, fc.connKnown = false, false // not followed: the local share until it is again
-			continue
+		if k == len(all) {
+			clear(all[w:]) // hold no forgotten client
+			a.fl.all, a.fl.walking = all[:w], false
+			a.mu.Unlock()
+			return
 		}
-		if fc.key == "" || fc.rule != rule {
-			fc.key, fc.rule = rule+"/"+ip.String(), rule
-		}
-		it := FleetItem{Key: fc.key, Conns: -1, Delta: -1, acc: a, st: st}
-		if a.FleetMaxPerIP > 0 {
-			it.Conns, it.ConnsChanged = st.conns, st.conns != fc.sent
-		}
-		if a.FleetRate > 0 {
-			it.Delta = b.pending
-			b.inflight += b.pending
-			b.pending = 0
-		}
-		r.Items = append(r.Items, it)
+		a.mu.Unlock()
+		a.mu.Lock()
 	}
 }
 
-// apply takes in a's items of a sync (under a.mu); ok false: it failed.
+// apply takes in a's items of a sync, fleetChunk of them per hold of a.mu
+// (see collect); ok false: it failed.
 func (a *Access) apply(items []FleetItem, ok bool, n int) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	others := 0
+	for k := 0; k < len(items); k += fleetChunk {
+		a.mu.Lock()
+		others += a.applyChunk(items[k:min(k+fleetChunk, len(items))], ok, n)
+		a.mu.Unlock()
+	}
+	if ok {
+		a.mu.Lock()
+		a.fl.othersConns = others
+		a.mu.Unlock()
+	}
+}
+
+// applyChunk takes in items under a.mu and returns the other instances'
+// connections of its clients.
+func (a *Access) applyChunk(items []FleetItem, ok bool, n int) (others int) {
 	if !ok {
 		for i := range items {
 			it := &items[i]
@@ -377,9 +430,8 @@ func (a *Access) apply(items []FleetItem, ok bool, n int) {
 			b.pending += b.inflight
 			b.inflight, b.known = 0, false
 		}
-		return
+		return 0
 	}
-	others := 0
 	for i := range items {
 		it := &items[i]
 		if it.st == nil {
@@ -399,7 +451,7 @@ func (a *Access) apply(items []FleetItem, ok bool, n int) {
 			fc.bucket.learn(it.Total, a.FleetRate, n)
 		}
 	}
-	a.fl.othersConns = others
+	return others
 }
 
 // idle reports whether the client's fleet state holds nothing the fleet
