@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,13 +91,17 @@ func Start(t testing.TB, extra ...string) *Server {
 
 // StartTLS runs redis-server accepting TLS only, with the certificate and
 // key in the given PEM files (clients are not asked for certificates).
-// Under DP_TEST_REDIS=cluster it skips the test.
+// Under DP_TEST_REDIS=cluster it is a cluster of three such servers, whose
+// bus speaks TLS too (the certificate is then also the CA the nodes and
+// redis-cli verify each other with: a self-signed one that allows client
+// authentication, as each node presents it to the others).
 func StartTLS(t testing.TB, certFile, keyFile string, extra ...string) *Server {
 	t.Helper()
+	args := append([]string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no"}, extra...)
 	if ClusterMode() {
-		t.Skip("DP_TEST_REDIS=cluster: TLS is tested against one server (the default run); the cluster run does not set up a TLS cluster bus")
+		return startCluster(t, 3, certFile, append(args, "--tls-cluster", "yes", "--tls-ca-cert-file", certFile))
 	}
-	return start(t, true, append([]string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no"}, extra...))
+	return start(t, true, args)
 }
 
 func start(t testing.TB, tls bool, extra []string) *Server {
@@ -261,11 +266,23 @@ func (s *Server) Restart() {
 // every node reports cluster_state:ok.
 func StartCluster(t testing.TB, n int, extra ...string) *Server {
 	t.Helper()
-	c := &Server{t: t, Prefix: "{dynamic-proxy}:"}
+	return startCluster(t, n, "", extra)
+}
+
+// startCluster is StartCluster; with caFile its nodes speak TLS only, and
+// redis-cli verifies them against caFile.
+func startCluster(t testing.TB, n int, caFile string, extra []string) *Server {
+	t.Helper()
+	tls := caFile != ""
+	c := &Server{t: t, Prefix: "{dynamic-proxy}:", TLS: tls}
 	args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"}, extra...)
-	create := []string{"--cluster", "create"}
+	var cliTLS []string
+	if tls {
+		cliTLS = []string{"--tls", "--cacert", caFile}
+	}
+	create := append(slices.Clone(cliTLS), "--cluster", "create")
 	for i := 0; i < n; i++ {
-		node := start(t, false, args)
+		node := start(t, tls, args)
 		c.Nodes = append(c.Nodes, node)
 		create = append(create, node.Addr)
 	}
@@ -279,7 +296,7 @@ func StartCluster(t testing.TB, n int, extra ...string) *Server {
 		t.Fatalf("redis-cli %s: %v\n%s", strings.Join(create, " "), err, out)
 	}
 	for _, node := range c.Nodes {
-		info := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(node.Port), "cluster", "info"}
+		info := append(slices.Clone(cliTLS), "-h", "127.0.0.1", "-p", strconv.Itoa(node.Port), "cluster", "info")
 		harness.Eventually(t, "cluster_state:ok on "+node.Addr, func() error {
 			out, err := exec.Command(cli, info...).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "cluster_state:ok") {
