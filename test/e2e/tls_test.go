@@ -9,11 +9,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -591,5 +593,81 @@ address = %[9]q
 	}
 	if n := p.Count("backend down", "good/db1"); n != 0 {
 		t.Errorf("the backend was marked down for the rule with the right certificate:\n%s", p.Log())
+	}
+}
+
+// TestTLSCertificatesReloadOnSIGHUPAndAdmin: with the file watch off
+// (watch_config = false), a certificate replaced on disk is served only
+// after a reload: SIGHUP, then POST /api/v1/reload, each re-read it.
+func TestTLSCertificatesReloadOnSIGHUPAndAdmin(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, dir, "reload")
+	var versions []*tlstest.Leaf
+	for _, v := range []string{"v1", "v2", "v3"} {
+		os.Mkdir(filepath.Join(dir, v), 0o755)
+		versions = append(versions, ca.Issue(filepath.Join(dir, v), "site", tlstest.Options{DNSNames: []string{"reload.test"}}))
+	}
+	live := filepath.Join(dir, "live")
+	if err := os.Symlink("v1", live); err != nil {
+		t.Fatal(err)
+	}
+	be := startCountingEcho(t, "ECHO")
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+watch_config = false
+[health_check]
+enabled = false
+[[rules]]
+name = "reload"
+[rules.tls]
+certificates = [{ cert = %q, key = %q }]
+[[rules.backends]]
+id = "b"
+address = %q
+`, port, filepath.Join(live, "site.pem"), filepath.Join(live, "site-key.pem"), be.Addr)))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	serial := func() string {
+		c, _ := tlsDial(t, addr, "reload.test", pool, nil)
+		defer c.Close()
+		return servedSerial(c)
+	}
+	swap := func(to string) {
+		tmp := filepath.Join(dir, "live.tmp")
+		os.Remove(tmp)
+		if err := os.Symlink(to, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, live); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := serial(); s != tlsconf.Serial(versions[0].Cert) {
+		t.Fatalf("first serial %s", s)
+	}
+	swap("v2")
+	reloads := p.Count("config reloaded", "trigger=")
+	if s := serial(); s != tlsconf.Serial(versions[0].Cert) {
+		t.Fatalf("without the file watch and before a reload, serial %s: want the first still", s)
+	}
+	p.Signal(syscall.SIGHUP)
+	harness.Eventually(t, "the reload by SIGHUP", func() bool { return p.Count("config reloaded", "trigger=") > reloads })
+	if s := serial(); s != tlsconf.Serial(versions[1].Cert) {
+		t.Fatalf("after SIGHUP: serial %s, want v2's", s)
+	}
+	swap("v3")
+	resp, err := http.Post(p.AdminURL()+"/api/v1/reload", "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /api/v1/reload: %s", resp.Status)
+	}
+	if s := serial(); s != tlsconf.Serial(versions[2].Cert) {
+		t.Errorf("after POST /api/v1/reload: serial %s, want v3's", s)
 	}
 }
