@@ -259,6 +259,33 @@ address = %q
 	}
 }
 
+// getLine sends an HTTP/1.0 GET to addr and returns the first line of the
+// reply (openssl s_server -www answers "HTTP/1.0 200 ok").
+func getLine(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+	return bufio.NewReader(c).ReadString('\n')
+}
+
+// swapLink points the symlink live at to atomically (a new link renamed
+// over it), as a Kubernetes secret or certbot does.
+func swapLink(t *testing.T, live, to string) {
+	t.Helper()
+	tmp := live + ".tmp"
+	os.Remove(tmp)
+	if err := os.Symlink(to, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, live); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestTLSToBackends: a rule originates TLS to an openssl s_server backend:
 // verified against its CA and server_name, with a client certificate for
 // mTLS; a wrong server_name fails verification and the client is closed.
@@ -286,25 +313,14 @@ id = "db1"
 address = %q
 `, ca.CAFile, serverName, proxyClient.CertFile, proxyClient.KeyFile, backend)
 	}
-	get := func(addr string) (string, error) {
-		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
-		line, err := bufio.NewReader(c).ReadString('\n')
-		return line, err
-	}
 	port := harness.FreePort(t)
 	Start(t, harness.WriteConfig(t, fmt.Sprintf(config("db.internal"), port)))
-	if line, err := get(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || !strings.HasPrefix(line, "HTTP/1.0 200 ok") {
+	if line, err := getLine(fmt.Sprintf("127.0.0.1:%d", port)); err != nil || !strings.HasPrefix(line, "HTTP/1.0 200 ok") {
 		t.Errorf("through TLS to the backend: %q %v", line, err)
 	}
 	port2 := harness.FreePort(t)
 	p2 := Start(t, harness.WriteConfig(t, fmt.Sprintf(config("other.internal"), port2)))
-	if line, err := get(fmt.Sprintf("127.0.0.1:%d", port2)); err == nil && strings.HasPrefix(line, "HTTP") {
+	if line, err := getLine(fmt.Sprintf("127.0.0.1:%d", port2)); err == nil && strings.HasPrefix(line, "HTTP") {
 		t.Errorf("a backend failing verification was used: %q", line)
 	}
 	p2.WaitLog("backend dial failed", "certificate")
@@ -353,17 +369,7 @@ address = %q
 	if servedSerial(open) != tlsconf.Serial(v1.Cert) {
 		t.Fatalf("first serial %s", servedSerial(open))
 	}
-	swap := func(to string) {
-		tmp := filepath.Join(dir, "live.tmp")
-		os.Remove(tmp)
-		if err := os.Symlink(to, tmp); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, live); err != nil {
-			t.Fatal(err)
-		}
-	}
-	swap("v2")
+	swapLink(t, live, "v2")
 	harness.Eventually(t, "a new connection to get the new certificate", func() bool {
 		c, _ := tlsDial(t, addr, "swap.test", pool, nil)
 		defer c.Close()
@@ -375,7 +381,7 @@ address = %q
 	if line, err := bufio.NewReader(open).ReadString('\n'); err != nil || line != msg {
 		t.Fatalf("the open stream after the swap: %d bytes, %v", len(line), err)
 	}
-	swap("v3")
+	swapLink(t, live, "v3")
 	p.WaitLog("certificate reload failed; still serving the previous certificates", "rule=swap", "private key does not match")
 	c, _ := tlsDial(t, addr, "swap.test", pool, nil)
 	defer c.Close()
@@ -529,51 +535,34 @@ func TestTLSHealthCheckClientCertificate(t *testing.T) {
 	stranger := other.Issue(dir, "stranger", tlstest.Options{CommonName: "stranger", Client: true})
 	backend := tlstest.SServer(t, "-cert", beCert.CertFile, "-key", beCert.KeyFile, "-tls1_3", "-Verify", "1", "-verify_return_error", "-CAfile", ca.CAFile)
 	ports := []int{harness.FreePort(t), harness.FreePort(t), harness.FreePort(t)}
-	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+	// rule dials the backend with TLS and, with client, that certificate.
+	rule := func(name string, port int, client *tlstest.Leaf) string {
+		cert := ""
+		if client != nil {
+			cert = fmt.Sprintf("cert = %q\nkey = %q\n", client.CertFile, client.KeyFile)
+		}
+		return fmt.Sprintf(`
+[[rules]]
+name = %q
+[rules.matcher]
+type = "port"
+port = %d
+[rules.backend_tls]
+ca = %q
+server_name = "db.internal"
+%s[[rules.backends]]
+id = "db1"
+address = %q
+`, name, port, ca.CAFile, cert, backend)
+	}
+	p := Start(t, harness.WriteConfig(t, `
 [health_check]
 enabled = true
 interval = "1s"
 timeout = "900ms"
 retries = 1
 rise = 1
-[[rules]]
-name = "good"
-[rules.matcher]
-type = "port"
-port = %[1]d
-[rules.backend_tls]
-ca = %[4]q
-server_name = "db.internal"
-cert = %[5]q
-key = %[6]q
-[[rules.backends]]
-id = "db1"
-address = %[9]q
-[[rules]]
-name = "none"
-[rules.matcher]
-type = "port"
-port = %[2]d
-[rules.backend_tls]
-ca = %[4]q
-server_name = "db.internal"
-[[rules.backends]]
-id = "db1"
-address = %[9]q
-[[rules]]
-name = "stranger"
-[rules.matcher]
-type = "port"
-port = %[3]d
-[rules.backend_tls]
-ca = %[4]q
-server_name = "db.internal"
-cert = %[7]q
-key = %[8]q
-[[rules.backends]]
-id = "db1"
-address = %[9]q
-`, ports[0], ports[1], ports[2], ca.CAFile, proxyClient.CertFile, proxyClient.KeyFile, stranger.CertFile, stranger.KeyFile, backend)))
+`+rule("good", ports[0], proxyClient)+rule("none", ports[1], nil)+rule("stranger", ports[2], stranger)))
 	p.WaitLog("backend down", "none/db1", "refused the client certificate")
 	p.WaitLog("backend down", "stranger/db1", "refused the client certificate")
 	good := map[string]string{"rule": "good", "backend": "db1"}
@@ -581,14 +570,7 @@ address = %[9]q
 		return f.Value("dynamic_proxy_backend_up", good) == 1 &&
 			f.Value("dynamic_proxy_health_checks_total", map[string]string{"rule": "good", "backend": "db1", "result": "success"}) >= 2
 	})
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", ports[0]), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
-	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.0 200 ok") {
+	if line, err := getLine(fmt.Sprintf("127.0.0.1:%d", ports[0])); err != nil || !strings.HasPrefix(line, "HTTP/1.0 200 ok") {
 		t.Errorf("through the rule with the right client certificate: %q %v", line, err)
 	}
 	if n := p.Count("backend down", "good/db1"); n != 0 {
@@ -635,20 +617,10 @@ address = %q
 		defer c.Close()
 		return servedSerial(c)
 	}
-	swap := func(to string) {
-		tmp := filepath.Join(dir, "live.tmp")
-		os.Remove(tmp)
-		if err := os.Symlink(to, tmp); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, live); err != nil {
-			t.Fatal(err)
-		}
-	}
 	if s := serial(); s != tlsconf.Serial(versions[0].Cert) {
 		t.Fatalf("first serial %s", s)
 	}
-	swap("v2")
+	swapLink(t, live, "v2")
 	reloads := p.Count("config reloaded", "trigger=")
 	if s := serial(); s != tlsconf.Serial(versions[0].Cert) {
 		t.Fatalf("without the file watch and before a reload, serial %s: want the first still", s)
@@ -658,7 +630,7 @@ address = %q
 	if s := serial(); s != tlsconf.Serial(versions[1].Cert) {
 		t.Fatalf("after SIGHUP: serial %s, want v2's", s)
 	}
-	swap("v3")
+	swapLink(t, live, "v3")
 	resp, err := http.Post(p.AdminURL()+"/api/v1/reload", "text/plain", nil)
 	if err != nil {
 		t.Fatal(err)
