@@ -50,6 +50,16 @@ func TestConnsListAndClose(t *testing.T) {
 		}
 		cs = append(cs, c)
 	}
+	// A direction's bytes are counted once its write returns, which can be
+	// just after the echo reached the client.
+	harness.Eventually(t, "every connection's bytes counted", func() bool {
+		for _, e := range s.Conns(ConnFilter{Rule: "web"}, 0, 10).Conns {
+			if e.BytesIn != 3 || e.BytesOut != 3 {
+				return false
+			}
+		}
+		return true
+	})
 	all := s.Conns(ConnFilter{Rule: "web"}, 0, 3)
 	if all.Total != 5 || len(all.Conns) != 3 || all.Next != all.Conns[2].ID {
 		t.Fatalf("page 1: total %d, %d entries, next %d", all.Total, len(all.Conns), all.Next)

@@ -136,7 +136,18 @@ address = %q
 	mustExchange(t, ua, "x", "u1:x")
 	mustExchange(t, ub, "y", "u2:y")
 
-	total, all, _ := cnList(adm, "")
+	// A direction's bytes are counted once its write returns, which can be
+	// just after the echo reached the client: wait for every count.
+	var total int
+	var all []map[string]any
+	harness.Eventually(t, "every connection's bytes counted", func() bool {
+		total, all, _ = cnList(adm, "")
+		var in float64
+		for _, c := range all {
+			in += c["bytes_in"].(float64)
+		}
+		return in >= 4*6+2
+	})
 	if total != 6 || len(all) != 6 {
 		t.Fatalf("listed %d (%d entries), want 6: %v", total, len(all), all)
 	}
