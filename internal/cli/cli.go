@@ -397,12 +397,20 @@ func serve(cfg *config.Config, o *options, log *slog.Logger, lv *slog.LevelVar) 
 		// What the new config has no rule or backend for drains as a reload
 		// would drain it (drain_timeout 0: it runs until it ends).
 		if drain := cur.Server.DrainTimeout.D(); moved.Gone != nil && drain > 0 {
+			drained := make(chan struct{})
 			t := time.AfterFunc(drain, func() {
+				defer close(drained)
 				if n := eng.Server().CloseConns(proxy.ConnFilter{Gone: moved.Gone}, proxy.EndDrained); n > 0 {
 					log.Info("upgrade: drain_timeout over for connections the new config has no backend for; closed", "connections", n, "drain_timeout", drain)
 				}
 			})
-			defer t.Stop()
+			// The closes can end the shutdown before the line is logged:
+			// once the timer fired, wait for it.
+			defer func() {
+				if !t.Stop() {
+					<-drained
+				}
+			}()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		go func() { obs.shutdown(ctx); cancel() }()
