@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,6 +70,18 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	if client == "" || port == "" {
 		fmt.Fprintln(stderr, "dynamic-proxy explain: --client and --port are required (see --help)")
+		return 2
+	}
+	if _, err := netip.ParseAddrPort(client); err != nil {
+		fmt.Fprintf(stderr, "dynamic-proxy explain: --client %q: want IP:PORT, e.g. 192.0.2.7:5555 or [2001:db8::7]:5555\n", client)
+		return 2
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		fmt.Fprintf(stderr, "dynamic-proxy explain: --port %q: want a port from 1 to 65535\n", port)
+		return 2
+	}
+	if protocol != "tcp" && protocol != "udp" {
+		fmt.Fprintf(stderr, "dynamic-proxy explain: --protocol %q: want tcp or udp\n", protocol)
 		return 2
 	}
 	token := ""

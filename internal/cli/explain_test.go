@@ -24,6 +24,17 @@ func TestExplainFlags(t *testing.T) {
 	if code, _, errOut := run("--client", "1.2.3.4:5", "--port", "443", "--bogus"); code != 2 || !strings.Contains(errOut, "see --help") {
 		t.Errorf("unknown flag: %d %q", code, errOut)
 	}
+	for _, bad := range [][]string{
+		{"--client", "nonsense", "--port", "443"},
+		{"--client", "1.2.3.4", "--port", "443"},
+		{"--client", "1.2.3.4:5", "--port", "0"},
+		{"--client", "1.2.3.4:5", "--port", "http"},
+		{"--client", "1.2.3.4:5", "--port", "443", "--protocol", "sctp"},
+	} {
+		if code, _, errOut := run(bad...); code != 2 || !strings.Contains(errOut, "want ") {
+			t.Errorf("%v: %d %q", bad, code, errOut)
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
