@@ -6,6 +6,8 @@
 //	go run ./bench -rounds 1 -quick # a short smoke run
 //	go run ./bench -workers 1 -only churn-4000/s,redis-get -out /tmp/b.md
 //	                                # one worker thread/process for every proxy
+//	go run ./bench -pin             # proxies on CPU 0 with one worker, the
+//	                                # rest on CPU 1
 //	go run ./bench -mode churn -target 127.0.0.1:8080 -rate 4000 -for 10s
 //	                                # the load alone, to profile a running proxy
 //	                                # (-mode udp: UDP echo round trips)
@@ -357,6 +359,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if err := applyPin(); err != nil { // after the build, which may use every CPU
+		return err
+	}
 
 	// Backends.
 	var procs []*proc
@@ -392,6 +397,9 @@ func run() error {
 		return err
 	}
 	targets = allTargets(dp, supportsMetricsSwitch(dp))
+	if *flagPin {
+		pinTargets(targets)
+	}
 	for _, t := range targets {
 		if t.setup == nil {
 			continue

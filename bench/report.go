@@ -103,8 +103,8 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 	b.WriteString("Proxy CPU is user+system time of the proxy's process tree from `/proc/PID/stat` over the run, divided by the work done: ")
 	b.WriteString("on a 2-core machine shared with the load generator it is far steadier than raw rates.\n\n")
 	fmt.Fprintf(&b, "- date: %s\n- machine: %s\n- command: `go run ./bench %s`\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), machine(), strings.Join(os.Args[1:], " "))
-	fmt.Fprintf(&b, "- dynamic-proxy: %s\n- %s\n- %s\n- %s\n- %s\n\n",
-		versionOf(dp, "--version-info"), versionOf("haproxy", "-v"), versionOf("nginx", "-v"), versionOf("iperf3", "--version"), versionOf("redis-benchmark", "--version"))
+	fmt.Fprintf(&b, "- dynamic-proxy: %s\n- %s\n- %s\n- %s\n- %s\n- %s\n\n",
+		versionOf(dp, "--version-info"), versionOf("haproxy", "-v"), versionOf("nginx", "-v"), versionOf("iperf3", "--version"), versionOf("redis-benchmark", "--version"), pinNote())
 	b.WriteString("Targets: `direct` (client to backend, the physical limit), `dynamic-proxy`, `haproxy` (mode tcp, defaults), ")
 	b.WriteString("`haproxy-splice` (with `option splice-request` and `option splice-response`), `nginx` (stream module)")
 	for _, t := range targets {
