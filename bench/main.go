@@ -112,21 +112,24 @@ var dur = func(full, quick time.Duration) time.Duration {
 	return full
 }
 
-func scenarios() []scenario {
-	cpuWrap := func(t *target, f func() (sample, float64, error), perKey string, scale float64) (sample, error) {
-		c0 := 0.0
-		if t.pid() > 0 {
-			c0 = cpuSeconds(t.pid())
-		}
-		s, units, err := f()
-		if err != nil {
-			return nil, err
-		}
-		if t.pid() > 0 && units > 0 {
-			s[perKey] = (cpuSeconds(t.pid()) - c0) / units * scale
-		}
-		return s, nil
+// cpuWrap runs f, which returns a sample and the units of work it did, and
+// adds to the sample the proxy's CPU per unit (× scale) under perKey.
+func cpuWrap(t *target, f func() (sample, float64, error), perKey string, scale float64) (sample, error) {
+	c0 := 0.0
+	if t.pid() > 0 {
+		c0 = cpuSeconds(t.pid())
 	}
+	s, units, err := f()
+	if err != nil {
+		return nil, err
+	}
+	if t.pid() > 0 && units > 0 {
+		s[perKey] = (cpuSeconds(t.pid()) - c0) / units * scale
+	}
+	return s, nil
+}
+
+func scenarios() []scenario {
 	iperf := func(streams int) func(t *target) (sample, error) {
 		return func(t *target) (sample, error) {
 			return cpuWrap(t, func() (sample, float64, error) {
@@ -256,7 +259,7 @@ func scenarios() []scenario {
 	}
 	rt := []metric{{"rate", "ops/s", true}, {"cpu_us_per_op", "proxy CPU µs/op", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
 	hs := []metric{{"rate", "handshakes/s", true}, {"cpu_us_per_op", "proxy CPU µs/handshake", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
-	return []scenario{
+	return append([]scenario{
 		{name: "bulk-1", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(1)},
 		{name: "bulk-8", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(8)},
 		{name: "churn-4000/s", metrics: rt, run: churnRun(4000, 64, dur(4*time.Second, 2*time.Second))},
@@ -271,7 +274,7 @@ func scenarios() []scenario {
 		{name: "tls-resumed", tlsOnly: true, metrics: append(hs[:2:2], metric{"resumed_pct", "resumed %", true}, hs[2], hs[3], hs[4]), run: tlsRun(offTLSECDSA, true)},
 		{name: "tls-bulk", tlsOnly: true, metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: tlsBulk},
 		{name: "idle-5000", metrics: []metric{{"fds_per_conn", "fds/conn", false}, {"rss_kb_per_conn", "RSS kB/conn", false}, {"slab_kb_per_conn", "slab kB/conn (whole system)", false}}, run: idle},
-	}
+	}, scenarios26()...)
 }
 
 // sniBulk streams through the same dynamic-proxy twice: through a plain rule
@@ -314,7 +317,7 @@ func runQuiet(argv ...string) error {
 }
 
 func ensurePackages() error {
-	need := map[string]string{"haproxy": "haproxy", "nginx": "nginx-light", "iperf3": "iperf3", "redis-server": "redis-server", "redis-benchmark": "redis-tools"}
+	need := map[string]string{"haproxy": "haproxy", "nginx": "nginx-light", "iperf3": "iperf3", "redis-server": "redis-server", "redis-benchmark": "redis-tools", "wrk": "wrk"}
 	var missing []string
 	for cmd, pkg := range need {
 		if _, err := exec.LookPath(cmd); err != nil {
@@ -385,6 +388,13 @@ func run() error {
 			return err
 		}
 		procs = append(procs, p)
+	}
+	httpd, err := startHTTPBackend(dir)
+	if httpd != nil {
+		procs = append(procs, httpd)
+	}
+	if err != nil {
+		return err
 	}
 	if err := waitPorts(&target{name: "backends", proc: procs[0]}); err != nil {
 		return err

@@ -4,13 +4,16 @@ package main
 // proxy with real clients or measure it at fixed rates.
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 var flagPin = flag.Bool("pin", false, "pin every proxy target's processes to CPU 0 with one worker (as -workers 1 unless -workers is given), and the harness, its backends and load generators to CPU 1")
@@ -98,4 +101,155 @@ func pinNote() string {
 			cpuProxy, *flagWorkers, cpuLoad)
 	}
 	return "pinned: no (proxies, backends and load generators share every CPU)"
+}
+
+// offHTTP is the front port, as an offset from a target's base, of the
+// rule to the nginx HTTP backend (portHTTP).
+const offHTTP = 6
+
+func httpPort(t *target) int {
+	if t.base == 0 {
+		return portHTTP
+	}
+	return t.base + offHTTP
+}
+
+// startHTTPBackend starts the HTTP server wrk loads through the proxies:
+// nginx with one worker answering "ok" to every request, without access
+// log, keeping a keep-alive connection for as many requests as it carries.
+// It has its own prefix, so that it shares no file with the nginx target.
+func startHTTPBackend(dir string) (*proc, error) {
+	prefix := filepath.Join(dir, "httpd")
+	if err := os.MkdirAll(prefix, 0o755); err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "daemon off;\nuser root;\nworker_processes 1;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\nevents { worker_connections 4096; }\n", prefix, prefix)
+	b.WriteString("http {\n  access_log off;\n  keepalive_requests 100000000;\n")
+	for _, k := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		fmt.Fprintf(&b, "  %s_temp_path %s/%s;\n", k, prefix, k)
+	}
+	fmt.Fprintf(&b, "  server {\n    listen 127.0.0.1:%d;\n    location / { default_type text/plain; return 200 \"ok\\n\"; }\n  }\n}\n", portHTTP)
+	cfg := filepath.Join(prefix, "nginx.conf")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := start("nginx-http-backend", dir, "nginx", "-p", prefix, "-c", cfg)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", portHTTP), time.Second)
+		if err == nil {
+			c.Close()
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			logText, _ := os.ReadFile(p.log)
+			return p, fmt.Errorf("HTTP backend: port %d not ready: %v; its log:\n%s", portHTTP, err, logText)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func scenarios26() []scenario {
+	rt := []metric{{"rate", "requests/s", true}, {"cpu_us_per_op", "proxy CPU µs/request", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
+	return []scenario{
+		{name: "wrk-keepalive", metrics: rt, run: wrkRun(false)},
+		{name: "wrk-close", metrics: rt, run: wrkRun(true)},
+	}
+}
+
+// wrkRun loads t's HTTP front with wrk: one thread, 32 connections, kept
+// alive or (closeEach) a new connection per request.
+func wrkRun(closeEach bool) func(t *target) (sample, error) {
+	return func(t *target) (sample, error) {
+		return cpuWrap(t, func() (sample, float64, error) {
+			secs := int(dur(4*time.Second, 2*time.Second) / time.Second)
+			args := []string{"30", "wrk", "-t1", "-c32", fmt.Sprintf("-d%ds", secs), "--latency"}
+			if closeEach {
+				args = append(args, "-H", "Connection: close")
+			}
+			args = append(args, fmt.Sprintf("http://127.0.0.1:%d/", httpPort(t)))
+			out, err := exec.Command("timeout", args...).CombinedOutput()
+			if err != nil {
+				return nil, 0, fmt.Errorf("wrk: %v: %s", err, firstLine(out))
+			}
+			r, err := parseWrk(out)
+			if err != nil {
+				return nil, 0, err
+			}
+			return sample{"rate": r.rate, "p50_ms": r.p50ms, "p99_ms": r.p99ms, "errors": r.errors}, r.requests, nil
+		}, "cpu_us_per_op", 1e6)
+	}
+}
+
+type wrkResult struct {
+	requests, rate, p50ms, p99ms, errors float64
+}
+
+// parseWrk reads wrk's text report (with --latency): the requests done,
+// Requests/sec, the 50 % and 99 % latencies, and the socket errors plus
+// non-2xx/3xx responses.
+func parseWrk(out []byte) (wrkResult, error) {
+	var r wrkResult
+	var haveRate, haveN bool
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 2 && f[0] == "Requests/sec:":
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				return r, fmt.Errorf("wrk: %q: %v", l, err)
+			}
+			r.rate, haveRate = v, true
+		case len(f) >= 3 && f[1] == "requests" && f[2] == "in":
+			v, err := strconv.ParseFloat(f[0], 64)
+			if err != nil {
+				return r, fmt.Errorf("wrk: %q: %v", l, err)
+			}
+			r.requests, haveN = v, true
+		case len(f) == 2 && (f[0] == "50%" || f[0] == "99%"):
+			d, err := parseWrkDur(f[1])
+			if err != nil {
+				return r, fmt.Errorf("wrk: %q: %v", l, err)
+			}
+			if f[0] == "50%" {
+				r.p50ms = d
+			} else {
+				r.p99ms = d
+			}
+		case len(f) > 2 && f[0] == "Socket" && f[1] == "errors:":
+			// Socket errors: connect 0, read 0, write 0, timeout 0
+			for i := 2; i+1 < len(f); i += 2 {
+				v, _ := strconv.ParseFloat(strings.TrimSuffix(f[i+1], ","), 64)
+				r.errors += v
+			}
+		case strings.HasPrefix(strings.TrimSpace(l), "Non-2xx or 3xx responses:"):
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			r.errors += v
+		}
+	}
+	if !haveRate || !haveN {
+		return r, fmt.Errorf("wrk: no Requests/sec or request count in %q", firstLine(out))
+	}
+	if r.requests == 0 {
+		return r, errors.New("wrk: no request completed")
+	}
+	return r, nil
+}
+
+// parseWrkDur reads a wrk latency such as 412.00us, 1.25ms or 2.00s, in ms.
+func parseWrkDur(s string) (float64, error) {
+	for _, u := range []struct {
+		suffix string
+		ms     float64
+	}{{"us", 1e-3}, {"ms", 1}, {"m", 60e3}, {"s", 1e3}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			x, err := strconv.ParseFloat(v, 64)
+			return x * u.ms, err
+		}
+	}
+	return 0, fmt.Errorf("unknown unit in %q", s)
 }
