@@ -4,6 +4,7 @@ package main
 // proxy with real clients or measure it at fixed rates.
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -158,6 +159,8 @@ func scenarios26() []scenario {
 	return []scenario{
 		{name: "wrk-keepalive", metrics: rt, run: wrkRun(false)},
 		{name: "wrk-close", metrics: rt, run: wrkRun(true)},
+		{name: "udp-iperf-1g", udpOnly: true, metrics: []metric{{"lost_pct", "lost %", false}, {"gbps", "Gbit/s received", true},
+			{"cpu_ms_per_gb", "proxy CPU ms/GB received", false}}, run: iperfUDP},
 	}
 }
 
@@ -252,4 +255,60 @@ func parseWrkDur(s string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown unit in %q", s)
+}
+
+// iperfUDP sends 1 Gbit/s of 1400-byte datagrams with iperf3 through t
+// (its TCP control connection and its UDP data on the same front port).
+func iperfUDP(t *target) (sample, error) {
+	return cpuWrap(t, func() (sample, float64, error) {
+		secs := int(dur(4*time.Second, 2*time.Second) / time.Second)
+		out, err := exec.Command("timeout", "30", "iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(t.port("iperf")),
+			"-u", "-b", "1G", "-l", "1400", "-t", strconv.Itoa(secs), "-J").Output()
+		if err != nil {
+			return nil, 0, fmt.Errorf("iperf3 -u: %v: %s", err, firstLine(out))
+		}
+		r, err := parseIperfUDP(out)
+		if err != nil {
+			return nil, 0, err
+		}
+		return sample{"lost_pct": r.lostPct, "gbps": r.gbps}, r.gb, nil
+	}, "cpu_ms_per_gb", 1000)
+}
+
+type iperfUDPResult struct {
+	lostPct, gbps, gb float64
+}
+
+// parseIperfUDP reads the receiver's side of iperf3's UDP report (-J -u):
+// end.sum_received holds the server's counts (the datagrams it got and
+// the ones missing from the sequence); iperf3 before 3.10 has only end.sum,
+// with the same counts.
+func parseIperfUDP(out []byte) (iperfUDPResult, error) {
+	type sum struct {
+		Bytes       float64 `json:"bytes"`
+		Bps         float64 `json:"bits_per_second"`
+		LostPercent float64 `json:"lost_percent"`
+		Packets     float64 `json:"packets"`
+	}
+	var r struct {
+		Error string `json:"error"`
+		End   struct {
+			Sum         *sum `json:"sum"`
+			SumReceived *sum `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return iperfUDPResult{}, fmt.Errorf("iperf3 report: %v", err)
+	}
+	if r.Error != "" {
+		return iperfUDPResult{}, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	s := r.End.SumReceived
+	if s == nil {
+		s = r.End.Sum
+	}
+	if s == nil || s.Bytes <= 0 || s.Packets <= 0 {
+		return iperfUDPResult{}, errors.New("iperf3 received no datagram")
+	}
+	return iperfUDPResult{lostPct: s.LostPercent, gbps: s.Bps / 1e9, gb: s.Bytes / 1e9}, nil
 }

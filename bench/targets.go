@@ -21,7 +21,7 @@ const (
 
 type target struct {
 	name  string
-	base  int // front ports: base+1 iperf, base+2 echo (tcp+udp), base+3 redis
+	base  int // front ports: base+1 iperf (tcp+udp), base+2 echo (tcp+udp), base+3 redis
 	udp   bool
 	tls   bool // terminates TLS on base+offTLSECDSA, base+offTLSRSA, base+offTLSBulk
 	proc  *proc
@@ -97,7 +97,7 @@ func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) 
 		name, proto  string
 		off, backend int
 	}{{"iperf", "tcp", 1, portIperf}, {"echo", "tcp", 2, portEcho}, {"redis", "tcp", 3, portRedis}, {"echo_udp", "udp", 2, portEcho}, {"sink", "tcp", 4, portSink},
-		{"http", "tcp", offHTTP, portHTTP}} {
+		{"http", "tcp", offHTTP, portHTTP}, {"iperf_udp", "udp", 1, portIperf}} {
 		if r.proto == "udp" && !*flagDPUDP {
 			continue
 		}
@@ -182,7 +182,7 @@ func startNginx(t *target, dir string) error {
 	for _, r := range []struct {
 		listen       string
 		off, backend int
-	}{{"", 1, portIperf}, {"", 2, portEcho}, {"", 3, portRedis}, {" udp", 2, portEcho}, {"", offHTTP, portHTTP}} {
+	}{{"", 1, portIperf}, {"", 2, portEcho}, {"", 3, portRedis}, {" udp", 2, portEcho}, {"", offHTTP, portHTTP}, {" udp", 1, portIperf}} {
 		fmt.Fprintf(&b, "  server { listen 127.0.0.1:%d%s; proxy_pass 127.0.0.1:%d; proxy_timeout 10m; }\n", t.base+r.off, r.listen, r.backend)
 	}
 	if t.tls {
