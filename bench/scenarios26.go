@@ -156,11 +156,13 @@ func startHTTPBackend(dir string) (*proc, error) {
 
 func scenarios26() []scenario {
 	rt := []metric{{"rate", "requests/s", true}, {"cpu_us_per_op", "proxy CPU µs/request", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
+	rtUDP := []metric{{"rate", "ops/s", true}, {"cpu_us_per_op", "proxy CPU µs/op", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
 	return []scenario{
 		{name: "wrk-keepalive", metrics: rt, run: wrkRun(false)},
 		{name: "wrk-close", metrics: rt, run: wrkRun(true)},
 		{name: "udp-iperf-1g", udpOnly: true, metrics: []metric{{"lost_pct", "lost %", false}, {"gbps", "Gbit/s received", true},
 			{"cpu_ms_per_gb", "proxy CPU ms/GB received", false}}, run: iperfUDP},
+		{name: "udp-newsession", udpOnly: true, metrics: rtUDP, run: udpNewSessionRun(5000, 64, dur(4*time.Second, 2*time.Second))},
 	}
 }
 
@@ -311,4 +313,66 @@ func parseIperfUDP(out []byte) (iperfUDPResult, error) {
 		return iperfUDPResult{}, errors.New("iperf3 received no datagram")
 	}
 	return iperfUDPResult{lostPct: s.LostPercent, gbps: s.Bps / 1e9, gb: s.Bytes / 1e9}, nil
+}
+
+// offNewSession is the UDP front port, as an offset from a target's base,
+// whose sessions end after one reply (udp-newsession): dynamic-proxy
+// max_responses = 1, nginx proxy_responses 1. Both keep an unanswered
+// session 30 s, dynamic-proxy's default session_timeout.
+const offNewSession = 7
+
+func dpNewSessionRule(base int) string {
+	return fmt.Sprintf("[[rules]]\nname = \"echo_udp_newsession\"\nprotocol = \"udp\"\nmax_responses = 1\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\ntype = \"port\"\nport = %d\n",
+		portEcho, base+offNewSession)
+}
+
+func nginxNewSessionServer(base int) string {
+	return fmt.Sprintf("  server { listen 127.0.0.1:%d udp; proxy_pass 127.0.0.1:%d; proxy_responses 1; proxy_timeout 30s; }\n", base+offNewSession, portEcho)
+}
+
+func udpNewSessionRun(rate, workers int, d time.Duration) func(t *target) (sample, error) {
+	return func(t *target) (sample, error) {
+		return cpuWrap(t, func() (sample, float64, error) {
+			port := portEcho
+			if t.base != 0 {
+				port = t.base + offNewSession
+			}
+			r := udpNewSessions(fmt.Sprintf("127.0.0.1:%d", port), rate, workers, d)
+			if r.ops == 0 {
+				return nil, 0, fmt.Errorf("no round trip completed: %v", r.firstErr)
+			}
+			return sample{"rate": float64(r.ops) / r.elapsed.Seconds(), "p50_ms": ms(r.lat.pct(0.5)),
+				"p99_ms": ms(r.lat.pct(0.99)), "errors": float64(r.errors)}, float64(r.ops), nil
+		}, "cpu_us_per_op", 1e6)
+	}
+}
+
+// udpNewSessions is udpLoad with a new client socket for every round trip,
+// closed after its echo: each datagram comes from a new source port, so
+// it starts a new proxy session. At most `workers` sockets are open at
+// once; the latency is from the write to the echo, as in udpLoad.
+func udpNewSessions(addr string, rate, workers int, d time.Duration) loadResult {
+	msg := make([]byte, 64)
+	op := func() (time.Duration, error) {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		t0 := time.Now()
+		c.SetDeadline(t0.Add(time.Second))
+		if _, err := c.Write(msg); err != nil {
+			return 0, err
+		}
+		var buf [128]byte
+		n, err := c.Read(buf[:])
+		if err != nil {
+			return 0, err
+		}
+		if n != len(msg) {
+			return 0, errors.New("short echo")
+		}
+		return time.Since(t0), nil
+	}
+	return drive(rate, workers, d, op)
 }

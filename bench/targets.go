@@ -108,6 +108,9 @@ func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) 
 	// ClientHello, replays it, then splices (bulk-sni).
 	fmt.Fprintf(&b, "[[rules]]\nname = \"sink_sni\"\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\nall = [ { type = \"port\", port = %d }, { type = \"sni\", names = [\"bench.example\"] } ]\n",
 		portSink, t.base+5)
+	if *flagDPUDP {
+		b.WriteString(dpNewSessionRule(t.base))
+	}
 	if t.tls {
 		b.WriteString(dpTLSRules(t.base))
 	}
@@ -185,6 +188,7 @@ func startNginx(t *target, dir string) error {
 	}{{"", 1, portIperf}, {"", 2, portEcho}, {"", 3, portRedis}, {" udp", 2, portEcho}, {"", offHTTP, portHTTP}, {" udp", 1, portIperf}} {
 		fmt.Fprintf(&b, "  server { listen 127.0.0.1:%d%s; proxy_pass 127.0.0.1:%d; proxy_timeout 10m; }\n", t.base+r.off, r.listen, r.backend)
 	}
+	b.WriteString(nginxNewSessionServer(t.base))
 	if t.tls {
 		b.WriteString(nginxTLS(t.base))
 	}
