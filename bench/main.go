@@ -130,23 +130,7 @@ func cpuWrap(t *target, f func() (sample, float64, error), perKey string, scale 
 }
 
 func scenarios() []scenario {
-	iperf := func(streams int) func(t *target) (sample, error) {
-		return func(t *target) (sample, error) {
-			return cpuWrap(t, func() (sample, float64, error) {
-				secs := int(dur(4*time.Second, 2*time.Second) / time.Second)
-				out, err := exec.Command("timeout", "30", "iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(t.port("iperf")),
-					"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J").Output()
-				if err != nil {
-					return nil, 0, fmt.Errorf("iperf3: %v: %s", err, firstLine(out))
-				}
-				gbps, gb, err := parseIperf(out)
-				if err != nil {
-					return nil, 0, err
-				}
-				return sample{"gbps": gbps}, gb, nil
-			}, "cpu_ms_per_gb", 1000)
-		}
-	}
+	iperf := func(streams int) func(t *target) (sample, error) { return iperfTCP(streams, "") }
 	churnRun := func(rate, workers int, d time.Duration) func(t *target) (sample, error) {
 		return func(t *target) (sample, error) {
 			return cpuWrap(t, func() (sample, float64, error) {

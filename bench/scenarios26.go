@@ -162,6 +162,7 @@ func scenarios26() []scenario {
 		{name: "wrk-close", metrics: rt, run: wrkRun(true)},
 		{name: "udp-iperf-1g", udpOnly: true, metrics: []metric{{"lost_pct", "lost %", false}, {"gbps", "Gbit/s received", true},
 			{"cpu_ms_per_gb", "proxy CPU ms/GB received", false}}, run: iperfUDP},
+		{name: "bulk-5g", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperfTCP(1, "5G")},
 		{name: "udp-newsession", udpOnly: true, metrics: rtUDP, run: udpNewSessionRun(5000, 64, dur(4*time.Second, 2*time.Second))},
 	}
 }
@@ -375,4 +376,28 @@ func udpNewSessions(addr string, rate, workers int, d time.Duration) loadResult 
 		return time.Since(t0), nil
 	}
 	return drive(rate, workers, d, op)
+}
+
+// iperfTCP streams through t's iperf front with iperf3, over `streams`
+// connections, as fast as they go or paced at bitrate ("5G": iperf3 -b).
+func iperfTCP(streams int, bitrate string) func(t *target) (sample, error) {
+	return func(t *target) (sample, error) {
+		return cpuWrap(t, func() (sample, float64, error) {
+			secs := int(dur(4*time.Second, 2*time.Second) / time.Second)
+			args := []string{"30", "iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(t.port("iperf")),
+				"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J"}
+			if bitrate != "" {
+				args = append(args, "-b", bitrate)
+			}
+			out, err := exec.Command("timeout", args...).Output()
+			if err != nil {
+				return nil, 0, fmt.Errorf("iperf3: %v: %s", err, firstLine(out))
+			}
+			gbps, gb, err := parseIperf(out)
+			if err != nil {
+				return nil, 0, err
+			}
+			return sample{"gbps": gbps}, gb, nil
+		}, "cpu_ms_per_gb", 1000)
+	}
 }
