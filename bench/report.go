@@ -118,6 +118,11 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 		}
 	}
 	b.WriteString(". HAProxy has no UDP.\n\n")
+	b.WriteString("Backends, started by the harness: iperf3 (TCP and UDP), an echo server (TCP and UDP), a sink, redis-server, ")
+	b.WriteString("and nginx as an HTTP server answering `ok` (one worker, no access log) for the wrk scenarios. ")
+	b.WriteString("With `-pin` each proxy's process tree runs on CPU 0 with one worker and everything else on CPU 1; ")
+	b.WriteString("without it (the default) proxies, backends and load generators share every CPU, as on a small VM, ")
+	b.WriteString("which is the setup of the saturation targets (wrk-keepalive, wrk-close, udp-iperf-1g).\n\n")
 
 	b.WriteString(targetsTable(results))
 
@@ -308,6 +313,14 @@ var scenarioNotes = map[string]string{
 	"tls-full-rsa": "As tls-full-ecdsa with an RSA-2048 certificate. Go's RSA signing is slower than OpenSSL's; the target is on ECDSA, RSA is reported as measured.",
 	"tls-resumed":  "As tls-full-ecdsa, each client keeping a session cache: every connection after its first resumes with a TLS 1.3 ticket (the resumed column checks that it did).",
 	"tls-bulk":     "One client streams for the run's length through a terminated connection to a backend that discards; the proxy decrypts and writes plaintext.",
+	"bulk-5g":      "One iperf3 stream paced at `-b 5G`: proxy CPU per GB at a fixed rate every target sustains, beside bulk-1's at saturation.",
+	"wrk-keepalive": "wrk, one thread and 32 connections kept alive for the whole run, to the nginx HTTP backend; " +
+		"proxy CPU per request, latencies from wrk's `--latency` distribution, errors are wrk's socket errors plus non-2xx responses.",
+	"wrk-close": "As wrk-keepalive with `-H 'Connection: close'`: the backend closes after each response and wrk reconnects, a new proxied connection per request.",
+	"udp-iperf-1g": "iperf3 `-u -b 1G -l 1400`: its TCP control connection and its UDP datagrams through the same front port. " +
+		"Loss and Gbit/s are the receiver's (iperf3's `end.sum_received`); CPU is per GB received.",
+	"udp-newsession": "UDP round trips at 5,000/s, each from a new client socket closed after its echo: every request is a new proxy session, " +
+		"on a rule whose sessions end after one reply (dynamic-proxy `max_responses = 1`, nginx `proxy_responses 1`; both keep an unanswered one 30 s).",
 }
 
 // failedRounds names the targets that failed some rounds but not all (a
