@@ -21,7 +21,7 @@ const (
 
 type target struct {
 	name  string
-	base  int // front ports: base+1 iperf (tcp+udp), base+2 echo (tcp+udp), base+3 redis
+	base  int // front ports: base+1 iperf (tcp+udp), base+2 echo (tcp+udp), base+3 redis, base+offHTTP, base+offNewSession (udp)
 	udp   bool
 	tls   bool // terminates TLS on base+offTLSECDSA, base+offTLSRSA, base+offTLSBulk
 	proc  *proc
