@@ -6,6 +6,8 @@
 //	go run ./bench -rounds 1 -quick # a short smoke run
 //	go run ./bench -workers 1 -only churn-4000/s,redis-get -out /tmp/b.md
 //	                                # one worker thread/process for every proxy
+//	go run ./bench -pin             # proxies on CPU 0 with one worker, the
+//	                                # rest on CPU 1
 //	go run ./bench -mode churn -target 127.0.0.1:8080 -rate 4000 -for 10s
 //	                                # the load alone, to profile a running proxy
 //	                                # (-mode udp: UDP echo round trips)
@@ -110,38 +112,25 @@ var dur = func(full, quick time.Duration) time.Duration {
 	return full
 }
 
+// cpuWrap runs f, which returns a sample and the units of work it did, and
+// adds to the sample the proxy's CPU per unit (× scale) under perKey.
+func cpuWrap(t *target, f func() (sample, float64, error), perKey string, scale float64) (sample, error) {
+	c0 := 0.0
+	if t.pid() > 0 {
+		c0 = cpuSeconds(t.pid())
+	}
+	s, units, err := f()
+	if err != nil {
+		return nil, err
+	}
+	if t.pid() > 0 && units > 0 {
+		s[perKey] = (cpuSeconds(t.pid()) - c0) / units * scale
+	}
+	return s, nil
+}
+
 func scenarios() []scenario {
-	cpuWrap := func(t *target, f func() (sample, float64, error), perKey string, scale float64) (sample, error) {
-		c0 := 0.0
-		if t.pid() > 0 {
-			c0 = cpuSeconds(t.pid())
-		}
-		s, units, err := f()
-		if err != nil {
-			return nil, err
-		}
-		if t.pid() > 0 && units > 0 {
-			s[perKey] = (cpuSeconds(t.pid()) - c0) / units * scale
-		}
-		return s, nil
-	}
-	iperf := func(streams int) func(t *target) (sample, error) {
-		return func(t *target) (sample, error) {
-			return cpuWrap(t, func() (sample, float64, error) {
-				secs := int(dur(4*time.Second, 2*time.Second) / time.Second)
-				out, err := exec.Command("timeout", "30", "iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(t.port("iperf")),
-					"-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J").Output()
-				if err != nil {
-					return nil, 0, fmt.Errorf("iperf3: %v: %s", err, firstLine(out))
-				}
-				gbps, gb, err := parseIperf(out)
-				if err != nil {
-					return nil, 0, err
-				}
-				return sample{"gbps": gbps}, gb, nil
-			}, "cpu_ms_per_gb", 1000)
-		}
-	}
+	iperf := func(streams int) func(t *target) (sample, error) { return iperfTCP(streams, "") }
 	churnRun := func(rate, workers int, d time.Duration) func(t *target) (sample, error) {
 		return func(t *target) (sample, error) {
 			return cpuWrap(t, func() (sample, float64, error) {
@@ -254,7 +243,7 @@ func scenarios() []scenario {
 	}
 	rt := []metric{{"rate", "ops/s", true}, {"cpu_us_per_op", "proxy CPU µs/op", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
 	hs := []metric{{"rate", "handshakes/s", true}, {"cpu_us_per_op", "proxy CPU µs/handshake", false}, {"p50_ms", "p50 ms", false}, {"p99_ms", "p99 ms", false}, {"errors", "errors", false}}
-	return []scenario{
+	return append([]scenario{
 		{name: "bulk-1", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(1)},
 		{name: "bulk-8", metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: iperf(8)},
 		{name: "churn-4000/s", metrics: rt, run: churnRun(4000, 64, dur(4*time.Second, 2*time.Second))},
@@ -269,7 +258,7 @@ func scenarios() []scenario {
 		{name: "tls-resumed", tlsOnly: true, metrics: append(hs[:2:2], metric{"resumed_pct", "resumed %", true}, hs[2], hs[3], hs[4]), run: tlsRun(offTLSECDSA, true)},
 		{name: "tls-bulk", tlsOnly: true, metrics: []metric{{"gbps", "Gbit/s", true}, {"cpu_ms_per_gb", "proxy CPU ms/GB", false}}, run: tlsBulk},
 		{name: "idle-5000", metrics: []metric{{"fds_per_conn", "fds/conn", false}, {"rss_kb_per_conn", "RSS kB/conn", false}, {"slab_kb_per_conn", "slab kB/conn (whole system)", false}}, run: idle},
-	}
+	}, scenarios26()...)
 }
 
 // sniBulk streams through the same dynamic-proxy twice: through a plain rule
@@ -312,7 +301,7 @@ func runQuiet(argv ...string) error {
 }
 
 func ensurePackages() error {
-	need := map[string]string{"haproxy": "haproxy", "nginx": "nginx-light", "iperf3": "iperf3", "redis-server": "redis-server", "redis-benchmark": "redis-tools"}
+	need := map[string]string{"haproxy": "haproxy", "nginx": "nginx-light", "iperf3": "iperf3", "redis-server": "redis-server", "redis-benchmark": "redis-tools", "wrk": "wrk"}
 	var missing []string
 	for cmd, pkg := range need {
 		if _, err := exec.LookPath(cmd); err != nil {
@@ -357,6 +346,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if err := applyPin(); err != nil { // after the build, which may use every CPU
+		return err
+	}
 
 	// Backends.
 	var procs []*proc
@@ -381,6 +373,13 @@ func run() error {
 		}
 		procs = append(procs, p)
 	}
+	httpd, err := startHTTPBackend(dir)
+	if httpd != nil {
+		procs = append(procs, httpd)
+	}
+	if err != nil {
+		return err
+	}
 	if err := waitPorts(&target{name: "backends", proc: procs[0]}); err != nil {
 		return err
 	}
@@ -392,6 +391,9 @@ func run() error {
 		return err
 	}
 	targets = allTargets(dp, supportsMetricsSwitch(dp))
+	if *flagPin {
+		pinTargets(targets)
+	}
 	for _, t := range targets {
 		if t.setup == nil {
 			continue

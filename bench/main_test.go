@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,3 +60,83 @@ func TestFailedRounds(t *testing.T) {
 		t.Fatalf("no failures: %q, want nothing", got)
 	}
 }
+
+// TestParseWrk reads wrk 4.1 reports captured with --latency: kept alive,
+// Connection: close, every response a 503, and no request answered.
+func TestParseWrk(t *testing.T) {
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, c := range []struct {
+		file string
+		want wrkResult
+	}{
+		{"wrk-keepalive.txt", wrkResult{requests: 97004, rate: 88171.35, p50ms: 0.304, p99ms: 2.27}},
+		{"wrk-close.txt", wrkResult{requests: 22095, rate: 22075.73, p50ms: 0.765, p99ms: 2.36}},
+		{"wrk-non2xx.txt", wrkResult{requests: 108072, rate: 108010.87, p50ms: 0.227, p99ms: 0.716, errors: 108072}},
+	} {
+		got, err := parseWrk(read(c.file))
+		if err != nil || !near(got.requests, c.want.requests) || !near(got.rate, c.want.rate) || !near(got.p50ms, c.want.p50ms) ||
+			!near(got.p99ms, c.want.p99ms) || !near(got.errors, c.want.errors) {
+			t.Errorf("%s: %+v, %v; want %+v", c.file, got, err, c.want)
+		}
+	}
+	// wrk prints this line only when a socket failed (format from wrk's
+	// src/wrk.c); every count is an error.
+	withErrs := strings.Replace(string(read("wrk-close.txt")), "Requests/sec:",
+		"  Socket errors: connect 1, read 20, write 0, timeout 3\nRequests/sec:", 1)
+	if got, err := parseWrk([]byte(withErrs)); err != nil || got.errors != 24 {
+		t.Errorf("socket errors: %+v, %v; want 24 errors", got, err)
+	}
+	if _, err := parseWrk(read("wrk-none.txt")); err == nil || !strings.Contains(err.Error(), "no request") {
+		t.Errorf("no request answered: %v, want an error", err)
+	}
+	if _, err := parseWrk([]byte("unable to connect to 127.0.0.1:21999 Connection refused\n")); err == nil {
+		t.Error("connection refused: no error")
+	}
+}
+
+func TestParseWrkDur(t *testing.T) {
+	for in, want := range map[string]float64{"412.00us": 0.412, "1.25ms": 1.25, "2.00s": 2000, "1.50m": 90000} {
+		if got, err := parseWrkDur(in); err != nil || !near(got, want) {
+			t.Errorf("parseWrkDur(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := parseWrkDur("3.00h"); err == nil {
+		t.Error("an hour: no error")
+	}
+}
+
+// TestParseIperfUDP reads iperf3 3.12's UDP report (-u -J, trimmed to its
+// start and end sums): the receiver's counts, not the sender's.
+func TestParseIperfUDP(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("testdata", "iperf3-udp.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := parseIperfUDP(b)
+	if err != nil || !near(got.lostPct, 1.0704957908778066) || !near(got.gbps, 0.9883021535403588) || !near(got.gb, 0.1235584) {
+		t.Fatalf("parseIperfUDP: %+v, %v; want 1.07 %% lost, 0.988 Gbit/s, 0.124 GB received", got, err)
+	}
+	// Without sum_received (iperf3 before 3.10), end.sum has the same counts.
+	old := `{"end":{"sum":{"bytes":123558400,"bits_per_second":988302153.5,"lost_percent":1.07,"packets":89211}}}`
+	if got, err := parseIperfUDP([]byte(old)); err != nil || got.lostPct != 1.07 {
+		t.Errorf("end.sum only: %+v, %v", got, err)
+	}
+	for _, c := range []struct{ out, want string }{
+		{`{"end":{"sum_received":{"bytes":0,"packets":0}}}`, "no datagram"},
+		{`{"end":{}}`, "no datagram"},
+		{`{"error":"unable to connect to server"}`, "unable to connect"},
+		{`not json`, "iperf3 report"},
+	} {
+		if _, err := parseIperfUDP([]byte(c.out)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("parseIperfUDP(%s): %v, want an error with %q", c.out, err, c.want)
+		}
+	}
+}
+
+func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }

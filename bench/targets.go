@@ -16,11 +16,12 @@ const (
 	portEcho  = 21002 // TCP and UDP
 	portRedis = 21003
 	portSink  = 21004 // discards everything (bulk-sni)
+	portHTTP  = 21005 // nginx HTTP server (wrk-keepalive, wrk-close), front base+offHTTP
 )
 
 type target struct {
 	name  string
-	base  int // front ports: base+1 iperf, base+2 echo (tcp+udp), base+3 redis
+	base  int // front ports: base+1 iperf (tcp+udp), base+2 echo (tcp+udp), base+3 redis, base+offHTTP, base+offNewSession (udp)
 	udp   bool
 	tls   bool // terminates TLS on base+offTLSECDSA, base+offTLSRSA, base+offTLSBulk
 	proc  *proc
@@ -95,7 +96,8 @@ func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) 
 	for _, r := range []struct {
 		name, proto  string
 		off, backend int
-	}{{"iperf", "tcp", 1, portIperf}, {"echo", "tcp", 2, portEcho}, {"redis", "tcp", 3, portRedis}, {"echo_udp", "udp", 2, portEcho}, {"sink", "tcp", 4, portSink}} {
+	}{{"iperf", "tcp", 1, portIperf}, {"echo", "tcp", 2, portEcho}, {"redis", "tcp", 3, portRedis}, {"echo_udp", "udp", 2, portEcho}, {"sink", "tcp", 4, portSink},
+		{"http", "tcp", offHTTP, portHTTP}, {"iperf_udp", "udp", 1, portIperf}} {
 		if r.proto == "udp" && !*flagDPUDP {
 			continue
 		}
@@ -106,6 +108,9 @@ func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) 
 	// ClientHello, replays it, then splices (bulk-sni).
 	fmt.Fprintf(&b, "[[rules]]\nname = \"sink_sni\"\n[[rules.backends]]\nid = \"b\"\naddress = \"127.0.0.1:%d\"\n[rules.matcher]\nall = [ { type = \"port\", port = %d }, { type = \"sni\", names = [\"bench.example\"] } ]\n",
 		portSink, t.base+5)
+	if *flagDPUDP {
+		b.WriteString(dpNewSessionRule(t.base))
+	}
 	if t.tls {
 		b.WriteString(dpTLSRules(t.base))
 	}
@@ -151,7 +156,7 @@ func startHAProxy(t *target, dir string, splice bool) error {
 	for _, r := range []struct {
 		name         string
 		off, backend int
-	}{{"iperf", 1, portIperf}, {"echo", 2, portEcho}, {"redis", 3, portRedis}} {
+	}{{"iperf", 1, portIperf}, {"echo", 2, portEcho}, {"redis", 3, portRedis}, {"http", offHTTP, portHTTP}} {
 		fmt.Fprintf(&b, "\nlisten %s\n  bind 127.0.0.1:%d\n  server s1 127.0.0.1:%d\n", r.name, t.base+r.off, r.backend)
 	}
 	if t.tls {
@@ -180,9 +185,10 @@ func startNginx(t *target, dir string) error {
 	for _, r := range []struct {
 		listen       string
 		off, backend int
-	}{{"", 1, portIperf}, {"", 2, portEcho}, {"", 3, portRedis}, {" udp", 2, portEcho}} {
+	}{{"", 1, portIperf}, {"", 2, portEcho}, {"", 3, portRedis}, {" udp", 2, portEcho}, {"", offHTTP, portHTTP}, {" udp", 1, portIperf}} {
 		fmt.Fprintf(&b, "  server { listen 127.0.0.1:%d%s; proxy_pass 127.0.0.1:%d; proxy_timeout 10m; }\n", t.base+r.off, r.listen, r.backend)
 	}
+	b.WriteString(nginxNewSessionServer(t.base))
 	if t.tls {
 		b.WriteString(nginxTLS(t.base))
 	}
