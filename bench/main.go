@@ -84,6 +84,10 @@ type sample map[string]float64
 // targets' samples can be paired by round (pairedRatio).
 const roundKey = "_round"
 
+// unitsKey holds the units of work a sample's CPU figure was divided by
+// (connections, requests, round trips, GB), for the -budget windows.
+const unitsKey = "_units"
+
 type scenario struct {
 	name    string
 	udpOnly bool
@@ -123,6 +127,7 @@ func scenarios() []scenario {
 		if t.pid() > 0 && units > 0 {
 			s[perKey] = (cpuSeconds(t.pid()) - c0) / units * scale
 		}
+		s[unitsKey] = units
 		return s, nil
 	}
 	iperf := func(streams int) func(t *target) (sample, error) {
@@ -403,10 +408,11 @@ func run() error {
 	}
 
 	scs := scenarios()
-	if *flagOnly != "" {
+	only := *flagOnly
+	if only != "" {
 		var keep []scenario
 		for _, s := range scs {
-			if strings.Contains(","+*flagOnly+",", ","+s.name+",") {
+			if strings.Contains(","+only+",", ","+s.name+",") {
 				keep = append(keep, s)
 			}
 		}
@@ -439,15 +445,19 @@ func run() error {
 		}
 	}
 	report := render(dp, targets, scs, results, errs)
-	if err := os.MkdirAll(filepath.Dir(*flagOut), 0o755); err != nil {
+	if *flagBudget {
+		report += renderBudget(runBudget(targets, scs), results)
+	}
+	out := *flagOut
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(*flagOut, []byte(withKeptPart(*flagOut, report)), 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(withKeptPart(out, report)), 0o644); err != nil {
 		return err
 	}
 	fmt.Println()
 	fmt.Print(report)
-	fmt.Println("written to", *flagOut)
+	fmt.Println("written to", out)
 	return nil
 }
 
@@ -471,7 +481,7 @@ func withKeptPart(path, report string) string {
 func fmtSample(s sample) string {
 	keys := make([]string, 0, len(s))
 	for k := range s {
-		if k != roundKey {
+		if !strings.HasPrefix(k, "_") { // roundKey, unitsKey
 			keys = append(keys, k)
 		}
 	}
