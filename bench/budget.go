@@ -30,12 +30,12 @@ var flagBudget = flag.Bool("budget", false, "after the rounds, measure dynamic-p
 // budgetUnits maps the budget scenarios to the unit their work is counted in.
 var budgetUnits = map[string]string{"churn-4000/s": "connection", "redis-get": "request", "udp-20000/s": "round trip"}
 
-// budgetTargets are the proxies measured.
+// budgetTargets are the proxies measured (and their -scaling variants).
 var budgetTargets = []string{"dynamic-proxy", "nginx", "haproxy"}
 
 func isBudgetTarget(name string) bool {
 	for _, b := range budgetTargets {
-		if name == b {
+		if name == b || name == b+"-w1" || name == b+"-w2" {
 			return true
 		}
 	}

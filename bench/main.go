@@ -397,6 +397,9 @@ func run() error {
 		return err
 	}
 	targets = allTargets(dp, supportsMetricsSwitch(dp))
+	if *flagScaling {
+		targets = scalingTargets(dp)
+	}
 	for _, t := range targets {
 		if t.setup == nil {
 			continue
@@ -409,6 +412,9 @@ func run() error {
 
 	scs := scenarios()
 	only := *flagOnly
+	if only == "" && *flagScaling {
+		only = scalingScenarios
+	}
 	if only != "" {
 		var keep []scenario
 		for _, s := range scs {
@@ -444,11 +450,16 @@ func run() error {
 			}
 		}
 	}
-	report := render(dp, targets, scs, results, errs)
+	var report string
+	if *flagScaling {
+		report = renderScaling(dp, targets, scs, results, errs)
+	} else {
+		report = render(dp, targets, scs, results, errs)
+	}
 	if *flagBudget {
 		report += renderBudget(runBudget(targets, scs), results)
 	}
-	out := *flagOut
+	out := outPath()
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
