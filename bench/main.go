@@ -9,6 +9,10 @@
 //	go run ./bench -mode churn -target 127.0.0.1:8080 -rate 4000 -for 10s
 //	                                # the load alone, to profile a running proxy
 //	                                # (-mode udp: UDP echo round trips)
+//	go run ./bench -budget -only churn-4000/s,redis-get,udp-20000/s
+//	                                # also: CPU (user, kernel) and system calls per
+//	                                # connection, request and round trip, from perf
+//	go run ./bench -scaling         # 1 against 2 workers of each proxy (docs/SCALING.md)
 //
 // Every load loop is bounded in time, all traffic stays on 127.0.0.1, and
 // every process the harness starts is stopped by its PID.
