@@ -11,6 +11,10 @@
 //	go run ./bench -mode churn -target 127.0.0.1:8080 -rate 4000 -for 10s
 //	                                # the load alone, to profile a running proxy
 //	                                # (-mode udp: UDP echo round trips)
+//	go run ./bench -budget -only churn-4000/s,redis-get,udp-20000/s
+//	                                # also: CPU (user, kernel) and system calls per
+//	                                # connection, request and round trip, from perf
+//	go run ./bench -scaling         # 1 against 2 workers of each proxy (docs/SCALING.md)
 //
 // Every load loop is bounded in time, all traffic stays on 127.0.0.1, and
 // every process the harness starts is stopped by its PID.
@@ -86,6 +90,10 @@ type sample map[string]float64
 // targets' samples can be paired by round (pairedRatio).
 const roundKey = "_round"
 
+// unitsKey holds the units of work a sample's CPU figure was divided by
+// (connections, requests, round trips, GB), for the -budget windows.
+const unitsKey = "_units"
+
 type scenario struct {
 	name    string
 	udpOnly bool
@@ -126,6 +134,7 @@ func cpuWrap(t *target, f func() (sample, float64, error), perKey string, scale 
 	if t.pid() > 0 && units > 0 {
 		s[perKey] = (cpuSeconds(t.pid()) - c0) / units * scale
 	}
+	s[unitsKey] = units
 	return s, nil
 }
 
@@ -391,6 +400,9 @@ func run() error {
 		return err
 	}
 	targets = allTargets(dp, supportsMetricsSwitch(dp))
+	if *flagScaling {
+		targets = scalingTargets(dp)
+	}
 	if *flagPin {
 		pinTargets(targets)
 	}
@@ -405,10 +417,14 @@ func run() error {
 	}
 
 	scs := scenarios()
-	if *flagOnly != "" {
+	only := *flagOnly
+	if only == "" && *flagScaling {
+		only = scalingScenarios
+	}
+	if only != "" {
 		var keep []scenario
 		for _, s := range scs {
-			if strings.Contains(","+*flagOnly+",", ","+s.name+",") {
+			if strings.Contains(","+only+",", ","+s.name+",") {
 				keep = append(keep, s)
 			}
 		}
@@ -440,16 +456,25 @@ func run() error {
 			}
 		}
 	}
-	report := render(dp, targets, scs, results, errs)
-	if err := os.MkdirAll(filepath.Dir(*flagOut), 0o755); err != nil {
+	var report string
+	if *flagScaling {
+		report = renderScaling(dp, targets, scs, results, errs)
+	} else {
+		report = render(dp, targets, scs, results, errs)
+	}
+	if *flagBudget {
+		report += renderBudget(runBudget(targets, scs), results)
+	}
+	out := outPath()
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(*flagOut, []byte(withKeptPart(*flagOut, report)), 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(withKeptPart(out, report)), 0o644); err != nil {
 		return err
 	}
 	fmt.Println()
 	fmt.Print(report)
-	fmt.Println("written to", *flagOut)
+	fmt.Println("written to", out)
 	return nil
 }
 
@@ -473,7 +498,7 @@ func withKeptPart(path, report string) string {
 func fmtSample(s sample) string {
 	keys := make([]string, 0, len(s))
 	for k := range s {
-		if k != roundKey {
+		if !strings.HasPrefix(k, "_") { // roundKey, unitsKey
 			keys = append(keys, k)
 		}
 	}

@@ -140,3 +140,101 @@ func TestParseIperfUDP(t *testing.T) {
 }
 
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
+
+// Output of perf 6.1 on this VM, trimmed: `perf stat -x, -o FILE -e … -p
+// PID` stopped by SIGINT while bench -mode churn loaded a bench -mode echo.
+const perfStatOut = `# started on Thu Dec  3 11:16:26 2026
+
+196.05,msec,task-clock,196051161,100.00,0.152,CPUs utilized
+8564,,context-switches,196051161,100.00,43.682,K/sec
+44505,,raw_syscalls:sys_enter,196051161,100.00,227.007,K/sec
+8671,,syscalls:sys_enter_splice,196051161,100.00,44.228,K/sec
+3380,,syscalls:sys_enter_accept4,196051161,100.00,17.240,K/sec
+`
+
+// The same with -p naming a process that never ran in the window.
+const perfStatNotCounted = `# started on Thu Dec  3 11:15:03 2026
+
+<not counted>,msec,task-clock,0,100.00,,
+<not counted>,,raw_syscalls:sys_enter,0,100.00,,
+`
+
+// `perf trace -s -o FILE -p PID`, same load, two of its threads (one
+// created while traced: clone3).
+const perfTraceOut = `
+ Summary of events:
+
+ benchbin (28160), 1712 events, 3.6%
+
+   syscall            calls  errors  total       min       avg       max       stddev
+                                     (msec)    (msec)    (msec)    (msec)        (%)
+   --------------- --------  ------ -------- --------- --------- ---------     ------
+   futex                 98      0   193.687     0.000     1.976    42.441     31.42%
+   epoll_pwait          112      0    10.017     0.004     0.089     1.143     24.33%
+   splice               211     51     1.579     0.004     0.007     0.021      4.14%
+   accept4               61     23     0.433     0.005     0.007     0.016      4.18%
+
+
+ benchbin (28158), 7454 events, 15.8%
+
+   syscall            calls  errors  total       min       avg       max       stddev
+                                     (msec)    (msec)    (msec)    (msec)        (%)
+   --------------- --------  ------ -------- --------- --------- ---------     ------
+   futex                944      4   579.676     0.000     0.614     3.668      2.81%
+   nanosleep           2668      0   327.156     0.030     0.123     1.840      2.01%
+   clone3                 1      0     0.020     0.020     0.020     0.020      0.00%
+`
+
+func TestParsePerfStat(t *testing.T) {
+	ev, err := parsePerfStat([]byte(perfStatOut))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{"task-clock": 196.05, "context-switches": 8564, "raw_syscalls:sys_enter": 44505,
+		"syscalls:sys_enter_splice": 8671, "syscalls:sys_enter_accept4": 3380}
+	if len(ev) != len(want) {
+		t.Errorf("got %v, want %v", ev, want)
+	}
+	for k, v := range want {
+		if ev[k] != v {
+			t.Errorf("%s = %v, want %v", k, ev[k], v)
+		}
+	}
+	if _, err := parsePerfStat([]byte(perfStatNotCounted)); err == nil || !strings.Contains(err.Error(), "not counted") {
+		t.Errorf("not counted: %v, want an error", err)
+	}
+	if _, err := parsePerfStat([]byte("# started on Thu Dec  3 11:15:03 2026\n\n")); err == nil {
+		t.Error("no counts: no error")
+	}
+}
+
+func TestParsePerfTrace(t *testing.T) {
+	// LOST is perf trace's own line for dropped events (builtin-trace.c:
+	// "LOST %" PRIu64 " events!").
+	calls, lost, err := parsePerfTrace([]byte("LOST 17 events!\n" + perfTraceOut))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"futex": 1042, "epoll_pwait": 112, "splice": 211, "accept4": 61, "nanosleep": 2668, "clone3": 1}
+	if len(calls) != len(want) {
+		t.Errorf("got %v, want %v", calls, want)
+	}
+	for k, v := range want {
+		if calls[k] != v {
+			t.Errorf("%s = %d, want %d (summed over threads)", k, calls[k], v)
+		}
+	}
+	if lost != 17 {
+		t.Errorf("lost = %d, want 17", lost)
+	}
+	if _, _, err := parsePerfTrace([]byte("\n Summary of events:\n\n")); err == nil {
+		t.Error("no summary: no error")
+	}
+}
+
+func TestTopSyscalls(t *testing.T) {
+	got := topSyscalls(map[string]float64{"read": 2, "write": 2, "accept4": 1, "close": 2, "epoll_wait": 0.4, "futex": 0.01}, 4)
+	if want := "close 2.00, read 2.00, write 2.00, accept4 1.00, other 0.410"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

@@ -58,6 +58,7 @@ func tree(root int) []int {
 type stat struct {
 	ppid       int
 	cpuTicks   int64 // utime + stime
+	userTicks  int64 // utime
 	rssPages   int64
 	numThreads int
 }
@@ -71,7 +72,7 @@ func readStat(pid int) (stat, error) {
 	i := strings.LastIndexByte(s, ')')
 	f := strings.Fields(s[i+2:]) // f[0] is field 3 (state)
 	atoi := func(k int) int64 { v, _ := strconv.ParseInt(f[k-3], 10, 64); return v }
-	return stat{ppid: int(atoi(4)), cpuTicks: atoi(14) + atoi(15), numThreads: int(atoi(20)), rssPages: atoi(24)}, nil
+	return stat{ppid: int(atoi(4)), cpuTicks: atoi(14) + atoi(15), userTicks: atoi(14), numThreads: int(atoi(20)), rssPages: atoi(24)}, nil
 }
 
 const clkTck = 100 // USER_HZ on Linux

@@ -20,13 +20,15 @@ const (
 )
 
 type target struct {
-	name  string
-	base  int // front ports: base+1 iperf (tcp+udp), base+2 echo (tcp+udp), base+3 redis, base+offHTTP, base+offNewSession (udp)
-	udp   bool
-	tls   bool // terminates TLS on base+offTLSECDSA, base+offTLSRSA, base+offTLSBulk
-	proc  *proc
-	dir   string
-	setup func(t *target, dir string) error
+	name string
+	base int // front ports: base+1 iperf (tcp+udp), base+2 echo (tcp+udp), base+3 redis, base+offHTTP, base+offNewSession (udp)
+	udp  bool
+	tls  bool // terminates TLS on base+offTLSECDSA, base+offTLSRSA, base+offTLSBulk
+	// workers overrides -workers for this target (the -scaling variants).
+	workers int
+	proc    *proc
+	dir     string
+	setup   func(t *target, dir string) error
 }
 
 func (t *target) port(kind string) int {
@@ -35,6 +37,15 @@ func (t *target) port(kind string) int {
 		return map[string]int{"iperf": portIperf, "echo": portEcho, "redis": portRedis}[kind]
 	}
 	return t.base + off
+}
+
+// workerCount is t's worker threads or processes: its own, else -workers
+// (0: the proxy's default).
+func (t *target) workerCount() int {
+	if t.workers > 0 {
+		return t.workers
+	}
+	return *flagWorkers
 }
 
 func (t *target) pid() int {
@@ -80,8 +91,8 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[server]\ntcp_bind = \"127.0.0.1:%d\"\nudp_bind = \"127.0.0.1:%d\"\nmax_connections = 0\nwatch_config = false\n", t.base+9, t.base+9)
-	if *flagWorkers > 0 {
-		fmt.Fprintf(&b, "worker_threads = %d\n", *flagWorkers)
+	if w := t.workerCount(); w > 0 {
+		fmt.Fprintf(&b, "worker_threads = %d\n", w)
 	}
 	if !adaptive {
 		b.WriteString("adaptive_threads = false\n")
@@ -146,8 +157,8 @@ func supportsMetricsSwitch(bin string) bool {
 func startHAProxy(t *target, dir string, splice bool) error {
 	var b strings.Builder
 	b.WriteString("global\n  maxconn 7500\n")
-	if *flagWorkers > 0 {
-		fmt.Fprintf(&b, "  nbthread %d\n", *flagWorkers)
+	if w := t.workerCount(); w > 0 {
+		fmt.Fprintf(&b, "  nbthread %d\n", w)
 	}
 	b.WriteString("\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n")
 	if splice {
@@ -177,10 +188,11 @@ func startHAProxy(t *target, dir string, splice bool) error {
 func startNginx(t *target, dir string) error {
 	var b strings.Builder
 	workers := "auto"
-	if *flagWorkers > 0 {
-		workers = fmt.Sprint(*flagWorkers)
+	if w := t.workerCount(); w > 0 {
+		workers = fmt.Sprint(w)
 	}
-	fmt.Fprintf(&b, "daemon off;\nuser root;\nworker_processes %s;\nworker_rlimit_nofile 19000;\npid %s/nginx.pid;\nerror_log %s/nginx-error.log warn;\n", workers, dir, dir)
+	// Files named after the target: the -scaling run has two nginx at once.
+	fmt.Fprintf(&b, "daemon off;\nuser root;\nworker_processes %s;\nworker_rlimit_nofile 19000;\npid %s/%s.pid;\nerror_log %s/%s-error.log warn;\n", workers, dir, t.name, dir, t.name)
 	b.WriteString("load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nevents { worker_connections 18000; }\nstream {\n")
 	for _, r := range []struct {
 		listen       string
@@ -193,7 +205,7 @@ func startNginx(t *target, dir string) error {
 		b.WriteString(nginxTLS(t.base))
 	}
 	b.WriteString("}\n")
-	cfg := filepath.Join(dir, "nginx.conf")
+	cfg := filepath.Join(dir, t.name+".conf")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		return err
 	}

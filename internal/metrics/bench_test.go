@@ -123,3 +123,33 @@ func BenchmarkBytesCounterSharded(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkObserverConnectionParallel is BenchmarkObserverConnection (the
+// metrics work of one proxied TCP connection, one read each way) from one
+// goroutine per P: with -cpu 2
+// the two event loops write the same route's and backend's series, which
+// are shared cache lines; -cpu 1 is the same work without the bouncing.
+//
+//	go test ./internal/metrics -run - -bench ObserverConnectionParallel -cpu 1,2 -count 5
+func BenchmarkObserverConnectionParallel(b *testing.B) {
+	be := backend.New("bench", "b", "127.0.0.1:1", 1, nil)
+	rt := &proxy.Route{Name: "bench", Protocol: "tcp", RouterName: "round_robin", Plugin: "round_robin",
+		Backends: []*backend.Backend{be}, ConnectTimeout: time.Second}
+	m, err := New(prometheus.NewRegistry(), false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	b.SetParallelism(1) // one goroutine per P: the loops
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			o.ConnOpened()
+			o.Picked(be)
+			o.Connected(be, 50*time.Microsecond, nil)
+			o.BytesIn(64)
+			o.BytesOut(64)
+			o.ConnClosed(be, proxy.EndEOF, 200*time.Microsecond, 64, 64)
+		}
+	})
+}
