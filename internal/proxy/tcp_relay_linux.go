@@ -260,10 +260,15 @@ func (c *lconn) sourceEnded(d *ldir) bool {
 	}
 	if !d.shut {
 		d.shut = true
-		if d == &c.up {
-			eventloop.ShutdownWR(c.bfd)
-		} else {
-			eventloop.ShutdownWR(c.cfd)
+		// The last direction to end needs no shutdown: finish closes
+		// both sockets, and the close sends the FIN (nothing is left
+		// unread on either, so it is not a reset).
+		if other := c.opposite(d); !other.shut {
+			if d == &c.up {
+				eventloop.ShutdownWR(c.bfd)
+			} else {
+				eventloop.ShutdownWR(c.cfd)
+			}
 		}
 	}
 	if c.up.shut && c.down.shut {
@@ -271,6 +276,14 @@ func (c *lconn) sourceEnded(d *ldir) bool {
 		return false
 	}
 	return true
+}
+
+// opposite is the direction other than d.
+func (c *lconn) opposite(d *ldir) *ldir {
+	if d == &c.up {
+		return &c.down
+	}
+	return &c.up
 }
 
 // moved accounts n bytes written in direction d: the direction's count,
