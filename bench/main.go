@@ -43,6 +43,7 @@ var (
 	flagWorkers = flag.Int("workers", 0, "worker threads of every proxy (dynamic-proxy worker_threads, HAProxy nbthread, nginx worker_processes); 0: each one's default, one per CPU")
 	flagDPFixed = flag.Bool("dp-fixed", false, "also run dynamic-proxy-fixed: dynamic-proxy with adaptive_threads = false (GOMAXPROCS stays at the worker threads)")
 	flagDPUDP   = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
+	flagFloor   = flag.Bool("floor", true, "also run floor: a minimal C read/write relay (bench/floor/floor.c), the system-call floor dynamic-proxy is compared with")
 )
 
 func main() {
@@ -319,6 +320,9 @@ func ensurePackages() error {
 			missing = append(missing, pkg)
 		}
 	}
+	if *flagFloor {
+		need["cc"] = "gcc" // builds the floor relay
+	}
 	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err != nil {
 		missing = append(missing, "libnginx-mod-stream")
 	}
@@ -351,6 +355,11 @@ func run() error {
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("building dynamic-proxy: %w", err)
+		}
+	}
+	if *flagFloor {
+		if err := buildFloor(filepath.Join(dir, "floor")); err != nil {
+			return err
 		}
 	}
 	self, err := os.Executable()
