@@ -314,14 +314,14 @@ func runQuiet(argv ...string) error {
 
 func ensurePackages() error {
 	need := map[string]string{"haproxy": "haproxy", "nginx": "nginx-light", "iperf3": "iperf3", "redis-server": "redis-server", "redis-benchmark": "redis-tools"}
+	if *flagFloor {
+		need["cc"] = "gcc" // builds the floor relay
+	}
 	var missing []string
 	for cmd, pkg := range need {
 		if _, err := exec.LookPath(cmd); err != nil {
 			missing = append(missing, pkg)
 		}
-	}
-	if *flagFloor {
-		need["cc"] = "gcc" // builds the floor relay
 	}
 	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err != nil {
 		missing = append(missing, "libnginx-mod-stream")
