@@ -265,3 +265,33 @@ func freePort(t *testing.T, network string) string {
 	}
 	return addr
 }
+
+// TestFloorRows: the Targets table holds dynamic-proxy's CPU against the
+// floor's as the median of per-round ratios, and the floor is no peer.
+func TestFloorRows(t *testing.T) {
+	round := func(r, cpu float64) sample { return sample{roundKey: r, "cpu_us_per_op": cpu} }
+	results := map[string]map[string][]sample{
+		"churn-4000/s": {
+			"dynamic-proxy": {round(0, 11), round(1, 30), round(2, 12)},
+			"floor":         {round(0, 10), round(1, 20), round(2, 10)}, // ratios 1.1, 1.5, 1.2
+		},
+		"redis-get": {
+			"dynamic-proxy": {round(0, 10)},
+			"floor":         {round(0, 10)},
+			"haproxy":       {round(0, 12)},
+		},
+	}
+	table := targetsTable(results)
+	for _, want := range []string{
+		"| dynamic-proxy CPU ≤ 1.15 × floor (churn-4000/s) | dp/floor = 1.200 | median of 3 per-round ratios ≤ 1.15 | **no** |",
+		"| dynamic-proxy CPU ≤ 1.15 × floor (redis-get) | dp/floor = 1.000 | median of 1 per-round ratios ≤ 1.15 | yes |",
+		"| dynamic-proxy CPU ≤ 1.15 × floor (udp-20000/s) | – | – | not measured |",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("no row %q in\n%s", want, table)
+		}
+	}
+	if name, _, _ := bestPeer(results["redis-get"], metric{key: "cpu_us_per_op"}); name != "haproxy" {
+		t.Errorf("best peer on redis-get: %q, want haproxy (the floor is no peer)", name)
+	}
+}
