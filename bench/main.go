@@ -49,6 +49,7 @@ var (
 	flagWorkers = flag.Int("workers", 0, "worker threads of every proxy (dynamic-proxy worker_threads, HAProxy nbthread, nginx worker_processes); 0: each one's default, one per CPU")
 	flagDPFixed = flag.Bool("dp-fixed", false, "also run dynamic-proxy-fixed: dynamic-proxy with adaptive_threads = false (GOMAXPROCS stays at the worker threads)")
 	flagDPUDP   = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
+	flagFloor   = flag.Bool("floor", true, "also run floor: a minimal C read/write relay (bench/floor/floor.c), the system-call floor dynamic-proxy is compared with")
 )
 
 func main() {
@@ -311,6 +312,9 @@ func runQuiet(argv ...string) error {
 
 func ensurePackages() error {
 	need := map[string]string{"haproxy": "haproxy", "nginx": "nginx-light", "iperf3": "iperf3", "redis-server": "redis-server", "redis-benchmark": "redis-tools", "wrk": "wrk"}
+	if *flagFloor {
+		need["cc"] = "gcc" // builds the floor relay
+	}
 	var missing []string
 	for cmd, pkg := range need {
 		if _, err := exec.LookPath(cmd); err != nil {
@@ -349,6 +353,11 @@ func run() error {
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("building dynamic-proxy: %w", err)
+		}
+	}
+	if *flagFloor {
+		if err := buildFloor(filepath.Join(dir, "floor")); err != nil {
+			return err
 		}
 	}
 	self, err := os.Executable()

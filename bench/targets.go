@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -80,10 +81,43 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 			return startDP(t, dir, dpBinary, false, true, "")
 		}})
 	}
-	return append(ts,
+	ts = append(ts,
 		&target{name: "haproxy", base: 21200, tls: true, setup: func(t *target, dir string) error { return startHAProxy(t, dir, false) }},
 		&target{name: "haproxy-splice", base: 21300, setup: func(t *target, dir string) error { return startHAProxy(t, dir, true) }},
 		&target{name: "nginx", base: 21400, udp: true, tls: true, setup: startNginx})
+	if *flagFloor {
+		// Last: the rotation is circular, so it runs two places before
+		// dynamic-proxy, about as close as the other variants.
+		ts = append(ts, &target{name: "floor", base: 21800, udp: true, setup: startFloor})
+	}
+	return ts
+}
+
+// buildFloor compiles the floor relay to bin.
+func buildFloor(bin string) error {
+	out, err := exec.Command("cc", "-O2", "-Wall", "-Werror", "-o", bin, filepath.Join("bench", "floor", "floor.c")).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("building the floor relay: %v: %s", err, out)
+	}
+	return nil
+}
+
+// startFloor starts the floor relay built by buildFloor in dir, with
+// the same front ports and backends as the proxies.
+func startFloor(t *target, dir string) error {
+	argv := []string{filepath.Join(dir, "floor")}
+	for _, r := range []struct {
+		flag         string
+		off, backend int
+	}{{"-t", 1, portIperf}, {"-t", 2, portEcho}, {"-t", 3, portRedis}, {"-u", 2, portEcho}} {
+		argv = append(argv, r.flag, fmt.Sprintf("127.0.0.1:%d=127.0.0.1:%d", t.base+r.off, r.backend))
+	}
+	p, err := start(t.name, dir, argv...)
+	if err != nil {
+		return err
+	}
+	t.proc = p
+	return waitPorts(t)
 }
 
 // startDP starts dynamic-proxy for t; engine is its [server] engine ("":

@@ -9,9 +9,10 @@ export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH)/bin:/usr/sbin:/sbin"
 STATICCHECK_VERSION=v0.8.2
 
 # --- install what is missing -------------------------------------------------
-# Debian packages the tests use, as package:command. Tests that need one
-# fail (they do not skip) when it is missing, so it is installed here.
-APT_NEEDS=(chromium:chromium redis-server:redis-server redis-tools:redis-cli redis-sentinel:redis-sentinel openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig pebble:pebble)
+# Debian packages the tests use, as package:command (gcc: bench's test
+# builds the floor relay, bench/floor/floor.c). Tests that need one fail
+# (they do not skip) when it is missing, so it is installed here.
+APT_NEEDS=(chromium:chromium redis-server:redis-server redis-tools:redis-cli redis-sentinel:redis-sentinel openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig pebble:pebble gcc:cc)
 need_apt=()
 for pkg_cmd in "${APT_NEEDS[@]}"; do
 	pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
