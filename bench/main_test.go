@@ -250,8 +250,9 @@ func TestTopSyscalls(t *testing.T) {
 // echoes through it on several connections at once, each half-closed by
 // the client, which gets every byte back and then EOF; a backend that
 // refuses closes the client's connection; UDP round trips from two client
-// sockets each get their own replies; and once the connections are closed
-// the relay holds no more descriptors than before them.
+// sockets each get their own replies; a -1 listener's session ends with
+// its reply; and once the connections are closed the relay holds no more
+// descriptors than before them.
 func TestFloorRelays(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the floor relay uses epoll")
@@ -297,8 +298,9 @@ func TestFloorRelays(t *testing.T) {
 	}()
 	refused := freePort(t, "tcp") // nothing listens there
 
-	tcpFront, refusedFront, udpFront := freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "udp")
-	cmd := exec.Command(bin, "-t", tcpFront+"="+ln.Addr().String(), "-t", refusedFront+"="+refused, "-u", udpFront+"="+pc.LocalAddr().String())
+	tcpFront, refusedFront, udpFront, oneFront := freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "udp"), freePort(t, "udp")
+	cmd := exec.Command(bin, "-t", tcpFront+"="+ln.Addr().String(), "-t", refusedFront+"="+refused, "-u", udpFront+"="+pc.LocalAddr().String(),
+		"-1", oneFront+"="+pc.LocalAddr().String())
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -338,7 +340,7 @@ func TestFloorRelays(t *testing.T) {
 			}
 		}
 	}
-	const idle = 3 // the listeners
+	const idle = 4 // the listeners
 	waitFds(idle, "before the connections")
 
 	// TCP: several connections at once, each sending more than the relay's
@@ -420,6 +422,26 @@ func TestFloorRelays(t *testing.T) {
 		}
 	}
 	waitFds(idle+2, "two UDP sessions, one backend socket each")
+
+	// -1: a session per request, ended by its reply; the same client
+	// socket gets a new one each time.
+	one, err := net.Dial("udp", oneFront)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	for round := 0; round < 3; round++ {
+		msg := fmt.Sprintf("one-shot %d", round)
+		one.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := one.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 100)
+		if n, err := one.Read(buf); err != nil || string(buf[:n]) != msg {
+			t.Fatalf("-1: got %q, %v; want %q", buf[:n], err, msg)
+		}
+		waitFds(idle+2, "a -1 session ended by its reply")
+	}
 }
 
 // freePort is a 127.0.0.1 address with a port free for network ("tcp" or

@@ -109,7 +109,8 @@ func startFloor(t *target, dir string) error {
 	for _, r := range []struct {
 		flag         string
 		off, backend int
-	}{{"-t", 1, portIperf}, {"-t", 2, portEcho}, {"-t", 3, portRedis}, {"-u", 2, portEcho}} {
+	}{{"-t", 1, portIperf}, {"-t", 2, portEcho}, {"-t", 3, portRedis}, {"-t", offHTTP, portHTTP}, {"-u", 1, portIperf}, {"-u", 2, portEcho},
+		{"-1", offNewSession, portEcho}} { // -1: a UDP session ends with its reply (udp-newsession)
 		argv = append(argv, r.flag, fmt.Sprintf("127.0.0.1:%d=127.0.0.1:%d", t.base+r.off, r.backend))
 	}
 	p, err := start(t.name, dir, argv...)

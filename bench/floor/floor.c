@@ -8,9 +8,10 @@
  * It deliberately does not splice: it is the system-call floor of a
  * read/write relay, with a 16 KiB buffer per direction.
  *
- *   floor -t LISTEN=BACKEND ... -u LISTEN=BACKEND ...
+ *   floor -t LISTEN=BACKEND ... -u LISTEN=BACKEND ... -1 LISTEN=BACKEND ...
  *
- * -t relays TCP, -u UDP; addresses are IPv4 HOST:PORT. Benchmark tooling,
+ * -t relays TCP, -u UDP, -1 UDP with a session per request (it ends with
+ * its first reply); addresses are IPv4 HOST:PORT. Benchmark tooling,
  * not product: no timeouts on TCP, no configuration, no logging per
  * connection.
  */
@@ -39,6 +40,7 @@ struct listener {
 	enum kind kind; /* first member of everything epoll points at */
 	int fd;
 	struct sockaddr_in backend;
+	int one_reply; /* UDP (-1): a session ends with its first reply */
 };
 
 /* One direction of a connection: read from fd[i], write to fd[1-i]. */
@@ -114,7 +116,7 @@ static void watch(int fd, uint32_t events, void *ptr)
 }
 
 /* listen_on parses "LISTEN=BACKEND" and binds a listener of the given type. */
-static void listen_on(const char *arg, int type)
+static struct listener *listen_on(const char *arg, int type)
 {
 	char spec[160];
 	snprintf(spec, sizeof spec, "%s", arg);
@@ -139,6 +141,7 @@ static void listen_on(const char *arg, int type)
 	/* Level-triggered, one accept or datagram per event: no call ends in
 	 * EAGAIN, and epoll_wait batches whatever else is ready. */
 	watch(l->fd, EPOLLIN, l);
+	return l;
 }
 
 /* conn_close closes both sockets (which leaves the epoll set) and queues c
@@ -318,6 +321,11 @@ static void udp_out(struct session *s)
 		return; /* EAGAIN, or an ICMP error from the backend */
 	s->last = now;
 	sendto(s->l->fd, dgram, n, 0, (struct sockaddr *)&s->client, sizeof s->client);
+	if (s->l->one_reply) { /* as max_responses = 1 / proxy_responses 1 */
+		*slot(s->l, &s->client) = s->next;
+		close(s->fd);
+		free(s);
+	}
 }
 
 /* expire closes the UDP sessions idle for UDP_IDLE seconds. */
@@ -358,16 +366,17 @@ int main(int argc, char **argv)
 	int udp = 0;
 	for (int pass = 0; pass < 2; pass++) {
 		for (int i = 1; i < argc; i++) {
-			if (i + 1 < argc && (!strcmp(argv[i], "-t") || !strcmp(argv[i], "-u"))) {
-				int isudp = argv[i][1] == 'u';
+			if (i + 1 < argc && (!strcmp(argv[i], "-t") || !strcmp(argv[i], "-u") || !strcmp(argv[i], "-1"))) {
+				int isudp = argv[i][1] != 't';
 				if (isudp == (pass == 0)) {
-					listen_on(argv[i + 1], isudp ? SOCK_DGRAM : SOCK_STREAM);
+					struct listener *l = listen_on(argv[i + 1], isudp ? SOCK_DGRAM : SOCK_STREAM);
+					l->one_reply = argv[i][1] == '1';
 					udp |= isudp;
 				}
 				i++;
 				continue;
 			}
-			fprintf(stderr, "usage: floor [-t LISTEN=BACKEND]... [-u LISTEN=BACKEND]...\n");
+			fprintf(stderr, "usage: floor [-t LISTEN=BACKEND]... [-u LISTEN=BACKEND]... [-1 LISTEN=BACKEND]...\n");
 			return 2;
 		}
 	}
