@@ -10,7 +10,7 @@
 //	                                # rest on CPU 1
 //	go run ./bench -mode churn -target 127.0.0.1:8080 -rate 4000 -for 10s
 //	                                # the load alone, to profile a running proxy
-//	                                # (-mode udp: UDP echo round trips)
+//	                                # (-mode udp: UDP echo round trips; udp-new: on a new socket each)
 //	go run ./bench -budget -only churn-4000/s,redis-get,udp-20000/s
 //	                                # also: CPU (user, kernel) and system calls per
 //	                                # connection, request and round trip, from perf
@@ -40,7 +40,7 @@ var (
 	flagOut     = flag.String("out", "docs/BENCHMARKS.md", "report file")
 	flagQuick   = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
 	flagOnly    = flag.String("only", "", "comma-separated scenarios to run (default all)")
-	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn / udp / tls (TCP connection churn, UDP echo round trips, or full TLS handshakes by 8 closed-loop clients alone, for profiling: -target, -rate, -for)")
+	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn / udp / udp-new / tls (TCP connection churn, UDP echo round trips on long sessions or on a new socket each, or full TLS handshakes by 8 closed-loop clients alone, for profiling: -target, -rate, -for)")
 	flagTarget  = flag.String("target", "", "churn mode: address to load")
 	flagRate    = flag.Int("rate", 4000, "churn mode: connections per second (0: closed loop)")
 	flagFor     = flag.Duration("for", 10*time.Second, "churn mode: how long")
@@ -58,11 +58,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, sinkServe(*flagListen))
 		os.Exit(1)
 	}
-	if *flagMode == "churn" || *flagMode == "udp" || *flagMode == "tls" {
+	if *flagMode == "churn" || *flagMode == "udp" || *flagMode == "udp-new" || *flagMode == "tls" {
 		load := churn
 		switch *flagMode {
 		case "udp":
 			load = udpLoad
+		case "udp-new": // as udp-newsession's: a new client socket per round trip
+			load = udpNewSessions
 		case "tls": // as tls-full-ecdsa's clients, to a TLS-terminating target
 			load = func(addr string, _, _ int, d time.Duration) loadResult {
 				r, _ := tlsHandshakes(addr, false, 8, d)
