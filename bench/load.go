@@ -177,22 +177,27 @@ func udpLoad(addr string, rate, clients int, d time.Duration) loadResult {
 	op := func() (time.Duration, error) {
 		c := <-conns
 		defer func() { conns <- c }()
-		t0 := time.Now()
-		c.SetDeadline(t0.Add(time.Second))
-		if _, err := c.Write(msg); err != nil {
-			return 0, err
-		}
-		var buf [128]byte
-		n, err := c.Read(buf[:])
-		if err != nil {
-			return 0, err
-		}
-		if n != len(msg) {
-			return 0, errors.New("short echo")
-		}
-		return time.Since(t0), nil
+		return udpEcho(c, msg)
 	}
 	return drive(rate, clients, d, op)
+}
+
+// udpEcho is one round trip of msg on c: the time it took, or why it failed.
+func udpEcho(c net.Conn, msg []byte) (time.Duration, error) {
+	t0 := time.Now()
+	c.SetDeadline(t0.Add(time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return 0, err
+	}
+	var buf [128]byte
+	n, err := c.Read(buf[:])
+	if err != nil {
+		return 0, err
+	}
+	if n != len(msg) {
+		return 0, errors.New("short echo")
+	}
+	return time.Since(t0), nil
 }
 
 // idleConns opens n connections to addr, exchanges one message on each and

@@ -360,20 +360,7 @@ func udpNewSessions(addr string, rate, workers int, d time.Duration) loadResult 
 			return 0, err
 		}
 		defer c.Close()
-		t0 := time.Now()
-		c.SetDeadline(t0.Add(time.Second))
-		if _, err := c.Write(msg); err != nil {
-			return 0, err
-		}
-		var buf [128]byte
-		n, err := c.Read(buf[:])
-		if err != nil {
-			return 0, err
-		}
-		if n != len(msg) {
-			return 0, errors.New("short echo")
-		}
-		return time.Since(t0), nil
+		return udpEcho(c, msg)
 	}
 	return drive(rate, workers, d, op)
 }
