@@ -326,6 +326,32 @@ address = %q
 	p2.WaitLog("backend dial failed", "certificate")
 }
 
+// liveCertInstance starts an instance whose rule name terminates TLS with
+// live/site.pem and live/site-key.pem (live: a symlink the test swaps), in
+// front of an echo; serverKeys go into [server]. It returns the instance,
+// the rule's address and a pool with ca.
+func liveCertInstance(t *testing.T, name, live string, ca *tlstest.CA, serverKeys string) (*harness.Proxy, string, *x509.CertPool) {
+	t.Helper()
+	be := startCountingEcho(t, "ECHO")
+	port := harness.FreePort(t)
+	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+tcp_bind = "127.0.0.1:%d"
+%s[health_check]
+enabled = false
+[[rules]]
+name = %q
+[rules.tls]
+certificates = [{ cert = %q, key = %q }]
+[[rules.backends]]
+id = "b"
+address = %q
+`, port, serverKeys, name, filepath.Join(live, "site.pem"), filepath.Join(live, "site-key.pem"), be.Addr)))
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	return p, fmt.Sprintf("127.0.0.1:%d", port), pool
+}
+
 // TestTLSCertificateSwap: the certificate files reached through a symlink
 // (as a Kubernetes secret or certbot's live/ has them) are swapped: a new
 // connection gets the new serial while an open stream runs on byte-exact;
@@ -346,24 +372,7 @@ func TestTLSCertificateSwap(t *testing.T) {
 	if err := os.Symlink("v1", live); err != nil {
 		t.Fatal(err)
 	}
-	be := startCountingEcho(t, "ECHO")
-	port := harness.FreePort(t)
-	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
-[server]
-tcp_bind = "127.0.0.1:%d"
-[health_check]
-enabled = false
-[[rules]]
-name = "swap"
-[rules.tls]
-certificates = [{ cert = %q, key = %q }]
-[[rules.backends]]
-id = "b"
-address = %q
-`, port, filepath.Join(live, "site.pem"), filepath.Join(live, "site-key.pem"), be.Addr)))
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+	p, addr, pool := liveCertInstance(t, "swap", live, ca, "")
 	open, _ := tlsDial(t, addr, "swap.test", pool, nil)
 	defer open.Close()
 	if servedSerial(open) != tlsconf.Serial(v1.Cert) {
@@ -593,25 +602,7 @@ func TestTLSCertificatesReloadOnSIGHUPAndAdmin(t *testing.T) {
 	if err := os.Symlink("v1", live); err != nil {
 		t.Fatal(err)
 	}
-	be := startCountingEcho(t, "ECHO")
-	port := harness.FreePort(t)
-	p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
-[server]
-tcp_bind = "127.0.0.1:%d"
-watch_config = false
-[health_check]
-enabled = false
-[[rules]]
-name = "reload"
-[rules.tls]
-certificates = [{ cert = %q, key = %q }]
-[[rules.backends]]
-id = "b"
-address = %q
-`, port, filepath.Join(live, "site.pem"), filepath.Join(live, "site-key.pem"), be.Addr)))
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
+	p, addr, pool := liveCertInstance(t, "reload", live, ca, "watch_config = false\n")
 	serial := func() string {
 		c, _ := tlsDial(t, addr, "reload.test", pool, nil)
 		defer c.Close()
