@@ -219,17 +219,6 @@ func pidList(pids []int) string {
 	return strings.Join(s, ",")
 }
 
-// userTicks is the user and the user+system clock ticks of root's tree.
-func userTicks(root int) (user, total int64) {
-	for _, pid := range tree(root) {
-		if st, err := readStat(pid); err == nil {
-			user += st.userTicks
-			total += st.cpuTicks
-		}
-	}
-	return user, total
-}
-
 // parsePerfStat reads `perf stat -x,` output: event name -> count (msec
 // for task-clock). An event perf could not count is an error.
 func parsePerfStat(out []byte) (map[string]float64, error) {

@@ -77,14 +77,20 @@ func readStat(pid int) (stat, error) {
 
 const clkTck = 100 // USER_HZ on Linux
 
-// cpuSeconds is the CPU time (user+system) of root and its descendants.
-func cpuSeconds(root int) float64 {
-	var t int64
+// userTicks is the user and the user+system clock ticks of root's tree.
+func userTicks(root int) (user, total int64) {
 	for _, pid := range tree(root) {
 		if st, err := readStat(pid); err == nil {
-			t += st.cpuTicks
+			user += st.userTicks
+			total += st.cpuTicks
 		}
 	}
+	return user, total
+}
+
+// cpuSeconds is the CPU time (user+system) of root and its descendants.
+func cpuSeconds(root int) float64 {
+	_, t := userTicks(root)
 	return float64(t) / clkTck
 }
 
