@@ -49,6 +49,9 @@ var (
 	flagWorkers = flag.Int("workers", 0, "worker threads of every proxy (dynamic-proxy worker_threads, HAProxy nbthread, nginx worker_processes); 0: each one's default, one per CPU")
 	flagDPFixed = flag.Bool("dp-fixed", false, "also run dynamic-proxy-fixed: dynamic-proxy with adaptive_threads = false (GOMAXPROCS stays at the worker threads)")
 	flagDPUDP   = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
+	flagDPB     = flag.String("dp-b", "", "also run dynamic-proxy-b: this dynamic-proxy binary beside the default one, for an A/B of a change (the Targets table gets its per-round ratio to dynamic-proxy); \"same\": the same binary")
+	flagDPBEnv  = flag.String("dp-b-env", "", "environment of dynamic-proxy-b, as comma-separated KEY=VALUE")
+	flagTargets = flag.String("targets", "", "comma-separated targets to run (default all; e.g. dynamic-proxy,dynamic-proxy-b,nginx for a quick A/B)")
 	flagFloor   = flag.Bool("floor", true, "also run floor: a minimal C read/write relay (bench/floor/floor.c), the system-call floor dynamic-proxy is compared with")
 )
 
@@ -411,6 +414,24 @@ func run() error {
 		return err
 	}
 	targets = allTargets(dp, supportsMetricsSwitch(dp))
+	if *flagTargets != "" {
+		keep := map[string]bool{}
+		for _, n := range strings.Split(*flagTargets, ",") {
+			keep[strings.TrimSpace(n)] = true
+		}
+		var ts []*target
+		for _, t := range targets {
+			if keep[t.name] {
+				ts = append(ts, t)
+				delete(keep, t.name)
+			}
+		}
+		for n := range keep {
+			fmt.Fprintf(os.Stderr, "bench: -targets: no target %q\n", n)
+			os.Exit(2)
+		}
+		targets = ts
+	}
 	if *flagScaling {
 		targets = scalingTargets(dp)
 	}

@@ -17,6 +17,11 @@ type proc struct {
 }
 
 func start(name, logDir string, argv ...string) (*proc, error) {
+	return startEnv(name, logDir, nil, argv...)
+}
+
+// startEnv is start with env added to the harness's environment.
+func startEnv(name, logDir string, env []string, argv ...string) (*proc, error) {
 	logPath := filepath.Join(logDir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
@@ -24,6 +29,9 @@ func start(name, logDir string, argv ...string) (*proc, error) {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	ownGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		f.Close()

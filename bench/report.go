@@ -113,6 +113,8 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 			b.WriteString(", `dynamic-proxy-goroutine` (the same build with `engine = \"goroutine\"`)")
 		case "dynamic-proxy-nometrics":
 			b.WriteString(", `dynamic-proxy-nometrics` (metrics disabled)")
+		case "dynamic-proxy-b":
+			fmt.Fprintf(&b, ", `dynamic-proxy-b` (`-dp-b %s`, environment `%s`: the B of an A/B)", *flagDPB, *flagDPBEnv)
 		case "dynamic-proxy-fixed":
 			b.WriteString(", `dynamic-proxy-fixed` (`adaptive_threads = false`: GOMAXPROCS stays at the worker threads)")
 		case "floor":
@@ -289,6 +291,22 @@ func targetsTable(results map[string]map[string][]sample) string {
 	// drift).
 	for _, sc := range []string{"churn-4000/s", "churn-saturation", "redis-get", "udp-20000/s", "udp-saturation"} {
 		pairedRow(fmt.Sprintf("dynamic-proxy CPU ≤ 1.15 × floor (%s)", sc), sc, "cpu_us_per_op", "floor", "dp/floor", 1.15, false)
+	}
+	if *flagDPB != "" {
+		// dynamic-proxy-b ÷ dynamic-proxy: < 1 means B spends less.
+		names := make([]string, 0, len(results))
+		for sc := range results {
+			names = append(names, sc)
+		}
+		sort.Strings(names)
+		for _, sc := range names {
+			for _, key := range []string{"cpu_us_per_op", "cpu_ms_per_gb", "p99_ms"} {
+				r, n := pairedRatio(results[sc]["dynamic-proxy-b"], results[sc]["dynamic-proxy"], key)
+				if n > 0 {
+					rows = append(rows, check{fmt.Sprintf("A/B: %s %s, dynamic-proxy-b ÷ dynamic-proxy", sc, key), fmt.Sprintf("%.3f", r), fmt.Sprintf("median of %d per-round ratios", n), "info"})
+				}
+			}
+		}
 	}
 	paired("metrics on vs off: CPU/conn within 3% (churn-4000/s)", "churn-4000/s", "cpu_us_per_op", 0, 1.03)
 	paired("metrics on vs off: CPU/req within 3% (redis-get)", "redis-get", "cpu_us_per_op", 0, 1.03)

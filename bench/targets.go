@@ -27,6 +27,7 @@ type target struct {
 	tls  bool // terminates TLS on base+offTLSECDSA, base+offTLSRSA, base+offTLSBulk
 	// workers overrides -workers for this target (the -scaling variants).
 	workers int
+	env     []string // added to the harness's environment (dynamic-proxy-b)
 	proc    *proc
 	dir     string
 	setup   func(t *target, dir string) error
@@ -72,6 +73,21 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 		// (adaptive_threads = false), to measure what the adaptation saves.
 		ts = append(ts, &target{name: "dynamic-proxy-fixed", base: 21600, udp: true, setup: func(t *target, dir string) error {
 			return startDP(t, dir, dpBinary, true, false, "")
+		}})
+	}
+	if *flagDPB != "" {
+		// An A/B of two builds (or of one build under two environments):
+		// right after dynamic-proxy, like the metrics-off variant.
+		bin := *flagDPB
+		if bin == "same" {
+			bin = dpBinary
+		}
+		var env []string
+		if *flagDPBEnv != "" {
+			env = strings.Split(*flagDPBEnv, ",")
+		}
+		ts = append(ts, &target{name: "dynamic-proxy-b", base: 21900, udp: true, env: env, setup: func(t *target, dir string) error {
+			return startDP(t, dir, bin, true, true, "")
 		}})
 	}
 	if metricsOffVariant {
@@ -164,7 +180,7 @@ func startDP(t *target, dir, bin string, metrics, adaptive bool, engine string) 
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	p, err := start(t.name, dir, bin, "-c", cfg)
+	p, err := startEnv(t.name, dir, t.env, bin, "-c", cfg)
 	if err != nil {
 		return err
 	}
