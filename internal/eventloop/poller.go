@@ -29,7 +29,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Poller is a level-triggered epoll set that its loop's goroutine parks
+// Poller is an epoll set (each registration level- or edge-triggered, as
+// its loop chooses) that its loop's goroutine parks
 // on through the Go runtime's poller (no thread blocks while idle), an
 // eventfd that other goroutines wake it with, and the epoll descriptor's
 // read deadline as the loop's timer. Its zero value is closed: Close and
@@ -113,7 +114,15 @@ func (p *Poller) Wait() error {
 	return err
 }
 
-// Events are the events the last Wait collected.
+// Poll collects the events that are ready without waiting (Events).
+func (p *Poller) Poll() {
+	p.nev = 0
+	if n, err := epollPoll(p.epfd, p.events); err == nil {
+		p.nev = n
+	}
+}
+
+// Events are the events the last Wait or Poll collected.
 func (p *Poller) Events() []unix.EpollEvent { return p.events[:p.nev] }
 
 // SetDeadline sets when Wait returns without events (unix ns; 0: never).

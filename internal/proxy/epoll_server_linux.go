@@ -12,6 +12,9 @@ import (
 type epollState struct {
 	loops []*tcpLoop                // the TCP event loops (tcp_loop_linux.go), started with the first TCP listener
 	udp   map[*UDPListener]struct{} // until their sessions have ended
+	// turnReads bounds the reads a direction makes per turn (0:
+	// defaultTurnReads); tests lower it before the first listener.
+	turnReads int
 }
 
 func (s *Server) initEpoll() { s.udp = map[*UDPListener]struct{}{} }

@@ -266,10 +266,8 @@ func (c *lconn) adopted(lp *tcpLoop) {
 		c.last = lp.now
 		lp.timers.Set(&c.timer, c.last+c.idle)
 	}
-	for _, d := range []*ldir{&c.up, &c.down} {
-		if d.pending() && !c.flush(d) {
-			return
-		}
-	}
-	c.interest()
+	// What the old process's edges said is not known here: try each way
+	// once (a read that finds nothing clears it).
+	c.up.rd, c.up.wr, c.down.rd, c.down.wr = true, true, true, true
+	c.drive()
 }

@@ -28,10 +28,12 @@ import (
 // pooled pipe for the rest of the burst, so bulk data is not copied through
 // user space. An idle connection holds neither a buffer nor a pipe.
 //
-// The epoll set is level-triggered: a direction stops reading after a short
-// read and the next wait reports the socket again if more came (or its FIN
-// did), so no read is spent to learn that a socket is empty — the read that
-// Go's edge-triggered netpoller needs before every wait.
+// The sockets are in the epoll set edge-triggered, registered once each
+// (tcp_relay_linux.go: interest). A direction remembers what the edges
+// said (ldir.rd, ldir.wr): it stops reading after a short read, which
+// drained the socket (a byte that comes later is a new edge), so no read is
+// spent to learn that a socket is empty — the read that Go's netpoller
+// needs before every wait.
 type lconn struct {
 	lp *tcpLoop
 	l  *TCPListener
@@ -41,6 +43,7 @@ type lconn struct {
 	creg, breg   bool   // in the epoll set
 
 	state  uint8
+	queued bool // in the loop's list of connections to drive again next turn
 	forced bool // closed by drain or shutdown while routing or dialling
 	cut    End  // why forceClose ended it (EndEOF: it was not forced)
 

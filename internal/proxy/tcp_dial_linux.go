@@ -292,8 +292,9 @@ func (c *lconn) connect() error {
 	switch e {
 	case 0, unix.EINPROGRESS:
 		c.bfd = fd
+		c.down.rd, c.down.hup = false, false // (what an earlier attempt's socket said)
 		c.lp.own(fd, fdOwner{c: c, backend: true})
-		c.setMask(true, unix.EPOLLOUT)
+		c.register(true, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
 		if e == 0 {
 			c.connected()
 			return nil
@@ -352,13 +353,21 @@ func (c *lconn) dialFailed(err error) {
 	c.lp.srv.tcpDialFailed(c.rt, c.ID, &c.req, c.tries, b, c.dialT0, err)
 }
 
-// connectDone: the backend socket became writable or failed while connecting.
-func (c *lconn) connectDone() {
-	if e := eventloop.SoError(c.bfd); e != 0 {
-		c.connectFailed(c.dialError(os.NewSyscallError("connect", e)))
+// connectDone: the backend socket became writable or failed while
+// connecting (ev: its events). A connect that failed reports EPOLLERR (and
+// EPOLLHUP), so only then is SO_ERROR read; writable alone is connected.
+func (c *lconn) connectDone(ev uint32) {
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		if ev&unix.EPOLLOUT != 0 {
+			c.connected()
+		}
 		return
 	}
-	c.connected()
+	e := eventloop.SoError(c.bfd)
+	if e == 0 {
+		e = unix.ECONNREFUSED // (a hang-up with no error recorded)
+	}
+	c.connectFailed(c.dialError(os.NewSyscallError("connect", e)))
 }
 
 // connected: the backend accepted; start relaying.
@@ -382,6 +391,7 @@ func (c *lconn) connected() {
 	}
 	c.first = nil
 	c.state = stRelay
+	c.up.wr, c.down.wr = true, true // a connected socket takes bytes until it says it is full
 	c.lp.own(c.cfd, fdOwner{c: c})
 	c.last = c.lp.now // (idle time, and the admin API's)
 	if c.idle = int64(rt.IdleTimeout); c.idle > 0 {

@@ -165,6 +165,40 @@ func TestHalfClose(t *testing.T) {
 	})
 }
 
+// TestBurstQueuedWithNothingMore: a burst the proxy reads over more than
+// one turn (one read a turn here, from a 512-byte buffer) while the client,
+// its connection open, sends nothing more. The sockets are edge-triggered,
+// so no new event says that bytes are still queued on the client socket:
+// the loop must come back to them by itself.
+func TestBurstQueuedWithNothingMore(t *testing.T) {
+	const size = 256 << 10
+	be := startBackend(t, func(c *net.TCPConn) {
+		h := sha256.New()
+		if _, err := io.CopyN(h, c, size); err != nil {
+			return
+		}
+		c.Write(h.Sum(nil))
+	})
+	s, _ := newTestServer(t)
+	s.turnReads = 1
+	rt := newRoute(t, "burst", be.addr)
+	rt.BufferSize = 512
+	c := dial(t, listen(t, s, rt))
+	c.SetDeadline(time.Now().Add(deadline))
+	var b bytes.Buffer
+	writeStream(&b, 7, size)
+	if _, err := c.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	var sum [32]byte
+	if _, err := io.ReadFull(c, sum[:]); err != nil {
+		t.Fatalf("the backend's checksum of the burst: %v", err)
+	}
+	if sum != streamSum(7, size) {
+		t.Fatal("the backend received the burst altered")
+	}
+}
+
 // TestConcurrent500 holds 500 proxied connections open at once, each
 // echoing its own payload.
 func TestConcurrent500(t *testing.T) {

@@ -13,8 +13,8 @@ import (
 // Every TCP connection lives in one event loop, as in HAProxy and nginx:
 // the Server runs one loop per worker (Server.Workers: GOMAXPROCS, which
 // worker_threads sets, at start-up), each a single goroutine with its own
-// level-triggered epoll set holding the listening sockets and the sockets
-// of its connections. The loop accepts, routes, dials (a non-blocking
+// epoll set holding the listening sockets (level-triggered) and the sockets
+// of its connections (edge-triggered). The loop accepts, routes, dials (a non-blocking
 // connect), relays and closes with raw system calls, and parks in the Go
 // runtime's poller on its epoll descriptor when there is nothing to do, so
 // no thread is blocked while idle (and loops can outnumber the Ps that
@@ -56,8 +56,10 @@ type tcpLoop struct {
 	now    int64 // unix nanoseconds at the start of this turn
 	buf    []byte
 	lsns   []*loopListener
-	rot    uint32 // rotation over a resolved backend's addresses (lconn.useAddrs)
-	stop   bool   // the server is shut down: leave once every connection ended
+	redo   []*lconn // connections to drive again next turn (lconn.queued)
+	redo2  []*lconn // the list being driven (swapped with redo)
+	rot    uint32   // rotation over a resolved backend's addresses (lconn.useAddrs)
+	stop   bool     // the server is shut down: leave once every connection ended
 }
 
 // fdOwner is what a descriptor in a loop's epoll set is.
@@ -104,7 +106,12 @@ func (s *Server) startLoops() error {
 func (lp *tcpLoop) run() {
 	defer lp.Exit()
 	for {
-		err := lp.Wait()
+		var err error
+		if len(lp.redo) > 0 {
+			lp.Poll() // connections have bytes to move: collect events, do not park
+		} else {
+			err = lp.Wait()
+		}
 		lp.now = time.Now().UnixNano()
 		if err != nil {
 			lp.srv.log.Error("tcp event loop stopped", "err", err)
@@ -126,11 +133,40 @@ func (lp *tcpLoop) run() {
 				lp.accept(o.ln)
 			}
 		}
+		lp.driveAgain()
 		lp.expire()
 		if lp.stop && lp.conns == nil {
 			return
 		}
 		lp.arm()
+	}
+}
+
+// again queues c to be driven next turn: it stopped with bytes to read
+// (its turn's bound), and being edge-triggered, no event would say so.
+func (lp *tcpLoop) again(c *lconn) {
+	if !c.queued {
+		c.queued = true
+		lp.redo = append(lp.redo, c)
+	}
+}
+
+// driveAgain drives the connections queued by again.
+func (lp *tcpLoop) driveAgain() {
+	if len(lp.redo) == 0 {
+		return
+	}
+	cs := lp.redo
+	lp.redo, lp.redo2 = lp.redo2[:0], nil
+	for i, c := range cs {
+		c.queued = false
+		if c.state == stRelay {
+			c.drive()
+		}
+		cs[i] = nil
+	}
+	if lp.redo2 == nil {
+		lp.redo2 = cs[:0]
 	}
 }
 

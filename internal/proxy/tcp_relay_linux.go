@@ -26,6 +26,9 @@ type ldir struct {
 	bulk   bool // the last read filled the buffer: splice
 	eof    bool // the source ended
 	shut   bool // the destination was sent a FIN
+	rd     bool // an edge said the source has bytes (or its FIN, or an error) not yet read
+	wr     bool // the destination took the last write whole (or an edge said it is writable again)
+	hup    bool // the source's FIN is known to be queued (EPOLLRDHUP/EPOLLHUP)
 	n      int64
 }
 
@@ -34,41 +37,72 @@ func (d *ldir) pending() bool { return len(d.pend) > 0 || d.inPipe > 0 }
 // readable: the direction may read its source.
 func (d *ldir) readable() bool { return !d.eof && !d.pending() }
 
-// event handles readiness of one of the connection's sockets.
+// Readiness edges a socket's events set (the set is edge-triggered).
+const (
+	evRead  = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLERR | unix.EPOLLHUP
+	evWrite = unix.EPOLLOUT | unix.EPOLLERR | unix.EPOLLHUP
+	evHup   = unix.EPOLLRDHUP | unix.EPOLLHUP
+)
+
+// event records the readiness of one of the connection's sockets and acts
+// on it.
 func (c *lconn) event(backend bool, ev uint32) {
-	switch c.state {
-	case stConnecting:
-		if backend {
-			c.connectDone()
-		}
-		return
-	case stRelay:
-	default:
-		return
-	}
 	// in reads from this socket, out writes to it.
 	in, out := &c.up, &c.down
 	if backend {
 		in, out = &c.down, &c.up
 	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && out.pending() {
-		if !c.flush(out) {
+	if ev&evRead != 0 {
+		in.rd = true
+		in.hup = in.hup || ev&evHup != 0
+	}
+	if ev&evWrite != 0 {
+		out.wr = true
+	}
+	switch c.state {
+	case stConnecting:
+		if !backend {
+			return
+		}
+		c.connectDone(ev) // (the same event may say the backend sent already)
+		if c.state != stRelay {
+			return
+		}
+	case stRelay:
+	default:
+		return
+	}
+	c.drive()
+}
+
+// drive moves what the known readiness allows: each direction first
+// writes what it holds, then reads its source while it has bytes. A
+// direction that stopped with bytes still to read (its turn's bound) is
+// queued for the loop's next turn, since no new edge will come for them.
+func (c *lconn) drive() {
+	for _, d := range [2]*ldir{&c.up, &c.down} {
+		if d.pending() && d.wr && !c.flush(d) {
+			return
+		}
+		if d.rd && d.readable() && !c.pump(d) {
 			return
 		}
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 && in.readable() {
-		if !c.pump(in, ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0) {
-			return
-		}
+	if (c.up.rd && c.up.readable()) || (c.down.rd && c.down.readable()) {
+		c.lp.again(c)
 	}
 	c.interest()
 }
 
+// defaultTurnReads is how many reads (or pipefuls) a direction makes per
+// turn before other connections get theirs.
+const defaultTurnReads = 8
+
 // pump reads d's source and writes to its destination, a bounded number of
-// times per event so that other connections get their turn. hup says the
-// peer's FIN is known to be queued: read on to it rather than wait for
-// another event.
-func (c *lconn) pump(d *ldir, hup bool) bool {
+// times per turn so that other connections get theirs. A short read means
+// the source is drained (a byte that comes later is a new edge) unless its
+// FIN is known to be queued (d.hup): then it reads on to it.
+func (c *lconn) pump(d *ldir) bool {
 	src, dst := c.cfd, c.bfd
 	if d == &c.down {
 		src, dst = c.bfd, c.cfd
@@ -81,14 +115,21 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 	if len(lp.buf) < size {
 		lp.buf = make([]byte, size)
 	}
-	for range 8 {
+	turns := lp.srv.turnReads
+	if turns <= 0 {
+		turns = defaultTurnReads
+	}
+	for range turns {
 		if d.bulk {
 			more, ok := c.spliceIn(d, src, dst, size)
 			if !ok {
 				return false
 			}
 			if !more {
-				return true
+				if d.inPipe > 0 || !d.hup {
+					return true // the destination is full, or the source drained (spliceIn)
+				}
+				// The FIN is queued behind what was read: on to it.
 			}
 			continue
 		}
@@ -98,6 +139,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 			continue
 		}
 		if err == unix.EAGAIN {
+			d.rd = false
 			return true
 		}
 		if err != nil {
@@ -115,6 +157,7 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 		}
 		c.moved(d, int64(w))
 		if w < n {
+			d.wr = false
 			d.keep(buf[w:n], size)
 			return true
 		}
@@ -122,8 +165,9 @@ func (c *lconn) pump(d *ldir, hup bool) bool {
 			d.bulk = true
 			continue
 		}
-		if !hup {
-			return true // a short read: the next wait says when there is more
+		if !d.hup {
+			d.rd = false // a short read: the next edge says when there is more
+			return true
 		}
 	}
 	return true
@@ -152,7 +196,7 @@ func (c *lconn) spliceIn(d *ldir, src, dst, size int) (more, ok bool) {
 	case err == unix.EINTR:
 		return true, true
 	case err == unix.EAGAIN:
-		d.bulk = false
+		d.bulk, d.rd = false, false
 		c.putPipe(d)
 		return false, true
 	case err != nil:
@@ -165,6 +209,7 @@ func (c *lconn) spliceIn(d *ldir, src, dst, size int) (more, ok bool) {
 	c.last = c.lp.now
 	if in < int64(size) {
 		d.bulk = false
+		d.rd = d.hup // a short read drained the source (but for a queued FIN)
 	}
 	d.inPipe = int(in)
 	if !c.flushPipe(d, dst) {
@@ -182,6 +227,7 @@ func (c *lconn) flushPipe(d *ldir, dst int) bool {
 			continue
 		}
 		if err == unix.EAGAIN {
+			d.wr = false
 			return true // wait for dst to be writable, holding the pipe
 		}
 		if err != nil {
@@ -228,6 +274,7 @@ func (c *lconn) flush(d *ldir) bool {
 			return false
 		}
 		if w == 0 {
+			d.wr = false
 			return true
 		}
 		counted := w
@@ -339,45 +386,31 @@ func writeSome(fd int, b []byte) (int, error) {
 	}
 }
 
-// interest registers in the epoll set what each socket waits for now: a
-// direction reads its source unless it ended or holds unwritten bytes, and
-// waits for its destination to be writable while it holds some.
+// interest registers the connection's sockets in the epoll set, edge-
+// triggered, once: the backend's since its connect (for reads, writes and
+// the connect's end), the client's once relaying starts, for reads. The
+// client's writes are added the first time a write to it falls short, and
+// stay. Nothing else changes a registration, and a socket whose peer ended
+// stays in the set: an edge is reported once, not on every wait.
 func (c *lconn) interest() {
-	var cm, bm uint32
-	if c.up.readable() {
-		cm |= unix.EPOLLIN | unix.EPOLLRDHUP
+	if !c.creg || (c.down.pending() && c.cmask&unix.EPOLLOUT == 0) {
+		m := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET)
+		if c.down.pending() || c.cmask&unix.EPOLLOUT != 0 {
+			m |= unix.EPOLLOUT
+		}
+		c.register(false, m)
 	}
-	if c.down.pending() {
-		cm |= unix.EPOLLOUT
+	if !c.breg {
+		c.register(true, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
 	}
-	if c.down.readable() {
-		bm |= unix.EPOLLIN | unix.EPOLLRDHUP
-	}
-	if c.up.pending() {
-		bm |= unix.EPOLLOUT
-	}
-	c.setMask(false, cm)
-	c.setMask(true, bm)
 }
 
-func (c *lconn) setMask(backend bool, m uint32) {
+// register adds the client's (or backend's) socket to the epoll set with
+// events m, or changes its events to m.
+func (c *lconn) register(backend bool, m uint32) {
 	fd, reg, mask := c.cfd, &c.creg, &c.cmask
 	if backend {
 		fd, reg, mask = c.bfd, &c.breg, &c.bmask
-	}
-	if *reg && *mask == m {
-		return
-	}
-	if m == 0 {
-		// Out of the set rather than registered for nothing: the set
-		// would still report an error or hang-up of the socket, and
-		// being level-triggered, report it again on every wait. A hang-up
-		// comes with the peer's FIN while unread data may remain.
-		if *reg {
-			_ = c.lp.Control(unix.EPOLL_CTL_DEL, fd, 0)
-			*reg, *mask = false, 0
-		}
-		return
 	}
 	op := unix.EPOLL_CTL_MOD
 	if !*reg {
