@@ -36,7 +36,7 @@ type Backend struct {
 	maxConns atomic.Int64 // 0: no limit
 	total    atomic.Int64 // connections (or UDP sessions) ever opened
 
-	bytes []byteCounts // bytes proxied, split by event loop (AddBytesIn)
+	bytes ByLoop // bytes proxied, split by event loop (AddBytesIn)
 
 	sets           sets                            // the Sets b is in: their versions move with b's routing state
 	watchers       atomic.Pointer[[]ActiveWatcher] // told of every change of active
@@ -49,7 +49,7 @@ func New(rule, id, address string, weight int, health *Health) *Backend {
 	if health == nil {
 		health = &Health{Address: address}
 	}
-	b := &Backend{Rule: rule, ID: id, Address: address, bytes: make([]byteCounts, byteShards), target: parseTarget(address)}
+	b := &Backend{Rule: rule, ID: id, Address: address, bytes: NewByLoop(), target: parseTarget(address)}
 	b.health.Store(health)
 	b.weight.Store(int32(weight))
 	return b
@@ -302,16 +302,33 @@ var byteShards = func() int {
 
 // AddBytesIn counts n bytes proxied from a client to the backend by event
 // loop loop (any number: it picks the loop's share of the counters).
-func (b *Backend) AddBytesIn(loop int, n int64) { b.bytes[loop&(len(b.bytes)-1)].in.Add(n) }
+func (b *Backend) AddBytesIn(loop int, n int64) { b.bytes.AddIn(loop, n) }
 
 // AddBytesOut counts n bytes proxied from the backend to a client.
-func (b *Backend) AddBytesOut(loop int, n int64) { b.bytes[loop&(len(b.bytes)-1)].out.Add(n) }
+func (b *Backend) AddBytesOut(loop int, n int64) { b.bytes.AddOut(loop, n) }
 
-// Bytes returns the bytes proxied to and from the backend so far.
-func (b *Backend) Bytes() (in, out int64) {
-	for i := range b.bytes {
-		in += b.bytes[i].in.Load()
-		out += b.bytes[i].out.Load()
+// ByLoop is a pair of byte counts (in and out) split by event loop: each
+// loop adds to its own cache line (AddIn, AddOut) and Sum adds the shares.
+// The backends' byte counts and the routes' bytes_total are kept in one.
+type ByLoop struct{ shares []byteCounts }
+
+// NewByLoop returns counts split byteShards ways.
+func NewByLoop() ByLoop { return ByLoop{make([]byteCounts, byteShards)} }
+
+// AddIn adds n to loop's share of the in count.
+func (c ByLoop) AddIn(loop int, n int64) { c.shares[loop&(len(c.shares)-1)].in.Add(n) }
+
+// AddOut adds n to loop's share of the out count.
+func (c ByLoop) AddOut(loop int, n int64) { c.shares[loop&(len(c.shares)-1)].out.Add(n) }
+
+// Sum is the counts so far.
+func (c ByLoop) Sum() (in, out int64) {
+	for i := range c.shares {
+		in += c.shares[i].in.Load()
+		out += c.shares[i].out.Load()
 	}
 	return in, out
 }
+
+// Bytes returns the bytes proxied to and from the backend so far.
+func (b *Backend) Bytes() (in, out int64) { return b.bytes.Sum() }

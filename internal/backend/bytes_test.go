@@ -39,7 +39,7 @@ func TestByteSharesOwnTheirCacheLine(t *testing.T) {
 	}
 	for range 100 {
 		b := New("r", "a", "127.0.0.1:1", 1, nil)
-		if p := uintptr(unsafe.Pointer(&b.bytes[0])); p%64 != 0 {
+		if p := uintptr(unsafe.Pointer(&b.bytes.shares[0])); p%64 != 0 {
 			t.Fatalf("shares start at %#x, not on a cache line", p)
 		}
 	}

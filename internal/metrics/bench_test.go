@@ -142,13 +142,15 @@ func BenchmarkObserverConnectionParallel(b *testing.B) {
 	o := m.Observer(rt)
 	m.Retain([]*proxy.Route{rt})
 	b.SetParallelism(1) // one goroutine per P: the loops
+	var loops atomic.Int32
 	b.RunParallel(func(pb *testing.PB) {
+		loop := int(loops.Add(1))
 		for pb.Next() {
 			o.ConnOpened()
 			o.Picked(be)
 			o.Connected(be, 50*time.Microsecond, nil)
-			o.BytesIn(64)
-			o.BytesOut(64)
+			o.BytesIn(loop, 64)
+			o.BytesOut(loop, 64)
 			o.ConnClosed(be, proxy.EndEOF, 200*time.Microsecond, 64, 64)
 		}
 	})

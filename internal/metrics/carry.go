@@ -55,6 +55,7 @@ func series(vec *prometheus.CounterVec, f func(labels map[string]string, v float
 // are not carried: the gauges are read from live state, the histograms
 // start again).
 func (m *Metrics) Carry() []Carried {
+	m.fold()
 	var out []Carried
 	for name, vec := range m.counters() {
 		series(vec, func(labels map[string]string, v float64) {

@@ -91,6 +91,9 @@ type Metrics struct {
 	fleet     fleetCollector      // the fleet-wide access limits (fleetlimits.go)
 	discovery discoveryCollectors // DNS discovery (discovery.go)
 
+	foldMu     sync.Mutex                // guards routeBytes and their folded counts; taken inside mu
+	routeBytes map[[2]string]*routeBytes // TCP routes' bytes_total by rule and protocol (fold)
+
 	mu        sync.Mutex                   // serialises Observer's bookkeeping and Retain, and guards listeners
 	listeners map[string]*listenerObserver // by listen key ("tcp 127.0.0.1:8000")
 	made      labelKeys                    // label combinations Observer resolved since the last Retain
@@ -183,7 +186,7 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		func() float64 { return float64(logging.Dropped()) })
 
 	cs := []prometheus.Collector{logDropped, m.connActive, m.connTotal, m.connDuration, m.connRejected, m.lnRejected,
-		m.requests, m.reqDuration, m.reqSize, m.respSize, m.bytes,
+		m.requests, m.reqDuration, m.reqSize, m.respSize, foldedBytes{m},
 		m.beRequests, m.beEnded, m.beResponse, m.dnsDropped, m.healthChecks, m.selections, m.routerErrors,
 		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server, &m.fleet}
 	m.discovery = newDiscoveryCollectors()
@@ -200,8 +203,49 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		m.reloads.WithLabelValues(r)
 	}
 	m.made = newLabelKeys(0)
+	m.routeBytes = map[[2]string]*routeBytes{}
 	m.current.Store(&snapshot{keys: newLabelKeys(0)})
 	return m, nil
+}
+
+// routeBytes is a TCP route's bytes_total pair, counted as the bytes move
+// by event loop (each loop its own cache line: the one series a relayed
+// request wrote that the loops shared) and added to the Prometheus
+// counters when they are read (fold). Every observer of a rule shares it,
+// across reloads, as they share the series.
+type routeBytes struct {
+	byLoop          backend.ByLoop
+	in, out         prometheus.Counter
+	foldIn, foldOut int64 // what fold has added to in and out (under foldMu)
+}
+
+// fold adds to each TCP route's bytes_total what its loops counted since
+// the last fold. The sums only grow, so the series stay exact: a byte
+// counted after a fold is in the next one.
+func (m *Metrics) fold() {
+	m.foldMu.Lock()
+	defer m.foldMu.Unlock()
+	for _, rb := range m.routeBytes {
+		in, out := rb.byLoop.Sum()
+		if in > rb.foldIn {
+			rb.in.Add(float64(in - rb.foldIn))
+			rb.foldIn = in
+		}
+		if out > rb.foldOut {
+			rb.out.Add(float64(out - rb.foldOut))
+			rb.foldOut = out
+		}
+	}
+}
+
+// foldedBytes is bytes_total as registered: folded, then collected.
+type foldedBytes struct{ m *Metrics }
+
+func (f foldedBytes) Describe(ch chan<- *prometheus.Desc) { f.m.bytes.Describe(ch) }
+
+func (f foldedBytes) Collect(ch chan<- prometheus.Metric) {
+	f.m.fold()
+	f.m.bytes.Collect(ch)
 }
 
 // Loaded records a successful config load at t (the start-up one; reloads
@@ -269,6 +313,15 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 		}
 		o.rejected[r] = m.connRejected.WithLabelValues(rule, proto, r.String())
 	}
+	if o.tcp {
+		key := [2]string{rule, proto}
+		m.foldMu.Lock()
+		if o.tcpBytes = m.routeBytes[key]; o.tcpBytes == nil {
+			o.tcpBytes = &routeBytes{byLoop: backend.NewByLoop(), in: o.bytesIn, out: o.bytesOut}
+			m.routeBytes[key] = o.tcpBytes
+		}
+		m.foldMu.Unlock()
+	}
 	for _, b := range rt.Backends {
 		o.backends[b] = &backendObserver{
 			success:   m.beRequests.WithLabelValues(rule, b.ID, ResultSuccess),
@@ -335,6 +388,9 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 		}
 		m.bytes.DeleteLabelValues(rule, proto, DirectionIn)
 		m.bytes.DeleteLabelValues(rule, proto, DirectionOut)
+		m.foldMu.Lock()
+		delete(m.routeBytes, k)
+		m.foldMu.Unlock()
 	}
 	for k := range stale.backends {
 		if next.keys.backends[k] {
@@ -411,8 +467,9 @@ type routeObserver struct {
 	reqDuration  prometheus.Observer
 	reqSize      prometheus.Observer
 	respSize     prometheus.Observer
-	bytesIn      prometheus.Counter
+	bytesIn      prometheus.Counter // UDP: added to per datagram
 	bytesOut     prometheus.Counter
+	tcpBytes     *routeBytes // TCP: counted by loop, folded into bytesIn and bytesOut when read
 	noBackend    prometheus.Counter
 	pickError    prometheus.Counter
 	backends     map[*backend.Backend]*backendObserver // read-only once built
@@ -509,8 +566,21 @@ func (o *routeObserver) Connected(b *backend.Backend, d time.Duration, err error
 	}
 }
 
-func (o *routeObserver) BytesIn(n int64)  { o.bytesIn.Add(float64(n)) }
-func (o *routeObserver) BytesOut(n int64) { o.bytesOut.Add(float64(n)) }
+func (o *routeObserver) BytesIn(loop int, n int64) {
+	if o.tcpBytes != nil {
+		o.tcpBytes.byLoop.AddIn(loop, n)
+		return
+	}
+	o.bytesIn.Add(float64(n))
+}
+
+func (o *routeObserver) BytesOut(loop int, n int64) {
+	if o.tcpBytes != nil {
+		o.tcpBytes.byLoop.AddOut(loop, n)
+		return
+	}
+	o.bytesOut.Add(float64(n))
+}
 
 func (o *routeObserver) Datagram(b *backend.Backend, n int, err error) {
 	bo := o.backends[b]

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -97,8 +98,8 @@ func TestObserverCountsTCP(t *testing.T) {
 			o.Connected(b2, time.Second, timeoutErr{})
 		}
 		o.Connected(b1, 2*time.Millisecond, nil)
-		o.BytesIn(n)
-		o.BytesOut(2 * n)
+		o.BytesIn(0, n)
+		o.BytesOut(0, 2*n)
 		o.ConnClosed(b1, proxy.EndEOF, 3*time.Second, n, 2*n)
 	}
 	o.ConnOpened()
@@ -404,8 +405,8 @@ func BenchmarkObserverConnection(b *testing.B) {
 		o.ConnOpened()
 		o.Picked(be)
 		o.Connected(be, time.Millisecond, nil)
-		o.BytesIn(100)
-		o.BytesOut(1000)
+		o.BytesIn(0, 100)
+		o.BytesOut(0, 1000)
 		o.ConnClosed(be, proxy.EndEOF, time.Second, 100, 1000)
 	}
 }
@@ -437,7 +438,7 @@ func TestRetainNothingLeavesNoRouteSeries(t *testing.T) {
 		o.Picked(b1)
 		o.Connected(b1, time.Millisecond, nil)
 		o.ConnClosed(b1, proxy.EndEOF, time.Second, 10, 20)
-		o.BytesIn(10)
+		o.BytesIn(0, 10)
 		o.Rejected(proxy.ReasonNoBackend)
 		routes = append(routes, rt)
 	}
@@ -448,5 +449,64 @@ func TestRetainNothingLeavesNoRouteSeries(t *testing.T) {
 	m.Retain(nil)
 	if got := names(reg); !reflect.DeepEqual(got, want) {
 		t.Errorf("series after retaining no route:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestBytesByLoopExact: four goroutines count a TCP route's bytes as four
+// event loops while /metrics is scraped and the counters are carried
+// meanwhile; once they are done, bytes_total and Carry hold every byte.
+func TestBytesByLoopExact(t *testing.T) {
+	m, reg := newTest(t)
+	b1 := backend.New("web", "b1", "127.0.0.1:9001", 1, nil)
+	rt := route("web", "tcp", "rr", "round_robin", b1)
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	const loops, adds = 4, 5000
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	scraped := make(chan struct{})
+	go func() {
+		defer close(scraped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				if _, err := reg.Gather(); err != nil {
+					t.Error(err)
+					return
+				}
+				m.Carry()
+			}
+		}
+	}()
+	for loop := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range adds {
+				o.BytesIn(loop, int64(i%7+1))
+				o.BytesOut(loop, 3)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-scraped
+	var in float64
+	for i := range adds {
+		in += float64(i%7 + 1)
+	}
+	in *= loops
+	expect(t, values(t, reg), map[string]float64{
+		`dynamic_proxy_bytes_total{direction=in,protocol=tcp,rule=web}`:  in,
+		`dynamic_proxy_bytes_total{direction=out,protocol=tcp,rule=web}`: 3 * adds * loops,
+	})
+	// Counted after the last scrape, carried without one.
+	o.BytesIn(1, 10)
+	for _, c := range m.Carry() {
+		if c.Name == "bytes_total" && c.Labels["direction"] == "in" && c.Value != in+10 {
+			t.Errorf("carried bytes_total in = %v, want %v", c.Value, in+10)
+		}
 	}
 }

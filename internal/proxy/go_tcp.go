@@ -655,12 +655,12 @@ func (c *goConn) moved(b *backend.Backend, n *atomic.Int64, k int64) {
 	if n == &c.up {
 		b.AddBytesIn(c.idx, k)
 		if o != nil {
-			o.BytesIn(k)
+			o.BytesIn(c.idx, k)
 		}
 		return
 	}
 	b.AddBytesOut(c.idx, k)
 	if o != nil {
-		o.BytesOut(k)
+		o.BytesOut(c.idx, k)
 	}
 }

@@ -39,9 +39,12 @@ type Observer interface {
 	Connected(b *backend.Backend, d time.Duration, err error)
 
 	// BytesIn and BytesOut count bytes as they move: client to backend
-	// (in) and backend to client (out).
-	BytesIn(n int64)
-	BytesOut(n int64)
+	// (in) and backend to client (out), on event loop loop (the
+	// connection's; the goroutine engine's worker index), so that an
+	// implementation can keep one share per loop and never write a cache
+	// line another loop writes per request.
+	BytesIn(loop int, n int64)
+	BytesOut(loop int, n int64)
 
 	// Datagram: a client datagram of n bytes was forwarded to b (err nil)
 	// or failed to be sent (err set). It is a request and counts its bytes.

@@ -58,8 +58,8 @@ func (o *recObserver) Picked(*backend.Backend) { o.note(func() { o.picked++ }) }
 func (o *recObserver) PickFailed(err error) {
 	o.note(func() { o.pickFailed = append(o.pickFailed, err) })
 }
-func (o *recObserver) BytesIn(n int64)  { o.note(func() { o.bytesIn += n }) }
-func (o *recObserver) BytesOut(n int64) { o.note(func() { o.bytesOut += n }) }
+func (o *recObserver) BytesIn(_ int, n int64)  { o.note(func() { o.bytesIn += n }) }
+func (o *recObserver) BytesOut(_ int, n int64) { o.note(func() { o.bytesOut += n }) }
 func (o *recObserver) Datagram(*backend.Backend, int, error) {
 	o.note(func() { o.datagrams++ })
 }

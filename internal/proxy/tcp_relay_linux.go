@@ -346,13 +346,13 @@ func (c *lconn) moved(d *ldir, n int64) {
 	if d == &c.up {
 		c.be.AddBytesIn(c.lp.idx, n)
 		if o != nil {
-			o.BytesIn(n)
+			o.BytesIn(c.lp.idx, n)
 		}
 		return
 	}
 	c.be.AddBytesOut(c.lp.idx, n)
 	if o != nil {
-		o.BytesOut(n)
+		o.BytesOut(c.lp.idx, n)
 	}
 }
 
