@@ -151,9 +151,22 @@ func (r *rebindConn) WriteTo(p []byte, a net.Addr) (int, error) {
 	if !r.readAny {
 		r.first = append(r.first, slices.Clone(p))
 	}
-	c := r.c
 	r.mu.Unlock()
-	return c.WriteTo(p, a)
+	for {
+		c := r.cur()
+		n, err := c.WriteTo(p, a)
+		if err != nil && errors.Is(err, net.ErrClosed) {
+			// rebind closed the socket between cur and the write: write on
+			// the new one (as ReadFrom reads on), unless Close was called.
+			r.mu.Lock()
+			swapped, closed := r.c != c, r.closed
+			r.mu.Unlock()
+			if swapped && !closed {
+				continue
+			}
+		}
+		return n, err
+	}
 }
 
 func (r *rebindConn) Close() error {
