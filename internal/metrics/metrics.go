@@ -92,7 +92,7 @@ type Metrics struct {
 	discovery discoveryCollectors // DNS discovery (discovery.go)
 
 	foldMu     sync.Mutex                // guards routeBytes and their folded counts; taken inside mu
-	routeBytes map[[2]string]*routeBytes // TCP routes' bytes_total by rule and protocol (fold)
+	routeBytes map[[2]string]*routeBytes // the routes' bytes_total by rule and protocol (fold)
 
 	mu        sync.Mutex                   // serialises Observer's bookkeeping and Retain, and guards listeners
 	listeners map[string]*listenerObserver // by listen key ("tcp 127.0.0.1:8000")
@@ -208,25 +208,25 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 	return m, nil
 }
 
-// routeBytes is a TCP route's bytes_total pair, counted as the bytes move
+// routeBytes is a route's bytes_total pair, counted as the bytes move
 // by event loop (each loop its own cache line: the one series a relayed
 // request wrote that the loops shared) and added to the Prometheus
 // counters when they are read (fold). Every observer of a rule shares it,
 // across reloads, as they share the series.
 type routeBytes struct {
-	byLoop          backend.ByLoop
+	shares          backend.ByLoop
 	in, out         prometheus.Counter
 	foldIn, foldOut int64 // what fold has added to in and out (under foldMu)
 }
 
-// fold adds to each TCP route's bytes_total what its loops counted since
+// fold adds to each route's bytes_total what its loops counted since
 // the last fold. The sums only grow, so the series stay exact: a byte
 // counted after a fold is in the next one.
 func (m *Metrics) fold() {
 	m.foldMu.Lock()
 	defer m.foldMu.Unlock()
 	for _, rb := range m.routeBytes {
-		in, out := rb.byLoop.Sum()
+		in, out := rb.shares.Sum()
 		if in > rb.foldIn {
 			rb.in.Add(float64(in - rb.foldIn))
 			rb.foldIn = in
@@ -313,15 +313,13 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 		}
 		o.rejected[r] = m.connRejected.WithLabelValues(rule, proto, r.String())
 	}
-	if o.tcp {
-		key := [2]string{rule, proto}
-		m.foldMu.Lock()
-		if o.tcpBytes = m.routeBytes[key]; o.tcpBytes == nil {
-			o.tcpBytes = &routeBytes{byLoop: backend.NewByLoop(), in: o.bytesIn, out: o.bytesOut}
-			m.routeBytes[key] = o.tcpBytes
-		}
-		m.foldMu.Unlock()
+	key := [2]string{rule, proto}
+	m.foldMu.Lock()
+	if o.byLoop = m.routeBytes[key]; o.byLoop == nil {
+		o.byLoop = &routeBytes{shares: backend.NewByLoop(), in: o.bytesIn, out: o.bytesOut}
+		m.routeBytes[key] = o.byLoop
 	}
+	m.foldMu.Unlock()
 	for _, b := range rt.Backends {
 		o.backends[b] = &backendObserver{
 			success:   m.beRequests.WithLabelValues(rule, b.ID, ResultSuccess),
@@ -467,9 +465,9 @@ type routeObserver struct {
 	reqDuration  prometheus.Observer
 	reqSize      prometheus.Observer
 	respSize     prometheus.Observer
-	bytesIn      prometheus.Counter // UDP: added to per datagram
+	bytesIn      prometheus.Counter // added to per UDP datagram (Datagram, Reply)
 	bytesOut     prometheus.Counter
-	tcpBytes     *routeBytes // TCP: counted by loop, folded into bytesIn and bytesOut when read
+	byLoop       *routeBytes // BytesIn, BytesOut: counted by loop, folded into bytesIn and bytesOut when read
 	noBackend    prometheus.Counter
 	pickError    prometheus.Counter
 	backends     map[*backend.Backend]*backendObserver // read-only once built
@@ -566,21 +564,8 @@ func (o *routeObserver) Connected(b *backend.Backend, d time.Duration, err error
 	}
 }
 
-func (o *routeObserver) BytesIn(loop int, n int64) {
-	if o.tcpBytes != nil {
-		o.tcpBytes.byLoop.AddIn(loop, n)
-		return
-	}
-	o.bytesIn.Add(float64(n))
-}
-
-func (o *routeObserver) BytesOut(loop int, n int64) {
-	if o.tcpBytes != nil {
-		o.tcpBytes.byLoop.AddOut(loop, n)
-		return
-	}
-	o.bytesOut.Add(float64(n))
-}
+func (o *routeObserver) BytesIn(loop int, n int64)  { o.byLoop.shares.AddIn(loop, n) }
+func (o *routeObserver) BytesOut(loop int, n int64) { o.byLoop.shares.AddOut(loop, n) }
 
 func (o *routeObserver) Datagram(b *backend.Backend, n int, err error) {
 	bo := o.backends[b]

@@ -49,17 +49,18 @@ type tcpLoop struct {
 	srv            *Server
 	idx            int // the loop's number, 0 to Workers-1
 
-	fds    []fdOwner // by descriptor number
-	conns  *lconn    // every connection of the loop (a circular list's head, nil: none)
-	nconns int
-	timers eventloop.Heap[*lconn]
-	now    int64 // unix nanoseconds at the start of this turn
-	buf    []byte
-	lsns   []*loopListener
-	redo   []*lconn // connections to drive again next turn (lconn.queued)
-	redo2  []*lconn // the list being driven (swapped with redo)
-	rot    uint32   // rotation over a resolved backend's addresses (lconn.useAddrs)
-	stop   bool     // the server is shut down: leave once every connection ended
+	fds       []fdOwner // by descriptor number
+	conns     *lconn    // every connection of the loop (a circular list's head, nil: none)
+	nconns    int
+	timers    eventloop.Heap[*lconn]
+	now       int64 // unix nanoseconds at the start of this turn
+	buf       []byte
+	lsns      []*loopListener
+	turnReads int      // reads a direction makes per turn (lconn.pump)
+	redo      []*lconn // connections to drive again next turn (lconn.queued)
+	redo2     []*lconn // the list being driven (swapped with redo)
+	rot       uint32   // rotation over a resolved backend's addresses (lconn.useAddrs)
+	stop      bool     // the server is shut down: leave once every connection ended
 }
 
 // fdOwner is what a descriptor in a loop's epoll set is.
@@ -72,7 +73,10 @@ type fdOwner struct {
 const maxLoopEvents = 256 // epoll events per turn
 
 func newTCPLoop(s *Server, idx int) (*tcpLoop, error) {
-	lp := &tcpLoop{srv: s, idx: idx}
+	lp := &tcpLoop{srv: s, idx: idx, turnReads: defaultTurnReads}
+	if s.turnReads > 0 {
+		lp.turnReads = s.turnReads
+	}
 	if err := lp.Open("tcp-epoll", maxLoopEvents); err != nil {
 		return nil, err
 	}

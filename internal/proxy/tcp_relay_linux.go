@@ -115,11 +115,7 @@ func (c *lconn) pump(d *ldir) bool {
 	if len(lp.buf) < size {
 		lp.buf = make([]byte, size)
 	}
-	turns := lp.srv.turnReads
-	if turns <= 0 {
-		turns = defaultTurnReads
-	}
-	for range turns {
+	for range lp.turnReads {
 		if d.bulk {
 			more, ok := c.spliceIn(d, src, dst, size)
 			if !ok {
