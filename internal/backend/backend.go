@@ -300,6 +300,10 @@ var byteShards = func() int {
 	return n
 }()
 
+// Shards is how many ways counters split by event loop are split (a power
+// of two: a loop's share is loop & (Shards()-1)).
+func Shards() int { return byteShards }
+
 // AddBytesIn counts n bytes proxied from a client to the backend by event
 // loop loop (any number: it picks the loop's share of the counters).
 func (b *Backend) AddBytesIn(loop int, n int64) { b.bytes.AddIn(loop, n) }

@@ -126,9 +126,9 @@ func BenchmarkBytesCounterSharded(b *testing.B) {
 
 // BenchmarkObserverConnectionParallel is BenchmarkObserverConnection (the
 // metrics work of one proxied TCP connection, one read each way) from one
-// goroutine per P: with -cpu 2
-// the two event loops write the same route's and backend's series, which
-// are shared cache lines; -cpu 1 is the same work without the bouncing.
+// goroutine per P, each as its own event loop: with -cpu 2 the two loops
+// count the same route's and backend's series, each into its own shares;
+// -cpu 1 is the same work on one core.
 //
 //	go test ./internal/metrics -run - -bench ObserverConnectionParallel -cpu 1,2 -count 5
 func BenchmarkObserverConnectionParallel(b *testing.B) {
@@ -146,12 +146,12 @@ func BenchmarkObserverConnectionParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		loop := int(loops.Add(1))
 		for pb.Next() {
-			o.ConnOpened()
-			o.Picked(be)
-			o.Connected(be, 50*time.Microsecond, nil)
+			o.ConnOpened(loop)
+			o.Picked(loop, be)
+			o.Connected(loop, be, 50*time.Microsecond, nil)
 			o.BytesIn(loop, 64)
 			o.BytesOut(loop, 64)
-			o.ConnClosed(be, proxy.EndEOF, 200*time.Microsecond, 64, 64)
+			o.ConnClosed(loop, be, proxy.EndEOF, 200*time.Microsecond, 64, 64)
 		}
 	})
 }

@@ -34,8 +34,8 @@ func (m *Metrics) counters() map[string]*prometheus.CounterVec {
 	}
 }
 
-// series reads every series of vec with its labels.
-func series(vec *prometheus.CounterVec, f func(labels map[string]string, v float64)) {
+// eachSeries reads every series of vec with its labels.
+func eachSeries(vec *prometheus.CounterVec, f func(labels map[string]string, v float64)) {
 	ch := make(chan prometheus.Metric, 64)
 	go func() { vec.Collect(ch); close(ch) }()
 	for mt := range ch {
@@ -58,7 +58,7 @@ func (m *Metrics) Carry() []Carried {
 	m.fold()
 	var out []Carried
 	for name, vec := range m.counters() {
-		series(vec, func(labels map[string]string, v float64) {
+		eachSeries(vec, func(labels map[string]string, v float64) {
 			if v > 0 {
 				out = append(out, Carried{Name: name, Labels: labels, Value: v})
 			}
@@ -76,7 +76,7 @@ func (m *Metrics) AddCarried(cs []Carried) int {
 	have := map[string]map[string]bool{}
 	for name, vec := range vecs {
 		have[name] = map[string]bool{}
-		series(vec, func(labels map[string]string, _ float64) { have[name][labelKey(labels)] = true })
+		eachSeries(vec, func(labels map[string]string, _ float64) { have[name][labelKey(labels)] = true })
 	}
 	n := 0
 	for _, c := range cs {

@@ -23,8 +23,8 @@ func TestConnectionsEnded(t *testing.T) {
 	m.Retain([]*proxy.Route{rt, udp})
 
 	closed := func(o proxy.Observer, b *backend.Backend, end proxy.End) {
-		o.ConnOpened()
-		o.ConnClosed(b, end, 0, 0, 0)
+		o.ConnOpened(0)
+		o.ConnClosed(0, b, end, 0, 0, 0)
 	}
 	closed(o, b1, proxy.EndEOF)
 	closed(o, b1, proxy.EndBackendError)

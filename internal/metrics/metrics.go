@@ -63,23 +63,22 @@ var (
 // Metrics owns every dynamic-proxy collector. Its methods are safe for
 // concurrent use.
 type Metrics struct {
-	connActive   *prometheus.GaugeVec     // rule, protocol
-	connTotal    *prometheus.CounterVec   // rule, protocol
-	connDuration *prometheus.HistogramVec // rule, protocol
-	connRejected *prometheus.CounterVec   // rule, protocol, reason
-	lnRejected   *prometheus.CounterVec   // listener, protocol, reason (listener.go)
+	// The data path's counters and gauge are folded from the loops' shares
+	// when read, and its histograms (connection_duration_seconds,
+	// request_duration_seconds, request_size_bytes, response_size_bytes,
+	// backend_response_seconds) are summed from them (shards.go).
+	connActive   *prometheus.GaugeVec   // rule, protocol
+	connTotal    *prometheus.CounterVec // rule, protocol
+	connRejected *prometheus.CounterVec // rule, protocol, reason
+	lnRejected   *prometheus.CounterVec // listener, protocol, reason (listener.go)
 
-	requests    *prometheus.CounterVec   // rule, protocol
-	reqDuration *prometheus.HistogramVec // rule, protocol
-	reqSize     *prometheus.HistogramVec // rule, protocol
-	respSize    *prometheus.HistogramVec // rule, protocol
-	bytes       *prometheus.CounterVec   // rule, protocol, direction
+	requests *prometheus.CounterVec // rule, protocol
+	bytes    *prometheus.CounterVec // rule, protocol, direction
 
-	beRequests   *prometheus.CounterVec   // rule, backend, result
-	beEnded      *prometheus.CounterVec   // rule, backend, end
-	beResponse   *prometheus.HistogramVec // rule, backend
-	dnsDropped   *prometheus.CounterVec   // rule, backend, reason (dns = true rules)
-	healthChecks *prometheus.CounterVec   // rule, backend, result
+	beRequests   *prometheus.CounterVec // rule, backend, result
+	beEnded      *prometheus.CounterVec // rule, backend, end
+	dnsDropped   *prometheus.CounterVec // rule, backend, reason (dns = true rules)
+	healthChecks *prometheus.CounterVec // rule, backend, result
 
 	selections   *prometheus.CounterVec // rule, router, plugin, backend
 	routerErrors *prometheus.CounterVec // rule, router, plugin, reason
@@ -91,8 +90,8 @@ type Metrics struct {
 	fleet     fleetCollector      // the fleet-wide access limits (fleetlimits.go)
 	discovery discoveryCollectors // DNS discovery (discovery.go)
 
-	foldMu     sync.Mutex                // guards routeBytes and their folded counts; taken inside mu
-	routeBytes map[[2]string]*routeBytes // the routes' bytes_total by rule and protocol (fold)
+	foldMu sync.Mutex // guards series and what was folded of them; taken inside mu
+	series series     // the data path's series, counted by loop (shards.go)
 
 	mu        sync.Mutex                   // serialises Observer's bookkeeping and Retain, and guards listeners
 	listeners map[string]*listenerObserver // by listen key ("tcp 127.0.0.1:8000")
@@ -121,14 +120,11 @@ type labelKeys struct {
 // collectors when withRuntime is set (a test registry may leave them out).
 func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 	rp := []string{"rule", "protocol"}
-	rb := []string{"rule", "backend"}
 	m := &Metrics{
 		connActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace,
 			Name: "connections_active", Help: "Client connections (UDP: sessions) open now."}, rp),
 		connTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "connections_total", Help: "Client connections (UDP: sessions) accepted, including those then rejected."}, rp),
-		connDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
-			Name: "connection_duration_seconds", Help: "How long client connections (UDP: sessions) lasted.", Buckets: DurationBuckets}, rp),
 		connRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "connections_rejected_total", Help: "Connections or datagrams dropped without reaching a backend, by reason."},
 			[]string{"rule", "protocol", "reason"}),
@@ -138,12 +134,6 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "requests_total", Help: "Requests proxied: TCP connections that reached a backend (counted when they end), UDP datagrams from clients."}, rp),
-		reqDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
-			Name: "request_duration_seconds", Help: "TCP: accept to close of proxied connections. UDP: client datagram to the backend's first reply.", Buckets: DurationBuckets}, rp),
-		reqSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
-			Name: "request_size_bytes", Help: "Bytes from the client per request (TCP: per connection; UDP: per datagram).", Buckets: SizeBuckets}, rp),
-		respSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
-			Name: "response_size_bytes", Help: "Bytes to the client per response (TCP: per connection; UDP: per reply datagram).", Buckets: SizeBuckets}, rp),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "bytes_total", Help: "Bytes proxied, counted as they move: direction in is client to backend, out is backend to client."},
 			[]string{"rule", "protocol", "direction"}),
@@ -154,8 +144,6 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		beEnded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "connections_ended_total", Help: "Proxied TCP connections and UDP sessions that ended, by backend and how: eof, idle_timeout, client_error, backend_error (such as a reset mid-stream), backend_refused (UDP: ICMP port unreachable), max_responses (UDP), drained (drain_timeout), shutdown, closed (admin API) or backend_down (on_backend_down = \"close\")."},
 			[]string{"rule", "backend", "end"}),
-		beResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace,
-			Name: "backend_response_seconds", Help: "TCP: time to connect to the backend. UDP: time from a client datagram to the backend's first reply.", Buckets: ResponseBuckets}, rb),
 		dnsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace,
 			Name: "dns_dropped_total", Help: "Rules with dns = true: queries sent to the backend it never answered within session_timeout (reason unanswered), and replies from it that matched no waiting query (reason unmatched)."},
 			[]string{"rule", "backend", "reason"}),
@@ -185,10 +173,12 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		Name: "log_records_dropped_total", Help: "Log records the event loops dropped because the log output did not keep up (its queue was full)."},
 		func() float64 { return float64(logging.Dropped()) })
 
-	cs := []prometheus.Collector{logDropped, m.connActive, m.connTotal, m.connDuration, m.connRejected, m.lnRejected,
-		m.requests, m.reqDuration, m.reqSize, m.respSize, foldedBytes{m},
-		m.beRequests, m.beEnded, m.beResponse, m.dnsDropped, m.healthChecks, m.selections, m.routerErrors,
-		m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server, &m.fleet}
+	cs := []prometheus.Collector{logDropped, m.lnRejected, histCollector{m},
+		m.healthChecks, m.reloads, m.lastReload, buildInfo, &stateCollector{m}, &m.server, &m.fleet}
+	for _, c := range []prometheus.Collector{m.connActive, m.connTotal, m.connRejected, m.requests, m.bytes,
+		m.beRequests, m.beEnded, m.dnsDropped, m.selections, m.routerErrors} {
+		cs = append(cs, folded{m, c})
+	}
 	m.discovery = newDiscoveryCollectors()
 	cs = append(cs, m.discovery.collectors()...)
 	if withRuntime {
@@ -203,49 +193,9 @@ func New(reg prometheus.Registerer, withRuntime bool) (*Metrics, error) {
 		m.reloads.WithLabelValues(r)
 	}
 	m.made = newLabelKeys(0)
-	m.routeBytes = map[[2]string]*routeBytes{}
+	m.series = newSeries()
 	m.current.Store(&snapshot{keys: newLabelKeys(0)})
 	return m, nil
-}
-
-// routeBytes is a route's bytes_total pair, counted as the bytes move
-// by event loop (each loop its own cache line: the one series a relayed
-// request wrote that the loops shared) and added to the Prometheus
-// counters when they are read (fold). Every observer of a rule shares it,
-// across reloads, as they share the series.
-type routeBytes struct {
-	shares          backend.ByLoop
-	in, out         prometheus.Counter
-	foldIn, foldOut int64 // what fold has added to in and out (under foldMu)
-}
-
-// fold adds to each route's bytes_total what its loops counted since
-// the last fold. The sums only grow, so the series stay exact: a byte
-// counted after a fold is in the next one.
-func (m *Metrics) fold() {
-	m.foldMu.Lock()
-	defer m.foldMu.Unlock()
-	for _, rb := range m.routeBytes {
-		in, out := rb.shares.Sum()
-		if in > rb.foldIn {
-			rb.in.Add(float64(in - rb.foldIn))
-			rb.foldIn = in
-		}
-		if out > rb.foldOut {
-			rb.out.Add(float64(out - rb.foldOut))
-			rb.foldOut = out
-		}
-	}
-}
-
-// foldedBytes is bytes_total as registered: folded, then collected.
-type foldedBytes struct{ m *Metrics }
-
-func (f foldedBytes) Describe(ch chan<- *prometheus.Desc) { f.m.bytes.Describe(ch) }
-
-func (f foldedBytes) Collect(ch chan<- prometheus.Metric) {
-	f.m.fold()
-	f.m.bytes.Collect(ch)
 }
 
 // Loaded records a successful config load at t (the start-up one; reloads
@@ -292,50 +242,50 @@ func (m *Metrics) Observer(rt *proxy.Route) proxy.Observer {
 	m.made.add(rt)
 	m.mu.Unlock()
 	rule, proto := rt.Name, rt.Protocol
-	o := &routeObserver{
-		tcp:          proto == "tcp",
-		connActive:   m.connActive.WithLabelValues(rule, proto),
-		connTotal:    m.connTotal.WithLabelValues(rule, proto),
-		connDuration: m.connDuration.WithLabelValues(rule, proto),
-		requests:     m.requests.WithLabelValues(rule, proto),
-		reqDuration:  m.reqDuration.WithLabelValues(rule, proto),
-		reqSize:      m.reqSize.WithLabelValues(rule, proto),
-		respSize:     m.respSize.WithLabelValues(rule, proto),
-		bytesIn:      m.bytes.WithLabelValues(rule, proto, DirectionIn),
-		bytesOut:     m.bytes.WithLabelValues(rule, proto, DirectionOut),
-		noBackend:    m.routerErrors.WithLabelValues(rule, rt.RouterName, rt.Plugin, ReasonNoBackend),
-		pickError:    m.routerErrors.WithLabelValues(rule, rt.RouterName, rt.Plugin, ReasonError),
-		backends:     make(map[*backend.Backend]*backendObserver, len(rt.Backends)),
-	}
-	for r := proxy.Reason(0); r < proxy.NumReasons; r++ {
-		if r == proxy.ReasonNoRule {
-			continue // a route matched; Unrouted counts these
-		}
-		o.rejected[r] = m.connRejected.WithLabelValues(rule, proto, r.String())
-	}
-	key := [2]string{rule, proto}
 	m.foldMu.Lock()
-	if o.byLoop = m.routeBytes[key]; o.byLoop == nil {
-		o.byLoop = &routeBytes{shares: backend.NewByLoop(), in: o.bytesIn, out: o.bytesOut}
-		m.routeBytes[key] = o.byLoop
+	defer m.foldMu.Unlock()
+	key := [2]string{rule, proto}
+	rs := m.series.routes[key]
+	if rs == nil {
+		rs = newRouteSeries(m, rule, proto)
+		m.series.routes[key] = rs
 	}
-	m.foldMu.Unlock()
+	counter := func(in map[[4]string]*counterSeries, k [4]string, c func() prometheus.Counter) *counterSeries {
+		cs := in[k]
+		if cs == nil {
+			cs = newCounterSeries(c())
+			in[k] = cs
+		}
+		return cs
+	}
+	rk := func(reason string) [4]string { return [4]string{rule, rt.RouterName, rt.Plugin, reason} }
+	o := &routeObserver{
+		tcp: proto == "tcp",
+		r:   rs,
+		noBackend: counter(m.series.errors, rk(ReasonNoBackend), func() prometheus.Counter {
+			return m.routerErrors.WithLabelValues(rule, rt.RouterName, rt.Plugin, ReasonNoBackend)
+		}),
+		pickError: counter(m.series.errors, rk(ReasonError), func() prometheus.Counter {
+			return m.routerErrors.WithLabelValues(rule, rt.RouterName, rt.Plugin, ReasonError)
+		}),
+		backends: make(map[*backend.Backend]*backendObserver, len(rt.Backends)),
+	}
 	for _, b := range rt.Backends {
-		o.backends[b] = &backendObserver{
-			success:   m.beRequests.WithLabelValues(rule, b.ID, ResultSuccess),
-			failed:    m.beRequests.WithLabelValues(rule, b.ID, ResultError),
-			timeout:   m.beRequests.WithLabelValues(rule, b.ID, ResultTimeout),
-			response:  m.beResponse.WithLabelValues(rule, b.ID),
-			selection: m.selections.WithLabelValues(rule, rt.RouterName, rt.Plugin, b.ID),
+		bk := [2]string{rule, b.ID}
+		bs := m.series.backends[bk]
+		if bs == nil {
+			bs = newBackendSeries(rule, b.ID)
+			m.series.backends[bk] = bs
 		}
-		bo := o.backends[b]
-		if rt.DNS {
-			bo.dnsUnanswered = m.dnsDropped.WithLabelValues(rule, b.ID, DNSUnanswered)
-			bo.dnsUnmatched = m.dnsDropped.WithLabelValues(rule, b.ID, DNSUnmatched)
-		}
+		bs.resolve(m, proto, rt.DNS)
+		bo := &backendObserver{s: bs, dns: rt.DNS,
+			selection: counter(m.series.selections, [4]string{rule, rt.RouterName, rt.Plugin, b.ID}, func() prometheus.Counter {
+				return m.selections.WithLabelValues(rule, rt.RouterName, rt.Plugin, b.ID)
+			})}
 		for _, end := range proxy.EndsOf(proto) {
-			bo.ended[end] = m.beEnded.WithLabelValues(rule, b.ID, end.String())
+			bo.ends[end] = true
 		}
+		o.backends[b] = bo
 		m.healthChecks.WithLabelValues(rule, b.ID, CheckSuccess)
 		m.healthChecks.WithLabelValues(rule, b.ID, CheckFailure)
 	}
@@ -377,8 +327,7 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 			continue
 		}
 		rule, proto := k[0], k[1]
-		for _, v := range []*prometheus.MetricVec{m.connActive.MetricVec, m.connTotal.MetricVec, m.connDuration.MetricVec,
-			m.requests.MetricVec, m.reqDuration.MetricVec, m.reqSize.MetricVec, m.respSize.MetricVec} {
+		for _, v := range []*prometheus.MetricVec{m.connActive.MetricVec, m.connTotal.MetricVec, m.requests.MetricVec} {
 			v.DeleteLabelValues(rule, proto)
 		}
 		for r := proxy.Reason(0); r < proxy.NumReasons; r++ {
@@ -387,7 +336,7 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 		m.bytes.DeleteLabelValues(rule, proto, DirectionIn)
 		m.bytes.DeleteLabelValues(rule, proto, DirectionOut)
 		m.foldMu.Lock()
-		delete(m.routeBytes, k)
+		delete(m.series.routes, k)
 		m.foldMu.Unlock()
 	}
 	for k := range stale.backends {
@@ -401,7 +350,9 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 		for end := proxy.End(0); end < proxy.NumEnds; end++ {
 			m.beEnded.DeleteLabelValues(rule, id, end.String())
 		}
-		m.beResponse.DeleteLabelValues(rule, id)
+		m.foldMu.Lock()
+		delete(m.series.backends, k)
+		m.foldMu.Unlock()
 		m.dnsDropped.DeleteLabelValues(rule, id, DNSUnanswered)
 		m.dnsDropped.DeleteLabelValues(rule, id, DNSUnmatched)
 		m.healthChecks.DeleteLabelValues(rule, id, CheckSuccess)
@@ -410,12 +361,19 @@ func (m *Metrics) Retain(routes []*proxy.Route) {
 	for k := range stale.selections {
 		if !next.keys.selections[k] {
 			m.selections.DeleteLabelValues(k[0], k[1], k[2], k[3])
+			m.foldMu.Lock()
+			delete(m.series.selections, k)
+			m.foldMu.Unlock()
 		}
 	}
 	for k := range stale.routers {
 		if !next.keys.routers[k] {
 			m.routerErrors.DeleteLabelValues(k[0], k[1], k[2], ReasonNoBackend)
 			m.routerErrors.DeleteLabelValues(k[0], k[1], k[2], ReasonError)
+			m.foldMu.Lock()
+			delete(m.series.errors, [4]string{k[0], k[1], k[2], ReasonNoBackend})
+			delete(m.series.errors, [4]string{k[0], k[1], k[2], ReasonError})
+			m.foldMu.Unlock()
 		}
 	}
 }
@@ -454,32 +412,21 @@ func (k labelKeys) merge(o labelKeys) {
 // errNoBackend is matched with errors.Is to tell router_errors_total's reasons apart.
 var errNoBackend = router.ErrNoBackend
 
-// routeObserver is one route's proxy.Observer: every child resolved once.
+// routeObserver is one route's proxy.Observer: its series resolved once,
+// each event an add to the calling loop's share.
 type routeObserver struct {
-	tcp          bool // a TCP rule: a connection is a request
-	connActive   prometheus.Gauge
-	connTotal    prometheus.Counter
-	connDuration prometheus.Observer
-	rejected     [proxy.NumReasons]prometheus.Counter
-	requests     prometheus.Counter
-	reqDuration  prometheus.Observer
-	reqSize      prometheus.Observer
-	respSize     prometheus.Observer
-	bytesIn      prometheus.Counter // added to per UDP datagram (Datagram, Reply)
-	bytesOut     prometheus.Counter
-	byLoop       *routeBytes // BytesIn, BytesOut: counted by loop, folded into bytesIn and bytesOut when read
-	noBackend    prometheus.Counter
-	pickError    prometheus.Counter
-	backends     map[*backend.Backend]*backendObserver // read-only once built
+	tcp       bool // a TCP rule: a connection is a request
+	r         *routeSeries
+	noBackend *counterSeries
+	pickError *counterSeries
+	backends  map[*backend.Backend]*backendObserver // read-only once built
 }
 
 type backendObserver struct {
-	success, failed, timeout prometheus.Counter
-	ended                    [proxy.NumEnds]prometheus.Counter // by proxy.EndsOf the rule's protocol; nil for the others
-	response                 prometheus.Observer
-	selection                prometheus.Counter
-	dnsUnanswered            prometheus.Counter // dns = true rules only
-	dnsUnmatched             prometheus.Counter
+	s         *backendSeries
+	selection *counterSeries
+	ends      [proxy.NumEnds]bool // the ends of the rule's protocol (proxy.EndsOf)
+	dns       bool                // a dns = true rule: dns_dropped_total is counted
 }
 
 // dns_dropped_total's reasons.
@@ -490,106 +437,107 @@ const (
 
 var _ proxy.DNSObserver = (*routeObserver)(nil)
 
-func (o *routeObserver) DNSUnanswered(b *backend.Backend) {
-	if bo := o.backends[b]; bo != nil && bo.dnsUnanswered != nil {
-		bo.dnsUnanswered.Inc()
+func (o *routeObserver) DNSUnanswered(loop int, b *backend.Backend) {
+	if bo := o.backends[b]; bo != nil && bo.dns {
+		bo.s.shard(loop).c[bDNSUnanswered].Add(1)
 	}
 }
 
-func (o *routeObserver) DNSUnmatched(b *backend.Backend) {
-	if bo := o.backends[b]; bo != nil && bo.dnsUnmatched != nil {
-		bo.dnsUnmatched.Inc()
+func (o *routeObserver) DNSUnmatched(loop int, b *backend.Backend) {
+	if bo := o.backends[b]; bo != nil && bo.dns {
+		bo.s.shard(loop).c[bDNSUnmatched].Add(1)
 	}
 }
 
 var _ proxy.Observer = (*routeObserver)(nil)
 
-func (o *routeObserver) ConnOpened() {
-	o.connTotal.Inc()
-	o.connActive.Inc()
-}
+func (o *routeObserver) ConnOpened(loop int) { o.r.shard(loop).c[rOpened].Add(1) }
 
 // ConnClosed ends a connection or session; one proxied over TCP is also a
 // request (a UDP session's requests are its datagrams).
-func (o *routeObserver) ConnClosed(b *backend.Backend, end proxy.End, d time.Duration, in, out int64) {
-	o.connActive.Dec()
-	o.connDuration.Observe(d.Seconds())
+func (o *routeObserver) ConnClosed(loop int, b *backend.Backend, end proxy.End, d time.Duration, in, out int64) {
+	s := o.r.shard(loop)
+	s.c[rClosed].Add(1)
+	s.connDur.observe(durationBounds, int64(d))
 	if b == nil {
 		return
 	}
-	if bo := o.backends[b]; bo != nil && end < proxy.NumEnds && bo.ended[end] != nil {
-		bo.ended[end].Inc()
+	if bo := o.backends[b]; bo != nil && end < proxy.NumEnds && bo.ends[end] {
+		bo.s.shard(loop).c[bEnded+int(end)].Add(1)
 	}
 	if o.tcp {
-		o.requests.Inc()
-		o.reqDuration.Observe(d.Seconds())
-		o.reqSize.Observe(float64(in))
-		o.respSize.Observe(float64(out))
+		s.c[rRequests].Add(1)
+		s.reqDur.observe(durationBounds, int64(d))
+		s.reqSize.observe(sizeBounds, in)
+		s.respSize.observe(sizeBounds, out)
 	}
 }
 
-func (o *routeObserver) Rejected(r proxy.Reason) {
-	if r < proxy.NumReasons && o.rejected[r] != nil {
-		o.rejected[r].Inc()
+func (o *routeObserver) Rejected(loop int, r proxy.Reason) {
+	if r < proxy.NumReasons && r != proxy.ReasonNoRule {
+		o.r.shard(loop).c[rRejected+int(r)].Add(1)
 	}
 }
 
-func (o *routeObserver) Picked(b *backend.Backend) {
+func (o *routeObserver) Picked(loop int, b *backend.Backend) {
 	if bo := o.backends[b]; bo != nil {
-		bo.selection.Inc()
+		bo.selection.add(loop)
 	}
 }
 
-func (o *routeObserver) PickFailed(err error) {
+func (o *routeObserver) PickFailed(loop int, err error) {
 	if errors.Is(err, errNoBackend) {
-		o.noBackend.Inc()
+		o.noBackend.add(loop)
 		return
 	}
-	o.pickError.Inc()
+	o.pickError.add(loop)
 }
 
-func (o *routeObserver) Connected(b *backend.Backend, d time.Duration, err error) {
+func (o *routeObserver) Connected(loop int, b *backend.Backend, d time.Duration, err error) {
 	bo := o.backends[b]
 	if bo == nil {
 		return
 	}
+	s := bo.s.shard(loop)
 	switch {
 	case err == nil:
-		bo.success.Inc()
-		bo.response.Observe(d.Seconds())
+		s.c[bSuccess].Add(1)
+		s.response.observe(responseBounds, int64(d))
 	case isTimeout(err):
-		bo.timeout.Inc()
+		s.c[bTimeout].Add(1)
 	default:
-		bo.failed.Inc()
+		s.c[bFailed].Add(1)
 	}
 }
 
-func (o *routeObserver) BytesIn(loop int, n int64)  { o.byLoop.shares.AddIn(loop, n) }
-func (o *routeObserver) BytesOut(loop int, n int64) { o.byLoop.shares.AddOut(loop, n) }
+func (o *routeObserver) BytesIn(loop int, n int64)  { o.r.shard(loop).c[rBytesIn].Add(n) }
+func (o *routeObserver) BytesOut(loop int, n int64) { o.r.shard(loop).c[rBytesOut].Add(n) }
 
-func (o *routeObserver) Datagram(b *backend.Backend, n int, err error) {
+func (o *routeObserver) Datagram(loop int, b *backend.Backend, n int, err error) {
 	bo := o.backends[b]
 	if err != nil {
 		if bo != nil {
-			bo.failed.Inc()
+			bo.s.shard(loop).c[bFailed].Add(1)
 		}
 		return
 	}
 	if bo != nil {
-		bo.success.Inc()
+		bo.s.shard(loop).c[bSuccess].Add(1)
 	}
-	o.requests.Inc()
-	o.reqSize.Observe(float64(n))
-	o.bytesIn.Add(float64(n))
+	s := o.r.shard(loop)
+	s.c[rRequests].Add(1)
+	s.reqSize.observe(sizeBounds, int64(n))
+	s.c[rBytesIn].Add(int64(n))
 }
 
-func (o *routeObserver) Reply(b *backend.Backend, n int, rtt time.Duration) {
-	o.respSize.Observe(float64(n))
-	o.bytesOut.Add(float64(n))
+func (o *routeObserver) Reply(loop int, b *backend.Backend, n int, rtt time.Duration) {
+	s := o.r.shard(loop)
+	s.respSize.observe(sizeBounds, int64(n))
+	s.c[rBytesOut].Add(int64(n))
 	if rtt > 0 {
-		o.reqDuration.Observe(rtt.Seconds())
+		s.reqDur.observe(durationBounds, int64(rtt))
 		if bo := o.backends[b]; bo != nil {
-			bo.response.Observe(rtt.Seconds())
+			bo.s.shard(loop).response.observe(responseBounds, int64(rtt))
 		}
 	}
 }

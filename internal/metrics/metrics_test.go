@@ -91,23 +91,23 @@ func TestObserverCountsTCP(t *testing.T) {
 
 	// Two proxied connections, one refused backend, one timeout, one with no backend.
 	for i, n := range []int64{100, 250} {
-		o.ConnOpened()
-		o.Picked(b1)
+		o.ConnOpened(0)
+		o.Picked(0, b1)
 		if i == 1 {
-			o.Connected(b2, time.Millisecond, errors.New("connection refused"))
-			o.Connected(b2, time.Second, timeoutErr{})
+			o.Connected(0, b2, time.Millisecond, errors.New("connection refused"))
+			o.Connected(0, b2, time.Second, timeoutErr{})
 		}
-		o.Connected(b1, 2*time.Millisecond, nil)
+		o.Connected(0, b1, 2*time.Millisecond, nil)
 		o.BytesIn(0, n)
 		o.BytesOut(0, 2*n)
-		o.ConnClosed(b1, proxy.EndEOF, 3*time.Second, n, 2*n)
+		o.ConnClosed(0, b1, proxy.EndEOF, 3*time.Second, n, 2*n)
 	}
-	o.ConnOpened()
-	o.PickFailed(router.NoBackend(2))
-	o.Rejected(proxy.ReasonNoBackend)
-	o.ConnClosed(nil, proxy.EndNoBackend, 0, 0, 0)
-	o.PickFailed(errors.New("boom"))
-	o.ConnOpened() // still open
+	o.ConnOpened(0)
+	o.PickFailed(0, router.NoBackend(2))
+	o.Rejected(0, proxy.ReasonNoBackend)
+	o.ConnClosed(0, nil, proxy.EndNoBackend, 0, 0, 0)
+	o.PickFailed(0, errors.New("boom"))
+	o.ConnOpened(0) // still open
 
 	expect(t, values(t, reg), map[string]float64{
 		`dynamic_proxy_connections_total{protocol=tcp,rule=web}`:                                     4,
@@ -147,13 +147,13 @@ func TestObserverCountsUDP(t *testing.T) {
 	rt := route("dns", "udp", "round_robin", "round_robin", b)
 	o := m.Observer(rt)
 	m.Retain([]*proxy.Route{rt})
-	o.ConnOpened()
-	o.Datagram(b, 40, nil)
-	o.Datagram(b, 60, nil)
-	o.Datagram(b, 10, errors.New("sendmsg: no buffer space"))
-	o.Reply(b, 500, 5*time.Millisecond)
-	o.Reply(b, 300, 0)
-	o.ConnClosed(b, proxy.EndIdleTimeout, time.Second, 0, 0)
+	o.ConnOpened(0)
+	o.Datagram(0, b, 40, nil)
+	o.Datagram(0, b, 60, nil)
+	o.Datagram(0, b, 10, errors.New("sendmsg: no buffer space"))
+	o.Reply(0, b, 500, 5*time.Millisecond)
+	o.Reply(0, b, 300, 0)
+	o.ConnClosed(0, b, proxy.EndIdleTimeout, time.Second, 0, 0)
 	expect(t, values(t, reg), map[string]float64{
 		`dynamic_proxy_requests_total{protocol=udp,rule=dns}`:                      2,
 		`dynamic_proxy_request_size_bytes_count{protocol=udp,rule=dns}`:            2,
@@ -221,8 +221,8 @@ func TestRetainDropsRemovedSeries(t *testing.T) {
 	keep := backend.New("stable", "s1", "127.0.0.1:9000", 1, nil)
 	stable := route("stable", "tcp", "round_robin", "round_robin", keep)
 	so := m.Observer(stable)
-	so.ConnOpened()
-	so.ConnClosed(keep, proxy.EndEOF, time.Second, 0, 0)
+	so.ConnOpened(0)
+	so.ConnClosed(0, keep, proxy.EndEOF, time.Second, 0, 0)
 	count := func() int {
 		mfs, err := reg.Gather()
 		if err != nil {
@@ -242,8 +242,8 @@ func TestRetainDropsRemovedSeries(t *testing.T) {
 		stable = route("stable", "tcp", "round_robin", "round_robin", keep)
 		m.Observer(stable)
 		o := m.Observer(rt)
-		o.ConnOpened()
-		o.Picked(b)
+		o.ConnOpened(0)
+		o.Picked(0, b)
 		// A failed apply in between: its routes were observed, never retained.
 		failed := route(fmt.Sprintf("failed%d", i), "udp", "round_robin", "round_robin",
 			backend.New(fmt.Sprintf("failed%d", i), "f", "127.0.0.1:9003", 1, nil))
@@ -287,7 +287,7 @@ func TestEveryFamilyLintsClean(t *testing.T) {
 	m.Unrouted("tcp", proxy.ReasonNoRule)
 	m.ReloadResult(nil)
 	m.ReloadResult(errors.New("bad"))
-	o.ConnOpened()
+	o.ConnOpened(0)
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
@@ -402,12 +402,12 @@ func BenchmarkObserverConnection(b *testing.B) {
 	m.Retain([]*proxy.Route{rt})
 	b.ReportAllocs()
 	for b.Loop() {
-		o.ConnOpened()
-		o.Picked(be)
-		o.Connected(be, time.Millisecond, nil)
+		o.ConnOpened(0)
+		o.Picked(0, be)
+		o.Connected(0, be, time.Millisecond, nil)
 		o.BytesIn(0, 100)
 		o.BytesOut(0, 1000)
-		o.ConnClosed(be, proxy.EndEOF, time.Second, 100, 1000)
+		o.ConnClosed(0, be, proxy.EndEOF, time.Second, 100, 1000)
 	}
 }
 
@@ -434,12 +434,12 @@ func TestRetainNothingLeavesNoRouteSeries(t *testing.T) {
 		rt := route("r-"+p, p, "rr", "round_robin", b1, b2)
 		o := m.Observer(rt)
 		rt.Observer = o
-		o.ConnOpened()
-		o.Picked(b1)
-		o.Connected(b1, time.Millisecond, nil)
-		o.ConnClosed(b1, proxy.EndEOF, time.Second, 10, 20)
+		o.ConnOpened(0)
+		o.Picked(0, b1)
+		o.Connected(0, b1, time.Millisecond, nil)
+		o.ConnClosed(0, b1, proxy.EndEOF, time.Second, 10, 20)
 		o.BytesIn(0, 10)
-		o.Rejected(proxy.ReasonNoBackend)
+		o.Rejected(0, proxy.ReasonNoBackend)
 		routes = append(routes, rt)
 	}
 	m.Retain(routes)
@@ -452,16 +452,21 @@ func TestRetainNothingLeavesNoRouteSeries(t *testing.T) {
 	}
 }
 
-// TestBytesByLoopExact: four goroutines count a TCP route's bytes as four
-// event loops while /metrics is scraped and the counters are carried
-// meanwhile; once they are done, bytes_total and Carry hold every byte.
-func TestBytesByLoopExact(t *testing.T) {
+// TestSeriesByLoopExact: four goroutines count as four event loops (a TCP
+// route's connections and bytes, a UDP route's sessions and datagrams)
+// while /metrics is scraped and the counters are carried meanwhile; once
+// they are done, every counter, gauge and histogram holds every event, and
+// Carry holds what was counted after the last scrape.
+func TestSeriesByLoopExact(t *testing.T) {
 	m, reg := newTest(t)
 	b1 := backend.New("web", "b1", "127.0.0.1:9001", 1, nil)
 	rt := route("web", "tcp", "rr", "round_robin", b1)
 	o := m.Observer(rt)
-	m.Retain([]*proxy.Route{rt})
-	const loops, adds = 4, 5000
+	u1 := backend.New("dns", "u1", "127.0.0.1:53", 1, nil)
+	udp := route("dns", "udp", "rr", "round_robin", u1)
+	uo := m.Observer(udp)
+	m.Retain([]*proxy.Route{rt, udp})
+	const loops, conns = 4, 2000
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	scraped := make(chan struct{})
@@ -484,9 +489,18 @@ func TestBytesByLoopExact(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range adds {
-				o.BytesIn(loop, int64(i%7+1))
+			for i := range conns {
+				n := int64(i%7 + 1)
+				o.ConnOpened(loop)
+				o.Picked(loop, b1)
+				o.Connected(loop, b1, time.Millisecond, nil)
+				o.BytesIn(loop, n)
 				o.BytesOut(loop, 3)
+				o.ConnClosed(loop, b1, proxy.EndEOF, time.Second, n, 3)
+				uo.ConnOpened(loop)
+				uo.Datagram(loop, u1, 40, nil)
+				uo.Reply(loop, u1, 100, 2*time.Millisecond)
+				uo.ConnClosed(loop, u1, proxy.EndIdleTimeout, 2*time.Second, 0, 0)
 			}
 		}()
 	}
@@ -494,19 +508,85 @@ func TestBytesByLoopExact(t *testing.T) {
 	close(stop)
 	<-scraped
 	var in float64
-	for i := range adds {
+	for i := range conns {
 		in += float64(i%7 + 1)
 	}
 	in *= loops
+	const all = loops * conns
 	expect(t, values(t, reg), map[string]float64{
-		`dynamic_proxy_bytes_total{direction=in,protocol=tcp,rule=web}`:  in,
-		`dynamic_proxy_bytes_total{direction=out,protocol=tcp,rule=web}`: 3 * adds * loops,
+		`dynamic_proxy_bytes_total{direction=in,protocol=tcp,rule=web}`:                           in,
+		`dynamic_proxy_bytes_total{direction=out,protocol=tcp,rule=web}`:                          3 * all,
+		`dynamic_proxy_connections_total{protocol=tcp,rule=web}`:                                  all,
+		`dynamic_proxy_connections_active{protocol=tcp,rule=web}`:                                 0,
+		`dynamic_proxy_requests_total{protocol=tcp,rule=web}`:                                     all,
+		`dynamic_proxy_connection_duration_seconds_count{protocol=tcp,rule=web}`:                  all,
+		`dynamic_proxy_connection_duration_seconds_sum{protocol=tcp,rule=web}`:                    all,
+		`dynamic_proxy_request_size_bytes_sum{protocol=tcp,rule=web}`:                             in,
+		`dynamic_proxy_response_size_bytes_count{protocol=tcp,rule=web}`:                          all,
+		`dynamic_proxy_backend_requests_total{backend=b1,result=success,rule=web}`:                all,
+		`dynamic_proxy_backend_response_seconds_count{backend=b1,rule=web}`:                       all,
+		`dynamic_proxy_router_selections_total{backend=b1,plugin=round_robin,router=rr,rule=web}`: all,
+		`dynamic_proxy_connections_ended_total{backend=b1,end=eof,rule=web}`:                      all,
+		`dynamic_proxy_connections_total{protocol=udp,rule=dns}`:                                  all,
+		`dynamic_proxy_connections_active{protocol=udp,rule=dns}`:                                 0,
+		`dynamic_proxy_requests_total{protocol=udp,rule=dns}`:                                     all,
+		`dynamic_proxy_bytes_total{direction=in,protocol=udp,rule=dns}`:                           40 * all,
+		`dynamic_proxy_bytes_total{direction=out,protocol=udp,rule=dns}`:                          100 * all,
+		`dynamic_proxy_request_duration_seconds_count{protocol=udp,rule=dns}`:                     all,
+		`dynamic_proxy_connection_duration_seconds_sum{protocol=udp,rule=dns}`:                    2 * all,
+		`dynamic_proxy_connections_ended_total{backend=u1,end=idle_timeout,rule=dns}`:             all,
 	})
 	// Counted after the last scrape, carried without one.
 	o.BytesIn(1, 10)
+	o.ConnOpened(2)
 	for _, c := range m.Carry() {
-		if c.Name == "bytes_total" && c.Labels["direction"] == "in" && c.Value != in+10 {
+		switch {
+		case c.Name == "bytes_total" && c.Labels["rule"] == "web" && c.Labels["direction"] == "in" && c.Value != in+10:
 			t.Errorf("carried bytes_total in = %v, want %v", c.Value, in+10)
+		case c.Name == "connections_total" && c.Labels["rule"] == "web" && c.Value != all+1:
+			t.Errorf("carried connections_total = %v, want %v", c.Value, all+1)
 		}
 	}
+	expect(t, values(t, reg), map[string]float64{`dynamic_proxy_connections_active{protocol=tcp,rule=web}`: 1})
+}
+
+// TestHistogramBuckets: a histogram counted by loop puts each value in the
+// bucket client_golang's would (a value on a bound in that bound's bucket)
+// and sums the loops' shares.
+func TestHistogramBuckets(t *testing.T) {
+	m, reg := newTest(t)
+	b1 := backend.New("web", "b1", "127.0.0.1:9001", 1, nil)
+	rt := route("web", "tcp", "rr", "round_robin", b1)
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	ref := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ref", Buckets: DurationBuckets})
+	for i, d := range []time.Duration{0, time.Millisecond, time.Millisecond + 1, 7 * time.Millisecond, time.Second, 2 * time.Hour} {
+		o.ConnOpened(i)
+		o.ConnClosed(i, nil, proxy.EndNoBackend, d, 0, 0)
+		ref.Observe(d.Seconds())
+	}
+	var want dto.Metric
+	if err := ref.Write(&want); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "dynamic_proxy_connection_duration_seconds" {
+			continue
+		}
+		got := mf.Metric[0].Histogram
+		if got.GetSampleCount() != want.Histogram.GetSampleCount() || got.GetSampleSum() != want.Histogram.GetSampleSum() {
+			t.Errorf("count, sum = %d, %v; want %d, %v", got.GetSampleCount(), got.GetSampleSum(), want.Histogram.GetSampleCount(), want.Histogram.GetSampleSum())
+		}
+		for i, b := range want.Histogram.Bucket {
+			if g := got.Bucket[i]; g.GetUpperBound() != b.GetUpperBound() || g.GetCumulativeCount() != b.GetCumulativeCount() {
+				t.Errorf("bucket %v: %d, want %d", b.GetUpperBound(), g.GetCumulativeCount(), b.GetCumulativeCount())
+			}
+		}
+		return
+	}
+	t.Fatal("no connection_duration_seconds")
 }

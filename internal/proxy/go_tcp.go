@@ -250,7 +250,7 @@ func (c *goConn) serve() {
 	c.mu.Lock()
 	c.rt = rt
 	c.mu.Unlock()
-	release, ok := s.admitTCP(rt, c.ci.Client, c.ConnIdent)
+	release, ok := s.admitTCP(c.idx, rt, c.ci.Client, c.ConnIdent)
 	if !ok {
 		c.reset()
 		return
@@ -282,12 +282,12 @@ func (c *goConn) routed(local netip.AddrPort, first []byte, release func()) {
 	case err == nil: // drained or shut down while dialling
 		release()
 		if o := rt.Observer; o != nil {
-			o.ConnClosed(nil, c.forced(), time.Since(c.Start), 0, 0)
+			o.ConnClosed(c.idx, nil, c.forced(), time.Since(c.Start), 0, 0)
 		}
 		c.c.Close()
 	default:
 		release()
-		s.tcpNoBackend(rt, c.ci.Client, c.ConnIdent, err)
+		s.tcpNoBackend(c.idx, rt, c.ci.Client, c.ConnIdent, err)
 		c.reset()
 	}
 }
@@ -321,12 +321,12 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 			if lastErr != nil {
 				err = lastErr
 			} else if o != nil {
-				o.PickFailed(err)
+				o.PickFailed(c.idx, err)
 			}
 			return nil, nil, err
 		}
 		if o != nil {
-			o.Picked(b)
+			o.Picked(c.idx, b)
 		}
 		b.Acquire()
 		c.mu.Lock()
@@ -348,7 +348,7 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 		if bc != nil && c.cut == EndEOF {
 			c.cancel = nil
 			c.mu.Unlock()
-			tcpConnected(rt, b, dialT0)
+			tcpConnected(c.idx, rt, b, dialT0)
 			return b, bs, nil
 		}
 		c.bc = nil
@@ -366,7 +366,7 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 			b.Release()
 			return nil, nil, err
 		}
-		s.tcpDialFailed(rt, c.ID, req, tries, b, dialT0, err)
+		s.tcpDialFailed(c.idx, rt, c.ID, req, tries, b, dialT0, err)
 		lastErr = err
 	}
 	if lastErr == nil {
@@ -491,7 +491,7 @@ func (c *goConn) relay(b *backend.Backend, client, bc stream, first []byte, rele
 	}
 	client.Close()
 	bc.Close()
-	s.tcpFinished(rt, b, c.ci.Client, c.ConnIdent, release, upErr, downErr, c.forced(), c.up.Load(), c.down.Load())
+	s.tcpFinished(c.idx, rt, b, c.ci.Client, c.ConnIdent, release, upErr, downErr, c.forced(), c.up.Load(), c.down.Load())
 }
 
 // abort ends both sides after an error in one direction: a reset or an

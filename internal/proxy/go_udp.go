@@ -385,7 +385,7 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		prevQUIC = prev.quic
 	}
 	ci := quicConnInfo(client, prevQUIC)
-	rt, release, why := srv.admitUDP(l.table.Load(), l.closed.Load(), &ci, &l.live)
+	rt, release, why := srv.admitUDP(0, l.table.Load(), l.closed.Load(), &ci, &l.live)
 	if why != udpAdmitted {
 		srv.UDP.countRefusal(why)
 		return nil
@@ -407,7 +407,7 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		}
 	}
 	var bc *net.UDPConn
-	b, err := pickUDP(rt, &router.Request{}, client, l.local, s.tried, func(b *backend.Backend) (err error) {
+	b, err := pickUDP(s.idx, rt, &router.Request{}, client, l.local, s.tried, func(b *backend.Backend) (err error) {
 		bc, err = l.dial(b)
 		return err
 	})
@@ -418,13 +418,13 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		return nil
 	}
 	if s.obs != nil {
-		s.obs.ConnOpened()
+		s.obs.ConnOpened(s.idx)
 	}
 	if err != nil {
 		l.live.Add(-1)
 		release()
 		srv.UDP.DroppedNoBackend.Add(1)
-		srv.udpNoBackend(rt, client, err)
+		srv.udpNoBackend(s.idx, rt, client, err)
 		return nil
 	}
 	s.b, s.bc, s.counted = b, bc, true
@@ -536,7 +536,7 @@ func (l *goUDPListener) forward(s *goUDPSession, p []byte, retry bool) {
 	case errors.Is(err, syscall.EMSGSIZE):
 		srv.UDP.DroppedOversize.Add(1)
 		if s.obs != nil {
-			s.obs.Datagram(s.b, len(p), err)
+			s.obs.Datagram(s.idx, s.b, len(p), err)
 		}
 	case refusedError(err):
 		l.refusedLocked(s)
@@ -548,7 +548,7 @@ func (l *goUDPListener) forward(s *goUDPSession, p []byte, retry bool) {
 	default:
 		srv.UDP.DroppedSendError.Add(1)
 		if s.obs != nil {
-			s.obs.Datagram(s.b, len(p), err)
+			s.obs.Datagram(s.idx, s.b, len(p), err)
 		}
 		if !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.ENOBUFS) {
 			l.endLocked(s, EndBackendError)
@@ -693,7 +693,7 @@ func (l *goUDPListener) closeSocket(s *goUDPSession, end End) {
 	s.mu.Lock()
 	c := s.udpCounts
 	s.mu.Unlock()
-	srv.udpSessionEnded(s.route, s.id, s.client, s.b, &c, time.Since(s.start), end)
+	srv.udpSessionEnded(s.idx, s.route, s.id, s.client, s.b, &c, time.Since(s.start), end)
 }
 
 // remove forgets s. Called with l.mu held.

@@ -73,7 +73,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 	}
 	now := time.Now().UnixNano()
 	var sent *goDNSUpstream
-	b, err := pickUDP(c.sess.route, &d.req, client, l.local, nil, func(b *backend.Backend) error {
+	b, err := pickUDP(c.sess.idx, c.sess.route, &d.req, client, l.local, nil, func(b *backend.Backend) error {
 		up, err := l.dnsUpstreamFor(b, c.sess.route)
 		if err != nil {
 			return err
@@ -92,7 +92,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 			up.ids.take(wire)
 			dnsmsg.SetID(p, id)
 			if c.sess.obs != nil {
-				c.sess.obs.Datagram(b, len(p), err)
+				c.sess.obs.Datagram(c.sess.idx, b, len(p), err)
 			}
 			switch {
 			case refusedError(err):
@@ -121,7 +121,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 			l.live.Add(-1)
 			c.release()
 			c.ended = true
-			srv.udpNoBackend(c.sess.route, client, err)
+			srv.udpNoBackend(c.sess.idx, c.sess.route, client, err)
 		}
 		return
 	}
@@ -147,7 +147,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 // refused (counted). Called with l.mu held.
 func (l *goUDPListener) dnsNewClient(t *Table, client netip.AddrPort, dst netip.Addr, ifidx int) *goDNSClient {
 	srv := l.srv
-	rt, release, why := srv.admitUDP(t, l.closed.Load(), &ConnInfo{Client: client}, &l.live)
+	rt, release, why := srv.admitUDP(0, t, l.closed.Load(), &ConnInfo{Client: client}, &l.live)
 	if why != udpAdmitted {
 		srv.UDP.countRefusal(why)
 		return nil
@@ -159,7 +159,7 @@ func (l *goUDPListener) dnsNewClient(t *Table, client netip.AddrPort, dst netip.
 		c.sess.proxyHdr = udpProxyHeader(client, l.localFor(dst))
 	}
 	if c.sess.obs != nil {
-		c.sess.obs.ConnOpened()
+		c.sess.obs.ConnOpened(c.sess.idx)
 	}
 	return c
 }
@@ -242,7 +242,7 @@ func (l *goUDPListener) dnsRead(up *goDNSUpstream) {
 			l.mu.Unlock()
 			srv.UDP.DNSUnmatched.Add(1)
 			if up.obs != nil {
-				up.obs.DNSUnmatched(up.b)
+				up.obs.DNSUnmatched(0, up.b) // the goroutine engine's upstreams have no worker index
 			}
 			continue
 		}
@@ -274,7 +274,7 @@ func (l *goUDPListener) dnsEnd(c *goDNSClient, end End) {
 	if l.live.Add(-1) == 0 && l.closed.Load() {
 		l.shut() // the last session of a closed listener: release the socket
 	}
-	srv.udpSessionEnded(c.sess.route, c.sess.id, c.sess.client, c.b, &c.udpCounts, time.Since(c.sess.start), end)
+	srv.udpSessionEnded(c.sess.idx, c.sess.route, c.sess.id, c.sess.client, c.b, &c.udpCounts, time.Since(c.sess.start), end)
 }
 
 // dnsCloseUpstream closes a backend socket (its goroutine leaves); the
@@ -326,7 +326,7 @@ func (l *goUDPListener) dnsSweep() bool {
 			up.b.Release()
 			l.srv.UDP.DNSUnanswered.Add(1)
 			if up.obs != nil {
-				up.obs.DNSUnanswered(up.b)
+				up.obs.DNSUnanswered(0, up.b)
 			}
 		}
 		if up.ids.n == 0 && now-up.last >= t {

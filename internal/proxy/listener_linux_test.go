@@ -21,7 +21,7 @@ func TestMaxConnectionsCountedOnListener(t *testing.T) {
 	o1, o2, lo := newRecObserver(), newRecObserver(), newRecObserver()
 	first, second := obsRoute(t, o1, b), obsRoute(t, o2, backend.New("second", "b", startBackend(t, echo).addr, 1, nil))
 	first.Name, second.Name = "first", "second"
-	addr := listenTable(t, s, Table{Options: ListenOptions{Observer: lo}, Routes: []*Route{first, second}})
+	addr := listenTable(t, s, Table{Options: ListenOptions{Observer: recListener{lo}}, Routes: []*Route{first, second}})
 	s.SetMaxConnections(1)
 
 	held := dial(t, addr)
@@ -66,7 +66,7 @@ func TestListenerOptionsFromTable(t *testing.T) {
 	lo := newRecObserver()
 	rt := newRoute(t, "r", startBackend(t, echo).addr)
 	withProxy := ListenOptions{AcceptProxy: true, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		PeekTimeout: deadline, Observer: lo}
+		PeekTimeout: deadline, Observer: recListener{lo}}
 	l, err := s.ListenTCP("127.0.0.1:0", Table{Options: withProxy, Routes: []*Route{rt}})
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +88,7 @@ func TestListenerOptionsFromTable(t *testing.T) {
 	}
 	lo.waitFor(t, "bad_proxy_header on the listener", func() bool { return lo.rejected[ReasonBadProxyHeader] == 1 })
 
-	l.SetTable(Table{Options: ListenOptions{Observer: lo}, Routes: []*Route{rt}})
+	l.SetTable(Table{Options: ListenOptions{Observer: recListener{lo}}, Routes: []*Route{rt}})
 	if got, err := send(); got != "hello, no header\r\n" || err != nil {
 		t.Errorf("without accept_proxy: got %q, %v", got, err)
 	}
@@ -102,7 +102,7 @@ func TestUDPShutdownCountedOnListener(t *testing.T) {
 	o, lo := newRecObserver(), newRecObserver()
 	rt := newUDPRoute(t, "r", be.addr)
 	rt.Observer = o
-	l := listenUDPTable(t, s, Table{Options: ListenOptions{Observer: lo}, Routes: []*Route{rt}})
+	l := listenUDPTable(t, s, Table{Options: ListenOptions{Observer: recListener{lo}}, Routes: []*Route{rt}})
 	old, late := udpClient(t, l.Addr()), udpClient(t, l.Addr())
 	mustRoundTrip(t, old, []byte("before"), []byte("before"))
 	l.Close() // draining: the open session runs on

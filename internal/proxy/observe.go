@@ -11,8 +11,12 @@ import (
 // it, with every labelled series resolved once per route, so an event is a
 // few atomic adds); with metrics off it is nil and every event costs one nil
 // check. Methods are called on the event loop that owns the connection or
-// session: they must be safe for concurrent use, quick, and must never
-// block (a blocked call stalls every connection of that loop).
+// session and pass its index (loop: the epoll loop's or UDP shard's; the
+// goroutine engine's worker index), so that an implementation can keep one
+// share per loop and never write a cache line another loop writes per
+// connection or per datagram (internal/metrics does). They must be safe for
+// concurrent use, quick, and must never block (a blocked call stalls every
+// connection of that loop).
 //
 // A TCP connection is one request. For UDP, a session (one client
 // address:port) plays the part of a connection and every datagram from the
@@ -20,39 +24,36 @@ import (
 type Observer interface {
 	// ConnOpened: a client connection (UDP: session) was accepted for the
 	// route. Every ConnOpened is followed by one ConnClosed.
-	ConnOpened()
+	ConnOpened(loop int)
 	// ConnClosed: it ended after d (from accept), how end says. b is the
 	// backend it was proxied to, nil when it reached none (it was
 	// Rejected); a TCP connection moved in bytes client to backend and out
 	// bytes back (already counted by BytesIn and BytesOut), a UDP session
 	// passes 0 for both (its datagrams are counted one by one).
-	ConnClosed(b *backend.Backend, end End, d time.Duration, in, out int64)
+	ConnClosed(loop int, b *backend.Backend, end End, d time.Duration, in, out int64)
 	// Rejected: a connection or datagram was dropped without reaching a
 	// backend, for reason r.
-	Rejected(r Reason)
+	Rejected(loop int, r Reason)
 
 	// Picked: the route's router chose b.
-	Picked(b *backend.Backend)
+	Picked(loop int, b *backend.Backend)
 	// PickFailed: the router returned err instead of a backend.
-	PickFailed(err error)
+	PickFailed(loop int, err error)
 	// Connected: a TCP dial to b ended after d, with err nil on success.
-	Connected(b *backend.Backend, d time.Duration, err error)
+	Connected(loop int, b *backend.Backend, d time.Duration, err error)
 
 	// BytesIn and BytesOut count bytes as they move: client to backend
-	// (in) and backend to client (out), on event loop loop (the
-	// connection's; the goroutine engine's worker index), so that an
-	// implementation can keep one share per loop and never write a cache
-	// line another loop writes per request.
+	// (in) and backend to client (out).
 	BytesIn(loop int, n int64)
 	BytesOut(loop int, n int64)
 
 	// Datagram: a client datagram of n bytes was forwarded to b (err nil)
 	// or failed to be sent (err set). It is a request and counts its bytes.
-	Datagram(b *backend.Backend, n int, err error)
+	Datagram(loop int, b *backend.Backend, n int, err error)
 	// Reply: a backend datagram of n bytes was forwarded to the client;
 	// rtt > 0 is the time since the client datagram it is the first reply
 	// to (0 when it is not the first reply to one). It counts its bytes.
-	Reply(b *backend.Backend, n int, rtt time.Duration)
+	Reply(loop int, b *backend.Backend, n int, rtt time.Duration)
 }
 
 // UnroutedObserver counts what arrives on a listener but matches no rule,
@@ -131,11 +132,11 @@ func (r Reason) String() string {
 
 // refuseNew counts a connection or session refused before it reached a
 // backend: opened, rejected for r and closed at once.
-func refuseNew(o Observer, r Reason) {
+func refuseNew(o Observer, loop int, r Reason) {
 	if o != nil {
-		o.ConnOpened()
-		o.Rejected(r)
-		o.ConnClosed(nil, EndNoBackend, 0, 0, 0)
+		o.ConnOpened(loop)
+		o.Rejected(loop, r)
+		o.ConnClosed(loop, nil, EndNoBackend, 0, 0, 0)
 	}
 }
 

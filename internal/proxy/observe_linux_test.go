@@ -41,8 +41,8 @@ func (o *recObserver) note(f func()) {
 	o.changed <- struct{}{}
 }
 
-func (o *recObserver) ConnOpened() { o.note(func() { o.opened++ }) }
-func (o *recObserver) ConnClosed(b *backend.Backend, end End, _ time.Duration, in, out int64) {
+func (o *recObserver) ConnOpened(int) { o.note(func() { o.opened++ }) }
+func (o *recObserver) ConnClosed(_ int, b *backend.Backend, end End, _ time.Duration, in, out int64) {
 	o.note(func() {
 		o.closed++
 		if b != nil {
@@ -53,17 +53,25 @@ func (o *recObserver) ConnClosed(b *backend.Backend, end End, _ time.Duration, i
 		}
 	})
 }
-func (o *recObserver) Rejected(r Reason)       { o.note(func() { o.rejected[r]++ }) }
-func (o *recObserver) Picked(*backend.Backend) { o.note(func() { o.picked++ }) }
-func (o *recObserver) PickFailed(err error) {
+
+func (o *recObserver) Rejected(_ int, r Reason) { o.rejectedOn(r) }
+
+// recListener is a recObserver as a ListenerObserver.
+type recListener struct{ *recObserver }
+
+func (o recListener) Rejected(r Reason) { o.rejectedOn(r) }
+
+func (o *recObserver) rejectedOn(r Reason)          { o.note(func() { o.rejected[r]++ }) }
+func (o *recObserver) Picked(int, *backend.Backend) { o.note(func() { o.picked++ }) }
+func (o *recObserver) PickFailed(_ int, err error) {
 	o.note(func() { o.pickFailed = append(o.pickFailed, err) })
 }
 func (o *recObserver) BytesIn(_ int, n int64)  { o.note(func() { o.bytesIn += n }) }
 func (o *recObserver) BytesOut(_ int, n int64) { o.note(func() { o.bytesOut += n }) }
-func (o *recObserver) Datagram(*backend.Backend, int, error) {
+func (o *recObserver) Datagram(int, *backend.Backend, int, error) {
 	o.note(func() { o.datagrams++ })
 }
-func (o *recObserver) Reply(_ *backend.Backend, _ int, rtt time.Duration) {
+func (o *recObserver) Reply(_ int, _ *backend.Backend, _ int, rtt time.Duration) {
 	o.note(func() {
 		o.replies++
 		if rtt > 0 {
@@ -71,7 +79,7 @@ func (o *recObserver) Reply(_ *backend.Backend, _ int, rtt time.Duration) {
 		}
 	})
 }
-func (o *recObserver) Connected(b *backend.Backend, _ time.Duration, err error) {
+func (o *recObserver) Connected(_ int, b *backend.Backend, _ time.Duration, err error) {
 	o.note(func() { o.connected[b] = append(o.connected[b], err) })
 }
 

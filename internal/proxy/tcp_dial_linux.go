@@ -105,7 +105,7 @@ func (c *lconn) unrouted(reason Reason, err error) {
 // routed admits the connection to rt and starts dialling.
 func (c *lconn) routed(rt *Route) {
 	c.rt = rt
-	release, ok := c.lp.srv.admitTCP(rt, c.ci.Client, c.ConnIdent)
+	release, ok := c.lp.srv.admitTCP(c.lp.idx, rt, c.ci.Client, c.ConnIdent)
 	if !ok {
 		c.drop(true)
 		return
@@ -137,7 +137,7 @@ func (c *lconn) handOff(release func()) {
 		if err != nil {
 			release()
 			if o := rt.Observer; o != nil {
-				o.ConnClosed(nil, EndClientError, time.Since(id.Start), 0, 0)
+				o.ConnClosed(idx, nil, EndClientError, time.Since(id.Start), 0, 0)
 			}
 			s.log.Debug("tls connection not handed over; closing", "conn", id.ID, "rule", rt.Name, "client", ci.Client.String(), "err", err)
 			s.Stats.Active.Add(-1)
@@ -160,13 +160,13 @@ func (c *lconn) dial() {
 			if c.lastErr != nil {
 				err = c.lastErr
 			} else if o != nil {
-				o.PickFailed(err)
+				o.PickFailed(c.lp.idx, err)
 			}
 			c.noBackend(err)
 			return
 		}
 		if o != nil {
-			o.Picked(b)
+			o.Picked(c.lp.idx, b)
 		}
 		b.Acquire()
 		c.be, c.backoff = b, 0
@@ -350,7 +350,7 @@ func (c *lconn) dialFailed(err error) {
 	b := c.be
 	c.be = nil
 	c.lastErr = err
-	c.lp.srv.tcpDialFailed(c.rt, c.ID, &c.req, c.tries, b, c.dialT0, err)
+	c.lp.srv.tcpDialFailed(c.lp.idx, c.rt, c.ID, &c.req, c.tries, b, c.dialT0, err)
 }
 
 // connectDone: the backend socket became writable or failed while
@@ -374,7 +374,7 @@ func (c *lconn) connectDone(ev uint32) {
 func (c *lconn) connected() {
 	rt, b := c.rt, c.be
 	c.lp.timers.Stop(&c.timer)
-	tcpConnected(rt, b, c.dialT0)
+	tcpConnected(c.lp.idx, rt, b, c.dialT0)
 	var local net.Addr
 	if rt.SendProxy != 0 {
 		local = localAddr(c.cfd)
@@ -406,7 +406,7 @@ func (c *lconn) connected() {
 // noBackend ends a routed connection that reached no backend.
 func (c *lconn) noBackend(err error) {
 	c.release()
-	c.lp.srv.tcpNoBackend(c.rt, c.ci.Client, c.ConnIdent, err)
+	c.lp.srv.tcpNoBackend(c.lp.idx, c.rt, c.ci.Client, c.ConnIdent, err)
 	c.drop(true)
 }
 
@@ -422,7 +422,7 @@ func (c *lconn) abandonDial() {
 	}
 	c.release()
 	if o := c.rt.Observer; o != nil {
-		o.ConnClosed(nil, c.cut, time.Since(c.Start), 0, 0)
+		o.ConnClosed(c.lp.idx, nil, c.cut, time.Since(c.Start), 0, 0)
 	}
 	c.drop(false)
 }

@@ -443,7 +443,7 @@ func (c *lconn) finish(reset bool) {
 	if c.bfd >= 0 {
 		c.closeFd(true, reset)
 	}
-	c.lp.srv.tcpFinished(rt, b, c.ci.Client, c.ConnIdent, c.release, c.upErr, c.downErr, c.cut, c.up.n, c.down.n)
+	c.lp.srv.tcpFinished(c.lp.idx, rt, b, c.ci.Client, c.ConnIdent, c.release, c.upErr, c.downErr, c.cut, c.up.n, c.down.n)
 	c.untrack()
 }
 

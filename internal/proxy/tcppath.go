@@ -59,10 +59,10 @@ func (s *Server) tcpMaxConnections(lo ListenerObserver, listener string, max int
 // admitTCP opens a routed connection in rt's metrics and asks its access
 // control. ok false: refused and accounted for; the caller resets the
 // client. Otherwise release must be called when the connection ends.
-func (s *Server) admitTCP(rt *Route, client netip.AddrPort, id ConnIdent) (release func(), ok bool) {
+func (s *Server) admitTCP(loop int, rt *Route, client netip.AddrPort, id ConnIdent) (release func(), ok bool) {
 	o := rt.Observer
 	if o != nil {
-		o.ConnOpened()
+		o.ConnOpened(loop)
 	}
 	release, reason := rt.Access.Admit(client.Addr())
 	if reason == ReasonNone {
@@ -70,8 +70,8 @@ func (s *Server) admitTCP(rt *Route, client netip.AddrPort, id ConnIdent) (relea
 	}
 	s.Stats.Rejected.Add(1)
 	if o != nil {
-		o.Rejected(reason)
-		o.ConnClosed(nil, EndNoBackend, time.Since(id.Start), 0, 0)
+		o.Rejected(loop, reason)
+		o.ConnClosed(loop, nil, EndNoBackend, time.Since(id.Start), 0, 0)
 	}
 	s.log.Debug("connection refused by access control", "conn", id.ID, "rule", rt.Name, "client", client.String(), "reason", reason)
 	return nil, false
@@ -94,9 +94,9 @@ func (s *Server) tcpRequest(id uint64, rt *Route, ci *ConnInfo, local netip.Addr
 // tcpDialFailed accounts for a failed dial of b, which the connection lets
 // go: its metrics, passive health, the router's tried set and a
 // rate-limited warning saying truthfully whether another backend is left.
-func (s *Server) tcpDialFailed(rt *Route, id uint64, req *router.Request, tries int, b *backend.Backend, dialT0 time.Time, err error) {
+func (s *Server) tcpDialFailed(loop int, rt *Route, id uint64, req *router.Request, tries int, b *backend.Backend, dialT0 time.Time, err error) {
 	if o := rt.Observer; o != nil {
-		o.Connected(b, time.Since(dialT0), err)
+		o.Connected(loop, b, time.Since(dialT0), err)
 	}
 	b.Health().ReportDial(err) // passive health detection
 	b.Release()
@@ -125,9 +125,9 @@ func anotherLeft(rt *Route, req *router.Request, tries int) bool {
 }
 
 // tcpConnected accounts for a successful dial of b.
-func tcpConnected(rt *Route, b *backend.Backend, dialT0 time.Time) {
+func tcpConnected(loop int, rt *Route, b *backend.Backend, dialT0 time.Time) {
 	if o := rt.Observer; o != nil {
-		o.Connected(b, time.Since(dialT0), nil)
+		o.Connected(loop, b, time.Since(dialT0), nil)
 	}
 	b.Health().ReportDial(nil)
 }
@@ -148,16 +148,16 @@ func tcpPreamble(rt *Route, client netip.AddrPort, local net.Addr, first []byte)
 
 // tcpNoBackend accounts for a routed connection that reached no backend;
 // the caller releases its access slot and resets the client.
-func (s *Server) tcpNoBackend(rt *Route, client netip.AddrPort, id ConnIdent, err error) {
+func (s *Server) tcpNoBackend(loop int, rt *Route, client netip.AddrPort, id ConnIdent, err error) {
 	s.Stats.NoBackend.Add(1)
 	took := time.Since(id.Start)
 	if o := rt.Observer; o != nil {
 		if errors.Is(err, router.ErrNoBackend) {
-			o.Rejected(ReasonNoBackend)
+			o.Rejected(loop, ReasonNoBackend)
 		} else {
-			o.Rejected(ReasonConnectFailed)
+			o.Rejected(loop, ReasonConnectFailed)
 		}
-		o.ConnClosed(nil, EndNoBackend, took, 0, 0)
+		o.ConnClosed(loop, nil, EndNoBackend, took, 0, 0)
 	}
 	if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
 		s.log.Warn("no backend reachable; closing client", "conn", id.ID, "rule", rt.Name, "client", client.String(), "err", err, "suppressed", suppressed)
@@ -169,12 +169,12 @@ func (s *Server) tcpNoBackend(rt *Route, client netip.AddrPort, id ConnIdent, er
 
 // tcpFinished accounts for a relayed connection that ended: it gives back
 // the backend and the access slot, and reports how it ended.
-func (s *Server) tcpFinished(rt *Route, b *backend.Backend, client netip.AddrPort, id ConnIdent, release func(), upErr, downErr error, cut End, in, out int64) {
+func (s *Server) tcpFinished(loop int, rt *Route, b *backend.Backend, client netip.AddrPort, id ConnIdent, release func(), upErr, downErr error, cut End, in, out int64) {
 	b.Release()
 	release()
 	how, took := endReason(upErr, downErr, cut), time.Since(id.Start)
 	if o := rt.Observer; o != nil {
-		o.ConnClosed(b, how, took, in, out)
+		o.ConnClosed(loop, b, how, took, in, out)
 	}
 	if rt.AccessLog {
 		s.logTCPClosed(rt, id.ID, client, b, in, out, took, how)

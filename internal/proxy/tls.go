@@ -106,7 +106,7 @@ func (c *goConn) terminate(first []byte, release func()) (*tls.Conn, bool) {
 		// nothing to relay, no backend to dial.
 		release()
 		if o := rt.Observer; o != nil {
-			o.ConnClosed(nil, EndEOF, time.Since(c.Start), 0, 0)
+			o.ConnClosed(c.idx, nil, EndEOF, time.Since(c.Start), 0, 0)
 		}
 		s.log.Debug("acme tls-alpn-01 challenge answered", "conn", c.ID, "rule", rt.Name, "client", c.ci.Client.String())
 		c.c.Close()
@@ -115,8 +115,8 @@ func (c *goConn) terminate(first []byte, release func()) (*tls.Conn, bool) {
 	release()
 	s.Stats.Rejected.Add(1)
 	if o := rt.Observer; o != nil {
-		o.Rejected(ReasonTLSHandshake)
-		o.ConnClosed(nil, EndClientError, time.Since(c.Start), 0, 0)
+		o.Rejected(c.idx, ReasonTLSHandshake)
+		o.ConnClosed(c.idx, nil, EndClientError, time.Since(c.Start), 0, 0)
 	}
 	s.log.Debug("tls handshake failed; closing client", "conn", c.ID, "rule", rt.Name, "client", c.ci.Client.String(), "err", err)
 	c.reset()

@@ -43,10 +43,10 @@ var errDNSBudget = errors.New("udp dns: at the descriptor budget")
 type DNSObserver interface {
 	// DNSUnanswered: a query sent to b got no reply within session_timeout
 	// and was forgotten.
-	DNSUnanswered(b *backend.Backend)
+	DNSUnanswered(loop int, b *backend.Backend)
 	// DNSUnmatched: a reply from b matched no query waiting on its socket
 	// (late, repeated, or for another question) and was dropped.
-	DNSUnmatched(b *backend.Backend)
+	DNSUnmatched(loop int, b *backend.Backend)
 }
 
 // dnsObserver is o's DNSObserver, nil when it has none.

@@ -98,7 +98,7 @@ func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 		}
 	}
 	var sent *dnsUpstream
-	b, err := pickUDP(c.route, &l.req, client, l.local, nil, func(b *backend.Backend) error {
+	b, err := pickUDP(l.idx, c.route, &l.req, client, l.local, nil, func(b *backend.Backend) error {
 		up, err := l.dnsUpstreamFor(b, c.route)
 		if err != nil {
 			return err
@@ -118,7 +118,7 @@ func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 			up.ids.take(wire)
 			dnsmsg.SetID(p, id)
 			if c.obs != nil {
-				c.obs.Datagram(b, len(p), e)
+				c.obs.Datagram(l.idx, b, len(p), e)
 			}
 			switch e {
 			case unix.ECONNREFUSED: // an earlier query's ICMP port unreachable
@@ -162,7 +162,7 @@ func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 // dnsNewClient admits a new client of the DNS listener, whose first query
 // is message i; nil when it is refused (counted).
 func (l *udpShard) dnsNewClient(client netip.AddrPort, i int) *dnsClient {
-	rt, release, why := l.srv.admitUDP(l.lastTable, l.ln.closed.Load(), &ConnInfo{Client: client}, &l.ln.live)
+	rt, release, why := l.srv.admitUDP(l.idx, l.lastTable, l.ln.closed.Load(), &ConnInfo{Client: client}, &l.ln.live)
 	if why != udpAdmitted {
 		l.st.countRefusal(why)
 		return nil
@@ -177,7 +177,7 @@ func (l *udpShard) dnsNewClient(client netip.AddrPort, i int) *dnsClient {
 		c.proxyHdr = l.proxyHeader(client, oob)
 	}
 	if c.obs != nil {
-		c.obs.ConnOpened()
+		c.obs.ConnOpened(l.idx)
 	}
 	return c
 }
@@ -201,7 +201,7 @@ func (l *udpShard) dnsAbandon(c *dnsClient, err error) {
 	l.ln.live.Add(-1)
 	c.release()
 	c.ended = true
-	l.srv.udpNoBackend(c.route, c.client, err)
+	l.srv.udpNoBackend(l.idx, c.route, c.client, err)
 }
 
 // dnsRegister makes c one of the shard's clients.
@@ -286,7 +286,7 @@ func (l *udpShard) dnsReplies(fd int) {
 			if !ok || p.client.ended {
 				l.srv.UDP.DNSUnmatched.Add(1)
 				if up.obs != nil {
-					up.obs.DNSUnmatched(up.b)
+					up.obs.DNSUnmatched(l.idx, up.b)
 				}
 				if ok {
 					up.b.Release()
@@ -359,7 +359,7 @@ func (l *udpShard) dnsEnd(c *dnsClient, end End) {
 	if l.ln.live.Add(-1) == 0 && l.ln.closed.Load() {
 		l.ln.wake()
 	}
-	l.srv.udpSessionEnded(c.route, c.id, c.client, c.b, &c.udpCounts, time.Duration(l.now-c.start), end)
+	l.srv.udpSessionEnded(l.idx, c.route, c.id, c.client, c.b, &c.udpCounts, time.Duration(l.now-c.start), end)
 }
 
 // dnsCloseUpstream closes a backend socket; the queries waiting on it are
@@ -387,7 +387,7 @@ func (l *udpShard) dnsSweep() {
 			up.b.Release()
 			l.srv.UDP.DNSUnanswered.Add(1)
 			if up.obs != nil {
-				up.obs.DNSUnanswered(up.b)
+				up.obs.DNSUnanswered(l.idx, up.b)
 			}
 			_ = p
 		}

@@ -164,7 +164,7 @@ func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
 	case unix.EMSGSIZE:
 		l.st.oversize++
 		if s.obs != nil {
-			s.obs.Datagram(s.b, len(p), e)
+			s.obs.Datagram(l.idx, s.b, len(p), e)
 		}
 	case unix.ECONNREFUSED:
 		l.refused(s)
@@ -176,7 +176,7 @@ func (l *udpShard) forward(s *udpSession, p []byte, retry bool) {
 	default:
 		l.st.sendErr++
 		if s.obs != nil {
-			s.obs.Datagram(s.b, len(p), e)
+			s.obs.Datagram(l.idx, s.b, len(p), e)
 		}
 		if e != unix.EAGAIN && e != unix.ENOBUFS {
 			l.end(s, EndBackendError)
@@ -210,7 +210,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		prevQUIC = prev.quic
 	}
 	ci := quicConnInfo(client, prevQUIC)
-	rt, release, why := l.srv.admitUDP(l.ln.table.Load(), l.ln.closed.Load(), &ci, &l.ln.live)
+	rt, release, why := l.srv.admitUDP(l.idx, l.ln.table.Load(), l.ln.closed.Load(), &ci, &l.ln.live)
 	if why != udpAdmitted {
 		l.st.countRefusal(why)
 		return nil
@@ -248,13 +248,13 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		return nil
 	}
 	if s.obs != nil {
-		s.obs.ConnOpened()
+		s.obs.ConnOpened(l.idx)
 	}
 	if err != nil {
 		l.ln.live.Add(-1)
 		release()
 		l.st.noBackend++
-		l.srv.udpNoBackend(rt, client, err)
+		l.srv.udpNoBackend(l.idx, rt, client, err)
 		return nil
 	}
 	s.b, s.fd = b, fd
@@ -280,7 +280,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 // refused this client) are skipped while any other is usable.
 func (l *udpShard) connectBackend(rt *Route, client netip.AddrPort, avoid []*backend.Backend) (*backend.Backend, int, error) {
 	fd := -1
-	b, err := pickUDP(rt, &l.req, client, l.local, avoid, func(b *backend.Backend) (err error) {
+	b, err := pickUDP(l.idx, rt, &l.req, client, l.local, avoid, func(b *backend.Backend) (err error) {
 		fd, err = l.dial(b)
 		return err
 	})
@@ -460,7 +460,7 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 		}
 		l.srv.UDP.Sessions.Add(-1)
 	}
-	l.srv.udpSessionEnded(s.route, s.id, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
+	l.srv.udpSessionEnded(l.idx, s.route, s.id, s.client, s.b, &s.udpCounts, time.Duration(l.now-s.start), end)
 }
 
 // remove forgets s entirely.

@@ -76,7 +76,7 @@ func (u *UDPStats) countRefusal(why udpRefusal) {
 // admitted, the caller owns one count of live and release; it gives both
 // back if the session does not open. A refusal is observed and logged here;
 // the caller counts it by kind.
-func (s *Server) admitUDP(t *Table, closed bool, ci *ConnInfo, live *atomic.Int64) (*Route, func(), udpRefusal) {
+func (s *Server) admitUDP(loop int, t *Table, closed bool, ci *ConnInfo, live *atomic.Int64) (*Route, func(), udpRefusal) {
 	routes, lo, client := t.Routes, t.Options.Observer, ci.Client
 	switch {
 	case len(routes) == 0:
@@ -95,13 +95,13 @@ func (s *Server) admitUDP(t *Table, closed bool, ci *ConnInfo, live *atomic.Int6
 	}
 	release, reason := rt.Access.Admit(client.Addr())
 	if reason != ReasonNone {
-		refuseNew(rt.Observer, reason)
+		refuseNew(rt.Observer, loop, reason)
 		return nil, nil, udpDenied
 	}
 	if n := live.Add(1); rt.MaxSessions > 0 && n > int64(rt.MaxSessions) {
 		live.Add(-1)
 		release()
-		refuseNew(rt.Observer, ReasonMaxConnections)
+		refuseNew(rt.Observer, loop, ReasonMaxConnections)
 		if ok, suppressed := s.udpLimitLog.allow(time.Second); ok {
 			s.log.Warn("udp max_sessions reached; dropping datagrams from new clients",
 				"rule", rt.Name, "max_sessions", rt.MaxSessions, "suppressed", suppressed)
@@ -121,7 +121,7 @@ func (s *Server) admitUDP(t *Table, closed bool, ci *ConnInfo, live *atomic.Int6
 // the next pick when that fails. Backends in avoid (they refused this
 // client) are skipped while any other is usable. dial's errResolving is
 // returned at once, with the backend it was for.
-func pickUDP(rt *Route, req *router.Request, client, local netip.AddrPort, avoid []*backend.Backend, dial func(*backend.Backend) error) (*backend.Backend, error) {
+func pickUDP(loop int, rt *Route, req *router.Request, client, local netip.AddrPort, avoid []*backend.Backend, dial func(*backend.Backend) error) (*backend.Backend, error) {
 	for pass := 0; pass < 2; pass++ {
 		req.Reset()
 		req.Client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
@@ -139,13 +139,13 @@ func pickUDP(rt *Route, req *router.Request, client, local netip.AddrPort, avoid
 				if lastErr == nil {
 					lastErr = err
 					if o != nil && (pass == 1 || len(avoid) == 0) {
-						o.PickFailed(err)
+						o.PickFailed(loop, err)
 					}
 				}
 				break
 			}
 			if o != nil {
-				o.Picked(b)
+				o.Picked(loop, b)
 			}
 			err = dial(b)
 			if err == nil || err == errResolving {
@@ -167,14 +167,14 @@ func pickUDP(rt *Route, req *router.Request, client, local netip.AddrPort, avoid
 
 // udpNoBackend accounts for a new session (already ConnOpened) that found
 // no backend.
-func (s *Server) udpNoBackend(rt *Route, client netip.AddrPort, err error) {
+func (s *Server) udpNoBackend(loop int, rt *Route, client netip.AddrPort, err error) {
 	if o := rt.Observer; o != nil {
 		if errors.Is(err, router.ErrNoBackend) {
-			o.Rejected(ReasonNoBackend)
+			o.Rejected(loop, ReasonNoBackend)
 		} else {
-			o.Rejected(ReasonConnectFailed)
+			o.Rejected(loop, ReasonConnectFailed)
 		}
-		o.ConnClosed(nil, EndNoBackend, 0, 0, 0)
+		o.ConnClosed(loop, nil, EndNoBackend, 0, 0, 0)
 	}
 	if ok, suppressed := s.noBackendLog.allow(time.Second); ok {
 		s.log.Warn("no backend for a new udp session; dropping", "rule", rt.Name,
@@ -206,7 +206,7 @@ func (c *udpCounts) forwarded(b *backend.Backend, o Observer, idx, n int, now in
 	c.inB += int64(n)
 	b.AddBytesIn(idx, int64(n))
 	if o != nil {
-		o.Datagram(b, n, nil)
+		o.Datagram(idx, b, n, nil)
 	}
 	if c.request == 0 {
 		c.request = now
@@ -226,7 +226,7 @@ func (c *udpCounts) replied(b *backend.Backend, o Observer, idx, n int, now int6
 		if c.request != 0 {
 			rtt = max(time.Duration(now-c.request), 1)
 		}
-		o.Reply(b, n, rtt)
+		o.Reply(idx, b, n, rtt)
 	}
 	c.request = 0
 	if !c.answered {
@@ -238,10 +238,10 @@ func (c *udpCounts) replied(b *backend.Backend, o Observer, idx, n int, now int6
 // udpSessionEnded accounts for the end of a session of rt that reached b
 // and lasted took; the caller has given its socket, backend and access
 // slot back.
-func (s *Server) udpSessionEnded(rt *Route, id uint64, client netip.AddrPort, b *backend.Backend, c *udpCounts, took time.Duration, end End) {
+func (s *Server) udpSessionEnded(loop int, rt *Route, id uint64, client netip.AddrPort, b *backend.Backend, c *udpCounts, took time.Duration, end End) {
 	s.UDP.Ended[end].Add(1)
 	if o := rt.Observer; o != nil {
-		o.ConnClosed(b, end, took, 0, 0)
+		o.ConnClosed(loop, b, end, took, 0, 0)
 	}
 	if rt.AccessLog {
 		s.accessLogger().Info("udp session closed", "conn", id, "rule", rt.Name, "client", client.String(),
