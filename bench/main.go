@@ -36,23 +36,24 @@ import (
 )
 
 var (
-	flagRounds  = flag.Int("rounds", 5, "interleaved rounds (at least 5 for the report)")
-	flagOut     = flag.String("out", "docs/BENCHMARKS.md", "report file")
-	flagQuick   = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
-	flagOnly    = flag.String("only", "", "comma-separated scenarios to run (default all)")
-	flagMode    = flag.String("mode", "", "internal: echo, sink, or churn / udp / udp-new / tls (TCP connection churn, UDP echo round trips on long sessions or on a new socket each, or full TLS handshakes by 8 closed-loop clients alone, for profiling: -target, -rate, -for)")
-	flagTarget  = flag.String("target", "", "churn mode: address to load")
-	flagRate    = flag.Int("rate", 4000, "churn mode: connections per second (0: closed loop)")
-	flagFor     = flag.Duration("for", 10*time.Second, "churn mode: how long")
-	flagListen  = flag.String("listen", "", "internal: echo listen address")
-	flagDP      = flag.String("dp", "", "dynamic-proxy binary (default: build it)")
-	flagWorkers = flag.Int("workers", 0, "worker threads of every proxy (dynamic-proxy worker_threads, HAProxy nbthread, nginx worker_processes); 0: each one's default, one per CPU")
-	flagDPFixed = flag.Bool("dp-fixed", false, "also run dynamic-proxy-fixed: dynamic-proxy with adaptive_threads = false (GOMAXPROCS stays at the worker threads)")
-	flagDPUDP   = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
-	flagDPB     = flag.String("dp-b", "", "also run dynamic-proxy-b: this dynamic-proxy binary beside the default one, for an A/B of a change (the Targets table gets its per-round ratio to dynamic-proxy); \"same\": the same binary")
-	flagDPBEnv  = flag.String("dp-b-env", "", "environment of dynamic-proxy-b, as comma-separated KEY=VALUE")
-	flagTargets = flag.String("targets", "", "comma-separated targets to run (default all; e.g. dynamic-proxy,dynamic-proxy-b,nginx for a quick A/B)")
-	flagFloor   = flag.Bool("floor", true, "also run floor: a minimal C read/write relay (bench/floor/floor.c), the system-call floor dynamic-proxy is compared with")
+	flagRounds     = flag.Int("rounds", 5, "interleaved rounds (at least 5 for the report)")
+	flagOut        = flag.String("out", "docs/BENCHMARKS.md", "report file")
+	flagQuick      = flag.Bool("quick", false, "shorter runs (smoke test of the harness)")
+	flagOnly       = flag.String("only", "", "comma-separated scenarios to run (default all)")
+	flagMode       = flag.String("mode", "", "internal: echo, sink, or churn / udp / udp-new / tls (TCP connection churn, UDP echo round trips on long sessions or on a new socket each, or full TLS handshakes by 8 closed-loop clients alone, for profiling: -target, -rate, -for)")
+	flagTarget     = flag.String("target", "", "churn mode: address to load")
+	flagRate       = flag.Int("rate", 4000, "churn mode: connections per second (0: closed loop)")
+	flagFor        = flag.Duration("for", 10*time.Second, "churn mode: how long")
+	flagListen     = flag.String("listen", "", "internal: echo listen address")
+	flagDP         = flag.String("dp", "", "dynamic-proxy binary (default: build it)")
+	flagWorkers    = flag.Int("workers", 0, "worker threads of every proxy (dynamic-proxy worker_threads, HAProxy nbthread, nginx worker_processes); 0: each one's default, one per CPU")
+	flagDPFixed    = flag.Bool("dp-fixed", false, "also run dynamic-proxy-fixed: dynamic-proxy with adaptive_threads = false (GOMAXPROCS stays at the worker threads)")
+	flagDPUDP      = flag.Bool("dp-udp", true, "give dynamic-proxy its UDP rule")
+	flagDPB        = flag.String("dp-b", "", "also run dynamic-proxy-b: this dynamic-proxy binary beside the default one, for an A/B of a change (the Targets table gets its per-round ratio to dynamic-proxy); \"same\": the same binary")
+	flagDPBEnv     = flag.String("dp-b-env", "", "environment of dynamic-proxy-b, as comma-separated KEY=VALUE")
+	flagTargets    = flag.String("targets", "", "comma-separated targets to run (default all; e.g. dynamic-proxy,dynamic-proxy-b,nginx for a quick A/B)")
+	flagFloor      = flag.Bool("floor", true, "also run floor: a minimal C read/write relay (bench/floor/floor.c), the system-call floor dynamic-proxy is compared with")
+	flagFloorUring = flag.Bool("floor-uring", false, "also run floor-uring: the floor relay on io_uring (bench/floor/floor_uring.c: multishot accept, send linked to the next recv, close through the ring, one io_uring_enter per loop turn; TCP only), built with cc and liburing (liburing-dev is installed when missing)")
 )
 
 func main() {
@@ -320,6 +321,9 @@ func ensurePackages() error {
 	if *flagFloor {
 		need["cc"] = "gcc" // builds the floor relay
 	}
+	if *flagFloorUring {
+		need["cc"] = "gcc"
+	}
 	var missing []string
 	for cmd, pkg := range need {
 		if _, err := exec.LookPath(cmd); err != nil {
@@ -328,6 +332,9 @@ func ensurePackages() error {
 	}
 	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err != nil {
 		missing = append(missing, "libnginx-mod-stream")
+	}
+	if _, err := os.Stat("/usr/include/liburing.h"); err != nil && *flagFloorUring {
+		missing = append(missing, "liburing-dev") // builds floor-uring
 	}
 	if len(missing) == 0 {
 		return nil
@@ -362,6 +369,11 @@ func run() error {
 	}
 	if *flagFloor {
 		if err := buildFloor(filepath.Join(dir, "floor")); err != nil {
+			return err
+		}
+	}
+	if *flagFloorUring {
+		if err := buildFloorUring(filepath.Join(dir, "floor-uring")); err != nil {
 			return err
 		}
 	}

@@ -246,13 +246,11 @@ func TestTopSyscalls(t *testing.T) {
 	}
 }
 
-// TestFloorRelays builds the floor relay and checks that it relays: TCP
-// echoes through it on several connections at once, each half-closed by
-// the client, which gets every byte back and then EOF; a backend that
-// refuses closes the client's connection; UDP round trips from two client
-// sockets each get their own replies; a -1 listener's session ends with
-// its reply; and once the connections are closed the relay holds no more
-// descriptors than before them.
+// TestFloorRelays builds the floor relay and checks that it relays TCP
+// (checkTCPRelay); UDP round trips from two client sockets each get their
+// own replies; a -1 listener's session ends with its reply; and once the
+// connections are closed the relay holds no more descriptors than before
+// them.
 func TestFloorRelays(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the floor relay uses epoll")
@@ -260,27 +258,8 @@ func TestFloorRelays(t *testing.T) {
 	if _, err := exec.LookPath("cc"); err != nil {
 		t.Fatal("no C compiler (cc): scripts/test.sh installs gcc")
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "floor")
-	if out, err := exec.Command("cc", "-O2", "-Wall", "-Werror", "-o", bin, filepath.Join("floor", "floor.c")).CombinedOutput(); err != nil {
-		t.Fatalf("cc: %v\n%s", err, out)
-	}
-
-	// Backends: TCP echo (until EOF, then close) and UDP echo.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	bin := buildRelay(t, "floor.c")
+	tb := startTCPBackends(t)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -296,26 +275,11 @@ func TestFloorRelays(t *testing.T) {
 			pc.WriteTo(buf[:n], from)
 		}
 	}()
-	refused := freePort(t, "tcp") // nothing listens there
 
-	tcpFront, refusedFront, udpFront, oneFront := freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "udp"), freePort(t, "udp")
-	cmd := exec.Command(bin, "-t", tcpFront+"="+ln.Addr().String(), "-t", refusedFront+"="+refused, "-u", udpFront+"="+pc.LocalAddr().String(),
-		"-1", oneFront+"="+pc.LocalAddr().String())
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	var c0 net.Conn
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c0, err = net.Dial("tcp", tcpFront); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the floor relay does not accept on %s: %v", tcpFront, err)
-		}
-	}
-	c0.Close()
+	fr := newTCPFronts(t)
+	udpFront, oneFront := freePort(t, "udp"), freePort(t, "udp")
+	cmd := startRelay(t, bin, append(fr.args(tb), "-u", udpFront+"="+pc.LocalAddr().String(), "-1", oneFront+"="+pc.LocalAddr().String())...)
+	waitAccepts(t, fr.echo)
 	// The relay's sockets (it may inherit other descriptors from the test's
 	// parent, which say nothing).
 	fds := func() int {
@@ -340,64 +304,9 @@ func TestFloorRelays(t *testing.T) {
 			}
 		}
 	}
-	const idle = 4 // the listeners
+	const idle = 5 // the listeners
 	waitFds(idle, "before the connections")
-
-	// TCP: several connections at once, each sending more than the relay's
-	// buffer and the socket buffers hold, then half-closing; half of them
-	// read late, so that the relay's writes find full sockets.
-	const conns, size = 8, 4 << 20
-	errs := make(chan error, conns)
-	for i := 0; i < conns; i++ {
-		go func(i int) {
-			c, err := net.Dial("tcp", tcpFront)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(20 * time.Second))
-			msg := make([]byte, size)
-			for k := range msg {
-				msg[k] = byte(i*7 + k%251)
-			}
-			go func() {
-				c.Write(msg)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-			if i%2 == 1 {
-				time.Sleep(300 * time.Millisecond)
-			}
-			got, err := io.ReadAll(c) // to EOF
-			if err != nil {
-				errs <- fmt.Errorf("connection %d: %v after %d bytes", i, err, len(got))
-				return
-			}
-			if !bytes.Equal(got, msg) {
-				errs <- fmt.Errorf("connection %d: %d bytes back, not the %d sent", i, len(got), len(msg))
-				return
-			}
-			errs <- nil
-		}(i)
-	}
-	for i := 0; i < conns; i++ {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
-	waitFds(idle, "after the TCP connections closed")
-
-	// A backend that refuses: the client's connection is closed.
-	c, err := net.Dial("tcp", refusedFront)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
-		t.Errorf("backend refused: read %d bytes, %v; want EOF or a reset", n, err)
-	}
-	c.Close()
-	waitFds(idle, "after the refused connection")
+	checkTCPRelay(t, tb, fr, func(what string) { waitFds(idle, what) })
 
 	// UDP: two client sockets, each getting its own replies.
 	var clients [2]net.Conn
@@ -442,6 +351,280 @@ func TestFloorRelays(t *testing.T) {
 		}
 		waitFds(idle+2, "a -1 session ended by its reply")
 	}
+}
+
+// TestFloorUringRelays builds the io_uring floor relay and checks that it
+// relays TCP like the epoll one (checkTCPRelay). Its sockets live in the
+// ring's file table, not in /proc/PID/fd, so that no connection is left
+// open is read from /proc/net/tcp. It is TCP only: -u is refused.
+func TestFloorUringRelays(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the io_uring floor relay is Linux only")
+	}
+	if _, err := exec.LookPath("cc"); err != nil {
+		t.Fatal("no C compiler (cc): scripts/test.sh installs gcc")
+	}
+	if _, err := os.Stat("/usr/include/liburing.h"); err != nil {
+		t.Fatal("no liburing.h: scripts/test.sh installs liburing-dev")
+	}
+	bin := buildRelay(t, "floor_uring.c", "-luring")
+	if err := exec.Command(bin, "-u", "127.0.0.1:1=127.0.0.1:2").Run(); err == nil {
+		t.Error("floor_uring -u: no error, want it refused (TCP only)")
+	}
+	tb := startTCPBackends(t)
+	fr := newTCPFronts(t)
+	startRelay(t, bin, fr.args(tb)...)
+	waitAccepts(t, fr.echo)
+	checkTCPRelay(t, tb, fr, func(string) {})
+}
+
+// buildRelay compiles bench/floor/src (with the harness's flags) into a
+// temporary directory.
+func buildRelay(t *testing.T, src string, libs ...string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), strings.TrimSuffix(src, ".c"))
+	args := append([]string{"-O2", "-Wall", "-Werror", "-o", bin, filepath.Join("floor", src)}, libs...)
+	if out, err := exec.Command("cc", args...).CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startRelay(t *testing.T, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+// waitAccepts waits until a relay's front port accepts.
+func waitAccepts(t *testing.T, front string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.Dial("tcp", front)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay does not accept on %s: %v", front, err)
+		}
+	}
+}
+
+// tcpBackends are a relay test's TCP backends: an echo (until EOF, then
+// close); a greeter that says hello and half-closes, then reports what the
+// client sent until its EOF; and an address where nothing listens.
+type tcpBackends struct {
+	echo, greet net.Listener
+	refused     string
+	heard       chan string // what the greeter read, to EOF
+}
+
+func startTCPBackends(t *testing.T) *tcpBackends {
+	t.Helper()
+	b := &tcpBackends{refused: freePort(t, "tcp"), heard: make(chan string, 1)}
+	var err error
+	if b.echo, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.echo.Close() })
+	go func() {
+		for {
+			c, err := b.echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	if b.greet, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.greet.Close() })
+	go func() {
+		for {
+			c, err := b.greet.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				c.Write([]byte("hello"))
+				c.(*net.TCPConn).CloseWrite()
+				got, _ := io.ReadAll(c)
+				select {
+				case b.heard <- string(got):
+				default:
+				}
+			}()
+		}
+	}()
+	return b
+}
+
+// tcpFronts are the relay's listen addresses for the three backends.
+type tcpFronts struct{ echo, greet, refused string }
+
+func newTCPFronts(t *testing.T) tcpFronts {
+	return tcpFronts{freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "tcp")}
+}
+
+func (f tcpFronts) args(b *tcpBackends) []string {
+	return []string{"-t", f.echo + "=" + b.echo.Addr().String(), "-t", f.greet + "=" + b.greet.Addr().String(), "-t", f.refused + "=" + b.refused}
+}
+
+// ownedTCPSockets counts the IPv4 TCP sockets, other than listeners, that
+// a process still holds (an inode: closed ones in TIME_WAIT have none)
+// with a local port in locals or a remote port in remotes.
+func ownedTCPSockets(t *testing.T, locals, remotes []string) int {
+	t.Helper()
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hexPort := func(addr string) string {
+		_, p, _ := net.SplitHostPort(addr)
+		var n int
+		fmt.Sscan(p, &n)
+		return fmt.Sprintf("%04X", n)
+	}
+	in := func(port string, addrs []string) bool {
+		for _, a := range addrs {
+			if hexPort(a) == port {
+				return true
+			}
+		}
+		return false
+	}
+	n := 0
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] == "0A" || f[9] == "0" { // 0A: LISTEN
+			continue
+		}
+		_, lp, _ := strings.Cut(f[1], ":")
+		_, rp, _ := strings.Cut(f[2], ":")
+		if in(lp, locals) || in(rp, remotes) {
+			n++
+		}
+	}
+	return n
+}
+
+// checkTCPRelay checks a relay started with fr.args(b): TCP echoes through
+// it on several connections at once, each half-closed by the client, which
+// gets every byte back and then EOF; a backend's half-close reaches the
+// client, whose bytes still reach the backend after it; a backend that
+// refuses closes the client's connection; and after each, no socket of
+// these connections is left open. settled(what) is the relay's own check
+// after each step.
+func checkTCPRelay(t *testing.T, b *tcpBackends, fr tcpFronts, settled func(what string)) {
+	t.Helper()
+	closed := func(what string) {
+		t.Helper()
+		locals, remotes := []string{fr.echo, fr.greet, fr.refused}, []string{b.echo.Addr().String(), b.greet.Addr().String()}
+		for deadline := time.Now().Add(5 * time.Second); ownedTCPSockets(t, locals, remotes) != 0; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d sockets of the relayed connections still open", what, ownedTCPSockets(t, locals, remotes))
+			}
+		}
+		settled(what)
+	}
+	closed("before the connections")
+
+	// Several connections at once, each sending more than the relay's
+	// buffer and the socket buffers hold, then half-closing; half of them
+	// start reading only once half is written, so that the relay's writes
+	// find full sockets.
+	const conns, size = 8, 4 << 20
+	errs := make(chan error, conns)
+	for i := 0; i < conns; i++ {
+		go func(i int) {
+			c, err := net.Dial("tcp", fr.echo)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			msg := make([]byte, size)
+			for k := range msg {
+				msg[k] = byte(i*7 + k%251)
+			}
+			halfWritten := make(chan struct{})
+			go func() {
+				c.Write(msg[:size/2])
+				close(halfWritten)
+				c.Write(msg[size/2:])
+				c.(*net.TCPConn).CloseWrite()
+			}()
+			if i%2 == 1 {
+				<-halfWritten
+			}
+			got, err := io.ReadAll(c) // to EOF
+			if err != nil {
+				errs <- fmt.Errorf("connection %d: %v after %d bytes", i, err, len(got))
+				return
+			}
+			if !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("connection %d: %d bytes back, not the %d sent", i, len(got), len(msg))
+				return
+			}
+			errs <- nil
+		}(i)
+	}
+	for i := 0; i < conns; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	closed("after the echo connections")
+
+	// The backend half-closes first: the client reads its hello to EOF,
+	// then sends, and the backend gets it.
+	c, err := net.Dial("tcp", fr.greet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(c); err != nil || string(got) != "hello" {
+		t.Errorf("backend half-closed: the client read %q, %v; want \"hello\" then EOF", got, err)
+	}
+	if _, err := c.Write([]byte("bye")); err != nil {
+		t.Errorf("writing after the backend's half-close: %v", err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	select {
+	case got := <-b.heard:
+		if got != "bye" {
+			t.Errorf("after its half-close the backend read %q, want \"bye\"", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("after its half-close the backend never read the client's EOF")
+	}
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
+		t.Errorf("after both half-closes: read %d bytes, %v; want EOF", n, err)
+	}
+	c.Close()
+	closed("after the half-closed connection")
+
+	// A backend that refuses: the client's connection is closed.
+	c, err = net.Dial("tcp", fr.refused)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || os.IsTimeout(err) {
+		t.Errorf("backend refused: read %d bytes, %v; want EOF or a reset", n, err)
+	}
+	c.Close()
+	closed("after the refused connection")
 }
 
 // freePort is a 127.0.0.1 address with a port free for network ("tcp" or

@@ -121,6 +121,10 @@ func render(dp string, targets []*target, scs []scenario, results map[string]map
 			b.WriteString(", `floor` (`bench/floor/floor.c`: the smallest relay that does the job, one thread, epoll, " +
 				"only accept, connect, read, write, shutdown and close on TCP and one connected backend socket per client on UDP, " +
 				"read/write through a 16 KiB buffer, no splice; the CPU floor dynamic-proxy is held to, and not a peer)")
+		case "floor-uring":
+			b.WriteString(", `floor-uring` (`bench/floor/floor_uring.c`: the floor relay on io_uring, one thread, one ring, " +
+				"multishot accept, connect, recv and send through the ring, each send linked to the next recv, close through the ring, " +
+				"`socket` and `shutdown` as system calls, one `io_uring_enter` per loop turn; TCP only; a yardstick for an io_uring data path, and not a peer)")
 		}
 	}
 	b.WriteString(". HAProxy has no UDP.\n\n")
@@ -306,6 +310,19 @@ func targetsTable(results map[string]map[string][]sample) string {
 					rows = append(rows, check{fmt.Sprintf("A/B: %s %s, dynamic-proxy-b ÷ dynamic-proxy", sc, key), fmt.Sprintf("%.3f", r), fmt.Sprintf("median of %d per-round ratios", n), "info"})
 				}
 			}
+		}
+	}
+	// The io_uring floor against nginx and the epoll floor, for
+	// information (issue 26: could io_uring take a relay below 0.85 ×
+	// nginx?).
+	for _, sc := range []string{"churn-4000/s", "churn-saturation", "redis-get"} {
+		for _, ref := range []string{"nginx", "floor"} {
+			if r, n := pairedRatio(results[sc]["floor-uring"], results[sc][ref], "cpu_us_per_op"); n > 0 {
+				rows = append(rows, check{fmt.Sprintf("floor-uring CPU ÷ %s (%s)", ref, sc), fmt.Sprintf("%.3f", r), fmt.Sprintf("median of %d per-round ratios", n), "info"})
+			}
+		}
+		if r, n := pairedRatio(results[sc]["floor"], results[sc]["nginx"], "cpu_us_per_op"); n > 0 && len(results[sc]["floor-uring"]) > 0 {
+			rows = append(rows, check{fmt.Sprintf("floor CPU ÷ nginx (%s)", sc), fmt.Sprintf("%.3f", r), fmt.Sprintf("median of %d per-round ratios", n), "info"})
 		}
 	}
 	paired("metrics on vs off: CPU/conn within 3% (churn-4000/s)", "churn-4000/s", "cpu_us_per_op", 0, 1.03)

@@ -106,7 +106,35 @@ func allTargets(dpBinary string, metricsOffVariant bool) []*target {
 		// dynamic-proxy, about as close as the other variants.
 		ts = append(ts, &target{name: "floor", base: 21800, udp: true, setup: startFloor})
 	}
+	if *flagFloorUring {
+		// TCP only: it sits out the UDP scenarios.
+		ts = append(ts, &target{name: "floor-uring", base: 23000, setup: startFloorUring})
+	}
 	return ts
+}
+
+// buildFloorUring compiles the io_uring floor relay to bin.
+func buildFloorUring(bin string) error {
+	out, err := exec.Command("cc", "-O2", "-Wall", "-Werror", "-o", bin, filepath.Join("bench", "floor", "floor_uring.c"), "-luring").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("building the io_uring floor relay: %v: %s", err, out)
+	}
+	return nil
+}
+
+// startFloorUring starts the relay built by buildFloorUring in dir on the
+// floor's TCP routes.
+func startFloorUring(t *target, dir string) error {
+	argv := []string{filepath.Join(dir, "floor-uring")}
+	for _, r := range []struct{ off, backend int }{{1, portIperf}, {2, portEcho}, {3, portRedis}, {offHTTP, portHTTP}} {
+		argv = append(argv, "-t", fmt.Sprintf("127.0.0.1:%d=127.0.0.1:%d", t.base+r.off, r.backend))
+	}
+	p, err := start(t.name, dir, argv...)
+	if err != nil {
+		return err
+	}
+	t.proc = p
+	return waitPorts(t)
 }
 
 // buildFloor compiles the floor relay to bin.

@@ -9,14 +9,19 @@ export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH)/bin:/usr/sbin:/sbin"
 STATICCHECK_VERSION=v0.8.2
 
 # --- install what is missing -------------------------------------------------
-# Debian packages the tests use, as package:command (gcc: bench's test
-# builds the floor relay, bench/floor/floor.c). Tests that need one fail
-# (they do not skip) when it is missing, so it is installed here.
-APT_NEEDS=(chromium:chromium redis-server:redis-server redis-tools:redis-cli redis-sentinel:redis-sentinel openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig pebble:pebble gcc:cc)
+# Debian packages the tests use, as package:command, or package:/path for
+# a package without a command (gcc and liburing-dev: bench's tests build
+# the floor relays, bench/floor/floor.c and floor_uring.c). Tests that need
+# one fail (they do not skip) when it is missing, so it is installed here.
+APT_NEEDS=(chromium:chromium redis-server:redis-server redis-tools:redis-cli redis-sentinel:redis-sentinel openssl:openssl util-linux:prlimit systemd:systemd-analyze dnsmasq-base:dnsmasq bind9-dnsutils:dig pebble:pebble gcc:cc liburing-dev:/usr/include/liburing.h)
 need_apt=()
 for pkg_cmd in "${APT_NEEDS[@]}"; do
-	pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd##*:}
-	command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+	pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd#*:}
+	if [[ $cmd == /* ]]; then
+		[ -e "$cmd" ] || need_apt+=("$pkg")
+	else
+		command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+	fi
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
