@@ -33,19 +33,45 @@ func (s *Server) newIdent(start time.Time) ConnIdent {
 	return ConnIdent{ID: s.connIDs.Add(1), Start: start}
 }
 
-// LastConnID is the id given last (0: none yet).
+// idBlock is how many ids an event loop or UDP shard takes at a time
+// (idRange), so that numbering writes the shared counter once per idBlock
+// connections rather than once per connection. Ids stay unique; across
+// loops they are not in accept order.
+const idBlock = 64
+
+// idRange is the ids a loop has taken and not given yet; the loop's own.
+type idRange struct {
+	next, end uint64 // next id to give; end: one past the last taken
+	epoch     uint64 // Server.idEpoch when taken
+}
+
+// nextID numbers a connection of the loop that owns r.
+func (s *Server) nextID(r *idRange) uint64 {
+	if e := s.idEpoch.Load(); r.next == r.end || r.epoch != e {
+		r.epoch = e
+		r.end = s.connIDs.Add(idBlock) + 1
+		r.next = r.end - idBlock
+	}
+	id := r.next
+	r.next++
+	return id
+}
+
+// LastConnID is at least every id given so far (0: none yet).
 func (s *Server) LastConnID() uint64 { return s.connIDs.Load() }
 
 // SkipConnIDs makes the ids given from now on greater than last: a process
 // taking connections over from another (with their ConnIdent) calls it with
-// the greatest id it took, so that no new connection gets a taken id.
+// the greatest id it took, so that no new connection gets a taken id. The
+// loops drop the ids they hold (idEpoch).
 func (s *Server) SkipConnIDs(last uint64) {
 	for {
 		n := s.connIDs.Load()
 		if n >= last || s.connIDs.CompareAndSwap(n, last) {
-			return
+			break
 		}
 	}
+	s.idEpoch.Add(1) // a loop may hold ids up to last even when the counter is past it
 }
 
 // Connection states, as listed.

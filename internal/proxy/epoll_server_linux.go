@@ -40,6 +40,18 @@ func (s *Server) cutEpoll() int {
 	return n
 }
 
+// acceptedEpoll sums the loops' counts of accepted connections.
+func (s *Server) acceptedEpoll() int64 {
+	s.mu.Lock()
+	loops := s.loops
+	s.mu.Unlock()
+	var n int64
+	for _, lp := range loops {
+		n += lp.accepted.Load()
+	}
+	return n
+}
+
 // stopEpoll stops the TCP loops once every connection has ended.
 func (s *Server) stopEpoll() {
 	s.mu.Lock()

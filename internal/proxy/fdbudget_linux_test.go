@@ -61,7 +61,7 @@ func TestDescriptorBudgetPausesAccept(t *testing.T) {
 	late.Write([]byte("late\n"))
 	harness.Eventually(t, "the loop to pause accepting at the budget", func() bool { return s.Descriptors().Refused[RefusedAccept] > 0 })
 	logs.wait(t, "for the episode", budgetLog)
-	if n := s.Stats.Accepted.Load(); n != 3 {
+	if n := s.Accepted(); n != 3 {
 		t.Fatalf("%d connections accepted with room for 3", n)
 	}
 	if n := s.Stats.Rejected.Load(); n != 0 {

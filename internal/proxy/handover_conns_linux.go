@@ -260,6 +260,7 @@ func (c *lconn) adopted(lp *tcpLoop) {
 	c.lp = lp
 	c.state = stRelay
 	lp.link(c)
+	lp.srv.wg.Done() // the loop's count covers it now, instead of the one taken before posting
 	lp.own(c.cfd, fdOwner{c: c})
 	lp.own(c.bfd, fdOwner{c: c, backend: true})
 	if c.idle = int64(c.rt.IdleTimeout); c.idle > 0 {

@@ -71,7 +71,9 @@ type Listener interface {
 	Close()
 }
 
-// Stats are the server's counters.
+// Stats are the server's counters. Accepted counts the goroutine engine's
+// connections only (each event loop counts its own): read the total with
+// Server.Accepted.
 type Stats struct {
 	Active, Accepted, Rejected, NoRoute, NoBackend atomic.Int64
 }
@@ -100,6 +102,7 @@ type Server struct {
 
 	explainSample atomic.Uint64 // connections whose decision is logged at debug: rand.Uint64() < it (explain.go)
 	connIDs       atomic.Uint64 // numbers connections and sessions (conns.go)
+	idEpoch       atomic.Uint64 // moved by SkipConnIDs: the loops' idRanges are stale
 
 	inherited *Sockets // listening sockets handed over by an upgrade (inherit.go); guarded by mu
 
@@ -173,6 +176,12 @@ func (s *Server) MaxConnections() int64 { return s.maxConns.Load() }
 
 // Active returns the number of client connections open now.
 func (s *Server) Active() int64 { return s.Stats.Active.Load() }
+
+// Accepted returns the number of TCP connections accepted so far: the
+// goroutine engine's Stats.Accepted and each event loop's count.
+func (s *Server) Accepted() int64 {
+	return s.Stats.Accepted.Load() + s.acceptedEpoll()
+}
 
 // StopAccepting closes every listener: no new connection or session is
 // taken from now on (UDP sessions open run on). Shutdown calls it first;

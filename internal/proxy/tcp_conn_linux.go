@@ -120,7 +120,6 @@ func (c *lconn) untrack() {
 	lp.timers.Stop(&c.timer)
 	lp.unlink(c)
 	lp.srv.Stats.Active.Add(-1)
-	lp.srv.wg.Done()
 }
 
 // closeFd closes the backend (or client) socket, resetting it if asked.

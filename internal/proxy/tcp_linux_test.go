@@ -255,7 +255,7 @@ func TestConcurrent500(t *testing.T) {
 	close(release)
 	wg.Wait()
 	harness.Eventually(t, "every connection to end", func() bool { return s.Active() == 0 })
-	if got := s.Stats.Accepted.Load(); got != n {
+	if got := s.Accepted(); got != n {
 		t.Errorf("Accepted = %d, want %d", got, n)
 	}
 }

@@ -194,16 +194,17 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 			ll.failing = false
 		}
 		ll.backoff = 0
-		s.Stats.Accepted.Add(1)
+		lp.accepted.Store(lp.accepted.Load() + 1) // the loop's own
 		// A client accepted as closing began is served: the listener's
-		// count in wg (until Close) keeps Shutdown waiting for it.
+		// count in wg (until Close) keeps Shutdown waiting for it until
+		// the loop holds its own (link).
 		if max := s.maxConns.Load(); !s.admitConn(max) {
 			s.tcpMaxConnections(l.routes.Load().opts.Observer, l.addr.String(), max)
 			eventloop.ResetClose(fd)
 			continue
 		}
-		s.wg.Add(1) // (TCP_NODELAY comes from the listening socket: ListenTCP)
-		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, ConnIdent: s.newIdent(time.Now())}
+		// (TCP_NODELAY comes from the listening socket: ListenTCP.)
+		c := &lconn{lp: lp, l: l, cfd: fd, bfd: -1, ConnIdent: ConnIdent{ID: s.nextID(&lp.ids), Start: time.Now()}}
 		c.timer.Owner = c
 		c.ci.Client = eventloop.SockaddrAddrPort(&sa)
 		lp.link(c)

@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
@@ -61,6 +62,13 @@ type tcpLoop struct {
 	redo2     []*lconn // the list being driven (swapped with redo)
 	rot       uint32   // rotation over a resolved backend's addresses (lconn.useAddrs)
 	stop      bool     // the server is shut down: leave once every connection ended
+	ids       idRange  // connection ids taken from the server (Server.nextID)
+
+	// accepted is the loop's share of Stats.Accepted (Server.Accepted
+	// sums them), on a line of its own: only the loop writes it.
+	_        [64]byte
+	accepted atomic.Int64
+	_        [56]byte
 }
 
 // fdOwner is what a descriptor in a loop's epoll set is.
@@ -191,8 +199,13 @@ func (lp *tcpLoop) disown(fd int) {
 	}
 }
 
-// link adds c to the loop's connections.
+// link adds c to the loop's connections. While it has any, the loop holds
+// one count in the server's wg (Shutdown waits for it): a shared write
+// when the loop goes from idle to busy, not one per connection.
 func (lp *tcpLoop) link(c *lconn) {
+	if lp.nconns == 0 {
+		lp.srv.wg.Add(1)
+	}
 	if lp.conns == nil {
 		c.prev, c.next = c, c
 		lp.conns = c
@@ -219,7 +232,9 @@ func (lp *tcpLoop) unlink(c *lconn) {
 		}
 	}
 	c.prev, c.next = nil, nil
-	lp.nconns--
+	if lp.nconns--; lp.nconns == 0 {
+		lp.srv.wg.Done()
+	}
 }
 
 // each calls f for every connection of the loop (f may end the connection).

@@ -167,7 +167,7 @@ func (l *udpShard) dnsNewClient(client netip.AddrPort, i int) *dnsClient {
 		l.st.countRefusal(why)
 		return nil
 	}
-	c := &dnsClient{id: l.srv.connIDs.Add(1), client: client, route: rt, table: l.lastTable, obs: rt.Observer, release: release, start: l.now,
+	c := &dnsClient{id: l.srv.nextID(&l.ids), client: client, route: rt, table: l.lastTable, obs: rt.Observer, release: release, start: l.now,
 		sa: l.b.Names[i], salen: l.b.nlen[i]}
 	oob := l.b.OOB[i][:l.b.clen[i]]
 	if local, ifindex, ok := eventloop.ParsePktinfo(oob); ok {

@@ -80,6 +80,7 @@ type udpShard struct {
 	srv    *Server
 	conn   *net.UDPConn
 	idx    int            // the shard's number in the listener
+	ids    idRange        // session ids taken from the server (Server.nextID)
 	fd     int            // conn's descriptor, used by the loop only
 	family int            // AF_INET or AF_INET6 (dual-stack for a wildcard bind)
 	local  netip.AddrPort // conn's address, for router.Request

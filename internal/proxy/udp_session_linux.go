@@ -215,7 +215,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		l.st.countRefusal(why)
 		return nil
 	}
-	s := &udpSession{id: l.srv.connIDs.Add(1), client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release,
+	s := &udpSession{id: l.srv.nextID(&l.ids), client: client, fd: -1, route: rt, obs: rt.Observer, start: l.now, release: release,
 		quic: newQUICState(rt, prevQUIC)}
 	if prev != nil {
 		s.sa, s.salen, s.oob, s.ooblen = prev.sa, prev.salen, prev.oob, prev.ooblen
