@@ -155,3 +155,28 @@ func BenchmarkObserverConnectionParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkObserverUDPSession is the metrics work of one UDP session of one
+// datagram and one reply (udp-newsession's unit): opened, picked, the
+// datagram, the reply with its round trip, closed.
+//
+//	go test ./internal/metrics -run - -bench ObserverUDPSession -count 5
+func BenchmarkObserverUDPSession(b *testing.B) {
+	be := backend.New("dns", "u1", "127.0.0.1:53", 1, nil)
+	rt := &proxy.Route{Name: "dns", Protocol: "udp", RouterName: "round_robin", Plugin: "round_robin",
+		Backends: []*backend.Backend{be}}
+	m, err := New(prometheus.NewRegistry(), false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	o := m.Observer(rt)
+	m.Retain([]*proxy.Route{rt})
+	b.ReportAllocs()
+	for b.Loop() {
+		o.ConnOpened(0)
+		o.Picked(0, be)
+		o.Datagram(0, be, 40, nil)
+		o.Reply(0, be, 120, 150*time.Microsecond)
+		o.ConnClosed(0, be, proxy.EndMaxResponses, 200*time.Microsecond, 0, 0)
+	}
+}
