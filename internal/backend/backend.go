@@ -32,11 +32,9 @@ type Backend struct {
 	draining atomic.Bool
 	tier     atomic.Int32 // priority tier, lower first (shown; routers take theirs when built)
 
-	active   atomic.Int64 // connections (or UDP sessions) open now
 	maxConns atomic.Int64 // 0: no limit
-	total    atomic.Int64 // connections (or UDP sessions) ever opened
 
-	bytes ByLoop // bytes proxied, split by event loop (AddBytesIn)
+	loops []loopCounts // connections and bytes, split by event loop (Acquire, AddBytesIn)
 
 	sets           sets                            // the Sets b is in: their versions move with b's routing state
 	watchers       atomic.Pointer[[]ActiveWatcher] // told of every change of active
@@ -49,7 +47,7 @@ func New(rule, id, address string, weight int, health *Health) *Backend {
 	if health == nil {
 		health = &Health{Address: address}
 	}
-	b := &Backend{Rule: rule, ID: id, Address: address, bytes: NewByLoop(), target: parseTarget(address)}
+	b := &Backend{Rule: rule, ID: id, Address: address, loops: make([]loopCounts, byteShards), target: parseTarget(address)}
 	b.health.Store(health)
 	b.weight.Store(int32(weight))
 	return b
@@ -107,7 +105,7 @@ func (b *Backend) SetHealth(h *Health) {
 // Available reports whether routers may pick b for a new connection:
 // enabled, healthy and not draining.
 func (b *Backend) Available() bool {
-	if m := b.maxConns.Load(); m > 0 && b.active.Load() >= m {
+	if m := b.maxConns.Load(); m > 0 && b.Active() >= m {
 		return false
 	}
 	return !b.disabled.Load() && !b.draining.Load() && b.health.Load().Up()
@@ -186,24 +184,44 @@ func (b *Backend) SetDraining(on bool) {
 	}
 }
 
-// Active is the number of connections open to the backend now.
-func (b *Backend) Active() int64 { return b.active.Load() }
+// Active is the number of connections open to the backend now: the sum of
+// the loops' shares (a loop's share can be negative, when a connection
+// ends on another loop than the one that opened it).
+func (b *Backend) Active() int64 {
+	var n int64
+	for i := range b.loops {
+		n += b.loops[i].active.Load()
+	}
+	return n
+}
 
 // Total is the number of connections ever opened to the backend.
-func (b *Backend) Total() int64 { return b.total.Load() }
+func (b *Backend) Total() int64 {
+	var n int64
+	for i := range b.loops {
+		n += b.loops[i].total.Load()
+	}
+	return n
+}
 
-// Acquire counts a new connection to the backend; call Release when it ends.
-func (b *Backend) Acquire() {
-	b.active.Add(1)
-	b.total.Add(1)
+// Acquire counts a new connection (UDP: session; DNS: query in flight) to
+// the backend, opened by event loop loop (any number: it picks the loop's
+// share); call Release when it ends.
+func (b *Backend) Acquire(loop int) {
+	s := b.share(loop)
+	s.active.Add(1)
+	s.total.Add(1)
 	b.notify()
 }
 
-// Release counts the end of a connection counted by Acquire.
-func (b *Backend) Release() {
-	b.active.Add(-1)
+// Release counts the end of a connection counted by Acquire, on event loop
+// loop (not necessarily the one that opened it).
+func (b *Backend) Release(loop int) {
+	b.share(loop).active.Add(-1)
 	b.notify()
 }
+
+func (b *Backend) share(loop int) *loopCounts { return &b.loops[loop&(len(b.loops)-1)] }
 
 func (b *Backend) notify() {
 	if ws := b.watchers.Load(); ws != nil {
@@ -279,16 +297,17 @@ func (b *Backend) Watchers() int {
 	return 0
 }
 
-// byteCounts is one event loop's share of a backend's byte counters, a
-// cache line of its own: loops running on different CPUs count the bytes
-// they move without taking the line from one another (or from the fields
-// the routers read on every pick).
-type byteCounts struct {
-	in, out atomic.Int64
-	_       [64 - 16]byte
+// loopCounts is one event loop's share of a backend's counters, a cache
+// line of its own: loops running on different CPUs count the connections
+// they open and the bytes they move without taking the line from one
+// another (or from the fields the routers read on every pick).
+type loopCounts struct {
+	in, out       atomic.Int64 // bytes: client to backend, backend to client
+	active, total atomic.Int64 // connections open (the loop's share: may be negative), ever opened
+	_             [64 - 32]byte
 }
 
-// byteShards is how many ways the byte counters are split: the CPUs,
+// byteShards is how many ways the loops' counters are split: the CPUs,
 // rounded up to a power of two, at most 64. The split is a slice of its own
 // (never next to the fields the routers read), and a power-of-two number
 // of 64-byte shares is allocated 64-byte aligned, one cache line each.
@@ -306,33 +325,16 @@ func Shards() int { return byteShards }
 
 // AddBytesIn counts n bytes proxied from a client to the backend by event
 // loop loop (any number: it picks the loop's share of the counters).
-func (b *Backend) AddBytesIn(loop int, n int64) { b.bytes.AddIn(loop, n) }
+func (b *Backend) AddBytesIn(loop int, n int64) { b.share(loop).in.Add(n) }
 
 // AddBytesOut counts n bytes proxied from the backend to a client.
-func (b *Backend) AddBytesOut(loop int, n int64) { b.bytes.AddOut(loop, n) }
+func (b *Backend) AddBytesOut(loop int, n int64) { b.share(loop).out.Add(n) }
 
-// ByLoop is a pair of byte counts (in and out) split by event loop: each
-// loop adds to its own cache line (AddIn, AddOut) and Sum adds the shares.
-// The backends' byte counts and the routes' bytes_total are kept in one.
-type ByLoop struct{ shares []byteCounts }
-
-// NewByLoop returns counts split byteShards ways.
-func NewByLoop() ByLoop { return ByLoop{make([]byteCounts, byteShards)} }
-
-// AddIn adds n to loop's share of the in count.
-func (c ByLoop) AddIn(loop int, n int64) { c.shares[loop&(len(c.shares)-1)].in.Add(n) }
-
-// AddOut adds n to loop's share of the out count.
-func (c ByLoop) AddOut(loop int, n int64) { c.shares[loop&(len(c.shares)-1)].out.Add(n) }
-
-// Sum is the counts so far.
-func (c ByLoop) Sum() (in, out int64) {
-	for i := range c.shares {
-		in += c.shares[i].in.Load()
-		out += c.shares[i].out.Load()
+// Bytes returns the bytes proxied to and from the backend so far.
+func (b *Backend) Bytes() (in, out int64) {
+	for i := range b.loops {
+		in += b.loops[i].in.Load()
+		out += b.loops[i].out.Load()
 	}
 	return in, out
 }
-
-// Bytes returns the bytes proxied to and from the backend so far.
-func (b *Backend) Bytes() (in, out int64) { return b.bytes.Sum() }

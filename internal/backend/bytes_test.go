@@ -28,10 +28,42 @@ func TestBytesAcrossLoops(t *testing.T) {
 	}
 }
 
+// TestConnectionsAcrossLoops: connections opened on one loop and ended on
+// another (a share going negative) are counted exactly, while a reader
+// sums the shares.
+func TestConnectionsAcrossLoops(t *testing.T) {
+	b := New("r", "a", "127.0.0.1:1", 1, nil)
+	var wg sync.WaitGroup
+	for loop := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 1000 {
+				b.Acquire(loop)
+				b.Acquire(loop)
+				b.Release(loop + 1)
+				_ = b.Active()
+			}
+		}()
+	}
+	wg.Wait()
+	if a, n := b.Active(), b.Total(); a != 8000 || n != 16000 {
+		t.Errorf("active %d total %d, want 8000 and 16000", a, n)
+	}
+	for loop := range 8 {
+		for range 1000 {
+			b.Release(loop + 3)
+		}
+	}
+	if a := b.Active(); a != 0 {
+		t.Errorf("active %d after every release, want 0", a)
+	}
+}
+
 // TestByteSharesOwnTheirCacheLine: each loop's share is 64 bytes and
 // starts on a 64-byte boundary, and there is a power-of-two number of them.
 func TestByteSharesOwnTheirCacheLine(t *testing.T) {
-	if s := unsafe.Sizeof(byteCounts{}); s != 64 {
+	if s := unsafe.Sizeof(loopCounts{}); s != 64 {
 		t.Fatalf("a share is %d bytes, want 64", s)
 	}
 	if n := byteShards; n < 1 || n&(n-1) != 0 {
@@ -39,7 +71,7 @@ func TestByteSharesOwnTheirCacheLine(t *testing.T) {
 	}
 	for range 100 {
 		b := New("r", "a", "127.0.0.1:1", 1, nil)
-		if p := uintptr(unsafe.Pointer(&b.bytes.shares[0])); p%64 != 0 {
+		if p := uintptr(unsafe.Pointer(&b.loops[0])); p%64 != 0 {
 			t.Fatalf("shares start at %#x, not on a cache line", p)
 		}
 	}

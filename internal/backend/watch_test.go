@@ -27,7 +27,7 @@ func TestVersionMovesOnChange(t *testing.T) {
 		{"a connection cap", func() { b.SetMaxConnections(5) }, true},
 		{"the same cap", func() { b.SetMaxConnections(5) }, false},
 		{"another health", func() { b.SetHealth(&Health{Address: b.Address}) }, true},
-		{"a connection", func() { b.Acquire() }, false},
+		{"a connection", func() { b.Acquire(0) }, false},
 	} {
 		v := set.Version()
 		tc.change()
@@ -56,14 +56,14 @@ func TestWatchActive(t *testing.T) {
 	if b.Watchers() != 2 {
 		t.Fatalf("watchers %d, want 2", b.Watchers())
 	}
-	b.Acquire()
-	b.Acquire()
-	b.Release()
+	b.Acquire(0)
+	b.Acquire(0)
+	b.Release(0)
 	stop1()
 	stop1() // twice is harmless
-	b.Release()
+	b.Release(0)
 	stop2()
-	b.Acquire()
+	b.Acquire(0)
 	if got := w1.seen; len(got) != 3 || got[0] != 1 || got[1] != 2 || got[2] != 1 {
 		t.Errorf("first watcher saw %v, want [1 2 1]", got)
 	}
@@ -86,8 +86,8 @@ func TestWatchActiveConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 1000 {
-				b.Acquire()
-				b.Release()
+				b.Acquire(0)
+				b.Release(0)
 			}
 			// Watchers come and go while others count.
 			s := b.WatchActive(&countWatcher{})

@@ -178,9 +178,9 @@ func TestBackendStateAtScrape(t *testing.T) {
 	rt := route("web", "tcp", "round_robin", "round_robin", b)
 	m.Observer(rt)
 	m.Retain([]*proxy.Route{rt})
-	b.Acquire()
-	b.Acquire()
-	b.Release()
+	b.Acquire(0)
+	b.Acquire(0)
+	b.Release(0)
 	h.SetUp(false)
 	expect(t, values(t, reg), map[string]float64{
 		`dynamic_proxy_backend_up{backend=b1,rule=web}`:                 0,

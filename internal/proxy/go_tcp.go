@@ -328,7 +328,7 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 		if o != nil {
 			o.Picked(c.idx, b)
 		}
-		b.Acquire()
+		b.Acquire(c.idx)
 		c.mu.Lock()
 		c.be = b
 		c.mu.Unlock()
@@ -359,11 +359,11 @@ func (c *goConn) dial(req *router.Request) (*backend.Backend, stream, error) {
 			if bc != nil {
 				bc.Close()
 			}
-			b.Release()
+			b.Release(c.idx)
 			return nil, nil, nil
 		}
 		if errors.As(err, new(errGaveUp)) {
-			b.Release()
+			b.Release(c.idx)
 			return nil, nil, err
 		}
 		s.tcpDialFailed(c.idx, rt, c.ID, req, tries, b, dialT0, err)

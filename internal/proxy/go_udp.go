@@ -428,7 +428,7 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		return nil
 	}
 	s.b, s.bc, s.counted = b, bc, true
-	b.Acquire()
+	b.Acquire(s.idx)
 	if prev != nil && prev.tomb != nil {
 		prev.tomb.Stop()
 	}
@@ -678,7 +678,7 @@ func (l *goUDPListener) closeSocket(s *goUDPSession, end End) {
 	}
 	s.bc.Close()
 	s.bc = nil
-	s.b.Release()
+	s.b.Release(s.idx)
 	if s.release != nil {
 		s.release()
 		s.release = nil

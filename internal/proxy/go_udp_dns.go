@@ -107,7 +107,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 		if wire != id {
 			srv.UDP.DNSRewritten.Add(1)
 		}
-		b.Acquire() // a query in flight, until answered or forgotten
+		b.Acquire(0) // a query in flight, until answered or forgotten
 		up.last = now
 		sent = up
 		return nil
@@ -237,7 +237,7 @@ func (l *goUDPListener) dnsRead(up *goDNSUpstream) {
 		}
 		if !ok || p.client.ended {
 			if ok {
-				up.b.Release()
+				up.b.Release(0)
 			}
 			l.mu.Unlock()
 			srv.UDP.DNSUnmatched.Add(1)
@@ -246,7 +246,7 @@ func (l *goUDPListener) dnsRead(up *goDNSUpstream) {
 			}
 			continue
 		}
-		up.b.Release()
+		up.b.Release(0)
 		up.last = now
 		c := p.client
 		c.request = p.sent
@@ -284,7 +284,7 @@ func (l *goUDPListener) dnsCloseUpstream(up *goDNSUpstream) {
 		return
 	}
 	up.closed = true
-	up.ids.all(func(dnsPending[*goDNSClient]) { up.b.Release() })
+	up.ids.all(func(dnsPending[*goDNSClient]) { up.b.Release(0) })
 	up.conn.Close()
 	l.srv.UDP.DNSSockets.Add(-1)
 	delete(l.dns.ups, up.b)
@@ -323,7 +323,7 @@ func (l *goUDPListener) dnsSweep() bool {
 			if _, ok := up.ids.expireOne(now - t + 1); !ok {
 				break
 			}
-			up.b.Release()
+			up.b.Release(0)
 			l.srv.UDP.DNSUnanswered.Add(1)
 			if up.obs != nil {
 				up.obs.DNSUnanswered(0, up.b)

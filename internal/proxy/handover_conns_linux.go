@@ -166,7 +166,7 @@ func (c *lconn) detach() (Detached, bool) {
 	}
 	c.cfd, c.bfd = -1, -1
 	c.state = stDone
-	c.be.Release()
+	c.be.Release(c.lp.idx)
 	c.release()
 	c.untrack()
 	return d, true
@@ -245,11 +245,11 @@ func (s *Server) AdoptConn(h HandedConn, cfd, bfd int, n int) error {
 	lp := loops[n%len(loops)]
 	s.wg.Add(1)
 	s.Stats.Active.Add(1)
-	c.be.Acquire()
+	c.be.Acquire(lp.idx)
 	if !lp.Post(func() { c.adopted(lp) }) {
 		s.Stats.Active.Add(-1)
 		s.wg.Done()
-		c.be.Release()
+		c.be.Release(lp.idx)
 		return fail(errors.New("the event loop has stopped"))
 	}
 	return nil

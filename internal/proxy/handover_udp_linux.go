@@ -102,7 +102,7 @@ func (l *udpShard) detach(key string, ss *udpSession) DetachedSession {
 	_ = l.Control(unix.EPOLL_CTL_DEL, ss.fd, 0)
 	l.byFd[ss.fd] = nil
 	ss.fd = -1
-	ss.b.Release()
+	ss.b.Release(l.idx)
 	if ss.release != nil {
 		ss.release()
 		ss.release = nil
@@ -176,7 +176,7 @@ func (l *udpShard) adopt(ss *udpSession, age time.Duration) error {
 	ss.salen = eventloop.PutSockaddr(&ss.sa, l.family, ss.client)
 	ss.start = l.now - int64(age)
 	l.ln.live.Add(1)
-	ss.b.Acquire()
+	ss.b.Acquire(l.idx)
 	l.sessions[ss.client] = ss
 	for ss.fd >= len(l.byFd) {
 		l.byFd = append(l.byFd, make([]*udpSession, len(l.byFd)+64)...)

@@ -169,7 +169,7 @@ func (c *lconn) dial() {
 		if o != nil {
 			o.Picked(c.lp.idx, b)
 		}
-		b.Acquire()
+		b.Acquire(c.lp.idx)
 		c.be, c.backoff = b, 0
 		c.dialT0 = time.Now()
 		tg := b.Target()
@@ -333,7 +333,7 @@ func (c *lconn) resourceWait(err error) {
 	s.exhaust.failed(s.log, true, rt.Name+"/"+b.ID, err)
 	c.backoff = nextBackoff(c.backoff)
 	if time.Since(c.dialT0)+c.backoff >= rt.ConnectTimeout {
-		b.Release()
+		b.Release(c.lp.idx)
 		c.be = nil
 		c.noBackend(err)
 		return
@@ -418,7 +418,7 @@ func (c *lconn) abandonDial() {
 		c.closeFd(true, false)
 	}
 	if c.be != nil {
-		c.be.Release()
+		c.be.Release(c.lp.idx)
 		c.be = nil
 	}
 	c.release()

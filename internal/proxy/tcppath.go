@@ -99,7 +99,7 @@ func (s *Server) tcpDialFailed(loop int, rt *Route, id uint64, req *router.Reque
 		o.Connected(loop, b, time.Since(dialT0), err)
 	}
 	b.Health().ReportDial(err) // passive health detection
-	b.Release()
+	b.Release(loop)
 	req.Tried(b)
 	if ok, suppressed := s.dialFailLog.allow(time.Second); ok {
 		next := "no backend left"
@@ -170,7 +170,7 @@ func (s *Server) tcpNoBackend(loop int, rt *Route, client netip.AddrPort, id Con
 // tcpFinished accounts for a relayed connection that ended: it gives back
 // the backend and the access slot, and reports how it ended.
 func (s *Server) tcpFinished(loop int, rt *Route, b *backend.Backend, client netip.AddrPort, id ConnIdent, release func(), upErr, downErr error, cut End, in, out int64) {
-	b.Release()
+	b.Release(loop)
 	release()
 	how, took := endReason(upErr, downErr, cut), time.Since(id.Start)
 	if o := rt.Observer; o != nil {

@@ -133,7 +133,7 @@ func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 		if wire != id {
 			l.srv.UDP.DNSRewritten.Add(1)
 		}
-		b.Acquire() // a query in flight, until answered or forgotten
+		b.Acquire(l.idx) // a query in flight, until answered or forgotten
 		up.last = l.now
 		sent = up
 		return nil
@@ -289,11 +289,11 @@ func (l *udpShard) dnsReplies(fd int) {
 					up.obs.DNSUnmatched(l.idx, up.b)
 				}
 				if ok {
-					up.b.Release()
+					up.b.Release(l.idx)
 				}
 				continue
 			}
-			up.b.Release()
+			up.b.Release(l.idx)
 			up.last = l.now
 			c := p.client
 			dnsmsg.SetID(buf, p.id)
@@ -366,7 +366,7 @@ func (l *udpShard) dnsEnd(c *dnsClient, end End) {
 // forgotten.
 func (l *udpShard) dnsCloseUpstream(up *dnsUpstream) {
 	d := &l.dns
-	up.ids.all(func(p dnsPending[*dnsClient]) { up.b.Release() })
+	up.ids.all(func(p dnsPending[*dnsClient]) { up.b.Release(l.idx) })
 	d.byFd[up.fd] = nil
 	eventloop.Close(up.fd)
 	l.srv.UDP.DNSSockets.Add(-1)
@@ -384,7 +384,7 @@ func (l *udpShard) dnsSweep() {
 			if !ok {
 				break
 			}
-			up.b.Release()
+			up.b.Release(l.idx)
 			l.srv.UDP.DNSUnanswered.Add(1)
 			if up.obs != nil {
 				up.obs.DNSUnanswered(l.idx, up.b)

@@ -258,7 +258,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 		return nil
 	}
 	s.b, s.fd = b, fd
-	b.Acquire()
+	b.Acquire(l.idx)
 	if prev != nil {
 		l.remove(prev)
 	}
@@ -446,7 +446,7 @@ func (l *udpShard) closeSocket(s *udpSession, end End) {
 	}
 	eventloop.Close(s.fd) // also leaves the epoll set
 	s.fd = -1
-	s.b.Release()
+	s.b.Release(l.idx)
 	if s.release != nil {
 		s.release()
 		s.release = nil

@@ -3,6 +3,7 @@ package router
 import (
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 )
 
@@ -32,8 +33,8 @@ func TestPickDoesNotAllocate(t *testing.T) {
 						if err != nil {
 							t.Fatal(err)
 						}
-						b.Acquire()
-						b.Release()
+						b.Acquire(0)
+						b.Release(0)
 					})
 					if allocs < 0 || n < allocs {
 						allocs = n
@@ -98,8 +99,8 @@ func BenchmarkPickAcquireRelease(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					be.Acquire()
-					be.Release()
+					be.Acquire(0)
+					be.Release(0)
 				}
 			})
 		}
@@ -114,7 +115,9 @@ func BenchmarkPickParallel(b *testing.B) {
 				bs := newBackends(n, 1, 2, 3)
 				r := mustNew(b, p.plugin, p.config, bs)
 				clients := randomClients(7, 4096)
+				var loops atomic.Int32
 				b.RunParallel(func(pb *testing.PB) {
+					loop := int(loops.Add(1)) // each goroutine an event loop of its own
 					var req Request
 					i := 0
 					for pb.Next() {
@@ -125,8 +128,8 @@ func BenchmarkPickParallel(b *testing.B) {
 						if err != nil {
 							b.Fatal(err)
 						}
-						be.Acquire()
-						be.Release()
+						be.Acquire(loop)
+						be.Release(loop)
 					}
 				})
 			})

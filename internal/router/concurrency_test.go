@@ -49,15 +49,15 @@ func TestConcurrentPicks(t *testing.T) {
 								return
 							}
 						}
-						b.Acquire()
+						b.Acquire(0)
 						held = append(held, b)
 						if len(held) > 20 {
-							held[0].Release()
+							held[0].Release(0)
 							held = held[1:]
 						}
 					}
 					for _, b := range held {
-						b.Release()
+						b.Release(0)
 					}
 				}()
 			}
@@ -119,10 +119,10 @@ func TestWatchedCountsStayExact(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				b.Acquire()
+				b.Acquire(0)
 				held = append(held, b)
 				if len(held) > 10+g {
-					held[0].Release()
+					held[0].Release(0)
 					held = held[1:]
 				}
 			}

@@ -312,7 +312,7 @@ func TestHashBoundedLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b.Acquire()
+			b.Acquire(0)
 			check(i)
 		}
 	}
@@ -348,7 +348,7 @@ func TestHashBoundedLoad(t *testing.T) {
 		}
 		for _, b := range bs {
 			for b.Active() > 0 {
-				b.Release()
+				b.Release(0)
 			}
 		}
 	}

@@ -25,7 +25,7 @@ func TestLeastConnFewestPerWeight(t *testing.T) {
 	seq := ""
 	for range 8 {
 		b := pick(t, r)
-		b.Acquire()
+		b.Acquire(0)
 		seq += b.ID
 	}
 	// a (0/1) → b (0/2) → c (0/1) → b (1/2 < 1) → c? no: a,b,c all 1 per
@@ -37,8 +37,8 @@ func TestLeastConnFewestPerWeight(t *testing.T) {
 		t.Fatalf("open %d/%d/%d, want 2/4/2", bs[0].Active(), bs[1].Active(), bs[2].Active())
 	}
 	// Closing connections makes a backend the least loaded at once.
-	bs[2].Release()
-	bs[2].Release()
+	bs[2].Release(0)
+	bs[2].Release(0)
 	if b := pick(t, r); b != bs[2] {
 		t.Fatalf("after c's connections closed picked %s, want c", b.ID)
 	}
@@ -103,10 +103,10 @@ func TestLeastConnMatchesScan(t *testing.T) {
 				if got != want {
 					t.Fatalf("trial %d step %d: picked %v, a scan picks %s", trial, step, got, want.ID)
 				}
-				got.Acquire()
+				got.Acquire(0)
 			case op < 17:
 				if b := bs[rng.IntN(n)]; b.Active() > 0 {
-					b.Release()
+					b.Release(0)
 				}
 			case op == 17:
 				bs[rng.IntN(n)].SetWeight(1 + rng.IntN(4))

@@ -67,7 +67,7 @@ func TestRandomTwoChoicesBalancesLoad(t *testing.T) {
 	r := mustNew(t, "random", map[string]any{"choices": int64(2)}, bs)
 	for i := range 1000 {
 		b := pick(t, r)
-		b.Acquire()
+		b.Acquire(0)
 		if d := bs[0].Active() - bs[1].Active(); d > 1 || d < -1 {
 			t.Fatalf("after %d connections: %d and %d open", i+1, bs[0].Active(), bs[1].Active())
 		}
@@ -81,7 +81,7 @@ func TestRandomTwoChoicesVersusOne(t *testing.T) {
 		bs := newBackends(10)
 		r := mustNew(t, "random", map[string]any{"choices": choices}, bs)
 		for range 5000 {
-			pick(t, r).Acquire()
+			pick(t, r).Acquire(0)
 		}
 		lo, hi := bs[0].Active(), bs[0].Active()
 		for _, b := range bs {
@@ -102,7 +102,7 @@ func TestRandomTwoChoicesWeighted(t *testing.T) {
 	bs := newBackends(2, 1, 3)
 	r := mustNew(t, "random", map[string]any{"choices": int64(2)}, bs)
 	for range 4000 {
-		pick(t, r).Acquire()
+		pick(t, r).Acquire(0)
 	}
 	if a, b := bs[0].Active(), bs[1].Active(); a < 990 || a > 1010 {
 		t.Fatalf("weights 1 and 3 hold %d and %d of 4000 connections, want 1000 and 3000", a, b)
