@@ -246,7 +246,7 @@ func (h *Handler) Status() StatusJSON {
 		st.Config = ConfigJSON{File: cfg.File, Version: v}
 	}
 	srv := e.Server()
-	st.Connections = ConnsJSON{Active: srv.Stats.Active.Load(), Accepted: srv.Accepted(),
+	st.Connections = ConnsJSON{Active: srv.Active(), Accepted: srv.Accepted(),
 		Rejected: srv.Stats.Rejected.Load(), Sessions: srv.UDP.Sessions.Load()}
 	byListener := map[[2]string][]string{}
 	disc := map[string][]DiscoveryJSON{}

@@ -7,19 +7,15 @@ import (
 	"os"
 )
 
-// admitConn counts a new connection in Stats.Active unless that would take
-// it beyond max (0: no limit). The check and the count are one atomic step,
-// so listeners accepting at the same moment cannot overshoot the cap together.
-func (s *Server) admitConn(max int64) bool {
-	for {
-		n := s.Stats.Active.Load()
-		if max > 0 && n >= max {
-			return false
-		}
-		if s.Stats.Active.CompareAndSwap(n, n+1) {
-			return true
-		}
+// admitConn takes a slot of max_connections for a new connection of the
+// goroutine engine and counts it in Stats.Active, unless the cap is
+// reached (slots.go); untrack gives both back.
+func (s *Server) admitConn() bool {
+	if s.slots.take(1) == 0 {
+		return false
 	}
+	s.Stats.Active.Add(1)
+	return true
 }
 
 // abortive reports whether a copy error is a peer's reset or an I/O error,

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/eventloop"
@@ -15,6 +16,7 @@ type epollState struct {
 	// turnReads bounds the reads a direction makes per turn (0:
 	// defaultTurnReads); tests lower it before the first listener.
 	turnReads int
+	loopsOnce atomic.Pointer[[]*tcpLoop] // loops, once started, for readers without mu
 }
 
 func (s *Server) initEpoll() { s.udp = map[*UDPListener]struct{}{} }
@@ -42,14 +44,46 @@ func (s *Server) cutEpoll() int {
 
 // acceptedEpoll sums the loops' counts of accepted connections.
 func (s *Server) acceptedEpoll() int64 {
-	s.mu.Lock()
-	loops := s.loops
-	s.mu.Unlock()
 	var n int64
-	for _, lp := range loops {
+	for _, lp := range s.loopList() {
 		n += lp.accepted.Load()
 	}
 	return n
+}
+
+// activeEpoll sums the loops' counts of the connections they hold.
+func (s *Server) activeEpoll() int64 {
+	var n int64
+	for _, lp := range s.loopList() {
+		n += lp.active.Load()
+	}
+	return n
+}
+
+// loopList is the TCP loops, without the lock (nil until they start).
+func (s *Server) loopList() []*tcpLoop {
+	if p := s.loopsOnce.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// collectSpareSlots has every loop give its spare slots back, and waits
+// for it (a change of max_connections).
+func (s *Server) collectSpareSlots() {
+	for _, lp := range s.loopList() {
+		lp.Call(lp.giveSpare)
+	}
+}
+
+// squeezeLoops has every loop but from give its spare slots back: from
+// found no room under max_connections.
+func (s *Server) squeezeLoops(from *tcpLoop) {
+	for _, lp := range s.loopList() {
+		if lp != from {
+			lp.Post(lp.giveSpare)
+		}
+	}
 }
 
 // stopEpoll stops the TCP loops once every connection has ended.

@@ -17,6 +17,9 @@ var errNoEpoll = errors.New("the epoll engine runs on Linux only")
 func (s *Server) initEpoll()                                     {}
 func (s *Server) cutEpoll() int                                  { return 0 }
 func (s *Server) acceptedEpoll() int64                           { return 0 }
+func (s *Server) activeEpoll() int64                             { return 0 }
+func (s *Server) collectSpareSlots()                             {}
+func (s *Server) loopList() []struct{}                           { return nil }
 func (s *Server) stopEpoll()                                     {}
 func (s *Server) eachConnEpoll(*ConnFilter, connSink)            {}
 func (s *Server) closeDNSBackendEpoll(*backend.Backend) int      { return 0 }

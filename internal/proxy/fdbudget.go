@@ -85,18 +85,28 @@ type DescriptorStats struct {
 
 // dataFDs is the descriptors the data path holds (a DNS listener's
 // clients hold none; its backend sockets one each).
-func (s *Server) dataFDs() int64 {
+func (s *Server) dataFDs() int64 { return 2*s.Active() + s.otherDataFDs() }
+
+// otherDataFDs is the data path's descriptors but the TCP connections'.
+func (s *Server) otherDataFDs() int64 {
 	u := &s.UDP
-	return 2*s.Stats.Active.Load() + u.Sessions.Load() - u.DNSClients.Load() + u.DNSSockets.Load() + splicePipes.Load()
+	return u.Sessions.Load() - u.DNSClients.Load() + u.DNSSockets.Load() + splicePipes.Load()
 }
 
-// fdRoom reports whether the data path may take n more descriptors.
+// fdRoom reports whether the data path may take n more descriptors. It
+// first counts every held slot of max_connections as a connection (an
+// upper bound, read from one shared line); only near the budget does it
+// sum the loops' counts.
 func (s *Server) fdRoom(n int64) bool {
 	lim := s.fds.limit.Load()
 	if lim <= 0 {
 		return true
 	}
-	return s.dataFDs()+s.fds.other.Load()+n <= lim-s.fds.reserve.Load()
+	room := lim - s.fds.reserve.Load() - s.fds.other.Load() - s.otherDataFDs() - n
+	if held := s.slots.held(); held >= 0 && 2*held <= room {
+		return true
+	}
+	return 2*s.Active() <= room
 }
 
 // refuse counts a refused accept or UDP session and reports the episode.

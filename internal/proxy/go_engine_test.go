@@ -31,6 +31,7 @@ func TestGoroutineEngine(t *testing.T) {
 		{"DeadBackendSkipped", TestDeadBackendSkipped},
 		{"AllBackendsDeadClosesFast", TestAllBackendsDeadClosesFast},
 		{"MaxConnections", TestMaxConnections},
+		{"MaxConnectionsBatched", TestMaxConnectionsBatched},
 		{"IdleTimeout", TestIdleTimeout},
 		{"AccessLog", TestAccessLog},
 		{"ResetClosesBoth", TestResetClosesBoth},

@@ -149,8 +149,8 @@ func (l *goTCPListener) serve() {
 		// A client accepted as closing began (the listener's Close has
 		// not reached its socket yet) is served, not dropped: the
 		// listener's count in wg keeps Shutdown waiting for it.
-		if max := s.maxConns.Load(); !s.admitConn(max) {
-			s.tcpMaxConnections(l.routes.Load().opts.Observer, where, max)
+		if !s.admitConn() {
+			s.tcpMaxConnections(l.routes.Load().opts.Observer, where, s.maxConns.Load())
 			c.SetLinger(0)
 			c.Close()
 			continue
@@ -216,6 +216,7 @@ func (c *goConn) untrack() {
 	delete(s.conns, c)
 	s.connMu.Unlock()
 	s.Stats.Active.Add(-1)
+	s.slots.give(1)
 	s.wg.Done()
 }
 

@@ -244,10 +244,10 @@ func (s *Server) AdoptConn(h HandedConn, cfd, bfd int, n int) error {
 	}
 	lp := loops[n%len(loops)]
 	s.wg.Add(1)
-	s.Stats.Active.Add(1)
+	s.slots.room.Add(-1) // a slot whatever the cap: the connection is open already
 	c.be.Acquire(lp.idx)
 	if !lp.Post(func() { c.adopted(lp) }) {
-		s.Stats.Active.Add(-1)
+		s.slots.give(1)
 		s.wg.Done()
 		c.be.Release(lp.idx)
 		return fail(errors.New("the event loop has stopped"))

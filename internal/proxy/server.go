@@ -71,9 +71,9 @@ type Listener interface {
 	Close()
 }
 
-// Stats are the server's counters. Accepted counts the goroutine engine's
-// connections only (each event loop counts its own): read the total with
-// Server.Accepted.
+// Stats are the server's counters. Active and Accepted count the goroutine
+// engine's connections only (each event loop counts its own): read the
+// totals with Server.Active and Server.Accepted.
 type Stats struct {
 	Active, Accepted, Rejected, NoRoute, NoBackend atomic.Int64
 }
@@ -82,6 +82,7 @@ type Stats struct {
 type Server struct {
 	log      *slog.Logger
 	maxConns atomic.Int64
+	slots    slots // max_connections' slots (slots.go)
 	Stats    Stats
 	UDP      UDPStats
 	QUIC     QUICStats // QUIC Initial peeking and connection id following (udp_quic.go)
@@ -122,6 +123,7 @@ func NewServer(log *slog.Logger) *Server {
 		resolver:  resolve.Default(),
 		listeners: map[Listener]struct{}{},
 	}
+	s.slots.init()
 	s.initEpoll()
 	s.initGo()
 	return s
@@ -169,13 +171,19 @@ func (s *Server) Workers() int {
 }
 
 // SetMaxConnections sets the cap on concurrent client connections (0: none).
-func (s *Server) SetMaxConnections(n int) { s.maxConns.Store(int64(n)) }
+func (s *Server) SetMaxConnections(n int) {
+	s.maxConns.Store(int64(n))
+	s.slots.setCap(int64(n), max(runtime.NumCPU(), len(s.loopList())))
+	s.collectSpareSlots()
+}
 
 // MaxConnections returns the cap on concurrent client connections (0: none).
 func (s *Server) MaxConnections() int64 { return s.maxConns.Load() }
 
-// Active returns the number of client connections open now.
-func (s *Server) Active() int64 { return s.Stats.Active.Load() }
+// Active returns the number of client TCP connections open now: the
+// goroutine engine's Stats.Active (with the TLS connections the loops
+// handed to it) and each event loop's count.
+func (s *Server) Active() int64 { return s.Stats.Active.Load() + s.activeEpoll() }
 
 // Accepted returns the number of TCP connections accepted so far: the
 // goroutine engine's Stats.Accepted and each event loop's count.

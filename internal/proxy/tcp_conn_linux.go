@@ -119,7 +119,7 @@ func (c *lconn) untrack() {
 	lp := c.lp
 	lp.timers.Stop(&c.timer)
 	lp.unlink(c)
-	lp.srv.Stats.Active.Add(-1)
+	lp.giveSlot()
 }
 
 // closeFd closes the backend (or client) socket, resetting it if asked.

@@ -122,14 +122,16 @@ func (c *lconn) routed(rt *Route) {
 // handOff gives a connection of a TLS route to the goroutine engine
 // (tls.go): the loop forgets it, and a goroutine makes its socket a
 // net.Conn (a dup and a runtime poller registration, off the loop) and
-// serves it to the end. It stays counted in the Server's Active, and
-// takes a count of its own in wg (before the loop may give up the loop's).
+// serves it to the end, counted in Stats.Active, with the slot of
+// max_connections it holds and a count of its own in wg (taken before the
+// loop may give up the loop's).
 func (c *lconn) handOff(release func()) {
 	lp := c.lp
 	s, rt, ci, id, local, fd, first, idx := lp.srv, c.rt, c.ci, c.ConnIdent, c.l.local, c.cfd, c.first, lp.idx
 	c.cfd, c.first, c.state = -1, nil, stDone
 	lp.timers.Stop(&c.timer)
 	s.wg.Add(1)
+	s.Stats.Active.Add(1)
 	lp.unlink(c)
 	go func() {
 		f := os.NewFile(uintptr(fd), "")
@@ -142,6 +144,7 @@ func (c *lconn) handOff(release func()) {
 			}
 			s.log.Debug("tls connection not handed over; closing", "conn", id.ID, "rule", rt.Name, "client", ci.Client.String(), "err", err)
 			s.Stats.Active.Add(-1)
+			s.slots.give(1)
 			s.wg.Done()
 			return
 		}

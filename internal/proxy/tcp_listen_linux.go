@@ -198,8 +198,8 @@ func (lp *tcpLoop) accept(ll *loopListener) {
 		// A client accepted as closing began is served: the listener's
 		// count in wg (until Close) keeps Shutdown waiting for it until
 		// the loop holds its own (link).
-		if max := s.maxConns.Load(); !s.admitConn(max) {
-			s.tcpMaxConnections(l.routes.Load().opts.Observer, l.addr.String(), max)
+		if !lp.takeSlot() {
+			s.tcpMaxConnections(l.routes.Load().opts.Observer, l.addr.String(), s.maxConns.Load())
 			eventloop.ResetClose(fd)
 			continue
 		}

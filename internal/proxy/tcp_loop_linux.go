@@ -63,12 +63,65 @@ type tcpLoop struct {
 	rot       uint32   // rotation over a resolved backend's addresses (lconn.useAddrs)
 	stop      bool     // the server is shut down: leave once every connection ended
 	ids       idRange  // connection ids taken from the server (Server.nextID)
+	spare     int64    // slots of max_connections taken and not in use (takeSlot)
+	spareOf   int64    // the slots' epoch the spares were taken in
 
-	// accepted is the loop's share of Stats.Accepted (Server.Accepted
-	// sums them), on a line of its own: only the loop writes it.
+	// What others read of the loop's counts (Server.Accepted, Active), on
+	// a line of its own: only the loop writes them.
 	_        [64]byte
-	accepted atomic.Int64
-	_        [56]byte
+	accepted atomic.Int64 // connections accepted
+	active   atomic.Int64 // connections it holds (nconns)
+	_        [48]byte
+}
+
+// takeSlot takes a slot of max_connections for a new connection: a spare
+// one, else a batch from the server's room (slots.go). At the cap it
+// reports false, and the first loop to find no room has the others give
+// their spares back.
+func (lp *tcpLoop) takeSlot() bool {
+	sl := &lp.srv.slots
+	if e := sl.epoch.Load(); lp.spareOf != e {
+		lp.giveSpare()
+		lp.spareOf = e
+	}
+	if lp.spare == 0 {
+		k := sl.take(sl.batch.Load())
+		if k == 0 {
+			if !sl.squeeze.Load() && sl.squeeze.CompareAndSwap(false, true) {
+				lp.srv.squeezeLoops(lp)
+			}
+			return false
+		}
+		lp.spare = k
+	}
+	lp.spare--
+	return true
+}
+
+// giveSlot takes back the slot of a connection that ended: the loop keeps
+// up to two batches spare (none with a batch of one, or while squeezed)
+// and gives the rest back.
+func (lp *tcpLoop) giveSlot() {
+	lp.spare++
+	sl := &lp.srv.slots
+	keep := sl.batch.Load()
+	if keep == 1 || sl.squeeze.Load() || lp.spareOf != sl.epoch.Load() {
+		keep = 0
+	} else {
+		keep *= 2
+	}
+	if lp.spare > keep {
+		sl.give(lp.spare - keep)
+		lp.spare = keep
+	}
+}
+
+// giveSpare gives every spare slot back (a squeeze).
+func (lp *tcpLoop) giveSpare() {
+	if lp.spare > 0 {
+		lp.srv.slots.give(lp.spare)
+		lp.spare = 0
+	}
 }
 
 // fdOwner is what a descriptor in a loop's epoll set is.
@@ -109,6 +162,7 @@ func (s *Server) startLoops() error {
 		loops = append(loops, lp)
 	}
 	s.loops = loops
+	s.loopsOnce.Store(&loops)
 	for _, lp := range loops {
 		go lp.run()
 	}
@@ -216,6 +270,7 @@ func (lp *tcpLoop) link(c *lconn) {
 		h.prev = c
 	}
 	lp.nconns++
+	lp.active.Store(int64(lp.nconns))
 }
 
 func (lp *tcpLoop) unlink(c *lconn) {
@@ -232,7 +287,9 @@ func (lp *tcpLoop) unlink(c *lconn) {
 		}
 	}
 	c.prev, c.next = nil, nil
-	if lp.nconns--; lp.nconns == 0 {
+	lp.nconns--
+	lp.active.Store(int64(lp.nconns))
+	if lp.nconns == 0 {
 		lp.srv.wg.Done()
 	}
 }
