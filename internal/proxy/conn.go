@@ -11,7 +11,7 @@ import (
 // goroutine engine and counts it in Stats.Active, unless the cap is
 // reached (slots.go); untrack gives both back.
 func (s *Server) admitConn() bool {
-	if s.slots.take(1) == 0 {
+	if s.slots.take(1) == 0 && !s.stealSlot(nil) {
 		return false
 	}
 	s.Stats.Active.Add(1)

@@ -76,14 +76,18 @@ func (s *Server) collectSpareSlots() {
 	}
 }
 
-// squeezeLoops has every loop but from give its spare slots back: from
-// found no room under max_connections.
-func (s *Server) squeezeLoops(from *tcpLoop) {
+// stealSlot takes a slot for a connection that found no room: a spare one
+// of a loop other than from (nil: any), then the room once more, in case a
+// loop gave its spares back meanwhile. False: every slot is held by an
+// open connection.
+func (s *Server) stealSlot(from *tcpLoop) bool {
+	e := s.slots.epoch.Load()
 	for _, lp := range s.loopList() {
-		if lp != from {
-			lp.Post(lp.giveSpare)
+		if lp != from && lp.useSpare(e) {
+			return true
 		}
 	}
+	return s.slots.take(1) > 0
 }
 
 // stopEpoll stops the TCP loops once every connection has ended.

@@ -19,6 +19,7 @@ func (s *Server) cutEpoll() int                                  { return 0 }
 func (s *Server) acceptedEpoll() int64                           { return 0 }
 func (s *Server) activeEpoll() int64                             { return 0 }
 func (s *Server) collectSpareSlots()                             {}
+func (s *Server) stealSlot(any) bool                             { return s.slots.take(1) > 0 }
 func (s *Server) loopList() []struct{}                           { return nil }
 func (s *Server) stopEpoll()                                     {}
 func (s *Server) eachConnEpoll(*ConnFilter, connSink)            {}

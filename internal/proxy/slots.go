@@ -10,22 +10,22 @@ import (
 // gives them one at a time; an epoll loop takes them a batch at a time and
 // keeps up to two batches spare (tcpLoop.takeSlot, giveSlot), so that
 // opening and closing connections writes the shared count once a batch,
-// not once a connection. The cap is never exceeded. The price: while
-// loops hold spare slots, a connection can be refused up to their spares
-// below the cap; the refusal sets squeeze, and every loop then gives its
-// spares back (at once for an idle loop, which is told by a posted call).
-// With a small cap (a batch of one) no loop keeps spares, and the cap is
-// exact as a shared count would be. A change of the cap has every loop
-// give its spares back (they were taken in batches of the old cap's size).
+// not once a connection. The cap is never exceeded, and it is exact: a
+// connection that finds no room takes a spare slot from another loop
+// (Server.stealSlot) before it is refused, so it is refused only when
+// every slot is held by an open connection. A loop's spare count sits on
+// its own cache line, which only its loop writes until the room runs out.
+// A change of the cap has every loop give its spares back (they were taken
+// in batches of the old cap's size, and a lowered cap can leave the room
+// below zero, where spares must not be used).
 type slots struct {
-	_       [64]byte
-	room    atomic.Int64 // slots no one holds: the cap less those held (a loop's spares are held)
-	_       [56]byte
-	cap     atomic.Int64 // capOf(max_connections); written by setCap only
-	batch   atomic.Int64 // slots a loop takes at a time (batchFor)
-	squeeze atomic.Bool  // a loop found no room: loops give their spares back
-	epoch   atomic.Int64 // moved by setCap: spares taken before are given back, not used
-	mu      sync.Mutex   // serialises setCap
+	_     [64]byte
+	room  atomic.Int64 // slots no one holds: the cap less those held (a loop's spares are held)
+	_     [56]byte
+	cap   atomic.Int64 // capOf(max_connections); written by setCap only
+	batch atomic.Int64 // slots a loop takes at a time (batchFor)
+	epoch atomic.Int64 // moved by setCap: spares taken before are given back, not used
+	mu    sync.Mutex   // serialises setCap
 }
 
 // noCap is max_connections = 0 in slots: more than a process can hold.
@@ -85,9 +85,6 @@ func (sl *slots) take(want int64) int64 {
 		}
 		k := min(want, r)
 		if sl.room.CompareAndSwap(r, r-k) {
-			if sl.squeeze.Load() {
-				sl.squeeze.Store(false)
-			}
 			return k
 		}
 	}

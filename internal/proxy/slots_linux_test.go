@@ -11,10 +11,11 @@ import (
 )
 
 // TestMaxConnectionsBatched: with a cap large enough for the loops to take
-// its slots in batches, clients dialling at once are never served beyond
-// the cap; those refused while loops held spare slots get in on a retry
-// until exactly the cap is open; one more is refused; and the slots of
-// connections that end are there again.
+// its slots in batches, clients dialling at once are served up to exactly
+// the cap, never beyond it and never refused below it (a loop out of room
+// takes another's spare slots); one more is refused; the slots of
+// connections that end are there again, each at the first dial; and a
+// lowered cap holds as exactly.
 func TestMaxConnectionsBatched(t *testing.T) {
 	const limit = 512
 	be := startBackend(t, greetEcho("be"))
@@ -67,65 +68,47 @@ func TestMaxConnectionsBatched(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := held(); n > limit {
-		t.Fatalf("%d connections served, beyond the cap of %d", n, limit)
+	if n := held(); n != limit {
+		t.Fatalf("%d connections served of %d dialled; want exactly the cap of %d", n, 8*((limit+100)/8), limit)
 	}
-	// Refused below the cap only while a loop held spares: retrying fills
-	// the cap exactly.
-	harness.Eventually(t, "the cap filled", func() bool {
-		if held() < limit {
-			if c := served(); c != nil {
-				mu.Lock()
-				open = append(open, c)
-				mu.Unlock()
-			}
-		}
-		return held() == limit
-	})
 	dialClosed(t, addr) // one more: refused
 	if n := be.accepted.Load(); n != limit {
 		t.Errorf("the backend saw %d connections, want %d", n, limit)
 	}
-	mu.Lock()
-	for _, c := range open[:100] {
-		c.Close()
-	}
-	open = open[100:]
-	mu.Unlock()
-	harness.Eventually(t, "the closed connections to end", func() bool { return s.Active() == limit-100 })
-	harness.Eventually(t, "their slots taken again", func() bool {
-		if held() < limit {
-			if c := served(); c != nil {
-				mu.Lock()
-				open = append(open, c)
-				mu.Unlock()
+	// fill dials n clients one after another, each of which must be served.
+	fill := func(n int, what string) {
+		t.Helper()
+		for i := range n {
+			c := served()
+			if c == nil {
+				t.Fatalf("%s: client %d of %d refused with %d open", what, i+1, n, held())
 			}
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
 		}
-		return held() == limit
-	})
+	}
+	closeFirst := func(n int) {
+		mu.Lock()
+		for _, c := range open[:n] {
+			c.Close()
+		}
+		open = open[n:]
+		mu.Unlock()
+	}
+	closeFirst(100)
+	harness.Eventually(t, "the closed connections to end", func() bool { return s.Active() == limit-100 })
+	fill(100, "their slots taken again")
 	if a := s.Active(); a != limit {
 		t.Errorf("Active = %d, want %d", a, limit)
 	}
+	dialClosed(t, addr)
 
 	// Lowered below what is open: nothing new until enough have ended.
 	s.SetMaxConnections(limit - 50)
 	dialClosed(t, addr)
-	mu.Lock()
-	for _, c := range open[:60] {
-		c.Close()
-	}
-	open = open[60:]
-	mu.Unlock()
+	closeFirst(60)
 	harness.Eventually(t, "the closed connections to end", func() bool { return s.Active() == limit-60 })
-	harness.Eventually(t, "the lowered cap filled", func() bool {
-		if held() < limit-50 {
-			if c := served(); c != nil {
-				mu.Lock()
-				open = append(open, c)
-				mu.Unlock()
-			}
-		}
-		return held() == limit-50
-	})
+	fill(10, "the lowered cap")
 	dialClosed(t, addr)
 }

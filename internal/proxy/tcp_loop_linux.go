@@ -63,64 +63,75 @@ type tcpLoop struct {
 	rot       uint32   // rotation over a resolved backend's addresses (lconn.useAddrs)
 	stop      bool     // the server is shut down: leave once every connection ended
 	ids       idRange  // connection ids taken from the server (Server.nextID)
-	spare     int64    // slots of max_connections taken and not in use (takeSlot)
-	spareOf   int64    // the slots' epoch the spares were taken in
 
 	// What others read of the loop's counts (Server.Accepted, Active), on
 	// a line of its own: only the loop writes them.
 	_        [64]byte
 	accepted atomic.Int64 // connections accepted
 	active   atomic.Int64 // connections it holds (nconns)
-	_        [48]byte
+	spare    atomic.Int64 // slots of max_connections taken and not in use (takeSlot); others take one only when the room is out (stealSlot)
+	spareOf  atomic.Int64 // the slots' epoch the spares were taken in
+	_        [32]byte
 }
 
 // takeSlot takes a slot of max_connections for a new connection: a spare
-// one, else a batch from the server's room (slots.go). At the cap it
-// reports false, and the first loop to find no room has the others give
-// their spares back.
+// one, else a batch from the server's room, else another loop's spare
+// (slots.go). It reports false at the cap.
 func (lp *tcpLoop) takeSlot() bool {
 	sl := &lp.srv.slots
-	if e := sl.epoch.Load(); lp.spareOf != e {
+	if e := sl.epoch.Load(); lp.spareOf.Load() != e {
 		lp.giveSpare()
-		lp.spareOf = e
+		lp.spareOf.Store(e)
 	}
-	if lp.spare == 0 {
-		k := sl.take(sl.batch.Load())
-		if k == 0 {
-			if !sl.squeeze.Load() && sl.squeeze.CompareAndSwap(false, true) {
-				lp.srv.squeezeLoops(lp)
-			}
+	if lp.useSpare(sl.epoch.Load()) {
+		return true
+	}
+	if k := sl.take(sl.batch.Load()); k > 0 {
+		lp.spare.Add(k - 1)
+		return true
+	}
+	return lp.srv.stealSlot(lp)
+}
+
+// useSpare takes one of the loop's spare slots, if it has one taken in
+// epoch (the loop itself, or another loop out of room).
+func (lp *tcpLoop) useSpare(epoch int64) bool {
+	for {
+		n := lp.spare.Load()
+		if n <= 0 || lp.spareOf.Load() != epoch {
 			return false
 		}
-		lp.spare = k
+		if lp.spare.CompareAndSwap(n, n-1) {
+			return true
+		}
 	}
-	lp.spare--
-	return true
 }
 
 // giveSlot takes back the slot of a connection that ended: the loop keeps
-// up to two batches spare (none with a batch of one, or while squeezed)
-// and gives the rest back.
+// up to two batches spare (none with a batch of one) and gives the rest
+// back.
 func (lp *tcpLoop) giveSlot() {
-	lp.spare++
 	sl := &lp.srv.slots
 	keep := sl.batch.Load()
-	if keep == 1 || sl.squeeze.Load() || lp.spareOf != sl.epoch.Load() {
+	if keep == 1 || lp.spareOf.Load() != sl.epoch.Load() {
 		keep = 0
 	} else {
 		keep *= 2
 	}
-	if lp.spare > keep {
-		sl.give(lp.spare - keep)
-		lp.spare = keep
+	n := lp.spare.Add(1)
+	for n > keep {
+		if lp.spare.CompareAndSwap(n, keep) {
+			sl.give(n - keep)
+			return
+		}
+		n = lp.spare.Load()
 	}
 }
 
-// giveSpare gives every spare slot back (a squeeze).
+// giveSpare gives every spare slot back (a change of the cap).
 func (lp *tcpLoop) giveSpare() {
-	if lp.spare > 0 {
-		lp.srv.slots.give(lp.spare)
-		lp.spare = 0
+	if n := lp.spare.Swap(0); n > 0 {
+		lp.srv.slots.give(n)
 	}
 }
 
