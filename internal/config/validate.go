@@ -150,6 +150,7 @@ func (c *Config) validateRule(e *Errors, i int, names map[string]int, shared lis
 		e.addf(path+".protocol", "must be tcp or udp, got %q", r.Protocol)
 	}
 	validateUDPSession(e, r, path)
+	c.validateRouterNeeds(e, r, path)
 	switch r.OnBackendDown {
 	case OnBackendDownKeep, OnBackendDownClose:
 	default:
@@ -216,6 +217,27 @@ func (c *Config) requireRule(e *Errors) {
 		return
 	}
 	e.addf("rules", "no enabled rule: all %d rules have enabled = false, so this config would serve nothing and close every listener; enable one", len(c.Rules))
+}
+
+// validateRouterNeeds refuses a UDP rule whose router would read what its
+// datagrams never carry: an HTTP request head, or (with dns = true) a QUIC
+// ClientHello. A router that cannot be built is reported under routers.
+func (c *Config) validateRouterNeeds(e *Errors, r *Rule, path string) {
+	if r.Protocol != "udp" {
+		return
+	}
+	spec, _ := c.RouterSpecFor(r.Router)
+	rt, err := router.New(spec.Plugin, spec.Config, nil)
+	if err != nil {
+		return
+	}
+	n := router.NeedsOf(rt)
+	if n&router.NeedHost != 0 {
+		e.addf(path+".router", "router %q reads the HTTP request head: it needs a TCP rule (rule %q is udp)", r.Router, r.Name)
+	}
+	if r.DNS && n&(router.NeedSNI|router.NeedALPN) != 0 {
+		e.addf(path+".router", "router %q reads the server name or ALPN of a QUIC ClientHello, which a DNS query never has (rule %q has dns = true)", r.Router, r.Name)
+	}
 }
 
 // udpOnlyKeys are the rule keys that only UDP rules take.

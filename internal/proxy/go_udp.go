@@ -407,7 +407,7 @@ func (l *goUDPListener) newSession(client netip.AddrPort, prev *goUDPSession, ds
 		}
 	}
 	var bc *net.UDPConn
-	b, err := pickUDP(s.idx, rt, &router.Request{}, client, l.local, s.tried, func(b *backend.Backend) (err error) {
+	b, err := pickUDP(s.idx, rt, &router.Request{}, &ci, l.local, s.tried, func(b *backend.Backend) (err error) {
 		bc, err = l.dial(b)
 		return err
 	})

@@ -73,7 +73,7 @@ func (l *goUDPListener) dnsDatagram(client netip.AddrPort, dst netip.Addr, ifidx
 	}
 	now := time.Now().UnixNano()
 	var sent *goDNSUpstream
-	b, err := pickUDP(c.sess.idx, c.sess.route, &d.req, client, l.local, nil, func(b *backend.Backend) error {
+	b, err := pickUDP(c.sess.idx, c.sess.route, &d.req, &ConnInfo{Client: client}, l.local, nil, func(b *backend.Backend) error {
 		up, err := l.dnsUpstreamFor(b, c.sess.route)
 		if err != nil {
 			return err

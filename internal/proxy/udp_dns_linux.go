@@ -98,7 +98,7 @@ func (l *udpShard) dnsQuery(client netip.AddrPort, i int, p []byte) {
 		}
 	}
 	var sent *dnsUpstream
-	b, err := pickUDP(l.idx, c.route, &l.req, client, l.local, nil, func(b *backend.Backend) error {
+	b, err := pickUDP(l.idx, c.route, &l.req, &ConnInfo{Client: client}, l.local, nil, func(b *backend.Backend) error {
 		up, err := l.dnsUpstreamFor(b, c.route)
 		if err != nil {
 			return err

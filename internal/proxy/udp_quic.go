@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/peek"
+	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
 // QUIC on UDP rules, shared by both engines (docs/udp.md#quic):
@@ -117,11 +118,11 @@ func quicConnInfo(client netip.AddrPort, q *udpQUIC) ConnInfo {
 }
 
 // tableQUIC reports whether a UDP listener serving t must read new
-// clients' ClientHello (a route's matcher needs it) and whether it follows
-// connection ids (a route has quic = true).
+// clients' ClientHello (a route's matcher or router needs its server name
+// or ALPN) and whether it follows connection ids (a route has quic = true).
 func tableQUIC(t *Table) (peekHello, cids bool) {
 	for _, r := range t.Routes {
-		if r.Match != nil && r.Match.Needs()&NeedTLS != 0 {
+		if r.Match != nil && r.Match.Needs()&NeedTLS != 0 || peekNeed(router.NeedsOf(r.Router))&NeedTLS != 0 {
 			peekHello = true
 		}
 		if r.QUIC {

@@ -236,7 +236,7 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 			s.proxyHdr = l.proxyHeader(client, l.b.OOB[i][:l.b.clen[i]])
 		}
 	}
-	b, fd, err := l.connectBackend(rt, client, s.tried)
+	b, fd, err := l.connectBackend(rt, &ci, s.tried)
 	if err == errResolving {
 		l.ln.live.Add(-1)
 		release()
@@ -275,12 +275,12 @@ func (l *udpShard) newSession(client netip.AddrPort, prev *udpSession, i int) *u
 	return s
 }
 
-// connectBackend picks a backend for client and opens a socket connected
-// to it, trying the next pick when that fails. Backends in avoid (they
-// refused this client) are skipped while any other is usable.
-func (l *udpShard) connectBackend(rt *Route, client netip.AddrPort, avoid []*backend.Backend) (*backend.Backend, int, error) {
+// connectBackend picks a backend for the client of ci and opens a socket
+// connected to it, trying the next pick when that fails. Backends in avoid
+// (they refused this client) are skipped while any other is usable.
+func (l *udpShard) connectBackend(rt *Route, ci *ConnInfo, avoid []*backend.Backend) (*backend.Backend, int, error) {
 	fd := -1
-	b, err := pickUDP(l.idx, rt, &l.req, client, l.local, avoid, func(b *backend.Backend) (err error) {
+	b, err := pickUDP(l.idx, rt, &l.req, ci, l.local, avoid, func(b *backend.Backend) (err error) {
 		fd, err = l.dial(b)
 		return err
 	})

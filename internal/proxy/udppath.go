@@ -117,15 +117,20 @@ func (s *Server) admitUDP(loop int, t *Table, closed bool, ci *ConnInfo, live *a
 	return rt, release, udpAdmitted
 }
 
-// pickUDP picks a backend for client and has dial open its socket, trying
-// the next pick when that fails. Backends in avoid (they refused this
-// client) are skipped while any other is usable. dial's errResolving is
-// returned at once, with the backend it was for.
-func pickUDP(loop int, rt *Route, req *router.Request, client, local netip.AddrPort, avoid []*backend.Backend, dial func(*backend.Backend) error) (*backend.Backend, error) {
+// pickUDP picks a backend for the client of ci and has dial open its
+// socket, trying the next pick when that fails. The router sees the
+// server name and ALPN of a QUIC ClientHello read for the client (ci; a
+// router's NeedSNI or NeedALPN has the listener read it, tableQUIC).
+// Backends in avoid (they refused this client) are skipped while any
+// other is usable. dial's errResolving is returned at once, with the
+// backend it was for.
+func pickUDP(loop int, rt *Route, req *router.Request, ci *ConnInfo, local netip.AddrPort, avoid []*backend.Backend, dial func(*backend.Backend) error) (*backend.Backend, error) {
+	client := ci.Client
 	for pass := 0; pass < 2; pass++ {
 		req.Reset()
 		req.Client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 		req.Local = local
+		req.SNI, req.ALPN = ci.SNI, ci.ALPN
 		if pass == 0 {
 			for _, b := range avoid {
 				req.Tried(b)

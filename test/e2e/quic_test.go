@@ -327,6 +327,67 @@ address = %q
 	})
 }
 
+// TestQUICHashBySNI: a UDP rule whose hash router keys on the server name
+// (hash_key = "sni") has the proxy read each QUIC client's ClientHello, so
+// every connection for a name reaches that name's backend, from any client
+// port, and the names spread over both backends (keyed by the client's
+// address instead, as before the router's need was honoured on UDP, they
+// would all reach one). On both engines.
+func TestQUICHashBySNI(t *testing.T) {
+	for _, engine := range []string{"epoll", "goroutine"} {
+		t.Run(engine, func(t *testing.T) {
+			ca := tlstest.NewCA(t, t.TempDir(), "quic")
+			a := startQUICBackend(t, ca, "alpha", "hash.quic.test", "*.hash.quic.test")
+			b := startQUICBackend(t, ca, "beta", "hash.quic.test", "*.hash.quic.test")
+			port := harness.FreePort(t)
+			p := Start(t, harness.WriteConfig(t, fmt.Sprintf(`
+[server]
+udp_bind = "127.0.0.1:%d"
+engine = %q
+
+[routers.by_name]
+plugin = "hash"
+config = { hash_key = "sni" }
+
+[[rules]]
+name = "app"
+protocol = "udp"
+router = "by_name"
+[rules.matcher]
+type = "any"
+[[rules.backends]]
+id = "alpha"
+address = %q
+[[rules.backends]]
+id = "beta"
+address = %q
+`, port, engine, a.Addr, b.Addr)))
+			roots := caPool(t, ca)
+			const names, each = 8, 3
+			reached := map[string]int{}
+			for i := range names {
+				name := fmt.Sprintf("n%d.hash.quic.test", i)
+				first := ""
+				for k := range each { // a new client socket, so a new port, each time
+					got, _ := dialQUIC(t, port, name, roots).say(t, fmt.Sprintf("hello %d", k))
+					if k == 0 {
+						first = got
+						reached[got]++
+					} else if got != first {
+						t.Errorf("%s: connection %d reached %s, the first %s: the server name should pick the backend", name, k+1, got, first)
+					}
+				}
+			}
+			if reached["alpha"] == 0 || reached["beta"] == 0 {
+				t.Errorf("%d server names all reached one backend (%v): the router did not see them", names, reached)
+			}
+			harness.WaitMetrics(t, p.MetricsURL(), "the peeks counted", func(m harness.Metrics) bool {
+				return m.Value("dynamic_proxy_udp_quic_peeks_total", harness.Labels{"result": "hello"}) == names*each
+			})
+		})
+	}
+}
+
 // TestQUICClientAddressChange: a QUIC client whose UDP socket is replaced
 // mid-connection (a new local port, the same connection) goes on with its
 // stream on the same backend and the same proxy session, without error,
