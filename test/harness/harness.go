@@ -132,6 +132,11 @@ func Launch(t testing.TB, configPath string, argv ...string) *Proxy {
 			stderr.Close()
 			<-p.exited
 		}
+		// A race-built binary (E2E_RACE) reports a race on its stderr and
+		// goes on: the test fails on it here, wherever the race was.
+		if l := p.firstLine(raceReport); l >= 0 {
+			t.Errorf("the proxy's race detector reported a data race (log line %d)", l+1)
+		}
 		if t.Failed() {
 			log := p.Log()
 			if len(log) > 20000 {
@@ -141,6 +146,22 @@ func Launch(t testing.TB, configPath string, argv ...string) *Proxy {
 		}
 	})
 	return p
+}
+
+// raceReport starts the report of the race detector (-race).
+const raceReport = "WARNING: DATA RACE"
+
+// firstLine is the index of the first line logged that contains sub, -1
+// when none does.
+func (p *Proxy) firstLine(sub string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, l := range p.lines {
+		if strings.Contains(l, sub) {
+			return i
+		}
+	}
+	return -1
 }
 
 // PID is the proxy's process id.

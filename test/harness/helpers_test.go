@@ -52,6 +52,48 @@ func TestEventuallyFailsWithTheLastError(t *testing.T) {
 	}
 }
 
+// cleanupRecorder keeps the cleanups and errors of a test instead of
+// running and reporting them.
+type cleanupRecorder struct {
+	testing.TB
+	cleanups []func()
+	errs     []string
+}
+
+func (r *cleanupRecorder) Helper()             {}
+func (r *cleanupRecorder) Cleanup(f func())    { r.cleanups = append(r.cleanups, f) }
+func (r *cleanupRecorder) Failed() bool        { return len(r.errs) > 0 }
+func (r *cleanupRecorder) Logf(string, ...any) {}
+func (r *cleanupRecorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+// TestLaunchFailsOnARaceReport: a process whose log holds the race
+// detector's report fails its test when it ends; one without does not.
+func TestLaunchFailsOnARaceReport(t *testing.T) {
+	for _, c := range []struct {
+		script string
+		fail   bool
+	}{
+		{"echo starting; echo '" + raceReport + "'; echo 'Read at 0x00c000123456 by goroutine 7:'", true},
+		{"echo starting; echo 'all well'", false},
+	} {
+		r := &cleanupRecorder{TB: t}
+		p := Launch(r, "", "sh", "-c", c.script)
+		select {
+		case <-p.Exited():
+		case <-time.After(Deadline):
+			t.Fatalf("%q did not exit within %v", c.script, Deadline)
+		}
+		for i := len(r.cleanups) - 1; i >= 0; i-- {
+			r.cleanups[i]()
+		}
+		if got := len(r.errs) > 0; got != c.fail {
+			t.Errorf("%q: failed %v (%q), want %v", c.script, got, r.errs, c.fail)
+		}
+	}
+}
+
 const exposition = `# TYPE dynamic_proxy_requests_total counter
 dynamic_proxy_requests_total{protocol="tcp",rule="web"} 7
 dynamic_proxy_requests_total{protocol="udp",rule="web"} 2
