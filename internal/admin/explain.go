@@ -54,8 +54,10 @@ func (h *Handler) explain(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if protocol == "udp" && (q.Get("sni") != "" || q.Get("alpn") != "" || q.Get("host") != "") {
-		writeError(w, http.StatusBadRequest, "sni, alpn and host are TCP only")
+	// A UDP client's server name and ALPN are those of its QUIC
+	// ClientHello; a datagram has no HTTP Host.
+	if protocol == "udp" && q.Get("host") != "" {
+		writeError(w, http.StatusBadRequest, "host is TCP only (an HTTP request head); on udp, sni and alpn are a QUIC ClientHello's")
 		return
 	}
 	l, addr, status, msg := h.findListener(protocol, uint16(port), local)

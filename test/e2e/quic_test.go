@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -332,7 +333,8 @@ address = %q
 // every connection for a name reaches that name's backend, from any client
 // port, and the names spread over both backends (keyed by the client's
 // address instead, as before the router's need was honoured on UDP, they
-// would all reach one). On both engines.
+// would all reach one), and explain gives the same answer. On both
+// engines.
 func TestQUICHashBySNI(t *testing.T) {
 	for _, engine := range []string{"epoll", "goroutine"} {
 		t.Run(engine, func(t *testing.T) {
@@ -363,6 +365,7 @@ id = "beta"
 address = %q
 `, port, engine, a.Addr, b.Addr)))
 			roots := caPool(t, ca)
+			adm := mxAdminOf(t, p, "")
 			const names, each = 8, 3
 			reached := map[string]int{}
 			for i := range names {
@@ -377,6 +380,16 @@ address = %q
 						t.Errorf("%s: connection %d reached %s, the first %s: the server name should pick the backend", name, k+1, got, first)
 					}
 				}
+				// "Why this backend?" gives the answer the data path did.
+				q := url.Values{"client": {"127.0.0.1:40000"}, "port": {fmt.Sprint(port)}, "protocol": {"udp"}, "sni": {name}}
+				x := adm.must("GET", "/api/v1/explain?"+q.Encode(), "")
+				if r, _ := x["router"].(map[string]any); r == nil || r["chosen"] != first {
+					t.Errorf("%s reached %s, explained %v", name, first, x["router"])
+				}
+			}
+			hq := url.Values{"client": {"127.0.0.1:40000"}, "port": {fmt.Sprint(port)}, "protocol": {"udp"}, "host": {"a.example"}}
+			if code, body := adm.call("GET", "/api/v1/explain?"+hq.Encode(), ""); code != 400 || !strings.Contains(fmt.Sprint(body["error"]), "host is TCP only") {
+				t.Errorf("explain with a Host on udp: %d %v, want 400 host is TCP only", code, body)
 			}
 			if reached["alpha"] == 0 || reached["beta"] == 0 {
 				t.Errorf("%d server names all reached one backend (%v): the router did not see them", names, reached)
