@@ -26,12 +26,19 @@ type routeTable struct {
 func newRouteTable(tb Table) *routeTable {
 	t := &routeTable{opts: tb.Options, routes: tb.Routes}
 	for _, r := range tb.Routes {
-		t.need |= peekNeed(router.NeedsOf(r.Router))
-		if r.Match != nil {
-			t.need |= r.Match.Needs()
-		}
+		t.need |= routeNeed(r)
 	}
 	return t
+}
+
+// routeNeed is what a listener must peek at for r: what its matcher and
+// its router read.
+func routeNeed(r *Route) Need {
+	need := peekNeed(router.NeedsOf(r.Router))
+	if r.Match != nil {
+		need |= r.Match.Needs()
+	}
+	return need
 }
 
 // peekNeed is what the listener must peek at for a router's needs.

@@ -79,11 +79,12 @@ type tcpLoop struct {
 // (slots.go). It reports false at the cap.
 func (lp *tcpLoop) takeSlot() bool {
 	sl := &lp.srv.slots
-	if e := sl.epoch.Load(); lp.spareOf.Load() != e {
+	e := sl.epoch.Load()
+	if lp.spareOf.Load() != e {
 		lp.giveSpare()
 		lp.spareOf.Store(e)
 	}
-	if lp.useSpare(sl.epoch.Load()) {
+	if lp.useSpare(e) {
 		return true
 	}
 	if k := sl.take(sl.batch.Load()); k > 0 {

@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 
 	"github.com/dynamic-proxy/dynamic-proxy/internal/peek"
-	"github.com/dynamic-proxy/dynamic-proxy/internal/router"
 )
 
 // QUIC on UDP rules, shared by both engines (docs/udp.md#quic):
@@ -122,7 +121,7 @@ func quicConnInfo(client netip.AddrPort, q *udpQUIC) ConnInfo {
 // or ALPN) and whether it follows connection ids (a route has quic = true).
 func tableQUIC(t *Table) (peekHello, cids bool) {
 	for _, r := range t.Routes {
-		if r.Match != nil && r.Match.Needs()&NeedTLS != 0 || peekNeed(router.NeedsOf(r.Router))&NeedTLS != 0 {
+		if routeNeed(r)&NeedTLS != 0 {
 			peekHello = true
 		}
 		if r.QUIC {
