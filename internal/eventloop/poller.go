@@ -48,7 +48,24 @@ type Poller struct {
 	events []unix.EpollEvent
 	nev    int   // events collected by the last wait
 	armed  int64 // read deadline in unix ns (0: none, -1: it passed)
+
+	// Turns without a park (Busy): polls counts pollEvents' calls in a
+	// Wait (more than one: it parked), busySince is when the loop last
+	// parked, yield asks the next Wait or Poll to park all the same.
+	polls     int
+	parked    bool
+	busySince int64
+	yield     bool
+	yieldFn   func(uintptr) bool
+	yields    int
 }
+
+// YieldAfter is the longest a loop runs turns without parking. A loop that
+// always finds events ready never enters the scheduler, so it keeps its P;
+// when loops outnumber the Ps (internal/procs), another loop's events then
+// wait for the runtime's next network poll, which sysmon forces only every
+// 10 ms. Parking once per YieldAfter lets the scheduler poll and run them.
+const YieldAfter = int64(time.Millisecond)
 
 // Open creates the epoll set and the eventfd, or releases what it made.
 func (p *Poller) Open(name string, maxEvents int) error {
@@ -85,12 +102,14 @@ func (p *Poller) Open(name string, maxEvents int) error {
 	}
 	p.events = make([]unix.EpollEvent, maxEvents)
 	p.pollFn = p.pollEvents
+	p.yieldFn = p.yieldOnce
 	return nil
 }
 
 // pollEvents is the function the loop parks with: it collects ready events
 // without blocking and returns false (park) when there are none.
 func (p *Poller) pollEvents(fd uintptr) bool {
+	p.polls++
 	n, err := epollPoll(int(fd), p.events)
 	if err == unix.EINTR {
 		return true // take a turn and poll again: never park on pending events
@@ -102,25 +121,68 @@ func (p *Poller) pollEvents(fd uintptr) bool {
 	return true
 }
 
+// yieldOnce is the function a loop parks with when it is to yield (Busy):
+// its first call wakes the loop's own eventfd, which gives the runtime
+// poller a new edge after RawConn.Read reset the descriptor's readiness,
+// and parks; the calls after that collect events as pollEvents does.
+func (p *Poller) yieldOnce(fd uintptr) bool {
+	if p.polls == 0 {
+		p.polls++
+		p.Wake()
+		return false
+	}
+	return p.pollEvents(fd)
+}
+
 // Wait parks until events are ready (Events) or the deadline passed (no
 // events, Armed -1). Any other error means the epoll descriptor is gone.
 func (p *Poller) Wait() error {
-	p.nev = 0
-	err := p.epRC.Read(p.pollFn)
+	p.nev, p.polls = 0, 0
+	f := p.pollFn
+	if p.yield {
+		f, p.yield = p.yieldFn, false
+		p.yields++
+	}
+	err := p.epRC.Read(f)
+	p.parked = p.polls != 1
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		p.armed = -1 // passed: the next SetDeadline must clear or move it
+		p.parked = true
 		return nil
 	}
 	return err
 }
 
-// Poll collects the events that are ready without waiting (Events).
+// Poll collects the events that are ready without waiting (Events), or
+// parks as Wait does when the loop is to yield (Busy).
 func (p *Poller) Poll() {
-	p.nev = 0
+	if p.yield {
+		_ = p.Wait()
+		return
+	}
+	p.nev, p.parked = 0, false
 	if n, err := epollPoll(p.epfd, p.events); err == nil {
 		p.nev = n
 	}
 }
+
+// Busy tells the poller the time of the turn its loop is starting (unix
+// ns). After YieldAfter of turns without a park, the next Wait or Poll
+// parks even though events are ready, and returns once the runtime has
+// run what else was ready.
+func (p *Poller) Busy(now int64) {
+	if p.parked || p.busySince == 0 {
+		p.busySince = now
+		return
+	}
+	if now-p.busySince >= YieldAfter {
+		p.yield = true
+		p.busySince = now
+	}
+}
+
+// Yields is how many times the loop parked because Busy asked it to.
+func (p *Poller) Yields() int { return p.yields }
 
 // Events are the events the last Wait or Poll collected.
 func (p *Poller) Events() []unix.EpollEvent { return p.events[:p.nev] }

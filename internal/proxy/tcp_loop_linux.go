@@ -191,6 +191,7 @@ func (lp *tcpLoop) run() {
 			err = lp.Wait()
 		}
 		lp.now = time.Now().UnixNano()
+		lp.Busy(lp.now)
 		if err != nil {
 			lp.srv.log.Error("tcp event loop stopped", "err", err)
 			return

@@ -385,6 +385,7 @@ func (l *udpShard) run() {
 	for {
 		err := l.Wait()
 		l.now = time.Now().UnixNano()
+		l.Busy(l.now)
 		if err != nil {
 			s.log.Error("udp listener stopped", "listener", l.conn.LocalAddr().String(), "err", err)
 			return
