@@ -50,10 +50,10 @@ type Poller struct {
 	armed  int64 // read deadline in unix ns (0: none, -1: it passed)
 
 	// Turns without a park (Busy): polls counts pollEvents' calls in a
-	// Wait (more than one: it parked), busySince is when the loop last
-	// parked, yield asks the next Wait or Poll to park all the same.
+	// Wait (more than one: it parked), busySince is when the loop's turns
+	// without a park began (0: it just parked), yield asks the next Wait
+	// or Poll to park all the same.
 	polls     int
-	parked    bool
 	busySince int64
 	yield     bool
 	yieldFn   func(uintptr) bool
@@ -144,10 +144,12 @@ func (p *Poller) Wait() error {
 		p.yields++
 	}
 	err := p.epRC.Read(f)
-	p.parked = p.polls != 1
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	deadline := errors.Is(err, os.ErrDeadlineExceeded)
+	if p.polls != 1 || deadline {
+		p.busySince = 0 // it parked
+	}
+	if deadline {
 		p.armed = -1 // passed: the next SetDeadline must clear or move it
-		p.parked = true
 		return nil
 	}
 	return err
@@ -160,7 +162,7 @@ func (p *Poller) Poll() {
 		_ = p.Wait()
 		return
 	}
-	p.nev, p.parked = 0, false
+	p.nev = 0
 	if n, err := epollPoll(p.epfd, p.events); err == nil {
 		p.nev = n
 	}
@@ -171,7 +173,7 @@ func (p *Poller) Poll() {
 // parks even though events are ready, and returns once the runtime has
 // run what else was ready.
 func (p *Poller) Busy(now int64) {
-	if p.parked || p.busySince == 0 {
+	if p.busySince == 0 {
 		p.busySince = now
 		return
 	}
